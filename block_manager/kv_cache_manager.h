@@ -1,0 +1,119 @@
+#pragma once
+// KvCacheManager: the head-block tables of every live sequence, on top of one BlockPool.
+//
+// Not thread-safe; owned by the engine thread (the scheduler calls it, nothing else does).
+//
+// Each sequence owns num_layers * num_kv_heads BlockTables, one per (layer, kv_head) "row",
+// row index l * num_kv_heads + h. Rows grow independently: with HeadKV budgets one head may
+// keep 20 tokens and its neighbour 2000, and the sequence's footprint is the exact sum of its
+// rows' blocks. Growth is all-or-nothing: a call that cannot get every block it needs returns
+// false (or nullopt) and leaves the pool and the tables unchanged.
+//
+//   seq 7, layer 0:  head 0  [b12][b40][b41]..   (num_tokens 35, block_size 16)
+//                    head 1  [b3]                (num_tokens 9)
+//   seq 7, layer 1:  head 0  [b7][b8]            ...
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "block_manager/block_pool.h"
+#include "block_manager/block_table.h"
+#include "common/batch.h"
+#include "common/ids.h"
+
+namespace hkv {
+
+struct KvCacheConfig {
+  int32_t num_blocks = 0;
+  int32_t block_size = 16;
+  int32_t num_layers = 0;
+  int32_t num_kv_heads = 0;
+};
+
+// The CSR view of some rows, in the layout of common/batch.h.
+struct KvCsr {
+  std::vector<int32_t> indptr;    // [rows + 1]
+  std::vector<BlockId> indices;   // [indptr.back()]
+  std::vector<int32_t> last_len;  // [rows] tokens in each row's last block (0 for empty rows)
+  std::vector<int32_t> num_tokens;  // [rows]
+};
+
+class KvCacheManager {
+ public:
+  explicit KvCacheManager(const KvCacheConfig& config);
+
+  const KvCacheConfig& config() const { return config_; }
+  int32_t num_rows_per_seq() const { return config_.num_layers * config_.num_kv_heads; }
+
+  // Blocks a sequence needs to hold tokens_per_row[r] tokens in row r (a fresh sequence).
+  // REQUIRES: tokens_per_row.size() == num_rows_per_seq().
+  int64_t FootprintBlocks(absl::Span<const int32_t> tokens_per_row) const;
+  // Same, when every row holds `tokens`.
+  int64_t FootprintBlocksUniform(int32_t tokens) const;
+  // New blocks `seq` (live or not yet created) needs to grow row r by new_tokens_per_row[r].
+  int64_t NewBlocksNeeded(RequestId seq, absl::Span<const int32_t> new_tokens_per_row) const;
+  int64_t NewBlocksNeededUniform(RequestId seq, int32_t new_tokens) const;
+
+  // Grows each row r of `seq` (created when absent) by new_tokens_per_row[r] tokens.
+  // Returns false, changing nothing, when the pool lacks blocks.
+  bool Append(RequestId seq, absl::Span<const int32_t> new_tokens_per_row);
+  // Grows every row by `new_tokens`.
+  bool AppendUniform(RequestId seq, int32_t new_tokens);
+
+  // Adaptive selection (see SequenceStep::layer_blocks): reserves blocks_per_layer[l] blocks
+  // for layer l of a new sequence `seq`, whose rows stay empty until CommitAdaptive.
+  // Returns the reservation as CSR over layers, or nullopt (nothing changed) when short.
+  struct LayerReservation {
+    std::vector<int32_t> indptr;  // [num_layers + 1]
+    std::vector<BlockId> blocks;
+  };
+  std::optional<LayerReservation> ReserveLayers(RequestId seq,
+                                               absl::Span<const int32_t> blocks_per_layer);
+  // Splits the reservation: head h of layer l takes the next ceil(kept/block_size) blocks of
+  // its layer, in head order, and holds kept_per_row[l*H+h] tokens; unused blocks are freed.
+  // INVALID_ARGUMENT (nothing changed) if the counts do not fit the reservation.
+  absl::Status CommitAdaptive(RequestId seq, absl::Span<const int32_t> kept_per_row);
+
+  // Makes `dst` share all of `src`'s blocks (ref counts +1). A later Append to a shared,
+  // partially filled last block copies it first: see TakeBlockCopies.
+  absl::Status Fork(RequestId src, RequestId dst);
+  // Copy-on-write copies (src, dst) made by Appends since the last call; the worker must copy
+  // them before it writes this step's K/V.
+  std::vector<std::pair<BlockId, BlockId>> TakeBlockCopies();
+
+  // Frees every block of `seq` (drops its references). No-op for an unknown id.
+  void Free(RequestId seq);
+
+  bool Contains(RequestId seq) const;
+  // Tokens held by each row of `seq` [num_rows_per_seq()]. REQUIRES: Contains(seq).
+  std::vector<int32_t> RowLengths(RequestId seq) const;
+  const BlockTable& Table(RequestId seq, int32_t layer, int32_t kv_head) const;
+  int64_t SequenceBlocks(RequestId seq) const;  // Blocks held by `seq` (its footprint).
+
+  // CSR rows (seq, layer, kv_head) for `seqs` in order, as common/batch.h lays them out.
+  KvCsr ExportCsr(absl::Span<const RequestId> seqs) const;
+
+  int32_t num_free_blocks() const { return pool_.num_free(); }
+  int32_t num_total_blocks() const { return pool_.num_total(); }
+  // Blocks held by each layer, over all sequences [num_layers] (shared blocks counted once
+  // per holder).
+  std::vector<int64_t> BlocksPerLayer() const;
+  const BlockPool& pool() const { return pool_; }
+
+ private:
+  struct SequenceKv {
+    std::vector<BlockTable> rows;  // [num_layers * num_kv_heads]
+    std::optional<LayerReservation> reservation;
+  };
+
+  KvCacheConfig config_;
+  BlockPool pool_;
+  absl::flat_hash_map<RequestId, SequenceKv> seqs_;
+  std::vector<std::pair<BlockId, BlockId>> pending_copies_;
+};
+
+}  // namespace hkv

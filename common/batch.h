@@ -1,0 +1,95 @@
+#pragma once
+// The scheduler <-> worker step contract. Plain data, built by the engine thread, read by the
+// worker threads during one step, never mutated by them.
+//
+// KV layout. The pool holds `num_blocks` head-blocks; a head-block stores `block_size` tokens of
+// K and V for ONE KV head of ONE layer. A sequence owns one block table per (layer, kv_head),
+// so every head of every layer may hold a different number of tokens (HeadKV budgets).
+//
+//   row r = (seq i in batch, layer l, kv_head h),  r = (i * num_layers + l) * num_kv_heads + h
+//   kv_indptr[r] .. kv_indptr[r+1]   -> kv_indices: the row's blocks, in token order
+//   kv_len_before[r]                 -> tokens of the row already cached (attention reads them)
+//   kv_len_after[r]                  -> tokens of the row once this step has written its K/V
+//
+// The blocks of row r cover ceil(kv_len_after[r] / block_size) blocks. A plain step (decode, or
+// an uncompressed prefill chunk) writes the K/V of every token it runs into every row, so
+// kv_len_after = kv_len_before + tokens.size(). A compressed prefill (`select` set) runs the
+// whole prompt at once, attends over full K/V held in per-layer scratch (never in the pool),
+// then writes into each row only the tokens its head keeps: kv_len_after[r] is that head's
+// kept count (window included), chosen by the plan, or by the worker for adaptive policies
+// (then the result reports it, see SequenceResult::kept_per_head).
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "common/ids.h"
+#include "common/sampling_params.h"
+
+namespace hkv {
+
+// How a compressed prefill chooses tokens; mirrors headkv's policies without depending on them.
+struct KvSelectionSpec {
+  int32_t window = 8;        // Last `window` prompt tokens are always kept.
+  int32_t pool_kernel = 7;   // Max-pool kernel over the window scores.
+  // Per (layer, kv_head), row-major [num_layers * num_kv_heads]: tokens kept besides the
+  // window. Empty for an adaptive policy (adakv), which uses `layer_budget` instead.
+  std::vector<int32_t> capacity;
+  // Adaptive policies: per layer, the total tokens (window excluded) shared by its heads, and
+  // the floor fraction of the per-head average each head keeps at least.
+  std::vector<int32_t> layer_budget;
+  float adaptive_floor_fraction = 0.2f;
+};
+
+struct SequenceStep {
+  RequestId id = 0;
+  std::vector<TokenId> tokens;  // Tokens to run this step.
+  int32_t start_pos = 0;        // Position of tokens[0] (= tokens already computed).
+  bool sample = false;          // Produce a next token (decode, or the last prefill chunk).
+  int32_t sample_step = 0;      // Index of the token being sampled (0 = first generated).
+  SamplingParams sampling;
+  bool select = false;          // Compressed prefill: `selection` applies (start_pos == 0).
+  KvSelectionSpec selection;
+  // Adaptive selection only (selection.capacity empty): the blocks reserved for each layer,
+  // CSR over layers. The worker gives head h of layer l the next ceil(kept[l][h] / block_size)
+  // blocks of layer l's list, in head order, and reports `kept_per_head`; the block manager
+  // then splits the reservation the same way and frees what is left. The CSR rows of such a
+  // sequence are empty with kv_len_before = kv_len_after = 0.
+  std::vector<int32_t> layer_block_indptr;  // [num_layers + 1]
+  std::vector<BlockId> layer_blocks;
+};
+
+struct Batch {
+  int32_t num_layers = 0;
+  int32_t num_kv_heads = 0;
+  int32_t block_size = 0;
+  std::vector<SequenceStep> seqs;
+  // CSR page table, one row per (seq, layer, kv_head); see the header comment.
+  std::vector<int32_t> kv_indptr;      // [rows + 1]
+  std::vector<BlockId> kv_indices;     // [kv_indptr.back()]
+  std::vector<int32_t> kv_len_before;  // [rows]
+  std::vector<int32_t> kv_len_after;   // [rows]
+  // Block copies to do before the step (copy-on-write of a shared partial block): src -> dst.
+  std::vector<std::pair<BlockId, BlockId>> block_copies;
+
+  int64_t num_rows() const {
+    return static_cast<int64_t>(seqs.size()) * num_layers * num_kv_heads;
+  }
+  int64_t row(int64_t seq, int32_t layer, int32_t head) const {
+    return (seq * num_layers + layer) * num_kv_heads + head;
+  }
+};
+
+struct SequenceResult {
+  RequestId id = 0;
+  TokenId token = -1;  // Sampled token when the step asked for one, else -1.
+  // Compressed prefill only: tokens kept per (layer, kv_head) [num_layers * num_kv_heads],
+  // window included. Equals kv_len_after for static plans.
+  std::vector<int32_t> kept_per_head;
+};
+
+struct BatchResult {
+  std::vector<SequenceResult> seqs;  // Same order as Batch::seqs.
+};
+
+}  // namespace hkv
