@@ -82,10 +82,18 @@ class KvCacheManager {
   // partially filled last block copies it first: see TakeBlockCopies.
   absl::Status Fork(RequestId src, RequestId dst);
   // Copy-on-write copies (src, dst) made by Appends since the last call; the worker must copy
-  // them before it writes this step's K/V.
+  // them before it writes this step's K/V. They are independent (no src is another copy's
+  // dst; dsts are distinct), so they may run in any order or in parallel. Until taken, each
+  // copy holds a reference on its src, so a src whose last sharer is freed meanwhile is not
+  // reused before it is read; this call drops those references.
   std::vector<std::pair<BlockId, BlockId>> TakeBlockCopies();
+  // The copies TakeBlockCopies would return, without taking them.
+  const std::vector<std::pair<BlockId, BlockId>>& pending_block_copies() const {
+    return pending_copies_;
+  }
 
-  // Frees every block of `seq` (drops its references). No-op for an unknown id.
+  // Frees every block of `seq` (drops its references) and cancels pending copies into its
+  // blocks. No-op for an unknown id.
   void Free(RequestId seq);
 
   bool Contains(RequestId seq) const;
@@ -113,7 +121,15 @@ class KvCacheManager {
   KvCacheConfig config_;
   BlockPool pool_;
   absl::flat_hash_map<RequestId, SequenceKv> seqs_;
+  // Copy-on-write: whether row `t`'s last block must be copied before `new_tokens` are
+  // written into it (it is partially filled and another table still holds it).
+  bool NeedsCopy(const BlockTable& t, int32_t new_tokens) const;
+  // The block holding `block`'s data: the src of the pending copy into it, else itself.
+  BlockId PendingSource(BlockId block) const;
+
   std::vector<std::pair<BlockId, BlockId>> pending_copies_;
+  // References held by pending copies, per src block (to tell them from sharing tables).
+  absl::flat_hash_map<BlockId, int32_t> pending_src_refs_;
 };
 
 }  // namespace hkv

@@ -1,0 +1,279 @@
+#include "block_manager/kv_cache_manager.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+
+namespace hkv {
+
+KvCacheManager::KvCacheManager(const KvCacheConfig& config)
+    : config_(config), pool_(config.num_blocks) {
+  HKV_CHECK(config.block_size >= 1 && config.num_layers >= 1 && config.num_kv_heads >= 1)
+      << "block_size=" << config.block_size << " num_layers=" << config.num_layers
+      << " num_kv_heads=" << config.num_kv_heads;
+}
+
+int64_t KvCacheManager::FootprintBlocks(absl::Span<const int32_t> tokens_per_row) const {
+  HKV_CHECK(static_cast<int32_t>(tokens_per_row.size()) == num_rows_per_seq());
+  int64_t blocks = 0;
+  for (int32_t t : tokens_per_row) {
+    HKV_CHECK(t >= 0) << "negative token count " << t;
+    blocks += BlockTable::BlocksFor(t, config_.block_size);
+  }
+  return blocks;
+}
+
+int64_t KvCacheManager::FootprintBlocksUniform(int32_t tokens) const {
+  return int64_t{num_rows_per_seq()} * BlockTable::BlocksFor(tokens, config_.block_size);
+}
+
+int64_t KvCacheManager::NewBlocksNeeded(RequestId seq,
+                                        absl::Span<const int32_t> new_tokens_per_row) const {
+  HKV_CHECK(static_cast<int32_t>(new_tokens_per_row.size()) == num_rows_per_seq());
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return FootprintBlocks(new_tokens_per_row);
+  int64_t blocks = 0;
+  for (int32_t r = 0; r < num_rows_per_seq(); ++r) {
+    const BlockTable& t = it->second.rows[r];
+    const int32_t n = new_tokens_per_row[r];
+    HKV_CHECK(n >= 0) << "negative growth " << n;
+    blocks += t.NewBlocksFor(n, config_.block_size);
+    // A shared, partially filled last block is copied before it is written.
+    if (NeedsCopy(t, n)) ++blocks;
+  }
+  return blocks;
+}
+
+int64_t KvCacheManager::NewBlocksNeededUniform(RequestId seq, int32_t new_tokens) const {
+  return NewBlocksNeeded(seq, std::vector<int32_t>(num_rows_per_seq(), new_tokens));
+}
+
+bool KvCacheManager::Append(RequestId seq, absl::Span<const int32_t> new_tokens_per_row) {
+  const int64_t needed = NewBlocksNeeded(seq, new_tokens_per_row);
+  if (needed > pool_.num_free()) return false;
+  auto it = seqs_.find(seq);
+  HKV_CHECK(it == seqs_.end() || !it->second.reservation.has_value())
+      << "Append to sequence " << seq << " with an uncommitted reservation";
+  std::optional<std::vector<BlockId>> fresh = pool_.Allocate(static_cast<int32_t>(needed));
+  HKV_CHECK(fresh.has_value());
+  if (it == seqs_.end()) {
+    it = seqs_.emplace(seq, SequenceKv{}).first;
+    it->second.rows.resize(num_rows_per_seq());
+  }
+  auto next = fresh->begin();
+  for (int32_t r = 0; r < num_rows_per_seq(); ++r) {
+    BlockTable& t = it->second.rows[r];
+    const int32_t n = new_tokens_per_row[r];
+    if (NeedsCopy(t, n)) {
+      const BlockId shared = t.blocks.back();
+      pending_copies_.emplace_back(PendingSource(shared), *next);
+      pool_.IncRef(pending_copies_.back().first);  // Held by the copy until taken.
+      ++pending_src_refs_[pending_copies_.back().first];
+      pool_.Release(shared);  // Still held by its other tables.
+      t.blocks.back() = *next++;
+    }
+    const int32_t grow = t.NewBlocksFor(n, config_.block_size);
+    t.blocks.insert(t.blocks.end(), next, next + grow);
+    next += grow;
+    t.num_tokens += n;
+  }
+  HKV_CHECK(next == fresh->end());
+  return true;
+}
+
+bool KvCacheManager::AppendUniform(RequestId seq, int32_t new_tokens) {
+  return Append(seq, std::vector<int32_t>(num_rows_per_seq(), new_tokens));
+}
+
+std::optional<KvCacheManager::LayerReservation> KvCacheManager::ReserveLayers(
+    RequestId seq, absl::Span<const int32_t> blocks_per_layer) {
+  HKV_CHECK(!Contains(seq)) << "ReserveLayers for live sequence " << seq;
+  HKV_CHECK(static_cast<int32_t>(blocks_per_layer.size()) == config_.num_layers);
+  LayerReservation res;
+  res.indptr.push_back(0);
+  for (int32_t b : blocks_per_layer) {
+    HKV_CHECK(b >= 0) << "negative reservation " << b;
+    res.indptr.push_back(res.indptr.back() + b);
+  }
+  std::optional<std::vector<BlockId>> blocks = pool_.Allocate(res.indptr.back());
+  if (!blocks.has_value()) return std::nullopt;
+  res.blocks = *std::move(blocks);
+  SequenceKv kv;
+  kv.rows.resize(num_rows_per_seq());
+  kv.reservation = res;
+  seqs_.emplace(seq, std::move(kv));
+  return res;
+}
+
+absl::Status KvCacheManager::CommitAdaptive(RequestId seq,
+                                            absl::Span<const int32_t> kept_per_row) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end() || !it->second.reservation.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CommitAdaptive: sequence ", seq, " has no reservation"));
+  }
+  if (static_cast<int32_t>(kept_per_row.size()) != num_rows_per_seq()) {
+    return absl::InvalidArgumentError(absl::StrCat("CommitAdaptive: ", kept_per_row.size(),
+                                                   " counts for ", num_rows_per_seq(), " rows"));
+  }
+  const LayerReservation& res = *it->second.reservation;
+  const int32_t heads = config_.num_kv_heads;
+  for (int32_t l = 0; l < config_.num_layers; ++l) {
+    int64_t need = 0;
+    for (int32_t h = 0; h < heads; ++h) {
+      const int32_t kept = kept_per_row[l * heads + h];
+      if (kept < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("CommitAdaptive: layer ", l, " head ", h,
+                                                       " keeps ", kept, " tokens"));
+      }
+      need += BlockTable::BlocksFor(kept, config_.block_size);
+    }
+    if (need > res.indptr[l + 1] - res.indptr[l]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("CommitAdaptive: layer ", l, " needs ", need, " blocks but reserved ",
+                       res.indptr[l + 1] - res.indptr[l]));
+    }
+  }
+  for (int32_t l = 0; l < config_.num_layers; ++l) {
+    int32_t next = res.indptr[l];
+    for (int32_t h = 0; h < heads; ++h) {
+      BlockTable& t = it->second.rows[l * heads + h];
+      t.num_tokens = kept_per_row[l * heads + h];
+      const int32_t nb = BlockTable::BlocksFor(t.num_tokens, config_.block_size);
+      t.blocks.assign(res.blocks.begin() + next, res.blocks.begin() + next + nb);
+      next += nb;
+    }
+    for (; next < res.indptr[l + 1]; ++next) pool_.Release(res.blocks[next]);
+  }
+  it->second.reservation.reset();
+  return absl::OkStatus();
+}
+
+absl::Status KvCacheManager::Fork(RequestId src, RequestId dst) {
+  auto it = seqs_.find(src);
+  if (it == seqs_.end()) {
+    return absl::NotFoundError(absl::StrCat("Fork: no sequence ", src));
+  }
+  if (it->second.reservation.has_value()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("Fork: sequence ", src, " has an uncommitted reservation"));
+  }
+  if (Contains(dst)) {
+    return absl::AlreadyExistsError(absl::StrCat("Fork: sequence ", dst, " already exists"));
+  }
+  SequenceKv copy;
+  copy.rows = it->second.rows;
+  for (const BlockTable& t : copy.rows) {
+    for (BlockId b : t.blocks) pool_.IncRef(b);
+  }
+  seqs_.emplace(dst, std::move(copy));
+  return absl::OkStatus();
+}
+
+BlockId KvCacheManager::PendingSource(BlockId block) const {
+  for (const auto& [src, dst] : pending_copies_) {
+    if (dst == block) return src;
+  }
+  return block;
+}
+
+bool KvCacheManager::NeedsCopy(const BlockTable& t, int32_t new_tokens) const {
+  if (new_tokens == 0 || t.num_tokens % config_.block_size == 0) return false;
+  const BlockId last = t.blocks.back();
+  auto it = pending_src_refs_.find(last);
+  const int32_t pending = it == pending_src_refs_.end() ? 0 : it->second;
+  return pool_.ref_count(last) - pending > 1;
+}
+
+std::vector<std::pair<BlockId, BlockId>> KvCacheManager::TakeBlockCopies() {
+  for (const auto& [src, dst] : pending_copies_) pool_.Release(src);
+  pending_src_refs_.clear();
+  return std::exchange(pending_copies_, {});
+}
+
+void KvCacheManager::Free(RequestId seq) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return;
+  for (const BlockTable& t : it->second.rows) {
+    for (BlockId b : t.blocks) pool_.Release(b);
+  }
+  if (it->second.reservation.has_value()) {
+    for (BlockId b : it->second.reservation->blocks) pool_.Release(b);
+  }
+  seqs_.erase(it);
+  // A copy into a block that is free again is moot: drop it and its reference on the src
+  // (never itself a pending dst, so no other copy is affected).
+  std::erase_if(pending_copies_, [&](const std::pair<BlockId, BlockId>& copy) {
+    if (pool_.ref_count(copy.second) != 0) return false;
+    if (--pending_src_refs_[copy.first] == 0) pending_src_refs_.erase(copy.first);
+    pool_.Release(copy.first);
+    return true;
+  });
+}
+
+bool KvCacheManager::Contains(RequestId seq) const { return seqs_.contains(seq); }
+
+std::vector<int32_t> KvCacheManager::RowLengths(RequestId seq) const {
+  auto it = seqs_.find(seq);
+  HKV_CHECK(it != seqs_.end()) << "unknown sequence " << seq;
+  std::vector<int32_t> out;
+  out.reserve(it->second.rows.size());
+  for (const BlockTable& t : it->second.rows) out.push_back(t.num_tokens);
+  return out;
+}
+
+const BlockTable& KvCacheManager::Table(RequestId seq, int32_t layer, int32_t kv_head) const {
+  auto it = seqs_.find(seq);
+  HKV_CHECK(it != seqs_.end()) << "unknown sequence " << seq;
+  HKV_CHECK(layer >= 0 && layer < config_.num_layers && kv_head >= 0 &&
+            kv_head < config_.num_kv_heads);
+  return it->second.rows[layer * config_.num_kv_heads + kv_head];
+}
+
+int64_t KvCacheManager::SequenceBlocks(RequestId seq) const {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return 0;
+  int64_t blocks = 0;
+  for (const BlockTable& t : it->second.rows) blocks += t.blocks.size();
+  if (it->second.reservation.has_value()) blocks += it->second.reservation->blocks.size();
+  return blocks;
+}
+
+KvCsr KvCacheManager::ExportCsr(absl::Span<const RequestId> seqs) const {
+  KvCsr csr;
+  const size_t rows = seqs.size() * num_rows_per_seq();
+  csr.indptr.reserve(rows + 1);
+  csr.last_len.reserve(rows);
+  csr.num_tokens.reserve(rows);
+  csr.indptr.push_back(0);
+  for (RequestId seq : seqs) {
+    auto it = seqs_.find(seq);
+    HKV_CHECK(it != seqs_.end()) << "ExportCsr of unknown sequence " << seq;
+    for (const BlockTable& t : it->second.rows) {
+      csr.indices.insert(csr.indices.end(), t.blocks.begin(), t.blocks.end());
+      csr.indptr.push_back(static_cast<int32_t>(csr.indices.size()));
+      csr.last_len.push_back(t.last_len(config_.block_size));
+      csr.num_tokens.push_back(t.num_tokens);
+    }
+  }
+  return csr;
+}
+
+std::vector<int64_t> KvCacheManager::BlocksPerLayer() const {
+  std::vector<int64_t> out(config_.num_layers, 0);
+  for (const auto& [id, kv] : seqs_) {
+    for (int32_t r = 0; r < num_rows_per_seq(); ++r) {
+      out[r / config_.num_kv_heads] += kv.rows[r].blocks.size();
+    }
+    if (kv.reservation.has_value()) {
+      for (int32_t l = 0; l < config_.num_layers; ++l) {
+        out[l] += kv.reservation->indptr[l + 1] - kv.reservation->indptr[l];
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace hkv

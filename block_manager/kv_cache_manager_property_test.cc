@@ -1,0 +1,297 @@
+// Property test: random sequences of append / fork / free / reserve / commit, with prompt
+// footprints drawn from random HeadKV plans, keep the block manager's invariants.
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <iostream>
+#include <set>
+#include <vector>
+
+#include "block_manager/kv_cache_manager.h"
+#include "gtest/gtest.h"
+#include "headkv/head_budget_planner.h"
+#include "headkv/selection.h"
+
+namespace hkv {
+namespace {
+
+struct Pending {
+  HeadBudgetPlan plan;
+  int32_t n = 0;
+  KvCacheManager::LayerReservation res;
+};
+
+class Harness {
+ public:
+  Harness(const KvCacheConfig& config, uint32_t seed) : m_(config), cfg_(config), rng_(seed) {}
+
+  void Step() {
+    const int op = Uniform(0, 99);
+    if (op < 30) {
+      NewSequence();
+    } else if (op < 42) {
+      CommitOne();
+    } else if (op < 70) {
+      GrowOne();
+    } else if (op < 80) {
+      ForkOne();
+    } else if (op < 95) {
+      FreeOne();
+    } else {
+      for (const auto& [src, dst] : m_.TakeBlockCopies()) {
+        EXPECT_NE(src, dst);
+        EXPECT_GE(m_.pool().ref_count(dst), 1);
+      }
+    }
+    CheckInvariants();
+  }
+
+  void FreeAll() {
+    for (const auto& [id, len] : lengths_) m_.Free(id);
+    for (const auto& [id, p] : pending_) m_.Free(id);
+    lengths_.clear();
+    pending_.clear();
+    CheckInvariants();
+    EXPECT_EQ(m_.num_free_blocks(), m_.num_total_blocks());
+    EXPECT_TRUE(m_.TakeBlockCopies().empty());
+  }
+
+  int64_t rejections() const { return rejections_; }
+  int64_t adaptive_commits() const { return adaptive_commits_; }
+
+ private:
+  int Uniform(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
+
+  HeadBudgetPlan RandomPlan() {
+    KvPolicy p;
+    p.name = static_cast<KvPolicyName>(Uniform(0, 4));
+    p.budget = Uniform(p.window + 1, 64);
+    p.beta = 1.01 + Uniform(0, 3) * 0.3;
+    p.granularity = Granularity::kQueryHead;
+    if (p.name == KvPolicyName::kHeadKv) {
+      auto s = std::make_shared<HeadScores>();
+      s->num_layers = cfg_.num_layers;
+      s->num_heads = cfg_.num_kv_heads;
+      for (int i = 0; i < s->num_layers * s->num_heads; ++i) s->importance.push_back(Uniform(0, 9));
+      if (std::accumulate(s->importance.begin(), s->importance.end(), 0.0) == 0) {
+        s->importance[0] = 1;
+      }
+      const double sum = std::accumulate(s->importance.begin(), s->importance.end(), 0.0);
+      for (double& v : s->importance) v /= sum;
+      p.scores = s;
+    }
+    auto plan = HeadBudgetPlanner::Plan(p, cfg_.num_layers, cfg_.num_kv_heads);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    return *plan;
+  }
+
+  // Takes a snapshot of everything the manager exposes.
+  std::vector<int64_t> State() const {
+    std::vector<RequestId> ids;
+    for (const auto& [id, len] : lengths_) ids.push_back(id);
+    const KvCsr csr = m_.ExportCsr(ids);
+    std::vector<int64_t> s = {m_.num_free_blocks()};
+    for (BlockId b = 0; b < m_.num_total_blocks(); ++b) s.push_back(m_.pool().ref_count(b));
+    s.insert(s.end(), csr.indptr.begin(), csr.indptr.end());
+    s.insert(s.end(), csr.indices.begin(), csr.indices.end());
+    s.insert(s.end(), csr.num_tokens.begin(), csr.num_tokens.end());
+    return s;
+  }
+
+  void NewSequence() {
+    const RequestId id = next_id_++;
+    const HeadBudgetPlan plan = RandomPlan();
+    const int32_t n = Uniform(1, 160);
+    const auto before = State();
+    if (plan.adaptive && plan.compresses(n)) {
+      std::vector<int32_t> blocks(cfg_.num_layers);
+      for (int l = 0; l < cfg_.num_layers; ++l) {
+        blocks[l] = plan.MaxBlocksPerLayer(l, n, cfg_.block_size);
+      }
+      const int64_t need = std::accumulate(blocks.begin(), blocks.end(), int64_t{0});
+      auto res = m_.ReserveLayers(id, blocks);
+      EXPECT_EQ(res.has_value(), need <= before[0]);
+      if (!res.has_value()) {
+        ++rejections_;
+        EXPECT_EQ(State(), before);
+        EXPECT_FALSE(m_.Contains(id));
+        return;
+      }
+      pending_[id] = Pending{plan, n, *res};
+      return;
+    }
+    const std::vector<int32_t> kept = plan.KeptTokens(n);
+    const int64_t need = m_.FootprintBlocks(kept);
+    EXPECT_EQ(m_.NewBlocksNeeded(id, kept), need);
+    const bool ok = m_.Append(id, kept);
+    EXPECT_EQ(ok, need <= before[0]);
+    if (!ok) {
+      ++rejections_;
+      EXPECT_EQ(State(), before);
+      EXPECT_FALSE(m_.Contains(id));
+      return;
+    }
+    lengths_[id] = kept;
+  }
+
+  void CommitOne() {
+    if (pending_.empty()) return;
+    auto it = std::next(pending_.begin(), Uniform(0, pending_.size() - 1));
+    const Pending& p = it->second;
+    const int32_t H = cfg_.num_kv_heads, w = p.plan.window;
+    // An over-sized commit (every head keeps everything) is rejected unchanged when it does
+    // not fit the reservation.
+    if (Uniform(0, 2) == 0) {
+      const auto before = State();
+      const absl::Status st =
+          m_.CommitAdaptive(it->first, std::vector<int32_t>(p.plan.num_layers * H, p.n));
+      if (!st.ok()) {
+        EXPECT_EQ(State(), before);
+      } else {
+        lengths_[it->first] = std::vector<int32_t>(p.plan.num_layers * H, p.n);
+        pending_.erase(it);
+        return;
+      }
+    }
+    std::vector<int32_t> kept;
+    std::uniform_real_distribution<float> score(0.0f, 1.0f);
+    for (int l = 0; l < p.plan.num_layers; ++l) {
+      std::vector<std::vector<float>> scores(H, std::vector<float>(p.n - w));
+      for (auto& h : scores)
+        for (float& x : h) x = score(rng_) * score(rng_);
+      for (int32_t cap : AdaKvAllocate(scores, p.plan.layer_budget[l], 0.2f)) {
+        kept.push_back(cap + w);
+      }
+    }
+    // The plan's block bound always fits what Ada-KV can choose.
+    const absl::Status st = m_.CommitAdaptive(it->first, kept);
+    ASSERT_TRUE(st.ok()) << st;
+    ++adaptive_commits_;
+    lengths_[it->first] = kept;
+    pending_.erase(it);
+  }
+
+  void GrowOne() {
+    if (lengths_.empty()) return;
+    auto it = std::next(lengths_.begin(), Uniform(0, lengths_.size() - 1));
+    std::vector<int32_t> grow(m_.num_rows_per_seq(), 1);  // decode
+    if (Uniform(0, 1)) {
+      for (int32_t& g : grow) g = Uniform(0, 20);
+    }
+    const auto before = State();
+    const int64_t need = m_.NewBlocksNeeded(it->first, grow);
+    const bool ok = m_.Append(it->first, grow);
+    EXPECT_EQ(ok, need <= before[0]);
+    if (!ok) {
+      ++rejections_;
+      EXPECT_EQ(State(), before);
+      return;
+    }
+    EXPECT_EQ(m_.num_free_blocks(), before[0] - need);
+    for (int r = 0; r < m_.num_rows_per_seq(); ++r) it->second[r] += grow[r];
+  }
+
+  void ForkOne() {
+    if (lengths_.empty()) return;
+    auto it = std::next(lengths_.begin(), Uniform(0, lengths_.size() - 1));
+    const RequestId id = next_id_++;
+    ASSERT_TRUE(m_.Fork(it->first, id).ok());
+    lengths_[id] = it->second;
+  }
+
+  void FreeOne() {
+    const size_t total = lengths_.size() + pending_.size();
+    if (total == 0) return;
+    const size_t k = Uniform(0, total - 1);
+    if (k < lengths_.size()) {
+      auto it = std::next(lengths_.begin(), k);
+      m_.Free(it->first);
+      lengths_.erase(it);
+    } else {
+      auto it = std::next(pending_.begin(), k - lengths_.size());
+      m_.Free(it->first);
+      pending_.erase(it);
+    }
+  }
+
+  void CheckInvariants() {
+    std::vector<int32_t> holders(m_.num_total_blocks(), 0);
+    int64_t held = 0;
+    for (const auto& [id, len] : lengths_) {
+      ASSERT_TRUE(m_.Contains(id));
+      EXPECT_EQ(m_.RowLengths(id), len);
+      std::set<BlockId> own;
+      int64_t count = 0;
+      for (int l = 0; l < cfg_.num_layers; ++l) {
+        for (int h = 0; h < cfg_.num_kv_heads; ++h) {
+          const BlockTable& t = m_.Table(id, l, h);
+          EXPECT_EQ(t.blocks.size(), size_t(BlockTable::BlocksFor(t.num_tokens, cfg_.block_size)));
+          for (BlockId b : t.blocks) ++holders[b];
+          own.insert(t.blocks.begin(), t.blocks.end());
+          count += t.blocks.size();
+        }
+      }
+      EXPECT_EQ(own.size(), size_t(count)) << "a block appears twice in sequence " << id;
+      EXPECT_EQ(m_.SequenceBlocks(id), count);
+      held += count;
+    }
+    std::set<BlockId> dsts;
+    for (const auto& [src, dst] : m_.pending_block_copies()) {
+      EXPECT_GE(holders[dst], 1) << "copy into a block no table holds: " << dst;
+      EXPECT_TRUE(dsts.insert(dst).second) << "two copies into " << dst;
+    }
+    for (const auto& [src, dst] : m_.pending_block_copies()) {
+      EXPECT_EQ(dsts.count(src), 0u) << "copy reads block " << src << " that another writes";
+      ++holders[src];  // a pending copy holds its src
+    }
+    for (const auto& [id, p] : pending_) {
+      for (BlockId b : p.res.blocks) ++holders[b];
+      held += p.res.blocks.size();
+      EXPECT_EQ(m_.SequenceBlocks(id), int64_t(p.res.blocks.size()));
+    }
+    int32_t free_blocks = 0;
+    for (BlockId b = 0; b < m_.num_total_blocks(); ++b) {
+      ASSERT_EQ(m_.pool().ref_count(b), holders[b]) << "block " << b;
+      free_blocks += holders[b] == 0;
+    }
+    EXPECT_EQ(m_.num_free_blocks(), free_blocks);
+    EXPECT_EQ(m_.pool().num_used() + m_.num_free_blocks(), m_.num_total_blocks());
+    const auto per_layer = m_.BlocksPerLayer();
+    EXPECT_EQ(std::accumulate(per_layer.begin(), per_layer.end(), int64_t{0}), held);
+  }
+
+  KvCacheManager m_;
+  KvCacheConfig cfg_;
+  std::mt19937 rng_;
+  RequestId next_id_ = 1;
+  std::map<RequestId, std::vector<int32_t>> lengths_;  // committed sequences: row lengths
+  std::map<RequestId, Pending> pending_;               // uncommitted adaptive reservations
+  int64_t rejections_ = 0;
+  int64_t adaptive_commits_ = 0;
+};
+
+TEST(KvCacheManagerPropertyTest, RandomOperationsKeepInvariants) {
+  int64_t rejections = 0, commits = 0;
+  for (uint32_t seed = 1; seed <= 24; ++seed) {
+    KvCacheConfig c;
+    c.block_size = seed % 3 == 0 ? 16 : 4;
+    c.num_layers = 1 + seed % 4;
+    c.num_kv_heads = 1 + seed % 3;
+    c.num_blocks = 40 + 30 * (seed % 7);
+    Harness h(c, seed);
+    for (int step = 0; step < 1500 && !::testing::Test::HasFatalFailure(); ++step) h.Step();
+    h.FreeAll();
+    rejections += h.rejections();
+    commits += h.adaptive_commits();
+  }
+  // The runs must exercise both exhaustion and the adaptive path to mean anything.
+  std::cout << "rejections " << rejections << " adaptive commits " << commits << "\n";
+  EXPECT_GT(rejections, 100);
+  EXPECT_GT(commits, 20);
+}
+
+}  // namespace
+}  // namespace hkv

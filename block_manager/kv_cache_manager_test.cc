@@ -1,0 +1,255 @@
+#include "block_manager/kv_cache_manager.h"
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace hkv {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+KvCacheConfig Config(int32_t blocks, int32_t block_size = 4, int32_t layers = 2,
+                     int32_t heads = 2) {
+  KvCacheConfig c;
+  c.num_blocks = blocks;
+  c.block_size = block_size;
+  c.num_layers = layers;
+  c.num_kv_heads = heads;
+  return c;
+}
+
+// Everything observable about the manager's state for `seqs`.
+struct Snapshot {
+  int32_t num_free;
+  std::vector<int32_t> refs;
+  KvCsr csr;
+  bool operator==(const Snapshot& o) const {
+    return num_free == o.num_free && refs == o.refs && csr.indptr == o.csr.indptr &&
+           csr.indices == o.csr.indices && csr.last_len == o.csr.last_len &&
+           csr.num_tokens == o.csr.num_tokens;
+  }
+};
+
+Snapshot Take(const KvCacheManager& m, const std::vector<RequestId>& seqs) {
+  Snapshot s{m.num_free_blocks(), {}, m.ExportCsr(seqs)};
+  for (BlockId b = 0; b < m.num_total_blocks(); ++b) s.refs.push_back(m.pool().ref_count(b));
+  return s;
+}
+
+TEST(KvCacheManagerTest, Footprints) {
+  KvCacheManager m(Config(100));
+  EXPECT_EQ(m.num_rows_per_seq(), 4);
+  EXPECT_EQ(m.FootprintBlocks(std::vector<int32_t>{1, 4, 5, 0}), 1 + 1 + 2 + 0);
+  EXPECT_EQ(m.FootprintBlocksUniform(9), 4 * 3);
+  EXPECT_EQ(m.FootprintBlocksUniform(0), 0);
+  EXPECT_EQ(m.NewBlocksNeeded(7, std::vector<int32_t>{1, 4, 5, 0}), 4);  // unknown = fresh
+  ASSERT_TRUE(m.Append(7, std::vector<int32_t>{1, 4, 5, 0}));
+  EXPECT_EQ(m.NewBlocksNeeded(7, std::vector<int32_t>{3, 1, 3, 1}), 0 + 1 + 0 + 1);
+  EXPECT_EQ(m.NewBlocksNeededUniform(7, 4), 1 + 1 + 1 + 1);
+}
+
+TEST(KvCacheManagerTest, PerHeadTablesAndCsrExport) {
+  KvCacheManager m(Config(100));
+  ASSERT_TRUE(m.Append(1, std::vector<int32_t>{5, 1, 0, 8}));  // blocks 0-1 | 2 | - | 3-4
+  ASSERT_TRUE(m.AppendUniform(2, 3));                           // blocks 5, 6, 7, 8
+  EXPECT_THAT(m.RowLengths(1), ElementsAre(5, 1, 0, 8));
+  EXPECT_THAT(m.Table(1, 0, 0).blocks, ElementsAre(0, 1));
+  EXPECT_THAT(m.Table(1, 1, 1).blocks, ElementsAre(3, 4));
+  EXPECT_EQ(m.SequenceBlocks(1), 5);
+  EXPECT_EQ(m.SequenceBlocks(2), 4);
+
+  const KvCsr csr = m.ExportCsr(std::vector<RequestId>{2, 1});
+  EXPECT_THAT(csr.indptr, ElementsAre(0, 1, 2, 3, 4, 6, 7, 7, 9));
+  EXPECT_THAT(csr.indices, ElementsAre(5, 6, 7, 8, 0, 1, 2, 3, 4));
+  EXPECT_THAT(csr.last_len, ElementsAre(3, 3, 3, 3, 1, 1, 0, 4));
+  EXPECT_THAT(csr.num_tokens, ElementsAre(3, 3, 3, 3, 5, 1, 0, 8));
+  EXPECT_THAT(m.BlocksPerLayer(), ElementsAre(3 + 2, 2 + 2));
+
+  // Growth fills the partial last block before taking a new one.
+  ASSERT_TRUE(m.Append(1, std::vector<int32_t>{3, 4, 1, 1}));
+  EXPECT_THAT(m.RowLengths(1), ElementsAre(8, 5, 1, 9));
+  EXPECT_THAT(m.Table(1, 0, 0).blocks, ElementsAre(0, 1));
+  EXPECT_THAT(m.Table(1, 0, 1).blocks, ElementsAre(2, 9));
+  EXPECT_THAT(m.Table(1, 1, 0).blocks, ElementsAre(10));
+  EXPECT_THAT(m.Table(1, 1, 1).blocks, ElementsAre(3, 4, 11));
+  EXPECT_EQ(m.Table(1, 1, 1).last_len(4), 1);
+}
+
+TEST(KvCacheManagerTest, AppendThatDoesNotFitChangesNothing) {
+  KvCacheManager m(Config(6));
+  ASSERT_TRUE(m.AppendUniform(1, 4));  // 4 blocks, 2 free
+  const Snapshot before = Take(m, {1});
+  EXPECT_FALSE(m.AppendUniform(1, 1));  // needs 4
+  EXPECT_FALSE(m.Append(2, std::vector<int32_t>{4, 4, 4, 0}));
+  EXPECT_FALSE(m.Contains(2));
+  EXPECT_TRUE(Take(m, {1}) == before);
+  EXPECT_TRUE(m.Append(1, std::vector<int32_t>{1, 0, 0, 1}));
+  EXPECT_EQ(m.num_free_blocks(), 0);
+}
+
+TEST(KvCacheManagerTest, FreeReturnsEverything) {
+  KvCacheManager m(Config(20));
+  ASSERT_TRUE(m.Append(1, std::vector<int32_t>{5, 1, 0, 8}));
+  ASSERT_TRUE(m.AppendUniform(2, 12));
+  m.Free(1);
+  m.Free(1);   // idempotent
+  m.Free(99);  // unknown: no-op
+  EXPECT_FALSE(m.Contains(1));
+  EXPECT_EQ(m.num_free_blocks(), 20 - 12);
+  m.Free(2);
+  EXPECT_EQ(m.num_free_blocks(), 20);
+  for (BlockId b = 0; b < 20; ++b) EXPECT_EQ(m.pool().ref_count(b), 0);
+}
+
+TEST(KvCacheManagerTest, ForkSharesAndCopiesOnWrite) {
+  KvCacheManager m(Config(30, 4, 1, 2));
+  ASSERT_TRUE(m.Append(1, std::vector<int32_t>{6, 8}));  // h0: [0][1] (1 partial), h1: [2][3]
+  ASSERT_TRUE(m.Fork(1, 2).ok());
+  EXPECT_EQ(m.num_free_blocks(), 26);
+  for (BlockId b : {0, 1, 2, 3}) EXPECT_EQ(m.pool().ref_count(b), 2);
+  EXPECT_EQ(m.ExportCsr(std::vector<RequestId>{2}).indices,
+            m.ExportCsr(std::vector<RequestId>{1}).indices);
+
+  // Seq 2 writes into the shared partial block of head 0: it gets a private copy. Head 1's last
+  // block is full, so it just takes a new block.
+  EXPECT_EQ(m.NewBlocksNeededUniform(2, 1), 1 + 1);
+  ASSERT_TRUE(m.AppendUniform(2, 1));
+  EXPECT_THAT(m.Table(2, 0, 0).blocks, ElementsAre(0, 4));
+  EXPECT_THAT(m.Table(2, 0, 1).blocks, ElementsAre(2, 3, 5));
+  EXPECT_THAT(m.Table(1, 0, 0).blocks, ElementsAre(0, 1));
+  EXPECT_EQ(m.pool().ref_count(0), 2);
+  EXPECT_EQ(m.pool().ref_count(1), 2);  // seq 1 and the pending copy
+  EXPECT_EQ(m.pool().ref_count(4), 1);
+  EXPECT_THAT(m.TakeBlockCopies(), ElementsAre(std::pair<BlockId, BlockId>(1, 4)));
+  EXPECT_EQ(m.pool().ref_count(1), 1);
+  EXPECT_THAT(m.TakeBlockCopies(), IsEmpty());
+
+  // Seq 1 now owns block 1 alone: no copy.
+  EXPECT_EQ(m.NewBlocksNeededUniform(1, 1), 1);
+  ASSERT_TRUE(m.AppendUniform(1, 1));
+  EXPECT_THAT(m.TakeBlockCopies(), IsEmpty());
+  EXPECT_THAT(m.RowLengths(1), ElementsAre(7, 9));
+  EXPECT_THAT(m.RowLengths(2), ElementsAre(7, 9));
+
+  m.Free(1);
+  m.Free(2);
+  EXPECT_EQ(m.num_free_blocks(), 30);
+}
+
+TEST(KvCacheManagerTest, BothSharersAppendingInOneStepCopyOnce) {
+  KvCacheManager m(Config(10, 4, 1, 1));
+  ASSERT_TRUE(m.AppendUniform(1, 2));  // [0], 2 tokens
+  ASSERT_TRUE(m.Fork(1, 2).ok());
+  ASSERT_TRUE(m.AppendUniform(2, 1));  // copies 0 -> 1
+  EXPECT_EQ(m.NewBlocksNeededUniform(1, 1), 0);  // seq 1 is now block 0's only table
+  ASSERT_TRUE(m.AppendUniform(1, 1));
+  EXPECT_THAT(m.Table(1, 0, 0).blocks, ElementsAre(0));
+  EXPECT_THAT(m.Table(2, 0, 0).blocks, ElementsAre(1));
+  EXPECT_THAT(m.TakeBlockCopies(), ElementsAre(std::pair<BlockId, BlockId>(0, 1)));
+  EXPECT_EQ(m.pool().ref_count(0), 1);
+}
+
+TEST(KvCacheManagerTest, CopiesOfCopiesReadTheOriginal) {
+  KvCacheManager m(Config(10, 4, 1, 1));
+  ASSERT_TRUE(m.AppendUniform(1, 2));  // [0]
+  ASSERT_TRUE(m.Fork(1, 2).ok());
+  ASSERT_TRUE(m.AppendUniform(2, 1));  // 0 -> 1
+  ASSERT_TRUE(m.Fork(2, 3).ok());      // seq 3 shares block 1, whose data is still in 0
+  ASSERT_TRUE(m.AppendUniform(3, 1));  // 0 -> 2, not 1 -> 2
+  EXPECT_THAT(m.TakeBlockCopies(), ElementsAre(std::pair<BlockId, BlockId>(0, 1),
+                                               std::pair<BlockId, BlockId>(0, 2)));
+  EXPECT_EQ(m.pool().ref_count(0), 1);
+  EXPECT_EQ(m.pool().ref_count(1), 1);
+  EXPECT_EQ(m.pool().ref_count(2), 1);
+}
+
+TEST(KvCacheManagerTest, PendingCopyKeepsItsSourceUntilTaken) {
+  KvCacheManager m(Config(3, 4, 1, 1));
+  ASSERT_TRUE(m.AppendUniform(1, 2));  // [0]
+  ASSERT_TRUE(m.Fork(1, 2).ok());
+  ASSERT_TRUE(m.AppendUniform(2, 1));  // copies 0 -> 1
+  m.Free(1);                           // block 0's last table goes away
+  EXPECT_EQ(m.pool().ref_count(0), 1);  // still held for the copy
+  EXPECT_FALSE(m.AppendUniform(3, 8));   // needs 2 blocks; only 1 is free
+  EXPECT_THAT(m.TakeBlockCopies(), ElementsAre(std::pair<BlockId, BlockId>(0, 1)));
+  EXPECT_EQ(m.num_free_blocks(), 2);
+}
+
+TEST(KvCacheManagerTest, CopyOfAFreedSequenceIsDropped) {
+  KvCacheManager m(Config(10, 4, 1, 1));
+  ASSERT_TRUE(m.AppendUniform(1, 2));
+  ASSERT_TRUE(m.Fork(1, 2).ok());
+  ASSERT_TRUE(m.AppendUniform(2, 1));
+  m.Free(2);
+  EXPECT_THAT(m.TakeBlockCopies(), IsEmpty());
+  EXPECT_EQ(m.pool().ref_count(0), 1);
+  m.Free(1);
+  EXPECT_EQ(m.num_free_blocks(), 10);
+}
+
+TEST(KvCacheManagerTest, ForkErrors) {
+  KvCacheManager m(Config(10));
+  ASSERT_TRUE(m.AppendUniform(1, 2));
+  EXPECT_EQ(m.Fork(5, 6).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(m.AppendUniform(2, 1));
+  EXPECT_EQ(m.Fork(1, 2).code(), absl::StatusCode::kAlreadyExists);
+  ASSERT_TRUE(m.ReserveLayers(3, std::vector<int32_t>{1, 1}).has_value());
+  EXPECT_EQ(m.Fork(3, 4).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(KvCacheManagerTest, AdaptiveReserveAndCommit) {
+  KvCacheManager m(Config(10));
+  auto res = m.ReserveLayers(1, std::vector<int32_t>{3, 2});
+  ASSERT_TRUE(res.has_value());
+  EXPECT_THAT(res->indptr, ElementsAre(0, 3, 5));
+  EXPECT_THAT(res->blocks, ElementsAre(0, 1, 2, 3, 4));
+  EXPECT_EQ(m.SequenceBlocks(1), 5);
+  EXPECT_THAT(m.BlocksPerLayer(), ElementsAre(3, 2));
+  EXPECT_THAT(m.RowLengths(1), ElementsAre(0, 0, 0, 0));
+  EXPECT_THAT(m.ExportCsr(std::vector<RequestId>{1}).indices, IsEmpty());
+  EXPECT_FALSE(m.ReserveLayers(2, std::vector<int32_t>{3, 3}).has_value());
+  EXPECT_FALSE(m.Contains(2));
+  EXPECT_EQ(m.num_free_blocks(), 5);
+
+  // Layer 1 head 0 needs 2 blocks but only 2 are reserved for the whole layer with head 1's 1.
+  const Snapshot before = Take(m, {1});
+  absl::Status st = m.CommitAdaptive(1, std::vector<int32_t>{5, 4, 5, 1});
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("layer 1 needs 3 blocks but reserved 2"));
+  EXPECT_EQ(m.CommitAdaptive(1, std::vector<int32_t>{1, 1}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.CommitAdaptive(1, std::vector<int32_t>{1, -1, 1, 1}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.CommitAdaptive(9, std::vector<int32_t>{1, 1, 1, 1}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Take(m, {1}) == before);
+
+  ASSERT_TRUE(m.CommitAdaptive(1, std::vector<int32_t>{5, 4, 4, 0}).ok());
+  EXPECT_THAT(m.Table(1, 0, 0).blocks, ElementsAre(0, 1));
+  EXPECT_THAT(m.Table(1, 0, 1).blocks, ElementsAre(2));
+  EXPECT_THAT(m.Table(1, 1, 0).blocks, ElementsAre(3));
+  EXPECT_THAT(m.Table(1, 1, 1).blocks, IsEmpty());
+  EXPECT_EQ(m.pool().ref_count(4), 0);  // unused reservation freed
+  EXPECT_EQ(m.num_free_blocks(), 6);
+  EXPECT_EQ(m.SequenceBlocks(1), 4);
+  EXPECT_EQ(m.CommitAdaptive(1, std::vector<int32_t>{5, 4, 4, 0}).code(),
+            absl::StatusCode::kInvalidArgument);  // already committed
+  ASSERT_TRUE(m.AppendUniform(1, 1));  // decode appends to every head
+  EXPECT_THAT(m.RowLengths(1), ElementsAre(6, 5, 5, 1));
+
+  ASSERT_TRUE(m.ReserveLayers(2, std::vector<int32_t>{1, 1}).has_value());
+  m.Free(2);  // frees an uncommitted reservation
+  m.Free(1);
+  EXPECT_EQ(m.num_free_blocks(), 10);
+}
+
+}  // namespace
+}  // namespace hkv
