@@ -86,6 +86,9 @@ struct SequenceResult {
   // Compressed prefill only: tokens kept per (layer, kv_head) [num_layers * num_kv_heads],
   // window included. Equals kv_len_after for static plans.
   std::vector<int32_t> kept_per_head;
+  // Logits of the sampled position [vocab]; filled only by a worker asked to keep them (tests
+  // and numerical checks).
+  std::vector<float> logits;
 };
 
 struct BatchResult {

@@ -1,0 +1,282 @@
+// CpuWorker on the real stories260K checkpoint: golden greedy ids, batching and chunking
+// invariance, and the compressed-prefill path.
+
+#include "workers/cpu_worker.h"
+
+#include <cmath>
+
+#include "common/paths.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "workers/llama2c_loader.h"
+
+namespace hkv {
+namespace {
+
+constexpr int32_t kBlockSize = 16;
+constexpr int32_t kBlocksPerRow = 8;  // 128 tokens per (sequence, layer, head).
+const std::vector<TokenId> kGolden = {403, 407, 261, 378, 432, 383, 286, 261, 376, 298,
+                                      315, 421, 395, 317, 426, 338, 401, 396, 267, 337,
+                                      410, 408, 419, 292, 411, 322, 265, 282, 295, 433,
+                                      426, 385, 328, 432, 358, 394, 261, 370, 432, 352};
+
+std::shared_ptr<const Model> Stories() {
+  static std::shared_ptr<const Model> model = [] {
+    auto m = LoadLlama2cCheckpoint(DefaultModelPath());
+    EXPECT_TRUE(m.ok()) << m.status();
+    return std::make_shared<const Model>(std::move(*m));
+  }();
+  return model;
+}
+
+// A sequence with its own fixed blocks: slot `slot` (0..) owns rows' blocks
+// [(slot * rows + r) * kBlocksPerRow, ...).
+struct TestSeq {
+  int32_t slot = 0;
+  std::vector<int32_t> row_len;  // Tokens cached per row.
+  int32_t position = 0;          // Tokens of the sequence computed so far.
+};
+
+class BatchBuilder {
+ public:
+  explicit BatchBuilder(const ModelConfig& c) {
+    batch_.num_layers = c.num_layers;
+    batch_.num_kv_heads = c.num_kv_heads;
+    batch_.block_size = kBlockSize;
+    batch_.kv_indptr = {0};
+  }
+  // Adds a plain step of `tokens` for `seq`, growing every row.
+  void AddPlain(TestSeq* seq, std::vector<TokenId> tokens, bool sample, int32_t sample_step) {
+    SequenceStep s;
+    s.id = seq->slot;
+    s.start_pos = seq->position;
+    s.tokens = std::move(tokens);
+    seq->position += s.tokens.size();
+    s.sample = sample;
+    s.sample_step = sample_step;
+    const int32_t rows = batch_.num_layers * batch_.num_kv_heads;
+    if (seq->row_len.empty()) seq->row_len.assign(rows, 0);
+    std::vector<int32_t> after(rows);
+    for (int32_t r = 0; r < rows; ++r) after[r] = seq->row_len[r] + s.tokens.size();
+    AddRows(seq, after);
+    batch_.seqs.push_back(std::move(s));
+  }
+  // Adds a compressed prefill with static capacities.
+  void AddSelect(TestSeq* seq, std::vector<TokenId> tokens, std::vector<int32_t> capacity) {
+    SequenceStep s;
+    s.id = seq->slot;
+    s.tokens = std::move(tokens);
+    s.sample = true;
+    s.select = true;
+    s.selection.capacity = capacity;
+    seq->position = s.tokens.size();
+    const int32_t n = s.tokens.size(), w = s.selection.window;
+    const int32_t rows = batch_.num_layers * batch_.num_kv_heads;
+    seq->row_len.assign(rows, 0);
+    std::vector<int32_t> after(rows);
+    for (int32_t r = 0; r < rows; ++r) after[r] = std::min(capacity[r], n - w) + w;
+    AddRows(seq, after);
+    batch_.seqs.push_back(std::move(s));
+  }
+  Batch Take() { return std::move(batch_); }
+
+ private:
+  void AddRows(TestSeq* seq, const std::vector<int32_t>& after) {
+    const int32_t rows = after.size();
+    for (int32_t r = 0; r < rows; ++r) {
+      const int32_t first = (seq->slot * rows + r) * kBlocksPerRow;
+      const int32_t blocks = (after[r] + kBlockSize - 1) / kBlockSize;
+      for (int32_t b = 0; b < blocks; ++b) batch_.kv_indices.push_back(first + b);
+      batch_.kv_indptr.push_back(batch_.kv_indices.size());
+      batch_.kv_len_before.push_back(seq->row_len[r]);
+      batch_.kv_len_after.push_back(after[r]);
+      seq->row_len[r] = after[r];
+    }
+  }
+  Batch batch_;
+};
+
+std::unique_ptr<CpuWorker> MakeWorker() {
+  const ModelConfig& c = Stories()->config;
+  auto w = std::make_unique<CpuWorker>(Stories(), 4 * c.num_layers * c.num_kv_heads * kBlocksPerRow,
+                                       kBlockSize, 2);
+  w->set_return_logits(true);
+  return w;
+}
+
+// Greedy-decodes `steps` tokens after prefilling `prompt` (in chunks of `chunk`).
+std::vector<TokenId> Greedy(CpuWorker& worker, int32_t slot, std::vector<TokenId> prompt,
+                            int32_t steps, int32_t chunk = 1 << 20) {
+  TestSeq seq{slot, {}, 0};
+  std::vector<TokenId> out;
+  for (size_t at = 0; at < prompt.size(); at += chunk) {
+    const size_t end = std::min(prompt.size(), at + chunk);
+    BatchBuilder b(worker.config());
+    b.AddPlain(&seq, {prompt.begin() + at, prompt.begin() + end}, end == prompt.size(), 0);
+    auto r = worker.Execute(b.Take());
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (end == prompt.size()) out.push_back(r->seqs[0].token);
+  }
+  while (static_cast<int32_t>(out.size()) < steps) {
+    BatchBuilder b(worker.config());
+    b.AddPlain(&seq, {out.back()}, true, out.size());
+    auto r = worker.Execute(b.Take());
+    EXPECT_TRUE(r.ok()) << r.status();
+    out.push_back(r->seqs[0].token);
+  }
+  return out;
+}
+
+TEST(CpuWorkerTest, GreedyFromBosGivesTheGoldenIds) {
+  auto worker = MakeWorker();
+  EXPECT_THAT(Greedy(*worker, 0, {1}, 40), ::testing::ElementsAreArray(kGolden));
+}
+
+TEST(CpuWorkerTest, LogitsAreFinite) {
+  auto worker = MakeWorker();
+  TestSeq seq{0, {}};
+  BatchBuilder b(worker->config());
+  b.AddPlain(&seq, {1, 403, 407, 261}, true, 0);
+  auto r = worker->Execute(b.Take());
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->seqs[0].logits.size(), 512u);
+  for (float x : r->seqs[0].logits) ASSERT_TRUE(std::isfinite(x));
+}
+
+TEST(CpuWorkerTest, ChunkedPrefillEqualsOneShot) {
+  auto worker = MakeWorker();
+  std::vector<TokenId> prompt = {1};
+  prompt.insert(prompt.end(), kGolden.begin(), kGolden.begin() + 30);
+  EXPECT_EQ(Greedy(*worker, 0, prompt, 12), Greedy(*worker, 1, prompt, 12, /*chunk=*/7));
+}
+
+TEST(CpuWorkerTest, BatchingTwoSequencesChangesNothing) {
+  auto worker = MakeWorker();
+  std::vector<TokenId> a = {1, 403, 407}, b = {1, 403, 407, 261, 378, 432, 383, 286, 261};
+  TestSeq sa{0, {}}, sb{1, {}};
+  BatchBuilder builder(worker->config());
+  builder.AddPlain(&sa, a, true, 0);
+  builder.AddPlain(&sb, b, true, 0);
+  auto together = worker->Execute(builder.Take());
+  ASSERT_TRUE(together.ok());
+  TestSeq ca{2, {}}, cb{3, {}};
+  BatchBuilder alone_a(worker->config()), alone_b(worker->config());
+  alone_a.AddPlain(&ca, a, true, 0);
+  alone_b.AddPlain(&cb, b, true, 0);
+  auto ra = worker->Execute(alone_a.Take());
+  auto rb = worker->Execute(alone_b.Take());
+  EXPECT_EQ(together->seqs[0].logits, ra->seqs[0].logits);
+  EXPECT_EQ(together->seqs[1].logits, rb->seqs[0].logits);
+}
+
+TEST(CpuWorkerTest, CompressedPrefillKeepingEverythingIsBitIdentical) {
+  auto worker = MakeWorker();
+  const ModelConfig& c = worker->config();
+  std::vector<TokenId> prompt = {1};
+  prompt.insert(prompt.end(), kGolden.begin(), kGolden.begin() + 39);
+  TestSeq plain{0, {}}, compressed{1, {}};
+  BatchBuilder b1(c), b2(c);
+  b1.AddPlain(&plain, prompt, true, 0);
+  b2.AddSelect(&compressed, prompt,
+               std::vector<int32_t>(c.num_layers * c.num_kv_heads, prompt.size()));
+  auto r1 = worker->Execute(b1.Take());
+  auto r2 = worker->Execute(b2.Take());
+  ASSERT_TRUE(r1.ok() && r2.ok()) << r2.status();
+  EXPECT_EQ(r1->seqs[0].logits, r2->seqs[0].logits);
+  for (int32_t kept : r2->seqs[0].kept_per_head) EXPECT_EQ(kept, 40);
+  // And the next decode step reads identical caches.
+  BatchBuilder d1(c), d2(c);
+  d1.AddPlain(&plain, {r1->seqs[0].token}, true, 1);
+  d2.AddPlain(&compressed, {r2->seqs[0].token}, true, 1);
+  auto n1 = worker->Execute(d1.Take());
+  auto n2 = worker->Execute(d2.Take());
+  EXPECT_EQ(n1->seqs[0].logits, n2->seqs[0].logits);
+}
+
+TEST(CpuWorkerTest, CompressedPrefillKeepsEachHeadsCapacityThenDecodes) {
+  auto worker = MakeWorker();
+  const ModelConfig& c = worker->config();
+  std::vector<TokenId> prompt = {1};
+  for (int i = 0; i < 3; ++i) prompt.insert(prompt.end(), kGolden.begin(), kGolden.end());
+  std::vector<int32_t> capacity(c.num_layers * c.num_kv_heads);
+  for (size_t i = 0; i < capacity.size(); ++i) capacity[i] = 2 + (i * 7) % 30;
+  TestSeq seq{0, {}};
+  BatchBuilder b(c);
+  b.AddSelect(&seq, prompt, capacity);
+  auto r = worker->Execute(b.Take());
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (size_t i = 0; i < capacity.size(); ++i) {
+    EXPECT_EQ(r->seqs[0].kept_per_head[i], capacity[i] + 8);
+  }
+  TokenId next = r->seqs[0].token;
+  for (int step = 1; step < 10; ++step) {
+    BatchBuilder d(c);
+    d.AddPlain(&seq, {next}, true, step);
+    auto s = worker->Execute(d.Take());
+    ASSERT_TRUE(s.ok()) << s.status();
+    for (float x : s->seqs[0].logits) ASSERT_TRUE(std::isfinite(x));
+    next = s->seqs[0].token;
+  }
+}
+
+TEST(CpuWorkerTest, AdaptiveSelectionFillsTheLayerReservation) {
+  auto worker = MakeWorker();
+  const ModelConfig& c = worker->config();
+  std::vector<TokenId> prompt = {1};
+  prompt.insert(prompt.end(), kGolden.begin(), kGolden.end());
+  const int32_t n = prompt.size();
+  Batch batch;
+  batch.num_layers = c.num_layers;
+  batch.num_kv_heads = c.num_kv_heads;
+  batch.block_size = kBlockSize;
+  batch.kv_indptr.assign(c.num_layers * c.num_kv_heads + 1, 0);
+  batch.kv_len_before.assign(c.num_layers * c.num_kv_heads, 0);
+  batch.kv_len_after.assign(c.num_layers * c.num_kv_heads, 0);
+  SequenceStep s;
+  s.tokens = prompt;
+  s.sample = true;
+  s.select = true;
+  s.selection.layer_budget.assign(c.num_layers, c.num_kv_heads * 8);
+  s.layer_block_indptr = {0};
+  for (int32_t l = 0; l < c.num_layers; ++l) {
+    for (int32_t i = 0; i < c.num_kv_heads * 2; ++i) s.layer_blocks.push_back(l * 100 + i);
+    s.layer_block_indptr.push_back(s.layer_blocks.size());
+  }
+  batch.seqs.push_back(s);
+  auto r = worker->Execute(batch);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (int32_t l = 0; l < c.num_layers; ++l) {
+    int32_t total = 0;
+    for (int32_t h = 0; h < c.num_kv_heads; ++h) {
+      const int32_t kept = r->seqs[0].kept_per_head[l * c.num_kv_heads + h];
+      EXPECT_GE(kept, 8);
+      EXPECT_LE(kept, n);
+      total += kept - 8;
+    }
+    EXPECT_EQ(total, c.num_kv_heads * 8) << "layer " << l;
+  }
+}
+
+TEST(CpuWorkerTest, MalformedBatchIsAnErrorNotACrash) {
+  auto worker = MakeWorker();
+  TestSeq seq{0, {}};
+  BatchBuilder b(worker->config());
+  b.AddPlain(&seq, {1, 2, 3}, true, 0);
+  Batch good = b.Take();
+  Batch bad = good;
+  bad.kv_indices[0] = 1 << 30;
+  EXPECT_EQ(worker->Execute(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = good;
+  bad.kv_len_after[0] = 1000;
+  EXPECT_EQ(worker->Execute(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = good;
+  bad.seqs[0].tokens[1] = 9999;
+  EXPECT_EQ(worker->Execute(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = good;
+  bad.num_layers = 2;
+  EXPECT_EQ(worker->Execute(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(worker->Execute(good).ok());
+}
+
+}  // namespace
+}  // namespace hkv
