@@ -34,7 +34,9 @@ class Tokenizer {
 // half a character. Not thread-safe; one per request.
 class IncrementalDecoder {
  public:
-  explicit IncrementalDecoder(const Tokenizer* tokenizer) : tokenizer_(tokenizer) {}
+  // `prev` is the token before the first one pushed (the prompt's last), -1 if none.
+  explicit IncrementalDecoder(const Tokenizer* tokenizer, TokenId prev = -1)
+      : tokenizer_(tokenizer), prev_(prev) {}
   // Appends `id` and returns the newly completed text (possibly empty).
   std::string Push(TokenId id);
   // Returns whatever bytes are still held back (at the end of the stream).
@@ -42,7 +44,7 @@ class IncrementalDecoder {
 
  private:
   const Tokenizer* tokenizer_;
-  TokenId prev_ = -1;
+  TokenId prev_;
   std::string pending_;
 };
 

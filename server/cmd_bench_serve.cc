@@ -1,0 +1,225 @@
+// `hkv bench-serve`: a gRPC load generator in the style of `vllm bench serve`. Sends N
+// streamed Generate requests to a server, closed-loop at a concurrency or open-loop at a
+// Poisson rate, and reports throughput and TTFT / TPOT / ITL / e2e percentiles as a table
+// (and JSON). Runs its own client threads; talks only to the given target.
+
+#include <algorithm>
+#include <atomic>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "hkv/v1/generation.grpc.pb.h"
+#include "nlohmann/json.hpp"
+#include "server/commands.h"
+
+namespace hkv {
+namespace {
+
+struct RequestRecord {
+  bool ok = false;
+  std::string error;
+  int32_t prompt_tokens = 0;
+  int32_t output_tokens = 0;
+  double ttft_s = 0;
+  double e2e_s = 0;
+  std::vector<double> itl_s;
+};
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double rank = p / 100.0 * (v.size() - 1);
+  const size_t lo = static_cast<size_t>(rank);
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (rank - lo);
+}
+
+RequestRecord RunOne(hkv::v1::Generation::Stub* stub, const hkv::v1::GenerateRequest& request) {
+  RequestRecord rec;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(30));
+  const absl::Time start = absl::Now();
+  absl::Time last = start;
+  auto reader = stub->Generate(&context, request);
+  hkv::v1::GenerateResponse response;
+  while (reader->Read(&response)) {
+    const absl::Time now = absl::Now();
+    if (response.token_ids_size() > 0) {
+      if (rec.output_tokens == 0) {
+        rec.ttft_s = absl::ToDoubleSeconds(now - start);
+      } else {
+        rec.itl_s.push_back(absl::ToDoubleSeconds(now - last));
+      }
+      rec.output_tokens += response.token_ids_size();
+      last = now;
+    }
+    if (response.has_usage()) rec.prompt_tokens = response.usage().prompt_tokens();
+  }
+  grpc::Status status = reader->Finish();
+  rec.e2e_s = absl::ToDoubleSeconds(absl::Now() - start);
+  rec.ok = status.ok();
+  if (!status.ok()) rec.error = status.error_message();
+  return rec;
+}
+
+std::vector<hkv::v1::GenerateRequest> MakeRequests(const BenchServeOptions& o, int32_t vocab) {
+  std::vector<std::string> prompts;
+  if (!o.prompts_file.empty()) {
+    std::ifstream in(o.prompts_file);
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty()) prompts.push_back(line);
+    }
+  }
+  std::mt19937_64 rng(o.seed);
+  std::vector<hkv::v1::GenerateRequest> out(o.num_requests);
+  for (int32_t i = 0; i < o.num_requests; ++i) {
+    auto& r = out[i];
+    if (!prompts.empty()) {
+      r.set_prompt(prompts[i % prompts.size()]);
+    } else {
+      // Synthetic ids from [3, vocab): avoids BOS/EOS/special ids of small vocabularies.
+      std::uniform_int_distribution<int32_t> token(3, std::max(4, vocab) - 1);
+      auto* ids = r.mutable_prompt_token_ids();
+      ids->add_ids(1);
+      for (int32_t t = 1; t < o.input_len; ++t) ids->add_ids(token(rng));
+    }
+    r.mutable_sampling()->set_max_tokens(o.output_len);
+    r.mutable_sampling()->set_ignore_eos(true);
+    if (!o.kv_policy.empty()) r.mutable_kv_policy()->set_name(o.kv_policy);
+    if (o.kv_budget > 0) r.mutable_kv_policy()->set_budget(o.kv_budget);
+  }
+  return out;
+}
+
+}  // namespace
+
+int RunBenchServe(const BenchServeOptions& o) {
+  if (o.num_requests < 1 || o.concurrency < 1 || o.input_len < 1 || o.output_len < 1) {
+    std::cerr << "hkv bench-serve: --num-requests, --concurrency, --input-len and --output-len "
+                 "must be >= 1\n";
+    return 1;
+  }
+  auto channel = grpc::CreateChannel(o.target, grpc::InsecureChannelCredentials());
+  auto stub = hkv::v1::Generation::NewStub(channel);
+  hkv::v1::ModelInfo info;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Status s = stub->GetModelInfo(&context, hkv::v1::GetModelInfoRequest(), &info);
+    if (!s.ok()) {
+      std::cerr << "hkv bench-serve: cannot reach " << o.target << ": " << s.error_message()
+                << "\n";
+      return 1;
+    }
+  }
+  const auto requests = MakeRequests(o, info.vocab_size());
+  std::vector<RequestRecord> records(requests.size());
+  std::atomic<int32_t> next{0};
+  const absl::Time start = absl::Now();
+  std::vector<std::thread> threads;
+  if (o.request_rate > 0) {
+    // Open loop: one thread per request, released at Poisson arrival times.
+    std::mt19937_64 rng(o.seed + 1);
+    std::exponential_distribution<double> gap(o.request_rate);
+    double t = 0;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const absl::Time at = start + absl::Seconds(t);
+      threads.emplace_back([&, i, at] {
+        absl::SleepFor(at - absl::Now());
+        records[i] = RunOne(stub.get(), requests[i]);
+      });
+      t += gap(rng);
+    }
+  } else {
+    for (int32_t c = 0; c < o.concurrency; ++c) {
+      threads.emplace_back([&] {
+        for (int32_t i = next++; i < static_cast<int32_t>(requests.size()); i = next++) {
+          records[i] = RunOne(stub.get(), requests[i]);
+        }
+      });
+    }
+  }
+  for (auto& t : threads) t.join();
+  const double duration = absl::ToDoubleSeconds(absl::Now() - start);
+
+  std::vector<double> ttft, tpot, itl, e2e;
+  int64_t out_tokens = 0, in_tokens = 0;
+  int32_t ok = 0, good = 0;
+  std::string first_error;
+  for (const RequestRecord& r : records) {
+    if (!r.ok) {
+      if (first_error.empty()) first_error = r.error;
+      continue;
+    }
+    ++ok;
+    out_tokens += r.output_tokens;
+    in_tokens += r.prompt_tokens;
+    ttft.push_back(r.ttft_s * 1e3);
+    e2e.push_back(r.e2e_s * 1e3);
+    const double r_tpot =
+        r.output_tokens > 1 ? (r.e2e_s - r.ttft_s) / (r.output_tokens - 1) * 1e3 : 0;
+    tpot.push_back(r_tpot);
+    for (double x : r.itl_s) itl.push_back(x * 1e3);
+    const bool meets = (o.slo_ttft_ms <= 0 || r.ttft_s * 1e3 <= o.slo_ttft_ms) &&
+                       (o.slo_tpot_ms <= 0 || r_tpot <= o.slo_tpot_ms);
+    if (meets) ++good;
+  }
+  nlohmann::ordered_json j;
+  j["target"] = o.target;
+  j["mode"] = o.request_rate > 0 ? "rate" : "concurrency";
+  j["concurrency"] = o.concurrency;
+  j["request_rate"] = o.request_rate;
+  j["num_requests"] = o.num_requests;
+  j["successful_requests"] = ok;
+  j["duration_s"] = duration;
+  j["input_tokens"] = in_tokens;
+  j["output_tokens"] = out_tokens;
+  j["request_throughput"] = ok / duration;
+  j["output_throughput"] = out_tokens / duration;
+  j["goodput"] = good / duration;
+  for (auto& [name, values] : {std::pair<const char*, std::vector<double>*>{"ttft_ms", &ttft},
+                               {"tpot_ms", &tpot},
+                               {"itl_ms", &itl},
+                               {"e2e_ms", &e2e}}) {
+    double mean = 0;
+    for (double x : *values) mean += x;
+    j[name] = {{"mean", values->empty() ? 0 : mean / values->size()},
+               {"p50", Percentile(*values, 50)},
+               {"p90", Percentile(*values, 90)},
+               {"p99", Percentile(*values, 99)}};
+  }
+  if (!first_error.empty()) j["first_error"] = first_error;
+  if (!o.json_out.empty()) std::ofstream(o.json_out) << j.dump(2) << "\n";
+  if (o.json) {
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::cout << absl::StrFormat(
+        "============ hkv bench-serve ============\n"
+        "target                    %s (%s, %s)\n"
+        "requests ok / sent        %d / %d\n"
+        "duration (s)              %.2f\n"
+        "input / output tokens     %d / %d\n"
+        "request throughput (r/s)  %.2f\n"
+        "output throughput (tok/s) %.1f\n"
+        "goodput (r/s)             %.2f\n",
+        o.target, info.model_name(), info.device(), ok, o.num_requests, duration, in_tokens,
+        out_tokens, ok / duration, out_tokens / duration, good / duration);
+    std::cout << absl::StrFormat("%-10s %10s %10s %10s %10s\n", "ms", "mean", "p50", "p90",
+                                 "p99");
+    for (const char* name : {"ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"}) {
+      std::cout << absl::StrFormat("%-10s %10.2f %10.2f %10.2f %10.2f\n", name,
+                                   j[name]["mean"].get<double>(), j[name]["p50"].get<double>(),
+                                   j[name]["p90"].get<double>(), j[name]["p99"].get<double>());
+    }
+    if (!first_error.empty()) std::cout << "first error: " << first_error << "\n";
+  }
+  return ok == o.num_requests ? 0 : 2;
+}
+
+}  // namespace hkv

@@ -1,0 +1,96 @@
+// `hkv generate`: one request through the same Engine the server uses.
+
+#include <cstdio>
+#include <iostream>
+
+#include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
+#include "server/commands.h"
+#include "server/model_setup.h"
+
+namespace hkv {
+
+int RunGenerate(const GenerateOptions& options) {
+  ServerConfig config = options.server;
+  config.default_kv_policy = options.kv_policy;
+  config.default_kv_budget = options.kv_budget;
+  auto bundle = BuildEngine(config);
+  if (!bundle.ok()) {
+    std::cerr << "hkv generate: " << bundle.status().message() << "\n";
+    return 1;
+  }
+  Engine& engine = *bundle->engine;
+  EngineRequest request;
+  if (options.use_prompt_ids) {
+    request.prompt = options.prompt_ids;
+  } else {
+    request.prompt = bundle->loaded.tokenizer->Encode(options.prompt, /*add_bos=*/true);
+  }
+  request.sampling = options.sampling;
+  request.kv_policy = options.kv_policy;
+  request.kv_budget = options.kv_budget;
+  request.kv_beta = options.beta;
+  if (!options.json) {
+    std::cout << bundle->loaded.tokenizer->Decode(request.prompt) << std::flush;
+  }
+  engine.Start();
+  const absl::Time start = absl::Now();
+  auto stream = engine.Submit(request);
+  if (!stream.ok()) {
+    std::cerr << "hkv generate: " << stream.status().message() << "\n";
+    return 1;
+  }
+  std::vector<int32_t> output;
+  std::string text;
+  StreamChunk last;
+  absl::Time first_token;
+  while (true) {
+    std::optional<StreamChunk> chunk = (*stream)->Next(absl::Seconds(1));
+    if (!chunk.has_value()) continue;
+    if (output.empty() && !chunk->token_ids.empty()) first_token = absl::Now();
+    output.insert(output.end(), chunk->token_ids.begin(), chunk->token_ids.end());
+    text += chunk->text;
+    if (!options.json) {
+      std::cout << chunk->text << std::flush;
+    }
+    if (chunk->finished) {
+      last = std::move(*chunk);
+      break;
+    }
+  }
+  const absl::Time end = absl::Now();
+  engine.Stop();
+  if (last.finish == StreamFinish::kError) {
+    std::cerr << "\nhkv generate: " << last.status.message() << "\n";
+    return 1;
+  }
+  const double prefill_ms = absl::ToDoubleMilliseconds(first_token - start);
+  const double decode_s = absl::ToDoubleSeconds(end - first_token);
+  const double decode_tps = output.size() > 1 && decode_s > 0 ? (output.size() - 1) / decode_s : 0;
+  const StreamUsage& u = last.usage;
+  if (options.json) {
+    nlohmann::ordered_json j;
+    j["prompt_ids"] = request.prompt;
+    j["output_ids"] = output;
+    j["text"] = text;
+    j["prefill_ms"] = prefill_ms;
+    j["decode_tokens_per_s"] = decode_tps;
+    j["kv_policy"] = options.kv_policy;
+    j["kv_tokens_kept"] = u.kv_tokens_kept;
+    j["kv_tokens_full"] = u.kv_tokens_full;
+    j["kv_bytes_kept"] = u.kv_bytes_kept;
+    j["kv_bytes_full"] = u.kv_bytes_full;
+    std::cout << j.dump() << "\n";
+  } else {
+    std::cout << "\n";
+    std::cerr << absl::StrFormat(
+        "[%d prompt + %d generated tokens; prefill %.1f ms; decode %.1f tokens/s; "
+        "KV (%s) kept %d of %d tokens, %d of %d bytes (%.1f%%)]\n",
+        request.prompt.size(), output.size(), prefill_ms, decode_tps, options.kv_policy,
+        u.kv_tokens_kept, u.kv_tokens_full, u.kv_bytes_kept, u.kv_bytes_full,
+        u.kv_bytes_full > 0 ? 100.0 * u.kv_bytes_kept / u.kv_bytes_full : 100.0);
+  }
+  return 0;
+}
+
+}  // namespace hkv

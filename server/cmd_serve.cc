@@ -1,0 +1,96 @@
+// `hkv serve`: the gRPC server. SIGTERM/SIGINT drain it (stop admitting, let in-flight requests
+// finish within drain_timeout_s, abort the rest) and exit 0.
+
+#include <signal.h>
+
+#include <iostream>
+
+#include "common/logging.h"
+#include "headkv/kv_policy.h"
+#include "server/commands.h"
+#include "server/grpc_server.h"
+#include "server/metrics.h"
+#include "server/model_setup.h"
+
+namespace hkv {
+namespace {
+
+hkv::v1::ModelInfo MakeModelInfo(const ServerConfig& config, const EngineBundle& bundle) {
+  const ModelConfig& m = bundle.loaded.model->config;
+  hkv::v1::ModelInfo info;
+  info.set_model_name(m.name);
+  info.set_architecture(m.architecture);
+  info.set_context_length(m.max_seq_len);
+  info.set_num_layers(m.num_layers);
+  info.set_num_attention_heads(m.num_heads);
+  info.set_num_kv_heads(m.num_kv_heads);
+  info.set_head_dim(m.head_dim);
+  info.set_vocab_size(m.vocab_size);
+  info.set_block_size(config.block_size);
+  info.set_kv_pool_blocks(bundle.sizing.num_blocks);
+  info.set_kv_pool_bytes(bundle.sizing.num_blocks * bundle.sizing.bytes_per_block);
+  for (const char* name : {"full", "snapkv", "pyramidkv", "adakv", "headkv"}) {
+    if (std::string(name) == "headkv" && config.head_scores.empty()) continue;
+    info.add_kv_policies(name);
+  }
+  info.set_default_kv_policy(config.default_kv_policy);
+  info.set_default_kv_budget(config.default_kv_budget);
+  info.set_device(bundle.engine->worker_name());
+  info.set_chat_supported(bundle.loaded.chat != nullptr);
+  return info;
+}
+
+}  // namespace
+
+int RunServe(const ServerConfig& config) {
+  // Block the termination signals in every thread; the main thread waits for them below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto bundle = BuildEngine(config);
+  if (!bundle.ok()) {
+    std::cerr << "hkv serve: " << bundle.status().message() << "\n";
+    return 1;
+  }
+  HKV_LOG(INFO) << "model " << bundle->loaded.model->config.name << " ("
+                << bundle->loaded.model->config.architecture << ") on "
+                << bundle->engine->worker_name();
+  std::cerr << bundle->sizing.summary << "\n";
+  Engine& engine = *bundle->engine;
+  engine.Start();
+
+  MetricsServer metrics(&engine.metrics());
+  if (config.metrics_port > 0) {
+    absl::Status s = metrics.Start(config.host, config.metrics_port);
+    if (!s.ok()) {
+      std::cerr << "hkv serve: " << s.message() << "\n";
+      return 1;
+    }
+    HKV_LOG(INFO) << "metrics on http://" << config.host << ":" << metrics.port() << "/metrics";
+  }
+  auto service = std::make_unique<GenerationService>(
+      &engine, bundle->loaded.tokenizer, bundle->loaded.chat, MakeModelInfo(config, *bundle));
+  GrpcServer server(&engine, std::move(service));
+  auto port = server.Start(config.host, config.port);
+  if (!port.ok()) {
+    std::cerr << "hkv serve: " << port.status().message() << "\n";
+    return 1;
+  }
+  HKV_LOG(INFO) << "serving hkv.v1.Generation on " << config.host << ":" << *port;
+  std::cout << "hkv serve: listening on " << config.host << ":" << *port << std::endl;
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  HKV_LOG(INFO) << "signal " << signal_number << ": draining for up to "
+                << config.drain_timeout_s << " s";
+  server.DrainAndShutdown(absl::Seconds(config.drain_timeout_s));
+  engine.Stop();
+  metrics.Stop();
+  HKV_LOG(INFO) << "drained; exiting";
+  return 0;
+}
+
+}  // namespace hkv

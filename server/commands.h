@@ -1,0 +1,58 @@
+#pragma once
+// The hkv subcommands. main() parses flags into these option structs and calls one; each
+// returns the process exit code. Called from the main thread only.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/sampling_params.h"
+#include "server/server_config.h"
+
+namespace hkv {
+
+struct GenerateOptions {
+  ServerConfig server;  // model, tokenizer, pool, default policy (kv_policy / budget below).
+  std::string prompt;
+  std::vector<int32_t> prompt_ids;  // Used instead of `prompt` when non-empty.
+  bool use_prompt_ids = false;
+  SamplingParams sampling;
+  std::string kv_policy = "full";
+  int32_t kv_budget = 128;
+  double beta = 1.01;
+  bool json = false;
+};
+int RunGenerate(const GenerateOptions& options);
+
+// `hkv serve`: blocks until SIGTERM/SIGINT, then drains.
+int RunServe(const ServerConfig& config);
+
+struct HeadkvPlanOptions {
+  std::string scores;
+  int32_t budget = 128;
+  double beta = 1.01;
+  int32_t kv_heads = 0;  // 0: the score file's head count (query heads).
+  std::string granularity = "kv_head";
+  bool json = false;
+};
+int RunHeadkvPlan(const HeadkvPlanOptions& options);
+
+struct BenchServeOptions {
+  std::string target = "127.0.0.1:50051";
+  int32_t num_requests = 64;
+  int32_t concurrency = 8;    // Used when request_rate <= 0.
+  double request_rate = 0;    // Requests/s (Poisson arrivals); 0 = closed loop at concurrency.
+  int32_t input_len = 32;     // Synthetic prompt length (token ids).
+  int32_t output_len = 32;
+  std::string prompts_file;   // One prompt per line instead of synthetic ids.
+  std::string kv_policy;      // Empty: server default.
+  int32_t kv_budget = 0;
+  uint64_t seed = 0;
+  double slo_ttft_ms = 0;     // Goodput SLOs; 0 = none.
+  double slo_tpot_ms = 0;
+  bool json = false;
+  std::string json_out;       // Also write the JSON report here.
+};
+int RunBenchServe(const BenchServeOptions& options);
+
+}  // namespace hkv

@@ -1,0 +1,442 @@
+#include "server/engine.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace hkv {
+
+struct Engine::Active {
+  std::shared_ptr<RequestStream> stream;
+  IncrementalDecoder decoder;
+  std::string text;            // Everything decoded so far (for stop strings).
+  size_t emitted = 0;          // Bytes of `text` already sent to the client.
+  std::vector<std::string> stop;
+  int32_t prompt_tokens = 0;
+  int32_t generated = 0;
+  absl::Time arrival;
+  absl::Time last_token;
+  bool finished = false;
+};
+
+namespace {
+
+StreamFinish ToStreamFinish(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength:
+      return StreamFinish::kLength;
+    case FinishReason::kStop:
+      return StreamFinish::kStop;
+    case FinishReason::kEos:
+      return StreamFinish::kEos;
+    case FinishReason::kAborted:
+    case FinishReason::kDeadline:
+      return StreamFinish::kAborted;
+    case FinishReason::kError:
+      return StreamFinish::kError;
+    case FinishReason::kNone:
+      break;
+  }
+  return StreamFinish::kNone;
+}
+
+FinishReason ToFinishReason(StreamFinish reason) {
+  switch (reason) {
+    case StreamFinish::kStop:
+      return FinishReason::kStop;
+    case StreamFinish::kError:
+      return FinishReason::kError;
+    default:
+      return FinishReason::kAborted;
+  }
+}
+
+}  // namespace
+
+Engine::Engine(const EngineOptions& options, std::unique_ptr<Worker> worker,
+               std::shared_ptr<const Tokenizer> tokenizer)
+    : options_(options), worker_(std::move(worker)), tokenizer_(std::move(tokenizer)) {
+  KvCacheConfig kv = options_.kv;
+  kv.num_layers = worker_->config().num_layers;
+  kv.num_kv_heads = worker_->config().num_kv_heads;
+  kv_ = std::make_unique<KvCacheManager>(kv);
+  scheduler_ = std::make_unique<Scheduler>(options_.scheduler, kv_.get());
+  metrics_.kv_blocks_total = kv.num_blocks;
+}
+
+Engine::~Engine() { Stop(); }
+
+void Engine::Start() {
+  loop_alive_ = true;
+  metrics_.ready = 1;
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void Engine::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+  loop_alive_ = false;
+  metrics_.ready = 0;
+}
+
+bool Engine::Healthy() const {
+  if (!loop_alive_.load()) return false;
+  const int64_t started = step_started_ns_.load();
+  if (started == 0) return true;
+  return absl::Now() - absl::FromUnixNanos(started) < options_.stall_timeout;
+}
+
+absl::StatusOr<HeadBudgetPlan> Engine::PlanFor(const std::string& policy, int32_t budget,
+                                               double beta) {
+  const std::string key = absl::StrCat(policy, "/", budget, "/", beta);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = plan_cache_.find(key);
+    if (it != plan_cache_.end()) return it->second;
+  }
+  KvPolicy p;
+  HKV_ASSIGN_OR_RETURN(p.name, ParsePolicyName(policy));
+  p.budget = budget;
+  p.beta = beta;
+  p.granularity = Granularity::kKvHead;
+  if (p.name == KvPolicyName::kHeadKv) {
+    if (options_.head_scores == nullptr) {
+      return absl::InvalidArgumentError(
+          "the headkv policy needs head scores: start the server with --head-scores FILE");
+    }
+    const ModelConfig& m = worker_->config();
+    HKV_RETURN_IF_ERROR(CheckShape(*options_.head_scores, m.num_layers, m.num_heads));
+    p.scores = std::make_shared<const HeadScores>(
+        GroupByKvHead(*options_.head_scores, m.num_kv_heads));
+  }
+  HKV_RETURN_IF_ERROR(ValidatePolicy(p));
+  HKV_ASSIGN_OR_RETURN(HeadBudgetPlan plan,
+                       HeadBudgetPlanner::Plan(p, worker_->config().num_layers,
+                                               worker_->config().num_kv_heads));
+  absl::MutexLock lock(&mu_);
+  plan_cache_.emplace(key, plan);
+  return plan;
+}
+
+absl::Status Engine::ValidateRequest(const EngineRequest& r) const {
+  const ModelConfig& m = worker_->config();
+  if (r.prompt.empty()) {
+    return absl::InvalidArgumentError("the prompt is empty: send text or at least one token id");
+  }
+  for (TokenId id : r.prompt) {
+    if (id < 0 || id >= m.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt token id ", id,
+                                                     " is outside the vocabulary [0, ",
+                                                     m.vocab_size, ")"));
+    }
+  }
+  HKV_RETURN_IF_ERROR(ValidateSamplingParams(r.sampling));
+  const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.sampling.max_tokens;
+  if (total > m.max_seq_len) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt (", r.prompt.size(), " tokens) + max_tokens (", r.sampling.max_tokens,
+        ") exceeds the model's context length ", m.max_seq_len,
+        ": shorten the prompt or lower max_tokens"));
+  }
+  for (TokenId id : r.sampling.stop_token_ids) {
+    if (id < 0 || id >= m.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("stop token id ", id, " is out of range"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
+  HKV_RETURN_IF_ERROR(ValidateRequest(r));
+  const std::string policy = r.kv_policy.empty() ? options_.default_policy : r.kv_policy;
+  const int32_t budget = r.kv_budget > 0 ? r.kv_budget : options_.default_budget;
+  const double beta = r.kv_beta > 0 ? r.kv_beta : options_.default_beta;
+  HKV_ASSIGN_OR_RETURN(HeadBudgetPlan plan, PlanFor(policy, budget, beta));
+
+  auto request = std::make_unique<Request>();
+  request->id = next_id_.fetch_add(1);
+  request->request_id =
+      r.request_id.empty() ? absl::StrCat("req-", request->id) : r.request_id;
+  request->prompt = r.prompt;
+  request->sampling = r.sampling;
+  request->eos_ids = tokenizer_ ? tokenizer_->eos_ids() : std::vector<TokenId>{};
+  request->priority = r.priority;
+  request->plan = std::move(plan);
+  request->arrival_time = absl::Now();
+  request->deadline = r.deadline;
+  auto stream = std::make_shared<RequestStream>(request->id, request->request_id);
+  stream->set_prompt_ids(r.prompt);
+
+  absl::MutexLock lock(&mu_);
+  if (stopping_ || draining_) {
+    return absl::UnavailableError("the server is draining or stopping: retry on another replica");
+  }
+  if (waiting_requests_ + static_cast<int64_t>(inbox_.size()) >=
+      options_.scheduler.max_queue) {
+    metrics_.requests_rejected_total++;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the waiting queue is full (", options_.scheduler.max_queue,
+        " requests): retry later or raise --max-queue"));
+  }
+  if (!by_client_id_.emplace(request->request_id, request->id).second) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("request_id '", request->request_id, "' is already in flight"));
+  }
+  ++live_requests_;
+  inbox_.emplace_back(std::move(request), stream);
+  return stream;
+}
+
+bool Engine::Abort(const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = by_client_id_.find(request_id);
+  if (it == by_client_id_.end()) return false;
+  controls_.push_back({it->second, StreamFinish::kAborted});
+  return true;
+}
+
+void Engine::Cancel(RequestId id, StreamFinish reason) {
+  absl::MutexLock lock(&mu_);
+  controls_.push_back({id, reason});
+}
+
+void Engine::Drain(absl::Duration timeout) {
+  {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+  }
+  metrics_.ready = 0;
+  const absl::Time end = absl::Now() + timeout;
+  while (absl::Now() < end) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (live_requests_ == 0) return;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  absl::MutexLock lock(&mu_);
+  for (const auto& [client_id, id] : by_client_id_) controls_.push_back({id, StreamFinish::kAborted});
+}
+
+void Engine::DrainInbox() {
+  std::deque<std::pair<std::unique_ptr<Request>, std::shared_ptr<RequestStream>>> inbox;
+  std::vector<Control> controls;
+  {
+    absl::MutexLock lock(&mu_);
+    inbox.swap(inbox_);
+    controls.swap(controls_);
+  }
+  for (auto& [request, stream] : inbox) Admit(std::move(request), std::move(stream));
+  for (const Control& c : controls) {
+    auto it = active_.find(c.id);
+    if (it == active_.end() || it->second->finished) continue;
+    scheduler_->Abort(c.id, ToFinishReason(c.reason));
+  }
+}
+
+void Engine::Admit(std::unique_ptr<Request> request, std::shared_ptr<RequestStream> stream) {
+  auto active = std::make_unique<Active>(
+      Active{stream, IncrementalDecoder(tokenizer_.get(), request->prompt.back())});
+  active->stop = request->sampling.stop;
+  active->prompt_tokens = static_cast<int32_t>(request->prompt.size());
+  active->arrival = request->arrival_time;
+  const RequestId id = request->id;
+  absl::Status status = scheduler_->Add(std::move(request));
+  if (!status.ok()) {
+    metrics_.requests_rejected_total++;
+    StreamChunk chunk;
+    chunk.finished = true;
+    chunk.finish = StreamFinish::kError;
+    chunk.status = status;
+    stream->Push(std::move(chunk));
+    absl::MutexLock lock(&mu_);
+    by_client_id_.erase(stream->request_id());
+    --live_requests_;
+    return;
+  }
+  active_.emplace(id, std::move(active));
+}
+
+void Engine::Deliver(const std::vector<RequestOutput>& outputs) {
+  const absl::Time now = absl::Now();
+  const int64_t bytes_per_token = options_.kv_bytes_per_token_row > 0
+                                      ? options_.kv_bytes_per_token_row
+                                      : 2LL * worker_->config().head_dim * 4;
+  for (const RequestOutput& out : outputs) {
+    auto it = active_.find(out.id);
+    if (it == active_.end()) continue;
+    Active& a = *it->second;
+    StreamChunk chunk;
+    bool stop_hit = false;
+    for (TokenId t : out.new_tokens) {
+      if (a.finished || stop_hit) break;
+      if (a.generated == 0) {
+        metrics_.time_to_first_token_s.Observe(absl::ToDoubleSeconds(now - a.arrival));
+      } else {
+        metrics_.inter_token_latency_s.Observe(absl::ToDoubleSeconds(now - a.last_token));
+      }
+      a.last_token = now;
+      ++a.generated;
+      metrics_.generation_tokens_total++;
+      chunk.token_ids.push_back(t);
+      a.text += a.decoder.Push(t);
+      if (out.finished && &t == &out.new_tokens.back()) a.text += a.decoder.Flush();
+      // Stop strings: end at the first match; hold back a tail that may still become one.
+      size_t end = a.text.size();
+      for (const std::string& s : a.stop) {
+        if (s.empty()) continue;
+        const size_t from = a.emitted >= s.size() ? a.emitted - s.size() + 1 : 0;
+        const size_t pos = a.text.find(s, from);
+        if (pos != std::string::npos && (!stop_hit || pos < end)) {
+          end = std::max(pos, a.emitted);
+          stop_hit = true;
+        }
+      }
+      if (!stop_hit && !out.finished) {
+        for (const std::string& s : a.stop) {
+          for (size_t k = std::min(s.size() - 1, a.text.size()); k > 0; --k) {
+            if (a.text.compare(a.text.size() - k, k, s, 0, k) == 0) {
+              end = std::min(end, std::max(a.emitted, a.text.size() - k));
+              break;
+            }
+          }
+        }
+      }
+      chunk.text += a.text.substr(a.emitted, end - a.emitted);
+      a.emitted = end;
+    }
+    if (stop_hit && !out.finished) {
+      scheduler_->Abort(out.id, FinishReason::kStop);
+      // The scheduler reports the abort later; close the stream now with reason stop.
+    }
+    const bool finished = out.finished || stop_hit;
+    if (finished && !a.finished) {
+      a.finished = true;
+      chunk.finished = true;
+      chunk.finish = stop_hit ? StreamFinish::kStop : ToStreamFinish(out.reason);
+      if (chunk.finish == StreamFinish::kError) {
+        chunk.status = absl::InternalError("the request failed in the worker");
+      }
+      StreamUsage& u = chunk.usage;
+      u.prompt_tokens = a.prompt_tokens;
+      u.generated_tokens = a.generated;
+      u.kv_tokens_kept = out.kv_tokens_kept;
+      u.kv_tokens_full = out.kv_tokens_full;
+      u.kv_bytes_kept = out.kv_tokens_kept * bytes_per_token;
+      u.kv_bytes_full = out.kv_tokens_full * bytes_per_token;
+      u.queue_time_ms = absl::ToDoubleMilliseconds(out.queue_time);
+      u.time_to_first_token_ms = absl::ToDoubleMilliseconds(out.time_to_first_token);
+      u.num_preemptions = out.num_preemptions;
+      metrics_.requests_finished_total++;
+      if (chunk.finish == StreamFinish::kError) metrics_.requests_failed_total++;
+      metrics_.kv_bytes_kept_total += u.kv_bytes_kept;
+      metrics_.kv_bytes_full_total += u.kv_bytes_full;
+      metrics_.e2e_latency_s.Observe(absl::ToDoubleSeconds(now - a.arrival));
+      metrics_.queue_time_s.Observe(absl::ToDoubleSeconds(out.queue_time));
+    }
+    if (!chunk.token_ids.empty() || chunk.finished) a.stream->Push(std::move(chunk));
+    if (out.finished) {
+      absl::MutexLock lock(&mu_);
+      by_client_id_.erase(a.stream->request_id());
+      --live_requests_;
+      active_.erase(it);
+    }
+  }
+}
+
+void Engine::FailAll(const absl::Status& status) {
+  for (auto& [id, a] : active_) {
+    scheduler_->Abort(id, FinishReason::kError);
+    if (a->finished) continue;
+    a->finished = true;
+    StreamChunk chunk;
+    chunk.finished = true;
+    chunk.finish = StreamFinish::kError;
+    chunk.status = status;
+    a->stream->Push(std::move(chunk));
+  }
+}
+
+void Engine::PublishGauges() {
+  metrics_.requests_running = scheduler_->num_running();
+  metrics_.requests_waiting = scheduler_->num_waiting();
+  metrics_.kv_blocks_used = kv_->num_total_blocks() - kv_->num_free_blocks();
+  metrics_.preemptions_total = scheduler_->num_preemptions();
+  absl::MutexLock lock(&mu_);
+  waiting_requests_ = scheduler_->num_waiting();
+}
+
+void Engine::Loop() {
+  while (true) {
+    bool stopping;
+    {
+      absl::MutexLock lock(&mu_);
+      stopping = stopping_;
+      if (!stopping && inbox_.empty() && controls_.empty() && !scheduler_->HasUnfinished()) {
+        auto has_input = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stopping_ || !inbox_.empty() || !controls_.empty();
+        };
+        mu_.AwaitWithTimeout(absl::Condition(&has_input), absl::Milliseconds(100));
+        stopping = stopping_;
+      }
+    }
+    if (stopping) {
+      for (auto& [id, a] : active_) scheduler_->Abort(id, FinishReason::kAborted);
+    }
+    DrainInbox();
+    std::vector<RequestOutput> outputs = scheduler_->TakeAborted();
+    const absl::Time now = absl::Now();
+    std::optional<Batch> batch = scheduler_->Schedule(now);
+    std::vector<RequestOutput> more = scheduler_->TakeAborted();
+    outputs.insert(outputs.end(), more.begin(), more.end());
+    if (batch.has_value()) {
+      step_started_ns_ = absl::ToUnixNanos(absl::Now());
+      absl::StatusOr<BatchResult> result = worker_->Execute(*batch);
+      step_started_ns_ = 0;
+      metrics_.engine_steps_total++;
+      if (!result.ok()) {
+        HKV_LOG(ERROR) << "worker step failed: " << result.status();
+        FailAll(absl::InternalError(
+            absl::StrCat("the worker failed: ", result.status().message())));
+        loop_alive_ = false;
+        metrics_.ready = 0;
+        outputs.clear();
+      } else {
+        for (const SequenceStep& s : batch->seqs) {
+          if (s.start_pos == 0 || s.select) metrics_.prompt_tokens_total += s.tokens.size();
+        }
+        std::vector<RequestOutput> stepped = scheduler_->Update(*batch, *result, absl::Now());
+        outputs.insert(outputs.end(), stepped.begin(), stepped.end());
+      }
+    }
+    Deliver(outputs);
+    PublishGauges();
+    if (stopping && !scheduler_->HasUnfinished()) break;
+    if (!loop_alive_.load()) {
+      // A device failure: keep answering submitted requests with errors, but run nothing.
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+  }
+  FailAll(absl::UnavailableError("the engine stopped"));
+  absl::MutexLock lock(&mu_);
+  for (auto& [request, stream] : inbox_) {
+    StreamChunk chunk;
+    chunk.finished = true;
+    chunk.finish = StreamFinish::kError;
+    chunk.status = absl::UnavailableError("the engine stopped");
+    stream->Push(std::move(chunk));
+  }
+  inbox_.clear();
+  live_requests_ = 0;
+  by_client_id_.clear();
+  loop_alive_ = false;
+}
+
+}  // namespace hkv

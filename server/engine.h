@@ -1,0 +1,130 @@
+#pragma once
+// Engine: the step loop. One engine thread owns the Scheduler and the KvCacheManager and drives
+// the Worker: Schedule() -> Worker::Execute(batch) -> Scheduler::Update(), then fans the new
+// tokens out to each request's RequestStream (detokenized, stop strings applied).
+//
+// Threading: Submit/Abort/Cancel/Healthy/Drain may be called from any thread (gRPC handlers,
+// the CLI). They only touch the mutex-guarded inbox; everything else is engine-thread only.
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "block_manager/kv_cache_manager.h"
+#include "common/sampling_params.h"
+#include "headkv/head_budget_planner.h"
+#include "headkv/kv_policy.h"
+#include "scheduler/scheduler.h"
+#include "server/metrics.h"
+#include "server/request_stream.h"
+#include "tokenizer/tokenizer.h"
+#include "workers/worker.h"
+
+namespace hkv {
+
+struct EngineOptions {
+  SchedulerOptions scheduler;
+  KvCacheConfig kv;                 // num_layers / num_kv_heads are taken from the model.
+  int32_t kv_bytes_per_token_row = 0;  // Bytes of K+V of one token in one row (0: fp32).
+  std::string default_policy = "full";
+  int32_t default_budget = 128;
+  double default_beta = 1.01;
+  std::shared_ptr<const HeadScores> head_scores;  // For the headkv policy (query-head scores).
+  absl::Duration stall_timeout = absl::Seconds(30);
+};
+
+// A request as the engine takes it (already tokenized).
+struct EngineRequest {
+  std::string request_id;  // Client's id; the engine makes one when empty.
+  std::vector<TokenId> prompt;
+  SamplingParams sampling;
+  std::string kv_policy;  // Empty: the engine default.
+  int32_t kv_budget = 0;  // 0: the engine default.
+  double kv_beta = 0;     // 0: the engine default.
+  int32_t priority = 0;
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+class Engine {
+ public:
+  Engine(const EngineOptions& options, std::unique_ptr<Worker> worker,
+         std::shared_ptr<const Tokenizer> tokenizer);
+  ~Engine();  // Stops the loop; unfinished requests end as aborted.
+
+  // Starts the engine thread.
+  void Start();
+  // Validates and queues a request. INVALID_ARGUMENT (bad prompt/sampling/policy),
+  // RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (draining or stopped), ALREADY_EXISTS
+  // (request_id in use). Admission errors found later arrive as the stream's final chunk.
+  absl::StatusOr<std::shared_ptr<RequestStream>> Submit(EngineRequest request);
+  // Ends a request by the client's id (finish kAborted). False if no such live request.
+  bool Abort(const std::string& request_id);
+  // Ends a request whose client went away or whose deadline passed.
+  void Cancel(RequestId id, StreamFinish reason);
+  // True while the loop is alive and no step has run longer than the stall timeout.
+  bool Healthy() const;
+  // Stops admitting; waits up to `timeout` for in-flight requests, then aborts the rest.
+  void Drain(absl::Duration timeout);
+  void Stop();
+
+  const ModelConfig& model_config() const { return worker_->config(); }
+  const EngineOptions& options() const { return options_; }
+  const EngineMetrics& metrics() const { return metrics_; }
+  EngineMetrics* mutable_metrics() { return &metrics_; }
+  std::string worker_name() const { return worker_->name(); }
+  // Blocks a request with this prompt length and policy keeps after prefill (for clients/tests).
+  absl::StatusOr<HeadBudgetPlan> PlanFor(const std::string& policy, int32_t budget, double beta);
+
+ private:
+  struct Active;  // Engine-thread state of one live request.
+  struct Control {
+    RequestId id;
+    StreamFinish reason;
+  };
+
+  void Loop();
+  void DrainInbox();
+  void Admit(std::unique_ptr<Request> request, std::shared_ptr<RequestStream> stream);
+  void Deliver(const std::vector<RequestOutput>& outputs);
+  void FailAll(const absl::Status& status);
+  void PublishGauges();
+  absl::Status ValidateRequest(const EngineRequest& request) const;
+
+  const EngineOptions options_;
+  std::unique_ptr<Worker> worker_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  EngineMetrics metrics_;
+
+  // Engine-thread state.
+  std::unique_ptr<KvCacheManager> kv_;
+  std::unique_ptr<Scheduler> scheduler_;
+  absl::flat_hash_map<RequestId, std::unique_ptr<Active>> active_;
+
+  // Shared state.
+  mutable absl::Mutex mu_;
+  std::deque<std::pair<std::unique_ptr<Request>, std::shared_ptr<RequestStream>>> inbox_
+      ABSL_GUARDED_BY(mu_);
+  std::vector<Control> controls_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, RequestId> by_client_id_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, HeadBudgetPlan> plan_cache_ ABSL_GUARDED_BY(mu_);
+  int64_t live_requests_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t waiting_requests_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<int64_t> next_id_{1};
+  std::atomic<bool> loop_alive_{false};
+  std::atomic<int64_t> step_started_ns_{0};  // 0 when no step is running.
+  std::thread thread_;
+};
+
+}  // namespace hkv

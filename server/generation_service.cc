@@ -1,0 +1,210 @@
+#include "server/generation_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace hkv {
+namespace {
+
+hkv::v1::FinishReason ToProto(StreamFinish finish) {
+  switch (finish) {
+    case StreamFinish::kLength:
+      return hkv::v1::FINISH_REASON_LENGTH;
+    case StreamFinish::kStop:
+      return hkv::v1::FINISH_REASON_STOP;
+    case StreamFinish::kEos:
+      return hkv::v1::FINISH_REASON_EOS;
+    case StreamFinish::kAborted:
+      return hkv::v1::FINISH_REASON_ABORTED;
+    case StreamFinish::kError:
+      return hkv::v1::FINISH_REASON_ERROR;
+    case StreamFinish::kNone:
+      break;
+  }
+  return hkv::v1::FINISH_REASON_UNSPECIFIED;
+}
+
+void FillUsage(const StreamUsage& u, hkv::v1::Usage* out) {
+  out->set_prompt_tokens(u.prompt_tokens);
+  out->set_generated_tokens(u.generated_tokens);
+  out->set_kv_tokens_kept(u.kv_tokens_kept);
+  out->set_kv_tokens_full(u.kv_tokens_full);
+  out->set_kv_bytes_kept(u.kv_bytes_kept);
+  out->set_kv_bytes_full(u.kv_bytes_full);
+  out->set_queue_time_ms(u.queue_time_ms);
+  out->set_time_to_first_token_ms(u.time_to_first_token_ms);
+  out->set_num_preemptions(u.num_preemptions);
+}
+
+// A deadline further out than this is treated as none (gRPC's "infinite" is year 292277026596).
+constexpr absl::Duration kNoDeadline = absl::Hours(24 * 365);
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  // absl::StatusCode and grpc::StatusCode share their numbering.
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+GenerationService::GenerationService(Engine* engine, std::shared_ptr<const Tokenizer> tokenizer,
+                                     std::shared_ptr<const ChatTemplate> chat,
+                                     hkv::v1::ModelInfo info)
+    : engine_(engine),
+      tokenizer_(std::move(tokenizer)),
+      chat_(std::move(chat)),
+      info_(std::move(info)) {}
+
+absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
+    const hkv::v1::GenerateRequest& request, absl::Time deadline) const {
+  EngineRequest r;
+  r.request_id = request.request_id();
+  switch (request.input_case()) {
+    case hkv::v1::GenerateRequest::kPrompt:
+      if (request.prompt().empty()) {
+        return absl::InvalidArgumentError("the prompt is empty: send text or token ids");
+      }
+      r.prompt = tokenizer_->Encode(request.prompt(), !request.skip_bos());
+      break;
+    case hkv::v1::GenerateRequest::kPromptTokenIds:
+      r.prompt.assign(request.prompt_token_ids().ids().begin(),
+                      request.prompt_token_ids().ids().end());
+      break;
+    case hkv::v1::GenerateRequest::kChat: {
+      if (chat_ == nullptr) {
+        return absl::InvalidArgumentError(
+            "this model has no supported chat format (Llama-3 or Mistral-Instruct): send a "
+            "prompt or token ids instead");
+      }
+      if (request.chat().messages().empty()) {
+        return absl::InvalidArgumentError("chat has no messages");
+      }
+      std::vector<ChatMessage> messages;
+      for (const auto& m : request.chat().messages()) messages.push_back({m.role(), m.content()});
+      auto text = chat_->Apply(messages, /*add_generation_prompt=*/true);
+      if (!text.ok()) return text.status();
+      r.prompt = tokenizer_->Encode(*text, /*add_bos=*/false);
+      break;
+    }
+    case hkv::v1::GenerateRequest::INPUT_NOT_SET:
+      return absl::InvalidArgumentError(
+          "no input: set one of prompt, prompt_token_ids or chat");
+  }
+  const auto& s = request.sampling();
+  if (s.max_tokens() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.max_tokens must be >= 0 (0 = default 16), got ", s.max_tokens()));
+  }
+  r.sampling.max_tokens = s.max_tokens() == 0 ? 16 : s.max_tokens();
+  r.sampling.temperature = s.temperature();
+  r.sampling.top_k = s.top_k();
+  r.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
+  r.sampling.seed = s.seed();
+  r.sampling.ignore_eos = s.ignore_eos();
+  r.sampling.stop.assign(s.stop().begin(), s.stop().end());
+  r.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  r.kv_policy = request.kv_policy().name();
+  if (request.kv_policy().budget() < 0) {
+    return absl::InvalidArgumentError("kv_policy.budget must be >= 0 (0 = server default)");
+  }
+  r.kv_budget = request.kv_policy().budget();
+  if (request.kv_policy().beta() != 0 && !(request.kv_policy().beta() > 1.0)) {
+    return absl::InvalidArgumentError("kv_policy.beta must be > 1 (0 = default 1.01)");
+  }
+  r.kv_beta = request.kv_policy().beta();
+  r.priority = request.priority();
+  r.deadline = deadline;
+  return r;
+}
+
+grpc::Status GenerationService::Run(
+    grpc::ServerContext* context, const hkv::v1::GenerateRequest& request,
+    const std::function<bool(const hkv::v1::GenerateResponse&)>& emit) {
+  absl::Time deadline = absl::FromChrono(context->deadline());
+  if (deadline - absl::Now() > kNoDeadline) deadline = absl::InfiniteFuture();
+  auto converted = ToEngineRequest(request, deadline);
+  if (!converted.ok()) return ToGrpcStatus(converted.status());
+  auto submitted = engine_->Submit(std::move(*converted));
+  if (!submitted.ok()) return ToGrpcStatus(submitted.status());
+  std::shared_ptr<RequestStream> stream = *submitted;
+  bool sent_any = false;
+  while (true) {
+    std::optional<StreamChunk> chunk = stream->Next(absl::Milliseconds(50));
+    if (!chunk.has_value()) {
+      if (context->IsCancelled()) {
+        engine_->Cancel(stream->id(), StreamFinish::kAborted);
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+      }
+      if (absl::Now() > deadline) {
+        engine_->Cancel(stream->id(), StreamFinish::kAborted);
+        return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                            "the request's deadline passed before it finished");
+      }
+      continue;
+    }
+    if (chunk->finish == StreamFinish::kError && !chunk->status.ok() && !sent_any) {
+      return ToGrpcStatus(chunk->status);
+    }
+    hkv::v1::GenerateResponse response;
+    response.set_request_id(stream->request_id());
+    for (TokenId t : chunk->token_ids) response.add_token_ids(t);
+    response.set_text(chunk->text);
+    if (chunk->finished) {
+      response.set_finish_reason(ToProto(chunk->finish));
+      FillUsage(chunk->usage, response.mutable_usage());
+    }
+    if (!emit(response)) {
+      engine_->Cancel(stream->id(), StreamFinish::kAborted);
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+    }
+    sent_any = true;
+    if (chunk->finished) {
+      if (chunk->finish == StreamFinish::kError && !chunk->status.ok()) {
+        return ToGrpcStatus(chunk->status);
+      }
+      return grpc::Status::OK;
+    }
+  }
+}
+
+grpc::Status GenerationService::Generate(grpc::ServerContext* context,
+                                         const hkv::v1::GenerateRequest* request,
+                                         grpc::ServerWriter<hkv::v1::GenerateResponse>* writer) {
+  return Run(context, *request,
+             [writer](const hkv::v1::GenerateResponse& r) { return writer->Write(r); });
+}
+
+grpc::Status GenerationService::Complete(grpc::ServerContext* context,
+                                         const hkv::v1::GenerateRequest* request,
+                                         hkv::v1::GenerateResponse* response) {
+  response->set_request_id(request->request_id());
+  return Run(context, *request, [response](const hkv::v1::GenerateResponse& r) {
+    response->set_request_id(r.request_id());
+    response->mutable_token_ids()->MergeFrom(r.token_ids());
+    response->mutable_text()->append(r.text());
+    if (r.finish_reason() != hkv::v1::FINISH_REASON_UNSPECIFIED) {
+      response->set_finish_reason(r.finish_reason());
+      *response->mutable_usage() = r.usage();
+    }
+    return true;
+  });
+}
+
+grpc::Status GenerationService::Abort(grpc::ServerContext*, const hkv::v1::AbortRequest* request,
+                                      hkv::v1::AbortResponse* response) {
+  if (request->request_id().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id is empty");
+  }
+  response->set_found(engine_->Abort(request->request_id()));
+  return grpc::Status::OK;
+}
+
+grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*,
+                                             const hkv::v1::GetModelInfoRequest*,
+                                             hkv::v1::ModelInfo* response) {
+  *response = info_;
+  return grpc::Status::OK;
+}
+
+}  // namespace hkv

@@ -1,0 +1,53 @@
+#pragma once
+// GenerationService: the hkv.v1.Generation gRPC service. Converts proto messages to
+// EngineRequests (proto types stop here) and streams the engine's output back.
+//
+// Thread-safe: gRPC calls the handlers from its own thread pool; each handler only submits to
+// the Engine and reads its own RequestStream.
+
+#include <memory>
+#include <string>
+
+#include "grpcpp/grpcpp.h"
+#include "hkv/v1/generation.grpc.pb.h"
+#include "server/engine.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace hkv {
+
+// Maps an absl::Status to the gRPC status with the same code and message.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+class GenerationService final : public hkv::v1::Generation::Service {
+ public:
+  // `chat` may be null (the model has no supported chat format).
+  GenerationService(Engine* engine, std::shared_ptr<const Tokenizer> tokenizer,
+                    std::shared_ptr<const ChatTemplate> chat, hkv::v1::ModelInfo info);
+
+  grpc::Status Generate(grpc::ServerContext* context, const hkv::v1::GenerateRequest* request,
+                        grpc::ServerWriter<hkv::v1::GenerateResponse>* writer) override;
+  grpc::Status Complete(grpc::ServerContext* context, const hkv::v1::GenerateRequest* request,
+                        hkv::v1::GenerateResponse* response) override;
+  grpc::Status Abort(grpc::ServerContext* context, const hkv::v1::AbortRequest* request,
+                     hkv::v1::AbortResponse* response) override;
+  grpc::Status GetModelInfo(grpc::ServerContext* context,
+                            const hkv::v1::GetModelInfoRequest* request,
+                            hkv::v1::ModelInfo* response) override;
+
+  // Converts a request (tokenizing text or chat) for the engine. INVALID_ARGUMENT when bad.
+  absl::StatusOr<EngineRequest> ToEngineRequest(const hkv::v1::GenerateRequest& request,
+                                                absl::Time deadline) const;
+
+ private:
+  // Runs a request, calling `emit` for each chunk; returns the final status.
+  grpc::Status Run(grpc::ServerContext* context, const hkv::v1::GenerateRequest& request,
+                   const std::function<bool(const hkv::v1::GenerateResponse&)>& emit);
+
+  Engine* engine_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  std::shared_ptr<const ChatTemplate> chat_;
+  const hkv::v1::ModelInfo info_;
+};
+
+}  // namespace hkv

@@ -1,0 +1,72 @@
+#include "server/grpc_server.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/server_config.h"
+
+namespace hkv {
+
+GrpcServer::GrpcServer(Engine* engine, std::unique_ptr<GenerationService> service)
+    : engine_(engine), service_(std::move(service)) {}
+
+GrpcServer::~GrpcServer() { Shutdown(); }
+
+absl::StatusOr<int> GrpcServer::Start(const std::string& host, int port) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
+                           &bound_port);
+  builder.RegisterService(service_.get());
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr || bound_port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", host, ":", port, " (in use? set --port)"));
+  }
+  auto* health = server_->GetHealthCheckService();
+  health->SetServingStatus(kLivenessService, true);
+  health->SetServingStatus(kReadinessService, engine_->Healthy());
+  watchdog_ = std::thread([this] { Watch(); });
+  return bound_port;
+}
+
+void GrpcServer::Watch() {
+  bool last = !engine_->Healthy();
+  while (!stop_watch_.load()) {
+    const bool ready = engine_->Healthy() && !draining_.load();
+    if (ready != last) {
+      server_->GetHealthCheckService()->SetServingStatus(kReadinessService, ready);
+      engine_->mutable_metrics()->ready = ready ? 1 : 0;
+      if (!ready) HKV_LOG(WARNING) << "readiness: NOT_SERVING";
+      last = ready;
+    }
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+}
+
+void GrpcServer::DrainAndShutdown(absl::Duration timeout) {
+  draining_ = true;
+  if (server_ != nullptr) {
+    server_->GetHealthCheckService()->SetServingStatus(kReadinessService, false);
+  }
+  engine_->Drain(timeout);
+  Shutdown();
+}
+
+void GrpcServer::Shutdown() {
+  stop_watch_ = true;
+  if (watchdog_.joinable()) watchdog_.join();
+  if (server_ != nullptr) {
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    server_->Wait();
+    server_.reset();
+  }
+}
+
+}  // namespace hkv

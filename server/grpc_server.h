@@ -1,0 +1,45 @@
+#pragma once
+// GrpcServer: hosts the Generation service, the standard grpc.health.v1 service and
+// reflection, and keeps readiness in step with the engine (a watchdog thread turns
+// hkv.v1.Generation NOT_SERVING when the engine loop dies or stalls, or while draining).
+//
+// Thread-safe: Start once, then Drain/Shutdown from any one thread.
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "server/engine.h"
+#include "server/generation_service.h"
+
+namespace hkv {
+
+class GrpcServer {
+ public:
+  GrpcServer(Engine* engine, std::unique_ptr<GenerationService> service);
+  ~GrpcServer();
+
+  // Binds host:port (0 picks a free port) and starts serving; returns the bound port.
+  absl::StatusOr<int> Start(const std::string& host, int port);
+  // SIGTERM path: readiness NOT_SERVING, engine drains for up to `timeout`, then the server
+  // shuts down (in-flight streams end).
+  void DrainAndShutdown(absl::Duration timeout);
+  void Shutdown();
+  grpc::Server* server() { return server_.get(); }
+
+ private:
+  void Watch();
+
+  Engine* engine_;
+  std::unique_ptr<GenerationService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::atomic<bool> stop_watch_{false};
+  std::atomic<bool> draining_{false};
+  std::thread watchdog_;
+};
+
+}  // namespace hkv

@@ -1,0 +1,264 @@
+// hkv: the command-line entry point. Flags are parsed here and nowhere else.
+//
+//   hkv generate [--model PATH] [--prompt TEXT | --prompt-ids 1,2,3] [--max-tokens N] ...
+//   hkv serve [--config FILE] [--model PATH] [--port 50051] [--metrics-port 9090] ...
+//   hkv headkv-plan --scores FILE --budget B [--beta X] [--kv-heads N] [--granularity G] --json
+//   hkv bench-serve [--target HOST:PORT] [--num-requests N] [--concurrency C | --request-rate R]
+
+#include <cstdlib>
+#include <iostream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "common/paths.h"
+#include "server/commands.h"
+#include "server/server_config.h"
+
+// Model and engine.
+ABSL_FLAG(std::string, model, "", "llama2.c checkpoint (.bin) or Hugging Face model directory "
+          "(default: the embedded stories260K)");
+ABSL_FLAG(std::string, tokenizer, "", "Tokenizer path (default: beside the model)");
+ABSL_FLAG(std::string, config, "", "serve: YAML or JSON config file (flags override it)");
+ABSL_FLAG(std::string, device, "cpu", "cpu | cuda");
+ABSL_FLAG(int32_t, num_threads, 0, "CPU worker threads (0 = all cores)");
+ABSL_FLAG(int64_t, kv_pool_blocks, 0, "KV pool size in head-blocks (0: from --kv-pool-gb)");
+ABSL_FLAG(double, kv_pool_gb, 0.25, "KV pool size in GiB when --kv-pool-blocks is 0 (CPU)");
+ABSL_FLAG(double, gpu_memory_utilization, 0.9, "Share of GPU memory hkv may use");
+ABSL_FLAG(int32_t, block_size, 16, "Tokens per head-block");
+ABSL_FLAG(int32_t, max_batch_tokens, 8192, "Token budget of one engine step");
+ABSL_FLAG(int32_t, max_seqs, 256, "Most sequences running at once");
+ABSL_FLAG(int32_t, max_queue, 1024, "Most requests waiting; more get RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, default_kv_policy, "full", "serve: KV policy of requests that name none");
+ABSL_FLAG(int32_t, default_kv_budget, 128, "serve: KV budget of requests that name none");
+ABSL_FLAG(std::string, head_scores, "", "HeadKV score file (for the headkv policy)");
+ABSL_FLAG(int32_t, tensor_parallel_size, 1, "GPUs to shard the model over");
+ABSL_FLAG(std::string, dist_addr, "", "Multi-node: rank 0's HOST:PORT (env LWS_LEADER_ADDRESS)");
+ABSL_FLAG(int32_t, world_size, 0, "Multi-node: number of ranks (env LWS_GROUP_SIZE)");
+ABSL_FLAG(int32_t, rank, -1, "Multi-node: this rank (env LWS_WORKER_INDEX)");
+// Server.
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on");
+ABSL_FLAG(int32_t, port, 50051, "gRPC port");
+ABSL_FLAG(int32_t, metrics_port, 9090, "HTTP /metrics port (0 disables)");
+ABSL_FLAG(int32_t, drain_timeout_s, 30, "On SIGTERM, seconds to let in-flight requests finish");
+ABSL_FLAG(int32_t, engine_stall_timeout_s, 30, "A step longer than this turns readiness off");
+ABSL_FLAG(bool, print_config, false, "serve: print the effective config as JSON and exit");
+// generate.
+ABSL_FLAG(std::string, prompt, "", "generate: prompt text");
+ABSL_FLAG(std::string, prompt_ids, "", "generate: comma-separated prompt token ids");
+ABSL_FLAG(int32_t, max_tokens, 256, "generate: tokens to generate at most");
+ABSL_FLAG(double, temperature, 0.0, "generate: sampling temperature (0 = greedy)");
+ABSL_FLAG(int32_t, top_k, 0, "generate: top-k (0 = off)");
+ABSL_FLAG(double, top_p, 1.0, "generate: top-p (1 = off)");
+ABSL_FLAG(uint64_t, seed, 0, "generate/bench-serve: random seed");
+ABSL_FLAG(bool, ignore_eos, false, "generate: keep going past EOS");
+ABSL_FLAG(std::string, kv_policy, "full", "generate: full|snapkv|pyramidkv|adakv|headkv");
+ABSL_FLAG(int32_t, kv_budget, 128, "generate: tokens kept per head on average (window incl.)");
+ABSL_FLAG(double, beta, 1.01, "HeadKV beta (> 1)");
+ABSL_FLAG(bool, json, false, "Print one JSON object");
+// headkv-plan.
+ABSL_FLAG(std::string, scores, "", "headkv-plan: score file");
+ABSL_FLAG(int32_t, budget, 128, "headkv-plan: budget B");
+ABSL_FLAG(int32_t, kv_heads, 0, "headkv-plan: KV heads (kv_head granularity)");
+ABSL_FLAG(std::string, granularity, "kv_head", "headkv-plan: query_head | kv_head");
+// bench-serve.
+ABSL_FLAG(std::string, target, "127.0.0.1:50051", "bench-serve: server address");
+ABSL_FLAG(int32_t, num_requests, 64, "bench-serve: requests to send");
+ABSL_FLAG(int32_t, concurrency, 8, "bench-serve: requests in flight (closed loop)");
+ABSL_FLAG(double, request_rate, 0, "bench-serve: Poisson arrival rate (0 = closed loop)");
+ABSL_FLAG(int32_t, input_len, 32, "bench-serve: synthetic prompt tokens");
+ABSL_FLAG(int32_t, output_len, 32, "bench-serve: tokens to generate per request");
+ABSL_FLAG(std::string, prompts_file, "", "bench-serve: prompts, one per line");
+ABSL_FLAG(double, slo_ttft_ms, 0, "bench-serve: TTFT SLO for goodput (0 = none)");
+ABSL_FLAG(double, slo_tpot_ms, 0, "bench-serve: TPOT SLO for goodput (0 = none)");
+ABSL_FLAG(std::string, json_out, "", "bench-serve: also write the JSON report here");
+
+namespace hkv {
+namespace {
+
+// Flags given on the command line (Debian's Abseil keeps IsSpecifiedOnCommandLine private), so
+// that they, and only they, override the config file. Filled by main() before parsing.
+std::set<std::string>& SpecifiedFlags() {
+  static auto* flags = new std::set<std::string>();
+  return *flags;
+}
+
+bool Specified(const char* name) { return SpecifiedFlags().count(name) > 0; }
+
+// Builds the server config: defaults, then --config FILE, then flags given on the command line.
+absl::StatusOr<ServerConfig> ConfigFromFlags() {
+  ServerConfig c;
+  if (!absl::GetFlag(FLAGS_config).empty()) {
+    absl::Status s = LoadServerConfigFile(absl::GetFlag(FLAGS_config), &c);
+    if (!s.ok()) return s;
+  }
+#define HKV_OVERRIDE(name) \
+  if (Specified(#name)) c.name = absl::GetFlag(FLAGS_##name)
+  HKV_OVERRIDE(model);
+  HKV_OVERRIDE(tokenizer);
+  HKV_OVERRIDE(host);
+  HKV_OVERRIDE(port);
+  HKV_OVERRIDE(metrics_port);
+  HKV_OVERRIDE(device);
+  HKV_OVERRIDE(tensor_parallel_size);
+  HKV_OVERRIDE(kv_pool_blocks);
+  HKV_OVERRIDE(kv_pool_gb);
+  HKV_OVERRIDE(gpu_memory_utilization);
+  HKV_OVERRIDE(block_size);
+  HKV_OVERRIDE(max_batch_tokens);
+  HKV_OVERRIDE(max_seqs);
+  HKV_OVERRIDE(max_queue);
+  HKV_OVERRIDE(default_kv_policy);
+  HKV_OVERRIDE(default_kv_budget);
+  HKV_OVERRIDE(head_scores);
+  HKV_OVERRIDE(drain_timeout_s);
+  HKV_OVERRIDE(num_threads);
+  HKV_OVERRIDE(engine_stall_timeout_s);
+#undef HKV_OVERRIDE
+  if (c.model.empty()) {
+    c.model = DefaultModelPath();
+    if (c.tokenizer.empty()) c.tokenizer = DefaultTokenizerPath();
+  }
+  absl::Status valid = ValidateServerConfig(c);
+  if (!valid.ok()) return valid;
+  return c;
+}
+
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
+  std::vector<int32_t> ids;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    int32_t id;
+    if (!absl::SimpleAtoi(part, &id)) {
+      return absl::InvalidArgumentError("--prompt-ids: '" + std::string(part) +
+                                        "' is not an integer");
+    }
+    ids.push_back(id);
+  }
+  if (ids.empty()) return absl::InvalidArgumentError("--prompt-ids is empty");
+  return ids;
+}
+
+int Fail(const absl::Status& s, const char* command) {
+  std::cerr << "hkv " << command << ": " << s.message() << "\n";
+  return 1;
+}
+
+int Generate() {
+  auto config = ConfigFromFlags();
+  if (!config.ok()) return Fail(config.status(), "generate");
+  GenerateOptions o;
+  o.server = *config;
+  o.prompt = absl::GetFlag(FLAGS_prompt);
+  if (!absl::GetFlag(FLAGS_prompt_ids).empty()) {
+    auto ids = ParseIds(absl::GetFlag(FLAGS_prompt_ids));
+    if (!ids.ok()) return Fail(ids.status(), "generate");
+    o.prompt_ids = *ids;
+    o.use_prompt_ids = true;
+  }
+  o.sampling.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  o.sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+  o.sampling.top_k = absl::GetFlag(FLAGS_top_k);
+  o.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
+  o.sampling.seed = absl::GetFlag(FLAGS_seed);
+  o.sampling.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
+  o.kv_policy = absl::GetFlag(FLAGS_kv_policy);
+  o.kv_budget = absl::GetFlag(FLAGS_kv_budget);
+  o.beta = absl::GetFlag(FLAGS_beta);
+  o.json = absl::GetFlag(FLAGS_json);
+  return RunGenerate(o);
+}
+
+int Serve() {
+  auto config = ConfigFromFlags();
+  if (!config.ok()) return Fail(config.status(), "serve");
+  if (absl::GetFlag(FLAGS_print_config)) {
+    std::cout << ServerConfigToJson(*config) << "\n";
+    return 0;
+  }
+  // Multi-node ranks come from flags or LeaderWorkerSet's environment.
+  int32_t world = absl::GetFlag(FLAGS_world_size);
+  if (world == 0 && std::getenv("LWS_GROUP_SIZE") != nullptr) {
+    world = std::atoi(std::getenv("LWS_GROUP_SIZE"));
+  }
+  if (world > 1) {
+    return Fail(absl::UnimplementedError(
+                    "multi-node serving (--world-size > 1) needs the CUDA worker with NCCL, "
+                    "which this build lacks"),
+                "serve");
+  }
+  return RunServe(*config);
+}
+
+int HeadkvPlan() {
+  HeadkvPlanOptions o;
+  o.scores = absl::GetFlag(FLAGS_scores);
+  o.budget = absl::GetFlag(FLAGS_budget);
+  o.beta = absl::GetFlag(FLAGS_beta);
+  o.kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  o.granularity = absl::GetFlag(FLAGS_granularity);
+  o.json = absl::GetFlag(FLAGS_json);
+  return RunHeadkvPlan(o);
+}
+
+int BenchServe() {
+  BenchServeOptions o;
+  o.target = absl::GetFlag(FLAGS_target);
+  o.num_requests = absl::GetFlag(FLAGS_num_requests);
+  o.concurrency = absl::GetFlag(FLAGS_concurrency);
+  o.request_rate = absl::GetFlag(FLAGS_request_rate);
+  o.input_len = absl::GetFlag(FLAGS_input_len);
+  o.output_len = absl::GetFlag(FLAGS_output_len);
+  o.prompts_file = absl::GetFlag(FLAGS_prompts_file);
+  o.kv_policy = Specified("kv_policy") ? absl::GetFlag(FLAGS_kv_policy) : "";
+  o.kv_budget = Specified("kv_budget") ? absl::GetFlag(FLAGS_kv_budget) : 0;
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.slo_ttft_ms = absl::GetFlag(FLAGS_slo_ttft_ms);
+  o.slo_tpot_ms = absl::GetFlag(FLAGS_slo_tpot_ms);
+  o.json = absl::GetFlag(FLAGS_json);
+  o.json_out = absl::GetFlag(FLAGS_json_out);
+  return RunBenchServe(o);
+}
+
+}  // namespace
+}  // namespace hkv
+
+int main(int argc, char** argv) {
+  // Accept --kebab-case spellings of every flag (absl flags use snake_case).
+  std::vector<std::string> args(argv, argv + argc);
+  for (std::string& a : args) {
+    if (a.rfind("--", 0) != 0) continue;
+    const size_t end = std::min(a.find('='), a.size());
+    for (size_t i = 2; i < end; ++i) {
+      if (a[i] == '-') a[i] = '_';
+    }
+    std::string name = a.substr(2, end - 2);
+    hkv::SpecifiedFlags().insert(name);
+    if (name.rfind("no", 0) == 0) hkv::SpecifiedFlags().insert(name.substr(2));
+  }
+  std::vector<char*> argv2;
+  for (std::string& a : args) argv2.push_back(a.data());
+  absl::SetProgramUsageMessage(
+      "hkv <generate|serve|headkv-plan|bench-serve> [flags]\n"
+      "  generate     run one prompt on the CPU engine and print the text\n"
+      "  serve        serve the hkv.v1.Generation gRPC API\n"
+      "  headkv-plan  print HeadKV per-head budgets for a score file\n"
+      "  bench-serve  load-test a running server");
+  std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(argv2.size()),
+                                                         argv2.data());
+  if (positional.size() != 2) {
+    std::cerr << absl::ProgramUsageMessage() << "\n";
+    return 2;
+  }
+  const std::string command = positional[1];
+  if (command == "generate") return hkv::Generate();
+  if (command == "serve") return hkv::Serve();
+  if (command == "headkv-plan") return hkv::HeadkvPlan();
+  if (command == "bench-serve") return hkv::BenchServe();
+  std::cerr << "hkv: unknown command '" << command << "'\n" << absl::ProgramUsageMessage() << "\n";
+  return 2;
+}

@@ -1,0 +1,79 @@
+#pragma once
+// Prometheus text-format metrics: counters, gauges and histograms with fixed buckets, and the
+// HTTP endpoint that serves them. Thread-safe: every method may be called from any thread.
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace hkv {
+
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> bounds);
+  void Observe(double value);
+  // Appends `name_bucket{le=..}`, `name_sum`, `name_count` lines.
+  void Render(const std::string& name, std::string* out) const;
+
+ private:
+  const std::vector<double> bounds_;
+  mutable absl::Mutex mu_;
+  std::vector<uint64_t> counts_ ABSL_GUARDED_BY(mu_);  // [bounds + 1] (last: +Inf)
+  double sum_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t count_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Every metric hkv exports. Names follow Prometheus conventions (units in the name).
+struct EngineMetrics {
+  std::atomic<int64_t> requests_running{0};
+  std::atomic<int64_t> requests_waiting{0};
+  std::atomic<int64_t> kv_blocks_used{0};
+  std::atomic<int64_t> kv_blocks_total{0};
+  std::atomic<int64_t> preemptions_total{0};
+  std::atomic<int64_t> prompt_tokens_total{0};
+  std::atomic<int64_t> generation_tokens_total{0};
+  std::atomic<int64_t> requests_finished_total{0};
+  std::atomic<int64_t> requests_failed_total{0};
+  std::atomic<int64_t> requests_rejected_total{0};
+  std::atomic<int64_t> kv_bytes_kept_total{0};
+  std::atomic<int64_t> kv_bytes_full_total{0};
+  std::atomic<int64_t> engine_steps_total{0};
+  std::atomic<int> ready{0};
+  Histogram time_to_first_token_s{{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
+  Histogram inter_token_latency_s{{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}};
+  Histogram e2e_latency_s{{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}};
+  Histogram queue_time_s{{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60}};
+
+  // The whole exposition, Prometheus text format 0.0.4.
+  std::string Render() const;
+};
+
+// Serves GET /metrics (and /healthz) on a background thread.
+class MetricsServer {
+ public:
+  explicit MetricsServer(const EngineMetrics* metrics);
+  ~MetricsServer();
+  // Binds host:port (port 0 picks a free one, see port()) and starts serving.
+  absl::Status Start(const std::string& host, int port);
+  void Stop();
+  int port() const { return port_; }
+
+ private:
+  const EngineMetrics* metrics_;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread thread_;
+  int port_ = 0;
+};
+
+}  // namespace hkv

@@ -1,0 +1,136 @@
+#include "server/model_setup.h"
+
+#include <sys/stat.h>
+
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "headkv/head_scores.h"
+#include "tokenizer/llama2c_tokenizer.h"
+#include "workers/cpu_worker.h"
+#include "workers/llama2c_loader.h"
+
+namespace hkv {
+namespace {
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::string Dirname(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+}  // namespace
+
+absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
+                                                  const std::string& tokenizer_path) {
+  if (IsDirectory(model_path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", model_path, "' is a directory: this build loads llama2.c checkpoints (.bin files); "
+        "Hugging Face model directories are tracked in issue 5"));
+  }
+  LoadedModel out;
+  HKV_ASSIGN_OR_RETURN(Model model, LoadLlama2cCheckpoint(model_path));
+  auto shared = std::make_shared<Model>(std::move(model));
+  const std::string path =
+      tokenizer_path.empty() ? Dirname(model_path) + "/tok512.bin" : tokenizer_path;
+  HKV_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok,
+                       LoadLlama2cTokenizer(path, shared->config.vocab_size));
+  out.tokenizer = std::move(tok);
+  out.model = std::move(shared);
+  return out;
+}
+
+absl::StatusOr<KvPoolSizing> SizeKvPool(const ServerConfig& config, const ModelConfig& m,
+                                        int32_t kv_dtype_bytes) {
+  KvPoolSizing s;
+  s.bytes_per_token_row = 2LL * m.head_dim * kv_dtype_bytes;
+  s.bytes_per_block = s.bytes_per_token_row * config.block_size;
+  if (config.kv_pool_blocks > 0) {
+    s.num_blocks = config.kv_pool_blocks;
+  } else {
+    s.num_blocks = static_cast<int64_t>(config.kv_pool_gb * (1LL << 30)) / s.bytes_per_block;
+  }
+  if (s.num_blocks < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the KV pool holds no block (", s.bytes_per_block,
+        " bytes each): raise --kv-pool-gb or --kv-pool-blocks"));
+  }
+  if (s.num_blocks > INT32_MAX) {
+    return absl::InvalidArgumentError("the KV pool is larger than 2^31 blocks: lower it");
+  }
+  const int64_t rows = static_cast<int64_t>(m.num_layers) * m.num_kv_heads;
+  const int64_t blocks_per_row_full = (m.max_seq_len + config.block_size - 1) / config.block_size;
+  const int64_t blocks_per_row_budget =
+      (config.default_kv_budget + config.block_size - 1) / config.block_size;
+  s.summary = absl::StrFormat(
+      "KV pool: %d head-blocks x %d B (block_size %d, head_dim %d, %d B/elem, K+V) = %.3f GiB\n"
+      "  rows per sequence: %d layers x %d KV heads = %d\n"
+      "  max sequences at full context (%d tokens): %d\n"
+      "  max sequences at %d tokens per head (policy %s, prompt region): %d",
+      s.num_blocks, s.bytes_per_block, config.block_size, m.head_dim, kv_dtype_bytes,
+      static_cast<double>(s.num_blocks * s.bytes_per_block) / (1LL << 30), m.num_layers,
+      m.num_kv_heads, rows, m.max_seq_len, s.num_blocks / (rows * blocks_per_row_full),
+      config.default_kv_budget, config.default_kv_policy,
+      s.num_blocks / (rows * blocks_per_row_budget));
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
+                                                   std::shared_ptr<const Model> model,
+                                                   int64_t num_blocks) {
+  if (config.device == "cpu") {
+    const int threads = config.num_threads > 0
+                            ? config.num_threads
+                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    return std::unique_ptr<Worker>(std::make_unique<CpuWorker>(
+        std::move(model), static_cast<int32_t>(num_blocks), config.block_size, threads));
+  }
+  return absl::UnimplementedError(
+      "--device cuda: the CUDA worker is not part of this build yet; use --device cpu");
+}
+
+absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& config) {
+  HKV_RETURN_IF_ERROR(ValidateServerConfig(config));
+  if (config.tensor_parallel_size != 1) {
+    return absl::InvalidArgumentError(
+        "--tensor-parallel-size > 1 needs the CUDA worker, which this build lacks");
+  }
+  EngineBundle bundle;
+  HKV_ASSIGN_OR_RETURN(bundle.loaded, LoadModelAndTokenizer(config.model, config.tokenizer));
+  const ModelConfig& m = bundle.loaded.model->config;
+  HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeKvPool(config, m, /*kv_dtype_bytes=*/4));
+  HKV_ASSIGN_OR_RETURN(std::unique_ptr<Worker> worker,
+                       MakeWorker(config, bundle.loaded.model, bundle.sizing.num_blocks));
+  EngineOptions options;
+  options.scheduler.max_batch_tokens = config.max_batch_tokens;
+  options.scheduler.max_seqs = config.max_seqs;
+  options.scheduler.max_queue = config.max_queue;
+  options.kv.num_blocks = static_cast<int32_t>(bundle.sizing.num_blocks);
+  options.kv.block_size = config.block_size;
+  options.kv_bytes_per_token_row = bundle.sizing.bytes_per_token_row;
+  options.default_policy = config.default_kv_policy;
+  options.default_budget = config.default_kv_budget;
+  options.stall_timeout = absl::Seconds(config.engine_stall_timeout_s);
+  if (!config.head_scores.empty()) {
+    HKV_ASSIGN_OR_RETURN(HeadScores scores, LoadHeadScores(config.head_scores));
+    HKV_RETURN_IF_ERROR(CheckShape(scores, m.num_layers, m.num_heads));
+    options.head_scores = std::make_shared<const HeadScores>(std::move(scores));
+  }
+  HKV_RETURN_IF_ERROR(ParsePolicyName(config.default_kv_policy).status());
+  bundle.engine = std::make_unique<Engine>(options, std::move(worker), bundle.loaded.tokenizer);
+  // Check the default policy plans (e.g. headkv without scores) before serving anything.
+  HKV_RETURN_IF_ERROR(bundle.engine
+                          ->PlanFor(config.default_kv_policy, config.default_kv_budget,
+                                    options.default_beta)
+                          .status());
+  return bundle;
+}
+
+}  // namespace hkv

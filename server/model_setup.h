@@ -1,0 +1,52 @@
+#pragma once
+// Loading what an engine needs: the model, its tokenizer and chat format, a worker, and the KV
+// pool size. Called from main before any engine thread starts.
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/engine.h"
+#include "server/server_config.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+#include "workers/model_config.h"
+#include "workers/worker.h"
+
+namespace hkv {
+
+struct LoadedModel {
+  std::shared_ptr<const Model> model;
+  std::shared_ptr<const Tokenizer> tokenizer;
+  std::shared_ptr<const ChatTemplate> chat;  // Null when the model has no supported format.
+};
+
+// Loads a llama2.c checkpoint (file) or a Hugging Face directory, and the tokenizer: `tokenizer`
+// when set, else tokenizer.json in the directory or tok512.bin beside a .bin checkpoint.
+absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
+                                                  const std::string& tokenizer_path);
+
+// KV pool arithmetic for one device, printed at start.
+struct KvPoolSizing {
+  int64_t num_blocks = 0;
+  int64_t bytes_per_block = 0;  // K and V of block_size tokens of one head.
+  int64_t bytes_per_token_row = 0;
+  std::string summary;  // Human-readable lines: blocks, bytes, max sequences full / budgeted.
+};
+absl::StatusOr<KvPoolSizing> SizeKvPool(const ServerConfig& config, const ModelConfig& model,
+                                        int32_t kv_dtype_bytes);
+
+// Builds the worker for config.device (cpu now; cuda when built with it).
+absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
+                                                   std::shared_ptr<const Model> model,
+                                                   int64_t num_blocks);
+
+// Everything: model, worker, engine options from a ServerConfig. The engine is not started.
+struct EngineBundle {
+  LoadedModel loaded;
+  KvPoolSizing sizing;
+  std::unique_ptr<Engine> engine;
+};
+absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& config);
+
+}  // namespace hkv

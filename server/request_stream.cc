@@ -1,0 +1,26 @@
+#include "server/request_stream.h"
+
+namespace hkv {
+
+void RequestStream::Push(StreamChunk chunk) {
+  absl::MutexLock lock(&mu_);
+  if (closed_) return;
+  closed_ = chunk.finished;
+  chunks_.push_back(std::move(chunk));
+}
+
+std::optional<StreamChunk> RequestStream::Next(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !chunks_.empty(); };
+  if (!mu_.AwaitWithTimeout(absl::Condition(&ready), timeout)) return std::nullopt;
+  StreamChunk chunk = std::move(chunks_.front());
+  chunks_.pop_front();
+  return chunk;
+}
+
+bool RequestStream::finished() const {
+  absl::MutexLock lock(&mu_);
+  return closed_;
+}
+
+}  // namespace hkv

@@ -1,0 +1,67 @@
+#pragma once
+// RequestStream: the output channel of one request, from the engine thread (writer) to the
+// gRPC handler or CLI (reader). Thread-safe: one writer, one reader.
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/ids.h"
+
+namespace hkv {
+
+enum class StreamFinish { kNone, kLength, kStop, kEos, kAborted, kError };
+
+struct StreamUsage {
+  int32_t prompt_tokens = 0;
+  int32_t generated_tokens = 0;
+  int64_t kv_tokens_kept = 0;
+  int64_t kv_tokens_full = 0;
+  int64_t kv_bytes_kept = 0;
+  int64_t kv_bytes_full = 0;
+  double queue_time_ms = 0;
+  double time_to_first_token_ms = 0;
+  int32_t num_preemptions = 0;
+};
+
+struct StreamChunk {
+  std::vector<TokenId> token_ids;
+  std::string text;
+  bool finished = false;
+  StreamFinish finish = StreamFinish::kNone;
+  absl::Status status;  // Non-OK only for a request that failed (finish == kError).
+  StreamUsage usage;    // Set on the finished chunk.
+};
+
+class RequestStream {
+ public:
+  RequestStream(RequestId id, std::string request_id)
+      : id_(id), request_id_(std::move(request_id)) {}
+
+  RequestId id() const { return id_; }
+  const std::string& request_id() const { return request_id_; }
+  const std::vector<TokenId>& prompt_ids() const { return prompt_ids_; }
+  void set_prompt_ids(std::vector<TokenId> ids) { prompt_ids_ = std::move(ids); }
+
+  // Writer: queues a chunk. Chunks after a finished one are dropped.
+  void Push(StreamChunk chunk);
+  // Reader: waits up to `timeout` for the next chunk; nullopt on timeout.
+  std::optional<StreamChunk> Next(absl::Duration timeout);
+  bool finished() const;
+
+ private:
+  const RequestId id_;
+  const std::string request_id_;
+  std::vector<TokenId> prompt_ids_;  // Set before the stream is shared.
+  mutable absl::Mutex mu_;
+  std::deque<StreamChunk> chunks_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace hkv

@@ -1,0 +1,140 @@
+#include "server/server_config.h"
+
+#include <fstream>
+#include <functional>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "yaml-cpp/yaml.h"
+
+namespace hkv {
+namespace {
+
+using Setter = std::function<absl::Status(const YAML::Node&, ServerConfig*)>;
+
+template <typename T>
+Setter Field(T ServerConfig::*member) {
+  return [member](const YAML::Node& node, ServerConfig* config) -> absl::Status {
+    try {
+      config->*member = node.as<T>();
+    } catch (const YAML::Exception& e) {
+      return absl::InvalidArgumentError(e.what());
+    }
+    return absl::OkStatus();
+  };
+}
+
+const std::map<std::string, Setter>& Fields() {
+  static const auto* fields = new std::map<std::string, Setter>{
+      {"model", Field(&ServerConfig::model)},
+      {"tokenizer", Field(&ServerConfig::tokenizer)},
+      {"host", Field(&ServerConfig::host)},
+      {"port", Field(&ServerConfig::port)},
+      {"metrics_port", Field(&ServerConfig::metrics_port)},
+      {"device", Field(&ServerConfig::device)},
+      {"tensor_parallel_size", Field(&ServerConfig::tensor_parallel_size)},
+      {"kv_pool_blocks", Field(&ServerConfig::kv_pool_blocks)},
+      {"kv_pool_gb", Field(&ServerConfig::kv_pool_gb)},
+      {"gpu_memory_utilization", Field(&ServerConfig::gpu_memory_utilization)},
+      {"block_size", Field(&ServerConfig::block_size)},
+      {"max_batch_tokens", Field(&ServerConfig::max_batch_tokens)},
+      {"max_seqs", Field(&ServerConfig::max_seqs)},
+      {"max_queue", Field(&ServerConfig::max_queue)},
+      {"default_kv_policy", Field(&ServerConfig::default_kv_policy)},
+      {"default_kv_budget", Field(&ServerConfig::default_kv_budget)},
+      {"head_scores", Field(&ServerConfig::head_scores)},
+      {"drain_timeout_s", Field(&ServerConfig::drain_timeout_s)},
+      {"num_threads", Field(&ServerConfig::num_threads)},
+      {"engine_stall_timeout_s", Field(&ServerConfig::engine_stall_timeout_s)},
+  };
+  return *fields;
+}
+
+}  // namespace
+
+absl::Status LoadServerConfigFile(const std::string& path, ServerConfig* config) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read config file '", path, "'"));
+  YAML::Node root;
+  try {
+    root = YAML::Load(in);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config file '", path, "': ", e.what()));
+  }
+  if (root.IsNull()) return absl::OkStatus();
+  if (!root.IsMap()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config file '", path, "' must hold a mapping of option: value"));
+  }
+  for (const auto& item : root) {
+    const std::string key = item.first.as<std::string>();
+    auto it = Fields().find(key);
+    if (it == Fields().end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config file '", path, "': unknown key '", key, "'"));
+    }
+    absl::Status status = it->second(item.second, config);
+    if (!status.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("config file '", path, "': key '", key,
+                                                     "' has a bad value: ", status.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateServerConfig(const ServerConfig& c) {
+  auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  if (c.port < 0 || c.port > 65535) return bad("port must be in [0, 65535], got ", c.port);
+  if (c.metrics_port < 0 || c.metrics_port > 65535) {
+    return bad("metrics_port must be in [0, 65535], got ", c.metrics_port);
+  }
+  if (c.device != "cpu" && c.device != "cuda") {
+    return bad("device must be 'cpu' or 'cuda', got '", c.device, "'");
+  }
+  if (c.tensor_parallel_size < 1) return bad("tensor_parallel_size must be >= 1");
+  if (c.block_size < 1 || c.block_size > 1024) return bad("block_size must be in [1, 1024]");
+  if (c.kv_pool_blocks < 0) return bad("kv_pool_blocks must be >= 0");
+  if (c.kv_pool_blocks == 0 && c.kv_pool_gb <= 0 && c.device == "cpu") {
+    return bad("set kv_pool_blocks or kv_pool_gb > 0");
+  }
+  if (c.gpu_memory_utilization <= 0 || c.gpu_memory_utilization > 1) {
+    return bad("gpu_memory_utilization must be in (0, 1]");
+  }
+  if (c.max_batch_tokens < 1) return bad("max_batch_tokens must be >= 1");
+  if (c.max_seqs < 1) return bad("max_seqs must be >= 1");
+  if (c.max_queue < 1) return bad("max_queue must be >= 1");
+  if (c.default_kv_budget < 1) return bad("default_kv_budget must be >= 1");
+  if (c.drain_timeout_s < 0) return bad("drain_timeout_s must be >= 0");
+  if (c.engine_stall_timeout_s < 1) return bad("engine_stall_timeout_s must be >= 1");
+  return absl::OkStatus();
+}
+
+std::string ServerConfigToJson(const ServerConfig& c) {
+  nlohmann::ordered_json j;
+  j["model"] = c.model;
+  j["tokenizer"] = c.tokenizer;
+  j["host"] = c.host;
+  j["port"] = c.port;
+  j["metrics_port"] = c.metrics_port;
+  j["device"] = c.device;
+  j["tensor_parallel_size"] = c.tensor_parallel_size;
+  j["kv_pool_blocks"] = c.kv_pool_blocks;
+  j["kv_pool_gb"] = c.kv_pool_gb;
+  j["gpu_memory_utilization"] = c.gpu_memory_utilization;
+  j["block_size"] = c.block_size;
+  j["max_batch_tokens"] = c.max_batch_tokens;
+  j["max_seqs"] = c.max_seqs;
+  j["max_queue"] = c.max_queue;
+  j["default_kv_policy"] = c.default_kv_policy;
+  j["default_kv_budget"] = c.default_kv_budget;
+  j["head_scores"] = c.head_scores;
+  j["drain_timeout_s"] = c.drain_timeout_s;
+  j["num_threads"] = c.num_threads;
+  j["engine_stall_timeout_s"] = c.engine_stall_timeout_s;
+  j["health"] = {{"liveness_service", kLivenessService},
+                 {"readiness_service", kReadinessService}};
+  return j.dump(2);
+}
+
+}  // namespace hkv

@@ -1,0 +1,49 @@
+#pragma once
+// ServerConfig: everything `hkv serve` is configured by, from a YAML/JSON file and flags.
+// Plain data; built once in main before any thread starts.
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace hkv {
+
+// gRPC health service names the probes use (see deploy/k8s).
+inline constexpr char kLivenessService[] = "";
+inline constexpr char kReadinessService[] = "hkv.v1.Generation";
+
+struct ServerConfig {
+  std::string model;      // llama2.c .bin file or Hugging Face model directory.
+  std::string tokenizer;  // Optional; defaults beside the model.
+  std::string host = "0.0.0.0";
+  int32_t port = 50051;          // gRPC.
+  int32_t metrics_port = 9090;   // HTTP /metrics; 0 disables it.
+  std::string device = "cpu";    // cpu | cuda.
+  int32_t tensor_parallel_size = 1;
+  int64_t kv_pool_blocks = 0;    // 0: derive from kv_pool_gb (CPU) or free memory (GPU).
+  double kv_pool_gb = 0.25;
+  double gpu_memory_utilization = 0.9;
+  int32_t block_size = 16;
+  int32_t max_batch_tokens = 8192;
+  int32_t max_seqs = 256;
+  int32_t max_queue = 1024;
+  std::string default_kv_policy = "full";
+  int32_t default_kv_budget = 128;
+  std::string head_scores;       // Score file for the headkv policy.
+  int32_t drain_timeout_s = 30;
+  int32_t num_threads = 0;       // CPU worker threads; 0 = all cores.
+  int32_t engine_stall_timeout_s = 30;  // A step longer than this turns readiness NOT_SERVING.
+};
+
+// Overlays the keys of a YAML (or JSON) file onto `config`. INVALID_ARGUMENT names an unknown
+// key or a value of the wrong type; NOT_FOUND a missing file.
+absl::Status LoadServerConfigFile(const std::string& path, ServerConfig* config);
+
+// INVALID_ARGUMENT when a value is out of range (port, block_size, ...).
+absl::Status ValidateServerConfig(const ServerConfig& config);
+
+// One JSON object with every key (file key names), plus the health service names.
+std::string ServerConfigToJson(const ServerConfig& config);
+
+}  // namespace hkv

@@ -1,0 +1,121 @@
+// Process-level tests of `hkv serve`: SIGTERM drains and exits 0; a server killed mid-load
+// can be restarted and serves again. Runs the real binary on loopback ports.
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/health_client.h"
+#include "tests/server_test_util.h"
+
+namespace hkv::testing {
+namespace {
+
+// A port nobody uses: bind port 0, read it back, close.
+int FreePort() {
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  auto server = builder.BuildAndStart();
+  server->Shutdown();
+  return port;
+}
+
+pid_t StartServer(int port, int drain_s) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    const std::string port_flag = "--port=" + std::to_string(port);
+    const std::string drain_flag = "--drain-timeout-s=" + std::to_string(drain_s);
+    execl(HKV_BINARY, HKV_BINARY, "serve", "--host=127.0.0.1", port_flag.c_str(),
+          "--metrics-port=0", "--kv-pool-blocks=4096", "--num-threads=1", drain_flag.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
+}
+
+std::shared_ptr<grpc::Channel> Channel(int port) {
+  return grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                             grpc::InsecureChannelCredentials());
+}
+
+bool WaitServing(int port, int timeout_s = 30) {
+  auto channel = Channel(port);
+  for (int i = 0; i < timeout_s * 10; ++i) {
+    if (CheckHealth(channel, "hkv.v1.Generation", 500) == kServing) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+int WaitExit(pid_t pid, int timeout_s) {
+  for (int i = 0; i < timeout_s * 100; ++i) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return -1;
+}
+
+TEST(ServeProcessTest, SigtermDrainsInFlightRequestsAndExitsZero) {
+  const int port = FreePort();
+  pid_t pid = StartServer(port, /*drain_s=*/20);
+  ASSERT_TRUE(WaitServing(port));
+  auto stub = hkv::v1::Generation::NewStub(Channel(port));
+  StreamResult result;
+  std::thread client([&] {
+    hkv::v1::GenerateRequest r = GreedyIds({1}, 400);
+    r.mutable_sampling()->set_ignore_eos(true);
+    result = RunStream(stub.get(), r);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  kill(pid, SIGTERM);
+  client.join();
+  EXPECT_TRUE(result.status.ok()) << result.status.error_message();
+  EXPECT_EQ(result.ids.size(), 400u) << "the in-flight request must finish during the drain";
+  EXPECT_EQ(WaitExit(pid, 30), 0);
+}
+
+TEST(ServeProcessTest, KilledMidLoadRestartsAndServesAgain) {
+  const int port = FreePort();
+  pid_t pid = StartServer(port, 5);
+  ASSERT_TRUE(WaitServing(port));
+  std::vector<std::thread> clients;
+  std::vector<StreamResult> results(8);
+  for (int i = 0; i < 8; ++i) {
+    clients.emplace_back([&, i] {
+      auto stub = hkv::v1::Generation::NewStub(Channel(port));
+      hkv::v1::GenerateRequest r = GreedyIds({1}, 450);
+      r.mutable_sampling()->set_ignore_eos(true);
+      results[i] = RunStream(stub.get(), r, 20);
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  kill(pid, SIGKILL);
+  for (auto& t : clients) t.join();
+  WaitExit(pid, 5);
+  int failed = 0;
+  for (const StreamResult& r : results) failed += !r.status.ok();
+  EXPECT_GT(failed, 0) << "some streams must have been cut by the kill";
+  pid = StartServer(port, 5);
+  ASSERT_TRUE(WaitServing(port)) << "restarted server never turned SERVING";
+  auto stub = hkv::v1::Generation::NewStub(Channel(port));
+  StreamResult r = RunStream(stub.get(), GreedyIds({1}, 40));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, std::vector<int32_t>(std::begin(kGoldenIds), std::end(kGoldenIds)));
+  kill(pid, SIGTERM);
+  EXPECT_EQ(WaitExit(pid, 30), 0);
+}
+
+}  // namespace
+}  // namespace hkv::testing
