@@ -1,0 +1,118 @@
+// The hkv command line: `generate --json` golden output and `headkv-plan --json`.
+
+#include <cstdio>
+#include <string>
+
+#include "common/paths.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace hkv {
+namespace {
+
+// Runs `hkv args...` and returns its stdout; `status` gets the exit code.
+std::string RunHkv(const std::string& args, int* status) {
+  const std::string command = std::string(HKV_BINARY) + " " + args + " 2>/dev/null";
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string out;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) out.append(buffer, n);
+  const int raw = pclose(pipe);
+  *status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return out;
+}
+
+TEST(CliTest, GenerateJsonFromBosPrintsTheGoldenIds) {
+  int status = 0;
+  const std::string out = RunHkv("generate --prompt= --max-tokens 40 --temperature 0 --json", &status);
+  ASSERT_EQ(status, 0) << out;
+  nlohmann::json j = nlohmann::json::parse(out);
+  EXPECT_EQ(j["prompt_ids"], nlohmann::json::array({1}));
+  EXPECT_EQ(j["output_ids"], nlohmann::json::array({403, 407, 261, 378, 432, 383, 286, 261, 376,
+                                                    298, 315, 421, 395, 317, 426, 338, 401, 396,
+                                                    267, 337, 410, 408, 419, 292, 411, 322, 265,
+                                                    282, 295, 433, 426, 385, 328, 432, 358, 394,
+                                                    261, 370, 432, 352}));
+  EXPECT_THAT(j["text"].get<std::string>(),
+              ::testing::StartsWith("Once upon a time, there was a little girl named Lily"));
+  EXPECT_GT(j["decode_tokens_per_s"].get<double>(), 0);
+  EXPECT_GE(j["prefill_ms"].get<double>(), 0);
+}
+
+TEST(CliTest, GenerateWithPromptIdsAndCompression) {
+  int status = 0;
+  std::string ids = "1";
+  for (int i = 0; i < 99; ++i) ids += "," + std::to_string(300 + i % 50);
+  const std::string out = RunHkv("generate --prompt-ids " + ids +
+                                  " --max-tokens 8 --kv-policy snapkv --kv-budget 16 --json",
+                              &status);
+  ASSERT_EQ(status, 0) << out;
+  nlohmann::json j = nlohmann::json::parse(out);
+  EXPECT_EQ(j["prompt_ids"].size(), 100u);
+  EXPECT_EQ(j["output_ids"].size(), 8u);
+  // 5 layers x 4 KV heads: 16 prompt tokens + 7 decoded tokens cached per row.
+  EXPECT_EQ(j["kv_tokens_kept"].get<int64_t>(), 20 * (16 + 7));
+  EXPECT_EQ(j["kv_tokens_full"].get<int64_t>(), 20 * (100 + 7));
+}
+
+TEST(CliTest, GenerateRejectsBadInput) {
+  int status = 0;
+  RunHkv("generate --prompt-ids 1,x", &status);
+  EXPECT_NE(status, 0);
+  RunHkv("generate --model /nonexistent.bin", &status);
+  EXPECT_NE(status, 0);
+  RunHkv("generate --kv-policy lru", &status);
+  EXPECT_NE(status, 0);
+}
+
+TEST(CliTest, HeadkvPlanJsonHasTheRequestedShape) {
+  const std::string scores =
+      SharedDataDir() + "/headkv_scores/Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json";
+  int status = 0;
+  std::string out = RunHkv("headkv-plan --scores " + scores + " --budget 128 --json", &status);
+  ASSERT_EQ(status, 0) << out;
+  nlohmann::json j = nlohmann::json::parse(out);
+  EXPECT_EQ(j["num_layers"], 32);
+  EXPECT_EQ(j["num_heads"], 32);
+  ASSERT_EQ(j["capacity"].size(), 32u);
+  int64_t total = 0;
+  for (const auto& layer : j["capacity"]) {
+    ASSERT_EQ(layer.size(), 32u);
+    for (const auto& c : layer) total += c.get<int64_t>();
+  }
+  EXPECT_NEAR(total, 32 * 32 * 120, 32 * 32 / 2);
+  out = RunHkv("headkv-plan --scores " + scores + " --budget 1024 --kv-heads 8 --json", &status);
+  ASSERT_EQ(status, 0);
+  j = nlohmann::json::parse(out);
+  EXPECT_EQ(j["num_heads"], 8);
+  EXPECT_EQ(j["capacity"][0].size(), 8u);
+  RunHkv("headkv-plan --scores /nonexistent.json --budget 128 --json", &status);
+  EXPECT_NE(status, 0);
+  RunHkv("headkv-plan --scores " + scores + " --budget 4 --json", &status);
+  EXPECT_NE(status, 0);
+}
+
+TEST(CliTest, ServePrintConfigReflectsFileAndFlags) {
+  const std::string path = ::testing::TempDir() + "/hkv_config.yaml";
+  FILE* f = fopen(path.c_str(), "w");
+  fputs("port: 6000\nmetrics_port: 6001\ndefault_kv_policy: snapkv\n", f);
+  fclose(f);
+  int status = 0;
+  nlohmann::json j = nlohmann::json::parse(
+      RunHkv("serve --print-config --config " + path + " --metrics-port 7001", &status));
+  ASSERT_EQ(status, 0);
+  EXPECT_EQ(j["port"], 6000);
+  EXPECT_EQ(j["metrics_port"], 7001);
+  EXPECT_EQ(j["default_kv_policy"], "snapkv");
+  EXPECT_EQ(j["health"]["readiness_service"], "hkv.v1.Generation");
+  f = fopen(path.c_str(), "w");
+  fputs("prot: 6000\n", f);
+  fclose(f);
+  RunHkv("serve --print-config --config " + path, &status);
+  EXPECT_NE(status, 0) << "an unknown key must be rejected";
+}
+
+}  // namespace
+}  // namespace hkv
