@@ -1,0 +1,76 @@
+#pragma once
+// Paged per-head decode attention (one query token per sequence) with GQA and split-K
+// (flash-decoding). Host-only declarations; the kernels live in decode_attention.cu.
+//
+// Flow (flashinfer style): once per step, PlanDecodeAttention() reads host copies of the page
+// table, cuts every row (seq, kv_head) into chunks of at most `chunk_tokens` tokens so that
+// long and short rows spread evenly over the GPU, and copies the work list into the caller's
+// device workspace. Then RunDecodeAttention() runs per layer (any layer sharing the page-table
+// shape): no allocation, no host sync; with `fixed_grid` the launch shape depends only on the
+// capacities, so it can be captured in a CUDA graph and replayed after a new plan.
+//
+//   work item = (row, token range): one CTA reads that K/V range ONCE for all query heads of
+//   the row's GQA group and writes either the final output (row not split) or a partial
+//   (output, log-sum-exp) that the merge kernel combines.
+//
+// Thread-safety: the plan is plain data; calls on one stream are ordered by the stream.
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/dtype.h"
+#include "kernels/paged_kv.h"
+
+namespace hkv::kernels {
+
+struct DecodePlanOptions {
+  int32_t max_rows = 0;        // capacity: rows (seq, kv_head) per step
+  int32_t max_work_items = 0;  // capacity: work items (>= max_rows)
+  int32_t group_size = 1;      // query heads per kv head (1..8)
+  int32_t head_dim = 128;      // 64 or 128
+  int32_t num_sms = 0;         // 0: read from the current device
+  bool fixed_grid = false;     // launch max_work_items CTAs (CUDA-graph replay of any plan)
+};
+
+struct DecodePlan {
+  DecodePlanOptions options;
+  int32_t num_rows = 0;
+  int32_t num_work_items = 0;
+  int32_t num_merge_rows = 0;  // rows split over several work items
+  int32_t chunk_tokens = 0;
+  void* workspace = nullptr;       // device; DecodeWorkspaceBytes(options) bytes
+  std::vector<int32_t> host_meta;  // the work list as copied to the device
+};
+
+// Returns the device workspace size in bytes for `options`.
+size_t DecodeWorkspaceBytes(const DecodePlanOptions& options);
+
+// Builds the work list for `num_rows` rows from HOST copies of the CSR indptr and last_len,
+// and copies it (cudaMemcpyAsync on `stream`) into `workspace`. Logical row r (= seq *
+// num_kv_heads + kv_head of this layer) reads CSR row host_row_ids[r], or row r when
+// host_row_ids is null; so one batch-wide CSR (e.g. rows (seq, layer, kv_head) of
+// common/batch.h) serves every layer, one plan per layer. The plan bakes in each row's offset
+// into `indices` and its length: re-plan whenever they change (once per step); the device
+// indices array (PagedKvView::indices) must follow the host indptr given here.
+// Returns cudaErrorInvalidValue for bad options (group, head_dim, capacities, block_size not a
+// power of two), num_rows > max_rows, or a malformed page table (decreasing indptr, last_len
+// outside 1..block_size on a non-empty row).
+cudaError_t PlanDecodeAttention(const DecodePlanOptions& options, const int32_t* host_indptr,
+                                const int32_t* host_last_len, int32_t num_rows, int32_t block_size,
+                                void* workspace, cudaStream_t stream, DecodePlan* plan,
+                                const int32_t* host_row_ids = nullptr);
+
+// Computes out = softmax(q K^T * scale) V per query head over its kv head's paged row.
+// Uses kv.indices and the pools (indptr/last_len were consumed by the plan).
+//   q:   device [num_seqs, num_kv_heads * group_size, head_dim], seq stride q_seq_stride elems
+//   out: device [num_seqs, num_kv_heads * group_size, head_dim], seq stride out_seq_stride
+// num_seqs = plan.num_rows / kv.num_kv_heads. Rows of length 0 give zeros.
+// Grid: (work items) Block: (128); then merge Grid: (rows, group) Block: (head_dim).
+cudaError_t RunDecodeAttention(const DecodePlan& plan, const PagedKvView& kv, DType dtype,
+                               const void* q, int64_t q_seq_stride, void* out,
+                               int64_t out_seq_stride, float scale, cudaStream_t stream);
+
+}  // namespace hkv::kernels

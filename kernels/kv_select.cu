@@ -1,0 +1,442 @@
+// Fused SnapKV selection: window scores, max-pool, per-head top-cap, scatter; see kv_select.h.
+//
+// Kernels (per prompt, one layer):
+//   1. WindowStatsKernel  Grid: (ceil(n/512), Hkv) Block: (128): one thread per key computes
+//      the nq = w*group window logits and reduces (max, sum exp) per chunk.
+//   2. WindowLseKernel    Grid: (Hkv) Block: (32*8): merges the chunks -> log-sum-exp.
+//   3. WindowScoreKernel  Grid: (ceil((n-w)/128), Hkv) Block: (128): recomputes the logits of
+//      the first n-w keys, sums the probabilities over the window and the group.
+//   4. SelectKernel       Grid: (Hkv) Block: (1024): max-pool, radix select of the cap-th
+//      largest score (exact, ties -> lower position), ordered compaction, window append.
+//   5. ScatterKernel      Grid: (ceil(n*d/8/256), Hkv) Block: (256): copies kept K/V.
+
+#include <algorithm>
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/kv_select.h"
+
+namespace hkv::kernels {
+namespace {
+
+constexpr int kKeysPerCta = 512;
+constexpr int kStatThreads = 128;
+constexpr int kSelectThreads = 1024;
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct Layout {
+  int64_t stats, lse, raw, pooled, total;  // byte offsets
+  Layout(int32_t n, int32_t w, int32_t nq, int32_t hkv) {
+    const int64_t chunks = (n + kKeysPerCta - 1) / kKeysPerCta;
+    const int64_t past = std::max(0, n - w);
+    auto align = [](int64_t x) { return (x + 255) / 256 * 256; };
+    stats = 0;
+    lse = align(stats + hkv * chunks * nq * 2 * sizeof(float));
+    raw = align(lse + hkv * nq * sizeof(float));
+    pooled = align(raw + hkv * past * sizeof(float));
+    total = align(pooled + hkv * past * sizeof(float));
+  }
+};
+
+struct Params {
+  const void* q;
+  const void* k;
+  int64_t q_stride, kv_stride;
+  int32_t n, w, past, group, nq, num_q_heads, chunks;
+  float scale_log2;
+  float2* stats;  // [Hkv, chunks, nq] (max, sum) in log2 domain
+  float* lse;     // [Hkv, nq]
+  float* raw;     // [Hkv, past]
+};
+
+// Loads the nq window queries of kv head `kvh` into shared memory [kNq, kHeadDim] as
+// pre-scaled floats; rows nq..kNq-1 are zero.
+template <typename T, int kHeadDim, int kNq>
+__device__ void LoadWindowQueries(const Params& p, int kvh, float* sq) {
+  for (int idx = threadIdx.x; idx < kNq * kHeadDim; idx += blockDim.x) {
+    const int v = idx / kHeadDim, d = idx % kHeadDim;
+    const int t = v / p.group, g = v % p.group;
+    float x = 0.0f;
+    if (v < p.nq) {
+      x = ToFloat<T>(static_cast<const T*>(
+          p.q)[t * p.q_stride + static_cast<int64_t>(kvh * p.group + g) * kHeadDim + d]);
+    }
+    sq[idx] = x * p.scale_log2;
+  }
+}
+
+// Logits (log2 domain) of key j against the nq queries in `sq`.
+template <typename T, int kHeadDim, int kNq>
+__device__ __forceinline__ void KeyLogits(const Params& p, int kvh, int j, const float* sq,
+                                          float* s) {
+#pragma unroll
+  for (int v = 0; v < kNq; ++v) s[v] = 0.0f;
+  const T* k = static_cast<const T*>(p.k) + j * p.kv_stride + static_cast<int64_t>(kvh) * kHeadDim;
+#pragma unroll 1
+  for (int dc = 0; dc < kHeadDim; dc += 8) {
+    float kf[8];
+    Unpack8<T>(LoadNc16(k + dc), kf);
+#pragma unroll
+    for (int v = 0; v < kNq; ++v) {
+      const float4 a = *reinterpret_cast<const float4*>(sq + v * kHeadDim + dc);
+      const float4 b = *reinterpret_cast<const float4*>(sq + v * kHeadDim + dc + 4);
+      s[v] += a.x * kf[0] + a.y * kf[1] + a.z * kf[2] + a.w * kf[3] + b.x * kf[4] + b.y * kf[5] +
+              b.z * kf[6] + b.w * kf[7];
+    }
+  }
+}
+
+template <typename T, int kHeadDim, int kNq>
+__global__ void __launch_bounds__(kStatThreads) WindowStatsKernel(Params p) {
+  extern __shared__ __align__(16) float sq[];  // [kNq, head_dim]
+  __shared__ float s_m[kStatThreads / 32][kNq], s_l[kStatThreads / 32][kNq];
+  const int kvh = blockIdx.y;
+  LoadWindowQueries<T, kHeadDim, kNq>(p, kvh, sq);
+  __syncthreads();
+  float m[kNq], l[kNq];
+#pragma unroll
+  for (int v = 0; v < kNq; ++v) {
+    m[v] = -INFINITY;
+    l[v] = 0.0f;
+  }
+  const int end = min(p.n, (blockIdx.x + 1) * kKeysPerCta);
+  for (int j = blockIdx.x * kKeysPerCta + threadIdx.x; j < end; j += kStatThreads) {
+    float s[kNq];
+    KeyLogits<T, kHeadDim, kNq>(p, kvh, j, sq, s);
+#pragma unroll
+    for (int v = 0; v < kNq; ++v) {
+      // Window query t = v / group sees keys 0 .. past + t.
+      if (v < p.nq && j <= p.past + v / p.group) {
+        const float mn = fmaxf(m[v], s[v]);
+        l[v] = l[v] * exp2f(m[v] - mn) + exp2f(s[v] - mn);
+        m[v] = mn;
+      }
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int v = 0; v < kNq; ++v) {
+    float mv = m[v], lv = l[v];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float mo = __shfl_xor_sync(0xffffffffu, mv, o);
+      const float lo = __shfl_xor_sync(0xffffffffu, lv, o);
+      const float mn = fmaxf(mv, mo);
+      lv = (mv == -INFINITY ? 0.0f : lv * exp2f(mv - mn)) +
+           (mo == -INFINITY ? 0.0f : lo * exp2f(mo - mn));
+      mv = mn;
+    }
+    if (lane == 0) {
+      s_m[warp][v] = mv;
+      s_l[warp][v] = lv;
+    }
+  }
+  __syncthreads();
+  for (int v = threadIdx.x; v < p.nq; v += kStatThreads) {
+    float mv = -INFINITY, lv = 0.0f;
+    for (int x = 0; x < kStatThreads / 32; ++x) {
+      const float mo = s_m[x][v], lo = s_l[x][v];
+      const float mn = fmaxf(mv, mo);
+      lv = (mv == -INFINITY ? 0.0f : lv * exp2f(mv - mn)) +
+           (mo == -INFINITY ? 0.0f : lo * exp2f(mo - mn));
+      mv = mn;
+    }
+    p.stats[(static_cast<int64_t>(kvh) * p.chunks + blockIdx.x) * p.nq + v] = make_float2(mv, lv);
+  }
+}
+
+__global__ void WindowLseKernel(Params p) {
+  const int kvh = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int v = warp; v < p.nq; v += blockDim.x / 32) {
+    float mv = -INFINITY, lv = 0.0f;
+    for (int c = lane; c < p.chunks; c += 32) {
+      const float2 st = p.stats[(static_cast<int64_t>(kvh) * p.chunks + c) * p.nq + v];
+      const float mn = fmaxf(mv, st.x);
+      lv = (mv == -INFINITY ? 0.0f : lv * exp2f(mv - mn)) +
+           (st.x == -INFINITY ? 0.0f : st.y * exp2f(st.x - mn));
+      mv = mn;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float mo = __shfl_xor_sync(0xffffffffu, mv, o);
+      const float lo = __shfl_xor_sync(0xffffffffu, lv, o);
+      const float mn = fmaxf(mv, mo);
+      lv = (mv == -INFINITY ? 0.0f : lv * exp2f(mv - mn)) +
+           (mo == -INFINITY ? 0.0f : lo * exp2f(mo - mn));
+      mv = mn;
+    }
+    if (lane == 0) p.lse[kvh * p.nq + v] = mv + log2f(lv);
+  }
+}
+
+template <typename T, int kHeadDim, int kNq>
+__global__ void __launch_bounds__(kStatThreads) WindowScoreKernel(Params p) {
+  extern __shared__ __align__(16) float sq[];
+  __shared__ float s_lse[kNq];
+  const int kvh = blockIdx.y;
+  LoadWindowQueries<T, kHeadDim, kNq>(p, kvh, sq);
+  for (int v = threadIdx.x; v < kNq; v += blockDim.x) {
+    s_lse[v] = v < p.nq ? p.lse[kvh * p.nq + v] : INFINITY;
+  }
+  __syncthreads();
+  const int j = blockIdx.x * kStatThreads + threadIdx.x;
+  if (j >= p.past) return;
+  float s[kNq];
+  KeyLogits<T, kHeadDim, kNq>(p, kvh, j, sq, s);
+  // Mean over the window of each query head, then mean over the group (headkv's order).
+  float total = 0.0f;
+  for (int g = 0; g < p.group; ++g) {
+    float head = 0.0f;
+#pragma unroll
+    for (int v = 0; v < kNq; ++v) {
+      if (v < p.nq && v % p.group == g) head += exp2f(s[v] - s_lse[v]);
+    }
+    total += head / static_cast<float>(p.w);
+  }
+  p.raw[static_cast<int64_t>(kvh) * p.past + j] = total / static_cast<float>(p.group);
+}
+
+// Order-preserving key: larger float -> larger key; NaN lowest; -0 == +0.
+__device__ __forceinline__ uint32_t RankKey(float f) {
+  if (f != f) return 0u;
+  if (f == 0.0f) f = 0.0f;
+  const uint32_t b = __float_as_uint(f);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// Exclusive block scan of `v`; returns the prefix and stores the block total in *total.
+__device__ int BlockExclusiveScan(int v, int* scratch, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  __syncthreads();
+  if (lane == 31) scratch[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    int w = lane < (blockDim.x >> 5) ? scratch[lane] : 0;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, w, o);
+      if (lane >= o) w += y;
+    }
+    scratch[lane] = w;  // inclusive prefix of warp totals
+  }
+  __syncthreads();
+  *total = scratch[(blockDim.x >> 5) - 1];
+  return x - v + (warp > 0 ? scratch[warp - 1] : 0);
+}
+
+struct SelectParams {
+  const float* raw;  // [Hkv, past]
+  float* pooled;     // [Hkv, past]
+  float* scores_out;
+  const int32_t* caps;
+  int32_t* kept_count;
+  int32_t* kept_index;  // [Hkv, n]
+  int32_t n, w, past, pool_kernel;
+};
+
+__global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
+  __shared__ int hist[256];
+  __shared__ int scratch[32];
+  __shared__ uint32_t s_prefix, s_mask;
+  __shared__ int s_rem;
+  const int kvh = blockIdx.x;
+  const float* raw = p.raw + static_cast<int64_t>(kvh) * p.past;
+  float* pooled = p.pooled + static_cast<int64_t>(kvh) * p.past;
+  const int half = p.pool_kernel / 2;
+  for (int j = threadIdx.x; j < p.past; j += blockDim.x) {
+    const int lo = max(0, j - half), hi = min(p.past - 1, j - half + p.pool_kernel - 1);
+    float mx = raw[lo];
+    for (int t = lo + 1; t <= hi; ++t) mx = fmaxf(mx, raw[t]);
+    pooled[j] = mx;
+    if (p.scores_out != nullptr) p.scores_out[static_cast<int64_t>(kvh) * p.past + j] = mx;
+  }
+  const int cap = min(max(p.caps[kvh], 0), p.past);
+  if (threadIdx.x == 0) {
+    s_prefix = 0;
+    s_mask = 0;
+    s_rem = cap;
+  }
+  __syncthreads();
+  // Radix select (8 bits a pass, MSB first) of the cap-th largest key.
+  if (cap > 0 && cap < p.past) {
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+      __syncthreads();
+      const uint32_t prefix = s_prefix, mask = s_mask;
+      for (int j = threadIdx.x; j < p.past; j += blockDim.x) {
+        const uint32_t u = RankKey(pooled[j]);
+        if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255], 1);
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        int rem = s_rem, b = 255;
+        for (; b > 0 && hist[b] < rem; --b) rem -= hist[b];
+        s_rem = rem;
+        s_prefix = prefix | (static_cast<uint32_t>(b) << shift);
+        s_mask = mask | (255u << shift);
+      }
+      __syncthreads();
+    }
+  }
+  // Keep u > T, and the first s_rem positions with u == T. cap == past keeps everything.
+  const uint32_t thresh = s_prefix;
+  const int need_eq = s_rem;
+  const bool keep_all = cap >= p.past;
+  int32_t* out = p.kept_index + static_cast<int64_t>(kvh) * p.n;
+  int eq_base = 0, out_base = 0;
+  for (int start = 0; start < p.past && cap > 0; start += blockDim.x) {
+    const int j = start + threadIdx.x;
+    uint32_t u = 0;
+    if (j < p.past) u = RankKey(pooled[j]);
+    const bool in = j < p.past;
+    const int is_eq = in && !keep_all && u == thresh;
+    int eq_total;
+    const int eq_rank = eq_base + BlockExclusiveScan(is_eq, scratch, &eq_total);
+    const int keep = in && (keep_all || u > thresh || (is_eq && eq_rank < need_eq));
+    int keep_total;
+    const int pos = out_base + BlockExclusiveScan(keep, scratch, &keep_total);
+    if (keep) out[pos] = j;
+    eq_base += eq_total;
+    out_base += keep_total;
+  }
+  for (int i = threadIdx.x; i < p.w; i += blockDim.x) out[cap + i] = p.past + i;
+  if (threadIdx.x == 0) p.kept_count[kvh] = cap + p.w;
+}
+
+struct ScatterParams {
+  const void* k;
+  const void* v;
+  int64_t kv_stride;
+  const int32_t* kept_count;
+  const int32_t* kept_index;
+  const int32_t* indptr;
+  const int32_t* indices;
+  int32_t first_row, n, block_shift;
+  void* k_pool;
+  void* v_pool;
+  int64_t block_stride;
+};
+
+template <typename T, int kHeadDim>
+__global__ void ScatterKernel(ScatterParams p) {
+  constexpr int kChunks = kHeadDim / 8;
+  const int kvh = blockIdx.y;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int i = static_cast<int>(idx / kChunks), c = static_cast<int>(idx % kChunks) * 8;
+  if (i >= p.kept_count[kvh]) return;
+  const int j = p.kept_index[static_cast<int64_t>(kvh) * p.n + i];
+  const int64_t src = j * p.kv_stride + static_cast<int64_t>(kvh) * kHeadDim + c;
+  const int row = p.first_row + kvh;
+  const int64_t dst =
+      static_cast<int64_t>(p.indices[p.indptr[row] + (i >> p.block_shift)]) * p.block_stride +
+      (i & ((1 << p.block_shift) - 1)) * kHeadDim + c;
+  *reinterpret_cast<uint4*>(static_cast<T*>(p.k_pool) + dst) =
+      LoadNc16(static_cast<const T*>(p.k) + src);
+  *reinterpret_cast<uint4*>(static_cast<T*>(p.v_pool) + dst) =
+      LoadNc16(static_cast<const T*>(p.v) + src);
+}
+
+template <typename T, int kHeadDim, int kNq>
+cudaError_t LaunchScores(const Params& p, int hkv, cudaStream_t stream) {
+  const size_t smem = static_cast<size_t>(kNq) * kHeadDim * sizeof(float);
+  WindowStatsKernel<T, kHeadDim, kNq><<<dim3(p.chunks, hkv), kStatThreads, smem, stream>>>(p);
+  WindowLseKernel<<<hkv, 256, 0, stream>>>(p);
+  if (p.past > 0) {
+    WindowScoreKernel<T, kHeadDim, kNq>
+        <<<dim3((p.past + kStatThreads - 1) / kStatThreads, hkv), kStatThreads, smem, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+size_t KvSelectWorkspaceBytes(int32_t n, int32_t window, int32_t num_q_heads,
+                              int32_t num_kv_heads) {
+  const int32_t w = std::min(window, n);
+  const int32_t group = num_kv_heads > 0 ? num_q_heads / num_kv_heads : 0;
+  return static_cast<size_t>(Layout(n, w, w * group, num_kv_heads).total);
+}
+
+cudaError_t RunKvSelect(const KvSelectArgs& a, cudaStream_t stream) {
+  if (a.num_kv_heads < 1 || a.num_q_heads % a.num_kv_heads != 0 || a.n < 1 || a.window < 1 ||
+      (a.head_dim != 64 && a.head_dim != 128) || a.pool_kernel < 1 || a.block_size < 1 ||
+      (a.block_size & (a.block_size - 1)) != 0 || a.workspace == nullptr ||
+      a.kept_count == nullptr || a.kept_index == nullptr || a.caps == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const int32_t w = std::min(a.window, a.n);
+  const int32_t group = a.num_q_heads / a.num_kv_heads;
+  const int32_t nq = w * group;
+  if (nq > 64) return cudaErrorInvalidValue;
+  const Layout L(a.n, w, nq, a.num_kv_heads);
+  char* ws = static_cast<char*>(a.workspace);
+  Params p{};
+  p.q = a.q_window;
+  p.k = a.keys;
+  p.q_stride = a.q_stride;
+  p.kv_stride = a.kv_stride;
+  p.n = a.n;
+  p.w = w;
+  p.past = a.n - w;
+  p.group = group;
+  p.nq = nq;
+  p.num_q_heads = a.num_q_heads;
+  p.chunks = (a.n + kKeysPerCta - 1) / kKeysPerCta;
+  p.scale_log2 = a.scale * kLog2e;
+  p.stats = reinterpret_cast<float2*>(ws + L.stats);
+  p.lse = reinterpret_cast<float*>(ws + L.lse);
+  p.raw = reinterpret_cast<float*>(ws + L.raw);
+  cudaError_t err = DispatchDType(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    return DispatchHeadDim(a.head_dim, [&](auto hd) {
+      constexpr int D = decltype(hd)::value;
+      if (p.past == 0) return cudaSuccess;
+      return nq <= 32 ? LaunchScores<T, D, 32>(p, a.num_kv_heads, stream)
+                      : LaunchScores<T, D, 64>(p, a.num_kv_heads, stream);
+    });
+  });
+  if (err != cudaSuccess) return err;
+  SelectParams sp{};
+  sp.raw = p.raw;
+  sp.pooled = reinterpret_cast<float*>(ws + L.pooled);
+  sp.scores_out = a.scores;
+  sp.caps = a.caps;
+  sp.kept_count = a.kept_count;
+  sp.kept_index = a.kept_index;
+  sp.n = a.n;
+  sp.w = w;
+  sp.past = p.past;
+  sp.pool_kernel = a.pool_kernel;
+  SelectKernel<<<a.num_kv_heads, kSelectThreads, 0, stream>>>(sp);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  ScatterParams cp{};
+  cp.k = a.keys;
+  cp.v = a.values;
+  cp.kv_stride = a.kv_stride;
+  cp.kept_count = a.kept_count;
+  cp.kept_index = a.kept_index;
+  cp.indptr = a.dest_indptr;
+  cp.indices = a.dest_indices;
+  cp.first_row = a.dest_first_row;
+  cp.n = a.n;
+  cp.block_shift = __builtin_ctz(static_cast<unsigned>(a.block_size));
+  cp.k_pool = a.k_pool;
+  cp.v_pool = a.v_pool;
+  cp.block_stride = a.block_stride;
+  const int64_t threads = static_cast<int64_t>(a.n) * (a.head_dim / 8);
+  const dim3 grid(static_cast<unsigned>((threads + 255) / 256), a.num_kv_heads);
+  return DispatchDType(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    return DispatchHeadDim(a.head_dim, [&](auto hd) {
+      ScatterKernel<T, decltype(hd)::value><<<grid, 256, 0, stream>>>(cp);
+      return cudaGetLastError();
+    });
+  });
+}
+
+}  // namespace hkv::kernels

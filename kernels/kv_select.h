@@ -1,0 +1,62 @@
+#pragma once
+// Fused SnapKV-style selection for compressed prefill (the GPU twin of headkv/selection.h):
+// per KV head, the softmax window scores of the last `window` queries over all prompt keys
+// (causal inside the window), averaged over the window and the GQA group, max-pooled, then the
+// head's own top-cap positions (ties -> lower position) plus the window are scattered, in
+// position order, from the dense prefill K/V into the head's paged blocks.
+// The [heads, window, n] attention matrix is never stored: two passes over K compute the
+// softmax normalisers, then the scores.
+//
+//   positions: 0 ......................... n-w-1 | n-w ..... n-1
+//              scored, pooled, top-cap kept       | window: always kept
+//   kept token i of head h -> block dest_indices[dest_indptr[dest_first_row + h] + i / bs],
+//                             slot i % bs
+//
+// Thread-safety: stateless; ordered by the stream.
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/dtype.h"
+
+namespace hkv::kernels {
+
+struct KvSelectArgs {
+  DType dtype = DType::kBf16;
+  const void* q_window = nullptr;  // device [window, num_q_heads, head_dim], token stride q_stride
+  const void* keys = nullptr;      // device [n, num_kv_heads, head_dim], token stride kv_stride
+  const void* values = nullptr;    // device [n, num_kv_heads, head_dim], token stride kv_stride
+  int64_t q_stride = 0;
+  int64_t kv_stride = 0;
+  int32_t n = 0;            // prompt length
+  int32_t window = 8;       // w; clipped to n
+  int32_t pool_kernel = 7;  // odd kernel, padding kernel/2, stride 1, clipped at the edges
+  int32_t num_q_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;           // 64 or 128
+  float scale = 0.0f;             // softmax scale (1/sqrt(head_dim))
+  const int32_t* caps = nullptr;  // device [num_kv_heads]: tokens kept besides the window
+  // Destination paged rows: row dest_first_row + h holds head h's kept tokens.
+  const int32_t* dest_indptr = nullptr;
+  const int32_t* dest_indices = nullptr;
+  int32_t dest_first_row = 0;
+  void* k_pool = nullptr;  // device [num_blocks, block_size, head_dim]
+  void* v_pool = nullptr;
+  int64_t block_stride = 0;       // elements between blocks
+  int32_t block_size = 0;         // power of two
+  void* workspace = nullptr;      // device, KvSelectWorkspaceBytes() bytes
+  int32_t* kept_count = nullptr;  // device [num_kv_heads] out: min(cap, n-w) + w
+  int32_t* kept_index = nullptr;  // device [num_kv_heads, n] out: kept positions, ascending
+  float* scores = nullptr;        // optional device [num_kv_heads, n - w] out: pooled scores
+};
+
+// Returns the workspace bytes for a prompt of `n` tokens.
+size_t KvSelectWorkspaceBytes(int32_t n, int32_t window, int32_t num_q_heads, int32_t num_kv_heads);
+
+// Runs scoring, selection and scatter. Returns cudaErrorInvalidValue for unsupported shapes
+// (window * group > 64, head_dim not 64/128, block_size not a power of two).
+cudaError_t RunKvSelect(const KvSelectArgs& args, cudaStream_t stream);
+
+}  // namespace hkv::kernels

@@ -1,0 +1,156 @@
+// Row-wise and element-wise layer kernels; see layer_ops.h.
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/layer_ops.h"
+
+namespace hkv::kernels {
+namespace {
+
+template <typename T>
+__global__ void RmsNormKernel(const T* x, T* residual, const T* weight, T* out, int dim,
+                              float eps) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * dim;
+  T* rr = residual == nullptr ? nullptr : residual + row * dim;
+  float ss = 0.0f;
+  for (int c = threadIdx.x * 8; c < dim; c += blockDim.x * 8) {
+    float f[8];
+    Unpack8<T>(LoadNc16(xr + c), f);
+    if (rr != nullptr) {
+      float r[8];
+      Unpack8<T>(*reinterpret_cast<const uint4*>(rr + c), r);
+      for (int i = 0; i < 8; ++i) f[i] += r[i];
+      const uint4 packed = Pack8<T>(f);
+      *reinterpret_cast<uint4*>(rr + c) = packed;
+      Unpack8<T>(packed, f);  // normalise the stored (rounded) sum
+    }
+    for (int i = 0; i < 8; ++i) ss += f[i] * f[i];
+  }
+  const float inv = rsqrtf(BlockSum(ss, scratch) / dim + eps);
+  for (int c = threadIdx.x * 8; c < dim; c += blockDim.x * 8) {
+    float f[8], w[8];
+    Unpack8<T>(rr != nullptr ? *reinterpret_cast<const uint4*>(rr + c) : LoadNc16(xr + c), f);
+    Unpack8<T>(LoadNc16(weight + c), w);
+    for (int i = 0; i < 8; ++i) f[i] = f[i] * inv * w[i];
+    *reinterpret_cast<uint4*>(out + row * dim + c) = Pack8<T>(f);
+  }
+}
+
+template <typename T>
+__device__ void RopeHead(T* x, int head_dim, float posf, float theta, const float* inv_freq,
+                         bool interleaved, int lane_base, int stride) {
+  const int half = head_dim / 2;
+  for (int i = lane_base; i < half; i += stride) {
+    const float freq =
+        inv_freq != nullptr ? inv_freq[i] : powf(theta, -2.0f * i / static_cast<float>(head_dim));
+    float s, c;
+    sincosf(posf * freq, &s, &c);
+    const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+    const float xa = ToFloat<T>(x[a]), xb = ToFloat<T>(x[b]);
+    x[a] = FromFloat<T>(xa * c - xb * s);
+    x[b] = FromFloat<T>(xb * c + xa * s);
+  }
+}
+
+template <typename T>
+__global__ void RopeKernel(T* q, int64_t q_stride, int hq, T* k, int64_t k_stride, int hk,
+                           const int32_t* pos, int head_dim, float theta, const float* inv_freq,
+                           bool interleaved) {
+  const int64_t t = blockIdx.x;
+  const float posf = static_cast<float>(pos[t]);
+  const int half = head_dim / 2;
+  const int total = (hq + (k != nullptr ? hk : 0)) * half;
+  for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
+    const int h = idx / half, i = idx % half;
+    T* x = h < hq ? q + t * q_stride + static_cast<int64_t>(h) * head_dim
+                  : k + t * k_stride + static_cast<int64_t>(h - hq) * head_dim;
+    RopeHead<T>(x, head_dim, posf, theta, inv_freq, interleaved, i, half);
+  }
+}
+
+template <typename T>
+__global__ void SwiGluKernel(const T* gate, const T* up, int64_t in_stride, T* out, int dim) {
+  const int64_t t = blockIdx.y;
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= dim) return;
+  const float g = ToFloat<T>(gate[t * in_stride + i]);
+  const float u = ToFloat<T>(up[t * in_stride + i]);
+  out[t * dim + i] = FromFloat<T>(g / (1.0f + __expf(-g)) * u);
+}
+
+template <typename T>
+__global__ void EmbeddingKernel(const T* table, int vocab, int dim, const int32_t* ids, T* out) {
+  const int64_t t = blockIdx.x;
+  const int id = ids[t];
+  for (int c = threadIdx.x * 8; c < dim; c += blockDim.x * 8) {
+    const uint4 v = (id >= 0 && id < vocab) ? LoadNc16(table + static_cast<int64_t>(id) * dim + c)
+                                            : make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4*>(out + t * dim + c) = v;
+  }
+}
+
+int RowThreads(int dim) { return std::clamp((dim / 8 + 31) / 32 * 32, 32, 1024); }
+
+}  // namespace
+
+cudaError_t RmsNorm(DType dtype, const void* x, void* residual, const void* weight, void* out,
+                    int32_t rows, int32_t dim, float eps, cudaStream_t stream) {
+  if (rows < 0 || dim <= 0 || dim % 8 != 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  return DispatchDType(dtype, [&](auto t) {
+    using T = decltype(t);
+    RmsNormKernel<T><<<rows, RowThreads(dim), 0, stream>>>(
+        static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight),
+        static_cast<T*>(out), dim, eps);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t Rope(DType dtype, void* q, int64_t q_stride, int32_t num_q_heads, void* k,
+                 int64_t k_stride, int32_t num_kv_heads, const int32_t* pos, int32_t tokens,
+                 int32_t head_dim, float theta, const float* inv_freq, RopeStyle style,
+                 cudaStream_t stream) {
+  if (tokens < 0 || head_dim <= 0 || head_dim % 2 != 0 || num_q_heads < 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (tokens == 0) return cudaSuccess;
+  return DispatchDType(dtype, [&](auto t) {
+    using T = decltype(t);
+    RopeKernel<T><<<tokens, 128, 0, stream>>>(
+        static_cast<T*>(q), q_stride, num_q_heads, static_cast<T*>(k), k_stride, num_kv_heads, pos,
+        head_dim, theta, inv_freq, style == RopeStyle::kInterleaved);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t SwiGlu(DType dtype, const void* gate, const void* up, int64_t in_stride, void* out,
+                   int32_t tokens, int32_t dim, cudaStream_t stream) {
+  if (tokens < 0 || dim <= 0) return cudaErrorInvalidValue;
+  if (tokens == 0) return cudaSuccess;
+  return DispatchDType(dtype, [&](auto t) {
+    using T = decltype(t);
+    const dim3 grid((dim + 255) / 256, tokens);
+    SwiGluKernel<T><<<grid, 256, 0, stream>>>(static_cast<const T*>(gate),
+                                              static_cast<const T*>(up), in_stride,
+                                              static_cast<T*>(out), dim);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t EmbeddingLookup(DType dtype, const void* table, int32_t vocab, int32_t dim,
+                            const int32_t* ids, int32_t tokens, void* out, cudaStream_t stream) {
+  if (tokens < 0 || dim <= 0 || dim % 8 != 0 || vocab < 0) return cudaErrorInvalidValue;
+  if (tokens == 0) return cudaSuccess;
+  return DispatchDType(dtype, [&](auto t) {
+    using T = decltype(t);
+    EmbeddingKernel<T><<<tokens, RowThreads(dim), 0, stream>>>(static_cast<const T*>(table), vocab,
+                                                               dim, ids, static_cast<T*>(out));
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace hkv::kernels

@@ -1,0 +1,48 @@
+#pragma once
+// Causal prefill attention with GQA over one layer: the queries of a prefill chunk attend to
+// the chunk's own K/V (a dense scratch) and, for chunked prefill, to the K/V that earlier
+// chunks left in the sequence's paged rows. Tensor cores (mma.sync m16n8k16), fp32 softmax.
+// Host-only declarations; kernels in prefill_attention.cu.
+//
+//   sequence s: queries q[cu_seqlens[s] .. cu_seqlens[s+1]) (chunk-local index i)
+//   keys seen by query i of head h (kv head h / group):
+//     paged row (s, kv_head): positions 0 .. P-1   (P = that row's length; 0 without `prefix`)
+//     dense chunk K/V:        positions P .. P+i   (causal)
+//
+// Thread-safety: stateless; ordered by the stream.
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/dtype.h"
+#include "kernels/paged_kv.h"
+
+namespace hkv::kernels {
+
+struct PrefillAttentionArgs {
+  DType dtype = DType::kBf16;
+  const void* q = nullptr;  // device [total_q, num_q_heads, head_dim], token stride q_stride
+  const void* k = nullptr;  // device [total_q, num_kv_heads, head_dim], token stride kv_stride
+  const void* v = nullptr;  // device [total_q, num_kv_heads, head_dim], token stride kv_stride
+  void* out = nullptr;      // device [total_q, num_q_heads, head_dim], token stride out_stride
+  int64_t q_stride = 0;
+  int64_t kv_stride = 0;
+  int64_t out_stride = 0;
+  const int32_t* cu_seqlens = nullptr;  // device [num_seqs + 1], chunk token offsets
+  int32_t num_seqs = 0;
+  int32_t max_q_len = 0;  // max over sequences of the chunk length (sets the grid)
+  int32_t num_q_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;  // 64 or 128
+  float scale = 0.0f;
+  // Optional earlier-chunk K/V: CSR rows prefix->Row(seq, kv_head), same num_kv_heads/head_dim.
+  const PagedKvView* prefix = nullptr;
+};
+
+// Runs causal prefill attention. Returns cudaErrorInvalidValue for unsupported shapes.
+// REQUIRES: the prefix page table is well formed (last_len in 1..block_size on non-empty rows).
+// Grid: (ceil(max_q_len / 128), num_q_heads, num_seqs) Block: (128).
+cudaError_t RunPrefillAttention(const PrefillAttentionArgs& args, cudaStream_t stream);
+
+}  // namespace hkv::kernels
