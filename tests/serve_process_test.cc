@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
 #include "tests/health_client.h"
 #include "tests/server_test_util.h"
 
@@ -27,17 +29,29 @@ int FreePort() {
   return port;
 }
 
-pid_t StartServer(int port, int drain_s) {
+pid_t StartServer(int port, int drain_s, int metrics_port = 0) {
   pid_t pid = fork();
   if (pid == 0) {
     const std::string port_flag = "--port=" + std::to_string(port);
     const std::string drain_flag = "--drain-timeout-s=" + std::to_string(drain_s);
+    const std::string metrics_flag = "--metrics-port=" + std::to_string(metrics_port);
     execl(HKV_BINARY, HKV_BINARY, "serve", "--host=127.0.0.1", port_flag.c_str(),
-          "--metrics-port=0", "--kv-pool-blocks=4096", "--num-threads=1", drain_flag.c_str(),
+          metrics_flag.c_str(), "--kv-pool-blocks=4096", "--num-threads=1", drain_flag.c_str(),
           static_cast<char*>(nullptr));
     _exit(127);
   }
   return pid;
+}
+
+// Runs a shell command, returning its stdout.
+std::string Capture(const std::string& command) {
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string out;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) out.append(buffer, n);
+  pclose(pipe);
+  return out;
 }
 
 std::shared_ptr<grpc::Channel> Channel(int port) {
@@ -113,6 +127,35 @@ TEST(ServeProcessTest, KilledMidLoadRestartsAndServesAgain) {
   StreamResult r = RunStream(stub.get(), GreedyIds({1}, 40));
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_EQ(r.ids, std::vector<int32_t>(std::begin(kGoldenIds), std::end(kGoldenIds)));
+  kill(pid, SIGTERM);
+  EXPECT_EQ(WaitExit(pid, 30), 0);
+}
+
+TEST(ServeProcessTest, BenchServeAndMetricsAgainstARealServer) {
+  const int port = FreePort(), metrics_port = FreePort();
+  pid_t pid = StartServer(port, 5, metrics_port);
+  ASSERT_TRUE(WaitServing(port));
+  const std::string report = Capture(
+      std::string(HKV_BINARY) + " bench-serve --target=127.0.0.1:" + std::to_string(port) +
+      " --num-requests=12 --concurrency=4 --input-len=24 --output-len=16 --json 2>/dev/null");
+  nlohmann::json j = nlohmann::json::parse(report, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << report;
+  EXPECT_EQ(j["successful_requests"], 12);
+  EXPECT_EQ(j["output_tokens"], 12 * 16);
+  EXPECT_GT(j["output_throughput"].get<double>(), 0);
+  EXPECT_GT(j["ttft_ms"]["p99"].get<double>(), 0);
+  EXPECT_GE(j["e2e_ms"]["p99"].get<double>(), j["e2e_ms"]["p50"].get<double>());
+  // Prometheus exposition over HTTP.
+  httplib::Client http("127.0.0.1", metrics_port);
+  auto response = http.Get("/metrics");
+  ASSERT_TRUE(response) << "no answer on the metrics port";
+  EXPECT_EQ(response->status, 200);
+  const std::string metrics = response->body;
+  for (const char* name : {"hkv_requests_waiting 0", "hkv_requests_running 0",
+                           "hkv_generation_tokens_total 192", "hkv_kv_pool_usage_ratio 0",
+                           "hkv_time_to_first_token_seconds_count 12", "hkv_ready 1"}) {
+    EXPECT_NE(metrics.find(name), std::string::npos) << name << "\n" << metrics;
+  }
   kill(pid, SIGTERM);
   EXPECT_EQ(WaitExit(pid, 30), 0);
 }
