@@ -1,9 +1,21 @@
 #pragma once
-// Request: one generation request as the scheduler tracks it. Created by the engine, owned by
-// the Scheduler from Add() until it finishes. Not thread-safe; engine thread only.
+// Request: one generation request as the scheduler tracks it, and RequestOutput, what a step (or
+// an abort) reports for it. The engine fills a Request's input fields and hands it to
+// Scheduler::Add(); the Scheduler owns it from then on and alone writes its state fields.
+//
+// Not thread-safe; engine thread only.
+//
+// Token positions of a request (n = prompt.size(), k = output.size()):
+//
+//   [ prompt 0 .. n-1 ][ output 0 .. k-1 ]          num_tokens() = n + k
+//   |<-- num_computed_tokens: K/V cached -->|       the rest runs in the next steps
+//
+// A compressed prompt (plan.compresses(n)) is cached as the plan's kept tokens per (layer, KV
+// head), but num_computed_tokens still counts positions: n once its prefill has run.
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -13,50 +25,65 @@
 
 namespace hkv {
 
-enum class RequestStatus { kWaiting, kRunning, kFinished };
+enum class RequestStatus {
+  kWaiting,    // Queued, never run.
+  kRunning,    // Holds KV blocks and runs each step it fits the budget.
+  kPreempted,  // Its blocks were taken back; waiting to be recomputed.
+  kFinished,
+};
 
 enum class FinishReason { kNone, kLength, kStop, kEos, kAborted, kError, kDeadline };
 
+// Returns "none", "length", "stop", "eos", "aborted", "error" or "deadline".
+std::string_view FinishReasonName(FinishReason reason);
+
 struct Request {
-  // Set by the engine before Add().
-  RequestId id = 0;
-  std::string request_id;  // The client's id.
+  // Input, set by the engine before Add().
+  RequestId id = 0;        // Engine-wide unique.
+  std::string request_id;  // The client's id (for logs).
   std::vector<TokenId> prompt;
   SamplingParams sampling;
-  std::vector<TokenId> eos_ids;
-  int32_t priority = 0;  // Higher runs first; FIFO within a priority.
-  HeadBudgetPlan plan;   // How its prompt's KV is compressed (full: never).
+  std::vector<TokenId> eos_ids;  // End-of-sequence tokens (ignored with sampling.ignore_eos).
+  int32_t priority = 0;          // Higher runs first; FIFO within a priority.
+  HeadBudgetPlan plan;           // How its prompt's KV is compressed (full policy: never).
   absl::Time arrival_time = absl::InfinitePast();
   absl::Time deadline = absl::InfiniteFuture();
 
-  // Scheduler state.
+  // State, written by the Scheduler only.
   RequestStatus status = RequestStatus::kWaiting;
-  std::vector<TokenId> output;
-  int32_t num_computed = 0;  // Positions whose K/V is cached (prompt first, then output).
-  int64_t order = 0;         // Admission order for FIFO and "newest first" preemption.
+  std::vector<TokenId> output;      // Generated tokens.
+  int32_t num_computed_tokens = 0;  // Positions whose K/V is cached (prompt, then output).
+  int64_t arrival_order = 0;        // Order of Add(): FIFO, and "newest first" preemption.
   int32_t num_preemptions = 0;
-  absl::Time first_scheduled = absl::InfinitePast();
-  absl::Time first_token = absl::InfinitePast();
+  FinishReason finish_reason = FinishReason::kNone;
+  absl::Time first_scheduled_time = absl::InfinitePast();
+  absl::Time first_token_time = absl::InfinitePast();
 
+  int32_t num_prompt_tokens() const { return static_cast<int32_t>(prompt.size()); }
   int32_t num_tokens() const { return static_cast<int32_t>(prompt.size() + output.size()); }
+  // Returns the token at position `pos`. REQUIRES: 0 <= pos < num_tokens().
   TokenId token_at(int32_t pos) const {
-    return pos < static_cast<int32_t>(prompt.size()) ? prompt[pos] : output[pos - prompt.size()];
+    return pos < num_prompt_tokens() ? prompt[pos] : output[pos - prompt.size()];
   }
-  // Whether the prompt's prefill runs compressed (one select step).
-  bool compresses() const { return plan.compresses(static_cast<int32_t>(prompt.size())); }
+  // Returns whether the prompt's prefill runs compressed, in one `select` step.
+  bool compresses() const { return plan.compresses(num_prompt_tokens()); }
 };
 
-// What one step (or an abort) produced for a request.
+// What one step (or an abort or deadline) produced for a request.
 struct RequestOutput {
   RequestId id = 0;
-  std::vector<TokenId> new_tokens;
+  std::vector<TokenId> new_tokens;  // Tokens sampled this step (at most one).
   bool finished = false;
   FinishReason reason = FinishReason::kNone;
-  // Set when finished.
-  int64_t kv_tokens_kept = 0;  // Tokens cached over all (layer, KV head) rows.
-  int64_t kv_tokens_full = 0;  // What full caches would hold for the same positions.
-  absl::Duration queue_time;
-  absl::Duration time_to_first_token;
+  std::string error;  // kError only: what went wrong.
+  // Usage, set when finished. KV is counted in tokens over all (layer, KV head) rows; the
+  // engine knows the bytes per token.
+  int32_t prompt_tokens = 0;
+  int32_t generated_tokens = 0;
+  int64_t kv_tokens_kept = 0;  // Tokens cached when it finished (before freeing).
+  int64_t kv_tokens_full = 0;  // What uncompressed caches would hold for the same positions.
+  absl::Duration queue_time;   // Arrival to first scheduled (to now if never).
+  absl::Duration time_to_first_token;  // Arrival to first token (zero if none).
   int32_t num_preemptions = 0;
 };
 

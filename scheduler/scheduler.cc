@@ -1,65 +1,136 @@
 #include "scheduler/scheduler.h"
 
 #include <algorithm>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 
 namespace hkv {
 namespace {
 
-// Running order: more important first (priority desc, then older first).
+// Scheduling order: higher priority first, then older (earlier Add) first.
 bool MoreImportant(const Request* a, const Request* b) {
-  return a->priority != b->priority ? a->priority > b->priority : a->order < b->order;
+  return a->priority != b->priority ? a->priority > b->priority
+                                    : a->arrival_order < b->arrival_order;
 }
 
 bool Contains(const std::vector<TokenId>& ids, TokenId id) {
   return std::find(ids.begin(), ids.end(), id) != ids.end();
 }
 
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 }  // namespace
 
+absl::Status ValidateSchedulerOptions(const SchedulerOptions& options) {
+  if (options.max_batch_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_batch_tokens must be >= 1, got ", options.max_batch_tokens));
+  }
+  if (options.max_seqs < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_seqs must be >= 1, got ", options.max_seqs));
+  }
+  if (options.max_queue < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_queue must be >= 1, got ", options.max_queue));
+  }
+  return absl::OkStatus();
+}
+
 Scheduler::Scheduler(const SchedulerOptions& options, KvCacheManager* kv)
-    : options_(options), kv_(kv) {}
+    : options_(options), kv_(kv) {
+  HKV_CHECK(kv_ != nullptr) << "Scheduler needs a KvCacheManager";
+  const absl::Status valid = ValidateSchedulerOptions(options);
+  HKV_CHECK(valid.ok()) << valid;
+}
 
 int64_t Scheduler::PeakBlocks(const Request& r) const {
-  const int32_t n = static_cast<int32_t>(r.prompt.size());
-  const int32_t m = r.sampling.max_tokens;
+  const int64_t n = r.num_prompt_tokens();
+  const int64_t m = std::max(r.sampling.max_tokens, 0);
   const int32_t bs = kv_->config().block_size;
-  if (!r.compresses()) return kv_->FootprintBlocksUniform(n + m);
-  if (r.plan.adaptive) {
-    int64_t reserved = 0;
-    for (int32_t l = 0; l < r.plan.num_layers; ++l) reserved += r.plan.MaxBlocksPerLayer(l, n, bs);
-    return reserved + static_cast<int64_t>(kv_->num_rows_per_seq()) * ((m + bs - 1) / bs);
+  const int64_t heads = kv_->config().num_kv_heads;
+  if (!r.compresses()) return kv_->num_rows_per_seq() * CeilDiv(n + m, bs);
+  int64_t peak = 0;
+  if (!r.plan.adaptive) {
+    for (int32_t kept : r.plan.KeptTokens(r.num_prompt_tokens())) peak += CeilDiv(kept + m, bs);
+    return peak;
   }
-  std::vector<int32_t> rows = r.plan.KeptTokens(n);
-  for (int32_t& t : rows) t += m;
-  return kv_->FootprintBlocks(rows);
+  // Adaptive: the prefill reserves a bound per layer; once committed, every row grows by m.
+  // A layer keeping K tokens over H heads then holds at most (K + H * (m + bs - 1)) / bs blocks.
+  int64_t reserved = 0;
+  for (int32_t l = 0; l < r.plan.num_layers; ++l) {
+    reserved += r.plan.MaxBlocksPerLayer(l, r.num_prompt_tokens(), bs);
+    const int64_t kept = r.plan.LayerKeptBound(l, r.num_prompt_tokens());
+    peak += std::min(heads * CeilDiv(n + m, bs), (kept + heads * (m + bs - 1)) / bs);
+  }
+  return std::max(reserved, peak);
+}
+
+absl::Status Scheduler::CheckRequest(const Request& r) const {
+  if (r.prompt.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("request ", r.id, " has an empty prompt"));
+  }
+  HKV_RETURN_IF_ERROR(ValidateSamplingParams(r.sampling));
+  if (requests_.contains(r.id)) {
+    return absl::AlreadyExistsError(absl::StrCat("request ", r.id, " is already live"));
+  }
+  const HeadBudgetPlan& p = r.plan;
+  if (p.policy == KvPolicyName::kFull) return absl::OkStatus();
+  const KvCacheConfig& c = kv_->config();
+  if (p.num_layers != c.num_layers || p.num_heads != c.num_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the ", std::string(PolicyNameString(p.policy)), " KV plan is for ", p.num_layers,
+        " layers x ", p.num_heads, " heads but the KV cache has ", c.num_layers, " layers x ",
+        c.num_kv_heads, " KV heads: plan with kv_head granularity for this model"));
+  }
+  const std::vector<int32_t>& caps = p.adaptive ? p.layer_budget : p.capacity;
+  const size_t want = static_cast<size_t>(p.num_layers) * (p.adaptive ? 1 : p.num_heads);
+  const bool negative = std::any_of(caps.begin(), caps.end(), [](int32_t c) { return c < 0; });
+  if (p.window < 1 || p.budget <= p.window || caps.size() != want || negative) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed ", std::string(PolicyNameString(p.policy)), " KV plan: window ",
+                     p.window, ", budget ", p.budget, ", ", caps.size(), " capacities for ", want,
+                     p.adaptive ? " layers" : " heads", negative ? " (some negative)" : ""));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Scheduler::Add(std::unique_ptr<Request> request) {
-  if (static_cast<int32_t>(waiting_.size()) >= options_.max_queue) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the waiting queue is full (", options_.max_queue, " requests): retry later"));
+  if (request == nullptr) return absl::InvalidArgumentError("Scheduler::Add: null request");
+  HKV_RETURN_IF_ERROR(CheckRequest(*request));
+  if (num_waiting() >= options_.max_queue) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the waiting queue is full (", options_.max_queue, " requests): retry later"));
   }
   const int64_t peak = PeakBlocks(*request);
   if (peak > kv_->num_total_blocks()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the request needs ", peak, " KV head-blocks (", request->prompt.size(),
-        " prompt tokens + ", request->sampling.max_tokens, " max_tokens over ",
-        kv_->num_rows_per_seq(), " heads) but the whole pool has ", kv_->num_total_blocks(),
-        ": shorten the prompt, lower max_tokens, or use a compressing kv_policy"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the request needs up to ", peak, " KV head-blocks (", request->prompt.size(),
+                     " prompt tokens + ", request->sampling.max_tokens, " max_tokens over ",
+                     kv_->num_rows_per_seq(), " layer x KV-head rows) but the whole pool has ",
+                     kv_->num_total_blocks(),
+                     ": shorten the prompt, lower max_tokens, or use a compressing kv_policy"));
   }
   Request* r = request.get();
   r->status = RequestStatus::kWaiting;
-  r->order = next_order_++;
+  r->output.clear();
+  r->num_computed_tokens = 0;
+  r->arrival_order = next_arrival_order_++;
   requests_.emplace(r->id, std::move(request));
   InsertWaiting(r);
   return absl::OkStatus();
 }
 
+const Request* Scheduler::Find(RequestId id) const {
+  auto it = requests_.find(id);
+  return it == requests_.end() ? nullptr : it->second.get();
+}
+
 void Scheduler::InsertWaiting(Request* r) {
-  r->status = RequestStatus::kWaiting;
   waiting_.insert(std::upper_bound(waiting_.begin(), waiting_.end(), r, MoreImportant), r);
 }
 
@@ -69,17 +140,15 @@ void Scheduler::Abort(RequestId id, FinishReason reason) {
   aborted_.push_back(Finish(it->second.get(), reason, absl::Now()));
 }
 
-std::vector<RequestOutput> Scheduler::TakeAborted() {
-  std::vector<RequestOutput> out;
-  out.swap(aborted_);
-  return out;
-}
+std::vector<RequestOutput> Scheduler::TakeAborted() { return std::exchange(aborted_, {}); }
 
 void Scheduler::ExpireDeadlines(absl::Time now) {
   std::vector<Request*> expired;
   for (auto& [id, r] : requests_) {
     if (r->deadline <= now) expired.push_back(r.get());
   }
+  std::sort(expired.begin(), expired.end(),
+            [](const Request* a, const Request* b) { return a->arrival_order < b->arrival_order; });
   for (Request* r : expired) aborted_.push_back(Finish(r, FinishReason::kDeadline, now));
 }
 
@@ -88,17 +157,21 @@ RequestOutput Scheduler::Finish(Request* r, FinishReason reason, absl::Time now)
   out.id = r->id;
   out.finished = true;
   out.reason = reason;
+  out.prompt_tokens = r->num_prompt_tokens();
+  out.generated_tokens = static_cast<int32_t>(r->output.size());
   if (kv_->Contains(r->id)) {
     for (int32_t len : kv_->RowLengths(r->id)) out.kv_tokens_kept += len;
     kv_->Free(r->id);
   }
-  out.kv_tokens_full = static_cast<int64_t>(kv_->num_rows_per_seq()) * r->num_computed;
-  const absl::Time scheduled = r->first_scheduled == absl::InfinitePast() ? now : r->first_scheduled;
-  out.queue_time = scheduled - r->arrival_time;
-  if (r->first_token != absl::InfinitePast()) {
-    out.time_to_first_token = r->first_token - r->arrival_time;
+  out.kv_tokens_full = int64_t{kv_->num_rows_per_seq()} * r->num_computed_tokens;
+  const bool scheduled = r->first_scheduled_time != absl::InfinitePast();
+  out.queue_time = (scheduled ? r->first_scheduled_time : now) - r->arrival_time;
+  if (r->first_token_time != absl::InfinitePast()) {
+    out.time_to_first_token = r->first_token_time - r->arrival_time;
   }
   out.num_preemptions = r->num_preemptions;
+  r->status = RequestStatus::kFinished;
+  r->finish_reason = reason;
   std::erase(running_, r);
   std::erase(waiting_, r);
   requests_.erase(r->id);  // Destroys *r.
@@ -107,97 +180,108 @@ RequestOutput Scheduler::Finish(Request* r, FinishReason reason, absl::Time now)
 
 void Scheduler::Preempt(Request* r) {
   kv_->Free(r->id);
-  r->num_computed = 0;
+  r->num_computed_tokens = 0;
+  r->status = RequestStatus::kPreempted;
   ++r->num_preemptions;
   ++num_preemptions_;
   std::erase(running_, r);
   InsertWaiting(r);
 }
 
-int32_t Scheduler::StepTokens(const Request& r, int32_t budget, bool batch_has_prefill,
-                              bool* select) const {
-  *select = false;
-  if (r.num_computed == 0 && r.compresses()) {
-    const int32_t n = static_cast<int32_t>(r.prompt.size());
-    *select = true;
-    return n <= budget || !batch_has_prefill ? n : 0;
+int32_t Scheduler::StepTokens(const Request& r, const StepPlan& step, bool* select) const {
+  *select = r.num_computed_tokens == 0 && r.compresses();
+  if (*select) {
+    const int32_t n = r.num_prompt_tokens();
+    return n <= step.budget || !step.has_prefill ? n : 0;
   }
-  const int32_t pending = r.num_tokens() - r.num_computed;
-  return std::max(0, std::min(pending, budget));
+  return std::clamp(r.num_tokens() - r.num_computed_tokens, 0, std::max(step.budget, 0));
 }
 
 bool Scheduler::Allocate(Request& r, int32_t num_tokens, bool select, Planned* p) {
   *p = Planned{&r, num_tokens, select, {}, std::nullopt};
   const int32_t rows = kv_->num_rows_per_seq();
-  if (select) {
-    const int32_t n = static_cast<int32_t>(r.prompt.size());
-    p->len_before.assign(rows, 0);
-    if (r.plan.adaptive) {
-      std::vector<int32_t> blocks(r.plan.num_layers);
-      for (int32_t l = 0; l < r.plan.num_layers; ++l) {
-        blocks[l] = r.plan.MaxBlocksPerLayer(l, n, kv_->config().block_size);
-      }
-      p->reservation = kv_->ReserveLayers(r.id, blocks);
-      return p->reservation.has_value();
-    }
-    return kv_->Append(r.id, r.plan.KeptTokens(n));
+  if (!select) {
+    p->len_before = kv_->Contains(r.id) ? kv_->RowLengths(r.id) : std::vector<int32_t>(rows, 0);
+    return kv_->AppendUniform(r.id, num_tokens);
   }
-  p->len_before = kv_->Contains(r.id) ? kv_->RowLengths(r.id) : std::vector<int32_t>(rows, 0);
-  return kv_->AppendUniform(r.id, num_tokens);
+  const int32_t n = r.num_prompt_tokens();
+  p->len_before.assign(rows, 0);
+  if (!r.plan.adaptive) return kv_->Append(r.id, r.plan.KeptTokens(n));
+  std::vector<int32_t> blocks(r.plan.num_layers);
+  for (int32_t l = 0; l < r.plan.num_layers; ++l) {
+    blocks[l] = r.plan.MaxBlocksPerLayer(l, n, kv_->config().block_size);
+  }
+  p->reservation = kv_->ReserveLayers(r.id, blocks);
+  return p->reservation.has_value();
 }
 
-void Scheduler::ScheduleRunning(int32_t* budget, std::vector<Planned>* planned) {
+void Scheduler::AddToStep(Planned planned, StepPlan* step) {
+  step->budget -= planned.num_tokens;
+  step->has_prefill |= planned.num_tokens > 1;
+  step->planned.push_back(std::move(planned));
+}
+
+void Scheduler::ScheduleRunning(StepPlan* step) {
   std::sort(running_.begin(), running_.end(), MoreImportant);
-  for (size_t i = 0; i < running_.size() && *budget > 0; ++i) {
+  for (size_t i = 0; i < running_.size() && step->budget > 0; ++i) {
     Request* r = running_[i];
     bool select = false;
-    const bool has_prefill = std::any_of(planned->begin(), planned->end(),
-                                         [](const Planned& p) { return p.num_tokens > 1; });
-    const int32_t n = StepTokens(*r, *budget, has_prefill, &select);
+    const int32_t n = StepTokens(*r, *step, &select);
     if (n == 0) continue;
     Planned p;
-    while (!Allocate(*r, n, select, &p)) {
-      // Preempt the least important running sequence not yet planned (the tail), maybe r.
-      Request* victim = running_.back();
-      Preempt(victim);
-      if (victim == r) break;
+    bool fits = Allocate(*r, n, select, &p);
+    // The tail (lowest priority, newest) is never one planned already: those precede r.
+    while (!fits && running_.back() != r) {
+      Preempt(running_.back());
+      step->preempted = true;
+      fits = Allocate(*r, n, select, &p);
     }
-    if (i >= running_.size() || running_[i] != r) break;  // r itself was preempted.
-    *budget -= n;
-    planned->push_back(std::move(p));
+    if (!fits) {  // r is the least important left; everyone after it is gone too.
+      Preempt(r);
+      step->preempted = true;
+      return;
+    }
+    AddToStep(std::move(p), step);
   }
 }
 
-void Scheduler::ScheduleWaiting(int32_t* budget, std::vector<Planned>* planned) {
-  while (!waiting_.empty() && *budget > 0 &&
-         static_cast<int32_t>(running_.size()) < options_.max_seqs) {
+void Scheduler::ScheduleWaiting(StepPlan* step) {
+  while (!waiting_.empty() && step->budget > 0 && num_running() < options_.max_seqs) {
     Request* r = waiting_.front();
     bool select = false;
-    const bool has_prefill = std::any_of(planned->begin(), planned->end(),
-                                         [](const Planned& p) { return p.num_tokens > 1; });
-    const int32_t n = StepTokens(*r, *budget, has_prefill, &select);
-    if (n == 0) break;
+    const int32_t n = StepTokens(*r, *step, &select);
     Planned p;
-    if (!Allocate(*r, n, select, &p)) break;  // Head of line waits for blocks; no preemption.
+    if (n == 0 || !Allocate(*r, n, select, &p)) return;  // The head waits; nobody skips it.
     waiting_.erase(waiting_.begin());
     r->status = RequestStatus::kRunning;
     running_.push_back(r);
-    *budget -= n;
-    planned->push_back(std::move(p));
+    AddToStep(std::move(p), step);
   }
 }
 
 std::optional<Batch> Scheduler::Schedule(absl::Time now) {
-  ExpireDeadlines(now);
-  int32_t budget = options_.max_batch_tokens;
-  std::vector<Planned> planned;
-  ScheduleRunning(&budget, &planned);
-  ScheduleWaiting(&budget, &planned);
-  if (planned.empty()) return std::nullopt;
-  for (Planned& p : planned) {
-    if (p.request->first_scheduled == absl::InfinitePast()) p.request->first_scheduled = now;
+  // A step whose Update() never came (the worker failed) left no trace in the requests but
+  // holds their new blocks: recompute those sequences.
+  for (RequestId id : std::exchange(in_flight_, {})) {
+    auto it = requests_.find(id);
+    if (it != requests_.end() && it->second->status == RequestStatus::kRunning) {
+      Preempt(it->second.get());
+    }
   }
-  return BuildBatch(planned);
+  ExpireDeadlines(now);
+  StepPlan step;
+  step.budget = options_.max_batch_tokens;
+  ScheduleRunning(&step);
+  // Admitting now would take the blocks just freed for the running ones (vLLM v1 does the same).
+  if (!step.preempted) ScheduleWaiting(&step);
+  if (step.planned.empty()) return std::nullopt;
+  for (Planned& p : step.planned) {
+    if (p.request->first_scheduled_time == absl::InfinitePast()) {
+      p.request->first_scheduled_time = now;
+    }
+    in_flight_.push_back(p.request->id);
+  }
+  return BuildBatch(step.planned);
 }
 
 Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
@@ -207,19 +291,23 @@ Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
   b.num_kv_heads = config.num_kv_heads;
   b.block_size = config.block_size;
   std::vector<RequestId> ids;
+  ids.reserve(planned.size());
   for (const Planned& p : planned) ids.push_back(p.request->id);
   KvCsr csr = kv_->ExportCsr(ids);
   b.kv_indptr = std::move(csr.indptr);
   b.kv_indices = std::move(csr.indices);
   b.kv_len_after = std::move(csr.num_tokens);
+  b.kv_len_before.reserve(b.kv_len_after.size());
+  b.seqs.reserve(planned.size());
   for (const Planned& p : planned) {
     b.kv_len_before.insert(b.kv_len_before.end(), p.len_before.begin(), p.len_before.end());
     const Request& r = *p.request;
     SequenceStep s;
     s.id = r.id;
-    s.start_pos = r.num_computed;
-    for (int32_t t = 0; t < p.num_tokens; ++t) s.tokens.push_back(r.token_at(r.num_computed + t));
-    s.sample = r.num_computed + p.num_tokens == r.num_tokens();
+    s.start_pos = r.num_computed_tokens;
+    s.tokens.reserve(p.num_tokens);
+    for (int32_t t = 0; t < p.num_tokens; ++t) s.tokens.push_back(r.token_at(s.start_pos + t));
+    s.sample = s.start_pos + p.num_tokens == r.num_tokens();
     s.sample_step = static_cast<int32_t>(r.output.size());
     s.sampling = r.sampling;
     s.select = p.select;
@@ -239,36 +327,60 @@ Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
   return b;
 }
 
+absl::Status Scheduler::ApplyStep(Request& r, const SequenceStep& s, const SequenceResult* res,
+                                  absl::Time now) {
+  if (res == nullptr || res->id != s.id) {
+    return absl::InternalError(absl::StrCat("the worker returned no result for request ", s.id));
+  }
+  if (s.start_pos != r.num_computed_tokens) {
+    return absl::InternalError(absl::StrCat("request ", r.id, ": a step at position ", s.start_pos,
+                                            " came back but ", r.num_computed_tokens,
+                                            " tokens are computed"));
+  }
+  if (s.select && r.plan.adaptive) {
+    HKV_RETURN_IF_ERROR(kv_->CommitAdaptive(r.id, res->kept_per_head));
+  }
+  if (s.sample && res->token < 0) {
+    return absl::InternalError(absl::StrCat("the worker sampled no token for request ", r.id));
+  }
+  r.num_computed_tokens += static_cast<int32_t>(s.tokens.size());
+  if (s.sample) {
+    r.output.push_back(res->token);
+    if (r.first_token_time == absl::InfinitePast()) r.first_token_time = now;
+  }
+  return absl::OkStatus();
+}
+
+FinishReason Scheduler::StopReason(const Request& r) const {
+  const TokenId last = r.output.back();
+  if (!r.sampling.ignore_eos && Contains(r.eos_ids, last)) return FinishReason::kEos;
+  if (Contains(r.sampling.stop_token_ids, last)) return FinishReason::kStop;
+  if (static_cast<int32_t>(r.output.size()) >= r.sampling.max_tokens) return FinishReason::kLength;
+  return FinishReason::kNone;
+}
+
 std::vector<RequestOutput> Scheduler::Update(const Batch& batch, const BatchResult& result,
                                              absl::Time now) {
+  in_flight_.clear();
   std::vector<RequestOutput> outputs;
-  HKV_CHECK(result.seqs.size() == batch.seqs.size()) << "result does not match the batch";
   for (size_t i = 0; i < batch.seqs.size(); ++i) {
     const SequenceStep& s = batch.seqs[i];
     auto it = requests_.find(s.id);
+    // Aborted (or expired) while the step ran: already reported by TakeAborted().
     if (it == requests_.end() || it->second->status != RequestStatus::kRunning) continue;
     Request* r = it->second.get();
-    r->num_computed += static_cast<int32_t>(s.tokens.size());
-    if (s.select && s.selection.capacity.empty()) {
-      absl::Status committed = kv_->CommitAdaptive(r->id, result.seqs[i].kept_per_head);
-      if (!committed.ok()) {
-        HKV_LOG(ERROR) << "request " << r->id << ": " << committed;
-        outputs.push_back(Finish(r, FinishReason::kError, now));
-        continue;
-      }
+    const absl::Status applied =
+        ApplyStep(*r, s, i < result.seqs.size() ? &result.seqs[i] : nullptr, now);
+    if (!applied.ok()) {
+      HKV_LOG(ERROR) << "request " << r->id << " failed: " << applied;
+      RequestOutput out = Finish(r, FinishReason::kError, now);
+      out.error = std::string(applied.message());
+      outputs.push_back(std::move(out));
+      continue;
     }
     if (!s.sample) continue;
-    const TokenId token = result.seqs[i].token;
-    r->output.push_back(token);
-    if (r->first_token == absl::InfinitePast()) r->first_token = now;
-    FinishReason reason = FinishReason::kNone;
-    if (!r->sampling.ignore_eos && Contains(r->eos_ids, token)) {
-      reason = FinishReason::kEos;
-    } else if (Contains(r->sampling.stop_token_ids, token)) {
-      reason = FinishReason::kStop;
-    } else if (static_cast<int32_t>(r->output.size()) >= r->sampling.max_tokens) {
-      reason = FinishReason::kLength;
-    }
+    const TokenId token = r->output.back();
+    const FinishReason reason = StopReason(*r);
     RequestOutput out;
     if (reason != FinishReason::kNone) {
       out = Finish(r, reason, now);

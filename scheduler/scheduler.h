@@ -1,24 +1,35 @@
 #pragma once
-// Scheduler: continuous batching over the per-head KV cache, after vLLM v1's token-budget
-// model. There are no prefill/decode phases: each request's `num_computed` catches up with its
-// tokens, under `max_batch_tokens` per step and `max_seqs` running sequences.
+// Scheduler: continuous batching over the per-head KV cache, after vLLM v1's token-budget model.
+// There are no prefill/decode phases: each request's num_computed_tokens catches up with its
+// tokens, under `max_batch_tokens` tokens per step and `max_seqs` running sequences.
 //
-// One step: Schedule() -> Batch (see common/batch.h), the worker runs it, Update() appends the
-// sampled tokens and finishes requests. Running requests go first (priority, then age); then
-// waiting ones, priority first and FIFO within a priority.
+// One engine step:  Schedule(now) -> Batch  ->  worker Execute(batch)  ->  Update(batch, result)
 //
-// - Full-policy prompts prefill in chunks that fit the remaining token budget.
+//   Schedule:  1. end requests past their deadline;
+//              2. running requests, most important first (priority desc, then oldest): a
+//                 decode token, or the next prefill chunk; when one cannot grow, preempt the
+//                 least important running request (lowest priority, then newest), maybe itself;
+//              3. unless step 2 preempted, admit waiting requests in order (priority desc, FIFO
+//                 within a priority) while their first step's blocks fit; no skipping ahead.
+//
+// - Full-policy prompts prefill in chunks that fit the token budget left in the step.
 // - A compressed prompt (plan.compresses(n)) prefills in ONE `select` step that keeps only the
-//   plan's tokens per head; it may exceed the token budget when it is the only prefill in the
-//   batch. Its footprint is what the plan keeps, not the prompt length.
-// - Decode appends one token to every (layer, KV head) row; nothing is evicted.
-// - When a running sequence cannot grow, the least important running one (lowest priority,
-//   then newest) is preempted: its blocks are freed and it is recomputed later, exactly: a
-//   compressed prompt is compressed again from the original prompt, then the generated tokens
-//   are re-run as a plain chunk, so greedy output does not change.
+//   plan's tokens per (layer, KV head), so it costs the plan's blocks, not the prompt's. Such a
+//   step may exceed max_batch_tokens, but only as the sole multi-token step of its batch.
+//   Adaptive plans (adakv) reserve a per-layer bound, and Update() commits what the worker kept.
+// - Decode appends one token to every (layer, KV head) row; nothing is evicted later.
+// - Preemption is recompute: the victim's blocks are freed and it waits again at its old place
+//   in the queue. Recompute is exact: a compressed prompt is compressed again from the original
+//   prompt (select step, no sampling), then the generated tokens run as a plain chunk that
+//   samples the next one, so greedy output does not depend on preemption or batching.
+// - Abort() and deadlines free blocks at once; their outputs come from TakeAborted(). Finished
+//   requests free their blocks in Update().
+// - A Schedule() not followed by Update() (a failed worker step) is undone by the next
+//   Schedule(): the sequences of that batch are recomputed.
 //
 // Not thread-safe: owned by the engine thread, like the KvCacheManager it drives.
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -33,68 +44,102 @@
 namespace hkv {
 
 struct SchedulerOptions {
-  int32_t max_batch_tokens = 8192;
-  int32_t max_seqs = 256;
-  int32_t max_queue = 1024;  // Waiting requests at most; Add() refuses more.
+  int32_t max_batch_tokens = 8192;  // Tokens run per step (see the compressed-prefill rule).
+  int32_t max_seqs = 256;           // Running sequences at most.
+  int32_t max_queue = 1024;         // Waiting requests at most; Add() refuses more.
 };
+
+// INVALID_ARGUMENT naming the field unless max_batch_tokens, max_seqs and max_queue are >= 1.
+absl::Status ValidateSchedulerOptions(const SchedulerOptions& options);
 
 class Scheduler {
  public:
-  // `kv` must outlive the scheduler.
+  // REQUIRES: ValidateSchedulerOptions(options).ok(); `kv` is not null, starts empty and
+  // outlives the scheduler.
   Scheduler(const SchedulerOptions& options, KvCacheManager* kv);
 
-  // Queues a request. RESOURCE_EXHAUSTED when the queue is full or the request's peak
-  // footprint (prompt kept per head + max_tokens) exceeds the whole pool.
+  // Queues a request. INVALID_ARGUMENT for an empty prompt, bad sampling params or a plan that
+  // does not match the cache's layers x KV heads; ALREADY_EXISTS for a live id;
+  // RESOURCE_EXHAUSTED when the queue is full or the request's peak footprint (PeakBlocks)
+  // exceeds the whole pool.
   absl::Status Add(std::unique_ptr<Request> request);
-  // Ends a waiting or running request now (its blocks are freed); its output is reported by
-  // TakeAborted(). No-op for unknown or finished ids.
+  // Ends a waiting or running request now and frees its blocks; its output is reported by
+  // TakeAborted(). No-op for unknown or finished ids. Safe between Schedule() and Update():
+  // the step's result for it is dropped (its freed blocks are reused from the next Schedule()).
   void Abort(RequestId id, FinishReason reason);
-  // Plans the next step, or nullopt when nothing can run. Requests past their deadline end
-  // first (reported by TakeAborted()).
+  // Plans the next step, or returns nullopt when nothing can run. Requests past their deadline
+  // end first (reported by TakeAborted()).
   std::optional<Batch> Schedule(absl::Time now);
-  // Applies the worker's results for `batch` (from the last Schedule()).
-  std::vector<RequestOutput> Update(const Batch& batch, const BatchResult& result,
-                                    absl::Time now);
-  // Outputs of requests ended by Abort() or deadlines since the last call.
+  // Applies the worker's results for `batch`, the last Schedule()'s: advances each request,
+  // appends sampled tokens and finishes requests on max_tokens, EOS or a stop token. A result
+  // that does not match its step finishes that request with kError.
+  std::vector<RequestOutput> Update(const Batch& batch, const BatchResult& result, absl::Time now);
+  // Returns the outputs of requests ended by Abort() or deadlines since the last call.
   std::vector<RequestOutput> TakeAborted();
 
+  // Returns the most head-blocks `request` can hold at once: its prompt as the plan keeps it
+  // (the adaptive reservation bound for adakv) plus max_tokens in every row.
+  int64_t PeakBlocks(const Request& request) const;
+  // Returns the live request `id`, or null.
+  const Request* Find(RequestId id) const;
+
+  // Returns whether any request is waiting, preempted or running.
   bool HasUnfinished() const { return !requests_.empty(); }
+  // Returns the requests holding KV blocks.
   int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
+  // Returns the queued requests, preempted ones included.
   int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
+  // Returns the preemptions since construction.
   int64_t num_preemptions() const { return num_preemptions_; }
+  // Returns the options and the KV cache manager it schedules over.
+  const SchedulerOptions& options() const { return options_; }
   const KvCacheManager& kv() const { return *kv_; }
 
  private:
+  // One request's share of the step being planned.
   struct Planned {
-    Request* request;
-    int32_t num_tokens;  // Tokens run this step.
-    bool select;
+    Request* request = nullptr;
+    int32_t num_tokens = 0;           // Tokens run this step.
+    bool select = false;              // Compressed prefill.
     std::vector<int32_t> len_before;  // Row lengths before this step's allocation.
-    std::optional<KvCacheManager::LayerReservation> reservation;
+    std::optional<KvCacheManager::LayerReservation> reservation;  // Adaptive select only.
+  };
+  struct StepPlan {
+    int32_t budget = 0;        // Tokens left; negative after an oversized compressed prefill.
+    bool has_prefill = false;  // A multi-token step is planned.
+    bool preempted = false;    // Step 2 preempted someone: admit nobody this step.
+    std::vector<Planned> planned;
   };
 
-  // Peak blocks a request needs (compressed prompt + all its output in every row).
-  int64_t PeakBlocks(const Request& r) const;
-  // Tokens to run for `r` this step (0: none) and whether it is its compressed prefill.
-  int32_t StepTokens(const Request& r, int32_t budget, bool batch_has_prefill, bool* select) const;
-  // Grows `r`'s KV for this step; false (nothing changed) when the pool is short.
+  absl::Status CheckRequest(const Request& r) const;
+  // Tokens to run for `r` in `step` (0: none fit) and whether it is its compressed prefill.
+  int32_t StepTokens(const Request& r, const StepPlan& step, bool* select) const;
+  // Grows `r`'s KV for this step into `planned`; false (nothing changed) when the pool is short.
   bool Allocate(Request& r, int32_t num_tokens, bool select, Planned* planned);
-  void ScheduleRunning(int32_t* budget, std::vector<Planned>* planned);
-  void ScheduleWaiting(int32_t* budget, std::vector<Planned>* planned);
-  // Frees `r`'s blocks and puts it back in waiting for recompute.
+  void ScheduleRunning(StepPlan* step);
+  void ScheduleWaiting(StepPlan* step);
+  void AddToStep(Planned planned, StepPlan* step);
+  // Frees `r`'s blocks and queues it again for recompute.
   void Preempt(Request* r);
   void InsertWaiting(Request* r);
   void ExpireDeadlines(absl::Time now);
+  // Applies one step's result to `r`; an error when the result does not match the step.
+  absl::Status ApplyStep(Request& r, const SequenceStep& step, const SequenceResult* result,
+                         absl::Time now);
+  // Returns the stop reason after `r` sampled its latest token (kNone: keep going).
+  FinishReason StopReason(const Request& r) const;
+  // Frees `r`, reports its usage, and destroys it.
   RequestOutput Finish(Request* r, FinishReason reason, absl::Time now);
   Batch BuildBatch(const std::vector<Planned>& planned);
 
   const SchedulerOptions options_;
-  KvCacheManager* kv_;
-  absl::flat_hash_map<RequestId, std::unique_ptr<Request>> requests_;
-  std::vector<Request*> waiting_;  // Sorted: priority desc, then order asc.
+  KvCacheManager* const kv_;
+  absl::flat_hash_map<RequestId, std::unique_ptr<Request>> requests_;  // Live requests.
+  std::vector<Request*> waiting_;  // Waiting and preempted: priority desc, then arrival order.
   std::vector<Request*> running_;
+  std::vector<RequestId> in_flight_;  // Sequences of the last Schedule() not yet Update()d.
   std::vector<RequestOutput> aborted_;
-  int64_t next_order_ = 0;
+  int64_t next_arrival_order_ = 0;
   int64_t num_preemptions_ = 0;
 };
 

@@ -1,10 +1,17 @@
-// Scheduler tests without a model: a fake worker keeps a shadow KV (the token id written into
-// each slot) and samples a hash of what its row (layer 0, head 0) holds, so outputs depend on
-// the cache contents the scheduler set up.
+// Scheduler tests without a model. FakeWorker keeps a shadow KV pool (the token id stored in
+// every slot of every head-block) and, per sequence, what each (layer, KV head) row must hold.
+// Each step it checks the Batch against both (shapes, row lengths, block counts, the cached
+// contents, positions, token budget, no block in two rows) before writing the step's K/V, and
+// samples a hash of everything the sequence's rows hold. Outputs therefore depend on the cache
+// the scheduler set up, so "same output" tests catch lost, shared or stale blocks.
 
 #include "scheduler/scheduler.h"
 
+#include <array>
+#include <iostream>
+#include <limits>
 #include <map>
+#include <memory>
 #include <random>
 #include <set>
 
@@ -15,102 +22,181 @@
 namespace hkv {
 namespace {
 
-constexpr int32_t kLayers = 2, kHeads = 2, kBlockSize = 4, kWindow = 8;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr int32_t kLayers = 2, kHeads = 2, kRows = kLayers * kHeads, kBlockSize = 4;
+
+int32_t CeilDiv(int32_t a, int32_t b) { return (a + b - 1) / b; }
 
 class FakeWorker {
  public:
+  explicit FakeWorker(const SchedulerOptions& options = {}) : options_(options) {}
+
   BatchResult Execute(const Batch& b) {
-    EXPECT_EQ(b.num_rows() + 1, static_cast<int64_t>(b.kv_indptr.size()));
+    CheckShape(b);
     for (const auto& [src, dst] : b.block_copies) blocks_[dst] = blocks_[src];
-    // No block appears in two rows of one batch.
-    std::set<BlockId> seen;
-    for (BlockId id : b.kv_indices) EXPECT_TRUE(seen.insert(id).second) << "block " << id;
     BatchResult result;
     for (size_t i = 0; i < b.seqs.size(); ++i) {
       const SequenceStep& s = b.seqs[i];
+      SeqState& st = seqs_[s.id];
+      if (s.start_pos == 0) st = SeqState{0, std::vector<std::vector<TokenId>>(kRows)};
+      EXPECT_EQ(s.start_pos, st.next_pos) << "seq " << s.id;
+      std::vector<std::vector<BlockId>> rows(kRows);
+      for (int32_t r = 0; r < kRows; ++r) {
+        const int64_t row = static_cast<int64_t>(i) * kRows + r;
+        rows[r].assign(b.kv_indices.begin() + b.kv_indptr[row],
+                       b.kv_indices.begin() + b.kv_indptr[row + 1]);
+        EXPECT_EQ(rows[r].size(), CeilDiv(b.kv_len_after[row], kBlockSize)) << "row " << row;
+        EXPECT_EQ(b.kv_len_before[row], st.rows[r].size()) << "seq " << s.id << " row " << r;
+        ExpectHolds(rows[r], st.rows[r], std::min<size_t>(b.kv_len_before[row], st.rows[r].size()));
+      }
       SequenceResult out;
       out.id = s.id;
-      const int32_t n = s.tokens.size();
       if (s.select) {
-        EXPECT_EQ(s.start_pos, 0);
-        out.kept_per_head.resize(kLayers * kHeads);
-        for (int32_t l = 0; l < kLayers; ++l) {
-          std::vector<int32_t> caps(kHeads);
-          if (s.selection.capacity.empty()) {
-            std::vector<std::vector<float>> scores(kHeads, std::vector<float>(n - kWindow));
-            for (int32_t h = 0; h < kHeads; ++h) {
-              for (int32_t p = 0; p < n - kWindow; ++p) scores[h][p] = (s.tokens[p] * (h + 3)) % 17;
-            }
-            caps = AdaKvAllocate(scores, s.selection.layer_budget[l], 0.2f);
-          } else {
-            for (int32_t h = 0; h < kHeads; ++h) caps[h] = s.selection.capacity[l * kHeads + h];
-          }
-          int32_t next = s.selection.capacity.empty() ? s.layer_block_indptr[l] : 0;
-          for (int32_t h = 0; h < kHeads; ++h) {
-            const int32_t kept = std::min(caps[h], n - kWindow) + kWindow;
-            out.kept_per_head[l * kHeads + h] = kept;
-            std::vector<BlockId> row;
-            if (s.selection.capacity.empty()) {
-              const int32_t need = (kept + kBlockSize - 1) / kBlockSize;
-              EXPECT_LE(next + need, s.layer_block_indptr[l + 1]);
-              row.assign(s.layer_blocks.begin() + next, s.layer_blocks.begin() + next + need);
-              next += need;
-            } else {
-              const int64_t r = b.row(i, l, h);
-              EXPECT_EQ(b.kv_len_before[r], 0);
-              EXPECT_EQ(b.kv_len_after[r], kept);
-              row.assign(b.kv_indices.begin() + b.kv_indptr[r],
-                         b.kv_indices.begin() + b.kv_indptr[r + 1]);
-            }
-            // Keep the last `kept` prompt tokens.
-            for (int32_t t = 0; t < kept; ++t) Write(row, t, s.tokens[n - kept + t]);
-          }
-        }
+        RunSelect(b, i, &rows, &st, &out);
       } else {
-        for (int32_t l = 0; l < kLayers; ++l) {
-          for (int32_t h = 0; h < kHeads; ++h) {
-            const int64_t r = b.row(i, l, h);
-            EXPECT_EQ(b.kv_len_after[r] - b.kv_len_before[r], n) << "row " << r;
-            EXPECT_LE(b.kv_len_after[r], (b.kv_indptr[r + 1] - b.kv_indptr[r]) * kBlockSize);
-            std::vector<BlockId> row(b.kv_indices.begin() + b.kv_indptr[r],
-                                     b.kv_indices.begin() + b.kv_indptr[r + 1]);
-            for (int32_t t = 0; t < n; ++t) Write(row, b.kv_len_before[r] + t, s.tokens[t]);
-          }
-        }
+        RunPlain(b, i, rows, &st);
       }
-      if (s.sample) out.token = Sample(b, i, s, out);
+      st.next_pos = s.start_pos + static_cast<int32_t>(s.tokens.size());
+      if (s.sample) out.token = Sample(s, rows, st);
       result.seqs.push_back(std::move(out));
     }
     return result;
   }
 
  private:
-  void Write(const std::vector<BlockId>& row, int32_t slot, TokenId token) {
-    auto& block = blocks_[row[slot / kBlockSize]];
-    block.resize(kBlockSize, -1);
-    block[slot % kBlockSize] = token;
+  struct SeqState {
+    int32_t next_pos = 0;
+    std::vector<std::vector<TokenId>> rows;  // [kRows] what each row must hold.
+  };
+
+  void CheckShape(const Batch& b) {
+    EXPECT_EQ(b.num_layers, kLayers);
+    EXPECT_EQ(b.num_kv_heads, kHeads);
+    EXPECT_EQ(b.block_size, kBlockSize);
+    ASSERT_EQ(static_cast<int64_t>(b.kv_indptr.size()), b.num_rows() + 1);
+    ASSERT_EQ(static_cast<int64_t>(b.kv_len_before.size()), b.num_rows());
+    ASSERT_EQ(static_cast<int64_t>(b.kv_len_after.size()), b.num_rows());
+    ASSERT_EQ(b.kv_indptr.back(), static_cast<int32_t>(b.kv_indices.size()));
+    EXPECT_LE(static_cast<int32_t>(b.seqs.size()), options_.max_seqs);
+    std::set<BlockId> seen;  // No block in two rows (or two reservations) of one batch.
+    for (BlockId id : b.kv_indices) EXPECT_TRUE(seen.insert(id).second) << "block " << id;
+    std::set<RequestId> ids;
+    int32_t tokens = 0, multi = 0, multi_select = 0;
+    for (const SequenceStep& s : b.seqs) {
+      EXPECT_TRUE(ids.insert(s.id).second) << "seq " << s.id << " twice";
+      for (BlockId id : s.layer_blocks) EXPECT_TRUE(seen.insert(id).second) << "block " << id;
+      tokens += s.tokens.size();
+      multi += s.tokens.size() > 1;
+      multi_select += s.select && s.tokens.size() > 1;
+    }
+    // Over budget only by a compressed prefill that is the batch's sole multi-token step.
+    if (tokens > options_.max_batch_tokens) {
+      EXPECT_EQ(multi, 1) << tokens << " tokens over a budget of " << options_.max_batch_tokens;
+      EXPECT_EQ(multi_select, 1) << "over budget without a compressed prefill";
+    }
   }
-  TokenId Sample(const Batch& b, size_t i, const SequenceStep& s, const SequenceResult& out) {
-    // Hash of row (layer 0, head 0)'s cache, as a model would "read" it.
-    uint64_t h = 1469598103934665603ULL ^ s.sample_step;
-    if (!s.select || !s.selection.capacity.empty()) {
-      const int64_t r = b.row(i, 0, 0);
-      for (int32_t slot = 0; slot < b.kv_len_after[r]; ++slot) {
-        const BlockId id = b.kv_indices[b.kv_indptr[r] + slot / kBlockSize];
-        h = (h ^ static_cast<uint64_t>(blocks_[id][slot % kBlockSize] + 7)) * 1099511628211ULL;
+
+  void RunSelect(const Batch& b, size_t i, std::vector<std::vector<BlockId>>* rows, SeqState* st,
+                 SequenceResult* out) {
+    const SequenceStep& s = b.seqs[i];
+    const int32_t n = s.tokens.size(), w = s.selection.window;
+    const bool adaptive = s.selection.capacity.empty();
+    EXPECT_EQ(s.start_pos, 0);
+    out->kept_per_head.resize(kRows);
+    for (int32_t l = 0; l < kLayers; ++l) {
+      std::vector<std::vector<float>> scores(kHeads, std::vector<float>(n - w));
+      for (int32_t h = 0; h < kHeads; ++h) {
+        for (int32_t p = 0; p < n - w; ++p) scores[h][p] = (s.tokens[p] * (h + 3) + l) % 17;
       }
-    } else {
-      h = (h ^ out.kept_per_head[0]) * 1099511628211ULL;
+      std::vector<int32_t> caps(kHeads);
+      if (adaptive) {
+        caps =
+            AdaKvAllocate(scores, s.selection.layer_budget[l], s.selection.adaptive_floor_fraction);
+      } else {
+        for (int32_t h = 0; h < kHeads; ++h) caps[h] = s.selection.capacity[l * kHeads + h];
+      }
+      int32_t next = adaptive ? s.layer_block_indptr[l] : 0;
+      for (int32_t h = 0; h < kHeads; ++h) {
+        const int32_t r = l * kHeads + h;
+        std::vector<TokenId> kept;
+        for (int32_t pos : SelectKept(scores[h], caps[h], n, w)) kept.push_back(s.tokens[pos]);
+        out->kept_per_head[r] = kept.size();
+        const int64_t row = b.row(i, l, h);
+        EXPECT_EQ(b.kv_len_before[row], 0);
+        if (adaptive) {
+          EXPECT_EQ(b.kv_len_after[row], 0);
+          const int32_t need = CeilDiv(kept.size(), kBlockSize);
+          EXPECT_LE(next + need, s.layer_block_indptr[l + 1]) << "reservation too small";
+          if (next + need > s.layer_block_indptr[l + 1]) continue;
+          (*rows)[r].assign(s.layer_blocks.begin() + next, s.layer_blocks.begin() + next + need);
+          next += need;
+        } else {
+          EXPECT_EQ(b.kv_len_after[row], static_cast<int32_t>(kept.size()));
+        }
+        for (size_t t = 0; t < kept.size(); ++t) Write((*rows)[r], t, kept[t]);
+        st->rows[r] = kept;
+      }
+    }
+  }
+
+  void RunPlain(const Batch& b, size_t i, const std::vector<std::vector<BlockId>>& rows,
+                SeqState* st) {
+    const SequenceStep& s = b.seqs[i];
+    for (int32_t r = 0; r < kRows; ++r) {
+      const int64_t row = static_cast<int64_t>(i) * kRows + r;
+      EXPECT_EQ(b.kv_len_after[row] - b.kv_len_before[row], static_cast<int32_t>(s.tokens.size()));
+      for (size_t t = 0; t < s.tokens.size(); ++t) {
+        Write(rows[r], b.kv_len_before[row] + t, s.tokens[t]);
+      }
+      st->rows[r].insert(st->rows[r].end(), s.tokens.begin(), s.tokens.end());
+    }
+  }
+
+  // Hash of every row as stored in the shadow pool, as a model would "read" the cache.
+  TokenId Sample(const SequenceStep& s, const std::vector<std::vector<BlockId>>& rows,
+                 const SeqState& st) {
+    uint64_t h = 1469598103934665603ULL ^ (s.sample_step * 31 + s.sampling.seed);
+    for (int32_t r = 0; r < kRows; ++r) {
+      for (size_t slot = 0; slot < st.rows[r].size(); ++slot) {
+        h = (h ^ static_cast<uint64_t>(Read(rows[r], slot) + 7)) * 1099511628211ULL;
+      }
+      h = (h ^ 0xabcd) * 1099511628211ULL;
     }
     return 3 + static_cast<TokenId>(h % 400);
   }
-  std::map<BlockId, std::vector<TokenId>> blocks_;
+
+  void ExpectHolds(const std::vector<BlockId>& row, const std::vector<TokenId>& want, size_t n) {
+    for (size_t slot = 0; slot < n && slot / kBlockSize < row.size(); ++slot) {
+      EXPECT_EQ(Read(row, slot), want[slot]) << "slot " << slot << " was overwritten";
+    }
+  }
+  void Write(const std::vector<BlockId>& row, size_t slot, TokenId token) {
+    ASSERT_LT(slot / kBlockSize, row.size());
+    blocks_[row[slot / kBlockSize]][slot % kBlockSize] = token;
+  }
+  TokenId Read(const std::vector<BlockId>& row, size_t slot) {
+    auto it = blocks_.find(row[slot / kBlockSize]);
+    return it == blocks_.end() ? -1 : it->second[slot % kBlockSize];
+  }
+
+  SchedulerOptions options_;
+  std::map<BlockId, std::array<TokenId, kBlockSize>> blocks_;
+  std::map<RequestId, SeqState> seqs_;
 };
 
 HeadBudgetPlan Plan(KvPolicyName name, int32_t budget) {
   KvPolicy p;
   p.name = name;
   p.budget = budget;
+  if (name == KvPolicyName::kHeadKv) {
+    auto scores = std::make_shared<HeadScores>();
+    scores->num_layers = kLayers;
+    scores->num_heads = kHeads;
+    scores->importance = {0.4, 0.1, 0.3, 0.2};
+    p.scores = std::move(scores);
+  }
   auto plan = HeadBudgetPlanner::Plan(p, kLayers, kHeads);
   EXPECT_TRUE(plan.ok()) << plan.status();
   return *plan;
@@ -129,122 +215,302 @@ std::unique_ptr<Request> MakeRequest(RequestId id, int32_t prompt_len, int32_t m
   return r;
 }
 
-// Runs the scheduler to completion; returns each request's output tokens.
-std::map<RequestId, std::vector<TokenId>> RunAll(Scheduler& s, FakeWorker& w,
-                                                 std::vector<Batch>* batches = nullptr) {
-  std::map<RequestId, std::vector<TokenId>> out;
-  for (int step = 0; step < 100000 && s.HasUnfinished(); ++step) {
-    auto batch = s.Schedule(absl::Now());
-    if (!batch.has_value()) break;
-    auto outputs = s.Update(*batch, w.Execute(*batch), absl::Now());
-    for (const auto& o : outputs) {
-      out[o.id].insert(out[o.id].end(), o.new_tokens.begin(), o.new_tokens.end());
+KvCacheConfig Config(int32_t blocks) { return {blocks, kBlockSize, kLayers, kHeads}; }
+
+// Checks the pool against the scheduler: exactly the running requests hold blocks, no block is
+// in two tables, and the pool's free count matches.
+void ExpectPoolConsistent(const Scheduler& s, const KvCacheManager& kv, RequestId max_id) {
+  std::set<BlockId> used;
+  int64_t held = 0;
+  for (RequestId id = 0; id <= max_id; ++id) {
+    const Request* r = s.Find(id);
+    const bool running = r != nullptr && r->status == RequestStatus::kRunning;
+    EXPECT_EQ(kv.Contains(id), running) << "request " << id;
+    if (!kv.Contains(id)) continue;
+    held += kv.SequenceBlocks(id);
+    for (int32_t l = 0; l < kLayers; ++l) {
+      for (int32_t h = 0; h < kHeads; ++h) {
+        for (BlockId b : kv.Table(id, l, h).blocks) {
+          EXPECT_TRUE(used.insert(b).second) << "block " << b << " in two tables";
+        }
+      }
     }
-    if (batches != nullptr) batches->push_back(std::move(*batch));
   }
-  return out;
+  EXPECT_EQ(held, kv.num_total_blocks() - kv.num_free_blocks());
 }
 
-KvCacheConfig Config(int32_t blocks) { return {blocks, kBlockSize, kLayers, kHeads}; }
+struct RunResult {
+  std::map<RequestId, std::vector<TokenId>> tokens;
+  std::map<RequestId, RequestOutput> finished;
+  std::vector<Batch> batches;
+};
+
+// Runs the scheduler until nothing is left, checking the pool after every step.
+RunResult RunAll(Scheduler& s, FakeWorker& w, KvCacheManager& kv, RequestId max_id = 100) {
+  RunResult out;
+  for (int step = 0; step < 100000 && s.HasUnfinished(); ++step) {
+    std::optional<Batch> batch = s.Schedule(absl::Now());
+    if (!batch.has_value()) continue;  // A step that only preempted.
+    for (RequestOutput& o : s.Update(*batch, w.Execute(*batch), absl::Now())) {
+      auto& toks = out.tokens[o.id];
+      toks.insert(toks.end(), o.new_tokens.begin(), o.new_tokens.end());
+      if (o.finished) out.finished[o.id] = o;
+    }
+    for (RequestOutput& o : s.TakeAborted()) out.finished[o.id] = o;
+    ExpectPoolConsistent(s, kv, max_id);
+    out.batches.push_back(std::move(*batch));
+  }
+  EXPECT_FALSE(s.HasUnfinished());
+  EXPECT_EQ(kv.num_free_blocks(), kv.num_total_blocks());
+  return out;
+}
 
 TEST(SchedulerTest, PriorityFirstThenFifo) {
   KvCacheManager kv(Config(1000));
   SchedulerOptions o;
   o.max_seqs = 1;
   Scheduler s(o, &kv);
-  FakeWorker w;
+  FakeWorker w(o);
   ASSERT_TRUE(s.Add(MakeRequest(1, 5, 2, Plan(KvPolicyName::kFull, 0))).ok());
   ASSERT_TRUE(s.Add(MakeRequest(2, 5, 2, Plan(KvPolicyName::kFull, 0), /*priority=*/5)).ok());
   ASSERT_TRUE(s.Add(MakeRequest(3, 5, 2, Plan(KvPolicyName::kFull, 0))).ok());
-  std::vector<Batch> batches;
-  RunAll(s, w, &batches);
+  ASSERT_TRUE(s.Add(MakeRequest(4, 5, 2, Plan(KvPolicyName::kFull, 0), /*priority=*/5)).ok());
+  RunResult run = RunAll(s, w, kv);
   std::vector<RequestId> order;
-  for (const Batch& b : batches) {
+  for (const Batch& b : run.batches) {
     if (order.empty() || order.back() != b.seqs[0].id) order.push_back(b.seqs[0].id);
   }
-  EXPECT_THAT(order, ::testing::ElementsAre(2, 1, 3));
-  EXPECT_EQ(kv.num_free_blocks(), 1000);
+  EXPECT_THAT(order, ElementsAre(2, 4, 1, 3));
+  EXPECT_EQ(run.finished[1].reason, FinishReason::kLength);
+  EXPECT_EQ(run.finished[1].prompt_tokens, 5);
+  EXPECT_EQ(run.finished[1].generated_tokens, 2);
+  // Kept == full for the full policy: 4 rows x (5 prompt + 1 decoded) positions.
+  EXPECT_EQ(run.finished[1].kv_tokens_kept, 4 * 6);
+  EXPECT_EQ(run.finished[1].kv_tokens_full, 4 * 6);
 }
 
-TEST(SchedulerTest, ChunkedPrefillRespectsTheTokenBudget) {
+TEST(SchedulerTest, ChunkedPrefillRespectsTheBudgetAndDoesNotStallDecodes) {
   KvCacheManager kv(Config(1000));
   SchedulerOptions o;
   o.max_batch_tokens = 16;
   Scheduler s(o, &kv);
-  FakeWorker w;
-  ASSERT_TRUE(s.Add(MakeRequest(1, 50, 3, Plan(KvPolicyName::kFull, 0))).ok());
-  ASSERT_TRUE(s.Add(MakeRequest(2, 3, 10, Plan(KvPolicyName::kFull, 0))).ok());
-  std::vector<Batch> batches;
-  auto out = RunAll(s, w, &batches);
-  for (const Batch& b : batches) {
+  FakeWorker w(o);
+  ASSERT_TRUE(s.Add(MakeRequest(1, 3, 10, Plan(KvPolicyName::kFull, 0))).ok());
+  ASSERT_TRUE(s.Add(MakeRequest(2, 50, 3, Plan(KvPolicyName::kFull, 0))).ok());
+  RunResult run = RunAll(s, w, kv);
+  int32_t chunks_with_decode = 0;
+  for (const Batch& b : run.batches) {
     int32_t tokens = 0;
-    for (const auto& seq : b.seqs) tokens += seq.tokens.size();
+    for (const SequenceStep& seq : b.seqs) tokens += seq.tokens.size();
     EXPECT_LE(tokens, 16);
+    // Request 2's prompt chunk runs beside request 1's decode, in the budget left over.
+    if (b.seqs.size() == 2 && b.seqs[0].tokens.size() == 1 && b.seqs[1].tokens.size() > 1) {
+      ++chunks_with_decode;
+    }
   }
-  EXPECT_EQ(out[1].size(), 3u);
-  EXPECT_EQ(out[2].size(), 10u);
-  // The same request alone, unchunked, gives the same tokens.
+  EXPECT_GE(chunks_with_decode, 3);
+  EXPECT_EQ(run.tokens[1].size(), 10u);
+  EXPECT_EQ(run.tokens[2].size(), 3u);
+  // The long request alone, unchunked, gives the same tokens.
   KvCacheManager kv2(Config(1000));
   Scheduler alone(SchedulerOptions{}, &kv2);
   FakeWorker w2;
-  ASSERT_TRUE(alone.Add(MakeRequest(1, 50, 3, Plan(KvPolicyName::kFull, 0))).ok());
-  EXPECT_EQ(RunAll(alone, w2)[1], out[1]);
+  ASSERT_TRUE(alone.Add(MakeRequest(2, 50, 3, Plan(KvPolicyName::kFull, 0))).ok());
+  EXPECT_EQ(RunAll(alone, w2, kv2).tokens[2], run.tokens[2]);
 }
 
 TEST(SchedulerTest, CompressedPrefillAllocatesExactlyThePlan) {
+  for (KvPolicyName policy :
+       {KvPolicyName::kSnapKv, KvPolicyName::kPyramidKv, KvPolicyName::kHeadKv}) {
+    KvCacheManager kv(Config(1000));
+    Scheduler s(SchedulerOptions{}, &kv);
+    FakeWorker w;
+    HeadBudgetPlan plan = Plan(policy, 16);
+    ASSERT_TRUE(s.Add(MakeRequest(1, 100, 3, plan)).ok());
+    std::optional<Batch> batch = s.Schedule(absl::Now());
+    ASSERT_TRUE(batch.has_value());
+    const SequenceStep& step = batch->seqs[0];
+    ASSERT_TRUE(step.select);
+    EXPECT_TRUE(step.sample);
+    EXPECT_EQ(step.tokens.size(), 100u);
+    EXPECT_EQ(step.selection.capacity, plan.capacity);
+    EXPECT_EQ(step.selection.window, plan.window);
+    EXPECT_EQ(kv.RowLengths(1), plan.KeptTokens(100));
+    EXPECT_EQ(kv.SequenceBlocks(1), kv.FootprintBlocks(plan.KeptTokens(100)));
+    EXPECT_LT(kv.SequenceBlocks(1), kv.FootprintBlocksUniform(100) / 3);
+    s.Update(*batch, w.Execute(*batch), absl::Now());
+    RunResult run = RunAll(s, w, kv);
+    int64_t kept = 0;
+    for (int32_t t : plan.KeptTokens(100)) kept += t + 2;  // + 2 decoded tokens per row.
+    EXPECT_EQ(run.finished[1].kv_tokens_kept, kept);
+    EXPECT_EQ(run.finished[1].kv_tokens_full, 4 * 102);
+  }
+}
+
+TEST(SchedulerTest, CompressedPrefillExceedsTheBudgetOnlyAsTheSolePrefill) {
+  KvCacheManager kv(Config(2000));
+  SchedulerOptions o;
+  o.max_batch_tokens = 16;
+  Scheduler s(o, &kv);
+  FakeWorker w(o);
+  ASSERT_TRUE(s.Add(MakeRequest(1, 40, 4, Plan(KvPolicyName::kFull, 0))).ok());
+  ASSERT_TRUE(s.Add(MakeRequest(2, 100, 4, Plan(KvPolicyName::kSnapKv, 16))).ok());
+  RunResult run = RunAll(s, w, kv);
+  bool saw_select = false;
+  for (const Batch& b : run.batches) {
+    for (const SequenceStep& seq : b.seqs) {
+      if (seq.id != 2 || !seq.select) continue;
+      saw_select = true;
+      EXPECT_EQ(seq.tokens.size(), 100u);  // In one step, although the budget is 16.
+      for (const SequenceStep& other : b.seqs) {
+        if (other.id != 2) EXPECT_EQ(other.tokens.size(), 1u) << "another prefill ran with it";
+      }
+    }
+  }
+  EXPECT_TRUE(saw_select);
+  // Request 1's 40-token prompt took 3 chunks first: FIFO holds, 2 waited for it.
+  EXPECT_EQ(run.batches[2].seqs[0].start_pos, 32);
+  EXPECT_EQ(run.batches[2].seqs.size(), 1u);
+}
+
+TEST(SchedulerTest, AdaptivePrefillReservesThenCommitsWhatTheWorkerKept) {
   KvCacheManager kv(Config(1000));
   Scheduler s(SchedulerOptions{}, &kv);
   FakeWorker w;
-  HeadBudgetPlan plan = Plan(KvPolicyName::kPyramidKv, 16);
-  ASSERT_TRUE(s.Add(MakeRequest(1, 100, 1, plan)).ok());
-  auto batch = s.Schedule(absl::Now());
-  ASSERT_TRUE(batch.has_value());
-  ASSERT_TRUE(batch->seqs[0].select);
-  EXPECT_EQ(batch->seqs[0].tokens.size(), 100u);
-  EXPECT_EQ(kv.SequenceBlocks(1), kv.FootprintBlocks(plan.KeptTokens(100)));
-  EXPECT_LT(kv.SequenceBlocks(1), kv.FootprintBlocksUniform(100));
-  s.Update(*batch, w.Execute(*batch), absl::Now());
-  EXPECT_FALSE(s.HasUnfinished());
-  EXPECT_EQ(kv.num_free_blocks(), 1000);
+  HeadBudgetPlan plan = Plan(KvPolicyName::kAdaKv, 16);
+  ASSERT_TRUE(s.Add(MakeRequest(1, 60, 4, plan)).ok());
+  std::optional<Batch> batch = s.Schedule(absl::Now());
+  ASSERT_TRUE(batch.has_value() && batch->seqs[0].select);
+  const SequenceStep& step = batch->seqs[0];
+  EXPECT_TRUE(step.selection.capacity.empty());
+  EXPECT_EQ(step.selection.layer_budget, plan.layer_budget);
+  ASSERT_EQ(step.layer_block_indptr.size(), kLayers + 1u);
+  for (int32_t l = 0; l < kLayers; ++l) {
+    EXPECT_EQ(step.layer_block_indptr[l + 1] - step.layer_block_indptr[l],
+              plan.MaxBlocksPerLayer(l, 60, kBlockSize));
+  }
+  EXPECT_EQ(batch->kv_indices.size(), 0u);  // Rows stay empty until the commit.
+  BatchResult result = w.Execute(*batch);
+  s.Update(*batch, result, absl::Now());
+  std::vector<int32_t> lengths = kv.RowLengths(1);
+  EXPECT_EQ(lengths, result.seqs[0].kept_per_head);
+  EXPECT_EQ(kv.SequenceBlocks(1), kv.FootprintBlocks(lengths));  // The rest went back.
+  EXPECT_EQ(kv.num_free_blocks(), 1000 - kv.SequenceBlocks(1));
+  RunAll(s, w, kv);
 }
 
-TEST(SchedulerTest, AdaptivePrefillCommitsAndFreesTheRest) {
+TEST(SchedulerTest, AdaptiveCommitThatDoesNotFitFailsTheRequestOnly) {
   KvCacheManager kv(Config(1000));
   Scheduler s(SchedulerOptions{}, &kv);
   FakeWorker w;
   ASSERT_TRUE(s.Add(MakeRequest(1, 60, 4, Plan(KvPolicyName::kAdaKv, 16))).ok());
-  auto batch = s.Schedule(absl::Now());
-  ASSERT_TRUE(batch.has_value() && batch->seqs[0].select);
-  EXPECT_TRUE(batch->seqs[0].selection.capacity.empty());
-  auto result = w.Execute(*batch);
-  s.Update(*batch, result, absl::Now());
-  std::vector<int32_t> lengths = kv.RowLengths(1);
-  EXPECT_EQ(lengths, result.seqs[0].kept_per_head);
-  EXPECT_EQ(kv.SequenceBlocks(1), kv.FootprintBlocks(lengths));
-  RunAll(s, w);
-  EXPECT_EQ(kv.num_free_blocks(), 1000);
+  ASSERT_TRUE(s.Add(MakeRequest(2, 10, 4, Plan(KvPolicyName::kFull, 0))).ok());
+  std::optional<Batch> batch = s.Schedule(absl::Now());
+  ASSERT_TRUE(batch.has_value());
+  BatchResult result = w.Execute(*batch);
+  result.seqs[0].kept_per_head.assign(kRows, 60);  // More than the reservation holds.
+  std::vector<RequestOutput> out = s.Update(*batch, result, absl::Now());
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_TRUE(out[0].finished);
+  EXPECT_EQ(out[0].reason, FinishReason::kError);
+  EXPECT_THAT(out[0].error, HasSubstr("reserved"));
+  EXPECT_FALSE(out[1].finished);
+  EXPECT_FALSE(kv.Contains(1));
+  RunResult run = RunAll(s, w, kv);
+  EXPECT_EQ(run.finished[2].reason, FinishReason::kLength);
 }
 
 TEST(SchedulerTest, PreemptionRecomputesExactly) {
-  for (KvPolicyName policy : {KvPolicyName::kFull, KvPolicyName::kSnapKv, KvPolicyName::kAdaKv}) {
-    std::map<RequestId, std::vector<TokenId>> reference, pressured;
-    int64_t preemptions = 0;
-    for (int32_t blocks : {4000, 100}) {
+  for (KvPolicyName policy : {KvPolicyName::kFull, KvPolicyName::kSnapKv, KvPolicyName::kPyramidKv,
+                              KvPolicyName::kAdaKv, KvPolicyName::kHeadKv}) {
+    SCOPED_TRACE(std::string(PolicyNameString(policy)));
+    std::map<RequestId, std::vector<TokenId>> reference;
+    for (int32_t blocks : {4000, 90}) {
       KvCacheManager kv(Config(blocks));
-      Scheduler s(SchedulerOptions{}, &kv);
-      FakeWorker w;
+      SchedulerOptions o;
+      o.max_batch_tokens = 24;
+      Scheduler s(o, &kv);
+      FakeWorker w(o);
       for (RequestId id = 1; id <= 6; ++id) {
         ASSERT_TRUE(s.Add(MakeRequest(id, 30 + id, 40, Plan(policy, 16), id % 2)).ok());
       }
-      auto out = RunAll(s, w);
-      EXPECT_FALSE(s.HasUnfinished());
-      EXPECT_EQ(kv.num_free_blocks(), blocks);
-      (blocks == 4000 ? reference : pressured) = out;
-      if (blocks == 100) preemptions = s.num_preemptions();
+      RunResult run = RunAll(s, w, kv);
+      for (RequestId id = 1; id <= 6; ++id) EXPECT_EQ(run.tokens[id].size(), 40u);
+      if (blocks == 4000) {
+        EXPECT_EQ(s.num_preemptions(), 0);
+        reference = run.tokens;
+        continue;
+      }
+      EXPECT_GT(s.num_preemptions(), 0) << "the small pool must force preemption";
+      EXPECT_EQ(run.tokens, reference);
+      // A recompute restarts at position 0; a compressed one re-runs its select step without
+      // sampling, then its generated tokens as one plain chunk.
+      int32_t restarts = 0;
+      std::map<RequestId, int32_t> generated;
+      for (const Batch& b : run.batches) {
+        for (const SequenceStep& seq : b.seqs) {
+          if (seq.start_pos == 0 && generated[seq.id] > 0) {
+            ++restarts;
+            EXPECT_FALSE(seq.sample && seq.select);
+            EXPECT_EQ(seq.sample_step, generated[seq.id]);
+          }
+          if (seq.sample) generated[seq.id] = seq.sample_step + 1;
+        }
+      }
+      EXPECT_GT(restarts, 0);
     }
-    EXPECT_GT(preemptions, 0) << "the small pool must force preemption";
-    EXPECT_EQ(reference, pressured);
   }
+}
+
+TEST(SchedulerTest, PreemptsLowestPriorityThenNewest) {
+  // Three 4-token prompts take 4 rows x 1 block each; the first decode needs a second block
+  // per row, so 16 blocks hold only two of them past their prefill.
+  for (int32_t newest_priority : {0, 1}) {
+    KvCacheManager kv(Config(16));
+    Scheduler s(SchedulerOptions{}, &kv);
+    FakeWorker w;
+    ASSERT_TRUE(s.Add(MakeRequest(1, 4, 3, Plan(KvPolicyName::kFull, 0), 1)).ok());
+    ASSERT_TRUE(s.Add(MakeRequest(2, 4, 3, Plan(KvPolicyName::kFull, 0), 0)).ok());
+    ASSERT_TRUE(s.Add(MakeRequest(3, 4, 3, Plan(KvPolicyName::kFull, 0), newest_priority)).ok());
+    std::optional<Batch> prefill = s.Schedule(absl::Now());
+    ASSERT_EQ(prefill->seqs.size(), 3u);
+    s.Update(*prefill, w.Execute(*prefill), absl::Now());
+    std::optional<Batch> decode = s.Schedule(absl::Now());
+    ASSERT_TRUE(decode.has_value());
+    const RequestId victim = newest_priority == 0 ? 3 : 2;
+    EXPECT_EQ(s.num_preemptions(), 1);
+    EXPECT_EQ(s.Find(victim)->status, RequestStatus::kPreempted);
+    EXPECT_FALSE(kv.Contains(victim));
+    EXPECT_EQ(decode->seqs.size(), 2u);
+    for (const SequenceStep& seq : decode->seqs) EXPECT_NE(seq.id, victim);
+    s.Update(*decode, w.Execute(*decode), absl::Now());
+    RunResult run = RunAll(s, w, kv);
+    EXPECT_EQ(run.finished[victim].num_preemptions, 1);
+    EXPECT_EQ(run.tokens[victim].size(), 2u);  // Plus the one from the first step.
+  }
+}
+
+TEST(SchedulerTest, NothingIsAdmittedInAStepThatPreempted) {
+  KvCacheManager kv(Config(20));
+  Scheduler s(SchedulerOptions{}, &kv);
+  FakeWorker w;
+  ASSERT_TRUE(s.Add(MakeRequest(1, 4, 3, Plan(KvPolicyName::kFull, 0), 1)).ok());
+  ASSERT_TRUE(s.Add(MakeRequest(2, 4, 3, Plan(KvPolicyName::kFull, 0))).ok());
+  ASSERT_TRUE(s.Add(MakeRequest(3, 8, 3, Plan(KvPolicyName::kFull, 0))).ok());
+  std::optional<Batch> prefill = s.Schedule(absl::Now());  // 4 + 4 + 8 blocks.
+  s.Update(*prefill, w.Execute(*prefill), absl::Now());
+  ASSERT_TRUE(s.Add(MakeRequest(4, 1, 3, Plan(KvPolicyName::kFull, 0), 2)).ok());
+  // 1 and 2 each need 4 more blocks: 3 goes, which leaves 4 free, enough for request 4.
+  std::optional<Batch> decode = s.Schedule(absl::Now());
+  EXPECT_EQ(s.num_preemptions(), 1);
+  EXPECT_EQ(kv.num_free_blocks(), 4);
+  ASSERT_EQ(decode->seqs.size(), 2u);  // But 4 waits a step, so 3's blocks serve the running.
+  s.Update(*decode, w.Execute(*decode), absl::Now());
+  std::optional<Batch> next = s.Schedule(absl::Now());
+  ASSERT_EQ(next->seqs.size(), 3u);
+  EXPECT_EQ(next->seqs[2].id, 4);
+  s.Update(*next, w.Execute(*next), absl::Now());
+  RunAll(s, w, kv);
 }
 
 TEST(SchedulerTest, AbortAndDeadlineFreeBlocks) {
@@ -252,100 +518,238 @@ TEST(SchedulerTest, AbortAndDeadlineFreeBlocks) {
   Scheduler s(SchedulerOptions{}, &kv);
   FakeWorker w;
   ASSERT_TRUE(s.Add(MakeRequest(1, 10, 100, Plan(KvPolicyName::kFull, 0))).ok());
-  auto late = MakeRequest(2, 10, 100, Plan(KvPolicyName::kSnapKv, 9));
-  late->deadline = absl::Now() + absl::Milliseconds(1);
+  auto late = MakeRequest(2, 30, 100, Plan(KvPolicyName::kSnapKv, 9));
+  const absl::Time t0 = absl::Now();
+  late->deadline = t0 + absl::Seconds(1);
   ASSERT_TRUE(s.Add(std::move(late)).ok());
-  auto batch = s.Schedule(absl::Now());
-  s.Update(*batch, w.Execute(*batch), absl::Now());
-  EXPECT_LT(kv.num_free_blocks(), 1000);
+  std::optional<Batch> batch = s.Schedule(t0);
+  s.Update(*batch, w.Execute(*batch), t0);
+  EXPECT_TRUE(kv.Contains(1) && kv.Contains(2));
   s.Abort(1, FinishReason::kAborted);
-  absl::SleepFor(absl::Milliseconds(2));
-  EXPECT_FALSE(s.Schedule(absl::Now()).has_value());
-  auto aborted = s.TakeAborted();
+  EXPECT_FALSE(kv.Contains(1));         // At once.
+  s.Abort(1, FinishReason::kAborted);   // Finished: no-op.
+  s.Abort(77, FinishReason::kAborted);  // Unknown: no-op.
+  EXPECT_FALSE(s.Schedule(t0 + absl::Seconds(2)).has_value());
+  std::vector<RequestOutput> aborted = s.TakeAborted();
   ASSERT_EQ(aborted.size(), 2u);
+  EXPECT_EQ(aborted[0].id, 1);
   EXPECT_EQ(aborted[0].reason, FinishReason::kAborted);
+  EXPECT_EQ(aborted[0].kv_tokens_kept, 4 * 10);
+  EXPECT_EQ(aborted[1].id, 2);
   EXPECT_EQ(aborted[1].reason, FinishReason::kDeadline);
-  EXPECT_TRUE(aborted[0].finished);
+  EXPECT_EQ(aborted[1].kv_tokens_kept, 4 * 9);  // Compressed: the budget per row.
+  EXPECT_EQ(aborted[1].kv_tokens_full, 4 * 30);
+  EXPECT_TRUE(aborted[0].finished && aborted[1].finished);
+  EXPECT_TRUE(s.TakeAborted().empty());
   EXPECT_FALSE(s.HasUnfinished());
   EXPECT_EQ(kv.num_free_blocks(), 1000);
 }
 
-TEST(SchedulerTest, FullQueueAndNeverFittingRequestsAreResourceExhausted) {
+TEST(SchedulerTest, AbortWhileWaitingOrDuringAStep) {
+  KvCacheManager kv(Config(1000));
+  SchedulerOptions o;
+  o.max_seqs = 1;
+  Scheduler s(o, &kv);
+  FakeWorker w(o);
+  ASSERT_TRUE(s.Add(MakeRequest(1, 10, 5, Plan(KvPolicyName::kFull, 0))).ok());
+  ASSERT_TRUE(s.Add(MakeRequest(2, 10, 5, Plan(KvPolicyName::kFull, 0))).ok());
+  std::optional<Batch> batch = s.Schedule(absl::Now());
+  s.Abort(2, FinishReason::kAborted);  // Waiting.
+  s.Abort(1, FinishReason::kAborted);  // In the batch being run.
+  EXPECT_EQ(s.Update(*batch, w.Execute(*batch), absl::Now()).size(), 0u);
+  EXPECT_EQ(s.TakeAborted().size(), 2u);
+  EXPECT_FALSE(s.HasUnfinished());
+  EXPECT_EQ(kv.num_free_blocks(), 1000);
+}
+
+TEST(SchedulerTest, AddRejectsWhatCanNeverRun) {
   KvCacheManager kv(Config(50));
   SchedulerOptions o;
   o.max_queue = 2;
   Scheduler s(o, &kv);
   // 4 rows x ceil(300 / 4) blocks can never fit 50 blocks.
-  auto status = s.Add(MakeRequest(9, 290, 10, Plan(KvPolicyName::kFull, 0)));
+  absl::Status status = s.Add(MakeRequest(9, 290, 10, Plan(KvPolicyName::kFull, 0)));
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("pool"));
-  // Compressed, the same prompt fits.
+  EXPECT_THAT(status.message(), HasSubstr("pool has 50"));
+  // Huge max_tokens does not overflow.
+  status =
+      s.Add(MakeRequest(9, 5, std::numeric_limits<int32_t>::max(), Plan(KvPolicyName::kFull, 0)));
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(s.Add(MakeRequest(9, 0, 5, Plan(KvPolicyName::kFull, 0))).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.Add(MakeRequest(9, 5, 0, Plan(KvPolicyName::kFull, 0))).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.Add(nullptr).code(), absl::StatusCode::kInvalidArgument);
+  KvPolicy wide;
+  wide.name = KvPolicyName::kSnapKv;
+  wide.budget = 16;
+  status = s.Add(MakeRequest(9, 20, 5, *HeadBudgetPlanner::Plan(wide, kLayers, 2 * kHeads)));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("kv_head"));
+  // Compressed, the long prompt fits: it costs what the plan keeps.
   EXPECT_TRUE(s.Add(MakeRequest(10, 290, 10, Plan(KvPolicyName::kSnapKv, 12))).ok());
+  EXPECT_EQ(s.Add(MakeRequest(10, 5, 2, Plan(KvPolicyName::kFull, 0))).code(),
+            absl::StatusCode::kAlreadyExists);
   EXPECT_TRUE(s.Add(MakeRequest(11, 5, 2, Plan(KvPolicyName::kFull, 0))).ok());
   status = s.Add(MakeRequest(12, 5, 2, Plan(KvPolicyName::kFull, 0)));
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr("queue"));
+  EXPECT_THAT(status.message(), HasSubstr("queue is full"));
   FakeWorker w;
-  auto out = RunAll(s, w);
-  EXPECT_EQ(out[10].size(), 10u);
-  EXPECT_EQ(out[11].size(), 2u);
+  RunResult run = RunAll(s, w, kv);  // What was admitted still finishes.
+  EXPECT_EQ(run.tokens[10].size(), 10u);
+  EXPECT_EQ(run.tokens[11].size(), 2u);
+}
+
+TEST(SchedulerTest, PeakBlocksBoundsTheAdaptiveReservationAndGrowth) {
+  KvCacheManager kv(Config(1000));
+  Scheduler s(SchedulerOptions{}, &kv);
+  HeadBudgetPlan plan = Plan(KvPolicyName::kAdaKv, 16);
+  std::unique_ptr<Request> r = MakeRequest(1, 60, 30, plan);
+  int64_t reserved = 0;
+  for (int32_t l = 0; l < kLayers; ++l) reserved += plan.MaxBlocksPerLayer(l, 60, kBlockSize);
+  // Each layer keeps 2 x 8 + 16 tokens; + 30 per row is at most (32 + 2 x 33) / 4 blocks.
+  EXPECT_EQ(s.PeakBlocks(*r), std::max<int64_t>(reserved, kLayers * ((32 + 2 * 33) / 4)));
+  EXPECT_EQ(s.PeakBlocks(*MakeRequest(2, 60, 30, Plan(KvPolicyName::kFull, 0))), 4 * 23);
 }
 
 TEST(SchedulerTest, EosAndStopTokensFinishEarly) {
+  auto run_one = [](std::unique_ptr<Request> r) {
+    KvCacheManager kv(Config(1000));
+    Scheduler s(SchedulerOptions{}, &kv);
+    FakeWorker w;
+    const RequestId id = r->id;
+    EXPECT_TRUE(s.Add(std::move(r)).ok());
+    RunResult run = RunAll(s, w, kv);
+    return std::make_pair(run.tokens[id], run.finished[id]);
+  };
+  auto [probe, probe_out] = run_one(MakeRequest(1, 6, 30, Plan(KvPolicyName::kFull, 0)));
+  ASSERT_EQ(probe.size(), 30u);
+  EXPECT_EQ(probe_out.reason, FinishReason::kLength);
+  auto stop = MakeRequest(1, 6, 30, Plan(KvPolicyName::kFull, 0));
+  stop->sampling.stop_token_ids = {probe[4]};
+  auto [stopped, stop_out] = run_one(std::move(stop));
+  EXPECT_EQ(stop_out.reason, FinishReason::kStop);
+  EXPECT_EQ(stopped, std::vector<TokenId>(probe.begin(), probe.begin() + 5));
+  auto eos = MakeRequest(1, 6, 30, Plan(KvPolicyName::kFull, 0));
+  eos->eos_ids = {probe[2]};
+  auto [eos_tokens, eos_out] = run_one(std::move(eos));
+  EXPECT_EQ(eos_out.reason, FinishReason::kEos);
+  EXPECT_EQ(eos_tokens.size(), 3u);
+  auto ignored = MakeRequest(1, 6, 30, Plan(KvPolicyName::kFull, 0));
+  ignored->eos_ids = {probe[2]};
+  ignored->sampling.ignore_eos = true;
+  EXPECT_EQ(run_one(std::move(ignored)).first, probe);
+}
+
+TEST(SchedulerTest, AStepWithoutUpdateIsRecomputed) {
   KvCacheManager kv(Config(1000));
   Scheduler s(SchedulerOptions{}, &kv);
   FakeWorker w;
-  auto probe = MakeRequest(1, 6, 30, Plan(KvPolicyName::kFull, 0));
-  ASSERT_TRUE(s.Add(std::move(probe)).ok());
-  auto out = RunAll(s, w);
-  ASSERT_EQ(out[1].size(), 30u);
-  // Make the 5th token a stop token, and the 3rd an EOS for another run.
-  KvCacheManager kv2(Config(1000));
-  Scheduler s2(SchedulerOptions{}, &kv2);
-  FakeWorker w2;
-  auto stop = MakeRequest(1, 6, 30, Plan(KvPolicyName::kFull, 0));
-  stop->sampling.stop_token_ids = {out[1][4]};
-  ASSERT_TRUE(s2.Add(std::move(stop)).ok());
-  auto b = s2.Schedule(absl::Now());
-  std::vector<RequestOutput> last;
-  while (b.has_value()) {
-    last = s2.Update(*b, w2.Execute(*b), absl::Now());
-    b = s2.Schedule(absl::Now());
-  }
-  ASSERT_EQ(last.size(), 1u);
-  EXPECT_EQ(last[0].reason, FinishReason::kStop);
-  EXPECT_EQ(kv2.num_free_blocks(), 1000);
+  ASSERT_TRUE(s.Add(MakeRequest(1, 20, 5, Plan(KvPolicyName::kAdaKv, 12))).ok());
+  ASSERT_TRUE(s.Add(MakeRequest(2, 20, 5, Plan(KvPolicyName::kFull, 0))).ok());
+  std::optional<Batch> lost = s.Schedule(absl::Now());  // The worker fails: no Update().
+  ASSERT_TRUE(lost.has_value());
+  std::optional<Batch> again = s.Schedule(absl::Now());
+  ASSERT_TRUE(again.has_value());
+  ASSERT_EQ(again->seqs.size(), 2u);
+  EXPECT_EQ(again->seqs[0].start_pos, 0);
+  EXPECT_TRUE(again->seqs[0].select);
+  EXPECT_EQ(again->seqs[1].start_pos, 0);
+  s.Update(*again, w.Execute(*again), absl::Now());
+  RunResult run = RunAll(s, w, kv);
+  EXPECT_EQ(run.tokens[1].size(), 4u);  // + 1 from the step above.
 }
 
-TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistent) {
+TEST(SchedulerTest, MalformedResultsFailOnlyTheirRequests) {
+  KvCacheManager kv(Config(1000));
+  Scheduler s(SchedulerOptions{}, &kv);
+  FakeWorker w;
+  for (RequestId id = 1; id <= 3; ++id) {
+    ASSERT_TRUE(s.Add(MakeRequest(id, 8, 5, Plan(KvPolicyName::kFull, 0))).ok());
+  }
+  std::optional<Batch> batch = s.Schedule(absl::Now());
+  BatchResult result = w.Execute(*batch);
+  result.seqs[0].token = -1;  // No token sampled.
+  result.seqs.pop_back();     // No result at all.
+  std::vector<RequestOutput> out = s.Update(*batch, result, absl::Now());
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0].reason, FinishReason::kError);
+  EXPECT_THAT(out[0].error, HasSubstr("no token"));
+  EXPECT_FALSE(out[1].finished);
+  EXPECT_EQ(out[2].reason, FinishReason::kError);
+  RunResult run = RunAll(s, w, kv);
+  EXPECT_EQ(run.finished[2].reason, FinishReason::kLength);
+}
+
+TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
   std::mt19937 rng(11);
-  for (int trial = 0; trial < 20; ++trial) {
-    const int32_t blocks = 60 + rng() % 400;
+  const KvPolicyName policies[] = {KvPolicyName::kFull, KvPolicyName::kSnapKv,
+                                   KvPolicyName::kPyramidKv, KvPolicyName::kAdaKv,
+                                   KvPolicyName::kHeadKv};
+  int64_t preemptions = 0, compared = 0, deadlines = 0, aborts = 0, compressed = 0;
+  for (int trial = 0; trial < 12; ++trial) {
+    SCOPED_TRACE(trial);
+    const int32_t blocks = 60 + rng() % 150;
     KvCacheManager kv(Config(blocks));
     SchedulerOptions o;
     o.max_batch_tokens = 8 + rng() % 64;
-    o.max_seqs = 1 + rng() % 8;
+    o.max_seqs = 1 + rng() % 16;
+    o.max_queue = 4 + rng() % 20;
     Scheduler s(o, &kv);
-    FakeWorker w;
-    const KvPolicyName policies[] = {KvPolicyName::kFull, KvPolicyName::kSnapKv,
-                                     KvPolicyName::kPyramidKv, KvPolicyName::kAdaKv};
+    FakeWorker w(o);
+    std::map<RequestId, std::unique_ptr<Request>> copies;  // To rerun alone.
+    std::set<RequestId> cut_short;                         // Aborted or past their deadline.
+    std::map<RequestId, std::vector<TokenId>> tokens;
+    absl::Time now = absl::FromUnixSeconds(1000);
     RequestId next = 1;
-    for (int step = 0; step < 400; ++step) {
-      if (rng() % 3 == 0) {
-        auto r = MakeRequest(next++, 1 + rng() % 60, 1 + rng() % 20,
-                             Plan(policies[rng() % 4], 9 + rng() % 20), rng() % 3);
-        (void)s.Add(std::move(r));
+    for (int step = 0; step < 300 || s.HasUnfinished(); ++step) {
+      ASSERT_LT(step, 20000);
+      now += absl::Milliseconds(10);
+      if (step < 300 && rng() % 2 == 0) {
+        auto r = MakeRequest(next, 1 + rng() % 60, 1 + rng() % 40,
+                             Plan(policies[rng() % 5], 9 + rng() % 20), rng() % 3);
+        if (rng() % 8 == 0) r->deadline = now + absl::Milliseconds(rng() % 500);
+        auto copy = std::make_unique<Request>(*r);
+        if (s.Add(std::move(r)).ok()) copies[next] = std::move(copy);
+        ++next;
       }
-      if (rng() % 10 == 0) s.Abort(1 + rng() % next, FinishReason::kAborted);
-      auto batch = s.Schedule(absl::Now());
-      if (batch.has_value()) s.Update(*batch, w.Execute(*batch), absl::Now());
-      s.TakeAborted();
-      ASSERT_LE(kv.num_free_blocks(), blocks);
+      if (rng() % 12 == 0) s.Abort(1 + rng() % next, FinishReason::kAborted);
+      std::optional<Batch> batch = s.Schedule(now);
+      if (batch.has_value()) {
+        for (RequestOutput& out : s.Update(*batch, w.Execute(*batch), now)) {
+          tokens[out.id].insert(tokens[out.id].end(), out.new_tokens.begin(), out.new_tokens.end());
+          EXPECT_NE(out.reason, FinishReason::kError) << out.error;
+        }
+      }
+      for (RequestOutput& out : s.TakeAborted()) {
+        cut_short.insert(out.id);
+        (out.reason == FinishReason::kDeadline ? deadlines : aborts)++;
+      }
+      ExpectPoolConsistent(s, kv, next);
+      EXPECT_LE(s.num_running(), o.max_seqs);
     }
-    RunAll(s, w);
-    EXPECT_FALSE(s.HasUnfinished());
-    EXPECT_EQ(kv.num_free_blocks(), blocks) << "trial " << trial;
+    EXPECT_EQ(kv.num_free_blocks(), blocks);
+    preemptions += s.num_preemptions();
+    // Whatever ran to the end produced what it produces alone in a roomy pool.
+    for (auto& [id, copy] : copies) {
+      if (cut_short.contains(id)) continue;
+      KvCacheManager big(Config(4000));
+      Scheduler alone(SchedulerOptions{}, &big);
+      FakeWorker w2;
+      copy->deadline = absl::InfiniteFuture();
+      compressed += copy->compresses();
+      ++compared;
+      ASSERT_TRUE(alone.Add(std::move(copy)).ok());
+      EXPECT_EQ(RunAll(alone, w2, big, id).tokens[id], tokens[id]) << "request " << id;
+    }
   }
+  std::cout << preemptions << " preemptions, " << aborts << " aborts, " << deadlines
+            << " deadlines; " << compared << " outputs compared (" << compressed
+            << " compressed)\n";
+  EXPECT_GT(preemptions, 50);
+  EXPECT_GT(aborts, 20);
+  EXPECT_GT(deadlines, 5);
+  EXPECT_GT(compressed, 100);
 }
 
 }  // namespace

@@ -124,6 +124,37 @@ absl::StatusOr<HeadBudgetPlan> Engine::PlanFor(const std::string& policy, int32_
   return plan;
 }
 
+absl::StatusOr<Engine::KvFootprint> Engine::Footprint(const EngineRequest& r) {
+  const std::string policy = r.kv_policy.empty() ? options_.default_policy : r.kv_policy;
+  const int32_t budget = r.kv_budget > 0 ? r.kv_budget : options_.default_budget;
+  const double beta = r.kv_beta > 0 ? r.kv_beta : options_.default_beta;
+  HKV_ASSIGN_OR_RETURN(HeadBudgetPlan plan, PlanFor(policy, budget, beta));
+  const ModelConfig& m = worker_->config();
+  const int32_t n = static_cast<int32_t>(r.prompt.size());
+  const int32_t bs = options_.kv.block_size;
+  const int64_t rows = static_cast<int64_t>(m.num_layers) * m.num_kv_heads;
+  KvFootprint f;
+  f.prompt_tokens_full = rows * n;
+  auto blocks = [bs](int64_t tokens) { return (tokens + bs - 1) / bs; };
+  if (plan.adaptive && plan.compresses(n)) {
+    for (int32_t l = 0; l < m.num_layers; ++l) {
+      f.prompt_tokens_kept += plan.LayerKeptBound(l, n);
+      f.prompt_blocks += plan.MaxBlocksPerLayer(l, n, bs);
+    }
+    f.peak_blocks = f.prompt_blocks + rows * blocks(r.sampling.max_tokens);
+    return f;
+  }
+  const std::vector<int32_t> kept = plan.KeptTokens(n);
+  for (int32_t k : kept) {
+    f.prompt_tokens_kept += k;
+    f.prompt_blocks += blocks(k);
+    f.peak_blocks += blocks(k + r.sampling.max_tokens);
+  }
+  return f;
+}
+
+std::vector<int64_t> Engine::BlocksPerLayer() const { return metrics_.BlocksPerLayer(); }
+
 absl::Status Engine::ValidateRequest(const EngineRequest& r) const {
   const ModelConfig& m = worker_->config();
   if (r.prompt.empty()) {
@@ -368,6 +399,8 @@ void Engine::PublishGauges() {
   metrics_.requests_waiting = scheduler_->num_waiting();
   metrics_.kv_blocks_used = kv_->num_total_blocks() - kv_->num_free_blocks();
   metrics_.preemptions_total = scheduler_->num_preemptions();
+  // Per-layer usage walks every table: refresh it every 32 steps, not every step.
+  if (steps_++ % 32 == 0) metrics_.SetBlocksPerLayer(kv_->BlocksPerLayer());
   absl::MutexLock lock(&mu_);
   waiting_requests_ = scheduler_->num_waiting();
 }

@@ -82,8 +82,21 @@ class Engine {
   const EngineMetrics& metrics() const { return metrics_; }
   EngineMetrics* mutable_metrics() { return &metrics_; }
   std::string worker_name() const { return worker_->name(); }
-  // Blocks a request with this prompt length and policy keeps after prefill (for clients/tests).
+  // The (cached) budget plan of a policy for this model's layers x KV heads.
   absl::StatusOr<HeadBudgetPlan> PlanFor(const std::string& policy, int32_t budget, double beta);
+
+  // What a request costs in the KV pool before it is admitted: the head-blocks its prompt keeps
+  // after prefill (the plan's exact per-head counts; an upper bound for adaptive plans) and at
+  // its peak (every row grown by max_tokens). Thread-safe.
+  struct KvFootprint {
+    int64_t prompt_tokens_kept = 0;  // Over all (layer, KV head) rows.
+    int64_t prompt_tokens_full = 0;
+    int64_t prompt_blocks = 0;
+    int64_t peak_blocks = 0;
+  };
+  absl::StatusOr<KvFootprint> Footprint(const EngineRequest& request);
+  // Head-blocks in use per layer (refreshed every few engine steps).
+  std::vector<int64_t> BlocksPerLayer() const;
 
  private:
   struct Active;  // Engine-thread state of one live request.
@@ -118,6 +131,7 @@ class Engine {
   absl::flat_hash_map<std::string, RequestId> by_client_id_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, HeadBudgetPlan> plan_cache_ ABSL_GUARDED_BY(mu_);
   int64_t live_requests_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t steps_ = 0;  // Engine thread.
   int64_t waiting_requests_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;

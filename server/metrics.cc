@@ -67,11 +67,30 @@ std::string EngineMetrics::Render() const {
   Counter(&out, "hkv_kv_bytes_full_total", "KV bytes a full cache would have kept",
           kv_bytes_full_total.load());
   Counter(&out, "hkv_engine_steps_total", "Engine steps run", engine_steps_total.load());
+  {
+    absl::MutexLock lock(&mu_);
+    absl::StrAppend(&out, "# HELP hkv_kv_blocks_used_by_layer Head-blocks in use per layer\n",
+                    "# TYPE hkv_kv_blocks_used_by_layer gauge\n");
+    for (size_t l = 0; l < blocks_per_layer_.size(); ++l) {
+      absl::StrAppend(&out, "hkv_kv_blocks_used_by_layer{layer=\"", l, "\"} ",
+                      blocks_per_layer_[l], "\n");
+    }
+  }
   time_to_first_token_s.Render("hkv_time_to_first_token_seconds", &out);
   inter_token_latency_s.Render("hkv_inter_token_latency_seconds", &out);
   e2e_latency_s.Render("hkv_e2e_request_latency_seconds", &out);
   queue_time_s.Render("hkv_request_queue_time_seconds", &out);
   return out;
+}
+
+void EngineMetrics::SetBlocksPerLayer(std::vector<int64_t> blocks) {
+  absl::MutexLock lock(&mu_);
+  blocks_per_layer_ = std::move(blocks);
+}
+
+std::vector<int64_t> EngineMetrics::BlocksPerLayer() const {
+  absl::MutexLock lock(&mu_);
+  return blocks_per_layer_;
 }
 
 MetricsServer::MetricsServer(const EngineMetrics* metrics)

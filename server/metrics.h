@@ -57,6 +57,13 @@ struct EngineMetrics {
 
   // The whole exposition, Prometheus text format 0.0.4.
   std::string Render() const;
+  // Head-blocks in use per layer (hkv_kv_blocks_used_by_layer{layer="l"}).
+  void SetBlocksPerLayer(std::vector<int64_t> blocks);
+  std::vector<int64_t> BlocksPerLayer() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<int64_t> blocks_per_layer_ ABSL_GUARDED_BY(mu_);
 };
 
 // Serves GET /metrics (and /healthz) on a background thread.

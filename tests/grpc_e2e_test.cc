@@ -180,7 +180,7 @@ TEST_F(GrpcE2eTest, DeadlineExceededFreesTheRequest) {
   hkv::v1::GenerateRequest request = GreedyIds({1}, 450);
   request.mutable_sampling()->set_ignore_eos(true);
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(30));
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(2));
   hkv::v1::GenerateResponse response;
   grpc::Status s = stub->Complete(&context, request, &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
@@ -267,6 +267,40 @@ TEST_F(GrpcE2eTest, BadRequestsGetTheRightCodeAndServerKeepsServing) {
   StreamResult ok = RunStream(stub.get(), GreedyIds({1}, 40));
   ASSERT_TRUE(ok.status.ok());
   EXPECT_THAT(ok.ids, ElementsAreArray(kGoldenIds));
+}
+
+TEST_F(GrpcE2eTest, FootprintBeforeAdmissionFollowsThePlan) {
+  EngineRequest request;
+  request.prompt = PromptFor(3);  // 46 tokens.
+  request.sampling.max_tokens = 10;
+  request.kv_policy = "full";
+  auto full = server_->engine().Footprint(request);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->prompt_tokens_kept, 20 * 46);
+  EXPECT_EQ(full->prompt_blocks, 20 * 3);
+  EXPECT_EQ(full->peak_blocks, 20 * 4);
+  request.kv_policy = "snapkv";
+  request.kv_budget = 16;
+  auto snap = server_->engine().Footprint(request);
+  ASSERT_TRUE(snap.ok());
+  EXPECT_EQ(snap->prompt_tokens_kept, 20 * 16);
+  EXPECT_EQ(snap->prompt_blocks, 20);
+  EXPECT_EQ(snap->prompt_tokens_full, 20 * 46);
+  request.kv_policy = "adakv";
+  auto ada = server_->engine().Footprint(request);
+  ASSERT_TRUE(ada.ok());
+  EXPECT_GE(ada->prompt_blocks, snap->prompt_blocks);  // A bound: heads round up separately.
+  request.kv_policy = "nope";
+  EXPECT_EQ(server_->engine().Footprint(request).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Per-layer pool usage is published (and back to zero when idle).
+  ASSERT_TRUE(WaitForIdlePool(server_->engine()));
+  std::vector<int64_t> per_layer;
+  for (int i = 0; i < 100 && per_layer.size() != 5; ++i) {
+    per_layer = server_->engine().BlocksPerLayer();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(per_layer.size(), 5u);
 }
 
 TEST_F(GrpcE2eTest, HealthAndModelInfo) {
