@@ -16,6 +16,7 @@ struct Engine::Active {
   size_t emitted = 0;          // Bytes of `text` already sent to the client.
   std::vector<std::string> stop;
   int32_t prompt_tokens = 0;
+  int32_t prefilled = 0;       // Prompt tokens counted in prompt_tokens_total.
   int32_t generated = 0;
   absl::Time arrival;
   absl::Time last_token;
@@ -441,8 +442,16 @@ void Engine::Loop() {
         metrics_.ready = 0;
         outputs.clear();
       } else {
+        // Prompt tokens prefilled for the first time (recomputes after preemption excluded).
         for (const SequenceStep& s : batch->seqs) {
-          if (s.start_pos == 0 || s.select) metrics_.prompt_tokens_total += s.tokens.size();
+          auto it = active_.find(s.id);
+          if (it == active_.end()) continue;
+          Active& a = *it->second;
+          const int32_t done = std::min<int32_t>(s.start_pos + s.tokens.size(), a.prompt_tokens);
+          if (done > a.prefilled) {
+            metrics_.prompt_tokens_total += done - a.prefilled;
+            a.prefilled = done;
+          }
         }
         std::vector<RequestOutput> stepped = scheduler_->Update(*batch, *result, absl::Now());
         outputs.insert(outputs.end(), stepped.begin(), stepped.end());
