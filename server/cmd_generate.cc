@@ -21,8 +21,12 @@ int RunGenerate(const GenerateOptions& options) {
   }
   Engine& engine = *bundle->engine;
   EngineRequest request;
+  const Tokenizer* tokenizer = bundle->loaded.tokenizer.get();
   if (options.use_prompt_ids) {
     request.prompt = options.prompt_ids;
+  } else if (tokenizer == nullptr) {
+    std::cerr << "hkv generate: this model has no tokenizer: pass --prompt-ids\n";
+    return 1;
   } else {
     request.prompt = bundle->loaded.tokenizer->Encode(options.prompt, /*add_bos=*/true);
   }
@@ -30,8 +34,8 @@ int RunGenerate(const GenerateOptions& options) {
   request.kv_policy = options.kv_policy;
   request.kv_budget = options.kv_budget;
   request.kv_beta = options.beta;
-  if (!options.json) {
-    std::cout << bundle->loaded.tokenizer->Decode(request.prompt) << std::flush;
+  if (!options.json && tokenizer != nullptr) {
+    std::cout << tokenizer->Decode(request.prompt) << std::flush;
   }
   engine.Start();
   const absl::Time start = absl::Now();

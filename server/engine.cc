@@ -317,8 +317,10 @@ void Engine::Deliver(const std::vector<RequestOutput>& outputs) {
       ++a.generated;
       metrics_.generation_tokens_total++;
       chunk.token_ids.push_back(t);
-      a.text += a.decoder.Push(t);
-      if (out.finished && &t == &out.new_tokens.back()) a.text += a.decoder.Flush();
+      if (tokenizer_ != nullptr) {  // A model without a tokenizer streams ids only.
+        a.text += a.decoder.Push(t);
+        if (out.finished && &t == &out.new_tokens.back()) a.text += a.decoder.Flush();
+      }
       // Stop strings: end at the first match; hold back a tail that may still become one.
       size_t end = a.text.size();
       for (const std::string& s : a.stop) {

@@ -60,6 +60,10 @@ absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
     const hkv::v1::GenerateRequest& request, absl::Time deadline) const {
   EngineRequest r;
   r.request_id = request.request_id();
+  if (tokenizer_ == nullptr && request.input_case() != hkv::v1::GenerateRequest::kPromptTokenIds) {
+    return absl::InvalidArgumentError(
+        "this model is served without a tokenizer: send prompt_token_ids");
+  }
   switch (request.input_case()) {
     case hkv::v1::GenerateRequest::kPrompt:
       if (request.prompt().empty()) {

@@ -25,6 +25,8 @@ ABSL_FLAG(std::string, model, "", "llama2.c checkpoint (.bin) or Hugging Face mo
           "(default: the embedded stories260K)");
 ABSL_FLAG(std::string, tokenizer, "", "Tokenizer path (default: beside the model)");
 ABSL_FLAG(std::string, config, "", "serve: YAML or JSON config file (flags override it)");
+ABSL_FLAG(bool, dummy_weights, false,
+          "Random weights for --model's config.json (a Hugging Face model directory)");
 ABSL_FLAG(std::string, device, "cpu", "cpu | cuda");
 ABSL_FLAG(int32_t, num_threads, 0, "CPU worker threads (0 = all cores)");
 ABSL_FLAG(int64_t, kv_pool_blocks, 0, "KV pool size in head-blocks (0: from --kv-pool-gb)");
@@ -101,6 +103,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   if (Specified(#name)) c.name = absl::GetFlag(FLAGS_##name)
   HKV_OVERRIDE(model);
   HKV_OVERRIDE(tokenizer);
+  HKV_OVERRIDE(dummy_weights);
   HKV_OVERRIDE(host);
   HKV_OVERRIDE(port);
   HKV_OVERRIDE(metrics_port);

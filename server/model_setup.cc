@@ -1,7 +1,9 @@
 #include "server/model_setup.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <iostream>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -11,7 +13,12 @@
 #include "headkv/head_scores.h"
 #include "tokenizer/llama2c_tokenizer.h"
 #include "workers/cpu_worker.h"
+#include "workers/dummy_weights.h"
+#include "workers/hf_config.h"
 #include "workers/llama2c_loader.h"
+#ifdef HKV_WITH_CUDA
+#include "workers/cuda_worker.h"
+#endif
 
 namespace hkv {
 namespace {
@@ -29,13 +36,38 @@ std::string Dirname(const std::string& path) {
 }  // namespace
 
 absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
-                                                  const std::string& tokenizer_path) {
+                                                  const std::string& tokenizer_path,
+                                                  bool dummy_weights) {
+  LoadedModel out;
+  if (dummy_weights) {
+    HKV_ASSIGN_OR_RETURN(ModelConfig config, LoadHfConfig(model_path));
+    // Weights are built in host memory as fp32 first: refuse rather than be OOM-killed.
+    const double params =
+        static_cast<double>(config.num_layers) *
+            (2.0 * config.dim * (config.q_size() + config.kv_size()) +
+             3.0 * config.dim * config.hidden_dim) +
+        (config.tie_embeddings ? 1.0 : 2.0) * config.vocab_size * config.dim;
+    const double available = static_cast<double>(sysconf(_SC_AVPHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+    if (params * 4 > 0.9 * available) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "random weights for %s need %.1f GiB of host memory (fp32) but %.1f GiB is free",
+          config.name, params * 4 / 1073741824.0, available / 1073741824.0));
+    }
+    HKV_ASSIGN_OR_RETURN(Model model, MakeDummyModel(config, /*seed=*/0));
+    out.model = std::make_shared<Model>(std::move(model));
+    if (!tokenizer_path.empty()) {
+      HKV_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok,
+                           LoadLlama2cTokenizer(tokenizer_path, out.model->config.vocab_size));
+      out.tokenizer = std::move(tok);
+    }
+    return out;
+  }
   if (IsDirectory(model_path)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "'", model_path, "' is a directory: this build loads llama2.c checkpoints (.bin files); "
-        "Hugging Face model directories are tracked in issue 5"));
+        "'", model_path, "' is a directory: this build loads llama2.c checkpoints (.bin files), "
+        "or random weights for a directory's config.json with --dummy-weights; safetensors "
+        "checkpoints are tracked in issue 5"));
   }
-  LoadedModel out;
   HKV_ASSIGN_OR_RETURN(Model model, LoadLlama2cCheckpoint(model_path));
   auto shared = std::make_shared<Model>(std::move(model));
   const std::string path =
@@ -92,8 +124,18 @@ absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
     return std::unique_ptr<Worker>(std::make_unique<CpuWorker>(
         std::move(model), static_cast<int32_t>(num_blocks), config.block_size, threads));
   }
-  return absl::UnimplementedError(
-      "--device cuda: the CUDA worker is not part of this build yet; use --device cpu");
+#ifdef HKV_WITH_CUDA
+  CudaWorkerOptions options;
+  options.block_size = config.block_size;
+  options.num_blocks = config.kv_pool_blocks;
+  options.gpu_memory_utilization = config.gpu_memory_utilization;
+  HKV_ASSIGN_OR_RETURN(std::unique_ptr<CudaWorker> worker,
+                       CudaWorker::Create(std::move(model), options));
+  std::cerr << worker->sizing() << "\n";
+  return std::unique_ptr<Worker>(std::move(worker));
+#else
+  return absl::UnavailableError("--device cuda: this hkv was built without CUDA (HKV_CUDA=OFF)");
+#endif
 }
 
 absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& config) {
@@ -103,11 +145,21 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& config) {
         "--tensor-parallel-size > 1 needs the CUDA worker, which this build lacks");
   }
   EngineBundle bundle;
-  HKV_ASSIGN_OR_RETURN(bundle.loaded, LoadModelAndTokenizer(config.model, config.tokenizer));
+  HKV_ASSIGN_OR_RETURN(bundle.loaded, LoadModelAndTokenizer(config.model, config.tokenizer,
+                                                            config.dummy_weights));
   const ModelConfig& m = bundle.loaded.model->config;
-  HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeKvPool(config, m, /*kv_dtype_bytes=*/4));
-  HKV_ASSIGN_OR_RETURN(std::unique_ptr<Worker> worker,
-                       MakeWorker(config, bundle.loaded.model, bundle.sizing.num_blocks));
+  std::unique_ptr<Worker> worker;
+  if (config.device == "cpu") {
+    HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeKvPool(config, m, /*kv_dtype_bytes=*/4));
+    HKV_ASSIGN_OR_RETURN(worker, MakeWorker(config, bundle.loaded.model, bundle.sizing.num_blocks));
+  } else {
+    HKV_ASSIGN_OR_RETURN(worker, MakeWorker(config, bundle.loaded.model, 0));
+#ifdef HKV_WITH_CUDA
+    ServerConfig sized = config;
+    sized.kv_pool_blocks = static_cast<CudaWorker*>(worker.get())->num_blocks();
+    HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeKvPool(sized, m, /*kv_dtype_bytes=*/2));
+#endif
+  }
   EngineOptions options;
   options.scheduler.max_batch_tokens = config.max_batch_tokens;
   options.scheduler.max_seqs = config.max_seqs;

@@ -21,10 +21,13 @@ struct LoadedModel {
   std::shared_ptr<const ChatTemplate> chat;  // Null when the model has no supported format.
 };
 
-// Loads a llama2.c checkpoint (file) or a Hugging Face directory, and the tokenizer: `tokenizer`
-// when set, else tokenizer.json in the directory or tok512.bin beside a .bin checkpoint.
+// Loads a llama2.c checkpoint (file) and its tokenizer (`tokenizer`, else tok512.bin beside
+// it), or, with `dummy_weights`, builds random weights for the config.json at `model_path` (a
+// Hugging Face model directory or the file itself); such a model has no tokenizer unless
+// `tokenizer` names a llama2.c one.
 absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
-                                                  const std::string& tokenizer_path);
+                                                  const std::string& tokenizer_path,
+                                                  bool dummy_weights = false);
 
 // KV pool arithmetic for one device, printed at start.
 struct KvPoolSizing {
@@ -36,7 +39,8 @@ struct KvPoolSizing {
 absl::StatusOr<KvPoolSizing> SizeKvPool(const ServerConfig& config, const ModelConfig& model,
                                         int32_t kv_dtype_bytes);
 
-// Builds the worker for config.device (cpu now; cuda when built with it).
+// Builds the worker for config.device: the CPU reference, or the CUDA worker (which sizes its
+// own KV pool from free GPU memory unless kv_pool_blocks is set).
 absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
                                                    std::shared_ptr<const Model> model,
                                                    int64_t num_blocks);

@@ -29,6 +29,7 @@ const std::map<std::string, Setter>& Fields() {
   static const auto* fields = new std::map<std::string, Setter>{
       {"model", Field(&ServerConfig::model)},
       {"tokenizer", Field(&ServerConfig::tokenizer)},
+      {"dummy_weights", Field(&ServerConfig::dummy_weights)},
       {"host", Field(&ServerConfig::host)},
       {"port", Field(&ServerConfig::port)},
       {"metrics_port", Field(&ServerConfig::metrics_port)},
@@ -114,6 +115,7 @@ std::string ServerConfigToJson(const ServerConfig& c) {
   nlohmann::ordered_json j;
   j["model"] = c.model;
   j["tokenizer"] = c.tokenizer;
+  j["dummy_weights"] = c.dummy_weights;
   j["host"] = c.host;
   j["port"] = c.port;
   j["metrics_port"] = c.metrics_port;

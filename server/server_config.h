@@ -16,6 +16,7 @@ inline constexpr char kReadinessService[] = "hkv.v1.Generation";
 struct ServerConfig {
   std::string model;      // llama2.c .bin file or Hugging Face model directory.
   std::string tokenizer;  // Optional; defaults beside the model.
+  bool dummy_weights = false;  // Random weights for `model`'s config.json (benchmarks).
   std::string host = "0.0.0.0";
   int32_t port = 50051;          // gRPC.
   int32_t metrics_port = 9090;   // HTTP /metrics; 0 disables it.

@@ -9,12 +9,15 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "workers/llama2c_loader.h"
+#include "workers/test_batch_builder.h"
 
 namespace hkv {
 namespace {
 
-constexpr int32_t kBlockSize = 16;
-constexpr int32_t kBlocksPerRow = 8;  // 128 tokens per (sequence, layer, head).
+using testing::BatchBuilder;
+using testing::kBlockSize;
+using testing::kBlocksPerRow;
+using testing::TestSeq;
 const std::vector<TokenId> kGolden = {403, 407, 261, 378, 432, 383, 286, 261, 376, 298,
                                       315, 421, 395, 317, 426, 338, 401, 396, 267, 337,
                                       410, 408, 419, 292, 411, 322, 265, 282, 295, 433,
@@ -28,73 +31,6 @@ std::shared_ptr<const Model> Stories() {
   }();
   return model;
 }
-
-// A sequence with its own fixed blocks: slot `slot` (0..) owns rows' blocks
-// [(slot * rows + r) * kBlocksPerRow, ...).
-struct TestSeq {
-  int32_t slot = 0;
-  std::vector<int32_t> row_len;  // Tokens cached per row.
-  int32_t position = 0;          // Tokens of the sequence computed so far.
-};
-
-class BatchBuilder {
- public:
-  explicit BatchBuilder(const ModelConfig& c) {
-    batch_.num_layers = c.num_layers;
-    batch_.num_kv_heads = c.num_kv_heads;
-    batch_.block_size = kBlockSize;
-    batch_.kv_indptr = {0};
-  }
-  // Adds a plain step of `tokens` for `seq`, growing every row.
-  void AddPlain(TestSeq* seq, std::vector<TokenId> tokens, bool sample, int32_t sample_step) {
-    SequenceStep s;
-    s.id = seq->slot;
-    s.start_pos = seq->position;
-    s.tokens = std::move(tokens);
-    seq->position += s.tokens.size();
-    s.sample = sample;
-    s.sample_step = sample_step;
-    const int32_t rows = batch_.num_layers * batch_.num_kv_heads;
-    if (seq->row_len.empty()) seq->row_len.assign(rows, 0);
-    std::vector<int32_t> after(rows);
-    for (int32_t r = 0; r < rows; ++r) after[r] = seq->row_len[r] + s.tokens.size();
-    AddRows(seq, after);
-    batch_.seqs.push_back(std::move(s));
-  }
-  // Adds a compressed prefill with static capacities.
-  void AddSelect(TestSeq* seq, std::vector<TokenId> tokens, std::vector<int32_t> capacity) {
-    SequenceStep s;
-    s.id = seq->slot;
-    s.tokens = std::move(tokens);
-    s.sample = true;
-    s.select = true;
-    s.selection.capacity = capacity;
-    seq->position = s.tokens.size();
-    const int32_t n = s.tokens.size(), w = s.selection.window;
-    const int32_t rows = batch_.num_layers * batch_.num_kv_heads;
-    seq->row_len.assign(rows, 0);
-    std::vector<int32_t> after(rows);
-    for (int32_t r = 0; r < rows; ++r) after[r] = std::min(capacity[r], n - w) + w;
-    AddRows(seq, after);
-    batch_.seqs.push_back(std::move(s));
-  }
-  Batch Take() { return std::move(batch_); }
-
- private:
-  void AddRows(TestSeq* seq, const std::vector<int32_t>& after) {
-    const int32_t rows = after.size();
-    for (int32_t r = 0; r < rows; ++r) {
-      const int32_t first = (seq->slot * rows + r) * kBlocksPerRow;
-      const int32_t blocks = (after[r] + kBlockSize - 1) / kBlockSize;
-      for (int32_t b = 0; b < blocks; ++b) batch_.kv_indices.push_back(first + b);
-      batch_.kv_indptr.push_back(batch_.kv_indices.size());
-      batch_.kv_len_before.push_back(seq->row_len[r]);
-      batch_.kv_len_after.push_back(after[r]);
-      seq->row_len[r] = after[r];
-    }
-  }
-  Batch batch_;
-};
 
 std::unique_ptr<CpuWorker> MakeWorker() {
   const ModelConfig& c = Stories()->config;
