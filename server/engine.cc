@@ -34,8 +34,9 @@ StreamFinish ToStreamFinish(FinishReason reason) {
     case FinishReason::kEos:
       return StreamFinish::kEos;
     case FinishReason::kAborted:
-    case FinishReason::kDeadline:
       return StreamFinish::kAborted;
+    case FinishReason::kDeadline:
+      return StreamFinish::kDeadline;
     case FinishReason::kError:
       return StreamFinish::kError;
     case FinishReason::kNone:

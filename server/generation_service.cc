@@ -15,6 +15,7 @@ hkv::v1::FinishReason ToProto(StreamFinish finish) {
     case StreamFinish::kEos:
       return hkv::v1::FINISH_REASON_EOS;
     case StreamFinish::kAborted:
+    case StreamFinish::kDeadline:
       return hkv::v1::FINISH_REASON_ABORTED;
     case StreamFinish::kError:
       return hkv::v1::FINISH_REASON_ERROR;
@@ -149,6 +150,10 @@ grpc::Status GenerationService::Run(
     }
     if (chunk->finish == StreamFinish::kError && !chunk->status.ok() && !sent_any) {
       return ToGrpcStatus(chunk->status);
+    }
+    if (chunk->finish == StreamFinish::kDeadline) {
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          "the request's deadline passed before it finished");
     }
     hkv::v1::GenerateResponse response;
     response.set_request_id(stream->request_id());

@@ -16,7 +16,7 @@
 
 namespace hkv {
 
-enum class StreamFinish { kNone, kLength, kStop, kEos, kAborted, kError };
+enum class StreamFinish { kNone, kLength, kStop, kEos, kAborted, kDeadline, kError };
 
 struct StreamUsage {
   int32_t prompt_tokens = 0;
