@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "headkv/head_scores.h"
+#include "tokenizer/hf_tokenizer.h"
 #include "tokenizer/llama2c_tokenizer.h"
 #include "workers/cpu_worker.h"
 #include "workers/dummy_weights.h"
@@ -59,6 +60,16 @@ absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
       HKV_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok,
                            LoadLlama2cTokenizer(tokenizer_path, out.model->config.vocab_size));
       out.tokenizer = std::move(tok);
+    } else if (IsDirectory(model_path)) {
+      // A Hugging Face directory may carry its tokenizer.json (and chat template).
+      auto tok = LoadHfTokenizer(model_path);
+      if (tok.ok()) {
+        out.tokenizer = std::move(*tok);
+        auto chat = LoadChatTemplate(model_path);
+        if (chat.ok()) out.chat = std::move(*chat);
+      } else if (tok.status().code() != absl::StatusCode::kNotFound) {
+        return tok.status();
+      }
     }
     return out;
   }

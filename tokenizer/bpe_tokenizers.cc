@@ -52,6 +52,31 @@ std::vector<std::string> Utf8Chars(std::string_view s) {
   return out;
 }
 
+// Calls encode(segment) for text between added tokens and emits added tokens' ids directly.
+template <typename EncodeFn>
+void SplitOnAdded(std::string_view text, const std::vector<std::pair<std::string, TokenId>>& added,
+                  std::vector<TokenId>* out, EncodeFn encode) {
+  size_t start = 0;
+  for (size_t i = 0; i < text.size();) {
+    const std::pair<std::string, TokenId>* hit = nullptr;
+    for (const auto& a : added) {  // Longest first (sorted by the factory).
+      if (!a.first.empty() && text.compare(i, a.first.size(), a.first) == 0) {
+        hit = &a;
+        break;
+      }
+    }
+    if (hit == nullptr) {
+      ++i;
+      continue;
+    }
+    if (i > start) encode(text.substr(start, i - start), out);
+    out->push_back(hit->second);
+    i += hit->first.size();
+    start = i;
+  }
+  if (start < text.size()) encode(text.substr(start), out);
+}
+
 std::unordered_map<std::string, TokenId> Index(const std::vector<std::string>& tokens) {
   std::unordered_map<std::string, TokenId> ids;
   ids.reserve(tokens.size() * 2);
@@ -78,6 +103,15 @@ class ByteLevelBpe : public Tokenizer {
   std::vector<TokenId> Encode(std::string_view text, bool add_bos) const override {
     std::vector<TokenId> out;
     if (add_bos && v_.bos_id >= 0) out.push_back(v_.bos_id);
+    SplitOnAdded(text, v_.added, &out, [this](std::string_view t, std::vector<TokenId>* o) {
+      EncodeText(t, o);
+    });
+    return out;
+  }
+
+ private:
+  void EncodeText(std::string_view text, std::vector<TokenId>* out_ptr) const {
+    std::vector<TokenId>& out = *out_ptr;
     pcre2_match_data* md = pcre2_match_data_create_from_pattern(regex_, nullptr);
     size_t at = 0;
     while (at < text.size()) {
@@ -95,9 +129,9 @@ class ByteLevelBpe : public Tokenizer {
       at = end;
     }
     pcre2_match_data_free(md);
-    return out;
   }
 
+ public:
   std::string TokenBytes(TokenId prev, TokenId id) const override {
     if (id < 0 || id >= static_cast<TokenId>(v_.tokens.size())) return "";
     if (!v_.token_types.empty() && v_.token_types[id] == kControlType) return "";
@@ -166,6 +200,7 @@ class SentencePieceBpe : public Tokenizer {
  public:
   explicit SentencePieceBpe(BpeVocab vocab) : v_(std::move(vocab)) {
     ids_ = Index(v_.tokens);
+    for (size_t i = 0; i < v_.merges.size(); ++i) ranks_.emplace(v_.merges[i], static_cast<int>(i));
     for (int b = 0; b < 256; ++b) {
       char name[8];
       std::snprintf(name, sizeof(name), "<0x%02X>", b);
@@ -177,17 +212,38 @@ class SentencePieceBpe : public Tokenizer {
   std::vector<TokenId> Encode(std::string_view text, bool add_bos) const override {
     std::vector<TokenId> out;
     if (add_bos && v_.bos_id >= 0) out.push_back(v_.bos_id);
-    if (text.empty()) return out;
-    std::string s = v_.add_space_prefix ? std::string(kSpace) : "";
+    bool first = true;
+    SplitOnAdded(text, v_.added, &out, [&](std::string_view t, std::vector<TokenId>* o) {
+      EncodeText(t, first && out.size() <= (add_bos && v_.bos_id >= 0 ? 1u : 0u), o);
+      first = false;
+    });
+    return out;
+  }
+
+ private:
+  // `at_start`: the text begins the input, so it gets the dummy space prefix.
+  void EncodeText(std::string_view text, bool at_start, std::vector<TokenId>* out_ptr) const {
+    std::vector<TokenId>& out = *out_ptr;
+    if (text.empty()) return;
+    std::string s = v_.add_space_prefix && at_start ? std::string(kSpace) : "";
     for (char c : text) {
       if (c == ' ') s += kSpace;
       else s.push_back(c);
     }
     std::vector<std::string> sym = Utf8Chars(s);
     while (sym.size() > 1) {
+      // Hugging Face vocabularies rank merge rules; llama.cpp / SentencePiece ones score pieces.
       float best = -INFINITY;
       size_t best_at = SIZE_MAX;
       for (size_t i = 0; i + 1 < sym.size(); ++i) {
+        if (!ranks_.empty()) {
+          auto r = ranks_.find(sym[i] + " " + sym[i + 1]);
+          if (r != ranks_.end() && -static_cast<float>(r->second) > best) {
+            best = -static_cast<float>(r->second);
+            best_at = i;
+          }
+          continue;
+        }
         auto it = ids_.find(sym[i] + sym[i + 1]);
         if (it != ids_.end() && v_.scores[it->second] > best) {
           best = v_.scores[it->second];
@@ -208,9 +264,9 @@ class SentencePieceBpe : public Tokenizer {
         if (byte_ids_[b] >= 0) out.push_back(byte_ids_[b]);
       }
     }
-    return out;
   }
 
+ public:
   std::string TokenBytes(TokenId prev, TokenId id) const override {
     if (id < 0 || id >= static_cast<TokenId>(v_.tokens.size())) return "";
     if (!v_.token_types.empty() && v_.token_types[id] == kControlType) return "";
@@ -240,6 +296,7 @@ class SentencePieceBpe : public Tokenizer {
  private:
   BpeVocab v_;
   std::unordered_map<std::string, TokenId> ids_;
+  std::unordered_map<std::string, int> ranks_;  // "left right" -> rank (Hugging Face merges).
   TokenId byte_ids_[256];
 };
 
@@ -276,8 +333,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> MakeByteLevelBpeTokenizer(BpeVocab vo
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> MakeSentencePieceBpeTokenizer(BpeVocab vocab) {
-  if (vocab.scores.size() != vocab.tokens.size()) {
-    return absl::InvalidArgumentError("a SentencePiece vocabulary needs one score per token");
+  if (vocab.merges.empty() && vocab.scores.size() != vocab.tokens.size()) {
+    return absl::InvalidArgumentError(
+        "a SentencePiece vocabulary needs merge rules or one score per token");
   }
   return std::unique_ptr<Tokenizer>(std::make_unique<SentencePieceBpe>(std::move(vocab)));
 }

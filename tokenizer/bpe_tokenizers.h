@@ -34,6 +34,9 @@ struct BpeVocab {
   bool add_space_prefix = true;      // SentencePiece.
   TokenId bos_id = -1;
   std::vector<TokenId> eos_ids;
+  // Added tokens matched verbatim in the text before BPE (Hugging Face's added_tokens, e.g.
+  // "<|eot_id|>" in a chat prompt), longest first. Empty: special text is not parsed.
+  std::vector<std::pair<std::string, TokenId>> added;
 };
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> MakeByteLevelBpeTokenizer(BpeVocab vocab);
