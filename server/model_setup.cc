@@ -16,6 +16,7 @@
 #include "workers/cpu_worker.h"
 #include "workers/dummy_weights.h"
 #include "workers/hf_config.h"
+#include "workers/hf_loader.h"
 #include "workers/llama2c_loader.h"
 #ifdef HKV_WITH_CUDA
 #include "workers/cuda_worker.h"
@@ -74,10 +75,18 @@ absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
     return out;
   }
   if (IsDirectory(model_path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "'", model_path, "' is a directory: this build loads llama2.c checkpoints (.bin files), "
-        "or random weights for a directory's config.json with --dummy-weights; safetensors "
-        "checkpoints are tracked in issue 5"));
+    HKV_ASSIGN_OR_RETURN(Model model, LoadHfModel(model_path));
+    out.model = std::make_shared<Model>(std::move(model));
+    const std::string dir = tokenizer_path.empty() ? model_path : tokenizer_path;
+    auto tok = LoadHfTokenizer(dir);
+    if (tok.ok()) {
+      out.tokenizer = std::move(*tok);
+      auto chat = LoadChatTemplate(dir);
+      if (chat.ok()) out.chat = std::move(*chat);
+    } else if (tok.status().code() != absl::StatusCode::kNotFound) {
+      return tok.status();
+    }
+    return out;
   }
   HKV_ASSIGN_OR_RETURN(Model model, LoadLlama2cCheckpoint(model_path));
   auto shared = std::make_shared<Model>(std::move(model));

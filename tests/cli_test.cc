@@ -57,6 +57,29 @@ TEST(CliTest, GenerateWithPromptIdsAndCompression) {
   EXPECT_EQ(j["kv_tokens_full"].get<int64_t>(), 20 * (100 + 7));
 }
 
+TEST(CliTest, GenerateFromAHuggingFaceDirectoryWithCompression) {
+  int status = 0;
+  std::string ids = "1";
+  for (int i = 0; i < 59; ++i) ids += "," + std::to_string(3 + (i * 37) % 250);
+  for (const char* policy : {"full", "snapkv", "pyramidkv", "adakv"}) {
+    const std::string out =
+        RunHkv("generate --model " + SourceDir() + "/tests/data/hf/llama --prompt-ids " + ids +
+                   " --max-tokens 6 --ignore-eos --kv-policy " + policy + " --kv-budget 16 --json",
+               &status);
+    ASSERT_EQ(status, 0) << policy << ": " << out;
+    nlohmann::json j = nlohmann::json::parse(out);
+    EXPECT_EQ(j["output_ids"].size(), 6u) << policy;
+    // 2 layers x 2 KV heads.
+    EXPECT_EQ(j["kv_tokens_full"].get<int64_t>(), 4 * (60 + 5));
+    if (std::string(policy) != "full") {
+      EXPECT_LT(j["kv_tokens_kept"].get<int64_t>(), j["kv_tokens_full"].get<int64_t>()) << policy;
+    }
+  }
+  // Without a tokenizer.json, text prompts are refused with a clear message.
+  RunHkv("generate --model " + SourceDir() + "/tests/data/hf/qwen2 --prompt hello", &status);
+  EXPECT_NE(status, 0);
+}
+
 TEST(CliTest, GenerateRejectsBadInput) {
   int status = 0;
   RunHkv("generate --prompt-ids 1,x", &status);

@@ -69,24 +69,35 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const std::string& text, const std::st
   HKV_ASSIGN_OR_RETURN(c.max_seq_len, Int(j, "max_position_embeddings", src));
   HKV_ASSIGN_OR_RETURN(c.norm_eps, Float(j, "rms_norm_eps", src, 1e-6f));
   HKV_ASSIGN_OR_RETURN(c.rope_theta, Float(j, "rope_theta", src, 10000.0f));
+  // transformers >= 5 writes rope settings as "rope_parameters" (theta and scaling together).
+  const json* rope = nullptr;
+  if (auto rp = j.find("rope_parameters"); rp != j.end() && rp->is_object()) {
+    rope = &*rp;
+    HKV_ASSIGN_OR_RETURN(c.rope_theta, Float(*rp, "rope_theta", src, c.rope_theta));
+  } else if (auto rs = j.find("rope_scaling"); rs != j.end() && rs->is_object()) {
+    rope = &*rs;
+  }
   c.rope_style = RopeStyle::kHalf;
   c.tie_embeddings = j.value("tie_word_embeddings", false);
   c.qkv_bias = c.architecture == "Qwen2ForCausalLM";
   if (auto sw = j.find("sliding_window"); sw != j.end() && sw->is_number_integer()) {
     c.sliding_window = sw->get<int32_t>();
   }
-  if (auto rs = j.find("rope_scaling"); rs != j.end() && rs->is_object()) {
-    c.rope_scaling.type = rs->value("rope_type", rs->value("type", std::string()));
-    if (c.rope_scaling.type != "llama3") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          src, ": rope_scaling type '", c.rope_scaling.type, "' is not supported (llama3)"));
+  if (rope != nullptr) {
+    const json& rs = *rope;
+    std::string type = rs.value("rope_type", rs.value("type", std::string()));
+    if (type == "default") type.clear();
+    c.rope_scaling.type = type;
+    if (!type.empty() && type != "llama3") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(src, ": rope scaling type '", type, "' is not supported (llama3)"));
     }
-    HKV_ASSIGN_OR_RETURN(c.rope_scaling.factor, Float(*rs, "factor", src, 1.0f));
-    HKV_ASSIGN_OR_RETURN(c.rope_scaling.low_freq_factor, Float(*rs, "low_freq_factor", src, 1.0f));
+    HKV_ASSIGN_OR_RETURN(c.rope_scaling.factor, Float(rs, "factor", src, 1.0f));
+    HKV_ASSIGN_OR_RETURN(c.rope_scaling.low_freq_factor, Float(rs, "low_freq_factor", src, 1.0f));
     HKV_ASSIGN_OR_RETURN(c.rope_scaling.high_freq_factor,
-                         Float(*rs, "high_freq_factor", src, 4.0f));
+                         Float(rs, "high_freq_factor", src, 4.0f));
     HKV_ASSIGN_OR_RETURN(c.rope_scaling.original_max_position_embeddings,
-                         Int(*rs, "original_max_position_embeddings", src, 8192));
+                         Int(rs, "original_max_position_embeddings", src, 8192));
   }
   const size_t slash = src.rfind('/', src.size() > 12 ? src.size() - 13 : 0);
   c.name = src;
