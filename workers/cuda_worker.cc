@@ -448,30 +448,9 @@ absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& b) {
       HKV_CUDA_RETURN_IF_ERROR(k::RunDecodeAttention(plan, after, kDType, qkv, qkv_w, attn,
                                                      c.q_size(), scale, stream));
     }
-    if (num_prefill > 0) {
-      k::PagedKvView prefix = before;
-      prefix.row_offset = static_cast<int32_t>(num_decode * rows_per_seq + l * H);
-      k::PrefillAttentionArgs a;
-      a.dtype = kDType;
-      const size_t first = token_start[num_decode];
-      a.q = qkv + first * qkv_w;
-      a.k = qkv + first * qkv_w + c.q_size();
-      a.v = qkv + first * qkv_w + c.q_size() + c.kv_size();
-      a.out = attn + first * c.q_size();
-      a.q_stride = a.kv_stride = qkv_w;
-      a.out_stride = c.q_size();
-      a.cu_seqlens = s.cu_prefill.get<int32_t>();
-      a.num_seqs = num_prefill;
-      a.max_q_len = max_prefill;
-      a.num_q_heads = Hq;
-      a.num_kv_heads = H;
-      a.head_dim = d;
-      a.scale = scale;
-      a.prefix = &prefix;
-      HKV_CUDA_RETURN_IF_ERROR(k::RunPrefillAttention(a, stream));
-    }
-    if (num_select > 0) {
-      const int32_t k0 = num_decode + num_prefill;
+    // Causal attention of a group of sequences' chunks, starting at internal sequence k0.
+    auto run_prefill = [&](int32_t k0, int32_t count, const DeviceBuffer& cu, int32_t max_len,
+                           const k::PagedKvView* prefix) {
       const size_t first = token_start[k0];
       k::PrefillAttentionArgs a;
       a.dtype = kDType;
@@ -481,14 +460,25 @@ absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& b) {
       a.out = attn + first * c.q_size();
       a.q_stride = a.kv_stride = qkv_w;
       a.out_stride = c.q_size();
-      a.cu_seqlens = s.cu_select.get<int32_t>();
-      a.num_seqs = num_select;
-      a.max_q_len = max_select;
+      a.cu_seqlens = cu.get<int32_t>();
+      a.num_seqs = count;
+      a.max_q_len = max_len;
       a.num_q_heads = Hq;
       a.num_kv_heads = H;
       a.head_dim = d;
       a.scale = scale;
-      HKV_CUDA_RETURN_IF_ERROR(k::RunPrefillAttention(a, stream));
+      a.prefix = prefix;
+      return k::RunPrefillAttention(a, stream);
+    };
+    if (num_prefill > 0) {
+      k::PagedKvView prefix = before;
+      prefix.row_offset = static_cast<int32_t>(num_decode * rows_per_seq + l * H);
+      HKV_CUDA_RETURN_IF_ERROR(
+          run_prefill(num_decode, num_prefill, s.cu_prefill, max_prefill, &prefix));
+    }
+    if (num_select > 0) {
+      const int32_t k0 = num_decode + num_prefill;
+      HKV_CUDA_RETURN_IF_ERROR(run_prefill(k0, num_select, s.cu_select, max_select, nullptr));
       for (int32_t j = 0; j < num_select; ++j) {
         const SequenceStep& st = b.seqs[order[k0 + j]];
         const int32_t n = static_cast<int32_t>(st.tokens.size()), win = st.selection.window;
