@@ -6,6 +6,7 @@
 //   kernel_bench decode_lens <file>             one row length per line, rows (seq, kv_head)
 //   kernel_bench prefill <tokens>               causal prefill, one sequence
 //   kernel_bench select  <tokens> <cap>         fused selection, every head keeps cap + 8
+//   kernel_bench linear  <m> <n> <k>            skinny linear layer: hkv Gemv vs cuBLAS
 //
 // Timing: CUDA events around each call, median of the repetitions, after warm-up. Small
 // caches are replicated and rotated so the timed reads come from HBM, not L2.
@@ -24,6 +25,8 @@
 #include <vector>
 
 #include "kernels/decode_attention.h"
+#include "kernels/gemm.h"
+#include "kernels/gemv.h"
 #include "kernels/kv_select.h"
 #include "kernels/prefill_attention.h"
 
@@ -225,6 +228,38 @@ int Select(int32_t n, int32_t cap) {
 }  // namespace
 }  // namespace hkv::kernels
 
+namespace hkv::kernels {
+// Skinny linear layer c[m, n] = a[m, k] w[n, k]^T: hkv's Gemv and cuBLAS on the same data.
+// Weights are rotated over copies totalling >= 1 GB so each call reads them from HBM.
+int Linear(int32_t m, int32_t n, int32_t k) {
+  const size_t wn = static_cast<size_t>(n) * k;
+  const int copies = static_cast<int>(std::max<size_t>(1, (1ULL << 30) / (wn * 2) + 1));
+  std::vector<void*> ws;
+  for (int i = 0; i < copies; ++i) ws.push_back(RandomDevice(wn, 7 + i));
+  void* a = RandomDevice(static_cast<size_t>(m) * k, 3);
+  void* c = nullptr;
+  CHECK_CUDA(cudaMalloc(&c, static_cast<size_t>(m) * n * 2));
+  cublasHandle_t h;
+  if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return 1;
+  const double hkv_ms = MedianMs(5, 30, [&](int i) {
+    CHECK_CUDA(Gemv(DType::kBf16, a, k, ws[i % copies], k, c, n, false, m, n, k, nullptr));
+  });
+  const double cublas_ms = MedianMs(5, 30, [&](int i) {
+    if (GemmRowMajor(h, DType::kBf16, a, k, ws[i % copies], k, c, n, false, m, n, k) !=
+        CUBLAS_STATUS_SUCCESS) {
+      std::exit(1);
+    }
+  });
+  const double bytes = 2.0 * (wn + static_cast<double>(m) * (k + n));
+  std::printf(
+      "{\"kind\": \"linear\", \"m\": %d, \"n\": %d, \"k\": %d, \"hkv_ms\": %.4f, "
+      "\"cublas_ms\": %.4f, \"hkv_tbps\": %.3f, \"cublas_tbps\": %.3f}\n",
+      m, n, k, hkv_ms, cublas_ms, bytes / hkv_ms / 1e9, bytes / cublas_ms / 1e9);
+  cublasDestroy(h);
+  return 0;
+}
+}  // namespace hkv::kernels
+
 int main(int argc, char** argv) {
   using namespace hkv::kernels;
   const std::string mode = argc > 1 ? argv[1] : "";
@@ -242,6 +277,9 @@ int main(int argc, char** argv) {
       return 2;
     }
     return Decode(lens, "decode_lens");
+  }
+  if (mode == "linear" && argc == 5) {
+    return hkv::kernels::Linear(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]));
   }
   if (mode == "prefill" && argc == 3) return Prefill(std::atoi(argv[2]));
   if (mode == "select" && argc == 4) return Select(std::atoi(argv[2]), std::atoi(argv[3]));

@@ -248,10 +248,18 @@ KvCsr KvCacheManager::ExportCsr(absl::Span<const RequestId> seqs) const {
   csr.last_len.reserve(rows);
   csr.num_tokens.reserve(rows);
   csr.indptr.push_back(0);
+  std::vector<const SequenceKv*> found;
+  found.reserve(seqs.size());
+  size_t total = 0;  // Sized first: at batch 256 the list has millions of entries.
   for (RequestId seq : seqs) {
     auto it = seqs_.find(seq);
     HKV_CHECK(it != seqs_.end()) << "ExportCsr of unknown sequence " << seq;
-    for (const BlockTable& t : it->second.rows) {
+    found.push_back(&it->second);
+    for (const BlockTable& t : it->second.rows) total += t.blocks.size();
+  }
+  csr.indices.reserve(total);
+  for (const SequenceKv* kv : found) {
+    for (const BlockTable& t : kv->rows) {
       csr.indices.insert(csr.indices.end(), t.blocks.begin(), t.blocks.end());
       csr.indptr.push_back(static_cast<int32_t>(csr.indices.size()));
       csr.last_len.push_back(t.last_len(config_.block_size));

@@ -300,6 +300,7 @@ constexpr int64_t kChunkAlign = 64;
 #define HKV_DECODE_MIN_CHUNK 128
 #endif
 constexpr int64_t kMinChunk = HKV_DECODE_MIN_CHUNK;  // tokens; shorter splits cost a merge
+constexpr int64_t kSimulateMaxItems = 2048;          // above this, ChooseChunk uses the LPT bound
 
 // Start of split i of ns over len tokens, aligned down to kChunkAlign tokens.
 int64_t SplitBegin(int64_t len, int64_t i, int64_t ns) {
@@ -334,8 +335,21 @@ int64_t ChooseChunk(const std::vector<int64_t>& lens, int64_t total, int64_t lon
       }
     }
     if (static_cast<int64_t>(costs.size()) > max_work_items) continue;
-    std::sort(costs.begin(), costs.end(), std::greater<int64_t>());
-    const double t = Makespan(costs, slots) * (1.0 + 1e-3 * f);  // prefer fewer splits on ties
+    double t = 0.0;
+    if (static_cast<int64_t>(costs.size()) <= kSimulateMaxItems) {
+      std::sort(costs.begin(), costs.end(), std::greater<int64_t>());
+      t = Makespan(costs, slots);
+    } else {
+      // Many items (large batches, planned every layer of every step): the LPT bound is close
+      // to the simulation and costs O(items) instead of O(items log slots).
+      int64_t sum = 0, biggest = 0;
+      for (int64_t c : costs) {
+        sum += c;
+        biggest = std::max(biggest, c);
+      }
+      t = std::max(static_cast<double>(biggest), static_cast<double>(sum) / slots);
+    }
+    t *= 1.0 + 1e-3 * f;  // prefer fewer splits on ties
     if (t < best_time) {
       best_time = t;
       best_chunk = chunk;
@@ -352,11 +366,28 @@ size_t DecodeWorkspaceBytes(const DecodePlanOptions& o) {
   return static_cast<size_t>(L.total) * sizeof(int32_t) + floats * sizeof(float);
 }
 
+size_t DecodeMetaInts(const DecodePlanOptions& o) { return MetaLayout(o).total; }
+
 cudaError_t PlanDecodeAttention(const DecodePlanOptions& o, const int32_t* host_indptr,
                                 const int32_t* host_last_len, int32_t num_rows, int32_t block_size,
                                 void* workspace, cudaStream_t stream, DecodePlan* plan,
                                 const int32_t* host_row_ids) {
-  if (plan == nullptr || workspace == nullptr || o.group_size < 1 || o.group_size > 8 ||
+  if (plan == nullptr || workspace == nullptr) return cudaErrorInvalidValue;
+  std::vector<int32_t> meta(DecodeMetaInts(o));
+  const cudaError_t e = BuildDecodePlan(o, host_indptr, host_last_len, num_rows, block_size,
+                                        host_row_ids, meta.data(), plan);
+  if (e != cudaSuccess) return e;
+  plan->host_meta = std::move(meta);
+  plan->workspace = workspace;
+  plan->device_meta = nullptr;
+  return cudaMemcpyAsync(workspace, plan->host_meta.data(),
+                         plan->host_meta.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream);
+}
+
+cudaError_t BuildDecodePlan(const DecodePlanOptions& o, const int32_t* host_indptr,
+                            const int32_t* host_last_len, int32_t num_rows, int32_t block_size,
+                            const int32_t* host_row_ids, int32_t* meta, DecodePlan* plan) {
+  if (plan == nullptr || meta == nullptr || o.group_size < 1 || o.group_size > 8 ||
       (o.head_dim != 64 && o.head_dim != 128) || o.max_rows < 1 || o.max_work_items < o.max_rows ||
       num_rows < 0 || num_rows > o.max_rows || block_size < 1 ||
       (block_size & (block_size - 1)) != 0) {
@@ -391,8 +422,7 @@ cudaError_t PlanDecodeAttention(const DecodePlanOptions& o, const int32_t* host_
   };
   std::vector<Item> items;
   const MetaLayout L(o);
-  std::vector<int32_t>& meta = plan->host_meta;
-  meta.assign(L.total, 0);
+  std::fill(meta, meta + L.total, 0);
   for (int r = 0; r < num_rows; ++r) {
     const int64_t ns = SplitsFor(lens[r], best_chunk);
     meta[L.row_split_begin + r] = static_cast<int32_t>(items.size());
@@ -423,9 +453,28 @@ cudaError_t PlanDecodeAttention(const DecodePlanOptions& o, const int32_t* host_
   plan->num_rows = num_rows;
   plan->num_work_items = static_cast<int32_t>(items.size());
   plan->chunk_tokens = static_cast<int32_t>(best_chunk > 0 ? best_chunk : longest);
-  plan->workspace = workspace;
-  return cudaMemcpyAsync(workspace, meta.data(), meta.size() * sizeof(int32_t),
-                         cudaMemcpyHostToDevice, stream);
+  plan->row_lengths = std::move(lens);
+  return cudaSuccess;
+}
+
+bool RebaseDecodePlan(const DecodePlan& planned, const int32_t* planned_meta,
+                      const int32_t* host_indptr, const int32_t* host_last_len, int32_t block_size,
+                      const int32_t* host_row_ids, int32_t* meta) {
+  const int32_t rows = planned.num_rows;
+  if (static_cast<int32_t>(planned.row_lengths.size()) != rows) return false;
+  for (int32_t r = 0; r < rows; ++r) {
+    const int32_t csr = host_row_ids != nullptr ? host_row_ids[r] : r;
+    if (PagedRowLength(host_indptr, host_last_len, csr, block_size) != planned.row_lengths[r]) {
+      return false;
+    }
+  }
+  const MetaLayout L(planned.options);
+  std::copy(planned_meta, planned_meta + L.total, meta);
+  for (int32_t i = 0; i < planned.num_work_items; ++i) {
+    const int32_t r = meta[L.work_row + i];
+    meta[L.work_first_block + i] = host_indptr[host_row_ids != nullptr ? host_row_ids[r] : r];
+  }
+  return true;
 }
 
 cudaError_t RunDecodeAttention(const DecodePlan& plan, const PagedKvView& kv, DType dtype,
@@ -441,7 +490,8 @@ cudaError_t RunDecodeAttention(const DecodePlan& plan, const PagedKvView& kv, DT
   if (work_grid == 0) return cudaSuccess;
   DecodeArgs a;
   a.layout = MetaLayout(o);
-  a.meta = static_cast<const int32_t*>(plan.workspace);
+  a.meta =
+      plan.device_meta != nullptr ? plan.device_meta : static_cast<const int32_t*>(plan.workspace);
   a.partial_o = reinterpret_cast<float*>(static_cast<int32_t*>(plan.workspace) + a.layout.total);
   a.partial_lse = a.partial_o + static_cast<int64_t>(o.max_work_items) * o.group_size * o.head_dim;
   a.indices = kv.indices;

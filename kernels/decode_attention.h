@@ -41,12 +41,19 @@ struct DecodePlan {
   int32_t num_work_items = 0;
   int32_t num_merge_rows = 0;  // rows split over several work items
   int32_t chunk_tokens = 0;
-  void* workspace = nullptr;       // device; DecodeWorkspaceBytes(options) bytes
-  std::vector<int32_t> host_meta;  // the work list as copied to the device
+  void* workspace = nullptr;         // device; DecodeWorkspaceBytes(options) bytes
+  std::vector<int32_t> host_meta;    // the work list as copied to the device (PlanDecodeAttention)
+  std::vector<int64_t> row_lengths;  // tokens of each planned row (RebaseDecodePlan compares)
+  // Where RunDecodeAttention reads the work list: null means the start of `workspace`. Set by
+  // callers of BuildDecodePlan, which stage the lists of many layers and copy them at once.
+  const int32_t* device_meta = nullptr;
 };
 
 // Returns the device workspace size in bytes for `options`.
 size_t DecodeWorkspaceBytes(const DecodePlanOptions& options);
+
+// Int32 words of one work list (the part of the workspace that a plan copies).
+size_t DecodeMetaInts(const DecodePlanOptions& options);
 
 // Builds the work list for `num_rows` rows from HOST copies of the CSR indptr and last_len,
 // and copies it (cudaMemcpyAsync on `stream`) into `workspace`. Logical row r (= seq *
@@ -62,6 +69,22 @@ cudaError_t PlanDecodeAttention(const DecodePlanOptions& options, const int32_t*
                                 const int32_t* host_last_len, int32_t num_rows, int32_t block_size,
                                 void* workspace, cudaStream_t stream, DecodePlan* plan,
                                 const int32_t* host_row_ids = nullptr);
+
+// PlanDecodeAttention without the copy: writes the work list (DecodeMetaInts(options) words)
+// to `host_meta_out` and fills `plan` except workspace/device_meta, which the caller sets after
+// copying the list to the device itself (one copy for all layers of a step, or into the fixed
+// buffers a CUDA graph reads). Host only; same errors as PlanDecodeAttention.
+cudaError_t BuildDecodePlan(const DecodePlanOptions& options, const int32_t* host_indptr,
+                            const int32_t* host_last_len, int32_t num_rows, int32_t block_size,
+                            const int32_t* host_row_ids, int32_t* host_meta_out, DecodePlan* plan);
+
+// Reuses `planned` (built by BuildDecodePlan into `planned_meta`) for other rows of the same
+// lengths, e.g. the next layer of a step whose heads all hold the same tokens: copies the work
+// list to `host_meta_out` and points every item at its new row's first block. O(rows + items)
+// instead of a new plan. Returns false, writing nothing, when a row's length differs.
+bool RebaseDecodePlan(const DecodePlan& planned, const int32_t* planned_meta,
+                      const int32_t* host_indptr, const int32_t* host_last_len, int32_t block_size,
+                      const int32_t* host_row_ids, int32_t* host_meta_out);
 
 // Computes out = softmax(q K^T * scale) V per query head over its kv head's paged row.
 // Uses kv.indices and the pools (indptr/last_len were consumed by the plan).

@@ -219,4 +219,17 @@ std::vector<double> SamplingDistribution(const float* logits, int32_t vocab, flo
   return p;
 }
 
+void MatmulRowMajor(const float* a, const float* w, float* c, int32_t m, int32_t n, int32_t k) {
+  for (int32_t i = 0; i < m; ++i) {
+    for (int32_t j = 0; j < n; ++j) {
+      double acc = 0.0;
+      for (int32_t t = 0; t < k; ++t) {
+        acc += static_cast<double>(a[static_cast<int64_t>(i) * k + t]) *
+               w[static_cast<int64_t>(j) * k + t];
+      }
+      c[static_cast<int64_t>(i) * n + j] = static_cast<float>(acc);
+    }
+  }
+}
+
 }  // namespace hkv::kernels::ref

@@ -56,6 +56,9 @@ void Rope(float* x, int32_t tokens, int32_t heads, int32_t head_dim, const int32
 // silu(gate) * up, element-wise over n.
 void SwiGlu(const float* gate, const float* up, int64_t n, float* out);
 
+// c[m, n] = a[m, k] * w[n, k]^T, row-major (lda = ldw = k, ldc = n), double accumulation.
+void MatmulRowMajor(const float* a, const float* w, float* c, int32_t m, int32_t n, int32_t k);
+
 // The ids a sampler with these settings may return (see kernels/sampling.h), with their
 // renormalised probabilities (0 for ids that cannot be drawn). Greedy -> one-hot argmax.
 std::vector<double> SamplingDistribution(const float* logits, int32_t vocab, float temperature,

@@ -28,6 +28,7 @@ struct RequestRecord {
   int32_t output_tokens = 0;
   double ttft_s = 0;
   double e2e_s = 0;
+  absl::Time first_token = absl::InfiniteFuture(), end = absl::InfinitePast();
   std::vector<double> itl_s;
 };
 
@@ -53,6 +54,7 @@ RequestRecord RunOne(hkv::v1::Generation::Stub* stub, const hkv::v1::GenerateReq
     if (response.token_ids_size() > 0) {
       if (rec.output_tokens == 0) {
         rec.ttft_s = absl::ToDoubleSeconds(now - start);
+        rec.first_token = now;
       } else {
         rec.itl_s.push_back(absl::ToDoubleSeconds(now - last));
       }
@@ -62,10 +64,37 @@ RequestRecord RunOne(hkv::v1::Generation::Stub* stub, const hkv::v1::GenerateReq
     if (response.has_usage()) rec.prompt_tokens = response.usage().prompt_tokens();
   }
   grpc::Status status = reader->Finish();
-  rec.e2e_s = absl::ToDoubleSeconds(absl::Now() - start);
+  rec.end = absl::Now();
+  rec.e2e_s = absl::ToDoubleSeconds(rec.end - start);
   rec.ok = status.ok();
   if (!status.ok()) rec.error = status.error_message();
   return rec;
+}
+
+// A length drawn uniformly from [n (1 - ratio), n (1 + ratio)], at least 1 (vLLM's random
+// dataset range ratio; ratio 0 gives n).
+int32_t Jitter(int32_t n, double ratio, std::mt19937_64& rng) {
+  if (ratio <= 0) return n;
+  std::uniform_int_distribution<int32_t> d(std::max(1, static_cast<int32_t>(n * (1 - ratio))),
+                                           std::max(1, static_cast<int32_t>(n * (1 + ratio))));
+  return d(rng);
+}
+
+// Most requests streaming tokens at once (between their first token and their end): the
+// sequences the server actually decoded together.
+int32_t MaxConcurrentStreams(const std::vector<RequestRecord>& records) {
+  std::vector<std::pair<absl::Time, int>> events;
+  for (const RequestRecord& r : records) {
+    if (r.output_tokens == 0) continue;
+    events.push_back({r.first_token, +1});
+    events.push_back({r.end, -1});
+  }
+  std::sort(events.begin(), events.end(), [](const auto& a, const auto& b) {
+    return a.first < b.first || (a.first == b.first && a.second < b.second);
+  });
+  int32_t now = 0, best = 0;
+  for (const auto& [t, d] : events) best = std::max(best, now += d);
+  return best;
 }
 
 std::vector<hkv::v1::GenerateRequest> MakeRequests(const BenchServeOptions& o, int32_t vocab) {
@@ -87,9 +116,11 @@ std::vector<hkv::v1::GenerateRequest> MakeRequests(const BenchServeOptions& o, i
       std::uniform_int_distribution<int32_t> token(3, std::max(4, vocab) - 1);
       auto* ids = r.mutable_prompt_token_ids();
       ids->add_ids(1);
-      for (int32_t t = 1; t < o.input_len; ++t) ids->add_ids(token(rng));
+      for (int32_t t = 1; t < Jitter(o.input_len, o.range_ratio, rng); ++t) {
+        ids->add_ids(token(rng));
+      }
     }
-    r.mutable_sampling()->set_max_tokens(o.output_len);
+    r.mutable_sampling()->set_max_tokens(Jitter(o.output_len, o.range_ratio, rng));
     r.mutable_sampling()->set_ignore_eos(true);
     if (!o.kv_policy.empty()) r.mutable_kv_policy()->set_name(o.kv_policy);
     if (o.kv_budget > 0) r.mutable_kv_policy()->set_budget(o.kv_budget);
@@ -100,9 +131,10 @@ std::vector<hkv::v1::GenerateRequest> MakeRequests(const BenchServeOptions& o, i
 }  // namespace
 
 int RunBenchServe(const BenchServeOptions& o) {
-  if (o.num_requests < 1 || o.concurrency < 1 || o.input_len < 1 || o.output_len < 1) {
+  if (o.num_requests < 1 || o.concurrency < 1 || o.input_len < 1 || o.output_len < 1 ||
+      o.range_ratio < 0 || o.range_ratio >= 1) {
     std::cerr << "hkv bench-serve: --num-requests, --concurrency, --input-len and --output-len "
-                 "must be >= 1\n";
+                 "must be >= 1 and --range-ratio in [0, 1)\n";
     return 1;
   }
   auto channel = grpc::CreateChannel(o.target, grpc::InsecureChannelCredentials());
@@ -183,6 +215,7 @@ int RunBenchServe(const BenchServeOptions& o) {
   j["request_throughput"] = ok / duration;
   j["output_throughput"] = out_tokens / duration;
   j["goodput"] = good / duration;
+  j["max_concurrent_streams"] = MaxConcurrentStreams(records);
   for (auto& [name, values] : {std::pair<const char*, std::vector<double>*>{"ttft_ms", &ttft},
                                {"tpot_ms", &tpot},
                                {"itl_ms", &itl},
@@ -207,11 +240,12 @@ int RunBenchServe(const BenchServeOptions& o) {
         "input / output tokens     %d / %d\n"
         "request throughput (r/s)  %.2f\n"
         "output throughput (tok/s) %.1f\n"
-        "goodput (r/s)             %.2f\n",
+        "goodput (r/s)             %.2f\n"
+        "max concurrent streams    %d\n",
         o.target, info.model_name(), info.device(), ok, o.num_requests, duration, in_tokens,
-        out_tokens, ok / duration, out_tokens / duration, good / duration);
-    std::cout << absl::StrFormat("%-10s %10s %10s %10s %10s\n", "ms", "mean", "p50", "p90",
-                                 "p99");
+        out_tokens, ok / duration, out_tokens / duration, good / duration,
+        j["max_concurrent_streams"].get<int32_t>());
+    std::cout << absl::StrFormat("%-10s %10s %10s %10s %10s\n", "ms", "mean", "p50", "p90", "p99");
     for (const char* name : {"ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"}) {
       std::cout << absl::StrFormat("%-10s %10.2f %10.2f %10.2f %10.2f\n", name,
                                    j[name]["mean"].get<double>(), j[name]["p50"].get<double>(),

@@ -44,6 +44,7 @@ struct BenchServeOptions {
   double request_rate = 0;    // Requests/s (Poisson arrivals); 0 = closed loop at concurrency.
   int32_t input_len = 32;     // Synthetic prompt length (token ids).
   int32_t output_len = 32;
+  double range_ratio = 0;     // Lengths uniform in [len (1 - r), len (1 + r)]; 0 = fixed.
   std::string prompts_file;   // One prompt per line instead of synthetic ids.
   std::string kv_policy;      // Empty: server default.
   int32_t kv_budget = 0;

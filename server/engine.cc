@@ -439,7 +439,9 @@ void Engine::Loop() {
       metrics_.engine_steps_total++;
       if (!result.ok()) {
         HKV_LOG(ERROR) << "worker step failed: " << result.status();
-        FailAll(absl::InternalError(
+        // The device is gone or in an unknown state: every request fails UNAVAILABLE (a client
+        // may retry on another replica) and readiness turns NOT_SERVING.
+        FailAll(absl::UnavailableError(
             absl::StrCat("the worker failed: ", result.status().message())));
         loop_alive_ = false;
         metrics_.ready = 0;

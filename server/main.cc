@@ -14,6 +14,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/malloc_tuning.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/paths.h"
@@ -27,7 +28,9 @@ ABSL_FLAG(std::string, tokenizer, "", "Tokenizer path (default: beside the model
 ABSL_FLAG(std::string, config, "", "serve: YAML or JSON config file (flags override it)");
 ABSL_FLAG(bool, dummy_weights, false,
           "Random weights for --model's config.json (a Hugging Face model directory)");
-ABSL_FLAG(std::string, device, "cpu", "cpu | cuda");
+ABSL_FLAG(std::string, device, "auto", "cpu | cuda | auto (cuda when a GPU is present)");
+ABSL_FLAG(int32_t, max_model_len, 0, "Longest prompt + output (0: the model's context length)");
+ABSL_FLAG(int32_t, cuda_graph_max_batch, 256, "Largest decode batch run as a CUDA graph (0: eager)");
 ABSL_FLAG(int32_t, num_threads, 0, "CPU worker threads (0 = all cores)");
 ABSL_FLAG(int64_t, kv_pool_blocks, 0, "KV pool size in head-blocks (0: from --kv-pool-gb)");
 ABSL_FLAG(double, kv_pool_gb, 0.25, "KV pool size in GiB when --kv-pool-blocks is 0 (CPU)");
@@ -75,6 +78,8 @@ ABSL_FLAG(int32_t, concurrency, 8, "bench-serve: requests in flight (closed loop
 ABSL_FLAG(double, request_rate, 0, "bench-serve: Poisson arrival rate (0 = closed loop)");
 ABSL_FLAG(int32_t, input_len, 32, "bench-serve: synthetic prompt tokens");
 ABSL_FLAG(int32_t, output_len, 32, "bench-serve: tokens to generate per request");
+ABSL_FLAG(double, range_ratio, 0,
+          "bench-serve: lengths uniform in [len*(1-r), len*(1+r)] (ShareGPT-like spread)");
 ABSL_FLAG(std::string, prompts_file, "", "bench-serve: prompts, one per line");
 ABSL_FLAG(double, slo_ttft_ms, 0, "bench-serve: TTFT SLO for goodput (0 = none)");
 ABSL_FLAG(double, slo_tpot_ms, 0, "bench-serve: TPOT SLO for goodput (0 = none)");
@@ -115,6 +120,8 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   HKV_OVERRIDE(block_size);
   HKV_OVERRIDE(max_batch_tokens);
   HKV_OVERRIDE(max_seqs);
+  HKV_OVERRIDE(max_model_len);
+  HKV_OVERRIDE(cuda_graph_max_batch);
   HKV_OVERRIDE(max_queue);
   HKV_OVERRIDE(default_kv_policy);
   HKV_OVERRIDE(default_kv_budget);
@@ -217,6 +224,7 @@ int BenchServe() {
   o.input_len = absl::GetFlag(FLAGS_input_len);
   o.output_len = absl::GetFlag(FLAGS_output_len);
   o.prompts_file = absl::GetFlag(FLAGS_prompts_file);
+  o.range_ratio = absl::GetFlag(FLAGS_range_ratio);
   o.kv_policy = Specified("kv_policy") ? absl::GetFlag(FLAGS_kv_policy) : "";
   o.kv_budget = Specified("kv_budget") ? absl::GetFlag(FLAGS_kv_budget) : 0;
   o.seed = absl::GetFlag(FLAGS_seed);
@@ -231,6 +239,7 @@ int BenchServe() {
 }  // namespace hkv
 
 int main(int argc, char** argv) {
+  hkv::TuneMallocForLargeStepBuffers();
   // Accept --kebab-case spellings of every flag (absl flags use snake_case).
   std::vector<std::string> args(argv, argv + argc);
   for (std::string& a : args) {

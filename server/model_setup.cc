@@ -35,20 +35,77 @@ std::string Dirname(const std::string& path) {
   return slash == std::string::npos ? "." : path.substr(0, slash);
 }
 
+// The tokenizer of a random-weights model: a llama2.c one named by `tokenizer_path`, or the
+// tokenizer.json (and chat template) of a Hugging Face directory, or none.
+absl::Status LoadDummyTokenizer(const std::string& model_path, const std::string& tokenizer_path,
+                                LoadedModel* out) {
+  if (!tokenizer_path.empty()) {
+    HKV_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok,
+                         LoadLlama2cTokenizer(tokenizer_path, out->model->config.vocab_size));
+    out->tokenizer = std::move(tok);
+  } else if (IsDirectory(model_path)) {
+    auto tok = LoadHfTokenizer(model_path);
+    if (tok.ok()) {
+      out->tokenizer = std::move(*tok);
+      auto chat = LoadChatTemplate(model_path);
+      if (chat.ok()) out->chat = std::move(*chat);
+    } else if (tok.status().code() != absl::StatusCode::kNotFound) {
+      return tok.status();
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LoadedModel> LoadModelAndTokenizerImpl(const std::string& model_path,
+                                                      const std::string& tokenizer_path,
+                                                      bool dummy_weights, bool dummy_on_device);
+
 }  // namespace
 
 absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
                                                   const std::string& tokenizer_path,
-                                                  bool dummy_weights) {
+                                                  bool dummy_weights, bool dummy_on_device,
+                                                  int32_t max_model_len) {
+  HKV_ASSIGN_OR_RETURN(LoadedModel out, LoadModelAndTokenizerImpl(model_path, tokenizer_path,
+                                                                  dummy_weights, dummy_on_device));
+  if (max_model_len > 0) {
+    // The model is not shared yet: adjusting its context length in place is safe.
+    std::const_pointer_cast<Model>(out.model)->config.max_seq_len = max_model_len;
+  }
+  return out;
+}
+
+std::string ResolveDevice(const std::string& device, const ModelConfig& model) {
+  if (device != "auto") return device;
+#ifdef HKV_WITH_CUDA
+  if (CudaDeviceAvailable() && CudaWorker::Supports(model).ok()) return "cuda";
+#endif
+  return "cpu";
+}
+
+namespace {
+
+absl::StatusOr<LoadedModel> LoadModelAndTokenizerImpl(const std::string& model_path,
+                                                      const std::string& tokenizer_path,
+                                                      bool dummy_weights, bool dummy_on_device) {
   LoadedModel out;
+  if (dummy_weights && dummy_on_device) {
+    HKV_ASSIGN_OR_RETURN(ModelConfig config, LoadHfConfig(model_path));
+    HKV_RETURN_IF_ERROR(ValidateModelConfig(config));
+    auto model = std::make_shared<Model>();
+    model->config = std::move(config);
+    model->device_dummy_seed = 0;
+    out.model = std::move(model);
+    HKV_RETURN_IF_ERROR(LoadDummyTokenizer(model_path, tokenizer_path, &out));
+    return out;
+  }
   if (dummy_weights) {
     HKV_ASSIGN_OR_RETURN(ModelConfig config, LoadHfConfig(model_path));
     // Weights are built in host memory as fp32 first: refuse rather than be OOM-killed.
-    const double params =
-        static_cast<double>(config.num_layers) *
-            (2.0 * config.dim * (config.q_size() + config.kv_size()) +
-             3.0 * config.dim * config.hidden_dim) +
-        (config.tie_embeddings ? 1.0 : 2.0) * config.vocab_size * config.dim;
+    const double params = static_cast<double>(config.num_layers) *
+                              (2.0 * config.dim * (config.q_size() + config.kv_size()) +
+                               3.0 * config.dim * config.hidden_dim) +
+                          (config.tie_embeddings ? 1.0 : 2.0) * config.vocab_size * config.dim;
     const double available = static_cast<double>(sysconf(_SC_AVPHYS_PAGES)) * sysconf(_SC_PAGESIZE);
     if (params * 4 > 0.9 * available) {
       return absl::ResourceExhaustedError(absl::StrFormat(
@@ -57,21 +114,7 @@ absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
     }
     HKV_ASSIGN_OR_RETURN(Model model, MakeDummyModel(config, /*seed=*/0));
     out.model = std::make_shared<Model>(std::move(model));
-    if (!tokenizer_path.empty()) {
-      HKV_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok,
-                           LoadLlama2cTokenizer(tokenizer_path, out.model->config.vocab_size));
-      out.tokenizer = std::move(tok);
-    } else if (IsDirectory(model_path)) {
-      // A Hugging Face directory may carry its tokenizer.json (and chat template).
-      auto tok = LoadHfTokenizer(model_path);
-      if (tok.ok()) {
-        out.tokenizer = std::move(*tok);
-        auto chat = LoadChatTemplate(model_path);
-        if (chat.ok()) out.chat = std::move(*chat);
-      } else if (tok.status().code() != absl::StatusCode::kNotFound) {
-        return tok.status();
-      }
-    }
+    HKV_RETURN_IF_ERROR(LoadDummyTokenizer(model_path, tokenizer_path, &out));
     return out;
   }
   if (IsDirectory(model_path)) {
@@ -99,6 +142,8 @@ absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
   return out;
 }
 
+}  // namespace
+
 absl::StatusOr<KvPoolSizing> SizeKvPool(const ServerConfig& config, const ModelConfig& m,
                                         int32_t kv_dtype_bytes) {
   KvPoolSizing s;
@@ -110,9 +155,9 @@ absl::StatusOr<KvPoolSizing> SizeKvPool(const ServerConfig& config, const ModelC
     s.num_blocks = static_cast<int64_t>(config.kv_pool_gb * (1LL << 30)) / s.bytes_per_block;
   }
   if (s.num_blocks < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the KV pool holds no block (", s.bytes_per_block,
-        " bytes each): raise --kv-pool-gb or --kv-pool-blocks"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the KV pool holds no block (", s.bytes_per_block,
+                     " bytes each): raise --kv-pool-gb or --kv-pool-blocks"));
   }
   if (s.num_blocks > INT32_MAX) {
     return absl::InvalidArgumentError("the KV pool is larger than 2^31 blocks: lower it");
@@ -138,6 +183,9 @@ absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
                                                    std::shared_ptr<const Model> model,
                                                    int64_t num_blocks) {
   if (config.device == "cpu") {
+    if (model->device_dummy_seed.has_value()) {
+      return absl::InvalidArgumentError("weights left to the GPU need --device cuda");
+    }
     const int threads = config.num_threads > 0
                             ? config.num_threads
                             : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -149,6 +197,10 @@ absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
   options.block_size = config.block_size;
   options.num_blocks = config.kv_pool_blocks;
   options.gpu_memory_utilization = config.gpu_memory_utilization;
+  // A compressed prefill runs the whole prompt in one step: plan activations for the longest.
+  options.max_step_tokens = std::max(config.max_batch_tokens, model->config.max_seq_len);
+  options.max_seqs = config.max_seqs;
+  options.cuda_graph_max_batch = std::min(config.cuda_graph_max_batch, config.max_seqs);
   HKV_ASSIGN_OR_RETURN(std::unique_ptr<CudaWorker> worker,
                        CudaWorker::Create(std::move(model), options));
   std::cerr << worker->sizing() << "\n";
@@ -158,15 +210,26 @@ absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
 #endif
 }
 
-absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& config) {
-  HKV_RETURN_IF_ERROR(ValidateServerConfig(config));
+absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested) {
+  HKV_RETURN_IF_ERROR(ValidateServerConfig(requested));
+  ServerConfig config = requested;
+  if (config.device == "auto" && config.dummy_weights) {
+    // The device decides where random weights are built, so resolve it from the config first.
+    HKV_ASSIGN_OR_RETURN(ModelConfig shape, LoadHfConfig(config.model));
+    config.device = ResolveDevice(config.device, shape);
+  }
   if (config.tensor_parallel_size != 1) {
     return absl::InvalidArgumentError(
         "--tensor-parallel-size > 1 needs the CUDA worker, which this build lacks");
   }
   EngineBundle bundle;
-  HKV_ASSIGN_OR_RETURN(bundle.loaded, LoadModelAndTokenizer(config.model, config.tokenizer,
-                                                            config.dummy_weights));
+  HKV_ASSIGN_OR_RETURN(bundle.loaded,
+                       LoadModelAndTokenizer(config.model, config.tokenizer, config.dummy_weights,
+                                             config.device == "cuda", config.max_model_len));
+  if (config.device == "auto") {
+    config.device = ResolveDevice(config.device, bundle.loaded.model->config);
+  }
+  if (requested.device == "auto") std::cerr << "device: " << config.device << " (auto)\n";
   const ModelConfig& m = bundle.loaded.model->config;
   std::unique_ptr<Worker> worker;
   if (config.device == "cpu") {
@@ -198,10 +261,10 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& config) {
   HKV_RETURN_IF_ERROR(ParsePolicyName(config.default_kv_policy).status());
   bundle.engine = std::make_unique<Engine>(options, std::move(worker), bundle.loaded.tokenizer);
   // Check the default policy plans (e.g. headkv without scores) before serving anything.
-  HKV_RETURN_IF_ERROR(bundle.engine
-                          ->PlanFor(config.default_kv_policy, config.default_kv_budget,
-                                    options.default_beta)
-                          .status());
+  HKV_RETURN_IF_ERROR(
+      bundle.engine
+          ->PlanFor(config.default_kv_policy, config.default_kv_budget, options.default_beta)
+          .status());
   return bundle;
 }
 

@@ -25,9 +25,18 @@ struct LoadedModel {
 // it), or, with `dummy_weights`, builds random weights for the config.json at `model_path` (a
 // Hugging Face model directory or the file itself); such a model has no tokenizer unless
 // `tokenizer` names a llama2.c one.
+// With `dummy_on_device` the random weights are left to the CUDA worker (Model::
+// device_dummy_seed) instead of being built on the host. `max_model_len` > 0 replaces the
+// model's context length (e.g. to serve 32k prompts with Llama-3-8B's config).
 absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
                                                   const std::string& tokenizer_path,
-                                                  bool dummy_weights = false);
+                                                  bool dummy_weights = false,
+                                                  bool dummy_on_device = false,
+                                                  int32_t max_model_len = 0);
+
+// The device BuildEngine runs on: config.device, with "auto" meaning cuda when this build has
+// CUDA, a GPU is present and its kernels serve the model's shapes (else cpu).
+std::string ResolveDevice(const std::string& device, const ModelConfig& model);
 
 // KV pool arithmetic for one device, printed at start.
 struct KvPoolSizing {

@@ -34,6 +34,8 @@ const std::map<std::string, Setter>& Fields() {
       {"port", Field(&ServerConfig::port)},
       {"metrics_port", Field(&ServerConfig::metrics_port)},
       {"device", Field(&ServerConfig::device)},
+      {"max_model_len", Field(&ServerConfig::max_model_len)},
+      {"cuda_graph_max_batch", Field(&ServerConfig::cuda_graph_max_batch)},
       {"tensor_parallel_size", Field(&ServerConfig::tensor_parallel_size)},
       {"kv_pool_blocks", Field(&ServerConfig::kv_pool_blocks)},
       {"kv_pool_gb", Field(&ServerConfig::kv_pool_gb)},
@@ -90,9 +92,11 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.metrics_port < 0 || c.metrics_port > 65535) {
     return bad("metrics_port must be in [0, 65535], got ", c.metrics_port);
   }
-  if (c.device != "cpu" && c.device != "cuda") {
-    return bad("device must be 'cpu' or 'cuda', got '", c.device, "'");
+  if (c.device != "cpu" && c.device != "cuda" && c.device != "auto") {
+    return bad("device must be 'cpu', 'cuda' or 'auto', got '", c.device, "'");
   }
+  if (c.max_model_len < 0) return bad("max_model_len must be >= 0 (0: the model's)");
+  if (c.cuda_graph_max_batch < 0) return bad("cuda_graph_max_batch must be >= 0");
   if (c.tensor_parallel_size < 1) return bad("tensor_parallel_size must be >= 1");
   if (c.block_size < 1 || c.block_size > 1024) return bad("block_size must be in [1, 1024]");
   if (c.kv_pool_blocks < 0) return bad("kv_pool_blocks must be >= 0");
@@ -127,6 +131,8 @@ std::string ServerConfigToJson(const ServerConfig& c) {
   j["block_size"] = c.block_size;
   j["max_batch_tokens"] = c.max_batch_tokens;
   j["max_seqs"] = c.max_seqs;
+  j["max_model_len"] = c.max_model_len;
+  j["cuda_graph_max_batch"] = c.cuda_graph_max_batch;
   j["max_queue"] = c.max_queue;
   j["default_kv_policy"] = c.default_kv_policy;
   j["default_kv_budget"] = c.default_kv_budget;

@@ -20,7 +20,7 @@ struct ServerConfig {
   std::string host = "0.0.0.0";
   int32_t port = 50051;          // gRPC.
   int32_t metrics_port = 9090;   // HTTP /metrics; 0 disables it.
-  std::string device = "cpu";    // cpu | cuda.
+  std::string device = "auto";   // cpu | cuda | auto (cuda when a GPU is present).
   int32_t tensor_parallel_size = 1;
   int64_t kv_pool_blocks = 0;    // 0: derive from kv_pool_gb (CPU) or free memory (GPU).
   double kv_pool_gb = 0.25;
@@ -28,6 +28,8 @@ struct ServerConfig {
   int32_t block_size = 16;
   int32_t max_batch_tokens = 8192;
   int32_t max_seqs = 256;
+  int32_t max_model_len = 0;     // Longest prompt + output; 0: the model's context length.
+  int32_t cuda_graph_max_batch = 256;  // Largest decode batch run as a CUDA graph; 0: eager.
   int32_t max_queue = 1024;
   std::string default_kv_policy = "full";
   int32_t default_kv_budget = 128;

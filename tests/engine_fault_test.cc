@@ -94,7 +94,7 @@ TEST(EngineFaultTest, DeviceFailureFailsRequestsAndStopsServing) {
   s.worker->fail = true;
   auto stub = hkv::v1::Generation::NewStub(s.channel);
   StreamResult failed = RunStream(stub.get(), GreedyIds({1}, 10));
-  EXPECT_EQ(failed.status.error_code(), grpc::StatusCode::INTERNAL)
+  EXPECT_EQ(failed.status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << failed.status.error_message();
   EXPECT_EQ(s.WaitFor(kNotServing, "hkv.v1.Generation"), kNotServing);
   StreamResult after = RunStream(stub.get(), GreedyIds({1}, 10));

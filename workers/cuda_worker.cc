@@ -4,15 +4,21 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "kernels/decode_attention.h"
 #include "kernels/gemm.h"
+#include "kernels/gemv.h"
+#include "kernels/init_ops.h"
 #include "kernels/kv_append.h"
 #include "kernels/kv_select.h"
 #include "kernels/layer_ops.h"
@@ -26,24 +32,32 @@ namespace {
 
 namespace k = ::hkv::kernels;
 constexpr k::DType kDType = k::DType::kBf16;
+constexpr size_t kAlign = 256;
+constexpr int64_t kCublasWorkspaceBytes = 32LL << 20;
+// Padded decode batch sizes with a graph (vLLM's choice of steps, up to 256).
+constexpr int32_t kGraphBatchSizes[] = {1,  2,  4,  8,   16,  24,  32,  48,
+                                        64, 80, 96, 128, 160, 192, 224, 256};
 
-#define HKV_CUDA_RETURN_IF_ERROR(expr)                                                       \
-  do {                                                                                       \
-    const cudaError_t hkv_cuda_err_ = (expr);                                                \
-    if (hkv_cuda_err_ != cudaSuccess) {                                                      \
-      return absl::InternalError(absl::StrCat("CUDA error in ", #expr, ": ",                 \
-                                              cudaGetErrorString(hkv_cuda_err_)));           \
-    }                                                                                        \
+// A failing CUDA or cuBLAS call means the device (or the driver state) is unusable.
+#define HKV_CUDA_RETURN_IF_ERROR(expr)                                                     \
+  do {                                                                                     \
+    const cudaError_t hkv_cuda_err_ = (expr);                                              \
+    if (hkv_cuda_err_ != cudaSuccess) {                                                    \
+      return absl::UnavailableError(                                                       \
+          absl::StrCat("CUDA error in ", #expr, ": ", cudaGetErrorString(hkv_cuda_err_))); \
+    }                                                                                      \
   } while (0)
 
-#define HKV_CUBLAS_RETURN_IF_ERROR(expr)                                                     \
-  do {                                                                                       \
-    const cublasStatus_t hkv_cublas_st_ = (expr);                                            \
-    if (hkv_cublas_st_ != CUBLAS_STATUS_SUCCESS) {                                           \
-      return absl::InternalError(                                                            \
-          absl::StrCat("cuBLAS error ", static_cast<int>(hkv_cublas_st_), " in ", #expr));   \
-    }                                                                                        \
+#define HKV_CUBLAS_RETURN_IF_ERROR(expr)                                                   \
+  do {                                                                                     \
+    const cublasStatus_t hkv_cublas_st_ = (expr);                                          \
+    if (hkv_cublas_st_ != CUBLAS_STATUS_SUCCESS) {                                         \
+      return absl::UnavailableError(                                                       \
+          absl::StrCat("cuBLAS error ", static_cast<int>(hkv_cublas_st_), " in ", #expr)); \
+    }                                                                                      \
   } while (0)
+
+size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 uint16_t ToBf16(float f) {
   uint32_t bits;
@@ -53,7 +67,8 @@ uint16_t ToBf16(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
-// A grow-only device allocation.
+// A grow-only device allocation. `generation` counts reallocations: a CUDA graph that captured
+// the old address must be re-captured.
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
@@ -67,21 +82,17 @@ class DeviceBuffer {
     if (ptr_ != nullptr) cudaFree(ptr_);
     ptr_ = nullptr;
     bytes_ = 0;
-    const cudaError_t e = cudaMalloc(&ptr_, std::max<size_t>(bytes, 256));
+    ++generation_;
+    const size_t want = std::max<size_t>(bytes, kAlign);
+    const cudaError_t e = cudaMalloc(&ptr_, want);
     if (e != cudaSuccess) {
       cudaGetLastError();
-      return absl::ResourceExhaustedError(absl::StrCat("cudaMalloc of ", bytes, " bytes: ",
-                                                       cudaGetErrorString(e)));
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "cudaMalloc of %.1f MiB for step buffers failed (%s): lower --max-batch-tokens or "
+          "--gpu-memory-utilization",
+          want / 1048576.0, cudaGetErrorString(e)));
     }
-    bytes_ = std::max<size_t>(bytes, 256);
-    return absl::OkStatus();
-  }
-  template <typename T>
-  absl::Status Upload(const std::vector<T>& host, cudaStream_t stream) {
-    HKV_RETURN_IF_ERROR(Reserve(host.size() * sizeof(T)));
-    if (host.empty()) return absl::OkStatus();
-    HKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ptr_, host.data(), host.size() * sizeof(T),
-                                             cudaMemcpyHostToDevice, stream));
+    bytes_ = want;
     return absl::OkStatus();
   }
   template <typename T = void>
@@ -89,17 +100,94 @@ class DeviceBuffer {
     return static_cast<T*>(ptr_);
   }
   size_t bytes() const { return bytes_; }
+  uint64_t generation() const { return generation_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+  uint64_t generation_ = 0;
+};
+
+// Pinned host memory.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() {
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+  }
+  absl::Status Reserve(size_t bytes) {
+    if (bytes <= bytes_) return absl::OkStatus();
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+    const size_t want = std::max<size_t>(bytes, kAlign);
+    HKV_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&ptr_, want, cudaHostAllocDefault));
+    bytes_ = want;
+    return absl::OkStatus();
+  }
+  char* get() const { return static_cast<char*>(ptr_); }
 
  private:
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
 
+// A step's inputs, laid out identically in pinned host memory and on the device and sent in
+// one copy. Begin() sizes both for the step; Put/Take hand out consecutive aligned slices, so
+// the same sequence of calls yields the same device addresses (what a CUDA graph relies on).
+class StepInputs {
+ public:
+  absl::Status Begin(size_t bytes) {
+    HKV_RETURN_IF_ERROR(host_.Reserve(bytes));
+    HKV_RETURN_IF_ERROR(device_.Reserve(bytes));
+    capacity_ = bytes;
+    used_ = 0;
+    return absl::OkStatus();
+  }
+  // Reserves n elements; returns the device address and sets *host to the host staging.
+  template <typename T>
+  T* Take(size_t n, T** host) {
+    const size_t offset = used_;
+    used_ += AlignUp(n * sizeof(T));
+    if (used_ > capacity_) std::abort();  // Begin() was given the sum of the slices.
+    *host = reinterpret_cast<T*>(host_.get() + offset);
+    return reinterpret_cast<T*>(device_.get<char>() + offset);
+  }
+  template <typename T>
+  const T* Put(const std::vector<T>& v) {
+    T* host = nullptr;
+    T* dev = Take<T>(v.size(), &host);
+    if (!v.empty()) std::memcpy(host, v.data(), v.size() * sizeof(T));
+    return dev;
+  }
+  absl::Status Upload(cudaStream_t stream) {
+    if (used_ == 0) return absl::OkStatus();
+    HKV_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(device_.get(), host_.get(), used_, cudaMemcpyHostToDevice, stream));
+    return absl::OkStatus();
+  }
+  size_t capacity() const { return capacity_; }
+  uint64_t generation() const { return device_.generation(); }
+
+ private:
+  PinnedBuffer host_;
+  DeviceBuffer device_;
+  size_t capacity_ = 0, used_ = 0;
+};
+
+template <typename T>
+size_t SliceBytes(size_t n) {
+  return AlignUp(n * sizeof(T));
+}
+
 absl::Status UploadBf16(const std::vector<float>& host, DeviceBuffer* out) {
   std::vector<uint16_t> bf(host.size());
   for (size_t i = 0; i < host.size(); ++i) bf[i] = ToBf16(host[i]);
   HKV_RETURN_IF_ERROR(out->Reserve(bf.size() * 2));
-  HKV_CUDA_RETURN_IF_ERROR(cudaMemcpy(out->get(), bf.data(), bf.size() * 2, cudaMemcpyHostToDevice));
+  HKV_CUDA_RETURN_IF_ERROR(
+      cudaMemcpy(out->get(), bf.data(), bf.size() * 2, cudaMemcpyHostToDevice));
   return absl::OkStatus();
 }
 
@@ -113,12 +201,85 @@ struct LayerBuffers {
   DeviceBuffer attn_norm, wqkv, wo, ffn_norm, w_gate_up, w_down;
 };
 
+// One step as the host builds it. Sequences are in internal order: decodes, plain prefill
+// chunks, compressed prefills; a graph step appends padding decodes.
+struct HostStep {
+  bool graph = false;
+  int32_t num_decode = 0, num_prefill = 0, num_select = 0;  // num_decode includes padding
+  int32_t real_decode = 0;
+  int32_t total = 0;         // tokens (padding included)
+  int32_t plain_tokens = 0;  // tokens of decodes and plain prefills
+  int32_t max_prefill = 0, max_select = 0;
+  std::vector<int32_t> order;        // internal -> batch index (real sequences only)
+  std::vector<int32_t> token_start;  // per internal sequence
+  std::vector<int32_t> ids, pos, indptr_a, indices_a, last_a, indptr_b, indices_b, last_b,
+      cu_prefill, cu_select, caps;
+  std::vector<int64_t> slots;   // [L, total, H]
+  bool shared_indices = false;  // indices_a is the batch's kv_indices
+  const std::vector<BlockId>* batch_indices = nullptr;
+  std::vector<int32_t> sample_seq, sample_token;
+  std::vector<k::SamplingRow> sample_rows;
+  k::DecodePlanOptions decode_options;
+};
+
+// Device addresses of a step's inputs (inside StepInputs).
+struct DeviceStep {
+  const int32_t *ids = nullptr, *pos = nullptr, *indptr_a = nullptr, *indices_a = nullptr,
+                *last_a = nullptr, *indptr_b = nullptr, *indices_b = nullptr, *last_b = nullptr,
+                *cu_prefill = nullptr, *cu_select = nullptr, *caps = nullptr,
+                *sample_token = nullptr;
+  const int64_t* slots = nullptr;
+  const k::SamplingRow* sample_rows = nullptr;
+  std::vector<k::DecodePlan> plans;  // per layer, when the step decodes
+};
+
+// Optional per-step timing (HKV_STEP_PROFILE=1): host time to build and stage a step, GPU time
+// from the input copy to the last kernel, per kind of step; printed every 1000 steps and at
+// exit. Costs two events and a host timer per step.
+struct StepProfile {
+  struct Kind {
+    int64_t steps = 0;
+    double host_us = 0, gpu_us = 0, seqs = 0, tokens = 0;
+  };
+  bool on = false;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  std::map<std::string, Kind> kinds;
+  int64_t steps = 0;
+
+  void Print() const {
+    for (const auto& [name, k] : kinds) {
+      std::fprintf(stderr,
+                   "hkv step profile: %-14s steps %7lld  host %8.0f us  gpu %8.0f us  seqs %6.1f  "
+                   "tokens %7.1f\n",
+                   name.c_str(), static_cast<long long>(k.steps), k.host_us / k.steps,
+                   k.gpu_us / k.steps, k.seqs / k.steps, k.tokens / k.steps);
+    }
+  }
+  ~StepProfile() {
+    if (on && steps > 0) Print();
+    if (start != nullptr) cudaEventDestroy(start);
+    if (stop != nullptr) cudaEventDestroy(stop);
+  }
+};
+
+struct DecodeGraph {
+  cudaGraphExec_t exec = nullptr;
+  uint64_t epoch = 0;
+  DecodeGraph() = default;
+  DecodeGraph(const DecodeGraph&) = delete;
+  DecodeGraph& operator=(const DecodeGraph&) = delete;
+  ~DecodeGraph() {
+    if (exec != nullptr) cudaGraphExecDestroy(exec);
+  }
+};
+
 }  // namespace
 
 struct CudaWorker::State {
   std::shared_ptr<const Model> model;
   CudaWorkerOptions options;
   int64_t num_blocks = 0;
+  int32_t num_sms = 0;
   std::string sizing;
   bool return_logits = false;
   cudaStream_t stream = nullptr;
@@ -128,15 +289,43 @@ struct CudaWorker::State {
   std::deque<LayerBuffers> layers;  // deque: buffers are not movable.
   // KV pool.
   DeviceBuffer k_pool, v_pool;
-  // Step buffers.
-  DeviceBuffer ids, pos, slots, indptr_after, indices_after, last_after, indptr_before,
-      indices_before, last_before, cu_prefill, cu_select, caps, kept, kept_index, select_ws,
-      decode_ws, res, xb, qkv, attn, tmp, gate_up, hidden, sample_x, logits, sample_rows, tokens;
+  // Activations and workspaces.
+  DeviceBuffer cublas_ws, res, xb, qkv, attn, tmp, gate_up, hidden, sample_x, logits, tokens,
+      decode_ws, select_ws, kept, kept_index;
+  StepInputs eager_inputs, graph_inputs;
+  PinnedBuffer host_out;                  // sampled tokens, kept counts, logits
+  std::map<int32_t, DecodeGraph> graphs;  // by padded batch size
+  int64_t graph_steps = 0, eager_steps = 0, graphs_captured = 0;
+  StepProfile profile;
 
   ~State() {
+    graphs.clear();
+    if (profile.on && profile.steps > 0) {
+      profile.Print();
+      profile.steps = 0;
+    }
     if (cublas != nullptr) cublasDestroy(cublas);
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
+
+  // Changes whenever a buffer that a graph reads or writes moves.
+  uint64_t Epoch() const {
+    uint64_t e = graph_inputs.generation();
+    for (const DeviceBuffer* b : {&res, &xb, &qkv, &attn, &tmp, &gate_up, &hidden, &logits, &tokens,
+                                  &decode_ws, &cublas_ws}) {
+      e = e * 1000003 + b->generation();
+    }
+    return e;
+  }
+
+  absl::Status ReserveActivations(int64_t step_tokens, int64_t sample_rows);
+  absl::Status FillDummyWeights(uint64_t seed);
+  absl::Status UploadWeights();
+  absl::Status BuildHostStep(const Batch& b, int32_t graph_batch, HostStep* h) const;
+  absl::StatusOr<DeviceStep> Stage(const HostStep& h, StepInputs* in) const;
+  size_t StageBytes(const HostStep& h) const;
+  absl::Status Forward(const Batch& b, const HostStep& h, const DeviceStep& d);
+  absl::Status RunGraph(const Batch& b, const HostStep& h, const DeviceStep& d);
 };
 
 bool CudaDeviceAvailable() {
@@ -155,15 +344,124 @@ std::string CudaWorker::name() const { return absl::StrCat("cuda:", state_->opti
 int64_t CudaWorker::num_blocks() const { return state_->num_blocks; }
 const std::string& CudaWorker::sizing() const { return state_->sizing; }
 void CudaWorker::set_return_logits(bool on) { state_->return_logits = on; }
+int64_t CudaWorker::graph_steps() const { return state_->graph_steps; }
+int64_t CudaWorker::eager_steps() const { return state_->eager_steps; }
+int64_t CudaWorker::graphs_captured() const { return state_->graphs_captured; }
 
-absl::StatusOr<std::unique_ptr<CudaWorker>> CudaWorker::Create(std::shared_ptr<const Model> model,
-                                                              const CudaWorkerOptions& options) {
+namespace {
+
+int64_t WeightBytes(const ModelConfig& c) {
+  const int64_t dim = c.dim, qkv_w = c.q_size() + 2 * c.kv_size(), hidden = c.hidden_dim;
+  int64_t elems = static_cast<int64_t>(c.vocab_size) * dim * (c.tie_embeddings ? 1 : 2) + dim;
+  elems += static_cast<int64_t>(c.num_layers) *
+           (2 * dim + qkv_w * dim + dim * c.q_size() + 3 * hidden * dim);
+  return 2 * elems;
+}
+
+// Activation bytes per token of a step (bf16 unless noted).
+int64_t ActivationBytesPerToken(const ModelConfig& c) {
+  const int64_t qkv_w = c.q_size() + 2 * c.kv_size();
+  return 2 * (3 * static_cast<int64_t>(c.dim) + qkv_w + c.q_size() + 3 * c.hidden_dim);
+}
+
+int32_t GraphBatchFor(int32_t n, int32_t max_batch) {
+  for (int32_t s : kGraphBatchSizes) {
+    if (s >= n) return s <= max_batch ? s : 0;
+  }
+  return 0;
+}
+
+}  // namespace
+
+absl::Status CudaWorker::State::ReserveActivations(int64_t step_tokens, int64_t sample_rows) {
   const ModelConfig& c = model->config;
-  if (!CudaDeviceAvailable()) return absl::UnavailableError("no CUDA device is available");
+  const size_t t = static_cast<size_t>(std::max<int64_t>(step_tokens, 1));
+  const size_t qkv_w = c.q_size() + 2 * c.kv_size();
+  HKV_RETURN_IF_ERROR(res.Reserve(t * c.dim * 2));
+  HKV_RETURN_IF_ERROR(xb.Reserve(t * c.dim * 2));
+  HKV_RETURN_IF_ERROR(tmp.Reserve(t * c.dim * 2));
+  HKV_RETURN_IF_ERROR(qkv.Reserve(t * qkv_w * 2));
+  HKV_RETURN_IF_ERROR(attn.Reserve(t * c.q_size() * 2));
+  HKV_RETURN_IF_ERROR(gate_up.Reserve(t * 2 * c.hidden_dim * 2));
+  HKV_RETURN_IF_ERROR(hidden.Reserve(t * c.hidden_dim * 2));
+  const size_t rows = static_cast<size_t>(std::max<int64_t>(sample_rows, 1));
+  HKV_RETURN_IF_ERROR(sample_x.Reserve(rows * c.dim * 2));
+  HKV_RETURN_IF_ERROR(logits.Reserve(rows * c.vocab_size * 4));
+  HKV_RETURN_IF_ERROR(tokens.Reserve(rows * 4));
+  return absl::OkStatus();
+}
+
+absl::Status CudaWorker::State::FillDummyWeights(uint64_t seed) {
+  const ModelConfig& c = model->config;
+  const int64_t dim = c.dim, q = c.q_size(), kv = c.kv_size(), hidden = c.hidden_dim;
+  const int64_t qkv_w = q + 2 * kv;
+  int64_t tensor = 0;
+  // Each logical matrix has its own seed; a fused buffer holds several at row offsets.
+  auto fill = [&](void* base, int64_t ld, int64_t rows, int64_t cols, float scale, float value) {
+    const uint64_t s = seed * 0x100000001B3ULL + static_cast<uint64_t>(++tensor);
+    return k::FillUniformMatrix(kDType, base, ld, rows, cols, 0, 0, cols, s, scale, value, stream);
+  };
+  auto scale = [](int64_t fan_in) { return 1.0f / std::sqrt(static_cast<float>(fan_in)); };
+  HKV_RETURN_IF_ERROR(embedding.Reserve(static_cast<size_t>(c.vocab_size) * dim * 2));
+  HKV_CUDA_RETURN_IF_ERROR(fill(embedding.get(), dim, c.vocab_size, dim, 1.0f, 0.0f));
+  HKV_RETURN_IF_ERROR(final_norm.Reserve(dim * 2));
+  HKV_CUDA_RETURN_IF_ERROR(fill(final_norm.get(), dim, 1, dim, 0.0f, 1.0f));
+  if (!c.tie_embeddings) {
+    HKV_RETURN_IF_ERROR(lm_head.Reserve(static_cast<size_t>(c.vocab_size) * dim * 2));
+    HKV_CUDA_RETURN_IF_ERROR(fill(lm_head.get(), dim, c.vocab_size, dim, scale(dim), 0.0f));
+  }
+  layers.resize(c.num_layers);
+  for (LayerBuffers& b : layers) {
+    HKV_RETURN_IF_ERROR(b.attn_norm.Reserve(dim * 2));
+    HKV_RETURN_IF_ERROR(b.ffn_norm.Reserve(dim * 2));
+    HKV_RETURN_IF_ERROR(b.wqkv.Reserve(qkv_w * dim * 2));
+    HKV_RETURN_IF_ERROR(b.wo.Reserve(dim * q * 2));
+    HKV_RETURN_IF_ERROR(b.w_gate_up.Reserve(2 * hidden * dim * 2));
+    HKV_RETURN_IF_ERROR(b.w_down.Reserve(dim * hidden * 2));
+    auto* qkv_base = b.wqkv.get<uint16_t>();
+    auto* gu_base = b.w_gate_up.get<uint16_t>();
+    HKV_CUDA_RETURN_IF_ERROR(fill(b.attn_norm.get(), dim, 1, dim, 0.0f, 1.0f));
+    HKV_CUDA_RETURN_IF_ERROR(fill(b.ffn_norm.get(), dim, 1, dim, 0.0f, 1.0f));
+    HKV_CUDA_RETURN_IF_ERROR(fill(qkv_base, dim, q, dim, scale(dim), 0.0f));
+    HKV_CUDA_RETURN_IF_ERROR(fill(qkv_base + q * dim, dim, kv, dim, scale(dim), 0.0f));
+    HKV_CUDA_RETURN_IF_ERROR(fill(qkv_base + (q + kv) * dim, dim, kv, dim, scale(dim), 0.0f));
+    HKV_CUDA_RETURN_IF_ERROR(fill(b.wo.get(), q, dim, q, scale(q), 0.0f));
+    HKV_CUDA_RETURN_IF_ERROR(fill(gu_base, dim, hidden, dim, scale(dim), 0.0f));
+    HKV_CUDA_RETURN_IF_ERROR(fill(gu_base + hidden * dim, dim, hidden, dim, scale(dim), 0.0f));
+    HKV_CUDA_RETURN_IF_ERROR(fill(b.w_down.get(), hidden, dim, hidden, scale(hidden), 0.0f));
+  }
+  HKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return absl::OkStatus();
+}
+
+absl::Status CudaWorker::State::UploadWeights() {
+  const ModelWeights& w = model->weights;
+  const ModelConfig& c = model->config;
+  if (static_cast<int32_t>(w.layers.size()) != c.num_layers || w.embedding.empty()) {
+    return absl::InvalidArgumentError("the model's weights are missing");
+  }
+  HKV_RETURN_IF_ERROR(UploadBf16(w.embedding, &embedding));
+  HKV_RETURN_IF_ERROR(UploadBf16(w.final_norm, &final_norm));
+  if (!w.lm_head.empty()) HKV_RETURN_IF_ERROR(UploadBf16(w.lm_head, &lm_head));
+  layers.resize(c.num_layers);
+  for (int32_t l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& lw = w.layers[l];
+    LayerBuffers& b = layers[l];
+    HKV_RETURN_IF_ERROR(UploadBf16(lw.attn_norm, &b.attn_norm));
+    HKV_RETURN_IF_ERROR(UploadBf16(Concat({&lw.wq, &lw.wk, &lw.wv}), &b.wqkv));
+    HKV_RETURN_IF_ERROR(UploadBf16(lw.wo, &b.wo));
+    HKV_RETURN_IF_ERROR(UploadBf16(lw.ffn_norm, &b.ffn_norm));
+    HKV_RETURN_IF_ERROR(UploadBf16(Concat({&lw.w_gate, &lw.w_up}), &b.w_gate_up));
+    HKV_RETURN_IF_ERROR(UploadBf16(lw.w_down, &b.w_down));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaWorker::Supports(const ModelConfig& c) {
   if (c.head_dim != 64 && c.head_dim != 128) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the CUDA kernels serve head_dim 64 or 128; this model has ", c.head_dim,
-        ": use --device cpu"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the CUDA kernels serve head_dim 64 or 128; this model has ", c.head_dim,
+                     ": use --device cpu"));
   }
   if (c.group_size() > 8) {
     return absl::InvalidArgumentError("the CUDA kernels serve GQA groups of at most 8");
@@ -172,103 +470,130 @@ absl::StatusOr<std::unique_ptr<CudaWorker>> CudaWorker::Create(std::shared_ptr<c
   if (c.dim % 8 != 0 || c.hidden_dim % 8 != 0) {
     return absl::InvalidArgumentError("hidden sizes must be multiples of 8 on CUDA");
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<CudaWorker>> CudaWorker::Create(std::shared_ptr<const Model> model,
+                                                               const CudaWorkerOptions& options) {
+  const ModelConfig& c = model->config;
+  if (!CudaDeviceAvailable()) return absl::UnavailableError("no CUDA device is available");
+  HKV_RETURN_IF_ERROR(Supports(c));
   if ((options.block_size & (options.block_size - 1)) != 0) {
     return absl::InvalidArgumentError("block_size must be a power of two on CUDA");
+  }
+  if (options.max_step_tokens < 1 || options.max_seqs < 1 || options.cuda_graph_max_batch < 0) {
+    return absl::InvalidArgumentError("max_step_tokens and max_seqs must be positive");
   }
   auto s = std::make_unique<State>();
   s->model = model;
   s->options = options;
   HKV_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
+  HKV_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&s->num_sms, cudaDevAttrMultiProcessorCount, options.device));
   HKV_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
   HKV_CUBLAS_RETURN_IF_ERROR(cublasCreate(&s->cublas));
   HKV_CUBLAS_RETURN_IF_ERROR(cublasSetStream(s->cublas, s->stream));
+  // A fixed cuBLAS workspace: graph capture must not allocate.
+  HKV_RETURN_IF_ERROR(s->cublas_ws.Reserve(kCublasWorkspaceBytes));
+  HKV_CUBLAS_RETURN_IF_ERROR(
+      cublasSetWorkspace(s->cublas, s->cublas_ws.get(), s->cublas_ws.bytes()));
 
   size_t free_before = 0, total = 0;
   HKV_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_before, &total));
-  const ModelWeights& w = model->weights;
-  int64_t weight_bytes = 0;
-  for (const LayerWeights& l : w.layers) {
-    weight_bytes += 2 * static_cast<int64_t>(l.wq.size() + l.wk.size() + l.wv.size() + l.wo.size() +
-                                             l.w_gate.size() + l.w_up.size() + l.w_down.size());
-  }
-  weight_bytes += 2 * static_cast<int64_t>(w.embedding.size() + w.lm_head.size());
-  if (weight_bytes + options.activation_reserve_bytes > static_cast<int64_t>(free_before)) {
+  const int64_t weight_bytes = WeightBytes(c);
+  const int64_t act_bytes =
+      ActivationBytesPerToken(c) * options.max_step_tokens +
+      static_cast<int64_t>(options.max_seqs) * (c.vocab_size * 4 + c.dim * 2 + 4);
+  if (weight_bytes + act_bytes + options.activation_reserve_bytes >
+      static_cast<int64_t>(free_before)) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "the model needs %.2f GiB of weights + %.2f GiB of activations but the GPU has %.2f GiB "
-        "free: %.2f GiB short",
-        weight_bytes / 1073741824.0, options.activation_reserve_bytes / 1073741824.0,
-        free_before / 1073741824.0,
-        (weight_bytes + options.activation_reserve_bytes - static_cast<int64_t>(free_before)) /
+        "the model needs %.2f GiB of weights + %.2f GiB of activations (%d tokens a step) + "
+        "%.2f GiB headroom but the GPU has %.2f GiB free: %.2f GiB short",
+        weight_bytes / 1073741824.0, act_bytes / 1073741824.0, options.max_step_tokens,
+        options.activation_reserve_bytes / 1073741824.0, free_before / 1073741824.0,
+        (weight_bytes + act_bytes + options.activation_reserve_bytes -
+         static_cast<int64_t>(free_before)) /
             1073741824.0));
   }
-  HKV_RETURN_IF_ERROR(UploadBf16(w.embedding, &s->embedding));
-  HKV_RETURN_IF_ERROR(UploadBf16(w.final_norm, &s->final_norm));
-  if (!w.lm_head.empty()) HKV_RETURN_IF_ERROR(UploadBf16(w.lm_head, &s->lm_head));
+  if (model->device_dummy_seed.has_value()) {
+    HKV_RETURN_IF_ERROR(s->FillDummyWeights(*model->device_dummy_seed));
+  } else {
+    HKV_RETURN_IF_ERROR(s->UploadWeights());
+  }
   std::vector<float> inv_freq = RopeInvFreq(c);
   HKV_RETURN_IF_ERROR(s->inv_freq.Reserve(inv_freq.size() * 4));
-  HKV_CUDA_RETURN_IF_ERROR(cudaMemcpy(s->inv_freq.get(), inv_freq.data(), inv_freq.size() * 4,
-                                      cudaMemcpyHostToDevice));
-  s->layers.resize(c.num_layers);
-  for (int32_t l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& lw = w.layers[l];
-    LayerBuffers& b = s->layers[l];
-    HKV_RETURN_IF_ERROR(UploadBf16(lw.attn_norm, &b.attn_norm));
-    HKV_RETURN_IF_ERROR(UploadBf16(Concat({&lw.wq, &lw.wk, &lw.wv}), &b.wqkv));
-    HKV_RETURN_IF_ERROR(UploadBf16(lw.wo, &b.wo));
-    HKV_RETURN_IF_ERROR(UploadBf16(lw.ffn_norm, &b.ffn_norm));
-    HKV_RETURN_IF_ERROR(UploadBf16(Concat({&lw.w_gate, &lw.w_up}), &b.w_gate_up));
-    HKV_RETURN_IF_ERROR(UploadBf16(lw.w_down, &b.w_down));
-  }
+  HKV_CUDA_RETURN_IF_ERROR(
+      cudaMemcpy(s->inv_freq.get(), inv_freq.data(), inv_freq.size() * 4, cudaMemcpyHostToDevice));
+  // Step buffers for the largest planned step, before the pool takes the rest.
+  HKV_RETURN_IF_ERROR(s->ReserveActivations(options.max_step_tokens, options.max_seqs));
+  k::DecodePlanOptions dopt;
+  dopt.max_rows = std::max(options.max_seqs, options.cuda_graph_max_batch) * c.num_kv_heads;
+  dopt.max_work_items = dopt.max_rows + 1024;
+  dopt.group_size = c.group_size();
+  dopt.head_dim = c.head_dim;
+  HKV_RETURN_IF_ERROR(s->decode_ws.Reserve(k::DecodeWorkspaceBytes(dopt)));
+  HKV_RETURN_IF_ERROR(s->select_ws.Reserve(
+      k::KvSelectWorkspaceBytes(options.max_step_tokens, 64, c.num_heads, c.num_kv_heads) + 256));
+
   size_t free_after = 0;
   HKV_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_after, &total));
   const int64_t bytes_per_block = 2LL * options.block_size * c.head_dim * 2;
-  const int64_t budget = static_cast<int64_t>(options.gpu_memory_utilization * total) -
-                         static_cast<int64_t>(total - free_after) -
+  const int64_t in_use = static_cast<int64_t>(total - free_after);
+  const int64_t budget = static_cast<int64_t>(options.gpu_memory_utilization * total) - in_use -
                          options.activation_reserve_bytes;
   s->num_blocks = options.num_blocks > 0 ? options.num_blocks : budget / bytes_per_block;
   if (s->num_blocks < 1 || s->num_blocks > INT32_MAX) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "no room for a KV pool: %.2f GiB total x %.2f utilization - %.2f GiB in use - %.2f GiB "
-        "activations leaves %.2f GiB; raise --gpu-memory-utilization or use a smaller model",
-        total / 1073741824.0, options.gpu_memory_utilization,
-        (total - free_after) / 1073741824.0, options.activation_reserve_bytes / 1073741824.0,
-        budget / 1073741824.0));
+        "no room for a KV pool: %.2f GiB total x %.2f utilization - %.2f GiB in use (weights "
+        "and step buffers) - %.2f GiB headroom leaves %.2f GiB; raise "
+        "--gpu-memory-utilization, lower --max-batch-tokens or use a smaller model",
+        total / 1073741824.0, options.gpu_memory_utilization, in_use / 1073741824.0,
+        options.activation_reserve_bytes / 1073741824.0, budget / 1073741824.0));
   }
   const size_t pool_bytes = static_cast<size_t>(s->num_blocks) * bytes_per_block / 2;
   HKV_RETURN_IF_ERROR(s->k_pool.Reserve(pool_bytes));
   HKV_RETURN_IF_ERROR(s->v_pool.Reserve(pool_bytes));
+  if (options.cuda_graph_max_batch > 0) {
+    // Graph inputs at their largest: fixed slices for the biggest graph, then page indices
+    // for every block of the pool (a step that lists more falls back to eager).
+    HostStep h;
+    h.graph = true;
+    h.num_decode = GraphBatchFor(options.cuda_graph_max_batch, options.cuda_graph_max_batch);
+    if (h.num_decode == 0) h.num_decode = kGraphBatchSizes[std::size(kGraphBatchSizes) - 1];
+    h.total = h.num_decode;
+    h.decode_options = dopt;
+    h.decode_options.max_rows = h.num_decode * c.num_kv_heads;
+    h.decode_options.max_work_items = h.decode_options.max_rows + 1024;
+    h.indices_a.resize(s->num_blocks + 1);
+    HKV_RETURN_IF_ERROR(s->graph_inputs.Begin(s->StageBytes(h)));
+  }
+  if (const char* p = std::getenv("HKV_STEP_PROFILE"); p != nullptr && p[0] == '1') {
+    s->profile.on = true;
+    HKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&s->profile.start));
+    HKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&s->profile.stop));
+  }
   s->sizing = absl::StrFormat(
-      "GPU %d: %.2f GiB total, weights %.2f GiB (bf16), activations reserve %.2f GiB, "
-      "utilization %.2f -> KV pool %d blocks x %d B = %.2f GiB",
+      "GPU %d: %.2f GiB total, weights %.2f GiB (bf16%s), step buffers %.2f GiB (%d tokens, "
+      "%d seqs), headroom %.2f GiB, utilization %.2f -> KV pool %d blocks x %d B = %.2f GiB; "
+      "CUDA graphs for decode batches up to %d",
       options.device, total / 1073741824.0, weight_bytes / 1073741824.0,
+      model->device_dummy_seed.has_value() ? ", random on the GPU" : "",
+      (in_use - weight_bytes) / 1073741824.0, options.max_step_tokens, options.max_seqs,
       options.activation_reserve_bytes / 1073741824.0, options.gpu_memory_utilization,
-      s->num_blocks, bytes_per_block, s->num_blocks * bytes_per_block / 1073741824.0);
+      s->num_blocks, bytes_per_block, s->num_blocks * bytes_per_block / 1073741824.0,
+      options.cuda_graph_max_batch);
   return std::unique_ptr<CudaWorker>(new CudaWorker(std::move(s)));
 }
 
-absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& b) {
-  State& s = *state_;
-  const ModelConfig& c = s.model->config;
-  const int32_t L = c.num_layers, H = c.num_kv_heads, Hq = c.num_heads, d = c.head_dim;
-  const int32_t bs = s.options.block_size, dim = c.dim, hidden = c.hidden_dim;
-  const int32_t qkv_w = c.q_size() + 2 * c.kv_size();
+absl::Status CudaWorker::State::BuildHostStep(const Batch& b, int32_t graph_batch,
+                                              HostStep* hp) const {
+  HostStep& h = *hp;
+  const ModelConfig& c = model->config;
+  const int32_t L = c.num_layers, H = c.num_kv_heads, bs = options.block_size;
   const int64_t rows_per_seq = static_cast<int64_t>(L) * H;
-  if (b.num_layers != L || b.num_kv_heads != H || b.block_size != bs ||
-      static_cast<int64_t>(b.kv_indptr.size()) != b.num_rows() + 1 ||
-      static_cast<int64_t>(b.kv_len_before.size()) != b.num_rows() ||
-      static_cast<int64_t>(b.kv_len_after.size()) != b.num_rows()) {
-    return absl::InvalidArgumentError("malformed batch for the CUDA worker");
-  }
-  for (BlockId id : b.kv_indices) {
-    if (id < 0 || id >= s.num_blocks) return absl::InvalidArgumentError("block id outside the pool");
-  }
-  // Internal order: decodes, then plain prefill chunks, then compressed prefills.
-  std::vector<int32_t> order;
-  int32_t num_decode = 0, num_prefill = 0, num_select = 0;
   for (int pass = 0; pass < 3; ++pass) {
     for (size_t i = 0; i < b.seqs.size(); ++i) {
       const SequenceStep& st = b.seqs[i];
-      if (st.tokens.empty()) return absl::InvalidArgumentError("a sequence has no tokens");
       const int kind = st.select ? 2 : (st.tokens.size() == 1 ? 0 : 1);
       if (kind != pass) continue;
       if (st.select && st.selection.capacity.empty()) {
@@ -276,322 +601,530 @@ absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& b) {
             "adaptive (adakv) selection is not supported on the CUDA worker yet: use another "
             "policy or --device cpu");
       }
-      order.push_back(static_cast<int32_t>(i));
-      (kind == 0 ? num_decode : kind == 1 ? num_prefill : num_select)++;
+      h.order.push_back(static_cast<int32_t>(i));
+      (kind == 0 ? h.num_decode : kind == 1 ? h.num_prefill : h.num_select)++;
     }
   }
-  const int32_t num_seqs = static_cast<int32_t>(order.size());
-  // Host-side step tables.
-  std::vector<int32_t> ids, pos, token_start(num_seqs);
-  std::vector<int32_t> indptr_a{0}, indices_a, last_a, indptr_b{0}, indices_b, last_b;
-  std::vector<int32_t> cu_prefill{0}, cu_select{0}, caps;
-  int32_t max_prefill = 0, max_select = 0, max_select_n = 0;
-  for (int32_t k = 0; k < num_seqs; ++k) {
-    const SequenceStep& st = b.seqs[order[k]];
-    token_start[k] = static_cast<int32_t>(ids.size());
+  h.real_decode = h.num_decode;
+  h.batch_indices = &b.kv_indices;
+  h.graph = graph_batch > 0;
+  const int32_t real_seqs = static_cast<int32_t>(h.order.size());
+  const int32_t pad = h.graph ? graph_batch - h.num_decode : 0;
+  // When the batch lists its sequences in internal order and every row holds exactly the
+  // blocks of its tokens (the usual case), the batch's index list is the step's as it is:
+  // staged straight from the batch instead of copied row by row (millions of entries at
+  // batch 256).
+  h.shared_indices = b.kv_indptr.empty() || b.kv_indptr[0] == 0;
+  for (int32_t k2 = 0; k2 < real_seqs && h.shared_indices; ++k2) {
+    h.shared_indices = h.order[k2] == k2;
+  }
+  for (int64_t r = 0; r < b.num_rows() && h.shared_indices; ++r) {
+    h.shared_indices = b.kv_indptr[r + 1] - b.kv_indptr[r] == (b.kv_len_after[r] + bs - 1) / bs;
+  }
+  h.indptr_a.push_back(0);
+  h.indptr_b.push_back(0);
+  h.cu_prefill.push_back(0);
+  h.cu_select.push_back(0);
+  for (int32_t k2 = 0; k2 < real_seqs; ++k2) {
+    const SequenceStep& st = b.seqs[h.order[k2]];
+    h.token_start.push_back(static_cast<int32_t>(h.ids.size()));
     for (size_t t = 0; t < st.tokens.size(); ++t) {
       if (st.tokens[t] < 0 || st.tokens[t] >= c.vocab_size) {
         return absl::InvalidArgumentError("token outside the vocabulary");
       }
-      ids.push_back(st.tokens[t]);
-      pos.push_back(st.start_pos + static_cast<int32_t>(t));
+      h.ids.push_back(st.tokens[t]);
+      h.pos.push_back(st.start_pos + static_cast<int32_t>(t));
     }
     const int32_t T = static_cast<int32_t>(st.tokens.size());
-    if (k >= num_decode && k < num_decode + num_prefill) {
-      cu_prefill.push_back(cu_prefill.back() + T);
-      max_prefill = std::max(max_prefill, T);
-    } else if (k >= num_decode + num_prefill) {
-      cu_select.push_back(cu_select.back() + T);
-      max_select = std::max(max_select, T);
-      max_select_n = std::max(max_select_n, T);
+    if (k2 >= h.num_decode && k2 < h.num_decode + h.num_prefill) {
+      h.cu_prefill.push_back(h.cu_prefill.back() + T);
+      h.max_prefill = std::max(h.max_prefill, T);
+    } else if (k2 >= h.num_decode + h.num_prefill) {
+      h.cu_select.push_back(h.cu_select.back() + T);
+      h.max_select = std::max(h.max_select, T);
       if (static_cast<int64_t>(st.selection.capacity.size()) != rows_per_seq) {
         return absl::InvalidArgumentError("selection capacity has the wrong size");
       }
-      caps.insert(caps.end(), st.selection.capacity.begin(), st.selection.capacity.end());
+      if (st.selection.window < 1 || st.selection.window > T) {
+        return absl::InvalidArgumentError("selection window outside 1..prompt length");
+      }
+      h.caps.insert(h.caps.end(), st.selection.capacity.begin(), st.selection.capacity.end());
     }
-    for (int64_t r = b.row(order[k], 0, 0); r < b.row(order[k] + 1, 0, 0); ++r) {
+    const bool is_prefill = k2 >= h.num_decode && k2 < h.num_decode + h.num_prefill;
+    for (int64_t r = b.row(h.order[k2], 0, 0); r < b.row(h.order[k2] + 1, 0, 0); ++r) {
       const int32_t first = b.kv_indptr[r], nblocks = b.kv_indptr[r + 1] - first;
       const int32_t after = b.kv_len_after[r], before = b.kv_len_before[r];
-      if (after > nblocks * bs || before > after) {
+      if (nblocks < 0 || after > nblocks * bs || before > after || before < 0) {
         return absl::InvalidArgumentError("a row holds too few blocks for its tokens");
       }
       const int32_t used_a = (after + bs - 1) / bs, used_b = (before + bs - 1) / bs;
-      indices_a.insert(indices_a.end(), b.kv_indices.begin() + first,
-                       b.kv_indices.begin() + first + used_a);
-      indptr_a.push_back(static_cast<int32_t>(indices_a.size()));
-      last_a.push_back(after == 0 ? 0 : after - (used_a - 1) * bs);
-      indices_b.insert(indices_b.end(), b.kv_indices.begin() + first,
-                       b.kv_indices.begin() + first + used_b);
-      indptr_b.push_back(static_cast<int32_t>(indices_b.size()));
-      last_b.push_back(before == 0 ? 0 : before - (used_b - 1) * bs);
+      if (h.shared_indices) {
+        h.indptr_a.push_back(b.kv_indptr[r + 1]);
+      } else {
+        h.indices_a.insert(h.indices_a.end(), b.kv_indices.begin() + first,
+                           b.kv_indices.begin() + first + used_a);
+        h.indptr_a.push_back(static_cast<int32_t>(h.indices_a.size()));
+      }
+      h.last_a.push_back(after == 0 ? 0 : after - (used_a - 1) * bs);
+      if (is_prefill) {  // The paged prefix of plain prefill chunks (their rows only).
+        h.indices_b.insert(h.indices_b.end(), b.kv_indices.begin() + first,
+                           b.kv_indices.begin() + first + used_b);
+        h.indptr_b.push_back(static_cast<int32_t>(h.indices_b.size()));
+        h.last_b.push_back(before == 0 ? 0 : before - (used_b - 1) * bs);
+      }
       if (!st.select && after - before != T) {
         return absl::InvalidArgumentError("a plain row must grow by the step's tokens");
       }
     }
+    if (k2 + 1 == h.num_decode && pad > 0) {
+      // Padding decodes (graph steps): token 0 at position 0, empty rows, no KV writes.
+      for (int32_t p = 0; p < pad; ++p) {
+        h.ids.push_back(0);
+        h.pos.push_back(0);
+        for (int64_t r = 0; r < rows_per_seq; ++r) {
+          h.indptr_a.push_back(h.indptr_a.back());
+          h.last_a.push_back(0);
+        }
+      }
+    }
   }
-  const int32_t total = static_cast<int32_t>(ids.size());
-  // Slot of each plain token in each (layer, head): [L, total, H]; -1 for compressed prefills.
-  std::vector<int64_t> slots(static_cast<size_t>(L) * total * H, -1);
-  for (int32_t k = 0; k < num_decode + num_prefill; ++k) {
-    const SequenceStep& st = b.seqs[order[k]];
+  if (h.graph) {
+    for (int32_t p = 0; p < pad; ++p) h.token_start.push_back(h.real_decode + p);
+    // token_start of real sequences after the decodes shifts by the padding (none in graph
+    // steps, which are decode-only).
+    h.num_decode += pad;
+  }
+  h.total = static_cast<int32_t>(h.ids.size());
+  h.plain_tokens = h.total - (h.cu_select.back());
+  // Slot of each plain token in each (layer, head): [L, total, H]; -1 for compressed prefills
+  // and padding.
+  h.slots.assign(static_cast<size_t>(L) * h.total * H, -1);
+  for (int32_t k2 = 0; k2 < h.real_decode + h.num_prefill; ++k2) {
+    const int32_t bi = h.order[k2];
+    const SequenceStep& st = b.seqs[bi];
+    const int32_t ts = h.token_start[k2];
     for (int32_t l = 0; l < L; ++l) {
-      for (int32_t h = 0; h < H; ++h) {
-        const int64_t r = b.row(order[k], l, h);
+      for (int32_t hh = 0; hh < H; ++hh) {
+        const int64_t r = b.row(bi, l, hh);
         const BlockId* blocks = &b.kv_indices[b.kv_indptr[r]];
         for (size_t t = 0; t < st.tokens.size(); ++t) {
           const int32_t slot = b.kv_len_before[r] + static_cast<int32_t>(t);
-          slots[(static_cast<size_t>(l) * total + token_start[k] + t) * H + h] =
+          h.slots[(static_cast<size_t>(l) * h.total + ts + t) * H + hh] =
               static_cast<int64_t>(blocks[slot / bs]) * bs + slot % bs;
         }
       }
     }
   }
-  cudaStream_t stream = s.stream;
-  HKV_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.options.device));
-  for (const auto& [src, dst] : b.block_copies) {
-    const size_t block_bytes = static_cast<size_t>(bs) * d * 2;
-    for (DeviceBuffer* pool : {&s.k_pool, &s.v_pool}) {
-      HKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(pool->get<char>() + dst * block_bytes,
-                                               pool->get<char>() + src * block_bytes, block_bytes,
-                                               cudaMemcpyDeviceToDevice, stream));
-    }
-  }
-  HKV_RETURN_IF_ERROR(s.ids.Upload(ids, stream));
-  HKV_RETURN_IF_ERROR(s.pos.Upload(pos, stream));
-  HKV_RETURN_IF_ERROR(s.slots.Upload(slots, stream));
-  HKV_RETURN_IF_ERROR(s.indptr_after.Upload(indptr_a, stream));
-  HKV_RETURN_IF_ERROR(s.indices_after.Upload(indices_a, stream));
-  HKV_RETURN_IF_ERROR(s.last_after.Upload(last_a, stream));
-  HKV_RETURN_IF_ERROR(s.indptr_before.Upload(indptr_b, stream));
-  HKV_RETURN_IF_ERROR(s.indices_before.Upload(indices_b, stream));
-  HKV_RETURN_IF_ERROR(s.last_before.Upload(last_b, stream));
-  HKV_RETURN_IF_ERROR(s.cu_prefill.Upload(cu_prefill, stream));
-  HKV_RETURN_IF_ERROR(s.cu_select.Upload(cu_select, stream));
-  HKV_RETURN_IF_ERROR(s.caps.Upload(caps, stream));
-  const size_t act = static_cast<size_t>(total);
-  HKV_RETURN_IF_ERROR(s.res.Reserve(act * dim * 2));
-  HKV_RETURN_IF_ERROR(s.xb.Reserve(act * dim * 2));
-  HKV_RETURN_IF_ERROR(s.tmp.Reserve(act * dim * 2));
-  HKV_RETURN_IF_ERROR(s.qkv.Reserve(act * qkv_w * 2));
-  HKV_RETURN_IF_ERROR(s.attn.Reserve(act * c.q_size() * 2));
-  HKV_RETURN_IF_ERROR(s.gate_up.Reserve(act * 2 * hidden * 2));
-  HKV_RETURN_IF_ERROR(s.hidden.Reserve(act * hidden * 2));
-  HKV_RETURN_IF_ERROR(s.kept.Reserve(std::max<size_t>(1, num_select * rows_per_seq) * 4));
-  HKV_RETURN_IF_ERROR(s.kept_index.Reserve(static_cast<size_t>(H) * std::max(1, max_select_n) * 4));
-  if (num_select > 0) {
-    HKV_RETURN_IF_ERROR(
-        s.select_ws.Reserve(k::KvSelectWorkspaceBytes(max_select_n, 8, Hq, H) + 256));
-  }
-  k::DecodePlanOptions dopt;
-  dopt.max_rows = std::max(1, num_decode * H);
-  dopt.max_work_items = dopt.max_rows + 1024;
-  dopt.group_size = c.group_size();
-  dopt.head_dim = d;
-  if (num_decode > 0) HKV_RETURN_IF_ERROR(s.decode_ws.Reserve(k::DecodeWorkspaceBytes(dopt)));
-
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  const k::RopeStyle rope = c.rope_style == RopeStyle::kHalf ? k::RopeStyle::kRotateHalf
-                                                               : k::RopeStyle::kInterleaved;
-  k::PagedKvView after;
-  after.indptr = s.indptr_after.get<int32_t>();
-  after.indices = s.indices_after.get<int32_t>();
-  after.last_len = s.last_after.get<int32_t>();
-  after.k_pool = s.k_pool.get();
-  after.v_pool = s.v_pool.get();
-  after.block_stride = static_cast<int64_t>(bs) * d;
-  after.block_size = bs;
-  after.num_kv_heads = H;
-  after.head_dim = d;
-  after.row_seq_stride = static_cast<int32_t>(rows_per_seq);
-  k::PagedKvView before = after;
-  before.indptr = s.indptr_before.get<int32_t>();
-  before.indices = s.indices_before.get<int32_t>();
-  before.last_len = s.last_before.get<int32_t>();
-  auto* qkv = s.qkv.get<uint16_t>();
-  auto* attn = s.attn.get<uint16_t>();
-
-  HKV_CUDA_RETURN_IF_ERROR(k::EmbeddingLookup(kDType, s.embedding.get(), c.vocab_size, dim,
-                                              s.ids.get<int32_t>(), total, s.res.get(), stream));
-  std::vector<int32_t> row_ids(std::max(1, num_decode * H));
-  for (int32_t l = 0; l < L; ++l) {
-    const LayerBuffers& w = s.layers[l];
-    if (l == 0) {
-      HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, s.res.get(), nullptr, w.attn_norm.get(),
-                                          s.xb.get(), total, dim, c.norm_eps, stream));
+  // Sampled rows: the last token of each sequence that asks for one (every padding row too).
+  for (int32_t k2 = 0; k2 < h.num_decode + h.num_prefill + h.num_select; ++k2) {
+    const bool padding = h.graph && k2 >= h.real_decode;
+    if (!padding) {
+      const int32_t internal_real = k2;  // padding exists only in decode-only graph steps
+      const SequenceStep& st = b.seqs[h.order[internal_real]];
+      if (!st.sample && !h.graph) continue;
+      k::SamplingRow row;
+      row.temperature = st.sampling.temperature;
+      row.top_k = st.sampling.top_k;
+      row.top_p = st.sampling.top_p;
+      row.uniform = static_cast<float>(SampleUniform(st.sampling.seed, st.sample_step));
+      h.sample_rows.push_back(row);
+      h.sample_seq.push_back(st.sample ? internal_real : -1);
+      h.sample_token.push_back(h.token_start[internal_real] +
+                               static_cast<int32_t>(st.tokens.size()) - 1);
     } else {
-      HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, s.tmp.get(), s.res.get(), w.attn_norm.get(),
-                                          s.xb.get(), total, dim, c.norm_eps, stream));
+      h.sample_rows.push_back(k::SamplingRow{});
+      h.sample_seq.push_back(-1);
+      h.sample_token.push_back(k2);
     }
-    HKV_CUBLAS_RETURN_IF_ERROR(k::GemmRowMajor(s.cublas, kDType, s.xb.get(), dim, w.wqkv.get(),
-                                               dim, qkv, qkv_w, false, total, qkv_w, dim));
-    HKV_CUDA_RETURN_IF_ERROR(k::Rope(kDType, qkv, qkv_w, Hq, qkv + c.q_size(), qkv_w, H,
-                                     s.pos.get<int32_t>(), total, d, c.rope_theta,
-                                     s.inv_freq.get<float>(), rope, stream));
-    if (num_decode + num_prefill > 0) {
-      HKV_CUDA_RETURN_IF_ERROR(k::AppendKvSlots(
-          kDType, after, qkv + c.q_size(), qkv + c.q_size() + c.kv_size(), qkv_w,
-          s.slots.get<int64_t>() + static_cast<size_t>(l) * total * H,
-          token_start[num_decode + num_prefill - 1] +
-              static_cast<int32_t>(b.seqs[order[num_decode + num_prefill - 1]].tokens.size()),
-          stream));
-    }
-    if (num_decode > 0) {
-      for (int32_t k2 = 0; k2 < num_decode; ++k2) {
-        for (int32_t h = 0; h < H; ++h) {
-          row_ids[k2 * H + h] = static_cast<int32_t>(k2 * rows_per_seq + l * H + h);
+  }
+  h.decode_options.max_rows = std::max(1, h.num_decode * H);
+  h.decode_options.max_work_items = h.decode_options.max_rows + 1024;
+  h.decode_options.group_size = c.group_size();
+  h.decode_options.head_dim = c.head_dim;
+  h.decode_options.num_sms = num_sms;
+  h.decode_options.fixed_grid = h.graph;
+  return absl::OkStatus();
+}
+
+size_t CudaWorker::State::StageBytes(const HostStep& h) const {
+  const int32_t L = model->config.num_layers;
+  size_t bytes =
+      SliceBytes<int32_t>(h.ids.size()) + SliceBytes<int32_t>(h.pos.size()) +
+      SliceBytes<k::SamplingRow>(h.sample_rows.size()) +
+      SliceBytes<int32_t>(h.sample_token.size()) + SliceBytes<int64_t>(h.slots.size()) +
+      SliceBytes<int32_t>(h.last_a.size()) + SliceBytes<int32_t>(h.indptr_a.size()) +
+      SliceBytes<int32_t>(h.last_b.size()) + SliceBytes<int32_t>(h.indptr_b.size()) +
+      SliceBytes<int32_t>(h.cu_prefill.size()) + SliceBytes<int32_t>(h.cu_select.size()) +
+      SliceBytes<int32_t>(h.caps.size()) + SliceBytes<int32_t>(h.indices_b.size()) +
+      SliceBytes<int32_t>(h.shared_indices ? h.batch_indices->size() : h.indices_a.size());
+  if (h.num_decode > 0) bytes += L * SliceBytes<int32_t>(k::DecodeMetaInts(h.decode_options));
+  return bytes;
+}
+
+// The order of the slices is fixed, and variable-length ones come last, so a graph step of a
+// given batch size always finds its inputs at the same addresses.
+absl::StatusOr<DeviceStep> CudaWorker::State::Stage(const HostStep& h, StepInputs* in) const {
+  const ModelConfig& c = model->config;
+  const int32_t L = c.num_layers, H = c.num_kv_heads;
+  DeviceStep d;
+  d.ids = in->Put(h.ids);
+  d.pos = in->Put(h.pos);
+  d.sample_rows = in->Put(h.sample_rows);
+  d.sample_token = in->Put(h.sample_token);
+  d.slots = in->Put(h.slots);
+  d.last_a = in->Put(h.last_a);
+  d.indptr_a = in->Put(h.indptr_a);
+  d.last_b = in->Put(h.last_b);
+  d.indptr_b = in->Put(h.indptr_b);
+  d.cu_prefill = in->Put(h.cu_prefill);
+  d.cu_select = in->Put(h.cu_select);
+  d.caps = in->Put(h.caps);
+  if (h.num_decode > 0) {
+    const size_t meta_ints = k::DecodeMetaInts(h.decode_options);
+    const int64_t rows_per_seq = static_cast<int64_t>(L) * H;
+    std::vector<int32_t> row_ids(static_cast<size_t>(h.real_decode) * H);
+    d.plans.resize(L);
+    int32_t base = -1;
+    const int32_t* base_meta = nullptr;
+    for (int32_t l = 0; l < L; ++l) {
+      for (int32_t s = 0; s < h.real_decode; ++s) {
+        for (int32_t hh = 0; hh < H; ++hh) {
+          row_ids[s * H + hh] = static_cast<int32_t>(s * rows_per_seq + l * H + hh);
         }
       }
-      k::DecodePlan plan;
-      HKV_CUDA_RETURN_IF_ERROR(k::PlanDecodeAttention(dopt, indptr_a.data(), last_a.data(),
-                                                      num_decode * H, bs, s.decode_ws.get(),
-                                                      stream, &plan, row_ids.data()));
-      HKV_CUDA_RETURN_IF_ERROR(k::RunDecodeAttention(plan, after, kDType, qkv, qkv_w, attn,
+      int32_t* host_meta = nullptr;
+      d.plans[l].device_meta = in->Take<int32_t>(meta_ints, &host_meta);
+      // Layers whose heads hold the same lengths as the last planned layer (every layer under
+      // full KV) reuse its work list with their own blocks.
+      if (base >= 0 &&
+          k::RebaseDecodePlan(d.plans[base], base_meta, h.indptr_a.data(), h.last_a.data(),
+                              options.block_size, row_ids.data(), host_meta)) {
+        const int32_t* device_meta = d.plans[l].device_meta;
+        d.plans[l] = d.plans[base];
+        d.plans[l].row_lengths.clear();
+        d.plans[l].device_meta = device_meta;
+      } else {
+        const cudaError_t e = k::BuildDecodePlan(
+            h.decode_options, h.indptr_a.data(), h.last_a.data(), h.real_decode * H,
+            options.block_size, row_ids.data(), host_meta, &d.plans[l]);
+        if (e != cudaSuccess) return absl::InvalidArgumentError("malformed decode page table");
+        base = l;
+        base_meta = host_meta;
+      }
+      d.plans[l].workspace = decode_ws.get();
+    }
+  }
+  d.indices_b = in->Put(h.indices_b);
+  d.indices_a = in->Put(h.shared_indices ? *h.batch_indices : h.indices_a);
+  return d;
+}
+
+// Launches the whole step on the stream: no host sync, no allocation (so it can be captured).
+absl::Status CudaWorker::State::Forward(const Batch& b, const HostStep& h, const DeviceStep& d) {
+  const ModelConfig& c = model->config;
+  const int32_t L = c.num_layers, H = c.num_kv_heads, Hq = c.num_heads, hd = c.head_dim;
+  const int32_t bs = options.block_size, dim = c.dim, hid = c.hidden_dim;
+  const int32_t qkv_w = c.q_size() + 2 * c.kv_size();
+  const int64_t rows_per_seq = static_cast<int64_t>(L) * H;
+  const int32_t total = h.total;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const k::RopeStyle rope =
+      c.rope_style == RopeStyle::kHalf ? k::RopeStyle::kRotateHalf : k::RopeStyle::kInterleaved;
+  k::PagedKvView after;
+  after.indptr = d.indptr_a;
+  after.indices = d.indices_a;
+  after.last_len = d.last_a;
+  after.k_pool = k_pool.get();
+  after.v_pool = v_pool.get();
+  after.block_stride = static_cast<int64_t>(bs) * hd;
+  after.block_size = bs;
+  after.num_kv_heads = H;
+  after.head_dim = hd;
+  after.row_seq_stride = static_cast<int32_t>(rows_per_seq);
+  k::PagedKvView before = after;
+  before.indptr = d.indptr_b;
+  before.indices = d.indices_b;
+  before.last_len = d.last_b;
+  auto* q = qkv.get<uint16_t>();
+  auto* at = attn.get<uint16_t>();
+
+  HKV_CUDA_RETURN_IF_ERROR(k::EmbeddingLookup(kDType, embedding.get(), c.vocab_size, dim, d.ids,
+                                              total, res.get(), stream));
+  for (int32_t l = 0; l < L; ++l) {
+    const LayerBuffers& w = layers[l];
+    HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, l == 0 ? res.get() : tmp.get(),
+                                        l == 0 ? nullptr : res.get(), w.attn_norm.get(), xb.get(),
+                                        total, dim, c.norm_eps, stream));
+    HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, xb.get(), dim,
+                                                 w.wqkv.get(), dim, q, qkv_w, false, total, qkv_w,
+                                                 dim));
+    HKV_CUDA_RETURN_IF_ERROR(k::Rope(kDType, q, qkv_w, Hq, q + c.q_size(), qkv_w, H, d.pos, total,
+                                     hd, c.rope_theta, inv_freq.get<float>(), rope, stream));
+    if (h.plain_tokens > 0) {
+      HKV_CUDA_RETURN_IF_ERROR(
+          k::AppendKvSlots(kDType, after, q + c.q_size(), q + c.q_size() + c.kv_size(), qkv_w,
+                           d.slots + static_cast<size_t>(l) * total * H, h.plain_tokens, stream));
+    }
+    if (h.num_decode > 0) {
+      HKV_CUDA_RETURN_IF_ERROR(k::RunDecodeAttention(d.plans[l], after, kDType, q, qkv_w, at,
                                                      c.q_size(), scale, stream));
     }
     // Causal attention of a group of sequences' chunks, starting at internal sequence k0.
-    auto run_prefill = [&](int32_t k0, int32_t count, const DeviceBuffer& cu, int32_t max_len,
+    auto run_prefill = [&](int32_t k0, int32_t count, const int32_t* cu, int32_t max_len,
                            const k::PagedKvView* prefix) {
-      const size_t first = token_start[k0];
+      const size_t first = h.token_start[k0];
       k::PrefillAttentionArgs a;
       a.dtype = kDType;
-      a.q = qkv + first * qkv_w;
-      a.k = qkv + first * qkv_w + c.q_size();
-      a.v = qkv + first * qkv_w + c.q_size() + c.kv_size();
-      a.out = attn + first * c.q_size();
+      a.q = q + first * qkv_w;
+      a.k = q + first * qkv_w + c.q_size();
+      a.v = q + first * qkv_w + c.q_size() + c.kv_size();
+      a.out = at + first * c.q_size();
       a.q_stride = a.kv_stride = qkv_w;
       a.out_stride = c.q_size();
-      a.cu_seqlens = cu.get<int32_t>();
+      a.cu_seqlens = cu;
       a.num_seqs = count;
       a.max_q_len = max_len;
       a.num_q_heads = Hq;
       a.num_kv_heads = H;
-      a.head_dim = d;
+      a.head_dim = hd;
       a.scale = scale;
       a.prefix = prefix;
       return k::RunPrefillAttention(a, stream);
     };
-    if (num_prefill > 0) {
+    if (h.num_prefill > 0) {
       k::PagedKvView prefix = before;
-      prefix.row_offset = static_cast<int32_t>(num_decode * rows_per_seq + l * H);
+      prefix.row_offset = static_cast<int32_t>(l * H);  // indptr_b lists prefill rows only
       HKV_CUDA_RETURN_IF_ERROR(
-          run_prefill(num_decode, num_prefill, s.cu_prefill, max_prefill, &prefix));
+          run_prefill(h.num_decode, h.num_prefill, d.cu_prefill, h.max_prefill, &prefix));
     }
-    if (num_select > 0) {
-      const int32_t k0 = num_decode + num_prefill;
-      HKV_CUDA_RETURN_IF_ERROR(run_prefill(k0, num_select, s.cu_select, max_select, nullptr));
-      for (int32_t j = 0; j < num_select; ++j) {
-        const SequenceStep& st = b.seqs[order[k0 + j]];
+    if (h.num_select > 0) {
+      const int32_t k0 = h.num_decode + h.num_prefill;
+      HKV_CUDA_RETURN_IF_ERROR(run_prefill(k0, h.num_select, d.cu_select, h.max_select, nullptr));
+      for (int32_t j = 0; j < h.num_select; ++j) {
+        const SequenceStep& st = b.seqs[h.order[k0 + j]];
         const int32_t n = static_cast<int32_t>(st.tokens.size()), win = st.selection.window;
-        const size_t start = token_start[k0 + j];
+        const size_t start = h.token_start[k0 + j];
         k::KvSelectArgs ks;
         ks.dtype = kDType;
-        ks.q_window = qkv + (start + n - win) * qkv_w;
-        ks.keys = qkv + start * qkv_w + c.q_size();
-        ks.values = qkv + start * qkv_w + c.q_size() + c.kv_size();
+        ks.q_window = q + (start + n - win) * qkv_w;
+        ks.keys = q + start * qkv_w + c.q_size();
+        ks.values = q + start * qkv_w + c.q_size() + c.kv_size();
         ks.q_stride = ks.kv_stride = qkv_w;
         ks.n = n;
         ks.window = win;
         ks.pool_kernel = st.selection.pool_kernel;
         ks.num_q_heads = Hq;
         ks.num_kv_heads = H;
-        ks.head_dim = d;
+        ks.head_dim = hd;
         ks.scale = scale;
-        ks.caps = s.caps.get<int32_t>() + (static_cast<size_t>(j) * L + l) * H;
-        ks.dest_indptr = s.indptr_after.get<int32_t>();
-        ks.dest_indices = s.indices_after.get<int32_t>();
+        ks.caps = d.caps + (static_cast<size_t>(j) * L + l) * H;
+        ks.dest_indptr = d.indptr_a;
+        ks.dest_indices = d.indices_a;
         ks.dest_first_row = static_cast<int32_t>((k0 + j) * rows_per_seq + l * H);
-        ks.k_pool = s.k_pool.get();
-        ks.v_pool = s.v_pool.get();
-        ks.block_stride = static_cast<int64_t>(bs) * d;
+        ks.k_pool = k_pool.get();
+        ks.v_pool = v_pool.get();
+        ks.block_stride = static_cast<int64_t>(bs) * hd;
         ks.block_size = bs;
-        ks.workspace = s.select_ws.get();
-        ks.kept_count = s.kept.get<int32_t>() + (static_cast<size_t>(j) * L + l) * H;
-        ks.kept_index = s.kept_index.get<int32_t>();
+        ks.workspace = select_ws.get();
+        ks.kept_count = kept.get<int32_t>() + (static_cast<size_t>(j) * L + l) * H;
+        ks.kept_index = kept_index.get<int32_t>();
         HKV_CUDA_RETURN_IF_ERROR(k::RunKvSelect(ks, stream));
       }
     }
-    HKV_CUBLAS_RETURN_IF_ERROR(k::GemmRowMajor(s.cublas, kDType, attn, c.q_size(), w.wo.get(),
-                                               c.q_size(), s.tmp.get(), dim, false, total, dim,
-                                               c.q_size()));
-    HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, s.tmp.get(), s.res.get(), w.ffn_norm.get(),
-                                        s.xb.get(), total, dim, c.norm_eps, stream));
-    HKV_CUBLAS_RETURN_IF_ERROR(k::GemmRowMajor(s.cublas, kDType, s.xb.get(), dim,
-                                               w.w_gate_up.get(), dim, s.gate_up.get(),
-                                               2 * hidden, false, total, 2 * hidden, dim));
-    HKV_CUDA_RETURN_IF_ERROR(k::SwiGlu(kDType, s.gate_up.get(), s.gate_up.get<uint16_t>() + hidden,
-                                       2 * hidden, s.hidden.get(), total, hidden, stream));
-    HKV_CUBLAS_RETURN_IF_ERROR(k::GemmRowMajor(s.cublas, kDType, s.hidden.get(), hidden,
-                                               w.w_down.get(), hidden, s.tmp.get(), dim, false,
-                                               total, dim, hidden));
+    HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, at, c.q_size(), w.wo.get(),
+                                                 c.q_size(), tmp.get(), dim, false, total, dim,
+                                                 c.q_size()));
+    HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, tmp.get(), res.get(), w.ffn_norm.get(), xb.get(),
+                                        total, dim, c.norm_eps, stream));
+    HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, xb.get(), dim,
+                                                 w.w_gate_up.get(), dim, gate_up.get(), 2 * hid,
+                                                 false, total, 2 * hid, dim));
+    HKV_CUDA_RETURN_IF_ERROR(k::SwiGlu(kDType, gate_up.get(), gate_up.get<uint16_t>() + hid,
+                                       2 * hid, hidden.get(), total, hid, stream));
+    HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, hidden.get(), hid,
+                                                 w.w_down.get(), hid, tmp.get(), dim, false, total,
+                                                 dim, hid));
   }
-  HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, s.tmp.get(), s.res.get(), s.final_norm.get(),
-                                      s.xb.get(), total, dim, c.norm_eps, stream));
-  // Sample the last token of each sequence that asks for one.
-  std::vector<int32_t> sample_seq;
-  std::vector<k::SamplingRow> sample_rows;
-  for (int32_t k2 = 0; k2 < num_seqs; ++k2) {
-    const SequenceStep& st = b.seqs[order[k2]];
-    if (!st.sample) continue;
-    sample_seq.push_back(k2);
-    k::SamplingRow row;
-    row.temperature = st.sampling.temperature;
-    row.top_k = st.sampling.top_k;
-    row.top_p = st.sampling.top_p;
-    row.uniform = static_cast<float>(SampleUniform(st.sampling.seed, st.sample_step));
-    sample_rows.push_back(row);
+  HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, tmp.get(), res.get(), final_norm.get(), xb.get(),
+                                      total, dim, c.norm_eps, stream));
+  const int32_t ns = static_cast<int32_t>(h.sample_rows.size());
+  if (ns == 0) return absl::OkStatus();
+  // Gather the sampled rows (graph steps sample every row, in place).
+  const void* x = xb.get();
+  if (!h.graph) {
+    HKV_CUDA_RETURN_IF_ERROR(k::EmbeddingLookup(kDType, xb.get(), total, dim, d.sample_token, ns,
+                                                sample_x.get(), stream));
+    x = sample_x.get();
   }
-  const int32_t ns = static_cast<int32_t>(sample_seq.size());
-  std::vector<int32_t> sampled(ns);
-  std::vector<float> logits;
-  if (ns > 0) {
-    HKV_RETURN_IF_ERROR(s.sample_x.Reserve(static_cast<size_t>(ns) * dim * 2));
-    for (int32_t i = 0; i < ns; ++i) {
-      const int32_t k2 = sample_seq[i];
-      const size_t last = token_start[k2] + b.seqs[order[k2]].tokens.size() - 1;
-      HKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.sample_x.get<uint16_t>() + i * dim,
-                                               s.xb.get<uint16_t>() + last * dim, dim * 2,
+  const DeviceBuffer& head = lm_head.bytes() > 0 ? lm_head : embedding;
+  HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, x, dim, head.get(), dim,
+                                               logits.get(), c.vocab_size, true, ns, c.vocab_size,
+                                               dim));
+  HKV_CUDA_RETURN_IF_ERROR(k::SampleTokens(logits.get<float>(), c.vocab_size, ns, c.vocab_size,
+                                           d.sample_rows, tokens.get<int32_t>(), stream));
+  return absl::OkStatus();
+}
+
+absl::Status CudaWorker::State::RunGraph(const Batch& b, const HostStep& h, const DeviceStep& d) {
+  DecodeGraph& g = graphs[h.num_decode];
+  const uint64_t epoch = Epoch();
+  if (g.exec == nullptr || g.epoch != epoch) {
+    if (g.exec != nullptr) {
+      cudaGraphExecDestroy(g.exec);
+      g.exec = nullptr;
+    }
+    HKV_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    const absl::Status forward = Forward(b, h, d);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+    if (!forward.ok()) {
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      return forward;
+    }
+    HKV_CUDA_RETURN_IF_ERROR(end);
+    const cudaError_t inst = cudaGraphInstantiate(&g.exec, graph, 0);
+    cudaGraphDestroy(graph);
+    HKV_CUDA_RETURN_IF_ERROR(inst);
+    g.epoch = epoch;
+    ++graphs_captured;
+  }
+  HKV_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(g.exec, stream));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& b) {
+  const auto host_start = std::chrono::steady_clock::now();
+  State& s = *state_;
+  const ModelConfig& c = s.model->config;
+  const int32_t L = c.num_layers, H = c.num_kv_heads, bs = s.options.block_size;
+  const int64_t rows_per_seq = static_cast<int64_t>(L) * H;
+  if (b.num_layers != L || b.num_kv_heads != H || b.block_size != bs ||
+      static_cast<int64_t>(b.kv_indptr.size()) != b.num_rows() + 1 ||
+      static_cast<int64_t>(b.kv_len_before.size()) != b.num_rows() ||
+      static_cast<int64_t>(b.kv_len_after.size()) != b.num_rows()) {
+    return absl::InvalidArgumentError("malformed batch for the CUDA worker");
+  }
+  BlockId lo = 0, hi = 0;  // min/max: a loop the compiler vectorizes (millions of ids)
+  for (BlockId id : b.kv_indices) {
+    lo = std::min(lo, id);
+    hi = std::max(hi, id);
+  }
+  if (lo < 0 || hi >= s.num_blocks) return absl::InvalidArgumentError("block id outside the pool");
+  for (const auto& [src, dst] : b.block_copies) {
+    if (src < 0 || src >= s.num_blocks || dst < 0 || dst >= s.num_blocks) {
+      return absl::InvalidArgumentError("block copy outside the pool");
+    }
+  }
+  bool all_decode = !b.seqs.empty();
+  for (const SequenceStep& st : b.seqs) {
+    if (st.tokens.empty()) return absl::InvalidArgumentError("a sequence has no tokens");
+    all_decode = all_decode && !st.select && st.tokens.size() == 1;
+  }
+  const int32_t graph_batch = all_decode ? GraphBatchFor(static_cast<int32_t>(b.seqs.size()),
+                                                         s.options.cuda_graph_max_batch)
+                                         : 0;
+  HostStep h;
+  HKV_RETURN_IF_ERROR(s.BuildHostStep(b, graph_batch, &h));
+  StepInputs* inputs = &s.eager_inputs;
+  if (h.graph) {
+    if (s.StageBytes(h) <= s.graph_inputs.capacity()) {
+      inputs = &s.graph_inputs;
+    } else {  // More page indices than the graph inputs hold (shared blocks): run eagerly.
+      h = HostStep();
+      HKV_RETURN_IF_ERROR(s.BuildHostStep(b, 0, &h));
+    }
+  }
+  HKV_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.options.device));
+  HKV_RETURN_IF_ERROR(inputs->Begin(h.graph ? inputs->capacity() : s.StageBytes(h)));
+  HKV_ASSIGN_OR_RETURN(DeviceStep d, s.Stage(h, inputs));
+  cudaStream_t stream = s.stream;
+  const size_t block_bytes = static_cast<size_t>(bs) * c.head_dim * 2;
+  for (const auto& [src, dst] : b.block_copies) {
+    for (DeviceBuffer* pool : {&s.k_pool, &s.v_pool}) {
+      HKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(pool->get<char>() + dst * block_bytes,
+                                               pool->get<char>() + src * block_bytes, block_bytes,
                                                cudaMemcpyDeviceToDevice, stream));
     }
-    HKV_RETURN_IF_ERROR(s.logits.Reserve(static_cast<size_t>(ns) * c.vocab_size * 4));
-    const DeviceBuffer& head = s.lm_head.bytes() > 0 ? s.lm_head : s.embedding;
-    HKV_CUBLAS_RETURN_IF_ERROR(k::GemmRowMajor(s.cublas, kDType, s.sample_x.get(), dim,
-                                               head.get(), dim, s.logits.get(), c.vocab_size,
-                                               true, ns, c.vocab_size, dim));
-    HKV_RETURN_IF_ERROR(s.sample_rows.Upload(sample_rows, stream));
-    HKV_RETURN_IF_ERROR(s.tokens.Reserve(ns * 4));
-    HKV_CUDA_RETURN_IF_ERROR(k::SampleTokens(s.logits.get<float>(), c.vocab_size, ns,
-                                             c.vocab_size, s.sample_rows.get<k::SamplingRow>(),
-                                             s.tokens.get<int32_t>(), stream));
-    HKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(sampled.data(), s.tokens.get(), ns * 4,
-                                             cudaMemcpyDeviceToHost, stream));
-    if (s.return_logits) {
-      logits.resize(static_cast<size_t>(ns) * c.vocab_size);
-      HKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits.data(), s.logits.get(), logits.size() * 4,
-                                               cudaMemcpyDeviceToHost, stream));
-    }
   }
-  std::vector<int32_t> kept(static_cast<size_t>(num_select) * rows_per_seq);
-  if (num_select > 0) {
-    HKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(kept.data(), s.kept.get(), kept.size() * 4,
-                                             cudaMemcpyDeviceToHost, stream));
+  const double host_us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - host_start)
+          .count();
+  if (s.profile.on) HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.profile.start, stream));
+  HKV_RETURN_IF_ERROR(inputs->Upload(stream));
+  const int32_t ns = static_cast<int32_t>(h.sample_rows.size());
+  HKV_RETURN_IF_ERROR(s.ReserveActivations(h.total, ns));
+  if (h.num_select > 0) {
+    HKV_RETURN_IF_ERROR(s.kept.Reserve(static_cast<size_t>(h.num_select) * rows_per_seq * 4));
+    HKV_RETURN_IF_ERROR(s.kept_index.Reserve(static_cast<size_t>(H) * h.max_select * 4));
+    HKV_RETURN_IF_ERROR(
+        s.select_ws.Reserve(k::KvSelectWorkspaceBytes(h.max_select, 64, c.num_heads, H) + 256));
+  }
+  if (h.num_decode > 0) {
+    HKV_RETURN_IF_ERROR(s.decode_ws.Reserve(k::DecodeWorkspaceBytes(h.decode_options)));
+    for (k::DecodePlan& p : d.plans) p.workspace = s.decode_ws.get();
+  }
+  if (h.graph) {
+    HKV_RETURN_IF_ERROR(s.RunGraph(b, h, d));
+    ++s.graph_steps;
+  } else {
+    HKV_RETURN_IF_ERROR(s.Forward(b, h, d));
+    ++s.eager_steps;
+  }
+  if (s.profile.on) HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.profile.stop, stream));
+  // Results: sampled tokens, kept counts, logits (when asked) in one pinned buffer.
+  const size_t kept_n = static_cast<size_t>(h.num_select) * rows_per_seq;
+  const size_t logit_n = s.return_logits ? static_cast<size_t>(ns) * c.vocab_size : 0;
+  HKV_RETURN_IF_ERROR(s.host_out.Reserve((ns + kept_n + logit_n) * 4 + 3 * kAlign));
+  auto* out_tokens = reinterpret_cast<int32_t*>(s.host_out.get());
+  auto* out_kept = out_tokens + ns;
+  auto* out_logits = reinterpret_cast<float*>(out_kept + kept_n);
+  if (ns > 0) {
+    HKV_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(out_tokens, s.tokens.get(), ns * 4, cudaMemcpyDeviceToHost, stream));
+  }
+  if (kept_n > 0) {
+    HKV_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(out_kept, s.kept.get(), kept_n * 4, cudaMemcpyDeviceToHost, stream));
+  }
+  if (logit_n > 0) {
+    HKV_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(out_logits, s.logits.get(), logit_n * 4, cudaMemcpyDeviceToHost, stream));
   }
   HKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   HKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  if (s.profile.on) {
+    float gpu_ms = 0;
+    HKV_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&gpu_ms, s.profile.start, s.profile.stop));
+    const std::string kind = h.graph                             ? "decode graph"
+                             : h.num_prefill + h.num_select == 0 ? "decode eager"
+                             : h.real_decode > 0                 ? "mixed"
+                                                                 : "prefill";
+    StepProfile::Kind& k = s.profile.kinds[kind];
+    ++k.steps;
+    k.host_us += host_us;
+    k.gpu_us += gpu_ms * 1e3;
+    k.seqs += b.seqs.size();
+    k.tokens += h.total;
+    if (++s.profile.steps % 1000 == 0) s.profile.Print();
+  }
 
   BatchResult result;
   result.seqs.resize(b.seqs.size());
   for (size_t i = 0; i < b.seqs.size(); ++i) result.seqs[i].id = b.seqs[i].id;
   for (int32_t i = 0; i < ns; ++i) {
-    SequenceResult& r = result.seqs[order[sample_seq[i]]];
-    r.token = sampled[i];
+    if (h.sample_seq[i] < 0) continue;
+    const int32_t bi = h.order[h.sample_seq[i]];
+    if (!b.seqs[bi].sample) continue;
+    SequenceResult& r = result.seqs[bi];
+    r.token = out_tokens[i];
     if (s.return_logits) {
-      r.logits.assign(logits.begin() + static_cast<size_t>(i) * c.vocab_size,
-                      logits.begin() + static_cast<size_t>(i + 1) * c.vocab_size);
+      r.logits.assign(out_logits + static_cast<size_t>(i) * c.vocab_size,
+                      out_logits + static_cast<size_t>(i + 1) * c.vocab_size);
     }
   }
-  for (int32_t j = 0; j < num_select; ++j) {
-    result.seqs[order[num_decode + num_prefill + j]].kept_per_head.assign(
-        kept.begin() + j * rows_per_seq, kept.begin() + (j + 1) * rows_per_seq);
+  for (int32_t j = 0; j < h.num_select; ++j) {
+    result.seqs[h.order[h.num_decode + h.num_prefill + j]].kept_per_head.assign(
+        out_kept + j * rows_per_seq, out_kept + (j + 1) * rows_per_seq);
   }
   return result;
 }

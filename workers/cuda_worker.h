@@ -11,6 +11,20 @@
 // then compressed prefills (dense prefill attention, then the fused selection kernel scatters
 // each head's kept tokens into its blocks).
 //
+// Host overhead: every step's inputs (ids, positions, KV slots, page tables, the decode work
+// lists of all layers, sampling parameters) are packed into one pinned buffer and sent in one
+// copy. Decode-only steps of up to `cuda_graph_max_batch` sequences replay a CUDA graph of the
+// whole forward pass and sampling, captured on first use per padded batch size; padding
+// sequences write no KV (slot -1) and their samples are dropped.
+//
+// Memory: weights, then activations for `max_step_tokens` tokens and the decode workspace
+// for `max_seqs` sequences are allocated at Create; the KV pool takes what the utilization
+// target leaves. A step larger than planned grows the activations (the graphs are then
+// re-captured) or fails with RESOURCE_EXHAUSTED.
+//
+// Errors: CUDA and cuBLAS failures are UNAVAILABLE (the device is unusable; the engine stops
+// serving); malformed batches are INVALID_ARGUMENT.
+//
 // Thread-compatible: one Execute at a time, on the thread that created the worker (its CUDA
 // device and stream). Adaptive (adakv) selection is not supported here yet.
 
@@ -30,7 +44,10 @@ struct CudaWorkerOptions {
   int32_t block_size = 16;
   int64_t num_blocks = 0;                // 0: size the pool from free memory.
   double gpu_memory_utilization = 0.9;   // Share of total device memory hkv may use.
-  int64_t activation_reserve_bytes = 2LL << 30;  // Kept free for step activations.
+  int64_t activation_reserve_bytes = 512LL << 20;  // Kept free beyond the planned buffers.
+  int32_t max_step_tokens = 8192;     // Tokens of the largest step (activations sized for it).
+  int32_t max_seqs = 256;             // Sequences of the largest step (decode workspace).
+  int32_t cuda_graph_max_batch = 256;  // Largest decode batch replayed as a graph; 0: eager.
 };
 
 class CudaWorker : public Worker {
@@ -40,6 +57,9 @@ class CudaWorker : public Worker {
   static absl::StatusOr<std::unique_ptr<CudaWorker>> Create(std::shared_ptr<const Model> model,
                                                             const CudaWorkerOptions& options);
   ~CudaWorker() override;
+  // OK when the kernels serve the model's shapes (head_dim 64/128, GQA group <= 8, no q/k/v
+  // bias, hidden sizes multiple of 8); INVALID_ARGUMENT naming the first that does not.
+  static absl::Status Supports(const ModelConfig& config);
 
   const ModelConfig& config() const override;
   absl::StatusOr<BatchResult> Execute(const Batch& batch) override;
@@ -49,6 +69,10 @@ class CudaWorker : public Worker {
   // The memory arithmetic of Create (weights, pool, free memory), for the start-up log.
   const std::string& sizing() const;
   void set_return_logits(bool on);
+  // Steps run by graph replay / eagerly, and graphs captured (for tests and the start-up log).
+  int64_t graph_steps() const;
+  int64_t eager_steps() const;
+  int64_t graphs_captured() const;
 
   struct State;  // Device buffers, cuBLAS handle, stream (cuda_worker.cc).
 

@@ -70,6 +70,7 @@ class CudaWorkerTest : public ::testing::Test {
 
   // Runs the same batch on both workers; checks each sampled position's logits agree.
   void RunBoth(const Batch& batch, BatchResult* cpu_out, BatchResult* gpu_out) {
+    SCOPED_TRACE("RunBoth");
     auto c = cpu_->Execute(batch);
     auto g = gpu_->Execute(batch);
     ASSERT_TRUE(c.ok()) << c.status();
@@ -180,6 +181,89 @@ TEST_F(CudaWorkerTest, MixedBatchMatchesTheCpuReference) {
   mixed.AddPlain(&b, {c.seqs[1].token}, true, 1);
   RunBoth(mixed.Take(), &c, &g);
   for (const auto& r : g.seqs) EXPECT_GE(r.token, 0);
+}
+
+TEST_F(CudaWorkerTest, DecodeGraphsMatchEagerSteps) {
+  // A second GPU worker that never uses graphs: decode steps replayed from graphs (padded to
+  // 8 and to 4 sequences) must give the same tokens and logits as eager steps, and both must
+  // stay within the bf16 tolerance of the CPU reference.
+  CudaWorkerOptions o;
+  o.block_size = kBlockSize;
+  o.num_blocks = 16 * model_->config.num_layers * model_->config.num_kv_heads * kBlocksPerRow;
+  o.activation_reserve_bytes = 256 << 20;
+  o.cuda_graph_max_batch = 0;
+  auto eager = CudaWorker::Create(model_, o);
+  ASSERT_TRUE(eager.ok()) << eager.status();
+  (*eager)->set_return_logits(true);
+  const ModelConfig& cfg = model_->config;
+  std::vector<TestSeq> seqs;
+  for (int i = 0; i < 5; ++i) seqs.push_back(TestSeq{10 + i, {}, 0});
+  std::vector<TokenId> next(5);
+  BatchBuilder prefill(cfg);
+  for (int i = 0; i < 5; ++i) prefill.AddPlain(&seqs[i], Prompt(10 + 9 * i, 10 + i), true, 0);
+  const Batch pb = prefill.Take();
+  BatchResult c, g;
+  RunBoth(pb, &c, &g);
+  ASSERT_TRUE((*eager)->Execute(pb).ok());
+  for (int i = 0; i < 5; ++i) next[i] = c.seqs[i].token;
+  for (int step = 1; step < 10; ++step) {
+    const int n = step < 6 ? 5 : 3;  // graphs of 8, then of 4 sequences
+    BatchBuilder d(cfg);
+    for (int i = 0; i < n; ++i) d.AddPlain(&seqs[i], {next[i]}, true, step);
+    const Batch db = d.Take();
+    RunBoth(db, &c, &g);
+    auto e = (*eager)->Execute(db);
+    ASSERT_TRUE(e.ok()) << e.status();
+    for (int i = 0; i < n; ++i) {
+      EXPECT_EQ(e->seqs[i].token, g.seqs[i].token) << "step " << step << " seq " << i;
+      EXPECT_LT(RelativeError(g.seqs[i].logits, e->seqs[i].logits), 1e-2);
+      next[i] = c.seqs[i].token;
+    }
+  }
+  EXPECT_EQ(gpu_->graph_steps(), 9);
+  EXPECT_EQ(gpu_->graphs_captured(), 2);
+  EXPECT_EQ((*eager)->graph_steps(), 0);
+  EXPECT_EQ((*eager)->eager_steps(), 10);
+}
+
+TEST(CudaWorkerDummyTest, RandomWeightsOnTheDeviceAreDeterministic) {
+  if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  auto model = std::make_shared<Model>();
+  model->config = SmallConfig();
+  model->device_dummy_seed = 5;
+  CudaWorkerOptions o;
+  o.block_size = kBlockSize;
+  o.num_blocks = 4096;
+  o.activation_reserve_bytes = 64 << 20;
+  std::vector<std::vector<float>> logits;
+  for (int run = 0; run < 2; ++run) {
+    auto w = CudaWorker::Create(model, o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    EXPECT_NE((*w)->sizing().find("random on the GPU"), std::string::npos);
+    (*w)->set_return_logits(true);
+    TestSeq seq{1, {}, 0};
+    BatchBuilder b(model->config);
+    b.AddPlain(&seq, {5, 6, 7, 8, 9}, true, 0);
+    auto r = (*w)->Execute(b.Take());
+    ASSERT_TRUE(r.ok()) << r.status();
+    logits.push_back(r->seqs[0].logits);
+  }
+  EXPECT_EQ(logits[0], logits[1]);
+  float lo = 1e30f, hi = -1e30f;
+  for (float x : logits[0]) {
+    ASSERT_TRUE(std::isfinite(x));
+    lo = std::min(lo, x);
+    hi = std::max(hi, x);
+  }
+  EXPECT_GT(hi - lo, 1e-3f);  // not a constant
+}
+
+TEST(CudaWorkerSupportTest, NamesTheShapeTheKernelsLack) {
+  ModelConfig c = SmallConfig();
+  EXPECT_TRUE(CudaWorker::Supports(c).ok());
+  c.head_dim = 8;
+  EXPECT_EQ(CudaWorker::Supports(c).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(CudaWorker::Supports(c).message().find("head_dim"), std::string::npos);
 }
 
 TEST_F(CudaWorkerTest, RejectsMalformedBatches) {

@@ -6,6 +6,7 @@
 // llama2.c stores them: y[o] = sum_i W[o * in + i] * x[i].
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,10 @@ struct ModelWeights {
 struct Model {
   ModelConfig config;
   ModelWeights weights;
+  // Set for random weights that the backend makes where it runs the model (the CUDA worker
+  // fills them on the GPU, so an 8B benchmark never builds 30 GiB of fp32 on the host);
+  // `weights` is then empty. Unset for every loaded or host-built model.
+  std::optional<uint64_t> device_dummy_seed;
 };
 
 }  // namespace hkv

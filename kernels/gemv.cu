@@ -1,0 +1,129 @@
+#include "kernels/cuda_common.cuh"
+#include "kernels/gemm.h"
+#include "kernels/gemv.h"
+
+namespace hkv::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kUnroll = 8;  // 16-byte weight loads in flight per lane
+
+template <typename T, int M, bool kFp32Out>
+__global__ void __launch_bounds__(kThreads)
+    GemvKernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w, int64_t ldw,
+               void* __restrict__ c, int64_t ldc, int n, int k) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int col = blockIdx.x * kWarps + warp;
+  if (col >= n) return;
+  const T* wrow = w + static_cast<int64_t>(col) * ldw;
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0.0f;
+  constexpr int kStep = 32 * 8;  // elements per warp per load
+  int base = lane * 8;
+  for (; base + (kUnroll - 1) * kStep < k; base += kUnroll * kStep) {
+    uint4 wv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      wv[u] = __ldcs(reinterpret_cast<const uint4*>(wrow + base + u * kStep));  // streamed once
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float wf[8];
+      Unpack8<T>(wv[u], wf);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float af[8];
+        Unpack8<T>(__ldg(reinterpret_cast<const uint4*>(a + m * lda + base + u * kStep)), af);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[m] = fmaf(wf[i], af[i], acc[m]);
+      }
+    }
+  }
+  for (; base < k; base += kStep) {
+    float wf[8];
+    Unpack8<T>(__ldcs(reinterpret_cast<const uint4*>(wrow + base)), wf);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float af[8];
+      Unpack8<T>(__ldg(reinterpret_cast<const uint4*>(a + m * lda + base)), af);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[m] = fmaf(wf[i], af[i], acc[m]);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], off);
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      if constexpr (kFp32Out) {
+        static_cast<float*>(c)[m * ldc + col] = acc[m];
+      } else {
+        static_cast<T*>(c)[m * ldc + col] = FromFloat<T>(acc[m]);
+      }
+    }
+  }
+}
+
+template <typename T, bool kFp32Out>
+cudaError_t LaunchGemv(const void* a, int64_t lda, const void* w, int64_t ldw, void* c, int64_t ldc,
+                       int m, int n, int k, cudaStream_t stream) {
+  const dim3 grid((n + kWarps - 1) / kWarps);
+  const T* at = static_cast<const T*>(a);
+  const T* wt = static_cast<const T*>(w);
+  switch (m) {
+#define HKV_GEMV_CASE(M)                                                                       \
+  case M:                                                                                      \
+    GemvKernel<T, M, kFp32Out><<<grid, kThreads, 0, stream>>>(at, lda, wt, ldw, c, ldc, n, k); \
+    break;
+    HKV_GEMV_CASE(1)
+    HKV_GEMV_CASE(2)
+    HKV_GEMV_CASE(3)
+    HKV_GEMV_CASE(4)
+    HKV_GEMV_CASE(5)
+    HKV_GEMV_CASE(6)
+    HKV_GEMV_CASE(7)
+    HKV_GEMV_CASE(8)
+#undef HKV_GEMV_CASE
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+bool GemvApplies(const void* a, int64_t lda, const void* w, int64_t ldw, int32_t m, int32_t k) {
+  return m >= 1 && m <= kGemvMaxRows && k % 8 == 0 && lda % 8 == 0 && ldw % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+}  // namespace
+
+cudaError_t Gemv(DType dtype, const void* a, int64_t lda, const void* w, int64_t ldw, void* c,
+                 int64_t ldc, bool c_fp32, int32_t m, int32_t n, int32_t k, cudaStream_t stream) {
+  if (!GemvApplies(a, lda, w, ldw, m, k) || n < 0 || ldc < n || lda < k || ldw < k) {
+    return cudaErrorInvalidValue;
+  }
+  if (n == 0) return cudaSuccess;
+  return DispatchDType(dtype, [&](auto t) {
+    using T = decltype(t);
+    return c_fp32 ? LaunchGemv<T, true>(a, lda, w, ldw, c, ldc, m, n, k, stream)
+                  : LaunchGemv<T, false>(a, lda, w, ldw, c, ldc, m, n, k, stream);
+  });
+}
+
+cublasStatus_t LinearRowMajor(cublasHandle_t handle, cudaStream_t stream, DType dtype,
+                              const void* a, int64_t lda, const void* w, int64_t ldw, void* c,
+                              int64_t ldc, bool c_fp32, int32_t m, int32_t n, int32_t k) {
+  if (m <= kGemvPreferredRows && GemvApplies(a, lda, w, ldw, m, k) && ldc >= n && n >= 0) {
+    return Gemv(dtype, a, lda, w, ldw, c, ldc, c_fp32, m, n, k, stream) == cudaSuccess
+               ? CUBLAS_STATUS_SUCCESS
+               : CUBLAS_STATUS_EXECUTION_FAILED;
+  }
+  return GemmRowMajor(handle, dtype, a, lda, w, ldw, c, ldc, c_fp32, m, n, k);
+}
+
+}  // namespace hkv::kernels

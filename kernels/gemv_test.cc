@@ -1,0 +1,93 @@
+// Gemv and LinearRowMajor against ref::MatmulRowMajor: every row count 1..8, widths that are and
+// are not multiples of the unrolled step, fp32 and dtype outputs, strided inputs, and the cuBLAS
+// fallback (more rows, unaligned k). Skips without a GPU.
+
+#include "kernels/gemv.h"
+
+#include <random>
+#include <vector>
+
+#include "kernels/test_util.h"
+
+namespace hkv::kernels {
+namespace {
+
+using testing::DeviceArray;
+
+struct Case {
+  int32_t m, n, k;
+  int64_t lda;  // >= k
+};
+
+void Check(DType dtype, const Case& cs, bool fp32_out, bool through_linear) {
+  std::mt19937 rng(cs.m * 131 + cs.n * 7 + cs.k);
+  const std::vector<float> a = testing::RandomValues(cs.m * cs.lda, 1.0f, dtype, rng);
+  const std::vector<float> w =
+      testing::RandomValues(static_cast<size_t>(cs.n) * cs.k, 0.1f, dtype, rng);
+  std::vector<float> a_dense(static_cast<size_t>(cs.m) * cs.k);
+  for (int32_t i = 0; i < cs.m; ++i) {
+    for (int32_t t = 0; t < cs.k; ++t) a_dense[i * cs.k + t] = a[i * cs.lda + t];
+  }
+  std::vector<float> want(static_cast<size_t>(cs.m) * cs.n);
+  ref::MatmulRowMajor(a_dense.data(), w.data(), want.data(), cs.m, cs.n, cs.k);
+  DeviceArray<uint16_t> da(a.size()), dw(w.size());
+  DeviceArray<float> dc32(want.size());
+  DeviceArray<uint16_t> dc16(want.size());
+  HKV_CUDA_OK(da.Upload(testing::ToStorage(a, dtype)));
+  HKV_CUDA_OK(dw.Upload(testing::ToStorage(w, dtype)));
+  void* c = fp32_out ? static_cast<void*>(dc32.get()) : static_cast<void*>(dc16.get());
+  if (through_linear) {
+    cublasHandle_t h;
+    ASSERT_EQ(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(LinearRowMajor(h, nullptr, dtype, da.get(), cs.lda, dw.get(), cs.k, c, cs.n, fp32_out,
+                             cs.m, cs.n, cs.k),
+              CUBLAS_STATUS_SUCCESS);
+    HKV_CUDA_OK(cudaDeviceSynchronize());
+    cublasDestroy(h);
+  } else {
+    HKV_CUDA_OK(Gemv(dtype, da.get(), cs.lda, dw.get(), cs.k, c, cs.n, fp32_out, cs.m, cs.n, cs.k,
+                     nullptr));
+    HKV_CUDA_OK(cudaDeviceSynchronize());
+  }
+  const std::vector<float> got =
+      fp32_out ? dc32.Download() : testing::FromStorage(dc16.Download(), dtype);
+  EXPECT_LT(testing::RelError(got, want), fp32_out ? 1e-4 : testing::Tolerance(dtype))
+      << testing::Name(dtype) << " m=" << cs.m << " n=" << cs.n << " k=" << cs.k;
+}
+
+TEST(GemvTest, MatchesTheReferenceForEveryRowCount) {
+  HKV_REQUIRE_GPU();
+  for (DType dtype : {DType::kBf16, DType::kFp16}) {
+    for (int32_t m = 1; m <= kGemvMaxRows; ++m) {
+      Check(dtype, {m, 37, 1024, 1024}, /*fp32_out=*/false, false);
+      Check(dtype, {m, 64, 1000, 1008}, /*fp32_out=*/true, false);  // k not a multiple of 256
+    }
+  }
+}
+
+TEST(GemvTest, LargeShapesAndStridedInput) {
+  HKV_REQUIRE_GPU();
+  Check(DType::kBf16, {1, 6144, 4096, 4096}, false, false);      // Llama-3-8B qkv
+  Check(DType::kBf16, {4, 4096, 14336, 14336}, false, false);    // down_proj
+  Check(DType::kBf16, {2, 1000, 4096, 4096 + 64}, true, false);  // lm_head-like, strided rows
+}
+
+TEST(GemvTest, LinearFallsBackToCublasOutsideTheSkinnyCase) {
+  HKV_REQUIRE_GPU();
+  Check(DType::kBf16, {3, 200, 512, 512}, false, true);   // Gemv
+  Check(DType::kBf16, {7, 200, 512, 512}, false, true);   // cuBLAS: more than preferred
+  Check(DType::kBf16, {24, 200, 512, 512}, false, true);  // cuBLAS: many rows
+  Check(DType::kBf16, {2, 100, 100, 100}, true, true);    // cuBLAS: k % 8 != 0
+}
+
+TEST(GemvTest, RejectsWhatItCannotRun) {
+  HKV_REQUIRE_GPU();
+  DeviceArray<uint16_t> a(64), w(64), c(64);
+  EXPECT_EQ(Gemv(DType::kBf16, a.get(), 8, w.get(), 8, c.get(), 8, false, 9, 8, 8, nullptr),
+            cudaErrorInvalidValue);  // too many rows
+  EXPECT_EQ(Gemv(DType::kBf16, a.get(), 6, w.get(), 6, c.get(), 8, false, 1, 8, 6, nullptr),
+            cudaErrorInvalidValue);  // k % 8 != 0
+}
+
+}  // namespace
+}  // namespace hkv::kernels
