@@ -17,25 +17,35 @@ namespace hkv {
 
 class BlockPool {
  public:
-  // Creates a pool of blocks 0..num_blocks-1, all free. REQUIRES: num_blocks >= 0.
-  explicit BlockPool(int32_t num_blocks);
+  // Creates a pool of blocks 0..num_blocks-1, all free, in `num_partitions` equal ranges:
+  // partition p holds ids [p * B, (p + 1) * B), B = num_blocks / num_partitions (tensor-parallel
+  // rank p's device pool; one partition otherwise). REQUIRES: num_blocks >= 0,
+  // num_partitions >= 1 dividing num_blocks.
+  explicit BlockPool(int32_t num_blocks, int32_t num_partitions = 1);
 
-  // Takes n free blocks, each with ref count 1; nullopt (pool unchanged) when fewer than n are
-  // free. REQUIRES: n >= 0.
-  std::optional<std::vector<BlockId>> Allocate(int32_t n);
+  // Takes n free blocks of `partition`, each with ref count 1; nullopt (pool unchanged) when
+  // fewer than n are free there. REQUIRES: n >= 0.
+  std::optional<std::vector<BlockId>> Allocate(int32_t n, int32_t partition = 0);
   // Adds a reference to a held block. REQUIRES: ref_count(id) >= 1.
   void IncRef(BlockId id);
   // Drops a reference; the block returns to the free list at 0. REQUIRES: ref_count(id) >= 1.
   void Release(BlockId id);
 
   int32_t ref_count(BlockId id) const;
-  int32_t num_free() const { return static_cast<int32_t>(free_.size()); }
+  int32_t num_free() const { return num_free_; }
+  int32_t num_free(int32_t partition) const {
+    return static_cast<int32_t>(free_[partition].size());
+  }
+  int32_t num_partitions() const { return static_cast<int32_t>(free_.size()); }
+  int32_t partition_of(BlockId id) const { return id / partition_size_; }
   int32_t num_total() const { return static_cast<int32_t>(ref_counts_.size()); }
   int32_t num_used() const { return num_total() - num_free(); }
 
  private:
-  std::vector<int32_t> ref_counts_;  // [num_blocks]
-  std::vector<BlockId> free_;        // Free ids; the back is allocated next.
+  std::vector<int32_t> ref_counts_;         // [num_blocks]
+  std::vector<std::vector<BlockId>> free_;  // Per partition: free ids; the back goes next.
+  int32_t partition_size_ = 1;
+  int32_t num_free_ = 0;
 };
 
 }  // namespace hkv

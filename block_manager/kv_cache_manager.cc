@@ -9,10 +9,17 @@
 namespace hkv {
 
 KvCacheManager::KvCacheManager(const KvCacheConfig& config)
-    : config_(config), pool_(config.num_blocks) {
+    : config_(config), pool_(config.num_blocks, config.num_partitions) {
   HKV_CHECK(config.block_size >= 1 && config.num_layers >= 1 && config.num_kv_heads >= 1)
       << "block_size=" << config.block_size << " num_layers=" << config.num_layers
       << " num_kv_heads=" << config.num_kv_heads;
+  if (config.num_partitions > 1) {
+    HKV_CHECK(static_cast<int32_t>(config.row_partition.size()) == num_rows_per_seq())
+        << "row_partition needs one entry per (layer, kv_head)";
+    for (int32_t p : config.row_partition) {
+      HKV_CHECK(p >= 0 && p < config.num_partitions) << "row partition " << p;
+    }
+  }
 }
 
 int64_t KvCacheManager::FootprintBlocks(absl::Span<const int32_t> tokens_per_row) const {
@@ -50,7 +57,52 @@ int64_t KvCacheManager::NewBlocksNeededUniform(RequestId seq, int32_t new_tokens
   return NewBlocksNeeded(seq, std::vector<int32_t>(num_rows_per_seq(), new_tokens));
 }
 
+bool KvCacheManager::AppendPartitioned(RequestId seq,
+                                       absl::Span<const int32_t> new_tokens_per_row) {
+  const int32_t rows = num_rows_per_seq();
+  auto it = seqs_.find(seq);
+  HKV_CHECK(it == seqs_.end() || !it->second.reservation.has_value())
+      << "Append to sequence " << seq << " with an uncommitted reservation";
+  static const BlockTable kEmpty;
+  std::vector<int32_t> need(config_.num_partitions, 0);
+  for (int32_t r = 0; r < rows; ++r) {
+    const BlockTable& t = it == seqs_.end() ? kEmpty : it->second.rows[r];
+    const int32_t n = new_tokens_per_row[r];
+    need[config_.row_partition[r]] += t.NewBlocksFor(n, config_.block_size) + NeedsCopy(t, n);
+  }
+  for (int32_t p = 0; p < config_.num_partitions; ++p) {
+    if (need[p] > pool_.num_free(p)) return false;
+  }
+  std::vector<std::vector<BlockId>> fresh(config_.num_partitions);
+  std::vector<size_t> next(config_.num_partitions, 0);
+  for (int32_t p = 0; p < config_.num_partitions; ++p) {
+    fresh[p] = *pool_.Allocate(need[p], p);
+  }
+  if (it == seqs_.end()) {
+    it = seqs_.emplace(seq, SequenceKv{}).first;
+    it->second.rows.resize(rows);
+  }
+  for (int32_t r = 0; r < rows; ++r) {
+    BlockTable& t = it->second.rows[r];
+    const int32_t n = new_tokens_per_row[r], p = config_.row_partition[r];
+    if (NeedsCopy(t, n)) {
+      const BlockId shared = t.blocks.back();
+      pending_copies_.emplace_back(PendingSource(shared), fresh[p][next[p]]);
+      pool_.IncRef(pending_copies_.back().first);
+      ++pending_src_refs_[pending_copies_.back().first];
+      pool_.Release(shared);
+      t.blocks.back() = fresh[p][next[p]++];
+    }
+    const int32_t grow = t.NewBlocksFor(n, config_.block_size);
+    t.blocks.insert(t.blocks.end(), fresh[p].begin() + next[p], fresh[p].begin() + next[p] + grow);
+    next[p] += grow;
+    t.num_tokens += n;
+  }
+  return true;
+}
+
 bool KvCacheManager::Append(RequestId seq, absl::Span<const int32_t> new_tokens_per_row) {
+  if (config_.num_partitions > 1) return AppendPartitioned(seq, new_tokens_per_row);
   const int64_t needed = NewBlocksNeeded(seq, new_tokens_per_row);
   if (needed > pool_.num_free()) return false;
   auto it = seqs_.find(seq);
@@ -90,6 +142,7 @@ bool KvCacheManager::AppendUniform(RequestId seq, int32_t new_tokens) {
 std::optional<KvCacheManager::LayerReservation> KvCacheManager::ReserveLayers(
     RequestId seq, absl::Span<const int32_t> blocks_per_layer) {
   HKV_CHECK(!Contains(seq)) << "ReserveLayers for live sequence " << seq;
+  HKV_CHECK(config_.num_partitions == 1) << "adaptive reservations need one pool partition";
   HKV_CHECK(static_cast<int32_t>(blocks_per_layer.size()) == config_.num_layers);
   LayerReservation res;
   res.indptr.push_back(0);
@@ -107,8 +160,7 @@ std::optional<KvCacheManager::LayerReservation> KvCacheManager::ReserveLayers(
   return res;
 }
 
-absl::Status KvCacheManager::CommitAdaptive(RequestId seq,
-                                            absl::Span<const int32_t> kept_per_row) {
+absl::Status KvCacheManager::CommitAdaptive(RequestId seq, absl::Span<const int32_t> kept_per_row) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end() || !it->second.reservation.has_value()) {
     return absl::InvalidArgumentError(
@@ -125,15 +177,15 @@ absl::Status KvCacheManager::CommitAdaptive(RequestId seq,
     for (int32_t h = 0; h < heads; ++h) {
       const int32_t kept = kept_per_row[l * heads + h];
       if (kept < 0) {
-        return absl::InvalidArgumentError(absl::StrCat("CommitAdaptive: layer ", l, " head ", h,
-                                                       " keeps ", kept, " tokens"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("CommitAdaptive: layer ", l, " head ", h, " keeps ", kept, " tokens"));
       }
       need += BlockTable::BlocksFor(kept, config_.block_size);
     }
     if (need > res.indptr[l + 1] - res.indptr[l]) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("CommitAdaptive: layer ", l, " needs ", need, " blocks but reserved ",
-                       res.indptr[l + 1] - res.indptr[l]));
+      return absl::InvalidArgumentError(absl::StrCat("CommitAdaptive: layer ", l, " needs ", need,
+                                                     " blocks but reserved ",
+                                                     res.indptr[l + 1] - res.indptr[l]));
     }
   }
   for (int32_t l = 0; l < config_.num_layers; ++l) {

@@ -32,6 +32,12 @@ struct KvCacheConfig {
   int32_t block_size = 16;
   int32_t num_layers = 0;
   int32_t num_kv_heads = 0;
+  // Tensor parallelism: the pool is split into `num_partitions` equal id ranges (one per rank's
+  // device pool) and row (layer, kv_head) takes its blocks from partition
+  // row_partition[layer * num_kv_heads + kv_head] (empty: all from partition 0). Adaptive
+  // (reserved) layers need one partition.
+  int32_t num_partitions = 1;
+  std::vector<int32_t> row_partition;
 };
 
 // The CSR view of some rows, in the layout of common/batch.h.
@@ -117,6 +123,8 @@ class KvCacheManager {
     std::vector<BlockTable> rows;  // [num_layers * num_kv_heads]
     std::optional<LayerReservation> reservation;
   };
+
+  bool AppendPartitioned(RequestId seq, absl::Span<const int32_t> new_tokens_per_row);
 
   KvCacheConfig config_;
   BlockPool pool_;

@@ -251,5 +251,40 @@ TEST(KvCacheManagerTest, AdaptiveReserveAndCommit) {
   EXPECT_EQ(m.num_free_blocks(), 10);
 }
 
+TEST(KvCacheManagerTest, PartitionedPoolKeepsEachRowInItsRanksRange) {
+  // Two tensor-parallel ranks, 8 blocks each; rows (layer, head) 0 and 3 on rank 1.
+  KvCacheConfig c = Config(16);
+  c.num_partitions = 2;
+  c.row_partition = {1, 0, 0, 1};
+  KvCacheManager m(c);
+  ASSERT_TRUE(m.Append(1, std::vector<int32_t>{5, 1, 4, 9}));  // blocks 2, 1, 1, 3
+  for (int32_t l = 0; l < 2; ++l) {
+    for (int32_t h = 0; h < 2; ++h) {
+      for (BlockId b : m.Table(1, l, h).blocks) {
+        EXPECT_EQ(b / 8, c.row_partition[l * 2 + h]) << "layer " << l << " head " << h;
+      }
+    }
+  }
+  EXPECT_EQ(m.pool().num_free(0), 6);
+  EXPECT_EQ(m.pool().num_free(1), 3);
+  // Rank 1 has 3 blocks left: a request needing 4 there fails and changes nothing, though
+  // rank 0 has room.
+  EXPECT_FALSE(m.Append(2, std::vector<int32_t>{8, 0, 0, 8}));
+  EXPECT_EQ(m.pool().num_free(), 9);
+  ASSERT_TRUE(m.Append(2, std::vector<int32_t>{3, 7, 7, 7}));  // rank 0: 4 blocks, rank 1: 3
+  EXPECT_EQ(m.pool().num_free(1), 0);
+  m.Free(1);
+  // Copy-on-write after a fork stays in the row's partition.
+  ASSERT_TRUE(m.Fork(2, 3).ok());
+  ASSERT_TRUE(m.AppendUniform(3, 1));
+  const auto copies = m.TakeBlockCopies();
+  EXPECT_EQ(copies.size(), 4u);
+  for (const auto& [src, dst] : copies) EXPECT_EQ(src / 8, dst / 8);
+  m.Free(2);
+  m.Free(3);
+  EXPECT_EQ(m.pool().num_free(0), 8);
+  EXPECT_EQ(m.pool().num_free(1), 8);
+}
+
 }  // namespace
 }  // namespace hkv

@@ -12,11 +12,11 @@ namespace hkv {
 struct Engine::Active {
   std::shared_ptr<RequestStream> stream;
   IncrementalDecoder decoder;
-  std::string text;            // Everything decoded so far (for stop strings).
-  size_t emitted = 0;          // Bytes of `text` already sent to the client.
+  std::string text;    // Everything decoded so far (for stop strings).
+  size_t emitted = 0;  // Bytes of `text` already sent to the client.
   std::vector<std::string> stop;
   int32_t prompt_tokens = 0;
-  int32_t prefilled = 0;       // Prompt tokens counted in prompt_tokens_total.
+  int32_t prefilled = 0;  // Prompt tokens counted in prompt_tokens_total.
   int32_t generated = 0;
   absl::Time arrival;
   absl::Time last_token;
@@ -114,13 +114,13 @@ absl::StatusOr<HeadBudgetPlan> Engine::PlanFor(const std::string& policy, int32_
     }
     const ModelConfig& m = worker_->config();
     HKV_RETURN_IF_ERROR(CheckShape(*options_.head_scores, m.num_layers, m.num_heads));
-    p.scores = std::make_shared<const HeadScores>(
-        GroupByKvHead(*options_.head_scores, m.num_kv_heads));
+    p.scores =
+        std::make_shared<const HeadScores>(GroupByKvHead(*options_.head_scores, m.num_kv_heads));
   }
   HKV_RETURN_IF_ERROR(ValidatePolicy(p));
-  HKV_ASSIGN_OR_RETURN(HeadBudgetPlan plan,
-                       HeadBudgetPlanner::Plan(p, worker_->config().num_layers,
-                                               worker_->config().num_kv_heads));
+  HKV_ASSIGN_OR_RETURN(
+      HeadBudgetPlan plan,
+      HeadBudgetPlanner::Plan(p, worker_->config().num_layers, worker_->config().num_kv_heads));
   absl::MutexLock lock(&mu_);
   plan_cache_.emplace(key, plan);
   return plan;
@@ -164,18 +164,17 @@ absl::Status Engine::ValidateRequest(const EngineRequest& r) const {
   }
   for (TokenId id : r.prompt) {
     if (id < 0 || id >= m.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt token id ", id,
-                                                     " is outside the vocabulary [0, ",
-                                                     m.vocab_size, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt token id ", id, " is outside the vocabulary [0, ", m.vocab_size, ")"));
     }
   }
   HKV_RETURN_IF_ERROR(ValidateSamplingParams(r.sampling));
   const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.sampling.max_tokens;
   if (total > m.max_seq_len) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prompt (", r.prompt.size(), " tokens) + max_tokens (", r.sampling.max_tokens,
-        ") exceeds the model's context length ", m.max_seq_len,
-        ": shorten the prompt or lower max_tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt (", r.prompt.size(), " tokens) + max_tokens (", r.sampling.max_tokens,
+                     ") exceeds the model's context length ", m.max_seq_len,
+                     ": shorten the prompt or lower max_tokens"));
   }
   for (TokenId id : r.sampling.stop_token_ids) {
     if (id < 0 || id >= m.vocab_size) {
@@ -191,11 +190,17 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   const int32_t budget = r.kv_budget > 0 ? r.kv_budget : options_.default_budget;
   const double beta = r.kv_beta > 0 ? r.kv_beta : options_.default_beta;
   HKV_ASSIGN_OR_RETURN(HeadBudgetPlan plan, PlanFor(policy, budget, beta));
+  if (plan.adaptive && (!worker_->SupportsAdaptiveSelection() || options_.kv.num_partitions > 1)) {
+    // Refused here: a step the worker cannot run would fail every request in flight.
+    return absl::UnimplementedError(absl::StrCat(
+        "kv_policy '", policy, "' (adaptive budgets) is not supported on ", worker_->name(),
+        options_.kv.num_partitions > 1 ? " with tensor parallelism" : "",
+        ": use full, snapkv, pyramidkv or headkv"));
+  }
 
   auto request = std::make_unique<Request>();
   request->id = next_id_.fetch_add(1);
-  request->request_id =
-      r.request_id.empty() ? absl::StrCat("req-", request->id) : r.request_id;
+  request->request_id = r.request_id.empty() ? absl::StrCat("req-", request->id) : r.request_id;
   request->prompt = r.prompt;
   request->sampling = r.sampling;
   request->eos_ids = tokenizer_ ? tokenizer_->eos_ids() : std::vector<TokenId>{};
@@ -210,12 +215,11 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   if (stopping_ || draining_) {
     return absl::UnavailableError("the server is draining or stopping: retry on another replica");
   }
-  if (waiting_requests_ + static_cast<int64_t>(inbox_.size()) >=
-      options_.scheduler.max_queue) {
+  if (waiting_requests_ + static_cast<int64_t>(inbox_.size()) >= options_.scheduler.max_queue) {
     metrics_.requests_rejected_total++;
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the waiting queue is full (", options_.scheduler.max_queue,
-        " requests): retry later or raise --max-queue"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the waiting queue is full (", options_.scheduler.max_queue,
+                     " requests): retry later or raise --max-queue"));
   }
   if (!by_client_id_.emplace(request->request_id, request->id).second) {
     return absl::AlreadyExistsError(
@@ -254,7 +258,8 @@ void Engine::Drain(absl::Duration timeout) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   absl::MutexLock lock(&mu_);
-  for (const auto& [client_id, id] : by_client_id_) controls_.push_back({id, StreamFinish::kAborted});
+  for (const auto& [client_id, id] : by_client_id_)
+    controls_.push_back({id, StreamFinish::kAborted});
 }
 
 void Engine::DrainInbox() {
@@ -441,8 +446,8 @@ void Engine::Loop() {
         HKV_LOG(ERROR) << "worker step failed: " << result.status();
         // The device is gone or in an unknown state: every request fails UNAVAILABLE (a client
         // may retry on another replica) and readiness turns NOT_SERVING.
-        FailAll(absl::UnavailableError(
-            absl::StrCat("the worker failed: ", result.status().message())));
+        FailAll(
+            absl::UnavailableError(absl::StrCat("the worker failed: ", result.status().message())));
         loop_alive_ = false;
         metrics_.ready = 0;
         outputs.clear();

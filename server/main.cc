@@ -42,7 +42,10 @@ ABSL_FLAG(int32_t, max_queue, 1024, "Most requests waiting; more get RESOURCE_EX
 ABSL_FLAG(std::string, default_kv_policy, "full", "serve: KV policy of requests that name none");
 ABSL_FLAG(int32_t, default_kv_budget, 128, "serve: KV budget of requests that name none");
 ABSL_FLAG(std::string, head_scores, "", "HeadKV score file (for the headkv policy)");
-ABSL_FLAG(int32_t, tensor_parallel_size, 1, "GPUs to shard the model over");
+ABSL_FLAG(int32_t, tensor_parallel_size, 1,
+          "GPUs to shard the model over (one thread per GPU, NCCL)");
+ABSL_FLAG(std::string, tp_head_placement, "balanced",
+          "balanced (even KV per rank under the HeadKV plan; needs --head-scores) | contiguous");
 ABSL_FLAG(std::string, dist_addr, "", "Multi-node: rank 0's HOST:PORT (env LWS_LEADER_ADDRESS)");
 ABSL_FLAG(int32_t, world_size, 0, "Multi-node: number of ranks (env LWS_GROUP_SIZE)");
 ABSL_FLAG(int32_t, rank, -1, "Multi-node: this rank (env LWS_WORKER_INDEX)");
@@ -114,6 +117,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   HKV_OVERRIDE(metrics_port);
   HKV_OVERRIDE(device);
   HKV_OVERRIDE(tensor_parallel_size);
+  HKV_OVERRIDE(tp_head_placement);
   HKV_OVERRIDE(kv_pool_blocks);
   HKV_OVERRIDE(kv_pool_gb);
   HKV_OVERRIDE(gpu_memory_utilization);
@@ -196,9 +200,10 @@ int Serve() {
     world = std::atoi(std::getenv("LWS_GROUP_SIZE"));
   }
   if (world > 1) {
+    // The ranks can meet (workers/dist_bootstrap.h) but steps are not yet sent across nodes.
     return Fail(absl::UnimplementedError(
-                    "multi-node serving (--world-size > 1) needs the CUDA worker with NCCL, "
-                    "which this build lacks"),
+                    "multi-node serving (--world-size > 1) is not implemented yet: use "
+                    "--tensor-parallel-size N within one node"),
                 "serve");
   }
   return RunServe(*config);

@@ -19,7 +19,12 @@
 #include "workers/hf_loader.h"
 #include "workers/llama2c_loader.h"
 #ifdef HKV_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "headkv/head_budget_planner.h"
+#include "headkv/rank_assignment.h"
 #include "workers/cuda_worker.h"
+#include "workers/tensor_parallel_worker.h"
 #endif
 
 namespace hkv {
@@ -210,6 +215,63 @@ absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
 #endif
 }
 
+#ifdef HKV_WITH_CUDA
+absl::StatusOr<std::vector<int32_t>> TensorParallelPlacement(const ServerConfig& config,
+                                                             const ModelConfig& m) {
+  const int32_t tp = config.tensor_parallel_size;
+  if (config.tp_head_placement == "contiguous" || config.head_scores.empty()) {
+    return std::vector<int32_t>();  // Megatron's order
+  }
+  // Balanced: even out each rank's KV under the HeadKV plan at the default budget.
+  HKV_ASSIGN_OR_RETURN(HeadScores scores, LoadHeadScores(config.head_scores));
+  HKV_RETURN_IF_ERROR(CheckShape(scores, m.num_layers, m.num_heads));
+  KvPolicy p;
+  p.name = KvPolicyName::kHeadKv;
+  p.budget = config.default_kv_budget;
+  p.granularity = Granularity::kKvHead;
+  p.scores = std::make_shared<const HeadScores>(GroupByKvHead(scores, m.num_kv_heads));
+  HKV_RETURN_IF_ERROR(ValidatePolicy(p));
+  HKV_ASSIGN_OR_RETURN(HeadBudgetPlan plan,
+                       HeadBudgetPlanner::Plan(p, m.num_layers, m.num_kv_heads));
+  std::vector<int32_t> load(plan.capacity.size());
+  for (size_t i = 0; i < load.size(); ++i) load[i] = plan.capacity[i] + plan.window;
+  HKV_ASSIGN_OR_RETURN(HeadRankAssignment a,
+                       BalancedAssignment(load, m.num_layers, m.num_kv_heads, tp));
+  HKV_ASSIGN_OR_RETURN(HeadRankAssignment contiguous,
+                       ContiguousAssignment(m.num_layers, m.num_kv_heads, tp));
+  std::cerr << absl::StrFormat(
+      "tensor parallel: balanced head placement (HeadKV B=%d): KV imbalance %.3f (contiguous "
+      "%.3f)\n",
+      config.default_kv_budget, Imbalance(RankLoads(a, load)),
+      Imbalance(RankLoads(contiguous, load)));
+  return a.head_of_slot;
+}
+
+absl::StatusOr<std::unique_ptr<TensorParallelWorker>> MakeTensorParallelWorker(
+    const ServerConfig& config, std::shared_ptr<const Model> model) {
+  int gpus = 0;
+  if (cudaGetDeviceCount(&gpus) != cudaSuccess) gpus = 0;
+  if (gpus < config.tensor_parallel_size) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("--tensor-parallel-size ", config.tensor_parallel_size, " needs ",
+                     config.tensor_parallel_size, " GPUs; this machine has ", gpus));
+  }
+  TensorParallelOptions o;
+  o.base.block_size = config.block_size;
+  o.base.num_blocks = config.kv_pool_blocks;
+  o.base.gpu_memory_utilization = config.gpu_memory_utilization;
+  o.base.max_step_tokens = std::max(config.max_batch_tokens, model->config.max_seq_len);
+  o.base.max_seqs = config.max_seqs;
+  o.base.cuda_graph_max_batch = std::min(config.cuda_graph_max_batch, config.max_seqs);
+  for (int32_t r = 0; r < config.tensor_parallel_size; ++r) o.devices.push_back(r);
+  HKV_ASSIGN_OR_RETURN(o.head_of_slot, TensorParallelPlacement(config, model->config));
+  HKV_ASSIGN_OR_RETURN(std::unique_ptr<TensorParallelWorker> group,
+                       TensorParallelWorker::Create(std::move(model), o));
+  std::cerr << group->sizing() << "\n";
+  return group;
+}
+#endif
+
 absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested) {
   HKV_RETURN_IF_ERROR(ValidateServerConfig(requested));
   ServerConfig config = requested;
@@ -218,10 +280,17 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested) {
     HKV_ASSIGN_OR_RETURN(ModelConfig shape, LoadHfConfig(config.model));
     config.device = ResolveDevice(config.device, shape);
   }
-  if (config.tensor_parallel_size != 1) {
+  const int32_t tp = config.tensor_parallel_size;
+  if (tp > 1 && config.device == "cpu") {
+    return absl::InvalidArgumentError("--tensor-parallel-size > 1 needs --device cuda");
+  }
+#ifndef HKV_WITH_CUDA
+  if (tp > 1) {
     return absl::InvalidArgumentError(
         "--tensor-parallel-size > 1 needs the CUDA worker, which this build lacks");
   }
+#endif
+  if (tp > 1) config.device = "cuda";
   EngineBundle bundle;
   HKV_ASSIGN_OR_RETURN(bundle.loaded,
                        LoadModelAndTokenizer(config.model, config.tokenizer, config.dummy_weights,
@@ -235,7 +304,7 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested) {
   if (config.device == "cpu") {
     HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeKvPool(config, m, /*kv_dtype_bytes=*/4));
     HKV_ASSIGN_OR_RETURN(worker, MakeWorker(config, bundle.loaded.model, bundle.sizing.num_blocks));
-  } else {
+  } else if (tp == 1) {
     HKV_ASSIGN_OR_RETURN(worker, MakeWorker(config, bundle.loaded.model, 0));
 #ifdef HKV_WITH_CUDA
     ServerConfig sized = config;
@@ -243,12 +312,28 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested) {
     HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeKvPool(sized, m, /*kv_dtype_bytes=*/2));
 #endif
   }
+  std::vector<int32_t> row_partition;
+#ifdef HKV_WITH_CUDA
+  if (tp > 1) {
+    HKV_ASSIGN_OR_RETURN(std::unique_ptr<TensorParallelWorker> group,
+                         MakeTensorParallelWorker(config, bundle.loaded.model));
+    ServerConfig sized = config;
+    sized.kv_pool_blocks = group->num_blocks();
+    HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeKvPool(sized, m, /*kv_dtype_bytes=*/2));
+    row_partition = group->RowPartition();
+    worker = std::move(group);
+  }
+#endif
   EngineOptions options;
   options.scheduler.max_batch_tokens = config.max_batch_tokens;
   options.scheduler.max_seqs = config.max_seqs;
   options.scheduler.max_queue = config.max_queue;
   options.kv.num_blocks = static_cast<int32_t>(bundle.sizing.num_blocks);
   options.kv.block_size = config.block_size;
+  if (tp > 1) {
+    options.kv.num_partitions = tp;
+    options.kv.row_partition = std::move(row_partition);
+  }
   options.kv_bytes_per_token_row = bundle.sizing.bytes_per_token_row;
   options.default_policy = config.default_kv_policy;
   options.default_budget = config.default_kv_budget;

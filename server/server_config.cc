@@ -37,6 +37,7 @@ const std::map<std::string, Setter>& Fields() {
       {"max_model_len", Field(&ServerConfig::max_model_len)},
       {"cuda_graph_max_batch", Field(&ServerConfig::cuda_graph_max_batch)},
       {"tensor_parallel_size", Field(&ServerConfig::tensor_parallel_size)},
+      {"tp_head_placement", Field(&ServerConfig::tp_head_placement)},
       {"kv_pool_blocks", Field(&ServerConfig::kv_pool_blocks)},
       {"kv_pool_gb", Field(&ServerConfig::kv_pool_gb)},
       {"gpu_memory_utilization", Field(&ServerConfig::gpu_memory_utilization)},
@@ -98,6 +99,10 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.max_model_len < 0) return bad("max_model_len must be >= 0 (0: the model's)");
   if (c.cuda_graph_max_batch < 0) return bad("cuda_graph_max_batch must be >= 0");
   if (c.tensor_parallel_size < 1) return bad("tensor_parallel_size must be >= 1");
+  if (c.tp_head_placement != "balanced" && c.tp_head_placement != "contiguous") {
+    return bad("tp_head_placement must be 'balanced' or 'contiguous', got '",
+               c.tp_head_placement, "'");
+  }
   if (c.block_size < 1 || c.block_size > 1024) return bad("block_size must be in [1, 1024]");
   if (c.kv_pool_blocks < 0) return bad("kv_pool_blocks must be >= 0");
   if (c.kv_pool_blocks == 0 && c.kv_pool_gb <= 0 && c.device == "cpu") {
@@ -125,6 +130,7 @@ std::string ServerConfigToJson(const ServerConfig& c) {
   j["metrics_port"] = c.metrics_port;
   j["device"] = c.device;
   j["tensor_parallel_size"] = c.tensor_parallel_size;
+  j["tp_head_placement"] = c.tp_head_placement;
   j["kv_pool_blocks"] = c.kv_pool_blocks;
   j["kv_pool_gb"] = c.kv_pool_gb;
   j["gpu_memory_utilization"] = c.gpu_memory_utilization;

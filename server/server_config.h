@@ -22,6 +22,7 @@ struct ServerConfig {
   int32_t metrics_port = 9090;   // HTTP /metrics; 0 disables it.
   std::string device = "auto";   // cpu | cuda | auto (cuda when a GPU is present).
   int32_t tensor_parallel_size = 1;
+  std::string tp_head_placement = "balanced";  // balanced (by the HeadKV plan) | contiguous
   int64_t kv_pool_blocks = 0;    // 0: derive from kv_pool_gb (CPU) or free memory (GPU).
   double kv_pool_gb = 0.25;
   double gpu_memory_utilization = 0.9;

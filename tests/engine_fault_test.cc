@@ -19,12 +19,15 @@ class FaultInjectingWorker : public Worker {
   const ModelConfig& config() const override { return inner_->config(); }
   std::string name() const override { return inner_->name(); }
   absl::StatusOr<BatchResult> Execute(const Batch& batch) override {
-    if (stall_ms.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(stall_ms.exchange(0)));
+    if (stall_ms.load() > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(stall_ms.exchange(0)));
     if (fail.load()) return absl::InternalError("injected device failure");
     return inner_->Execute(batch);
   }
+  bool SupportsAdaptiveSelection() const override { return adaptive; }
   std::atomic<int> stall_ms{0};
   std::atomic<bool> fail{false};
+  bool adaptive = true;  // set before requests arrive
 
  private:
   std::unique_ptr<Worker> inner_;
@@ -100,6 +103,24 @@ TEST(EngineFaultTest, DeviceFailureFailsRequestsAndStopsServing) {
   StreamResult after = RunStream(stub.get(), GreedyIds({1}, 10));
   EXPECT_EQ(after.status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << after.status.error_message();
+}
+
+TEST(EngineFaultTest, PolicyTheWorkerCannotRunIsRefusedWithoutHarm) {
+  // A GPU worker has no adaptive (adakv) selection: such a request must be refused up front,
+  // not fail a step (which would fail every request in flight and turn readiness off).
+  FaultServer s;
+  s.worker->adaptive = false;
+  ASSERT_EQ(s.WaitFor(kServing, "hkv.v1.Generation"), kServing);
+  auto stub = hkv::v1::Generation::NewStub(s.channel);
+  hkv::v1::GenerateRequest adakv = GreedyIds(std::vector<int32_t>(40, 5), 4);
+  adakv.mutable_kv_policy()->set_name("adakv");
+  adakv.mutable_kv_policy()->set_budget(16);
+  StreamResult refused = RunStream(stub.get(), adakv);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNIMPLEMENTED)
+      << refused.status.error_message();
+  StreamResult ok = RunStream(stub.get(), GreedyIds({1}, 5));
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(s.WaitFor(kServing, "hkv.v1.Generation"), kServing);
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "headkv/rank_assignment.h"
 #include "kernels/decode_attention.h"
 #include "kernels/gemm.h"
 #include "kernels/gemv.h"
@@ -25,7 +26,9 @@
 #include "kernels/prefill_attention.h"
 #include "kernels/sampling.h"
 #include "workers/cpu_ops.h"
+#include "workers/nccl_communicator.h"
 #include "workers/sampler.h"
+#include "workers/tensor_parallel.h"
 
 namespace hkv {
 namespace {
@@ -277,7 +280,12 @@ struct DecodeGraph {
 
 struct CudaWorker::State {
   std::shared_ptr<const Model> model;
+  ModelConfig cfg;  // This rank's shapes (the model's without tensor parallelism).
   CudaWorkerOptions options;
+  // Tensor parallelism: global KV head of each local (layer, head) [L * Hl], and the global
+  // block ids [block_first, block_first + num_blocks) of this rank's pool.
+  std::vector<int32_t> global_head;
+  int64_t block_first = 0;
   int64_t num_blocks = 0;
   int32_t num_sms = 0;
   std::string sizing;
@@ -319,8 +327,9 @@ struct CudaWorker::State {
   }
 
   absl::Status ReserveActivations(int64_t step_tokens, int64_t sample_rows);
+  absl::Status RankView(const Batch& global, Batch* local) const;
   absl::Status FillDummyWeights(uint64_t seed);
-  absl::Status UploadWeights();
+  absl::Status UploadWeights(const Model& m);
   absl::Status BuildHostStep(const Batch& b, int32_t graph_batch, HostStep* h) const;
   absl::StatusOr<DeviceStep> Stage(const HostStep& h, StepInputs* in) const;
   size_t StageBytes(const HostStep& h) const;
@@ -347,6 +356,17 @@ void CudaWorker::set_return_logits(bool on) { state_->return_logits = on; }
 int64_t CudaWorker::graph_steps() const { return state_->graph_steps; }
 int64_t CudaWorker::eager_steps() const { return state_->eager_steps; }
 int64_t CudaWorker::graphs_captured() const { return state_->graphs_captured; }
+const std::vector<int32_t>& CudaWorker::global_heads() const { return state_->global_head; }
+absl::Status CudaWorker::SetBlockRange(int64_t first, int64_t count) {
+  if (first < 0 || count < 1 || count > state_->num_blocks || first + count > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("block range [", first, ", ", first + count,
+                                                   ") does not fit a pool of ", state_->num_blocks,
+                                                   " blocks"));
+  }
+  state_->block_first = first;
+  state_->num_blocks = count;
+  return absl::OkStatus();
+}
 
 namespace {
 
@@ -374,7 +394,7 @@ int32_t GraphBatchFor(int32_t n, int32_t max_batch) {
 }  // namespace
 
 absl::Status CudaWorker::State::ReserveActivations(int64_t step_tokens, int64_t sample_rows) {
-  const ModelConfig& c = model->config;
+  const ModelConfig& c = cfg;
   const size_t t = static_cast<size_t>(std::max<int64_t>(step_tokens, 1));
   const size_t qkv_w = c.q_size() + 2 * c.kv_size();
   HKV_RETURN_IF_ERROR(res.Reserve(t * c.dim * 2));
@@ -392,51 +412,73 @@ absl::Status CudaWorker::State::ReserveActivations(int64_t step_tokens, int64_t 
 }
 
 absl::Status CudaWorker::State::FillDummyWeights(uint64_t seed) {
-  const ModelConfig& c = model->config;
-  const int64_t dim = c.dim, q = c.q_size(), kv = c.kv_size(), hidden = c.hidden_dim;
-  const int64_t qkv_w = q + 2 * kv;
-  int64_t tensor = 0;
-  // Each logical matrix has its own seed; a fused buffer holds several at row offsets.
-  auto fill = [&](void* base, int64_t ld, int64_t rows, int64_t cols, float scale, float value) {
-    const uint64_t s = seed * 0x100000001B3ULL + static_cast<uint64_t>(++tensor);
-    return k::FillUniformMatrix(kDType, base, ld, rows, cols, 0, 0, cols, s, scale, value, stream);
+  // Values depend only on (seed, tensor, element of the full matrix), so a tensor-parallel rank
+  // writes exactly its shard of the unsharded model's weights.
+  const ModelConfig& g = model->config;  // global shapes
+  const int64_t dim = g.dim, hd = g.head_dim, grp = g.group_size();
+  const int64_t q = g.q_size(), kv = g.kv_size(), ffn = g.hidden_dim;
+  const int64_t hl = cfg.num_kv_heads, ql = cfg.q_size(), kvl = cfg.kv_size(), fl = cfg.hidden_dim;
+  const int64_t f0 = static_cast<int64_t>(options.tp.rank) * fl;
+  auto seed_of = [&](int64_t tensor) {
+    return seed * 0x100000001B3ULL + static_cast<uint64_t>(tensor);
   };
   auto scale = [](int64_t fan_in) { return 1.0f / std::sqrt(static_cast<float>(fan_in)); };
-  HKV_RETURN_IF_ERROR(embedding.Reserve(static_cast<size_t>(c.vocab_size) * dim * 2));
-  HKV_CUDA_RETURN_IF_ERROR(fill(embedding.get(), dim, c.vocab_size, dim, 1.0f, 0.0f));
+  // out[r, c] = element (row0 + r, col0 + c) of logical tensor `tensor` of width cols_total.
+  auto fill = [&](uint16_t* out, int64_t ld, int64_t rows, int64_t cols, int64_t row0, int64_t col0,
+                  int64_t cols_total, int64_t tensor, float sc, float value) {
+    return k::FillUniformMatrix(kDType, out, ld, rows, cols, row0, col0, cols_total,
+                                seed_of(tensor), sc, value, stream);
+  };
+  HKV_RETURN_IF_ERROR(embedding.Reserve(static_cast<size_t>(g.vocab_size) * dim * 2));
+  HKV_CUDA_RETURN_IF_ERROR(
+      fill(embedding.get<uint16_t>(), dim, g.vocab_size, dim, 0, 0, dim, 1, 1.0f, 0.0f));
   HKV_RETURN_IF_ERROR(final_norm.Reserve(dim * 2));
-  HKV_CUDA_RETURN_IF_ERROR(fill(final_norm.get(), dim, 1, dim, 0.0f, 1.0f));
-  if (!c.tie_embeddings) {
-    HKV_RETURN_IF_ERROR(lm_head.Reserve(static_cast<size_t>(c.vocab_size) * dim * 2));
-    HKV_CUDA_RETURN_IF_ERROR(fill(lm_head.get(), dim, c.vocab_size, dim, scale(dim), 0.0f));
+  HKV_CUDA_RETURN_IF_ERROR(fill(final_norm.get<uint16_t>(), dim, 1, dim, 0, 0, dim, 2, 0, 1));
+  if (!g.tie_embeddings) {
+    HKV_RETURN_IF_ERROR(lm_head.Reserve(static_cast<size_t>(g.vocab_size) * dim * 2));
+    HKV_CUDA_RETURN_IF_ERROR(
+        fill(lm_head.get<uint16_t>(), dim, g.vocab_size, dim, 0, 0, dim, 3, scale(dim), 0.0f));
   }
-  layers.resize(c.num_layers);
-  for (LayerBuffers& b : layers) {
+  layers.resize(g.num_layers);
+  for (int32_t l = 0; l < g.num_layers; ++l) {
+    LayerBuffers& b = layers[l];
+    const int64_t t = 16 + 16 * static_cast<int64_t>(l);  // this layer's tensor ids
     HKV_RETURN_IF_ERROR(b.attn_norm.Reserve(dim * 2));
     HKV_RETURN_IF_ERROR(b.ffn_norm.Reserve(dim * 2));
-    HKV_RETURN_IF_ERROR(b.wqkv.Reserve(qkv_w * dim * 2));
-    HKV_RETURN_IF_ERROR(b.wo.Reserve(dim * q * 2));
-    HKV_RETURN_IF_ERROR(b.w_gate_up.Reserve(2 * hidden * dim * 2));
-    HKV_RETURN_IF_ERROR(b.w_down.Reserve(dim * hidden * 2));
+    HKV_RETURN_IF_ERROR(b.wqkv.Reserve((ql + 2 * kvl) * dim * 2));
+    HKV_RETURN_IF_ERROR(b.wo.Reserve(dim * ql * 2));
+    HKV_RETURN_IF_ERROR(b.w_gate_up.Reserve(2 * fl * dim * 2));
+    HKV_RETURN_IF_ERROR(b.w_down.Reserve(dim * fl * 2));
     auto* qkv_base = b.wqkv.get<uint16_t>();
     auto* gu_base = b.w_gate_up.get<uint16_t>();
-    HKV_CUDA_RETURN_IF_ERROR(fill(b.attn_norm.get(), dim, 1, dim, 0.0f, 1.0f));
-    HKV_CUDA_RETURN_IF_ERROR(fill(b.ffn_norm.get(), dim, 1, dim, 0.0f, 1.0f));
-    HKV_CUDA_RETURN_IF_ERROR(fill(qkv_base, dim, q, dim, scale(dim), 0.0f));
-    HKV_CUDA_RETURN_IF_ERROR(fill(qkv_base + q * dim, dim, kv, dim, scale(dim), 0.0f));
-    HKV_CUDA_RETURN_IF_ERROR(fill(qkv_base + (q + kv) * dim, dim, kv, dim, scale(dim), 0.0f));
-    HKV_CUDA_RETURN_IF_ERROR(fill(b.wo.get(), q, dim, q, scale(q), 0.0f));
-    HKV_CUDA_RETURN_IF_ERROR(fill(gu_base, dim, hidden, dim, scale(dim), 0.0f));
-    HKV_CUDA_RETURN_IF_ERROR(fill(gu_base + hidden * dim, dim, hidden, dim, scale(dim), 0.0f));
-    HKV_CUDA_RETURN_IF_ERROR(fill(b.w_down.get(), hidden, dim, hidden, scale(hidden), 0.0f));
+    HKV_CUDA_RETURN_IF_ERROR(fill(b.attn_norm.get<uint16_t>(), dim, 1, dim, 0, 0, dim, t, 0, 1));
+    HKV_CUDA_RETURN_IF_ERROR(fill(b.ffn_norm.get<uint16_t>(), dim, 1, dim, 0, 0, dim, t + 1, 0, 1));
+    for (int64_t j = 0; j < hl; ++j) {  // this rank's KV heads, in slot order
+      const int64_t head = global_head[l * hl + j];
+      // q/k/v rows (column-parallel) and o columns (row-parallel) of that head.
+      HKV_CUDA_RETURN_IF_ERROR(fill(qkv_base + j * grp * hd * dim, dim, grp * hd, dim,
+                                    head * grp * hd, 0, dim, t + 2, scale(dim), 0.0f));
+      HKV_CUDA_RETURN_IF_ERROR(fill(qkv_base + (ql + j * hd) * dim, dim, hd, dim, head * hd, 0, dim,
+                                    t + 3, scale(dim), 0.0f));
+      HKV_CUDA_RETURN_IF_ERROR(fill(qkv_base + (ql + kvl + j * hd) * dim, dim, hd, dim, head * hd,
+                                    0, dim, t + 4, scale(dim), 0.0f));
+      HKV_CUDA_RETURN_IF_ERROR(fill(b.wo.get<uint16_t>() + j * grp * hd, ql, dim, grp * hd, 0,
+                                    head * grp * hd, q, t + 5, scale(q), 0.0f));
+    }
+    (void)kv;
+    HKV_CUDA_RETURN_IF_ERROR(fill(gu_base, dim, fl, dim, f0, 0, dim, t + 6, scale(dim), 0.0f));
+    HKV_CUDA_RETURN_IF_ERROR(
+        fill(gu_base + fl * dim, dim, fl, dim, f0, 0, dim, t + 7, scale(dim), 0.0f));
+    HKV_CUDA_RETURN_IF_ERROR(
+        fill(b.w_down.get<uint16_t>(), fl, dim, fl, 0, f0, ffn, t + 8, scale(ffn), 0.0f));
   }
   HKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   return absl::OkStatus();
 }
 
-absl::Status CudaWorker::State::UploadWeights() {
-  const ModelWeights& w = model->weights;
-  const ModelConfig& c = model->config;
+absl::Status CudaWorker::State::UploadWeights(const Model& m) {
+  const ModelWeights& w = m.weights;
+  const ModelConfig& c = m.config;
   if (static_cast<int32_t>(w.layers.size()) != c.num_layers || w.embedding.empty()) {
     return absl::InvalidArgumentError("the model's weights are missing");
   }
@@ -475,9 +517,18 @@ absl::Status CudaWorker::Supports(const ModelConfig& c) {
 
 absl::StatusOr<std::unique_ptr<CudaWorker>> CudaWorker::Create(std::shared_ptr<const Model> model,
                                                                const CudaWorkerOptions& options) {
-  const ModelConfig& c = model->config;
+  const ModelConfig& global = model->config;
   if (!CudaDeviceAvailable()) return absl::UnavailableError("no CUDA device is available");
-  HKV_RETURN_IF_ERROR(Supports(c));
+  HKV_RETURN_IF_ERROR(Supports(global));
+  const CudaTensorParallel& tp = options.tp;
+  if (tp.size < 1 || tp.rank < 0 || tp.rank >= tp.size || (tp.size > 1 && tp.comm == nullptr)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor-parallel rank ", tp.rank, " of ", tp.size, " needs a communicator"));
+  }
+  const int64_t all_slots = static_cast<int64_t>(global.num_layers) * global.num_kv_heads;
+  if (!tp.head_of_slot.empty() && static_cast<int64_t>(tp.head_of_slot.size()) != all_slots) {
+    return absl::InvalidArgumentError("the head placement needs one entry per (layer, KV head)");
+  }
   if ((options.block_size & (options.block_size - 1)) != 0) {
     return absl::InvalidArgumentError("block_size must be a power of two on CUDA");
   }
@@ -487,6 +538,19 @@ absl::StatusOr<std::unique_ptr<CudaWorker>> CudaWorker::Create(std::shared_ptr<c
   auto s = std::make_unique<State>();
   s->model = model;
   s->options = options;
+  if (tp.size > 1) {
+    HKV_ASSIGN_OR_RETURN(s->cfg, ShardConfig(global, tp.size));
+  } else {
+    s->cfg = global;
+  }
+  const ModelConfig& c = s->cfg;
+  for (int32_t l = 0; l < c.num_layers; ++l) {
+    for (int32_t j = 0; j < c.num_kv_heads; ++j) {
+      const int32_t slot = tp.rank * c.num_kv_heads + j;
+      s->global_head.push_back(
+          tp.head_of_slot.empty() ? slot : tp.head_of_slot[l * global.num_kv_heads + slot]);
+    }
+  }
   HKV_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
   HKV_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&s->num_sms, cudaDevAttrMultiProcessorCount, options.device));
@@ -518,7 +582,19 @@ absl::StatusOr<std::unique_ptr<CudaWorker>> CudaWorker::Create(std::shared_ptr<c
   if (model->device_dummy_seed.has_value()) {
     HKV_RETURN_IF_ERROR(s->FillDummyWeights(*model->device_dummy_seed));
   } else {
-    HKV_RETURN_IF_ERROR(s->UploadWeights());
+    if (tp.size > 1) {
+      HeadRankAssignment placement;
+      if (tp.head_of_slot.empty()) {
+        HKV_ASSIGN_OR_RETURN(placement,
+                             ContiguousAssignment(global.num_layers, global.num_kv_heads, tp.size));
+      } else {
+        placement = {global.num_layers, global.num_kv_heads, tp.size, tp.head_of_slot};
+      }
+      HKV_ASSIGN_OR_RETURN(Model shard, ShardModel(*model, placement, tp.rank));
+      HKV_RETURN_IF_ERROR(s->UploadWeights(shard));
+    } else {
+      HKV_RETURN_IF_ERROR(s->UploadWeights(*model));
+    }
   }
   std::vector<float> inv_freq = RopeInvFreq(c);
   HKV_RETURN_IF_ERROR(s->inv_freq.Reserve(inv_freq.size() * 4));
@@ -588,7 +664,7 @@ absl::StatusOr<std::unique_ptr<CudaWorker>> CudaWorker::Create(std::shared_ptr<c
 absl::Status CudaWorker::State::BuildHostStep(const Batch& b, int32_t graph_batch,
                                               HostStep* hp) const {
   HostStep& h = *hp;
-  const ModelConfig& c = model->config;
+  const ModelConfig& c = cfg;
   const int32_t L = c.num_layers, H = c.num_kv_heads, bs = options.block_size;
   const int64_t rows_per_seq = static_cast<int64_t>(L) * H;
   for (int pass = 0; pass < 3; ++pass) {
@@ -747,7 +823,7 @@ absl::Status CudaWorker::State::BuildHostStep(const Batch& b, int32_t graph_batc
 }
 
 size_t CudaWorker::State::StageBytes(const HostStep& h) const {
-  const int32_t L = model->config.num_layers;
+  const int32_t L = cfg.num_layers;
   size_t bytes =
       SliceBytes<int32_t>(h.ids.size()) + SliceBytes<int32_t>(h.pos.size()) +
       SliceBytes<k::SamplingRow>(h.sample_rows.size()) +
@@ -764,7 +840,7 @@ size_t CudaWorker::State::StageBytes(const HostStep& h) const {
 // The order of the slices is fixed, and variable-length ones come last, so a graph step of a
 // given batch size always finds its inputs at the same addresses.
 absl::StatusOr<DeviceStep> CudaWorker::State::Stage(const HostStep& h, StepInputs* in) const {
-  const ModelConfig& c = model->config;
+  const ModelConfig& c = cfg;
   const int32_t L = c.num_layers, H = c.num_kv_heads;
   DeviceStep d;
   d.ids = in->Put(h.ids);
@@ -821,7 +897,7 @@ absl::StatusOr<DeviceStep> CudaWorker::State::Stage(const HostStep& h, StepInput
 
 // Launches the whole step on the stream: no host sync, no allocation (so it can be captured).
 absl::Status CudaWorker::State::Forward(const Batch& b, const HostStep& h, const DeviceStep& d) {
-  const ModelConfig& c = model->config;
+  const ModelConfig& c = cfg;
   const int32_t L = c.num_layers, H = c.num_kv_heads, Hq = c.num_heads, hd = c.head_dim;
   const int32_t bs = options.block_size, dim = c.dim, hid = c.hidden_dim;
   const int32_t qkv_w = c.q_size() + 2 * c.kv_size();
@@ -934,6 +1010,10 @@ absl::Status CudaWorker::State::Forward(const Batch& b, const HostStep& h, const
     HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, at, c.q_size(), w.wo.get(),
                                                  c.q_size(), tmp.get(), dim, false, total, dim,
                                                  c.q_size()));
+    if (options.tp.size > 1) {  // row-parallel o_proj: sum the ranks' partial outputs
+      HKV_RETURN_IF_ERROR(
+          options.tp.comm->AllReduceSum(tmp.get(), int64_t{total} * dim, kDType, stream));
+    }
     HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, tmp.get(), res.get(), w.ffn_norm.get(), xb.get(),
                                         total, dim, c.norm_eps, stream));
     HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, xb.get(), dim,
@@ -944,6 +1024,10 @@ absl::Status CudaWorker::State::Forward(const Batch& b, const HostStep& h, const
     HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, hidden.get(), hid,
                                                  w.w_down.get(), hid, tmp.get(), dim, false, total,
                                                  dim, hid));
+    if (options.tp.size > 1) {  // row-parallel down_proj
+      HKV_RETURN_IF_ERROR(
+          options.tp.comm->AllReduceSum(tmp.get(), int64_t{total} * dim, kDType, stream));
+    }
   }
   HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, tmp.get(), res.get(), final_norm.get(), xb.get(),
                                       total, dim, c.norm_eps, stream));
@@ -992,10 +1076,75 @@ absl::Status CudaWorker::State::RunGraph(const Batch& b, const HostStep& h, cons
   return absl::OkStatus();
 }
 
-absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& b) {
+// This rank's part of a batch: the rows of its KV heads, with block ids of its pool, and
+// selection caps of its heads.
+absl::Status CudaWorker::State::RankView(const Batch& g, Batch* out) const {
+  const int32_t L = cfg.num_layers, hl = cfg.num_kv_heads, hg = model->config.num_kv_heads;
+  if (g.num_layers != L || g.num_kv_heads != hg ||
+      static_cast<int64_t>(g.kv_indptr.size()) != g.num_rows() + 1 ||
+      static_cast<int64_t>(g.kv_len_before.size()) != g.num_rows() ||
+      static_cast<int64_t>(g.kv_len_after.size()) != g.num_rows()) {
+    return absl::InvalidArgumentError("malformed batch for a tensor-parallel rank");
+  }
+  out->num_layers = L;
+  out->num_kv_heads = hl;
+  out->block_size = g.block_size;
+  out->seqs = g.seqs;
+  for (SequenceStep& st : out->seqs) {
+    if (st.selection.capacity.empty()) continue;
+    if (static_cast<int64_t>(st.selection.capacity.size()) != int64_t{L} * hg) {
+      return absl::InvalidArgumentError("selection capacity has the wrong size");
+    }
+    std::vector<int32_t> local(static_cast<size_t>(L) * hl);
+    for (int32_t l = 0; l < L; ++l) {
+      for (int32_t j = 0; j < hl; ++j) {
+        local[l * hl + j] = st.selection.capacity[l * hg + global_head[l * hl + j]];
+      }
+    }
+    st.selection.capacity = std::move(local);
+  }
+  const int64_t rows = out->num_rows();
+  out->kv_indptr.assign(1, 0);
+  out->kv_indptr.reserve(rows + 1);
+  out->kv_len_before.reserve(rows);
+  out->kv_len_after.reserve(rows);
+  out->kv_indices.clear();
+  for (size_t i = 0; i < g.seqs.size(); ++i) {
+    for (int32_t l = 0; l < L; ++l) {
+      for (int32_t j = 0; j < hl; ++j) {
+        const int64_t r = g.row(static_cast<int64_t>(i), l, global_head[l * hl + j]);
+        for (int32_t k = g.kv_indptr[r]; k < g.kv_indptr[r + 1]; ++k) {
+          const int64_t id = g.kv_indices[k] - block_first;
+          if (id < 0 || id >= num_blocks) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "block ", g.kv_indices[k], " is outside rank ", options.tp.rank, "'s pool"));
+          }
+          out->kv_indices.push_back(static_cast<BlockId>(id));
+        }
+        out->kv_indptr.push_back(static_cast<int32_t>(out->kv_indices.size()));
+        out->kv_len_before.push_back(g.kv_len_before[r]);
+        out->kv_len_after.push_back(g.kv_len_after[r]);
+      }
+    }
+  }
+  out->block_copies.clear();
+  for (const auto& [src, dst] : g.block_copies) {
+    if (src < block_first || src >= block_first + num_blocks) continue;  // another rank's
+    out->block_copies.emplace_back(static_cast<BlockId>(src - block_first),
+                                   static_cast<BlockId>(dst - block_first));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& global_batch) {
   const auto host_start = std::chrono::steady_clock::now();
   State& s = *state_;
-  const ModelConfig& c = s.model->config;
+  Batch local;
+  if (s.options.tp.size > 1 || s.block_first != 0) {
+    HKV_RETURN_IF_ERROR(s.RankView(global_batch, &local));
+  }
+  const Batch& b = s.options.tp.size > 1 || s.block_first != 0 ? local : global_batch;
+  const ModelConfig& c = s.cfg;
   const int32_t L = c.num_layers, H = c.num_kv_heads, bs = s.options.block_size;
   const int64_t rows_per_seq = static_cast<int64_t>(L) * H;
   if (b.num_layers != L || b.num_kv_heads != H || b.block_size != bs ||
@@ -1090,7 +1239,12 @@ absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& b) {
     HKV_CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(out_logits, s.logits.get(), logit_n * 4, cudaMemcpyDeviceToHost, stream));
   }
-  HKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  if (s.options.tp.size > 1) {
+    // Bounded: a dead or hung peer aborts the communicator instead of hanging this rank.
+    HKV_RETURN_IF_ERROR(s.options.tp.comm->WaitFor(stream, s.options.tp.step_timeout));
+  } else {
+    HKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  }
   HKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   if (s.profile.on) {
     float gpu_ms = 0;

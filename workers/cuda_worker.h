@@ -33,11 +33,27 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/batch.h"
 #include "workers/model_config.h"
 #include "workers/worker.h"
 
 namespace hkv {
+
+class NcclCommunicator;
+
+// Tensor parallelism (Megatron: q/k/v and gate/up column-parallel, o and down row-parallel with
+// one all-reduce each per layer). Rank `rank` owns slots [rank * H/size, (rank+1) * H/size) of
+// every layer's KV heads; `head_of_slot` [layers * H] says which original head each slot holds
+// (headkv/rank_assignment.h; empty: contiguous). Steps take the whole batch (rows of every KV
+// head, global block ids) and use their own heads' rows.
+struct CudaTensorParallel {
+  int32_t rank = 0;
+  int32_t size = 1;
+  NcclCommunicator* comm = nullptr;  // Not owned; required when size > 1.
+  std::vector<int32_t> head_of_slot;
+  absl::Duration step_timeout = absl::Minutes(5);  // A step longer than this aborts the group.
+};
 
 struct CudaWorkerOptions {
   int32_t device = 0;
@@ -48,6 +64,7 @@ struct CudaWorkerOptions {
   int32_t max_step_tokens = 8192;     // Tokens of the largest step (activations sized for it).
   int32_t max_seqs = 256;             // Sequences of the largest step (decode workspace).
   int32_t cuda_graph_max_batch = 256;  // Largest decode batch replayed as a graph; 0: eager.
+  CudaTensorParallel tp;
 };
 
 class CudaWorker : public Worker {
@@ -64,6 +81,7 @@ class CudaWorker : public Worker {
   const ModelConfig& config() const override;
   absl::StatusOr<BatchResult> Execute(const Batch& batch) override;
   std::string name() const override;
+  bool SupportsAdaptiveSelection() const override { return false; }
 
   int64_t num_blocks() const;
   // The memory arithmetic of Create (weights, pool, free memory), for the start-up log.
@@ -73,6 +91,11 @@ class CudaWorker : public Worker {
   int64_t graph_steps() const;
   int64_t eager_steps() const;
   int64_t graphs_captured() const;
+  // Global KV head of each local (layer, head) [layers * H/size].
+  const std::vector<int32_t>& global_heads() const;
+  // Maps global block ids [first, first + count) to this worker's pool 0..count-1 (a rank's
+  // partition of the engine's pool). count <= num_blocks(); num_blocks() becomes count.
+  absl::Status SetBlockRange(int64_t first, int64_t count);
 
   struct State;  // Device buffers, cuBLAS handle, stream (cuda_worker.cc).
 

@@ -22,6 +22,8 @@ class Worker {
   virtual absl::StatusOr<BatchResult> Execute(const Batch& batch) = 0;
   // "cpu", "cuda:0", ...
   virtual std::string name() const = 0;
+  // Whether steps may carry adaptive (adakv) selections (SequenceStep::layer_blocks).
+  virtual bool SupportsAdaptiveSelection() const { return true; }
 };
 
 }  // namespace hkv

@@ -1,0 +1,70 @@
+#pragma once
+// TensorParallelWorker: tensor parallelism inside one process, one thread per GPU.
+//
+// Each rank is a CudaWorker on its own GPU and its own thread (a CUDA worker's stream, cuBLAS
+// handle and graphs belong to the thread and device that made them); the ranks are joined by
+// NCCL (workers/nccl_communicator.h). Threads rather than processes: the engine stays a single
+// scheduler whose batch every rank reads in place, with no serialization or IPC of steps, and
+// NCCL works the same between threads as between processes. (Ranks on other nodes join over
+// TCP: workers/dist_bootstrap.h.)
+//
+// A step runs on all ranks at once; each computes its KV heads' attention and its slice of the
+// MLP, and the row-parallel layers all-reduce. Every rank then holds the same hidden state;
+// rank 0 runs the LM head and samples, and its tokens are the step's. The KV pool is split:
+// rank r's blocks are the engine's ids [r * B, (r + 1) * B), and RowPartition() tells the
+// engine's KvCacheManager which rank's range each (layer, KV head) draws from.
+//
+// Faults: a rank whose step fails or that waits longer than the step timeout on its peers
+// aborts the communicators; this step and every later one return UNAVAILABLE (the engine then
+// fails requests with UNAVAILABLE and turns NOT_SERVING).
+//
+// Thread-compatible: one Execute at a time (the engine thread).
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "workers/cuda_worker.h"
+#include "workers/worker.h"
+
+namespace hkv {
+
+struct TensorParallelOptions {
+  CudaWorkerOptions base;             // device and tp are set per rank
+  std::vector<int32_t> devices;       // rank r runs on devices[r]; size() ranks
+  std::vector<int32_t> head_of_slot;  // [layers * KV heads] placement; empty: contiguous
+  // Test mode: every rank's pool spans the same ids (each holds all blocks) instead of a
+  // partition per rank.
+  bool shared_block_ids = false;
+};
+
+class TensorParallelWorker : public Worker {
+ public:
+  static absl::StatusOr<std::unique_ptr<TensorParallelWorker>> Create(
+      std::shared_ptr<const Model> model, const TensorParallelOptions& options);
+  ~TensorParallelWorker() override;
+
+  const ModelConfig& config() const override;
+  absl::StatusOr<BatchResult> Execute(const Batch& batch) override;
+  std::string name() const override;
+  bool SupportsAdaptiveSelection() const override { return false; }
+
+  int32_t size() const;
+  // Blocks of the engine's pool (ranks x blocks_per_rank(), or blocks_per_rank() when ids are
+  // shared) and of each rank's.
+  int64_t num_blocks() const;
+  int64_t blocks_per_rank() const;
+  // Rank of each (layer, KV head) [layers * KV heads], for KvCacheConfig::row_partition.
+  std::vector<int32_t> RowPartition() const;
+  const std::string& sizing() const;
+  void set_return_logits(bool on);
+
+  struct Impl;
+
+ private:
+  explicit TensorParallelWorker(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hkv
