@@ -1,4 +1,4 @@
-// Hugging Face checkpoints against transformers itself: tests/data/hf/{llama,mistral,qwen2}
+// Hugging Face checkpoints against transformers itself: tests/data/hf/{llama,mistral,qwen2,llama_hd64}
 // were saved by transformers (tests/data/make_fixtures.py) with its fp32 logits; hkv's CPU
 // reference must match them (max abs error < 1e-4) and continue greedily the same way.
 
@@ -62,7 +62,7 @@ TEST_P(HfModelsTest, LogitsAndGreedyMatchTransformers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, HfModelsTest, ::testing::Values("llama", "mistral", "qwen2"));
+INSTANTIATE_TEST_SUITE_P(Architectures, HfModelsTest, ::testing::Values("llama", "mistral", "qwen2", "llama_hd64"));
 
 TEST(HfLoaderTest, ConfigsAreReadRight) {
   auto llama = LoadHfModel(Fixture("llama"));

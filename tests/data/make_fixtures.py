@@ -5,9 +5,11 @@ For each architecture hkv loads (Llama with llama3 rope scaling, Mistral, Qwen2 
 biases and tied embeddings) it builds a 2-layer GQA model with random weights, saves it with
 save_pretrained (safetensors: Llama as one f32 file, Mistral as sharded bf16 with an index,
 Qwen2 as f16), then records transformers' fp32 logits at the last position of a few prompts and
-greedy continuations (expected.json). Run where torch + transformers are installed:
+greedy continuations (expected.json). `llama_hd64` is a Llama with head_dim 64 (bf16), the
+smallest shape the CUDA kernels serve, for the GPU worker's test against transformers. Run where
+torch + transformers are installed (optionally naming the fixtures to make):
 
-    python3 tests/data/make_fixtures.py tests/data/hf
+    python3 tests/data/make_fixtures.py tests/data/hf [name...]
 """
 import json
 import os
@@ -53,6 +55,18 @@ def build(name, cls, config, dtype, shard):
 
 
 def main():
+    only = set(sys.argv[2:])
+    if only:
+        global build
+        make = build
+        build = lambda name, *a, **k: make(name, *a, **k) if name in only else None
+    build("llama_hd64", LlamaForCausalLM,
+          LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=256,
+                      max_position_embeddings=512, rms_norm_eps=1e-5, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=0, rope_theta=10000.0,
+                      tie_word_embeddings=False),
+          torch.bfloat16, shard=False)
     build("llama", LlamaForCausalLM,
           LlamaConfig(**COMMON, rope_theta=10000.0, tie_word_embeddings=False,
                       rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
