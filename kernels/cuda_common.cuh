@@ -9,11 +9,63 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/dtype.h"
 
 namespace hkv::kernels {
+
+// Programmatic dependent launch (Hopper): a kernel launched with LaunchOverlapped may be
+// scheduled while the previous kernel on the stream finishes, so its launch latency hides
+// behind that kernel's tail; in a decode step of ~350 small kernels this is most of the gap
+// between them. Every kernel launched this way calls WaitForPriorGrid() before it touches
+// memory (it returns once the previous grid has completed and its writes are visible), and
+// AllowDependents() once its remaining work no longer needs free SM slots (single-wave
+// kernels: right after the wait; multi-wave ones: after their main loop). Launched without the
+// attribute (HKV_PDL=0, or older GPUs through the sm_80 PTX) both are no-ops.
+__device__ __forceinline__ void WaitForPriorGrid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void AllowDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// AllowDependents() for grids small enough to run in one wave (decode-sized launches); a large
+// grid (prefill) lets its dependents start only as its blocks exit, so they never take SM
+// slots its remaining blocks need.
+__device__ __forceinline__ void AllowDependentsIfSmallGrid() {
+  if (gridDim.x * gridDim.y * gridDim.z <= 256) AllowDependents();
+}
+
+inline bool OverlappedLaunchEnabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("HKV_PDL");
+    return v == nullptr || v[0] != '0';
+  }();
+  return on;
+}
+
+template <typename... KernelArgs, typename... Args>
+cudaError_t LaunchOverlapped(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                             cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = OverlappedLaunchEnabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
 
 template <typename T>
 __device__ __forceinline__ float ToFloat(T x);

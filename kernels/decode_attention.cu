@@ -64,6 +64,8 @@ struct DecodeArgs {
 
 template <typename T, int kHeadDim, int kGroup>
 __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) {
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
   constexpr int kLanes = kHeadDim / 8;  // lanes per token
   constexpr int kSubs = 32 / kLanes;    // tokens per warp load
   constexpr int kTokPerWarp = kSubs * kUnroll;
@@ -253,6 +255,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
 // Grid: (rows that were split, group) Block: (head_dim).
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kHeadDim) DecodeMergeKernel(DecodeArgs a) {
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
   const int g = blockIdx.y, d = threadIdx.x;
   if (static_cast<int>(blockIdx.x) >= a.meta[1]) return;
   const MetaLayout& L = a.layout;
@@ -511,11 +515,12 @@ cudaError_t RunDecodeAttention(const DecodePlan& plan, const PagedKvView& kv, DT
     return DispatchHeadDim(o.head_dim, [&](auto hd) {
       constexpr int D = decltype(hd)::value;
       auto launch = [&](auto kernel) {
-        kernel<<<work_grid, kThreads, 0, stream>>>(a);
-        if (merge_grid > 0) {
-          DecodeMergeKernel<T, D><<<dim3(merge_grid, o.group_size), D, 0, stream>>>(a);
+        cudaError_t e = LaunchOverlapped(kernel, dim3(work_grid), dim3(kThreads), 0, stream, a);
+        if (e == cudaSuccess && merge_grid > 0) {
+          e = LaunchOverlapped(DecodeMergeKernel<T, D>, dim3(merge_grid, o.group_size), dim3(D), 0,
+                               stream, a);
         }
-        return cudaGetLastError();
+        return e;
       };
       switch (GroupBucket(o.group_size)) {
         case 1:

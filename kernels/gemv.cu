@@ -13,6 +13,7 @@ template <typename T, int M, bool kFp32Out>
 __global__ void __launch_bounds__(kThreads)
     GemvKernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w, int64_t ldw,
                void* __restrict__ c, int64_t ldc, int n, int k) {
+  WaitForPriorGrid();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int col = blockIdx.x * kWarps + warp;
   if (col >= n) return;
@@ -52,6 +53,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < 8; ++i) acc[m] = fmaf(wf[i], af[i], acc[m]);
     }
   }
+  AllowDependents();  // the weight stream is done; only the reduction and store remain
 #pragma unroll
   for (int m = 0; m < M; ++m) {
 #pragma unroll
@@ -76,10 +78,10 @@ cudaError_t LaunchGemv(const void* a, int64_t lda, const void* w, int64_t ldw, v
   const T* at = static_cast<const T*>(a);
   const T* wt = static_cast<const T*>(w);
   switch (m) {
-#define HKV_GEMV_CASE(M)                                                                       \
-  case M:                                                                                      \
-    GemvKernel<T, M, kFp32Out><<<grid, kThreads, 0, stream>>>(at, lda, wt, ldw, c, ldc, n, k); \
-    break;
+#define HKV_GEMV_CASE(M)                                                                          \
+  case M:                                                                                         \
+    return LaunchOverlapped(GemvKernel<T, M, kFp32Out>, grid, dim3(kThreads), 0, stream, at, lda, \
+                            wt, ldw, c, ldc, n, k);
     HKV_GEMV_CASE(1)
     HKV_GEMV_CASE(2)
     HKV_GEMV_CASE(3)
@@ -92,7 +94,6 @@ cudaError_t LaunchGemv(const void* a, int64_t lda, const void* w, int64_t ldw, v
     default:
       return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 bool GemvApplies(const void* a, int64_t lda, const void* w, int64_t ldw, int32_t m, int32_t k) {

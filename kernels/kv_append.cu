@@ -21,6 +21,8 @@ struct AppendParams {
 };
 
 __global__ void AppendDecodeKernel(AppendParams p) {
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
   const int seq = blockIdx.x / p.num_kv_heads, h = blockIdx.x % p.num_kv_heads, c = threadIdx.x;
   const int row = seq * p.row_seq_stride + p.row_offset + h;
   const int b0 = p.indptr[row], b1 = p.indptr[row + 1];
@@ -33,6 +35,8 @@ __global__ void AppendDecodeKernel(AppendParams p) {
 }
 
 __global__ void AppendSlotsKernel(AppendParams p, const int64_t* slots) {
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
   const int64_t i = blockIdx.x;  // token * num_kv_heads + head
   const int c = threadIdx.x;
   const int64_t slot = slots[i];
@@ -76,8 +80,8 @@ cudaError_t AppendDecodeKv(DType /*dtype: both 2-byte*/, const PagedKvView& kv, 
   AppendParams p;
   cudaError_t e = MakeParams(kv, k_new, v_new, stride, &p);
   if (e != cudaSuccess || num_seqs <= 0) return num_seqs < 0 ? cudaErrorInvalidValue : e;
-  AppendDecodeKernel<<<num_seqs * kv.num_kv_heads, (p.chunks + 31) / 32 * 32, 0, stream>>>(p);
-  return cudaGetLastError();
+  return LaunchOverlapped(AppendDecodeKernel, dim3(num_seqs * kv.num_kv_heads),
+                          dim3((p.chunks + 31) / 32 * 32), 0, stream, p);
 }
 
 cudaError_t AppendKvSlots(DType /*dtype: both 2-byte*/, const PagedKvView& kv, const void* k_new,
@@ -86,8 +90,8 @@ cudaError_t AppendKvSlots(DType /*dtype: both 2-byte*/, const PagedKvView& kv, c
   AppendParams p;
   cudaError_t e = MakeParams(kv, k_new, v_new, stride, &p);
   if (e != cudaSuccess || tokens <= 0) return tokens < 0 ? cudaErrorInvalidValue : e;
-  AppendSlotsKernel<<<tokens * kv.num_kv_heads, (p.chunks + 31) / 32 * 32, 0, stream>>>(p, slots);
-  return cudaGetLastError();
+  return LaunchOverlapped(AppendSlotsKernel, dim3(tokens * kv.num_kv_heads),
+                          dim3((p.chunks + 31) / 32 * 32), 0, stream, p, slots);
 }
 
 }  // namespace hkv::kernels

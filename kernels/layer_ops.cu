@@ -12,6 +12,8 @@ namespace {
 template <typename T>
 __global__ void RmsNormKernel(const T* x, T* residual, const T* weight, T* out, int dim,
                               float eps) {
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const T* xr = x + row * dim;
@@ -60,6 +62,8 @@ template <typename T>
 __global__ void RopeKernel(T* q, int64_t q_stride, int hq, T* k, int64_t k_stride, int hk,
                            const int32_t* pos, int head_dim, float theta, const float* inv_freq,
                            bool interleaved) {
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
   const int64_t t = blockIdx.x;
   const float posf = static_cast<float>(pos[t]);
   const int half = head_dim / 2;
@@ -74,6 +78,8 @@ __global__ void RopeKernel(T* q, int64_t q_stride, int hq, T* k, int64_t k_strid
 
 template <typename T>
 __global__ void SwiGluKernel(const T* gate, const T* up, int64_t in_stride, T* out, int dim) {
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
   const int64_t t = blockIdx.y;
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= dim) return;
@@ -84,6 +90,8 @@ __global__ void SwiGluKernel(const T* gate, const T* up, int64_t in_stride, T* o
 
 template <typename T>
 __global__ void EmbeddingKernel(const T* table, int vocab, int dim, const int32_t* ids, T* out) {
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
   const int64_t t = blockIdx.x;
   const int id = ids[t];
   for (int c = threadIdx.x * 8; c < dim; c += blockDim.x * 8) {
@@ -103,10 +111,9 @@ cudaError_t RmsNorm(DType dtype, const void* x, void* residual, const void* weig
   if (rows == 0) return cudaSuccess;
   return DispatchDType(dtype, [&](auto t) {
     using T = decltype(t);
-    RmsNormKernel<T><<<rows, RowThreads(dim), 0, stream>>>(
-        static_cast<const T*>(x), static_cast<T*>(residual), static_cast<const T*>(weight),
-        static_cast<T*>(out), dim, eps);
-    return cudaGetLastError();
+    return LaunchOverlapped(RmsNormKernel<T>, dim3(rows), dim3(RowThreads(dim)), 0, stream,
+                            static_cast<const T*>(x), static_cast<T*>(residual),
+                            static_cast<const T*>(weight), static_cast<T*>(out), dim, eps);
   });
 }
 
@@ -120,10 +127,9 @@ cudaError_t Rope(DType dtype, void* q, int64_t q_stride, int32_t num_q_heads, vo
   if (tokens == 0) return cudaSuccess;
   return DispatchDType(dtype, [&](auto t) {
     using T = decltype(t);
-    RopeKernel<T><<<tokens, 128, 0, stream>>>(
-        static_cast<T*>(q), q_stride, num_q_heads, static_cast<T*>(k), k_stride, num_kv_heads, pos,
-        head_dim, theta, inv_freq, style == RopeStyle::kInterleaved);
-    return cudaGetLastError();
+    return LaunchOverlapped(RopeKernel<T>, dim3(tokens), dim3(128), 0, stream, static_cast<T*>(q),
+                            q_stride, num_q_heads, static_cast<T*>(k), k_stride, num_kv_heads, pos,
+                            head_dim, theta, inv_freq, style == RopeStyle::kInterleaved);
   });
 }
 
@@ -134,10 +140,9 @@ cudaError_t SwiGlu(DType dtype, const void* gate, const void* up, int64_t in_str
   return DispatchDType(dtype, [&](auto t) {
     using T = decltype(t);
     const dim3 grid((dim + 255) / 256, tokens);
-    SwiGluKernel<T><<<grid, 256, 0, stream>>>(static_cast<const T*>(gate),
-                                              static_cast<const T*>(up), in_stride,
-                                              static_cast<T*>(out), dim);
-    return cudaGetLastError();
+    return LaunchOverlapped(SwiGluKernel<T>, grid, dim3(256), 0, stream,
+                            static_cast<const T*>(gate), static_cast<const T*>(up), in_stride,
+                            static_cast<T*>(out), dim);
   });
 }
 
@@ -147,9 +152,8 @@ cudaError_t EmbeddingLookup(DType dtype, const void* table, int32_t vocab, int32
   if (tokens == 0) return cudaSuccess;
   return DispatchDType(dtype, [&](auto t) {
     using T = decltype(t);
-    EmbeddingKernel<T><<<tokens, RowThreads(dim), 0, stream>>>(static_cast<const T*>(table), vocab,
-                                                               dim, ids, static_cast<T*>(out));
-    return cudaGetLastError();
+    return LaunchOverlapped(EmbeddingKernel<T>, dim3(tokens), dim3(RowThreads(dim)), 0, stream,
+                            static_cast<const T*>(table), vocab, dim, ids, static_cast<T*>(out));
   });
 }
 
