@@ -61,7 +61,7 @@ def main():
         make = build
         build = lambda name, *a, **k: make(name, *a, **k) if name in only else None
     build("llama_hd64", LlamaForCausalLM,
-          LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+          LlamaConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=256,
                       max_position_embeddings=512, rms_norm_eps=1e-5, bos_token_id=1,
                       eos_token_id=2, pad_token_id=0, rope_theta=10000.0,
