@@ -1,9 +1,16 @@
 // `hkv serve`: the gRPC server. SIGTERM/SIGINT drain it (stop admitting, let in-flight requests
-// finish within drain_timeout_s, abort the rest) and exit 0.
+// finish within drain_timeout_s, abort the rest) and exit 0. When the worker fails (a CUDA
+// error, a tensor-parallel rank that died or hung) the engine has already failed its requests
+// with UNAVAILABLE and readiness is NOT_SERVING; the process then exits with status 3 after a
+// short grace period, so that its supervisor (Kubernetes) restarts it instead of leaving a
+// server that can never serve again.
 
 #include <signal.h>
 
 #include <iostream>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 #include "common/logging.h"
 #include "headkv/kv_policy.h"
@@ -14,6 +21,10 @@
 
 namespace hkv {
 namespace {
+
+// Time between a worker failure and the exit: long enough for health probes and metrics to
+// report NOT_SERVING, short enough for a quick restart.
+constexpr absl::Duration kWorkerFailureGrace = absl::Seconds(3);
 
 hkv::v1::ModelInfo MakeModelInfo(const ServerConfig& config, const EngineBundle& bundle) {
   const ModelConfig& m = bundle.loaded.model->config;
@@ -83,7 +94,22 @@ int RunServe(const ServerConfig& config) {
   std::cout << "hkv serve: listening on " << config.host << ":" << *port << std::endl;
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const timespec tick = {0, 200 * 1000 * 1000};
+  absl::Time failed_at = absl::InfiniteFuture();
+  while (true) {
+    signal_number = sigtimedwait(&signals, nullptr, &tick);
+    if (signal_number > 0) break;
+    if (engine.WorkerFailed() && failed_at == absl::InfiniteFuture()) {
+      failed_at = absl::Now();
+      HKV_LOG(ERROR) << "the worker failed; exiting in " << kWorkerFailureGrace;
+    }
+    if (absl::Now() - failed_at > kWorkerFailureGrace) {
+      server.DrainAndShutdown(absl::ZeroDuration());
+      engine.Stop();
+      metrics.Stop();
+      return 3;
+    }
+  }
   HKV_LOG(INFO) << "signal " << signal_number << ": draining for up to "
                 << config.drain_timeout_s << " s";
   server.DrainAndShutdown(absl::Seconds(config.drain_timeout_s));

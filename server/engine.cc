@@ -448,6 +448,7 @@ void Engine::Loop() {
         // may retry on another replica) and readiness turns NOT_SERVING.
         FailAll(
             absl::UnavailableError(absl::StrCat("the worker failed: ", result.status().message())));
+        worker_failed_ = true;
         loop_alive_ = false;
         metrics_.ready = 0;
         outputs.clear();

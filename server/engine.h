@@ -73,6 +73,8 @@ class Engine {
   void Cancel(RequestId id, StreamFinish reason);
   // True while the loop is alive and no step has run longer than the stall timeout.
   bool Healthy() const;
+  // True once a worker step failed (the device is gone; the loop has stopped for good).
+  bool WorkerFailed() const { return worker_failed_.load(); }
   // Stops admitting; waits up to `timeout` for in-flight requests, then aborts the rest.
   void Drain(absl::Duration timeout);
   void Stop();
@@ -137,6 +139,7 @@ class Engine {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<int64_t> next_id_{1};
   std::atomic<bool> loop_alive_{false};
+  std::atomic<bool> worker_failed_{false};
   std::atomic<int64_t> step_started_ns_{0};  // 0 when no step is running.
   std::thread thread_;
 };

@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "headkv/head_scores.h"
+#include "server/fault_injection.h"
 #include "tokenizer/hf_tokenizer.h"
 #include "tokenizer/llama2c_tokenizer.h"
 #include "workers/cpu_worker.h"
@@ -344,6 +345,7 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested) {
     options.head_scores = std::make_shared<const HeadScores>(std::move(scores));
   }
   HKV_RETURN_IF_ERROR(ParsePolicyName(config.default_kv_policy).status());
+  worker = MaybeInjectWorkerFaults(std::move(worker));
   bundle.engine = std::make_unique<Engine>(options, std::move(worker), bundle.loaded.tokenizer);
   // Check the default policy plans (e.g. headkv without scores) before serving anything.
   HKV_RETURN_IF_ERROR(

@@ -100,6 +100,23 @@ TEST(ServeProcessTest, SigtermDrainsInFlightRequestsAndExitsZero) {
   EXPECT_EQ(WaitExit(pid, 30), 0);
 }
 
+TEST(ServeProcessTest, WorkerFailureFailsRequestsAndExitsNonZero) {
+  // A device that fails mid-request (injected after 20 steps): the request ends UNAVAILABLE,
+  // readiness turns NOT_SERVING, and the process exits 3 instead of serving nothing forever.
+  const int port = FreePort();
+  setenv("HKV_FAULT_WORKER_FAIL_AFTER_STEPS", "20", 1);
+  pid_t pid = StartServer(port, 5);
+  unsetenv("HKV_FAULT_WORKER_FAIL_AFTER_STEPS");
+  ASSERT_TRUE(WaitServing(port));
+  auto stub = hkv::v1::Generation::NewStub(Channel(port));
+  hkv::v1::GenerateRequest r = GreedyIds({1}, 100);
+  r.mutable_sampling()->set_ignore_eos(true);
+  StreamResult result = RunStream(stub.get(), r);
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << result.status.error_message();
+  EXPECT_EQ(WaitExit(pid, 30), 3);
+}
+
 TEST(ServeProcessTest, KilledMidLoadRestartsAndServesAgain) {
   const int port = FreePort();
   pid_t pid = StartServer(port, 5);
