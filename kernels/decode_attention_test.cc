@@ -195,6 +195,39 @@ TEST(DecodeAttentionPlanTest, RejectsBadOptions) {
             cudaErrorInvalidValue);  // decreasing indptr
 }
 
+// Host only (runs without a GPU): a plan rebased onto rows of the same lengths equals a fresh
+// plan of those rows, and rows of other lengths are refused.
+TEST(DecodeAttentionPlanTest, RebaseEqualsAFreshPlanForRowsOfTheSameLengths) {
+  DecodePlanOptions opt;
+  opt.max_rows = 4;
+  opt.max_work_items = 64;
+  opt.group_size = 4;
+  opt.head_dim = 128;
+  opt.num_sms = 2;  // few SMs, so long rows are split into several work items
+  // Two "layers" of 3 rows each in one CSR: rows 0-2 and 3-5, with equal lengths per position.
+  const std::vector<int32_t> indptr{0, 40, 41, 46, 86, 87, 92};
+  const std::vector<int32_t> last{16, 3, 9, 16, 3, 9};
+  const std::vector<int32_t> layer0{0, 1, 2}, layer1{3, 4, 5};
+  std::vector<int32_t> meta0(DecodeMetaInts(opt)), fresh(DecodeMetaInts(opt)),
+      rebased(DecodeMetaInts(opt));
+  DecodePlan p0, p1;
+  ASSERT_EQ(BuildDecodePlan(opt, indptr.data(), last.data(), 3, 16, layer0.data(), meta0.data(),
+                            &p0),
+            cudaSuccess);
+  ASSERT_GT(p0.num_work_items, 3);  // the 40-block row was split
+  ASSERT_EQ(BuildDecodePlan(opt, indptr.data(), last.data(), 3, 16, layer1.data(), fresh.data(),
+                            &p1),
+            cudaSuccess);
+  ASSERT_TRUE(RebaseDecodePlan(p0, meta0.data(), indptr.data(), last.data(), 16, layer1.data(),
+                               rebased.data()));
+  EXPECT_EQ(rebased, fresh);
+  const std::vector<int32_t> other_last{16, 3, 9, 16, 3, 8};  // row 5 one token shorter
+  std::vector<int32_t> untouched(DecodeMetaInts(opt), -7);
+  EXPECT_FALSE(RebaseDecodePlan(p0, meta0.data(), indptr.data(), other_last.data(), 16,
+                                layer1.data(), untouched.data()));
+  EXPECT_EQ(untouched, std::vector<int32_t>(DecodeMetaInts(opt), -7));
+}
+
 // One batch-wide CSR with rows (seq, layer, kv_head), as in common/batch.h: each layer is
 // planned through host_row_ids and reads the shared indices array.
 TEST(DecodeAttentionRowIdsTest, PlansEachLayerOfABatchCsr) {
