@@ -9,6 +9,65 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 8;  // 16-byte weight loads in flight per lane
 
+// acc[r][m] += dot(w row r, a row m) for the R weight rows rows[r], over k elements. Each lane
+// keeps kUnroll 16-byte weight loads in flight, split over the R rows.
+template <typename T, int M, int R>
+__device__ __forceinline__ void DotRows(const T* __restrict__ a, int64_t lda, const T* const* rows,
+                                        int k, int lane, float (&acc)[R][M]) {
+  constexpr int kStep = 32 * 8;  // elements per warp per load
+  constexpr int kPer = kUnroll / R;
+  int base = lane * 8;
+  for (; base + (kPer - 1) * kStep < k; base += kPer * kStep) {
+    uint4 wv[R][kPer];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        wv[r][u] = __ldcs(reinterpret_cast<const uint4*>(rows[r] + base + u * kStep));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float af[8];
+        Unpack8<T>(__ldg(reinterpret_cast<const uint4*>(a + m * lda + base + u * kStep)), af);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          float wf[8];
+          Unpack8<T>(wv[r][u], wf);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[r][m] = fmaf(wf[i], af[i], acc[r][m]);
+        }
+      }
+    }
+  }
+  for (; base < k; base += kStep) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float af[8];
+      Unpack8<T>(__ldg(reinterpret_cast<const uint4*>(a + m * lda + base)), af);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float wf[8];
+        Unpack8<T>(__ldcs(reinterpret_cast<const uint4*>(rows[r] + base)), wf);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[r][m] = fmaf(wf[i], af[i], acc[r][m]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+#pragma unroll
+      for (int off = 16; off > 0; off /= 2) {
+        acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], off);
+      }
+    }
+  }
+}
+
 template <typename T, int M, bool kFp32Out>
 __global__ void __launch_bounds__(kThreads)
     GemvKernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w, int64_t ldw,
@@ -17,56 +76,43 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int col = blockIdx.x * kWarps + warp;
   if (col >= n) return;
-  const T* wrow = w + static_cast<int64_t>(col) * ldw;
-  float acc[M];
-#pragma unroll
-  for (int m = 0; m < M; ++m) acc[m] = 0.0f;
-  constexpr int kStep = 32 * 8;  // elements per warp per load
-  int base = lane * 8;
-  for (; base + (kUnroll - 1) * kStep < k; base += kUnroll * kStep) {
-    uint4 wv[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      wv[u] = __ldcs(reinterpret_cast<const uint4*>(wrow + base + u * kStep));  // streamed once
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      float wf[8];
-      Unpack8<T>(wv[u], wf);
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        float af[8];
-        Unpack8<T>(__ldg(reinterpret_cast<const uint4*>(a + m * lda + base + u * kStep)), af);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[m] = fmaf(wf[i], af[i], acc[m]);
-      }
-    }
-  }
-  for (; base < k; base += kStep) {
-    float wf[8];
-    Unpack8<T>(__ldcs(reinterpret_cast<const uint4*>(wrow + base)), wf);
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      float af[8];
-      Unpack8<T>(__ldg(reinterpret_cast<const uint4*>(a + m * lda + base)), af);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc[m] = fmaf(wf[i], af[i], acc[m]);
-    }
-  }
-  AllowDependents();  // the weight stream is done; only the reduction and store remain
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], off);
-  }
+  const T* rows[1] = {w + static_cast<int64_t>(col) * ldw};
+  float acc[1][M] = {};
+  DotRows<T, M, 1>(a, lda, rows, k, lane, acc);
+  AllowDependents();  // the weight stream is done; only the store remains
   if (lane == 0) {
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       if constexpr (kFp32Out) {
-        static_cast<float*>(c)[m * ldc + col] = acc[m];
+        static_cast<float*>(c)[m * ldc + col] = acc[0][m];
       } else {
-        static_cast<T*>(c)[m * ldc + col] = FromFloat<T>(acc[m]);
+        static_cast<T*>(c)[m * ldc + col] = FromFloat<T>(acc[0][m]);
       }
+    }
+  }
+}
+
+// out[m, j] = silu(a[m] . w[j]) * (a[m] . w[n + j]): the gate and up rows of a fused gate_up
+// weight in one warp, so the SwiGLU needs no kernel and no [m, 2n] intermediate.
+template <typename T, int M>
+__global__ void __launch_bounds__(kThreads)
+    GemvSwiGluKernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w, int64_t ldw,
+                     T* __restrict__ out, int64_t ldo, int n, int k) {
+  WaitForPriorGrid();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int col = blockIdx.x * kWarps + warp;
+  if (col >= n) return;
+  const T* rows[2] = {w + static_cast<int64_t>(col) * ldw, w + static_cast<int64_t>(n + col) * ldw};
+  float acc[2][M] = {};
+  DotRows<T, M, 2>(a, lda, rows, k, lane, acc);
+  AllowDependents();
+  if (lane == 0) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      // The unfused path rounds gate and up to T before the SwiGLU: do the same.
+      const float g = ToFloat<T>(FromFloat<T>(acc[0][m]));
+      const float u = ToFloat<T>(FromFloat<T>(acc[1][m]));
+      out[m * ldo + col] = FromFloat<T>(g / (1.0f + __expf(-g)) * u);
     }
   }
 }
@@ -96,6 +142,28 @@ cudaError_t LaunchGemv(const void* a, int64_t lda, const void* w, int64_t ldw, v
   }
 }
 
+template <typename T>
+cudaError_t LaunchGemvSwiGlu(const void* a, int64_t lda, const void* w, int64_t ldw, void* out,
+                             int64_t ldo, int m, int n, int k, cudaStream_t stream) {
+  const dim3 grid((n + kWarps - 1) / kWarps);
+  const T* at = static_cast<const T*>(a);
+  const T* wt = static_cast<const T*>(w);
+  T* ot = static_cast<T*>(out);
+  switch (m) {
+#define HKV_GEMV_SWIGLU_CASE(M)                                                                   \
+  case M:                                                                                         \
+    return LaunchOverlapped(GemvSwiGluKernel<T, M>, grid, dim3(kThreads), 0, stream, at, lda, wt, \
+                            ldw, ot, ldo, n, k);
+    HKV_GEMV_SWIGLU_CASE(1)
+    HKV_GEMV_SWIGLU_CASE(2)
+    HKV_GEMV_SWIGLU_CASE(3)
+    HKV_GEMV_SWIGLU_CASE(4)
+#undef HKV_GEMV_SWIGLU_CASE
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
 bool GemvApplies(const void* a, int64_t lda, const void* w, int64_t ldw, int32_t m, int32_t k) {
   return m >= 1 && m <= kGemvMaxRows && k % 8 == 0 && lda % 8 == 0 && ldw % 8 == 0 &&
          reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
@@ -113,6 +181,20 @@ cudaError_t Gemv(DType dtype, const void* a, int64_t lda, const void* w, int64_t
     using T = decltype(t);
     return c_fp32 ? LaunchGemv<T, true>(a, lda, w, ldw, c, ldc, m, n, k, stream)
                   : LaunchGemv<T, false>(a, lda, w, ldw, c, ldc, m, n, k, stream);
+  });
+}
+
+cudaError_t GemvSwiGlu(DType dtype, const void* a, int64_t lda, const void* w_gate_up, int64_t ldw,
+                       void* out, int64_t ldo, int32_t m, int32_t n, int32_t k,
+                       cudaStream_t stream) {
+  if (!GemvApplies(a, lda, w_gate_up, ldw, m, k) || m > kGemvPreferredRows || n < 0 || ldo < n ||
+      lda < k || ldw < k) {
+    return cudaErrorInvalidValue;
+  }
+  if (n == 0) return cudaSuccess;
+  return DispatchDType(dtype, [&](auto t) {
+    using T = decltype(t);
+    return LaunchGemvSwiGlu<T>(a, lda, w_gate_up, ldw, out, ldo, m, n, k, stream);
   });
 }
 

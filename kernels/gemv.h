@@ -25,12 +25,21 @@ inline constexpr int32_t kGemvMaxRows = 8;
 cudaError_t Gemv(DType dtype, const void* a, int64_t lda, const void* w, int64_t ldw, void* c,
                  int64_t ldc, bool c_fp32, int32_t m, int32_t n, int32_t k, cudaStream_t stream);
 
+// out[m, j] = silu(a[m] . w[j]) * (a[m] . w[n + j]) for j < n: the MLP's gate_up projection and
+// SwiGLU in one pass over the fused [2n, k] weight (gate rows, then up rows), as decode uses it.
+// Gate and up are rounded to `dtype` before the SwiGLU, as the unfused path stores them.
+// REQUIRES Gemv's conditions and m <= kGemvPreferredRows; cudaErrorInvalidValue otherwise.
+cudaError_t GemvSwiGlu(DType dtype, const void* a, int64_t lda, const void* w_gate_up, int64_t ldw,
+                       void* out, int64_t ldo, int32_t m, int32_t n, int32_t k,
+                       cudaStream_t stream);
+
 // Rows up to which LinearRowMajor prefers Gemv (measured on H100: equal to cuBLAS at 4 rows,
 // slower at 8; bench/README.md).
 inline constexpr int32_t kGemvPreferredRows = 4;
 
 // GemmRowMajor's contract (kernels/gemm.h, beta 0): Gemv when its requirements hold and
-// m <= kGemvPreferredRows, else cuBLAS. Returns CUBLAS_STATUS_EXECUTION_FAILED if the Gemv launch fails.
+// m <= kGemvPreferredRows, else cuBLAS. Returns CUBLAS_STATUS_EXECUTION_FAILED if the Gemv launch
+// fails.
 cublasStatus_t LinearRowMajor(cublasHandle_t handle, cudaStream_t stream, DType dtype,
                               const void* a, int64_t lda, const void* w, int64_t ldw, void* c,
                               int64_t ldc, bool c_fp32, int32_t m, int32_t n, int32_t k);

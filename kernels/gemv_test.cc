@@ -80,6 +80,36 @@ TEST(GemvTest, LinearFallsBackToCublasOutsideTheSkinnyCase) {
   Check(DType::kBf16, {2, 100, 100, 100}, true, true);    // cuBLAS: k % 8 != 0
 }
 
+TEST(GemvTest, SwiGluFusedMatchesTheTwoStepReference) {
+  HKV_REQUIRE_GPU();
+  for (int32_t m = 1; m <= kGemvPreferredRows; ++m) {
+    const int32_t n = 300, k = 1024;
+    std::mt19937 rng(m);
+    const DType dtype = DType::kBf16;
+    const std::vector<float> a = testing::RandomValues(m * k, 1.0f, dtype, rng);
+    const std::vector<float> w = testing::RandomValues(2 * n * k, 0.05f, dtype, rng);
+    std::vector<float> gu(static_cast<size_t>(m) * 2 * n), want(static_cast<size_t>(m) * n);
+    ref::MatmulRowMajor(a.data(), w.data(), gu.data(), m, 2 * n, k);
+    const std::vector<float> rounded =
+        testing::FromStorage(testing::ToStorage(gu, dtype), dtype);  // as stored unfused
+    for (int32_t i = 0; i < m; ++i) {
+      ref::SwiGlu(rounded.data() + i * 2 * n, rounded.data() + i * 2 * n + n, n,
+                  want.data() + i * n);
+    }
+    DeviceArray<uint16_t> da(a.size()), dw(w.size()), dout(want.size());
+    HKV_CUDA_OK(da.Upload(testing::ToStorage(a, dtype)));
+    HKV_CUDA_OK(dw.Upload(testing::ToStorage(w, dtype)));
+    HKV_CUDA_OK(GemvSwiGlu(dtype, da.get(), k, dw.get(), k, dout.get(), n, m, n, k, nullptr));
+    HKV_CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LT(testing::RelError(testing::FromStorage(dout.Download(), dtype), want), 1e-2)
+        << "m=" << m;
+  }
+  DeviceArray<uint16_t> x(64), w(64), o(64);
+  EXPECT_EQ(GemvSwiGlu(DType::kBf16, x.get(), 8, w.get(), 8, o.get(), 4, kGemvPreferredRows + 1, 4,
+                       8, nullptr),
+            cudaErrorInvalidValue);
+}
+
 TEST(GemvTest, RejectsWhatItCannotRun) {
   HKV_REQUIRE_GPU();
   DeviceArray<uint16_t> a(64), w(64), c(64);

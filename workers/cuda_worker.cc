@@ -673,7 +673,10 @@ absl::Status CudaWorker::State::BuildHostStep(const Batch& b, int32_t graph_batc
     }
   }
   h.decode_options.max_rows = std::max(1, h.num_decode * H);
-  h.decode_options.max_work_items = h.decode_options.max_rows + 1024;
+  // Graph steps launch every possible work item (most exit at once): keep that bound close to
+  // what the planner uses at small batches (a few items per SM).
+  h.decode_options.max_work_items =
+      h.decode_options.max_rows + (h.graph ? std::min(1024, 4 * num_sms) : 1024);
   h.decode_options.group_size = c.group_size();
   h.decode_options.head_dim = c.head_dim;
   h.decode_options.num_sms = num_sms;
@@ -875,11 +878,17 @@ absl::Status CudaWorker::State::Forward(const Batch& b, const HostStep& h, const
     }
     HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, tmp.get(), res.get(), w.ffn_norm.get(), xb.get(),
                                         total, dim, c.norm_eps, stream));
-    HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, xb.get(), dim,
-                                                 w.w_gate_up.get(), dim, gate_up.get(), 2 * hid,
-                                                 false, total, 2 * hid, dim));
-    HKV_CUDA_RETURN_IF_ERROR(k::SwiGlu(kDType, gate_up.get(), gate_up.get<uint16_t>() + hid,
-                                       2 * hid, hidden.get(), total, hid, stream));
+    if (total <= k::kGemvPreferredRows) {
+      // Decode: gate_up and SwiGLU in one pass over the weights.
+      HKV_CUDA_RETURN_IF_ERROR(k::GemvSwiGlu(kDType, xb.get(), dim, w.w_gate_up.get(), dim,
+                                             hidden.get(), hid, total, hid, dim, stream));
+    } else {
+      HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, xb.get(), dim,
+                                                   w.w_gate_up.get(), dim, gate_up.get(), 2 * hid,
+                                                   false, total, 2 * hid, dim));
+      HKV_CUDA_RETURN_IF_ERROR(k::SwiGlu(kDType, gate_up.get(), gate_up.get<uint16_t>() + hid,
+                                         2 * hid, hidden.get(), total, hid, stream));
+    }
     HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, hidden.get(), hid,
                                                  w.w_down.get(), hid, tmp.get(), dim, false, total,
                                                  dim, hid));
