@@ -21,20 +21,12 @@ namespace hkv {
 namespace {
 
 using testing::BatchBuilder;
+using testing::RelativeError;
 using testing::kBlockSize;
 using testing::kBlocksPerRow;
 using testing::TestSeq;
 
 constexpr double kTolerance = 3e-2;
-
-double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
-}
 
 // Top-1 minus top-2 logit.
 float Margin(std::vector<float> v) {

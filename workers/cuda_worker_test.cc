@@ -15,6 +15,7 @@ namespace hkv {
 namespace {
 
 using testing::BatchBuilder;
+using testing::RelativeError;
 using testing::kBlockSize;
 using testing::kBlocksPerRow;
 using testing::TestSeq;
@@ -36,15 +37,6 @@ ModelConfig SmallConfig() {
   c.rope_style = RopeStyle::kHalf;
   c.rope_theta = 10000.0f;
   return c;
-}
-
-double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 class CudaWorkerTest : public ::testing::Test {

@@ -18,6 +18,7 @@ namespace hkv {
 namespace {
 
 using testing::BatchBuilder;
+using testing::RelativeError;
 using testing::TestSeq;
 
 int GpuCount() {
@@ -53,15 +54,6 @@ CudaWorkerOptions Base() {
   o.max_step_tokens = 512;
   o.max_seqs = 16;
   return o;
-}
-
-double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-30));
 }
 
 std::vector<TokenId> Prompt(int n, int salt) {

@@ -3,12 +3,24 @@
 // blocks (no block manager: workers must not depend on it). Not thread-safe; tests only.
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "common/batch.h"
 #include "workers/model_config.h"
 
 namespace hkv::testing {
+
+// ||got - want|| / ||want|| (L2): how far bf16 logits are from a reference.
+inline double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size() && i < got.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += static_cast<double>(want[i]) * want[i];
+  }
+  if (got.size() != want.size()) return 1e30;
+  return std::sqrt(num / std::max(den, 1e-30));
+}
 
 inline constexpr int32_t kBlockSize = 16;
 inline constexpr int32_t kBlocksPerRow = 8;  // 128 tokens per (sequence, layer, head).
