@@ -4,6 +4,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/batch.h"
+#include "common/exit_watchdog.h"
 #include "common/mapped_file.h"
 #include "common/paths.h"
 #include "common/sampling_params.h"
@@ -80,6 +81,16 @@ TEST(PathsTest, SharedDirHonoursEnvironment) {
   EXPECT_EQ(SharedDataDir(), "/tmp/somewhere");
   unsetenv("HKV_SHARED_DIR");
   EXPECT_NE(SharedDataDir().find("../shared"), std::string::npos);
+}
+
+TEST(ExitWatchdogTest, EndsTheProcessWithTheCodeOnceTheDelayPassed) {
+  EXPECT_EXIT(
+      {
+        ExitAfter(absl::Milliseconds(50), 7, "stuck shutting down");
+        ExitAfter(absl::Milliseconds(1), 9, "ignored: the first call wins");
+        absl::SleepFor(absl::Seconds(30));  // a shutdown that never finishes
+      },
+      ::testing::ExitedWithCode(7), "exiting with status 7: stuck shutting down");
 }
 
 }  // namespace

@@ -7,11 +7,12 @@
 
 #include <signal.h>
 
+#include <cstdlib>
 #include <iostream>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-
+#include "common/exit_watchdog.h"
 #include "common/logging.h"
 #include "headkv/kv_policy.h"
 #include "server/commands.h"
@@ -25,6 +26,13 @@ namespace {
 // Time between a worker failure and the exit: long enough for health probes and metrics to
 // report NOT_SERVING, short enough for a quick restart.
 constexpr absl::Duration kWorkerFailureGrace = absl::Seconds(3);
+// After a worker failure, the orderly shutdown may block in a driver call on a wedged GPU (a
+// collective whose peer is gone); past this, the process exits regardless.
+constexpr absl::Duration kShutdownLimit = absl::Seconds(15);
+// A single step running this long means the worker hangs in a way its own timeouts did not catch
+// (a tensor-parallel step aborts itself after 5 minutes): exit so that the supervisor restarts
+// the server instead of leaving it stuck.
+constexpr absl::Duration kStuckStepLimit = absl::Minutes(10);
 
 hkv::v1::ModelInfo MakeModelInfo(const ServerConfig& config, const EngineBundle& bundle) {
   const ModelConfig& m = bundle.loaded.model->config;
@@ -53,7 +61,7 @@ hkv::v1::ModelInfo MakeModelInfo(const ServerConfig& config, const EngineBundle&
 
 }  // namespace
 
-int RunServe(const ServerConfig& config) {
+int RunServe(const ServerConfig& config, const DistLayout& layout) {
   // Block the termination signals in every thread; the main thread waits for them below.
   sigset_t signals;
   sigemptyset(&signals);
@@ -61,7 +69,7 @@ int RunServe(const ServerConfig& config) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto bundle = BuildEngine(config);
+  auto bundle = BuildEngine(config, layout);
   if (!bundle.ok()) {
     std::cerr << "hkv serve: " << bundle.status().message() << "\n";
     return 1;
@@ -103,15 +111,22 @@ int RunServe(const ServerConfig& config) {
       failed_at = absl::Now();
       HKV_LOG(ERROR) << "the worker failed; exiting in " << kWorkerFailureGrace;
     }
+    if (engine.StepRunningFor() > kStuckStepLimit) {
+      HKV_LOG(ERROR) << "a worker step has run for " << engine.StepRunningFor()
+                     << "; the worker hangs, exiting";
+      std::cerr.flush();
+      std::_Exit(3);
+    }
     if (absl::Now() - failed_at > kWorkerFailureGrace) {
+      ExitAfter(kShutdownLimit, 3, "the shutdown after a worker failure did not finish");
       server.DrainAndShutdown(absl::ZeroDuration());
       engine.Stop();
       metrics.Stop();
       return 3;
     }
   }
-  HKV_LOG(INFO) << "signal " << signal_number << ": draining for up to "
-                << config.drain_timeout_s << " s";
+  HKV_LOG(INFO) << "signal " << signal_number << ": draining for up to " << config.drain_timeout_s
+                << " s";
   server.DrainAndShutdown(absl::Seconds(config.drain_timeout_s));
   engine.Stop();
   metrics.Stop();

@@ -8,6 +8,7 @@
 
 #include "common/sampling_params.h"
 #include "server/server_config.h"
+#include "workers/dist_bootstrap.h"
 
 namespace hkv {
 
@@ -24,8 +25,13 @@ struct GenerateOptions {
 };
 int RunGenerate(const GenerateOptions& options);
 
-// `hkv serve`: blocks until SIGTERM/SIGINT, then drains.
-int RunServe(const ServerConfig& config);
+// `hkv serve`: blocks until SIGTERM/SIGINT, then drains. A multi-node `layout` makes this node 0
+// of the group (its engine schedules for every node).
+int RunServe(const ServerConfig& config, const DistLayout& layout = DistLayout());
+// `hkv serve` on nodes 1..N-1 of a multi-node group: runs node 0's steps on this node's GPUs.
+// Exit status: 0 when node 0 stopped the group, 1 when the group could not form, 3 when it broke
+// (node 0 or a GPU failed), like a serving node whose worker failed.
+int RunFollower(const ServerConfig& config, const DistLayout& layout);
 
 struct HeadkvPlanOptions {
   std::string scores;
@@ -40,19 +46,19 @@ int RunHeadkvPlan(const HeadkvPlanOptions& options);
 struct BenchServeOptions {
   std::string target = "127.0.0.1:50051";
   int32_t num_requests = 64;
-  int32_t concurrency = 8;    // Used when request_rate <= 0.
-  double request_rate = 0;    // Requests/s (Poisson arrivals); 0 = closed loop at concurrency.
-  int32_t input_len = 32;     // Synthetic prompt length (token ids).
+  int32_t concurrency = 8;  // Used when request_rate <= 0.
+  double request_rate = 0;  // Requests/s (Poisson arrivals); 0 = closed loop at concurrency.
+  int32_t input_len = 32;   // Synthetic prompt length (token ids).
   int32_t output_len = 32;
-  double range_ratio = 0;     // Lengths uniform in [len (1 - r), len (1 + r)]; 0 = fixed.
-  std::string prompts_file;   // One prompt per line instead of synthetic ids.
-  std::string kv_policy;      // Empty: server default.
+  double range_ratio = 0;    // Lengths uniform in [len (1 - r), len (1 + r)]; 0 = fixed.
+  std::string prompts_file;  // One prompt per line instead of synthetic ids.
+  std::string kv_policy;     // Empty: server default.
   int32_t kv_budget = 0;
   uint64_t seed = 0;
-  double slo_ttft_ms = 0;     // Goodput SLOs; 0 = none.
+  double slo_ttft_ms = 0;  // Goodput SLOs; 0 = none.
   double slo_tpot_ms = 0;
   bool json = false;
-  std::string json_out;       // Also write the JSON report here.
+  std::string json_out;  // Also write the JSON report here.
 };
 int RunBenchServe(const BenchServeOptions& options);
 

@@ -87,6 +87,12 @@ void Engine::Stop() {
   metrics_.ready = 0;
 }
 
+absl::Duration Engine::StepRunningFor() const {
+  const int64_t started = step_started_ns_.load();
+  if (started == 0) return absl::ZeroDuration();
+  return absl::Now() - absl::FromUnixNanos(started);
+}
+
 bool Engine::Healthy() const {
   if (!loop_alive_.load()) return false;
   const int64_t started = step_started_ns_.load();
@@ -414,7 +420,20 @@ void Engine::PublishGauges() {
   waiting_requests_ = scheduler_->num_waiting();
 }
 
+void Engine::OnWorkerFailure(const absl::Status& status) {
+  HKV_LOG(ERROR) << "worker failed: " << status;
+  // The device (or a peer node) is gone or in an unknown state: every request fails UNAVAILABLE
+  // (a client may retry on another replica) and readiness turns NOT_SERVING.
+  FailAll(absl::UnavailableError(absl::StrCat("the worker failed: ", status.message())));
+  worker_failed_ = true;
+  loop_alive_ = false;
+  metrics_.ready = 0;
+}
+
 void Engine::Loop() {
+  // While idle, the worker's liveness is polled this often (a cheap, non-blocking check).
+  constexpr absl::Duration kLivenessCheckInterval = absl::Seconds(1);
+  absl::Time last_liveness_check = absl::Now();
   while (true) {
     bool stopping;
     {
@@ -443,14 +462,7 @@ void Engine::Loop() {
       step_started_ns_ = 0;
       metrics_.engine_steps_total++;
       if (!result.ok()) {
-        HKV_LOG(ERROR) << "worker step failed: " << result.status();
-        // The device is gone or in an unknown state: every request fails UNAVAILABLE (a client
-        // may retry on another replica) and readiness turns NOT_SERVING.
-        FailAll(
-            absl::UnavailableError(absl::StrCat("the worker failed: ", result.status().message())));
-        worker_failed_ = true;
-        loop_alive_ = false;
-        metrics_.ready = 0;
+        OnWorkerFailure(result.status());
         outputs.clear();
       } else {
         // Prompt tokens prefilled for the first time (recomputes after preemption excluded).
@@ -467,6 +479,11 @@ void Engine::Loop() {
         std::vector<RequestOutput> stepped = scheduler_->Update(*batch, *result, absl::Now());
         outputs.insert(outputs.end(), stepped.begin(), stepped.end());
       }
+    }
+    if (!batch.has_value() && loop_alive_.load() &&
+        absl::Now() - last_liveness_check >= kLivenessCheckInterval) {
+      last_liveness_check = absl::Now();
+      if (absl::Status live = worker_->Liveness(); !live.ok()) OnWorkerFailure(live);
     }
     Deliver(outputs);
     PublishGauges();

@@ -34,7 +34,7 @@ namespace hkv {
 
 struct EngineOptions {
   SchedulerOptions scheduler;
-  KvCacheConfig kv;                 // num_layers / num_kv_heads are taken from the model.
+  KvCacheConfig kv;                    // num_layers / num_kv_heads are taken from the model.
   int32_t kv_bytes_per_token_row = 0;  // Bytes of K+V of one token in one row (0: fp32).
   std::string default_policy = "full";
   int32_t default_budget = 128;
@@ -75,6 +75,8 @@ class Engine {
   bool Healthy() const;
   // True once a worker step failed (the device is gone; the loop has stopped for good).
   bool WorkerFailed() const { return worker_failed_.load(); }
+  // How long the step in progress has run (zero between steps). Thread-safe.
+  absl::Duration StepRunningFor() const;
   // Stops admitting; waits up to `timeout` for in-flight requests, then aborts the rest.
   void Drain(absl::Duration timeout);
   void Stop();
@@ -112,6 +114,8 @@ class Engine {
   void Admit(std::unique_ptr<Request> request, std::shared_ptr<RequestStream> stream);
   void Deliver(const std::vector<RequestOutput>& outputs);
   void FailAll(const absl::Status& status);
+  // A failed step or liveness check: fail everything, stop running steps, turn NOT_SERVING.
+  void OnWorkerFailure(const absl::Status& status);
   void PublishGauges();
   absl::Status ValidateRequest(const EngineRequest& request) const;
 

@@ -15,9 +15,8 @@ class FailAfterStepsWorker : public Worker {
       : inner_(std::move(inner)), steps_left_(steps) {}
   const ModelConfig& config() const override { return inner_->config(); }
   std::string name() const override { return inner_->name(); }
-  bool SupportsAdaptiveSelection() const override {
-    return inner_->SupportsAdaptiveSelection();
-  }
+  bool SupportsAdaptiveSelection() const override { return inner_->SupportsAdaptiveSelection(); }
+  absl::Status Liveness() override { return inner_->Liveness(); }
   absl::StatusOr<BatchResult> Execute(const Batch& batch) override {
     if (steps_left_-- <= 0) {
       return absl::UnavailableError("injected device failure (HKV_FAULT_WORKER_FAIL_AFTER_STEPS)");

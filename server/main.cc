@@ -14,15 +14,16 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "common/malloc_tuning.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "common/malloc_tuning.h"
 #include "common/paths.h"
 #include "server/commands.h"
 #include "server/server_config.h"
 
 // Model and engine.
-ABSL_FLAG(std::string, model, "", "llama2.c checkpoint (.bin) or Hugging Face model directory "
+ABSL_FLAG(std::string, model, "",
+          "llama2.c checkpoint (.bin) or Hugging Face model directory "
           "(default: the embedded stories260K)");
 ABSL_FLAG(std::string, tokenizer, "", "Tokenizer path (default: beside the model)");
 ABSL_FLAG(std::string, config, "", "serve: YAML or JSON config file (flags override it)");
@@ -30,7 +31,8 @@ ABSL_FLAG(bool, dummy_weights, false,
           "Random weights for --model's config.json (a Hugging Face model directory)");
 ABSL_FLAG(std::string, device, "auto", "cpu | cuda | auto (cuda when a GPU is present)");
 ABSL_FLAG(int32_t, max_model_len, 0, "Longest prompt + output (0: the model's context length)");
-ABSL_FLAG(int32_t, cuda_graph_max_batch, 256, "Largest decode batch run as a CUDA graph (0: eager)");
+ABSL_FLAG(int32_t, cuda_graph_max_batch, 256,
+          "Largest decode batch run as a CUDA graph (0: eager)");
 ABSL_FLAG(int32_t, num_threads, 0, "CPU worker threads (0 = all cores)");
 ABSL_FLAG(int64_t, kv_pool_blocks, 0, "KV pool size in head-blocks (0: from --kv-pool-gb)");
 ABSL_FLAG(double, kv_pool_gb, 0.25, "KV pool size in GiB when --kv-pool-blocks is 0 (CPU)");
@@ -46,15 +48,22 @@ ABSL_FLAG(int32_t, tensor_parallel_size, 1,
           "GPUs to shard the model over (one thread per GPU, NCCL)");
 ABSL_FLAG(std::string, tp_head_placement, "balanced",
           "balanced (even KV per rank under the HeadKV plan; needs --head-scores) | contiguous");
-ABSL_FLAG(std::string, dist_addr, "", "Multi-node: rank 0's HOST:PORT (env LWS_LEADER_ADDRESS)");
-ABSL_FLAG(int32_t, world_size, 0, "Multi-node: number of ranks (env LWS_GROUP_SIZE)");
-ABSL_FLAG(int32_t, rank, -1, "Multi-node: this rank (env LWS_WORKER_INDEX)");
+ABSL_FLAG(std::string, dist_addr, "",
+          "Multi-node: node 0's HOST[:PORT] (env LWS_LEADER_ADDRESS; port 29500 by default)");
+ABSL_FLAG(int32_t, world_size, 0,
+          "Multi-node: nodes (processes) in the group (env LWS_GROUP_SIZE); each runs "
+          "tensor_parallel_size / world_size GPUs");
+ABSL_FLAG(int32_t, rank, -1,
+          "Multi-node: this node's index, 0 = the serving node (env "
+          "LWS_WORKER_INDEX)");
 // Server.
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port");
 ABSL_FLAG(int32_t, metrics_port, 9090, "HTTP /metrics port (0 disables)");
 ABSL_FLAG(int32_t, drain_timeout_s, 30, "On SIGTERM, seconds to let in-flight requests finish");
 ABSL_FLAG(int32_t, engine_stall_timeout_s, 30, "A step longer than this turns readiness off");
+ABSL_FLAG(int32_t, dist_join_timeout_s, 600,
+          "Multi-node: seconds the nodes may take to form the group");
 ABSL_FLAG(bool, print_config, false, "serve: print the effective config as JSON and exit");
 // generate.
 ABSL_FLAG(std::string, prompt, "", "generate: prompt text");
@@ -133,6 +142,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   HKV_OVERRIDE(drain_timeout_s);
   HKV_OVERRIDE(num_threads);
   HKV_OVERRIDE(engine_stall_timeout_s);
+  HKV_OVERRIDE(dist_join_timeout_s);
 #undef HKV_OVERRIDE
   if (c.model.empty()) {
     c.model = DefaultModelPath();
@@ -194,19 +204,12 @@ int Serve() {
     std::cout << ServerConfigToJson(*config) << "\n";
     return 0;
   }
-  // Multi-node ranks come from flags or LeaderWorkerSet's environment.
-  int32_t world = absl::GetFlag(FLAGS_world_size);
-  if (world == 0 && std::getenv("LWS_GROUP_SIZE") != nullptr) {
-    world = std::atoi(std::getenv("LWS_GROUP_SIZE"));
-  }
-  if (world > 1) {
-    // The ranks can meet (workers/dist_bootstrap.h) but steps are not yet sent across nodes.
-    return Fail(absl::UnimplementedError(
-                    "multi-node serving (--world-size > 1) is not implemented yet: use "
-                    "--tensor-parallel-size N within one node"),
-                "serve");
-  }
-  return RunServe(*config);
+  // Multi-node: the node's place comes from flags or LeaderWorkerSet's environment.
+  auto layout = ResolveDistLayout(absl::GetFlag(FLAGS_dist_addr), absl::GetFlag(FLAGS_world_size),
+                                  absl::GetFlag(FLAGS_rank));
+  if (!layout.ok()) return Fail(layout.status(), "serve");
+  if (layout->world_size > 1 && layout->rank > 0) return RunFollower(*config, *layout);
+  return RunServe(*config, *layout);
 }
 
 int HeadkvPlan() {
@@ -265,8 +268,8 @@ int main(int argc, char** argv) {
       "  serve        serve the hkv.v1.Generation gRPC API\n"
       "  headkv-plan  print HeadKV per-head budgets for a score file\n"
       "  bench-serve  load-test a running server");
-  std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(argv2.size()),
-                                                         argv2.data());
+  std::vector<char*> positional =
+      absl::ParseCommandLine(static_cast<int>(argv2.size()), argv2.data());
   if (positional.size() != 2) {
     std::cerr << absl::ProgramUsageMessage() << "\n";
     return 2;

@@ -25,6 +25,7 @@
 #include "headkv/head_budget_planner.h"
 #include "headkv/rank_assignment.h"
 #include "workers/cuda_worker.h"
+#include "workers/multi_node_group.h"
 #include "workers/tensor_parallel_worker.h"
 #endif
 
@@ -216,6 +217,23 @@ absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
 #endif
 }
 
+namespace {
+
+absl::Status CheckMultiNodeShape(const ServerConfig& config, const DistLayout& layout) {
+  if (config.tensor_parallel_size < layout.world_size ||
+      config.tensor_parallel_size % layout.world_size != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a multi-node group of ", layout.world_size,
+                     " nodes needs --tensor-parallel-size a "
+                     "multiple of ",
+                     layout.world_size,
+                     " (each node runs tensor_parallel_size / world_size "
+                     "GPUs); got ",
+                     config.tensor_parallel_size));
+  }
+  return absl::OkStatus();
+}
+
 #ifdef HKV_WITH_CUDA
 absl::StatusOr<std::vector<int32_t>> TensorParallelPlacement(const ServerConfig& config,
                                                              const ModelConfig& m) {
@@ -248,23 +266,43 @@ absl::StatusOr<std::vector<int32_t>> TensorParallelPlacement(const ServerConfig&
   return a.head_of_slot;
 }
 
-absl::StatusOr<std::unique_ptr<TensorParallelWorker>> MakeTensorParallelWorker(
-    const ServerConfig& config, std::shared_ptr<const Model> model) {
+// This node's ranks' options: GPUs 0..local_ranks-1 of this machine.
+absl::StatusOr<TensorParallelOptions> LocalRankOptions(const ServerConfig& config,
+                                                       const ModelConfig& m, int32_t local_ranks) {
   int gpus = 0;
   if (cudaGetDeviceCount(&gpus) != cudaSuccess) gpus = 0;
-  if (gpus < config.tensor_parallel_size) {
+  if (gpus < local_ranks) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("--tensor-parallel-size ", config.tensor_parallel_size, " needs ",
-                     config.tensor_parallel_size, " GPUs; this machine has ", gpus));
+        absl::StrCat("--tensor-parallel-size ", config.tensor_parallel_size, " needs ", local_ranks,
+                     " GPUs on this node; it has ", gpus));
   }
   TensorParallelOptions o;
   o.base.block_size = config.block_size;
   o.base.num_blocks = config.kv_pool_blocks;
   o.base.gpu_memory_utilization = config.gpu_memory_utilization;
-  o.base.max_step_tokens = std::max(config.max_batch_tokens, model->config.max_seq_len);
+  o.base.max_step_tokens = std::max(config.max_batch_tokens, m.max_seq_len);
   o.base.max_seqs = config.max_seqs;
   o.base.cuda_graph_max_batch = std::min(config.cuda_graph_max_batch, config.max_seqs);
-  for (int32_t r = 0; r < config.tensor_parallel_size; ++r) o.devices.push_back(r);
+  for (int32_t r = 0; r < local_ranks; ++r) o.devices.push_back(r);
+  return o;
+}
+
+MultiNodeGroupOptions GroupOptions(const ServerConfig& config, const DistLayout& layout,
+                                   const Model& model, TensorParallelOptions local) {
+  MultiNodeGroupOptions g;
+  g.layout = layout;
+  g.tensor_parallel_size = config.tensor_parallel_size;
+  g.local = std::move(local);
+  g.fingerprint = GroupFingerprint(model, config.tensor_parallel_size, config.block_size);
+  g.join_timeout = absl::Seconds(config.dist_join_timeout_s);
+  g.step_timeout = g.local.base.tp.step_timeout;
+  return g;
+}
+
+absl::StatusOr<std::unique_ptr<TensorParallelWorker>> MakeTensorParallelWorker(
+    const ServerConfig& config, std::shared_ptr<const Model> model) {
+  HKV_ASSIGN_OR_RETURN(TensorParallelOptions o,
+                       LocalRankOptions(config, model->config, config.tensor_parallel_size));
   HKV_ASSIGN_OR_RETURN(o.head_of_slot, TensorParallelPlacement(config, model->config));
   HKV_ASSIGN_OR_RETURN(std::unique_ptr<TensorParallelWorker> group,
                        TensorParallelWorker::Create(std::move(model), o));
@@ -273,8 +311,22 @@ absl::StatusOr<std::unique_ptr<TensorParallelWorker>> MakeTensorParallelWorker(
 }
 #endif
 
-absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested) {
+}  // namespace
+
+absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested, const DistLayout& layout) {
   HKV_RETURN_IF_ERROR(ValidateServerConfig(requested));
+  const bool multi_node = layout.world_size > 1;
+  if (multi_node) {
+    if (layout.rank != 0) {
+      return absl::InvalidArgumentError("only node 0 of a multi-node group runs the engine");
+    }
+    HKV_RETURN_IF_ERROR(CheckMultiNodeShape(requested, layout));
+#ifndef HKV_WITH_CUDA
+    return absl::InvalidArgumentError(
+        "multi-node serving needs the CUDA worker, which this "
+        "build lacks");
+#endif
+  }
   ServerConfig config = requested;
   if (config.device == "auto" && config.dummy_weights) {
     // The device decides where random weights are built, so resolve it from the config first.
@@ -291,7 +343,7 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested) {
         "--tensor-parallel-size > 1 needs the CUDA worker, which this build lacks");
   }
 #endif
-  if (tp > 1) config.device = "cuda";
+  if (tp > 1 || multi_node) config.device = "cuda";
   EngineBundle bundle;
   HKV_ASSIGN_OR_RETURN(bundle.loaded,
                        LoadModelAndTokenizer(config.model, config.tokenizer, config.dummy_weights,
@@ -315,7 +367,23 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested) {
   }
   std::vector<int32_t> row_partition;
 #ifdef HKV_WITH_CUDA
-  if (tp > 1) {
+  if (multi_node) {
+    HKV_ASSIGN_OR_RETURN(TensorParallelOptions local,
+                         LocalRankOptions(config, m, tp / layout.world_size));
+    HKV_ASSIGN_OR_RETURN(local.head_of_slot, TensorParallelPlacement(config, m));
+    std::cerr << "multi-node group: node 0 waiting for " << layout.world_size - 1
+              << " node(s) on port " << layout.port << "\n";
+    HKV_ASSIGN_OR_RETURN(
+        MultiNodeLeader leader,
+        LeadMultiNodeGroup(bundle.loaded.model,
+                           GroupOptions(config, layout, *bundle.loaded.model, std::move(local))));
+    std::cerr << leader.local->sizing() << "\n";
+    ServerConfig sized = config;
+    sized.kv_pool_blocks = leader.local->num_blocks();
+    HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeKvPool(sized, m, /*kv_dtype_bytes=*/2));
+    row_partition = leader.local->RowPartition();
+    worker = std::move(leader.worker);
+  } else if (tp > 1) {
     HKV_ASSIGN_OR_RETURN(std::unique_ptr<TensorParallelWorker> group,
                          MakeTensorParallelWorker(config, bundle.loaded.model));
     ServerConfig sized = config;
@@ -353,6 +421,32 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested) {
           ->PlanFor(config.default_kv_policy, config.default_kv_budget, options.default_beta)
           .status());
   return bundle;
+}
+
+absl::Status RunFollowerNode(const ServerConfig& requested, const DistLayout& layout,
+                             const std::function<void(const absl::Status&)>& on_broken) {
+  HKV_RETURN_IF_ERROR(ValidateServerConfig(requested));
+  if (layout.world_size < 2 || layout.rank < 1) {
+    return absl::InvalidArgumentError("a follower is node 1.. of a multi-node group");
+  }
+  HKV_RETURN_IF_ERROR(CheckMultiNodeShape(requested, layout));
+#ifdef HKV_WITH_CUDA
+  HKV_ASSIGN_OR_RETURN(
+      LoadedModel loaded,
+      LoadModelAndTokenizer(requested.model, requested.tokenizer, requested.dummy_weights,
+                            /*dummy_on_device=*/true, requested.max_model_len));
+  HKV_ASSIGN_OR_RETURN(TensorParallelOptions local,
+                       LocalRankOptions(requested, loaded.model->config,
+                                        requested.tensor_parallel_size / layout.world_size));
+  std::cerr << "multi-node group: node " << layout.rank << " joining " << layout.leader_host << ":"
+            << layout.port << "\n";
+  return FollowMultiNodeGroup(
+      loaded.model, GroupOptions(requested, layout, *loaded.model, std::move(local)), on_broken);
+#else
+  return absl::InvalidArgumentError(
+      "multi-node serving needs the CUDA worker, which this build "
+      "lacks");
+#endif
 }
 
 }  // namespace hkv

@@ -51,6 +51,7 @@ const std::map<std::string, Setter>& Fields() {
       {"drain_timeout_s", Field(&ServerConfig::drain_timeout_s)},
       {"num_threads", Field(&ServerConfig::num_threads)},
       {"engine_stall_timeout_s", Field(&ServerConfig::engine_stall_timeout_s)},
+      {"dist_join_timeout_s", Field(&ServerConfig::dist_join_timeout_s)},
   };
   return *fields;
 }
@@ -100,8 +101,8 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.cuda_graph_max_batch < 0) return bad("cuda_graph_max_batch must be >= 0");
   if (c.tensor_parallel_size < 1) return bad("tensor_parallel_size must be >= 1");
   if (c.tp_head_placement != "balanced" && c.tp_head_placement != "contiguous") {
-    return bad("tp_head_placement must be 'balanced' or 'contiguous', got '",
-               c.tp_head_placement, "'");
+    return bad("tp_head_placement must be 'balanced' or 'contiguous', got '", c.tp_head_placement,
+               "'");
   }
   if (c.block_size < 1 || c.block_size > 1024) return bad("block_size must be in [1, 1024]");
   if (c.kv_pool_blocks < 0) return bad("kv_pool_blocks must be >= 0");
@@ -117,6 +118,7 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.default_kv_budget < 1) return bad("default_kv_budget must be >= 1");
   if (c.drain_timeout_s < 0) return bad("drain_timeout_s must be >= 0");
   if (c.engine_stall_timeout_s < 1) return bad("engine_stall_timeout_s must be >= 1");
+  if (c.dist_join_timeout_s < 1) return bad("dist_join_timeout_s must be >= 1");
   return absl::OkStatus();
 }
 
@@ -146,8 +148,8 @@ std::string ServerConfigToJson(const ServerConfig& c) {
   j["drain_timeout_s"] = c.drain_timeout_s;
   j["num_threads"] = c.num_threads;
   j["engine_stall_timeout_s"] = c.engine_stall_timeout_s;
-  j["health"] = {{"liveness_service", kLivenessService},
-                 {"readiness_service", kReadinessService}};
+  j["dist_join_timeout_s"] = c.dist_join_timeout_s;
+  j["health"] = {{"liveness_service", kLivenessService}, {"readiness_service", kReadinessService}};
   return j.dump(2);
 }
 

@@ -14,30 +14,31 @@ inline constexpr char kLivenessService[] = "";
 inline constexpr char kReadinessService[] = "hkv.v1.Generation";
 
 struct ServerConfig {
-  std::string model;      // llama2.c .bin file or Hugging Face model directory.
-  std::string tokenizer;  // Optional; defaults beside the model.
+  std::string model;           // llama2.c .bin file or Hugging Face model directory.
+  std::string tokenizer;       // Optional; defaults beside the model.
   bool dummy_weights = false;  // Random weights for `model`'s config.json (benchmarks).
   std::string host = "0.0.0.0";
-  int32_t port = 50051;          // gRPC.
-  int32_t metrics_port = 9090;   // HTTP /metrics; 0 disables it.
-  std::string device = "auto";   // cpu | cuda | auto (cuda when a GPU is present).
+  int32_t port = 50051;         // gRPC.
+  int32_t metrics_port = 9090;  // HTTP /metrics; 0 disables it.
+  std::string device = "auto";  // cpu | cuda | auto (cuda when a GPU is present).
   int32_t tensor_parallel_size = 1;
   std::string tp_head_placement = "balanced";  // balanced (by the HeadKV plan) | contiguous
-  int64_t kv_pool_blocks = 0;    // 0: derive from kv_pool_gb (CPU) or free memory (GPU).
+  int64_t kv_pool_blocks = 0;  // 0: derive from kv_pool_gb (CPU) or free memory (GPU).
   double kv_pool_gb = 0.25;
   double gpu_memory_utilization = 0.9;
   int32_t block_size = 16;
   int32_t max_batch_tokens = 8192;
   int32_t max_seqs = 256;
-  int32_t max_model_len = 0;     // Longest prompt + output; 0: the model's context length.
+  int32_t max_model_len = 0;           // Longest prompt + output; 0: the model's context length.
   int32_t cuda_graph_max_batch = 256;  // Largest decode batch run as a CUDA graph; 0: eager.
   int32_t max_queue = 1024;
   std::string default_kv_policy = "full";
   int32_t default_kv_budget = 128;
-  std::string head_scores;       // Score file for the headkv policy.
+  std::string head_scores;  // Score file for the headkv policy.
   int32_t drain_timeout_s = 30;
-  int32_t num_threads = 0;       // CPU worker threads; 0 = all cores.
+  int32_t num_threads = 0;              // CPU worker threads; 0 = all cores.
   int32_t engine_stall_timeout_s = 30;  // A step longer than this turns readiness NOT_SERVING.
+  int32_t dist_join_timeout_s = 600;    // Multi-node: how long the nodes may take to form a group.
 };
 
 // Overlays the keys of a YAML (or JSON) file onto `config`. INVALID_ARGUMENT names an unknown

@@ -26,15 +26,16 @@ std::string RunHkv(const std::string& args, int* status) {
 
 TEST(CliTest, GenerateJsonFromBosPrintsTheGoldenIds) {
   int status = 0;
-  const std::string out = RunHkv("generate --prompt= --max-tokens 40 --temperature 0 --json", &status);
+  const std::string out =
+      RunHkv("generate --prompt= --max-tokens 40 --temperature 0 --json", &status);
   ASSERT_EQ(status, 0) << out;
   nlohmann::json j = nlohmann::json::parse(out);
   EXPECT_EQ(j["prompt_ids"], nlohmann::json::array({1}));
-  EXPECT_EQ(j["output_ids"], nlohmann::json::array({403, 407, 261, 378, 432, 383, 286, 261, 376,
-                                                    298, 315, 421, 395, 317, 426, 338, 401, 396,
-                                                    267, 337, 410, 408, 419, 292, 411, 322, 265,
-                                                    282, 295, 433, 426, 385, 328, 432, 358, 394,
-                                                    261, 370, 432, 352}));
+  EXPECT_EQ(
+      j["output_ids"],
+      nlohmann::json::array({403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317,
+                             426, 338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282,
+                             295, 433, 426, 385, 328, 432, 358, 394, 261, 370, 432, 352}));
   EXPECT_THAT(j["text"].get<std::string>(),
               ::testing::StartsWith("Once upon a time, there was a little girl named Lily"));
   EXPECT_GT(j["decode_tokens_per_s"].get<double>(), 0);
@@ -45,9 +46,9 @@ TEST(CliTest, GenerateWithPromptIdsAndCompression) {
   int status = 0;
   std::string ids = "1";
   for (int i = 0; i < 99; ++i) ids += "," + std::to_string(300 + i % 50);
-  const std::string out = RunHkv("generate --prompt-ids " + ids +
-                                  " --max-tokens 8 --kv-policy snapkv --kv-budget 16 --json",
-                              &status);
+  const std::string out = RunHkv(
+      "generate --prompt-ids " + ids + " --max-tokens 8 --kv-policy snapkv --kv-budget 16 --json",
+      &status);
   ASSERT_EQ(status, 0) << out;
   nlohmann::json j = nlohmann::json::parse(out);
   EXPECT_EQ(j["prompt_ids"].size(), 100u);
@@ -135,6 +136,35 @@ TEST(CliTest, ServePrintConfigReflectsFileAndFlags) {
   fclose(f);
   RunHkv("serve --print-config --config " + path, &status);
   EXPECT_NE(status, 0) << "an unknown key must be rejected";
+}
+
+// Multi-node start-up errors are clear and exit 1 (no GPU needed to get them).
+TEST(CliTest, ServeRefusesMultiNodeLayoutsThatCannotWork) {
+  const std::string serve = std::string(HKV_BINARY) + " serve --host=127.0.0.1 --port=0 ";
+  auto run = [&](const std::string& args, std::string* err) {
+    const std::string command = serve + args + " 2>&1 >/dev/null";
+    FILE* pipe = popen(command.c_str(), "r");
+    char buffer[4096];
+    size_t n;
+    err->clear();
+    while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) err->append(buffer, n);
+    const int raw = pclose(pipe);
+    return WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  };
+  std::string err;
+  // No leader address (neither flag nor LWS_LEADER_ADDRESS).
+  EXPECT_EQ(run("--world-size=2 --rank=1", &err), 1);
+  EXPECT_THAT(err, ::testing::HasSubstr("LWS_LEADER_ADDRESS"));
+  // Rank outside the group.
+  EXPECT_EQ(run("--world-size=2 --rank=2 --dist-addr=127.0.0.1:1", &err), 1);
+  EXPECT_THAT(err, ::testing::HasSubstr("rank"));
+  // Tensor parallel size not a multiple of the nodes (node 0 and a follower).
+  EXPECT_EQ(run("--world-size=2 --rank=0 --dist-addr=127.0.0.1:1 --tensor-parallel-size=3", &err),
+            1);
+  EXPECT_THAT(err, ::testing::HasSubstr("multiple of 2"));
+  EXPECT_EQ(run("--world-size=2 --rank=1 --dist-addr=127.0.0.1:1 --tensor-parallel-size=1", &err),
+            1);
+  EXPECT_THAT(err, ::testing::HasSubstr("multiple of 2"));
 }
 
 }  // namespace

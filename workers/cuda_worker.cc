@@ -1109,7 +1109,8 @@ absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& global_batch) {
   }
   if (s.options.tp.size > 1) {
     // Bounded: a dead or hung peer aborts the communicator instead of hanging this rank.
-    HKV_RETURN_IF_ERROR(s.options.tp.comm->WaitFor(stream, s.options.tp.step_timeout));
+    HKV_RETURN_IF_ERROR(
+        s.options.tp.comm->WaitFor(stream, s.options.tp.step_timeout, s.options.tp.cancel));
   } else {
     HKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   }

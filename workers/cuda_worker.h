@@ -28,6 +28,7 @@
 // Thread-compatible: one Execute at a time, on the thread that created the worker (its CUDA
 // device and stream). Adaptive (adakv) selection is not supported here yet.
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,16 +54,19 @@ struct CudaTensorParallel {
   NcclCommunicator* comm = nullptr;  // Not owned; required when size > 1.
   std::vector<int32_t> head_of_slot;
   absl::Duration step_timeout = absl::Minutes(5);  // A step longer than this aborts the group.
+  // Set by another thread when a peer is known to be gone: the step in progress aborts the
+  // group at once instead of waiting out step_timeout. Not owned; may be null.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct CudaWorkerOptions {
   int32_t device = 0;
   int32_t block_size = 16;
-  int64_t num_blocks = 0;                // 0: size the pool from free memory.
-  double gpu_memory_utilization = 0.9;   // Share of total device memory hkv may use.
+  int64_t num_blocks = 0;                          // 0: size the pool from free memory.
+  double gpu_memory_utilization = 0.9;             // Share of total device memory hkv may use.
   int64_t activation_reserve_bytes = 512LL << 20;  // Kept free beyond the planned buffers.
-  int32_t max_step_tokens = 8192;     // Tokens of the largest step (activations sized for it).
-  int32_t max_seqs = 256;             // Sequences of the largest step (decode workspace).
+  int32_t max_step_tokens = 8192;      // Tokens of the largest step (activations sized for it).
+  int32_t max_seqs = 256;              // Sequences of the largest step (decode workspace).
   int32_t cuda_graph_max_batch = 256;  // Largest decode batch replayed as a graph; 0: eager.
   CudaTensorParallel tp;
 };

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/logging.h"
 
 namespace hkv {
 
@@ -83,6 +84,53 @@ absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> NcclCommunicator:
   return out;
 }
 
+absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> NcclCommunicator::CreateGroup(
+    const std::vector<uint8_t>& id, int32_t world, int32_t first_rank,
+    const std::vector<int32_t>& devices) {
+  ncclUniqueId uid;
+  if (id.size() != sizeof(uid.internal)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("an NCCL id has ", sizeof(uid.internal), " bytes, got ", id.size()));
+  }
+  const int32_t n = static_cast<int32_t>(devices.size());
+  if (n < 1 || first_rank < 0 || first_rank + n > world) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ranks ", first_rank, "..", first_rank + n - 1, " of ", world));
+  }
+  std::memcpy(uid.internal, id.data(), id.size());
+  std::vector<ncclComm_t> comms(n, nullptr);
+  int previous = 0;
+  cudaGetDevice(&previous);
+  // Several ranks of one process must join inside one group call, or the first would wait for
+  // the others for ever.
+  ncclResult_t r = ncclGroupStart();
+  for (int32_t i = 0; i < n && r == ncclSuccess; ++i) {
+    if (cudaSetDevice(devices[i]) != cudaSuccess) {
+      ncclGroupEnd();
+      cudaSetDevice(previous);
+      return absl::UnavailableError(absl::StrCat("cannot use GPU ", devices[i]));
+    }
+    r = ncclCommInitRank(&comms[i], world, uid, first_rank + i);
+  }
+  const ncclResult_t end = ncclGroupEnd();
+  cudaSetDevice(previous);
+  if (r == ncclSuccess) r = end;
+  if (r != ncclSuccess) {
+    for (ncclComm_t c : comms) {
+      if (c != nullptr) ncclCommAbort(c);
+    }
+    return NcclError("ncclCommInitRank", r);
+  }
+  std::vector<std::unique_ptr<NcclCommunicator>> out;
+  for (int32_t i = 0; i < n; ++i) {
+    auto impl = std::make_unique<Impl>();
+    impl->comm = comms[i];
+    out.push_back(std::unique_ptr<NcclCommunicator>(
+        new NcclCommunicator(std::move(impl), first_rank + i, world)));
+  }
+  return out;
+}
+
 absl::Status NcclCommunicator::AllReduceSum(void* buffer, int64_t count, kernels::DType dtype,
                                             cudaStream_t stream) {
   if (aborted_) return absl::UnavailableError("the NCCL communicator was aborted");
@@ -106,7 +154,8 @@ absl::Status NcclCommunicator::Broadcast(void* buffer, int64_t bytes, int32_t ro
   return absl::OkStatus();
 }
 
-absl::Status NcclCommunicator::WaitFor(cudaStream_t stream, absl::Duration timeout) {
+absl::Status NcclCommunicator::WaitFor(cudaStream_t stream, absl::Duration timeout,
+                                       const std::atomic<bool>* cancel) {
   const absl::Time deadline = absl::Now() + timeout;
   for (int64_t spins = 0;; ++spins) {
     const cudaError_t q = cudaStreamQuery(stream);
@@ -124,7 +173,17 @@ absl::Status NcclCommunicator::WaitFor(cudaStream_t stream, absl::Duration timeo
         return absl::UnavailableError(
             absl::StrCat("NCCL error on rank ", rank_, ": ", ncclGetErrorString(async)));
       }
+      if (cancel != nullptr && cancel->load(std::memory_order_relaxed)) {
+        HKV_LOG(ERROR) << "rank " << rank_ << ": step cancelled; aborting the communicator";
+        Abort();
+        HKV_LOG(ERROR) << "rank " << rank_ << ": communicator aborted";
+        return absl::UnavailableError(
+            absl::StrCat("rank ", rank_,
+                         ": step cancelled, a peer node is gone; communicator "
+                         "aborted"));
+      }
       if (absl::Now() > deadline) {
+        HKV_LOG(ERROR) << "rank " << rank_ << ": step timed out; aborting the communicator";
         Abort();
         return absl::DeadlineExceededError(absl::StrCat(
             "rank ", rank_, ": a tensor-parallel step did not finish within ",
@@ -138,8 +197,13 @@ absl::Status NcclCommunicator::WaitFor(cudaStream_t stream, absl::Duration timeo
 void NcclCommunicator::Abort() {
   if (aborted_ || impl_->comm == nullptr) return;
   aborted_ = true;
-  ncclCommAbort(impl_->comm);
+  // ncclCommAbort waits for this rank's kernels to see the abort flag and for NCCL's proxy to
+  // wind down; with a peer process gone that may take long, or not finish at all. The group is
+  // dead either way, so it runs on a thread of its own and the rank returns its error at once
+  // (the process exits soon after: see server/cmd_serve.cc).
+  ncclComm_t comm = impl_->comm;
   impl_->comm = nullptr;
+  std::thread([comm] { ncclCommAbort(comm); }).detach();
 }
 
 }  // namespace hkv

@@ -4,8 +4,9 @@
 //
 // Two ways to form a group:
 //   - one process, one thread per GPU: CreateAll(devices) (ncclCommInitAll);
-//   - one process per node (Kubernetes LeaderWorkerSet): rank 0 makes NewUniqueId(), sends it to
-//     the others (workers/dist_bootstrap.h), and every rank calls Create().
+//   - one process per node (Kubernetes LeaderWorkerSet): node 0 makes NewUniqueId(), sends it to
+//     the others (workers/multi_node_group.h), and every process calls CreateGroup() for its
+//     GPUs (or Create() for one rank).
 // Collectives are enqueued on the caller's stream (and may be captured in a CUDA graph); WaitFor()
 // replaces cudaStreamSynchronize: it polls the stream and NCCL's asynchronous error, and on an
 // error or after `timeout` aborts the communicator (so the collective returns on every live rank)
@@ -15,6 +16,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -39,13 +41,20 @@ class NcclCommunicator {
   // One communicator per device of this process, rank i on devices[i].
   static absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> CreateAll(
       const std::vector<int32_t>& devices);
+  // This process's part of a group that spans processes: ranks first_rank + i on devices[i] of
+  // `world` ranks that share `id`; blocks until every rank of every process joined.
+  static absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> CreateGroup(
+      const std::vector<uint8_t>& id, int32_t world, int32_t first_rank,
+      const std::vector<int32_t>& devices);
 
   // In-place sum over ranks of `count` elements of `dtype`, enqueued on `stream`.
   absl::Status AllReduceSum(void* buffer, int64_t count, kernels::DType dtype, cudaStream_t stream);
   // Rank `root`'s `bytes` bytes to every rank, in place, enqueued on `stream`.
   absl::Status Broadcast(void* buffer, int64_t bytes, int32_t root, cudaStream_t stream);
-  // Waits for `stream`; see the header comment.
-  absl::Status WaitFor(cudaStream_t stream, absl::Duration timeout);
+  // Waits for `stream`; see the header comment. Once `*cancel` (may be null) turns true, aborts
+  // and returns UNAVAILABLE.
+  absl::Status WaitFor(cudaStream_t stream, absl::Duration timeout,
+                       const std::atomic<bool>* cancel = nullptr);
   // Ends the communicator's pending work on this rank (peers' collectives then fail).
   void Abort();
 

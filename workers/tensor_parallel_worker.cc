@@ -1,5 +1,6 @@
 #include "workers/tensor_parallel_worker.h"
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -69,9 +70,11 @@ struct TensorParallelWorker::Impl {
   std::vector<std::unique_ptr<NcclCommunicator>> comms;
   std::vector<std::unique_ptr<CudaWorker>> ranks;
   std::vector<std::unique_ptr<RankThread>> threads;
+  int32_t world = 1;                // ranks of the group, all processes
+  std::atomic<bool> cancel{false};  // CancelStep(); read by the ranks' WaitFor
   int64_t blocks_per_rank = 0;
-  std::string sizing;
-  absl::Status dead;  // set once a step failed: the group cannot be trusted any more
+  std::string sizing;  // the ranks' own lines
+  absl::Status dead;   // set once a step failed: the group cannot be trusted any more
 
   // Runs fn(rank) on every rank's thread at once and waits for all.
   void RunAll(const std::function<void(int32_t)>& fn) {
@@ -98,9 +101,16 @@ TensorParallelWorker::~TensorParallelWorker() = default;
 
 absl::StatusOr<std::unique_ptr<TensorParallelWorker>> TensorParallelWorker::Create(
     std::shared_ptr<const Model> model, const TensorParallelOptions& options) {
-  const int32_t size = static_cast<int32_t>(options.devices.size());
+  const int32_t local = static_cast<int32_t>(options.devices.size());
+  const int32_t size = options.world_ranks > 0 ? options.world_ranks : local;
   const ModelConfig& c = model->config;
-  if (size < 1) return absl::InvalidArgumentError("tensor parallelism needs at least one GPU");
+  if (local < 1) return absl::InvalidArgumentError("tensor parallelism needs at least one GPU");
+  if (options.first_rank < 0 || options.first_rank + local > size ||
+      (size > local && options.nccl_id.empty())) {
+    return absl::InvalidArgumentError(absl::StrCat("ranks ", options.first_rank, "..",
+                                                   options.first_rank + local - 1, " of ", size,
+                                                   " (a group across processes needs an NCCL id)"));
+  }
   if (c.num_kv_heads % size != 0 || c.num_heads % size != 0 || c.hidden_dim % size != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--tensor-parallel-size ", size, " must divide the KV heads (", c.num_kv_heads,
@@ -109,25 +119,32 @@ absl::StatusOr<std::unique_ptr<TensorParallelWorker>> TensorParallelWorker::Crea
   auto impl = std::make_unique<Impl>();
   impl->model = model;
   impl->options = options;
-  if (size > 1) {
+  impl->world = size;
+  if (!options.nccl_id.empty()) {
+    HKV_ASSIGN_OR_RETURN(
+        impl->comms,
+        NcclCommunicator::CreateGroup(options.nccl_id, size, options.first_rank, options.devices));
+  } else if (size > 1) {
     HKV_ASSIGN_OR_RETURN(impl->comms, NcclCommunicator::CreateAll(options.devices));
   }
-  impl->ranks.resize(size);
-  for (int32_t r = 0; r < size; ++r) impl->threads.push_back(std::make_unique<RankThread>());
-  std::vector<absl::Status> status(size);
+  impl->ranks.resize(local);
+  for (int32_t r = 0; r < local; ++r) impl->threads.push_back(std::make_unique<RankThread>());
+  std::vector<absl::Status> status(local);
   impl->RunAll([&](int32_t r) {
     CudaWorkerOptions o = options.base;
     o.device = options.devices[r];
-    o.tp.rank = r;
+    o.tp.rank = options.first_rank + r;
     o.tp.size = size;
     o.tp.comm = size > 1 ? impl->comms[r].get() : nullptr;
+    o.tp.cancel = &impl->cancel;
     o.tp.head_of_slot = options.head_of_slot;
     auto w = CudaWorker::Create(model, o);
     if (w.ok()) {
       impl->ranks[r] = std::move(*w);
     } else {
-      status[r] = absl::Status(w.status().code(), absl::StrCat("rank ", r, " (GPU ", o.device,
-                                                               "): ", w.status().message()));
+      status[r] = absl::Status(
+          w.status().code(),
+          absl::StrCat("rank ", o.tp.rank, " (GPU ", o.device, "): ", w.status().message()));
     }
   });
   for (const absl::Status& s : status) HKV_RETURN_IF_ERROR(s);
@@ -135,16 +152,27 @@ absl::StatusOr<std::unique_ptr<TensorParallelWorker>> TensorParallelWorker::Crea
   for (const auto& w : impl->ranks) {
     impl->blocks_per_rank = std::min(impl->blocks_per_rank, w->num_blocks());
   }
-  for (int32_t r = 0; r < size; ++r) {
-    const int64_t first = options.shared_block_ids ? 0 : r * impl->blocks_per_rank;
-    HKV_RETURN_IF_ERROR(impl->ranks[r]->SetBlockRange(first, impl->blocks_per_rank));
-  }
   std::vector<std::string> lines;
   for (const auto& w : impl->ranks) lines.push_back(w->sizing());
-  impl->sizing = absl::StrCat(absl::StrJoin(lines, "\n"), "\ntensor parallel: ", size,
-                              " ranks (one thread per GPU, NCCL), ", impl->blocks_per_rank,
-                              " KV blocks per rank");
-  return std::unique_ptr<TensorParallelWorker>(new TensorParallelWorker(std::move(impl)));
+  impl->sizing = absl::StrJoin(lines, "\n");
+  auto group = std::unique_ptr<TensorParallelWorker>(new TensorParallelWorker(std::move(impl)));
+  HKV_RETURN_IF_ERROR(group->SetBlocksPerRank(group->blocks_per_rank()));
+  return group;
+}
+
+absl::Status TensorParallelWorker::SetBlocksPerRank(int64_t blocks) {
+  Impl& m = *impl_;
+  if (blocks < 1 || blocks > m.blocks_per_rank) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("blocks per rank ", blocks, " outside 1..", m.blocks_per_rank));
+  }
+  for (size_t r = 0; r < m.ranks.size(); ++r) {
+    const int64_t rank = m.options.first_rank + static_cast<int64_t>(r);
+    const int64_t first = m.options.shared_block_ids ? 0 : rank * blocks;
+    HKV_RETURN_IF_ERROR(m.ranks[r]->SetBlockRange(first, blocks));
+  }
+  m.blocks_per_rank = blocks;
+  return absl::OkStatus();
 }
 
 const ModelConfig& TensorParallelWorker::config() const { return impl_->model->config; }
@@ -155,12 +183,20 @@ std::string TensorParallelWorker::name() const {
   return absl::StrCat("cuda:", absl::StrJoin(devs, ","), " (tp ", size(), ")");
 }
 
-int32_t TensorParallelWorker::size() const { return static_cast<int32_t>(impl_->ranks.size()); }
+int32_t TensorParallelWorker::size() const { return impl_->world; }
 int64_t TensorParallelWorker::blocks_per_rank() const { return impl_->blocks_per_rank; }
 int64_t TensorParallelWorker::num_blocks() const {
   return impl_->options.shared_block_ids ? impl_->blocks_per_rank : impl_->blocks_per_rank * size();
 }
-const std::string& TensorParallelWorker::sizing() const { return impl_->sizing; }
+std::string TensorParallelWorker::sizing() const {
+  const int32_t local = static_cast<int32_t>(impl_->ranks.size());
+  return absl::StrCat(impl_->sizing, "\ntensor parallel: ", size(), " ranks",
+                      local < size() ? absl::StrCat(" (", local, " in this process)") : "",
+                      ", one thread per GPU, NCCL; ", impl_->blocks_per_rank,
+                      " KV blocks per rank");
+}
+
+void TensorParallelWorker::CancelStep() { impl_->cancel = true; }
 
 void TensorParallelWorker::set_return_logits(bool on) {
   for (auto& w : impl_->ranks) w->set_return_logits(on);
@@ -169,11 +205,13 @@ void TensorParallelWorker::set_return_logits(bool on) {
 std::vector<int32_t> TensorParallelWorker::RowPartition() const {
   const ModelConfig& c = config();
   std::vector<int32_t> out(static_cast<size_t>(c.num_layers) * c.num_kv_heads, 0);
-  const int32_t hl = c.num_kv_heads / size();
-  for (int32_t r = 0; r < size(); ++r) {
-    const std::vector<int32_t>& heads = impl_->ranks[r]->global_heads();
-    for (int32_t l = 0; l < c.num_layers; ++l) {
-      for (int32_t j = 0; j < hl; ++j) out[l * c.num_kv_heads + heads[l * hl + j]] = r;
+  // Every rank's, this process's or not: slot s of a layer belongs to rank s / (H / R).
+  const std::vector<int32_t>& placement = impl_->options.head_of_slot;
+  const int32_t per_rank = c.num_kv_heads / size();
+  for (int32_t l = 0; l < c.num_layers; ++l) {
+    for (int32_t slot = 0; slot < c.num_kv_heads; ++slot) {
+      const int32_t head = placement.empty() ? slot : placement[l * c.num_kv_heads + slot];
+      out[l * c.num_kv_heads + head] = slot / per_rank;
     }
   }
   return out;
@@ -182,7 +220,7 @@ std::vector<int32_t> TensorParallelWorker::RowPartition() const {
 absl::StatusOr<BatchResult> TensorParallelWorker::Execute(const Batch& batch) {
   Impl& m = *impl_;
   if (!m.dead.ok()) return m.dead;
-  const int32_t n = size();
+  const int32_t n = static_cast<int32_t>(m.ranks.size());  // this process's ranks
   std::vector<absl::StatusOr<BatchResult>> results(n, absl::UnknownError("not run"));
   m.RunAll([&](int32_t r) { results[r] = m.ranks[r]->Execute(batch); });
   for (int32_t r = 0; r < n; ++r) {
@@ -191,13 +229,13 @@ absl::StatusOr<BatchResult> TensorParallelWorker::Execute(const Batch& batch) {
     for (auto& comm : m.comms) {
       if (!comm->aborted()) comm->Abort();
     }
-    m.dead = absl::UnavailableError(
-        absl::StrCat("tensor-parallel rank ", r, " failed: ", results[r].status().message()));
+    m.dead = absl::UnavailableError(absl::StrCat("tensor-parallel rank ", m.options.first_rank + r,
+                                                 " failed: ", results[r].status().message()));
     return m.dead;
   }
   // Kept counts of compressed prefills: each rank reports its own heads.
   const ModelConfig& c = config();
-  const int32_t hl = c.num_kv_heads / n;
+  const int32_t hl = c.num_kv_heads / size();
   std::vector<std::vector<int32_t>> merged(results[0]->seqs.size());
   for (size_t i = 0; i < merged.size(); ++i) {
     if (results[0]->seqs[i].kept_per_head.empty()) continue;

@@ -18,6 +18,9 @@
 // aborts the communicators; this step and every later one return UNAVAILABLE (the engine then
 // fails requests with UNAVAILABLE and turns NOT_SERVING).
 //
+// A group may also span processes (one per node): each process holds some of the ranks, node 0's
+// engine sends it every step (workers/multi_node_worker.h), and only rank 0 has the LM head.
+//
 // Thread-compatible: one Execute at a time (the engine thread).
 
 #include <memory>
@@ -32,8 +35,14 @@ namespace hkv {
 
 struct TensorParallelOptions {
   CudaWorkerOptions base;             // device and tp are set per rank
-  std::vector<int32_t> devices;       // rank r runs on devices[r]; size() ranks
+  std::vector<int32_t> devices;       // local rank i runs on devices[i]
   std::vector<int32_t> head_of_slot;  // [layers * KV heads] placement; empty: contiguous
+  // A group that spans processes (workers/multi_node_group.h): this process holds ranks
+  // first_rank .. first_rank + devices.size() - 1 of world_ranks, joined by the NCCL id that
+  // node 0 made. world_ranks 0: a group of this process alone (devices.size() ranks).
+  int32_t first_rank = 0;
+  int32_t world_ranks = 0;
+  std::vector<uint8_t> nccl_id;
   // Test mode: every rank's pool spans the same ids (each holds all blocks) instead of a
   // partition per rank.
   bool shared_block_ids = false;
@@ -49,15 +58,22 @@ class TensorParallelWorker : public Worker {
   absl::StatusOr<BatchResult> Execute(const Batch& batch) override;
   std::string name() const override;
   bool SupportsAdaptiveSelection() const override { return false; }
+  // Aborts the communicators from the rank threads' side: the step in progress (and every later
+  // one) fails UNAVAILABLE.
+  void CancelStep() override;
 
+  // Ranks of the whole group (all processes).
   int32_t size() const;
   // Blocks of the engine's pool (ranks x blocks_per_rank(), or blocks_per_rank() when ids are
   // shared) and of each rank's.
   int64_t num_blocks() const;
   int64_t blocks_per_rank() const;
+  // Shrinks every rank's pool to `blocks` (a multi-node group agrees on the smallest rank's);
+  // global rank r then owns ids [r * blocks, (r + 1) * blocks). Call before the first step.
+  absl::Status SetBlocksPerRank(int64_t blocks);
   // Rank of each (layer, KV head) [layers * KV heads], for KvCacheConfig::row_partition.
   std::vector<int32_t> RowPartition() const;
-  const std::string& sizing() const;
+  std::string sizing() const;
   void set_return_logits(bool on);
 
   struct Impl;

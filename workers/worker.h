@@ -24,6 +24,13 @@ class Worker {
   virtual std::string name() const = 0;
   // Whether steps may carry adaptive (adakv) selections (SequenceStep::layer_blocks).
   virtual bool SupportsAdaptiveSelection() const { return true; }
+  // Whether the worker can still run steps, checked by the engine thread between steps while it
+  // is idle (a multi-node group notices a follower that went away before the next request).
+  // A non-OK status is treated like a failed step.
+  virtual absl::Status Liveness() { return absl::OkStatus(); }
+  // Thread-safe, unlike the rest: asks a step in progress on another thread to give up soon
+  // (a peer it waits for is gone). Workers whose steps cannot hang ignore it.
+  virtual void CancelStep() {}
 };
 
 }  // namespace hkv

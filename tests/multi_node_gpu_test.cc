@@ -1,0 +1,198 @@
+// Multi-node tensor parallelism with real processes: two `hkv serve` processes on one machine,
+// one GPU each (CUDA_VISIBLE_DEVICES), form a TP=2 group over TCP and NCCL exactly as two
+// LeaderWorkerSet pods would. Checks that the group serves what a single process with the same
+// two GPUs serves (greedy tokens and kept-KV counts equal: a 2-rank bf16 all-reduce adds the same
+// two numbers either way), and the faults: node 0 draining stops node 1 cleanly; a node 1 killed
+// mid-request fails that request with UNAVAILABLE and node 0 exits non-zero; a node 0 killed
+// makes node 1 exit non-zero. Needs two GPUs (skips otherwise).
+
+#include <cuda_runtime.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/paths.h"
+#include "gtest/gtest.h"
+#include "tests/health_client.h"
+#include "tests/server_test_util.h"
+#include "workers/tcp_socket.h"
+
+namespace hkv::testing {
+namespace {
+
+int GpuCount() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
+
+int FreePort() {
+  auto port = tcp::PickFreePort();
+  EXPECT_TRUE(port.ok()) << port.status();
+  return *port;
+}
+
+// `hkv serve` on the transformers fixture (2 KV heads: one per rank) with `extra` flags, on the
+// GPUs in `visible`.
+pid_t StartServe(const std::string& visible, const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {HKV_BINARY,
+                                   "serve",
+                                   "--model=" + SourceDir() + "/tests/data/hf/llama_hd64",
+                                   "--device=cuda",
+                                   "--host=127.0.0.1",
+                                   "--metrics-port=0",
+                                   "--kv-pool-blocks=2048",
+                                   "--max-seqs=8",
+                                   "--tensor-parallel-size=2",
+                                   "--tp-head-placement=contiguous",
+                                   "--dist-join-timeout-s=60"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  pid_t pid = fork();
+  if (pid == 0) {
+    setenv("CUDA_VISIBLE_DEVICES", visible.c_str(), 1);
+    setenv("NCCL_NVLS_ENABLE", "0", 0);
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(HKV_BINARY, argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+std::shared_ptr<grpc::Channel> Channel(int port) {
+  return grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                             grpc::InsecureChannelCredentials());
+}
+
+bool WaitServing(int port, pid_t pid, int timeout_s = 120) {
+  auto channel = Channel(port);
+  for (int i = 0; i < timeout_s * 10; ++i) {
+    if (CheckHealth(channel, "hkv.v1.Generation", 500) == kServing) return true;
+    if (waitpid(pid, nullptr, WNOHANG) == pid) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+int WaitExit(pid_t pid, int timeout_s) {
+  for (int i = 0; i < timeout_s * 100; ++i) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return -1;
+}
+
+// Node 0 (serving gRPC on `grpc_port`) and node 1 of a 2-node group.
+struct Group {
+  Group(int grpc_port, int dist_port) {
+    const std::string addr = "--dist-addr=127.0.0.1:" + std::to_string(dist_port);
+    follower = StartServe("1", {addr, "--world-size=2", "--rank=1"});
+    leader = StartServe(
+        "0", {addr, "--world-size=2", "--rank=0", "--port=" + std::to_string(grpc_port)});
+  }
+  ~Group() {
+    for (pid_t p : {leader, follower}) {
+      if (waitpid(p, nullptr, WNOHANG) == 0) {
+        kill(p, SIGKILL);
+        waitpid(p, nullptr, 0);
+      }
+    }
+  }
+  pid_t leader, follower;
+};
+
+std::vector<hkv::v1::GenerateRequest> Requests() {
+  std::vector<hkv::v1::GenerateRequest> out;
+  for (int i = 0; i < 3; ++i) {
+    std::vector<int32_t> prompt;
+    for (int t = 0; t < 20 + 25 * i; ++t) prompt.push_back(3 + (t * 37 + i * 11) % 250);
+    hkv::v1::GenerateRequest r = GreedyIds(prompt, 24);
+    r.mutable_sampling()->set_ignore_eos(true);
+    if (i == 2) {  // a compressed prefill: kept counts come from both nodes' heads
+      r.mutable_kv_policy()->set_name("snapkv");
+      r.mutable_kv_policy()->set_budget(24);
+    }
+    out.push_back(r);
+  }
+  return out;
+}
+
+std::vector<StreamResult> RunAll(int port) {
+  auto stub = hkv::v1::Generation::NewStub(Channel(port));
+  std::vector<StreamResult> out;
+  for (const auto& r : Requests()) out.push_back(RunStream(stub.get(), r));
+  return out;
+}
+
+TEST(MultiNodeGpuTest, TwoProcessesServeWhatOneProcessServesAndStopTogether) {
+  if (GpuCount() < 2) GTEST_SKIP() << "needs 2 GPUs, found " << GpuCount();
+  std::vector<StreamResult> want;
+  {
+    const int port = FreePort();
+    pid_t single = StartServe("0,1", {"--port=" + std::to_string(port)});
+    ASSERT_TRUE(WaitServing(port, single));
+    want = RunAll(port);
+    kill(single, SIGTERM);
+    EXPECT_EQ(WaitExit(single, 60), 0);
+  }
+  const int port = FreePort();
+  Group g(port, FreePort());
+  ASSERT_TRUE(WaitServing(port, g.leader));
+  const std::vector<StreamResult> got = RunAll(port);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_TRUE(want[i].status.ok()) << want[i].status.error_message();
+    ASSERT_TRUE(got[i].status.ok()) << got[i].status.error_message();
+    EXPECT_EQ(got[i].ids, want[i].ids) << "request " << i;
+    EXPECT_EQ(got[i].usage.kv_tokens_kept(), want[i].usage.kv_tokens_kept()) << "request " << i;
+  }
+  EXPECT_LT(got[2].usage.kv_tokens_kept(), got[2].usage.kv_tokens_full());
+  // Node 0 drains and exits 0; it tells node 1 to stop, which exits 0 too.
+  kill(g.leader, SIGTERM);
+  EXPECT_EQ(WaitExit(g.leader, 60), 0);
+  EXPECT_EQ(WaitExit(g.follower, 30), 0);
+}
+
+TEST(MultiNodeGpuTest, KilledFollowerFailsInFlightRequestsAndNodeZeroExits) {
+  if (GpuCount() < 2) GTEST_SKIP() << "needs 2 GPUs, found " << GpuCount();
+  const int port = FreePort();
+  Group g(port, FreePort());
+  ASSERT_TRUE(WaitServing(port, g.leader));
+  auto stub = hkv::v1::Generation::NewStub(Channel(port));
+  hkv::v1::GenerateRequest r = GreedyIds({1, 5, 9}, 480);
+  r.mutable_sampling()->set_ignore_eos(true);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto reader = stub->Generate(&context, r);
+  hkv::v1::GenerateResponse response;
+  ASSERT_TRUE(reader->Read(&response));  // decoding has begun: kill node 1 mid-request
+  kill(g.follower, SIGKILL);
+  size_t tokens = response.token_ids_size();
+  while (reader->Read(&response)) tokens += response.token_ids_size();
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_LT(tokens, 480u);
+  EXPECT_EQ(WaitExit(g.leader, 120), 3);
+}
+
+TEST(MultiNodeGpuTest, KilledNodeZeroEndsTheFollowerNonZero) {
+  if (GpuCount() < 2) GTEST_SKIP() << "needs 2 GPUs, found " << GpuCount();
+  const int port = FreePort();
+  Group g(port, FreePort());
+  ASSERT_TRUE(WaitServing(port, g.leader));
+  kill(g.leader, SIGKILL);
+  EXPECT_EQ(WaitExit(g.follower, 60), 3);
+}
+
+}  // namespace
+}  // namespace hkv::testing

@@ -1,0 +1,272 @@
+#include "workers/step_codec.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace hkv {
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "the step format is little-endian");
+
+class Writer {
+ public:
+  template <typename T>
+  void Put(T v) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    const auto* p = reinterpret_cast<const uint8_t*>(&v);
+    out_.insert(out_.end(), p, p + sizeof(T));
+  }
+  void PutBool(bool b) { Put<uint8_t>(b ? 1 : 0); }
+  template <typename T>
+  void PutVector(const std::vector<T>& v) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    Put<uint64_t>(v.size());
+    const auto* p = reinterpret_cast<const uint8_t*>(v.data());
+    out_.insert(out_.end(), p, p + v.size() * sizeof(T));
+  }
+  void PutString(const std::string& s) {
+    Put<uint64_t>(s.size());
+    out_.insert(out_.end(), s.begin(), s.end());
+  }
+  std::vector<uint8_t> Take() { return std::move(out_); }
+
+ private:
+  std::vector<uint8_t> out_;
+};
+
+class Reader {
+ public:
+  explicit Reader(absl::Span<const uint8_t> bytes) : bytes_(bytes) {}
+
+  template <typename T>
+  absl::Status Get(T* v) {
+    HKV_RETURN_IF_ERROR(Need(sizeof(T)));
+    std::memcpy(v, bytes_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return absl::OkStatus();
+  }
+  absl::Status GetBool(bool* b) {
+    uint8_t v = 0;
+    HKV_RETURN_IF_ERROR(Get(&v));
+    if (v > 1) return absl::DataLossError("step message: a boolean is neither 0 nor 1");
+    *b = v == 1;
+    return absl::OkStatus();
+  }
+  template <typename T>
+  absl::Status GetVector(std::vector<T>* v) {
+    uint64_t n = 0;
+    HKV_RETURN_IF_ERROR(Get(&n));
+    if (n > (bytes_.size() - pos_) / sizeof(T)) return Truncated();
+    v->resize(n);
+    std::memcpy(v->data(), bytes_.data() + pos_, n * sizeof(T));
+    pos_ += n * sizeof(T);
+    return absl::OkStatus();
+  }
+  absl::Status GetString(std::string* s) {
+    uint64_t n = 0;
+    HKV_RETURN_IF_ERROR(Get(&n));
+    HKV_RETURN_IF_ERROR(Need(n));
+    s->assign(reinterpret_cast<const char*>(bytes_.data() + pos_), n);
+    pos_ += n;
+    return absl::OkStatus();
+  }
+  // A count of items that each take at least `min_bytes` more bytes.
+  absl::Status GetCount(uint64_t min_bytes, uint64_t* n) {
+    HKV_RETURN_IF_ERROR(Get(n));
+    if (*n > (bytes_.size() - pos_) / std::max<uint64_t>(min_bytes, 1)) return Truncated();
+    return absl::OkStatus();
+  }
+  absl::Status Done() const {
+    if (pos_ != bytes_.size()) {
+      return absl::DataLossError(
+          absl::StrCat("step message: ", bytes_.size() - pos_, " bytes left over"));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status Need(uint64_t n) const {
+    return n > bytes_.size() - pos_ ? Truncated() : absl::OkStatus();
+  }
+  static absl::Status Truncated() { return absl::DataLossError("step message is truncated"); }
+
+  absl::Span<const uint8_t> bytes_;
+  size_t pos_ = 0;
+};
+
+constexpr uint32_t kBatchTag = 0x42544348;   // "BTCH"
+constexpr uint32_t kResultTag = 0x52534C54;  // "RSLT"
+constexpr uint32_t kSetupTag = 0x53455455;   // "SETU"
+
+}  // namespace
+
+std::vector<uint8_t> EncodeBatch(const Batch& b) {
+  Writer w;
+  w.Put(kBatchTag);
+  w.Put(b.num_layers);
+  w.Put(b.num_kv_heads);
+  w.Put(b.block_size);
+  w.Put<uint64_t>(b.seqs.size());
+  for (const SequenceStep& s : b.seqs) {
+    w.Put(s.id);
+    w.PutVector(s.tokens);
+    w.Put(s.start_pos);
+    w.PutBool(s.sample);
+    w.Put(s.sample_step);
+    const SamplingParams& p = s.sampling;
+    w.Put(p.temperature);
+    w.Put(p.top_k);
+    w.Put(p.top_p);
+    w.Put(p.seed);
+    w.Put(p.max_tokens);
+    w.PutBool(p.ignore_eos);
+    w.PutVector(p.stop_token_ids);
+    w.Put<uint64_t>(p.stop.size());
+    for (const std::string& t : p.stop) w.PutString(t);
+    w.PutBool(s.select);
+    const KvSelectionSpec& k = s.selection;
+    w.Put(k.window);
+    w.Put(k.pool_kernel);
+    w.PutVector(k.capacity);
+    w.PutVector(k.layer_budget);
+    w.Put(k.adaptive_floor_fraction);
+    w.PutVector(s.layer_block_indptr);
+    w.PutVector(s.layer_blocks);
+  }
+  w.PutVector(b.kv_indptr);
+  w.PutVector(b.kv_indices);
+  w.PutVector(b.kv_len_before);
+  w.PutVector(b.kv_len_after);
+  std::vector<BlockId> copies;  // flattened (src, dst) pairs
+  for (const auto& [src, dst] : b.block_copies) {
+    copies.push_back(src);
+    copies.push_back(dst);
+  }
+  w.PutVector(copies);
+  return w.Take();
+}
+
+absl::StatusOr<Batch> DecodeBatch(absl::Span<const uint8_t> bytes) {
+  Reader r(bytes);
+  uint32_t tag = 0;
+  HKV_RETURN_IF_ERROR(r.Get(&tag));
+  if (tag != kBatchTag) return absl::DataLossError("not a step message");
+  Batch b;
+  HKV_RETURN_IF_ERROR(r.Get(&b.num_layers));
+  HKV_RETURN_IF_ERROR(r.Get(&b.num_kv_heads));
+  HKV_RETURN_IF_ERROR(r.Get(&b.block_size));
+  uint64_t n = 0;
+  HKV_RETURN_IF_ERROR(r.GetCount(/*min_bytes=*/64, &n));
+  b.seqs.resize(n);
+  for (SequenceStep& s : b.seqs) {
+    HKV_RETURN_IF_ERROR(r.Get(&s.id));
+    HKV_RETURN_IF_ERROR(r.GetVector(&s.tokens));
+    HKV_RETURN_IF_ERROR(r.Get(&s.start_pos));
+    HKV_RETURN_IF_ERROR(r.GetBool(&s.sample));
+    HKV_RETURN_IF_ERROR(r.Get(&s.sample_step));
+    SamplingParams& p = s.sampling;
+    HKV_RETURN_IF_ERROR(r.Get(&p.temperature));
+    HKV_RETURN_IF_ERROR(r.Get(&p.top_k));
+    HKV_RETURN_IF_ERROR(r.Get(&p.top_p));
+    HKV_RETURN_IF_ERROR(r.Get(&p.seed));
+    HKV_RETURN_IF_ERROR(r.Get(&p.max_tokens));
+    HKV_RETURN_IF_ERROR(r.GetBool(&p.ignore_eos));
+    HKV_RETURN_IF_ERROR(r.GetVector(&p.stop_token_ids));
+    uint64_t stops = 0;
+    HKV_RETURN_IF_ERROR(r.GetCount(/*min_bytes=*/8, &stops));
+    p.stop.resize(stops);
+    for (std::string& t : p.stop) HKV_RETURN_IF_ERROR(r.GetString(&t));
+    HKV_RETURN_IF_ERROR(r.GetBool(&s.select));
+    KvSelectionSpec& k = s.selection;
+    HKV_RETURN_IF_ERROR(r.Get(&k.window));
+    HKV_RETURN_IF_ERROR(r.Get(&k.pool_kernel));
+    HKV_RETURN_IF_ERROR(r.GetVector(&k.capacity));
+    HKV_RETURN_IF_ERROR(r.GetVector(&k.layer_budget));
+    HKV_RETURN_IF_ERROR(r.Get(&k.adaptive_floor_fraction));
+    HKV_RETURN_IF_ERROR(r.GetVector(&s.layer_block_indptr));
+    HKV_RETURN_IF_ERROR(r.GetVector(&s.layer_blocks));
+  }
+  HKV_RETURN_IF_ERROR(r.GetVector(&b.kv_indptr));
+  HKV_RETURN_IF_ERROR(r.GetVector(&b.kv_indices));
+  HKV_RETURN_IF_ERROR(r.GetVector(&b.kv_len_before));
+  HKV_RETURN_IF_ERROR(r.GetVector(&b.kv_len_after));
+  std::vector<BlockId> copies;
+  HKV_RETURN_IF_ERROR(r.GetVector(&copies));
+  if (copies.size() % 2 != 0) return absl::DataLossError("step message: odd block-copy list");
+  for (size_t i = 0; i < copies.size(); i += 2)
+    b.block_copies.emplace_back(copies[i], copies[i + 1]);
+  HKV_RETURN_IF_ERROR(r.Done());
+  // The shape the workers index by: rows and CSR must agree, so that a bad message fails here
+  // and not inside a kernel.
+  const int64_t rows = b.num_rows();
+  if (b.num_layers < 0 || b.num_kv_heads < 0 || b.block_size <= 0 ||
+      static_cast<int64_t>(b.kv_indptr.size()) != rows + 1 ||
+      static_cast<int64_t>(b.kv_len_before.size()) != rows ||
+      static_cast<int64_t>(b.kv_len_after.size()) != rows ||
+      b.kv_indptr.back() != static_cast<int64_t>(b.kv_indices.size())) {
+    return absl::DataLossError("step message: page table does not match its batch");
+  }
+  return b;
+}
+
+std::vector<uint8_t> EncodeBatchResult(const BatchResult& result) {
+  Writer w;
+  w.Put(kResultTag);
+  w.Put<uint64_t>(result.seqs.size());
+  for (const SequenceResult& s : result.seqs) {
+    w.Put(s.id);
+    w.Put(s.token);
+    w.PutVector(s.kept_per_head);
+    w.PutVector(s.logits);
+  }
+  return w.Take();
+}
+
+absl::StatusOr<BatchResult> DecodeBatchResult(absl::Span<const uint8_t> bytes) {
+  Reader r(bytes);
+  uint32_t tag = 0;
+  HKV_RETURN_IF_ERROR(r.Get(&tag));
+  if (tag != kResultTag) return absl::DataLossError("not a step result message");
+  BatchResult out;
+  uint64_t n = 0;
+  HKV_RETURN_IF_ERROR(r.GetCount(/*min_bytes=*/28, &n));
+  out.seqs.resize(n);
+  for (SequenceResult& s : out.seqs) {
+    HKV_RETURN_IF_ERROR(r.Get(&s.id));
+    HKV_RETURN_IF_ERROR(r.Get(&s.token));
+    HKV_RETURN_IF_ERROR(r.GetVector(&s.kept_per_head));
+    HKV_RETURN_IF_ERROR(r.GetVector(&s.logits));
+  }
+  HKV_RETURN_IF_ERROR(r.Done());
+  return out;
+}
+
+std::vector<uint8_t> EncodeGroupSetup(const GroupSetup& setup) {
+  Writer w;
+  w.Put(kSetupTag);
+  w.PutVector(setup.nccl_id);
+  w.PutVector(setup.head_of_slot);
+  w.Put(setup.blocks_per_rank);
+  return w.Take();
+}
+
+absl::StatusOr<GroupSetup> DecodeGroupSetup(absl::Span<const uint8_t> bytes) {
+  Reader r(bytes);
+  uint32_t tag = 0;
+  HKV_RETURN_IF_ERROR(r.Get(&tag));
+  if (tag != kSetupTag) return absl::DataLossError("not a group setup message");
+  GroupSetup out;
+  HKV_RETURN_IF_ERROR(r.GetVector(&out.nccl_id));
+  HKV_RETURN_IF_ERROR(r.GetVector(&out.head_of_slot));
+  HKV_RETURN_IF_ERROR(r.Get(&out.blocks_per_rank));
+  HKV_RETURN_IF_ERROR(r.Done());
+  return out;
+}
+
+}  // namespace hkv
