@@ -3,8 +3,10 @@
 // (workers/multi_node_group.h). The process exits when the group ends: 0 when node 0 stopped it
 // (node 0 drained and exited), 3 when it broke (node 0 vanished, a GPU or NCCL failed), so that
 // Kubernetes (LeaderWorkerSet, RecreateGroupOnRestart) restarts the whole group; 1 when it
-// could not form. SIGTERM/SIGINT end it at once: node 0 then notices the closed connection,
-// fails its in-flight requests with UNAVAILABLE and exits too.
+// could not form. On SIGTERM/SIGINT it keeps running node 0's steps while node 0 drains (pods of
+// a group are terminated together) and leaves when node 0 stops it, or after drain_timeout_s +
+// 10 s; a second signal ends it at once (node 0 then fails its in-flight requests with
+// UNAVAILABLE and exits).
 
 #include <signal.h>
 
@@ -40,14 +42,22 @@ int RunFollower(const ServerConfig& config, const DistLayout& layout) {
     done = true;
   });
   const timespec tick = {0, 200 * 1000 * 1000};
+  bool signalled = false;
   while (!done.load()) {
     const int signal_number = sigtimedwait(&signals, nullptr, &tick);
-    if (signal_number > 0) {
-      HKV_LOG(INFO) << "signal " << signal_number << ": leaving the multi-node group";
+    if (signal_number <= 0) continue;
+    if (signalled) {
+      HKV_LOG(INFO) << "signal " << signal_number << " again: leaving the group now";
       std::cerr.flush();
-      // The node thread may be inside a step or an NCCL call; node 0 handles the hangup.
       std::_Exit(0);
     }
+    // Kubernetes terminates a group's pods together: node 0 is draining its requests, which
+    // still need this node's ranks, and stops the group when done. Keep serving until then.
+    signalled = true;
+    const absl::Duration wait = absl::Seconds(config.drain_timeout_s + 10);
+    HKV_LOG(INFO) << "signal " << signal_number << ": serving node 0's drain, leaving in at most "
+                  << wait;
+    ExitAfter(wait, 0, "node 0 did not stop the group after SIGTERM");
   }
   node.join();
   if (result.ok()) {

@@ -2,7 +2,8 @@
 // one GPU each (CUDA_VISIBLE_DEVICES), form a TP=2 group over TCP and NCCL exactly as two
 // LeaderWorkerSet pods would. Checks that the group serves what a single process with the same
 // two GPUs serves (greedy tokens and kept-KV counts equal: a 2-rank bf16 all-reduce adds the same
-// two numbers either way), and the faults: node 0 draining stops node 1 cleanly; a node 1 killed
+// two numbers either way), and the faults: node 0 draining stops node 1 cleanly (node 1 serves on
+// through its own SIGTERM until then); a node 1 killed
 // mid-request fails that request with UNAVAILABLE and node 0 exits non-zero; a node 0 killed
 // makes node 1 exit non-zero. Needs two GPUs (skips otherwise).
 
@@ -157,7 +158,15 @@ TEST(MultiNodeGpuTest, TwoProcessesServeWhatOneProcessServesAndStopTogether) {
     EXPECT_EQ(got[i].usage.kv_tokens_kept(), want[i].usage.kv_tokens_kept()) << "request " << i;
   }
   EXPECT_LT(got[2].usage.kv_tokens_kept(), got[2].usage.kv_tokens_full());
-  // Node 0 drains and exits 0; it tells node 1 to stop, which exits 0 too.
+  // Pods of a group are terminated together: node 1, signalled first, keeps serving node 0's
+  // requests until node 0 has drained; node 0 then stops it and both exit 0.
+  kill(g.follower, SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const std::vector<StreamResult> after = RunAll(port);
+  for (size_t i = 0; i < after.size(); ++i) {
+    EXPECT_TRUE(after[i].status.ok()) << after[i].status.error_message();
+    EXPECT_EQ(after[i].ids, want[i].ids) << "request " << i << " after node 1's SIGTERM";
+  }
   kill(g.leader, SIGTERM);
   EXPECT_EQ(WaitExit(g.leader, 60), 0);
   EXPECT_EQ(WaitExit(g.follower, 30), 0);
