@@ -106,10 +106,11 @@ absl::Status MultiNodeWorker::Liveness() {
 
 absl::StatusOr<BatchResult> MultiNodeWorker::Execute(const Batch& batch) {
   if (!dead_.ok()) return dead_;
-  const std::vector<uint8_t> step = EncodeBatch(batch);
+  absl::StatusOr<std::vector<uint8_t>> step = encoder_.Encode(batch);
+  if (!step.ok()) return Fail(step.status());
   // Every node must enter the step before node 0 does: its collectives wait for all ranks.
   for (auto& f : followers_) {
-    absl::Status sent = f->Send(StepMessage::kStep, step, step_timeout_);
+    absl::Status sent = f->Send(StepMessage::kStep, *step, step_timeout_);
     if (!sent.ok()) {
       return Fail(absl::Status(sent.code(), absl::StrCat("sending a step to node ", f->peer_node(),
                                                          ": ", sent.message())));
@@ -150,6 +151,7 @@ absl::StatusOr<BatchResult> MultiNodeWorker::Execute(const Batch& batch) {
 
 absl::Status RunStepFollower(Worker* local, StepConnection* leader) {
   StepWatch watch(local, {leader});
+  BatchDecoder decoder;  // mirrors the leader's encoder: every step, in order
   for (;;) {
     HKV_ASSIGN_OR_RETURN(StepConnection::Message m, leader->Receive(absl::InfiniteDuration()));
     switch (m.type) {
@@ -159,7 +161,7 @@ absl::Status RunStepFollower(Worker* local, StepConnection* leader) {
         return absl::UnavailableError(
             absl::StrCat("the leader gave up: ", std::string(m.payload.begin(), m.payload.end())));
       case StepMessage::kStep: {
-        absl::StatusOr<Batch> batch = DecodeBatch(m.payload);
+        absl::StatusOr<Batch> batch = decoder.Decode(m.payload);
         watch.Begin();
         absl::StatusOr<BatchResult> result =
             batch.ok() ? local->Execute(*batch) : absl::StatusOr<BatchResult>(batch.status());

@@ -27,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "workers/step_channel.h"
+#include "workers/step_codec.h"
 #include "workers/worker.h"
 
 namespace hkv {
@@ -57,6 +58,7 @@ class MultiNodeWorker : public Worker {
   std::unique_ptr<Worker> local_;
   std::vector<std::unique_ptr<StepConnection>> followers_;
   std::unique_ptr<StepWatch> watch_;  // cancels the local step when a follower vanishes
+  BatchEncoder encoder_;              // page tables as changes since the previous step
   absl::Duration step_timeout_;
   absl::Status dead_;  // set once a step failed: the group cannot be trusted any more
 };

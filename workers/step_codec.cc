@@ -6,6 +6,7 @@
 #include <string>
 #include <type_traits>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -106,7 +107,18 @@ constexpr uint32_t kSetupTag = 0x53455455;   // "SETU"
 
 }  // namespace
 
-std::vector<uint8_t> EncodeBatch(const Batch& b) {
+absl::StatusOr<std::vector<uint8_t>> BatchEncoder::Encode(const Batch& b) {
+  const int64_t num_rows = b.num_rows();
+  bool consistent = b.num_layers >= 0 && b.num_kv_heads >= 0 &&
+                    static_cast<int64_t>(b.kv_indptr.size()) == num_rows + 1 &&
+                    b.kv_indptr[0] == 0 &&
+                    b.kv_indptr.back() == static_cast<int64_t>(b.kv_indices.size());
+  for (int64_t r = 0; consistent && r < num_rows; ++r) {
+    consistent = b.kv_indptr[r] <= b.kv_indptr[r + 1];
+  }
+  if (!consistent) {
+    return absl::InvalidArgumentError("step to send: page table does not match its batch");
+  }
   Writer w;
   w.Put(kBatchTag);
   w.Put(b.num_layers);
@@ -139,8 +151,42 @@ std::vector<uint8_t> EncodeBatch(const Batch& b) {
     w.PutVector(s.layer_block_indptr);
     w.PutVector(s.layer_blocks);
   }
-  w.PutVector(b.kv_indptr);
-  w.PutVector(b.kv_indices);
+  // Page table: per row, how many leading blocks equal the same row's in this sequence's previous
+  // step (0 for a sequence that was not in it), then the row's other blocks.
+  const int64_t rows_per_seq = static_cast<int64_t>(b.num_layers) * b.num_kv_heads;
+  const int64_t rows = num_rows;
+  std::vector<uint32_t> reuse(rows, 0), tail_len(rows, 0);
+  std::vector<BlockId> tails;
+  tails.reserve(b.kv_indices.size() / 8 + 16);
+  absl::flat_hash_map<RequestId, SeqRows> current;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t seq = rows_per_seq > 0 ? r / rows_per_seq : 0;
+    const int64_t local = rows_per_seq > 0 ? r % rows_per_seq : 0;
+    const BlockId* row = b.kv_indices.data() + b.kv_indptr[r];
+    const int64_t n = b.kv_indptr[r + 1] - b.kv_indptr[r];
+    int64_t same = 0;
+    if (seq < static_cast<int64_t>(b.seqs.size())) {
+      const RequestId id = b.seqs[seq].id;
+      auto it = previous_.find(id);
+      if (it != previous_.end() && local + 1 < static_cast<int64_t>(it->second.indptr.size())) {
+        const SeqRows& p = it->second;
+        const int64_t pn = p.indptr[local + 1] - p.indptr[local];
+        const BlockId* prow = p.blocks.data() + p.indptr[local];
+        while (same < std::min(n, pn) && prow[same] == row[same]) ++same;
+      }
+      SeqRows& c = current[id];
+      if (c.indptr.empty()) c.indptr.push_back(0);
+      c.blocks.insert(c.blocks.end(), row, row + n);
+      c.indptr.push_back(static_cast<int64_t>(c.blocks.size()));
+    }
+    reuse[r] = static_cast<uint32_t>(same);
+    tail_len[r] = static_cast<uint32_t>(n - same);
+    tails.insert(tails.end(), row + same, row + n);
+  }
+  previous_ = std::move(current);
+  w.PutVector(reuse);
+  w.PutVector(tail_len);
+  w.PutVector(tails);
   w.PutVector(b.kv_len_before);
   w.PutVector(b.kv_len_after);
   std::vector<BlockId> copies;  // flattened (src, dst) pairs
@@ -152,7 +198,7 @@ std::vector<uint8_t> EncodeBatch(const Batch& b) {
   return w.Take();
 }
 
-absl::StatusOr<Batch> DecodeBatch(absl::Span<const uint8_t> bytes) {
+absl::StatusOr<Batch> BatchDecoder::Decode(absl::Span<const uint8_t> bytes) {
   Reader r(bytes);
   uint32_t tag = 0;
   HKV_RETURN_IF_ERROR(r.Get(&tag));
@@ -192,8 +238,11 @@ absl::StatusOr<Batch> DecodeBatch(absl::Span<const uint8_t> bytes) {
     HKV_RETURN_IF_ERROR(r.GetVector(&s.layer_block_indptr));
     HKV_RETURN_IF_ERROR(r.GetVector(&s.layer_blocks));
   }
-  HKV_RETURN_IF_ERROR(r.GetVector(&b.kv_indptr));
-  HKV_RETURN_IF_ERROR(r.GetVector(&b.kv_indices));
+  std::vector<uint32_t> reuse, tail_len;
+  std::vector<BlockId> tails;
+  HKV_RETURN_IF_ERROR(r.GetVector(&reuse));
+  HKV_RETURN_IF_ERROR(r.GetVector(&tail_len));
+  HKV_RETURN_IF_ERROR(r.GetVector(&tails));
   HKV_RETURN_IF_ERROR(r.GetVector(&b.kv_len_before));
   HKV_RETURN_IF_ERROR(r.GetVector(&b.kv_len_after));
   std::vector<BlockId> copies;
@@ -202,17 +251,57 @@ absl::StatusOr<Batch> DecodeBatch(absl::Span<const uint8_t> bytes) {
   for (size_t i = 0; i < copies.size(); i += 2)
     b.block_copies.emplace_back(copies[i], copies[i + 1]);
   HKV_RETURN_IF_ERROR(r.Done());
-  // The shape the workers index by: rows and CSR must agree, so that a bad message fails here
-  // and not inside a kernel.
+  // The shape the workers index by: rows and page table must agree, so that a bad message fails
+  // here and not inside a kernel.
   const int64_t rows = b.num_rows();
   if (b.num_layers < 0 || b.num_kv_heads < 0 || b.block_size <= 0 ||
-      static_cast<int64_t>(b.kv_indptr.size()) != rows + 1 ||
+      static_cast<int64_t>(reuse.size()) != rows || static_cast<int64_t>(tail_len.size()) != rows ||
       static_cast<int64_t>(b.kv_len_before.size()) != rows ||
-      static_cast<int64_t>(b.kv_len_after.size()) != rows ||
-      b.kv_indptr.back() != static_cast<int64_t>(b.kv_indices.size())) {
+      static_cast<int64_t>(b.kv_len_after.size()) != rows) {
     return absl::DataLossError("step message: page table does not match its batch");
   }
+  const int64_t rows_per_seq = static_cast<int64_t>(b.num_layers) * b.num_kv_heads;
+  b.kv_indptr.assign(1, 0);
+  b.kv_indptr.reserve(rows + 1);
+  absl::flat_hash_map<RequestId, SeqRows> current;
+  size_t next_tail = 0;
+  for (int64_t row = 0; row < rows; ++row) {
+    const RequestId id = b.seqs[row / rows_per_seq].id;
+    const int64_t local = row % rows_per_seq;
+    if (reuse[row] > 0) {
+      auto it = previous_.find(id);
+      if (it == previous_.end() || local + 1 >= static_cast<int64_t>(it->second.indptr.size()) ||
+          reuse[row] > it->second.indptr[local + 1] - it->second.indptr[local]) {
+        return absl::DataLossError(
+            "step message reuses blocks of a step this node did not see (out of sync)");
+      }
+      const BlockId* prow = it->second.blocks.data() + it->second.indptr[local];
+      b.kv_indices.insert(b.kv_indices.end(), prow, prow + reuse[row]);
+    }
+    if (tail_len[row] > tails.size() - next_tail)
+      return absl::DataLossError("step message is truncated");
+    b.kv_indices.insert(b.kv_indices.end(), tails.begin() + next_tail,
+                        tails.begin() + next_tail + tail_len[row]);
+    next_tail += tail_len[row];
+    const int64_t start = b.kv_indptr.back();
+    b.kv_indptr.push_back(static_cast<int32_t>(b.kv_indices.size()));
+    SeqRows& c = current[id];
+    if (c.indptr.empty()) c.indptr.push_back(0);
+    c.blocks.insert(c.blocks.end(), b.kv_indices.begin() + start, b.kv_indices.end());
+    c.indptr.push_back(static_cast<int64_t>(c.blocks.size()));
+  }
+  if (next_tail != tails.size())
+    return absl::DataLossError("step message: unused page-table blocks");
+  previous_ = std::move(current);
   return b;
+}
+
+absl::StatusOr<std::vector<uint8_t>> EncodeBatch(const Batch& batch) {
+  return BatchEncoder().Encode(batch);
+}
+
+absl::StatusOr<Batch> DecodeBatch(absl::Span<const uint8_t> bytes) {
+  return BatchDecoder().Decode(bytes);
 }
 
 std::vector<uint8_t> EncodeBatchResult(const BatchResult& result) {
