@@ -199,8 +199,8 @@ void NcclCommunicator::Abort() {
   aborted_ = true;
   // ncclCommAbort waits for this rank's kernels to see the abort flag and for NCCL's proxy
   // threads to wind down, and recent NCCL synchronizes with the node's other ranks while
-  // freeing; with a peer process killed it can block for ever (seen on 2 x H200 here; also
-  // NVIDIA/nccl issues 863 and 1777). The group is dead either way, so it runs on a thread of its
+  // freeing; with a peer process killed it can block for ever (NVIDIA/nccl issues 863 and
+  // 1777; a node 0 whose peer was killed hung like this on 2 x H200 before this change). The group is dead either way, so it runs on a thread of its
   // own and the rank returns its error at once (the process exits soon after: see
   // server/cmd_serve.cc and common/exit_watchdog.h).
   ncclComm_t comm = impl_->comm;
