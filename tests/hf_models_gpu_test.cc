@@ -24,18 +24,13 @@ namespace hkv {
 namespace {
 
 using testing::BatchBuilder;
+using testing::ClearGreedyMargin;
 using testing::kBlockSize;
 using testing::kBlocksPerRow;
 using testing::RelativeError;
 using testing::TestSeq;
 
 constexpr double kTolerance = 3e-2;
-
-// Top-1 minus top-2 logit.
-float Margin(std::vector<float> v) {
-  std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
-  return v[0] - v[1];
-}
 
 TEST(HfModelsGpuTest, CudaWorkerMatchesTransformersAndTheCpuReference) {
   if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
@@ -77,9 +72,7 @@ TEST(HfModelsGpuTest, CudaWorkerMatchesTransformersAndTheCpuReference) {
       }
       const double err = RelativeError(got, want);
       EXPECT_LT(err, kTolerance) << "step " << step;
-      float scale = 0;
-      for (float x : want) scale = std::max(scale, std::fabs(x));
-      if (Margin(want) > 2 * kTolerance * scale) {
+      if (ClearGreedyMargin(want, kTolerance)) {
         EXPECT_EQ(rg->seqs[0].token, rc->seqs[0].token) << "step " << step;
         ++compared;
       }
@@ -138,9 +131,7 @@ TEST(HfModelsGpuTest, TwoRanksMatchOneOnTheCheckpoint) {
       ASSERT_TRUE(r2.ok()) << r2.status();
       const std::vector<float>& want = r1->seqs[0].logits;
       EXPECT_LT(RelativeError(r2->seqs[0].logits, want), kTolerance) << "step " << step;
-      float scale = 0;
-      for (float x : want) scale = std::max(scale, std::fabs(x));
-      if (Margin(want) > 2 * kTolerance * scale) {
+      if (ClearGreedyMargin(want, kTolerance)) {
         EXPECT_EQ(r2->seqs[0].token, r1->seqs[0].token) << "step " << step;
         ++compared;
       }

@@ -65,34 +65,6 @@ pid_t StartServe(const std::string& visible, const std::vector<std::string>& ext
   return pid;
 }
 
-std::shared_ptr<grpc::Channel> Channel(int port) {
-  return grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
-                             grpc::InsecureChannelCredentials());
-}
-
-bool WaitServing(int port, pid_t pid, int timeout_s = 120) {
-  auto channel = Channel(port);
-  for (int i = 0; i < timeout_s * 10; ++i) {
-    if (CheckHealth(channel, "hkv.v1.Generation", 500) == kServing) return true;
-    if (waitpid(pid, nullptr, WNOHANG) == pid) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return false;
-}
-
-int WaitExit(pid_t pid, int timeout_s) {
-  for (int i = 0; i < timeout_s * 100; ++i) {
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) {
-      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-  return -1;
-}
-
 // Node 0 (serving gRPC on `grpc_port`) and node 1 of a 2-node group.
 struct Group {
   Group(int grpc_port, int dist_port) {
@@ -129,7 +101,7 @@ std::vector<hkv::v1::GenerateRequest> Requests() {
 }
 
 std::vector<StreamResult> RunAll(int port) {
-  auto stub = hkv::v1::Generation::NewStub(Channel(port));
+  auto stub = hkv::v1::Generation::NewStub(LoopbackChannel(port));
   std::vector<StreamResult> out;
   for (const auto& r : Requests()) out.push_back(RunStream(stub.get(), r));
   return out;
@@ -141,14 +113,14 @@ TEST(MultiNodeGpuTest, TwoProcessesServeWhatOneProcessServesAndStopTogether) {
   {
     const int port = FreePort();
     pid_t single = StartServe("0,1", {"--port=" + std::to_string(port)});
-    ASSERT_TRUE(WaitServing(port, single));
+    ASSERT_TRUE(WaitServing(port, 120, single));
     want = RunAll(port);
     kill(single, SIGTERM);
     EXPECT_EQ(WaitExit(single, 60), 0);
   }
   const int port = FreePort();
   Group g(port, FreePort());
-  ASSERT_TRUE(WaitServing(port, g.leader));
+  ASSERT_TRUE(WaitServing(port, 120, g.leader));
   const std::vector<StreamResult> got = RunAll(port);
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {
@@ -176,8 +148,8 @@ TEST(MultiNodeGpuTest, KilledFollowerFailsInFlightRequestsAndNodeZeroExits) {
   if (GpuCount() < 2) GTEST_SKIP() << "needs 2 GPUs, found " << GpuCount();
   const int port = FreePort();
   Group g(port, FreePort());
-  ASSERT_TRUE(WaitServing(port, g.leader));
-  auto stub = hkv::v1::Generation::NewStub(Channel(port));
+  ASSERT_TRUE(WaitServing(port, 120, g.leader));
+  auto stub = hkv::v1::Generation::NewStub(LoopbackChannel(port));
   hkv::v1::GenerateRequest r = GreedyIds({1, 5, 9}, 480);
   r.mutable_sampling()->set_ignore_eos(true);
   grpc::ClientContext context;
@@ -198,7 +170,7 @@ TEST(MultiNodeGpuTest, KilledNodeZeroEndsTheFollowerNonZero) {
   if (GpuCount() < 2) GTEST_SKIP() << "needs 2 GPUs, found " << GpuCount();
   const int port = FreePort();
   Group g(port, FreePort());
-  ASSERT_TRUE(WaitServing(port, g.leader));
+  ASSERT_TRUE(WaitServing(port, 120, g.leader));
   kill(g.leader, SIGKILL);
   EXPECT_EQ(WaitExit(g.follower, 60), 3);
 }

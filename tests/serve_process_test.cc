@@ -54,38 +54,11 @@ std::string Capture(const std::string& command) {
   return out;
 }
 
-std::shared_ptr<grpc::Channel> Channel(int port) {
-  return grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
-                             grpc::InsecureChannelCredentials());
-}
-
-bool WaitServing(int port, int timeout_s = 30) {
-  auto channel = Channel(port);
-  for (int i = 0; i < timeout_s * 10; ++i) {
-    if (CheckHealth(channel, "hkv.v1.Generation", 500) == kServing) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return false;
-}
-
-int WaitExit(pid_t pid, int timeout_s) {
-  for (int i = 0; i < timeout_s * 100; ++i) {
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) {
-      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-  return -1;
-}
-
 TEST(ServeProcessTest, SigtermDrainsInFlightRequestsAndExitsZero) {
   const int port = FreePort();
   pid_t pid = StartServer(port, /*drain_s=*/20);
-  ASSERT_TRUE(WaitServing(port));
-  auto stub = hkv::v1::Generation::NewStub(Channel(port));
+  ASSERT_TRUE(WaitServing(port, 30));
+  auto stub = hkv::v1::Generation::NewStub(LoopbackChannel(port));
   StreamResult result;
   std::thread client([&] {
     hkv::v1::GenerateRequest r = GreedyIds({1}, 400);
@@ -107,8 +80,8 @@ TEST(ServeProcessTest, WorkerFailureFailsRequestsAndExitsNonZero) {
   setenv("HKV_FAULT_WORKER_FAIL_AFTER_STEPS", "20", 1);
   pid_t pid = StartServer(port, 5);
   unsetenv("HKV_FAULT_WORKER_FAIL_AFTER_STEPS");
-  ASSERT_TRUE(WaitServing(port));
-  auto stub = hkv::v1::Generation::NewStub(Channel(port));
+  ASSERT_TRUE(WaitServing(port, 30));
+  auto stub = hkv::v1::Generation::NewStub(LoopbackChannel(port));
   hkv::v1::GenerateRequest r = GreedyIds({1}, 100);
   r.mutable_sampling()->set_ignore_eos(true);
   StreamResult result = RunStream(stub.get(), r);
@@ -120,12 +93,12 @@ TEST(ServeProcessTest, WorkerFailureFailsRequestsAndExitsNonZero) {
 TEST(ServeProcessTest, KilledMidLoadRestartsAndServesAgain) {
   const int port = FreePort();
   pid_t pid = StartServer(port, 5);
-  ASSERT_TRUE(WaitServing(port));
+  ASSERT_TRUE(WaitServing(port, 30));
   std::vector<std::thread> clients;
   std::vector<StreamResult> results(8);
   for (int i = 0; i < 8; ++i) {
     clients.emplace_back([&, i] {
-      auto stub = hkv::v1::Generation::NewStub(Channel(port));
+      auto stub = hkv::v1::Generation::NewStub(LoopbackChannel(port));
       hkv::v1::GenerateRequest r = GreedyIds({1}, 450);
       r.mutable_sampling()->set_ignore_eos(true);
       results[i] = RunStream(stub.get(), r, 20);
@@ -139,8 +112,8 @@ TEST(ServeProcessTest, KilledMidLoadRestartsAndServesAgain) {
   for (const StreamResult& r : results) failed += !r.status.ok();
   EXPECT_GT(failed, 0) << "some streams must have been cut by the kill";
   pid = StartServer(port, 5);
-  ASSERT_TRUE(WaitServing(port)) << "restarted server never turned SERVING";
-  auto stub = hkv::v1::Generation::NewStub(Channel(port));
+  ASSERT_TRUE(WaitServing(port, 30)) << "restarted server never turned SERVING";
+  auto stub = hkv::v1::Generation::NewStub(LoopbackChannel(port));
   StreamResult r = RunStream(stub.get(), GreedyIds({1}, 40));
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_EQ(r.ids, std::vector<int32_t>(std::begin(kGoldenIds), std::end(kGoldenIds)));
@@ -151,7 +124,7 @@ TEST(ServeProcessTest, KilledMidLoadRestartsAndServesAgain) {
 TEST(ServeProcessTest, BenchServeAndMetricsAgainstARealServer) {
   const int port = FreePort(), metrics_port = FreePort();
   pid_t pid = StartServer(port, 5, metrics_port);
-  ASSERT_TRUE(WaitServing(port));
+  ASSERT_TRUE(WaitServing(port, 30));
   const std::string report = Capture(
       std::string(HKV_BINARY) + " bench-serve --target=127.0.0.1:" + std::to_string(port) +
       " --num-requests=12 --concurrency=4 --input-len=24 --output-len=16 --json 2>/dev/null");
@@ -168,9 +141,9 @@ TEST(ServeProcessTest, BenchServeAndMetricsAgainstARealServer) {
   ASSERT_TRUE(response) << "no answer on the metrics port";
   EXPECT_EQ(response->status, 200);
   const std::string metrics = response->body;
-  for (const char* name : {"hkv_requests_waiting 0", "hkv_requests_running 0",
-                           "hkv_generation_tokens_total 192", "hkv_kv_pool_usage_ratio 0",
-                           "hkv_time_to_first_token_seconds_count 12", "hkv_ready 1"}) {
+  for (const char* name :
+       {"hkv_requests_waiting 0", "hkv_requests_running 0", "hkv_generation_tokens_total 192",
+        "hkv_kv_pool_usage_ratio 0", "hkv_time_to_first_token_seconds_count 12", "hkv_ready 1"}) {
     EXPECT_NE(metrics.find(name), std::string::npos) << name << "\n" << metrics;
   }
   kill(pid, SIGTERM);

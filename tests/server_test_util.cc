@@ -1,9 +1,14 @@
 #include "tests/server_test_util.h"
 
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <chrono>
+#include <thread>
 
 #include "common/logging.h"
 #include "common/paths.h"
+#include "tests/health_client.h"
 
 namespace hkv::testing {
 
@@ -34,8 +39,8 @@ TestServer::TestServer(const ServerConfig& config) {
   auto port = server_->Start(config.host, config.port);
   HKV_CHECK(port.ok()) << port.status();
   port_ = *port;
-  channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
-                                 grpc::InsecureChannelCredentials());
+  channel_ =
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
 }
 
 TestServer::~TestServer() {
@@ -72,6 +77,34 @@ hkv::v1::GenerateRequest GreedyIds(std::vector<int32_t> ids, int max_tokens) {
   for (int32_t id : ids) r.mutable_prompt_token_ids()->add_ids(id);
   r.mutable_sampling()->set_max_tokens(max_tokens);
   return r;
+}
+
+std::shared_ptr<grpc::Channel> LoopbackChannel(int port) {
+  return grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                             grpc::InsecureChannelCredentials());
+}
+
+bool WaitServing(int port, int timeout_s, pid_t pid) {
+  auto channel = LoopbackChannel(port);
+  for (int i = 0; i < timeout_s * 10; ++i) {
+    if (CheckHealth(channel, kReadinessService, 500) == kServing) return true;
+    if (pid > 0 && waitpid(pid, nullptr, WNOHANG) == pid) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+int WaitExit(pid_t pid, int timeout_s) {
+  for (int i = 0; i < timeout_s * 100; ++i) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return -1;
 }
 
 }  // namespace hkv::testing

@@ -2,6 +2,8 @@
 // Test fixtures: an in-process hkv server on a loopback port with the embedded stories260K
 // model, and small client helpers.
 
+#include <sys/types.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,10 +15,10 @@
 
 namespace hkv::testing {
 
-inline constexpr int32_t kGoldenIds[40] = {
-    403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317,
-    426, 338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282,
-    295, 433, 426, 385, 328, 432, 358, 394, 261, 370, 432, 352};
+inline constexpr int32_t kGoldenIds[40] = {403, 407, 261, 378, 432, 383, 286, 261, 376, 298,
+                                           315, 421, 395, 317, 426, 338, 401, 396, 267, 337,
+                                           410, 408, 419, 292, 411, 322, 265, 282, 295, 433,
+                                           426, 385, 328, 432, 358, 394, 261, 370, 432, 352};
 
 // The embedded model, a small pool, loopback only.
 ServerConfig TestServerConfig();
@@ -52,5 +54,13 @@ StreamResult RunStream(hkv::v1::Generation::Stub* stub, const hkv::v1::GenerateR
                        int timeout_s = 60);
 
 hkv::v1::GenerateRequest GreedyIds(std::vector<int32_t> ids, int max_tokens);
+
+// For tests that run the hkv binary: a channel to 127.0.0.1:port; waiting until the server there
+// reports readiness SERVING (false after `timeout_s`, or as soon as process `pid`, when given,
+// has exited); waiting for process `pid` to exit (its status, 128 + signal when killed, or -1
+// after `timeout_s`, when it is killed).
+std::shared_ptr<grpc::Channel> LoopbackChannel(int port);
+bool WaitServing(int port, int timeout_s, pid_t pid = 0);
+int WaitExit(pid_t pid, int timeout_s);
 
 }  // namespace hkv::testing

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <vector>
 
 #include "common/batch.h"
@@ -20,6 +21,17 @@ inline double RelativeError(const std::vector<float>& got, const std::vector<flo
   }
   if (got.size() != want.size()) return 1e30;
   return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// Whether the greedy token of `logits` is clear of bf16 noise: top-1 minus top-2 exceeds twice
+// `tolerance` times the largest |logit| (closer ties may break either way between runs that
+// round differently).
+inline bool ClearGreedyMargin(std::vector<float> logits, double tolerance) {
+  if (logits.size() < 2) return true;
+  float scale = 0;
+  for (float x : logits) scale = std::max(scale, std::fabs(x));
+  std::partial_sort(logits.begin(), logits.begin() + 2, logits.end(), std::greater<float>());
+  return logits[0] - logits[1] > 2 * tolerance * scale;
 }
 
 inline constexpr int32_t kBlockSize = 16;
