@@ -24,11 +24,7 @@
 namespace hkv {
 
 int RunFollower(const ServerConfig& config, const DistLayout& layout) {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = BlockTerminationSignals();
 
   std::atomic<bool> done{false};
   absl::Status result;

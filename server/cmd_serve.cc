@@ -61,13 +61,18 @@ hkv::v1::ModelInfo MakeModelInfo(const ServerConfig& config, const EngineBundle&
 
 }  // namespace
 
-int RunServe(const ServerConfig& config, const DistLayout& layout) {
-  // Block the termination signals in every thread; the main thread waits for them below.
+sigset_t BlockTerminationSignals() {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
+
+int RunServe(const ServerConfig& config, const DistLayout& layout) {
+  // The main thread waits for the termination signals below.
+  sigset_t signals = BlockTerminationSignals();
 
   auto bundle = BuildEngine(config, layout);
   if (!bundle.ok()) {

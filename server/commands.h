@@ -2,6 +2,8 @@
 // The hkv subcommands. main() parses flags into these option structs and calls one; each
 // returns the process exit code. Called from the main thread only.
 
+#include <signal.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -24,6 +26,10 @@ struct GenerateOptions {
   bool json = false;
 };
 int RunGenerate(const GenerateOptions& options);
+
+// Blocks SIGTERM and SIGINT in the calling thread and every thread it starts later, and returns
+// that set for sigtimedwait: `hkv serve` handles termination on its main thread only.
+sigset_t BlockTerminationSignals();
 
 // `hkv serve`: blocks until SIGTERM/SIGINT, then drains. A multi-node `layout` makes this node 0
 // of the group (its engine schedules for every node).
