@@ -4,7 +4,9 @@
 //   hkv serve [--config FILE] [--model PATH] [--port 50051] [--metrics-port 9090] ...
 //   hkv headkv-plan --scores FILE --budget B [--beta X] [--kv-heads N] [--granularity G] --json
 //   hkv bench-serve [--target HOST:PORT] [--num-requests N] [--concurrency C | --request-rate R]
+//   hkv --help | hkv help [COMMAND] | hkv COMMAND --help      (a command's flags; exit 0)
 
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 #include <set>
@@ -18,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "common/malloc_tuning.h"
 #include "common/paths.h"
+#include "server/cli_usage.h"
 #include "server/commands.h"
 #include "server/server_config.h"
 
@@ -243,6 +246,85 @@ int BenchServe() {
   return RunBenchServe(o);
 }
 
+// Splits a space-separated list of flag names.
+std::vector<std::string> Names(absl::string_view list) {
+  return absl::StrSplit(list, ' ', absl::SkipEmpty());
+}
+
+// The commands and the flags each reads; their help text comes from the registrations above.
+std::vector<CommandSpec> Commands() {
+  // The model and engine: read by generate and serve (ConfigFromFlags).
+  const std::vector<std::string> engine = Names(
+      "config model tokenizer dummy_weights device max_model_len cuda_graph_max_batch "
+      "num_threads kv_pool_blocks kv_pool_gb gpu_memory_utilization block_size max_batch_tokens "
+      "max_seqs tensor_parallel_size tp_head_placement head_scores");
+  std::vector<std::string> generate = engine;
+  for (std::string& name : Names("prompt prompt_ids max_tokens temperature top_k top_p seed "
+                                 "ignore_eos kv_policy kv_budget beta json")) {
+    generate.push_back(std::move(name));
+  }
+  const std::vector<std::string> headkv_plan =
+      Names("scores budget beta kv_heads granularity json");
+  const std::vector<std::string> bench_serve = Names(
+      "target num_requests concurrency request_rate input_len output_len range_ratio "
+      "prompts_file kv_policy kv_budget seed slo_ttft_ms slo_tpot_ms json json_out");
+  // serve reads the whole server config: the engine flags and every flag of this file that no
+  // other command claims, so that a new server option shows in `hkv serve --help` by itself.
+  std::vector<std::string> serve = engine;
+  for (const std::string& flag : FlagsDefinedBeside("model")) {
+    const auto claimed = [&flag](const std::vector<std::string>& list) {
+      return std::find(list.begin(), list.end(), flag) != list.end();
+    };
+    if (!claimed(generate) && !claimed(headkv_plan) && !claimed(bench_serve)) {
+      serve.push_back(flag);
+    }
+  }
+  return {
+      {"generate", "[--model PATH] [--prompt TEXT | --prompt-ids 1,2,3] [flags]",
+       "Runs one prompt through the engine and prints the text (or one JSON object).", generate,
+       &Generate},
+      {"serve", "[--config FILE] [--model PATH] [--port 50051] [flags]",
+       "Serves the hkv.v1.Generation gRPC API, gRPC health and /metrics until SIGTERM.", serve,
+       &Serve},
+      {"headkv-plan", "--scores FILE --budget B [flags]",
+       "Prints the HeadKV per-head budgets of a score file.", headkv_plan, &HeadkvPlan},
+      {"bench-serve",
+       "[--target HOST:PORT] [--num-requests N] [--concurrency C | --request-rate R]",
+       "Load-tests a running server: throughput and TTFT / TPOT / ITL / e2e percentiles.",
+       bench_serve, &BenchServe},
+  };
+}
+
+// Runs the command named by the positional arguments (positional[0] is the program), or prints
+// help: to stdout with exit 0 when asked for, to stderr with exit 2 for a bad command line.
+int Dispatch(absl::Span<const CommandSpec> commands, const std::vector<char*>& positional,
+             bool help) {
+  std::vector<std::string> words(positional.begin() + 1, positional.end());
+  if (!words.empty() && words[0] == "help") {
+    help = true;
+    words.erase(words.begin());
+  }
+  if (words.empty()) {
+    (help ? std::cout : std::cerr) << ProgramHelp(commands);
+    return help ? 0 : 2;
+  }
+  const CommandSpec* command = FindCommand(commands, words[0]);
+  if (command == nullptr) {
+    std::cerr << "hkv: unknown command '" << words[0] << "'\n\n" << ProgramHelp(commands);
+    return 2;
+  }
+  if (words.size() > 1) {
+    std::cerr << "hkv " << command->name << ": unexpected argument '" << words[1]
+              << "' (flags start with --; see hkv " << command->name << " --help)\n";
+    return 2;
+  }
+  if (help) {
+    std::cout << CommandHelp(*command);
+    return 0;
+  }
+  return command->run();
+}
+
 }  // namespace
 }  // namespace hkv
 
@@ -260,25 +342,14 @@ int main(int argc, char** argv) {
     hkv::SpecifiedFlags().insert(name);
     if (name.rfind("no", 0) == 0) hkv::SpecifiedFlags().insert(name.substr(2));
   }
+  // NOTE(newcomer): absl's --help lists only flags of files named after the program (none here:
+  // they live in main.cc) and knows no subcommands, so hkv answers --help itself.
+  const bool help = hkv::TakeHelpFlags(&args);
   std::vector<char*> argv2;
   for (std::string& a : args) argv2.push_back(a.data());
-  absl::SetProgramUsageMessage(
-      "hkv <generate|serve|headkv-plan|bench-serve> [flags]\n"
-      "  generate     run one prompt on the CPU engine and print the text\n"
-      "  serve        serve the hkv.v1.Generation gRPC API\n"
-      "  headkv-plan  print HeadKV per-head budgets for a score file\n"
-      "  bench-serve  load-test a running server");
+  const std::vector<hkv::CommandSpec> commands = hkv::Commands();
+  absl::SetProgramUsageMessage(hkv::ProgramHelp(commands));
   std::vector<char*> positional =
       absl::ParseCommandLine(static_cast<int>(argv2.size()), argv2.data());
-  if (positional.size() != 2) {
-    std::cerr << absl::ProgramUsageMessage() << "\n";
-    return 2;
-  }
-  const std::string command = positional[1];
-  if (command == "generate") return hkv::Generate();
-  if (command == "serve") return hkv::Serve();
-  if (command == "headkv-plan") return hkv::HeadkvPlan();
-  if (command == "bench-serve") return hkv::BenchServe();
-  std::cerr << "hkv: unknown command '" << command << "'\n" << absl::ProgramUsageMessage() << "\n";
-  return 2;
+  return hkv::Dispatch(commands, positional, help);
 }
