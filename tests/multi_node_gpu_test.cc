@@ -37,10 +37,17 @@ int FreePort() {
   return *port;
 }
 
+// The hkv binary beside this test (in a build's bin/ or a carried bundle's), else the one this
+// test was built with.
+std::string HkvBinary() {
+  const std::string beside = ExecutableDir() + "/hkv";
+  return access(beside.c_str(), X_OK) == 0 ? beside : std::string(HKV_BINARY);
+}
+
 // `hkv serve` on the transformers fixture (2 KV heads: one per rank) with `extra` flags, on the
 // GPUs in `visible`.
 pid_t StartServe(const std::string& visible, const std::vector<std::string>& extra) {
-  std::vector<std::string> args = {HKV_BINARY,
+  std::vector<std::string> args = {HkvBinary(),
                                    "serve",
                                    "--model=" + SourceDir() + "/tests/data/hf/llama_hd64",
                                    "--device=cuda",
@@ -59,7 +66,7 @@ pid_t StartServe(const std::string& visible, const std::vector<std::string>& ext
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    execv(HKV_BINARY, argv.data());
+    execv(argv[0], argv.data());
     _exit(127);
   }
   return pid;
