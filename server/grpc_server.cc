@@ -6,6 +6,7 @@
 #include "common/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/parse_error_interceptor.h"
 #include "server/server_config.h"
 
 namespace hkv {
@@ -24,6 +25,7 @@ absl::StatusOr<int> GrpcServer::Start(const std::string& host, int port) {
                            &bound_port);
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.experimental().SetInterceptorCreators(ParseErrorInterceptors());
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || bound_port == 0) {
     return absl::UnavailableError(
