@@ -102,14 +102,22 @@ bool Engine::Healthy() const {
 
 absl::StatusOr<HeadBudgetPlan> Engine::PlanFor(const std::string& policy, int32_t budget,
                                                double beta) {
-  const std::string key = absl::StrCat(policy, "/", budget, "/", beta);
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = plan_cache_.find(key);
-    if (it != plan_cache_.end()) return it->second;
+  HKV_ASSIGN_OR_RETURN(const KvPolicyName name, ParsePolicyName(policy));
+  const ModelConfig& m = worker_->config();
+  if (Compresses(name) && budget > m.max_seq_len) {
+    // No prompt is longer than the context, so such a budget would never compress: a client
+    // mistake (and budgets near 2^31 used to overflow the planners).
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kv_policy.budget ", budget, " exceeds the model's context length ", m.max_seq_len,
+        ": use a smaller budget, or the full policy to keep every token"));
   }
+  // The key holds only what the plan depends on (full ignores the budget, only headkv reads
+  // beta), so equal plans share one of the cache's few entries.
+  const PlanKey key{name, Compresses(name) ? budget : 0,
+                    name == KvPolicyName::kHeadKv ? beta : 0.0};
+  if (std::optional<HeadBudgetPlan> cached = plan_cache_.Lookup(key)) return *std::move(cached);
   KvPolicy p;
-  HKV_ASSIGN_OR_RETURN(p.name, ParsePolicyName(policy));
+  p.name = name;
   p.budget = budget;
   p.beta = beta;
   p.granularity = Granularity::kKvHead;
@@ -118,17 +126,14 @@ absl::StatusOr<HeadBudgetPlan> Engine::PlanFor(const std::string& policy, int32_
       return absl::InvalidArgumentError(
           "the headkv policy needs head scores: start the server with --head-scores FILE");
     }
-    const ModelConfig& m = worker_->config();
     HKV_RETURN_IF_ERROR(CheckShape(*options_.head_scores, m.num_layers, m.num_heads));
     p.scores =
         std::make_shared<const HeadScores>(GroupByKvHead(*options_.head_scores, m.num_kv_heads));
   }
   HKV_RETURN_IF_ERROR(ValidatePolicy(p));
-  HKV_ASSIGN_OR_RETURN(
-      HeadBudgetPlan plan,
-      HeadBudgetPlanner::Plan(p, worker_->config().num_layers, worker_->config().num_kv_heads));
-  absl::MutexLock lock(&mu_);
-  plan_cache_.emplace(key, plan);
+  HKV_ASSIGN_OR_RETURN(HeadBudgetPlan plan,
+                       HeadBudgetPlanner::Plan(p, m.num_layers, m.num_kv_heads));
+  plan_cache_.Insert(key, plan);
   return plan;
 }
 
@@ -156,7 +161,7 @@ absl::StatusOr<Engine::KvFootprint> Engine::Footprint(const EngineRequest& r) {
   for (int32_t k : kept) {
     f.prompt_tokens_kept += k;
     f.prompt_blocks += blocks(k);
-    f.peak_blocks += blocks(k + r.sampling.max_tokens);
+    f.peak_blocks += blocks(int64_t{k} + r.sampling.max_tokens);
   }
   return f;
 }

@@ -9,7 +9,6 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
-#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -26,6 +25,7 @@
 #include "headkv/kv_policy.h"
 #include "scheduler/scheduler.h"
 #include "server/metrics.h"
+#include "server/plan_cache.h"
 #include "server/request_stream.h"
 #include "tokenizer/tokenizer.h"
 #include "workers/worker.h"
@@ -63,9 +63,10 @@ class Engine {
 
   // Starts the engine thread.
   void Start();
-  // Validates and queues a request. INVALID_ARGUMENT (bad prompt/sampling/policy),
-  // RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (draining or stopped), ALREADY_EXISTS
-  // (request_id in use). Admission errors found later arrive as the stream's final chunk.
+  // Validates and queues a request. INVALID_ARGUMENT (bad prompt/sampling/policy, a budget
+  // above the context), RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (draining or stopped),
+  // ALREADY_EXISTS (request_id in use). Admission errors found later arrive as the stream's
+  // final chunk.
   absl::StatusOr<std::shared_ptr<RequestStream>> Submit(EngineRequest request);
   // Ends a request by the client's id (finish kAborted). False if no such live request.
   bool Abort(const std::string& request_id);
@@ -86,8 +87,12 @@ class Engine {
   const EngineMetrics& metrics() const { return metrics_; }
   EngineMetrics* mutable_metrics() { return &metrics_; }
   std::string worker_name() const { return worker_->name(); }
-  // The (cached) budget plan of a policy for this model's layers x KV heads.
+  // Returns the budget plan of a policy for this model's layers x KV heads, from a small LRU
+  // cache. INVALID_ARGUMENT for an unknown policy, an invalid one, or a compressing policy whose
+  // budget exceeds the model's context (it could never compress anything). Thread-safe.
   absl::StatusOr<HeadBudgetPlan> PlanFor(const std::string& policy, int32_t budget, double beta);
+  // Returns how many plans the cache holds (at most PlanCache::kDefaultCapacity). Thread-safe.
+  size_t plan_cache_size() const { return plan_cache_.size(); }
 
   // What a request costs in the KV pool before it is admitted: the head-blocks its prompt keeps
   // after prefill (the plan's exact per-head counts; an upper bound for adaptive plans) and at
@@ -135,7 +140,7 @@ class Engine {
       ABSL_GUARDED_BY(mu_);
   std::vector<Control> controls_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, RequestId> by_client_id_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, HeadBudgetPlan> plan_cache_ ABSL_GUARDED_BY(mu_);
+  PlanCache plan_cache_;  // Thread-safe on its own.
   int64_t live_requests_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t steps_ = 0;  // Engine thread.
   int64_t waiting_requests_ ABSL_GUARDED_BY(mu_) = 0;
