@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "server/request_id.h"
 
 namespace hkv {
 
@@ -170,6 +171,7 @@ std::vector<int64_t> Engine::BlocksPerLayer() const { return metrics_.BlocksPerL
 
 absl::Status Engine::ValidateRequest(const EngineRequest& r) const {
   const ModelConfig& m = worker_->config();
+  if (!r.request_id.empty()) HKV_RETURN_IF_ERROR(ValidateClientRequestId(r.request_id));
   if (r.prompt.empty()) {
     return absl::InvalidArgumentError("the prompt is empty: send text or at least one token id");
   }
@@ -211,7 +213,11 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
 
   auto request = std::make_unique<Request>();
   request->id = next_id_.fetch_add(1);
-  request->request_id = r.request_id.empty() ? absl::StrCat("req-", request->id) : r.request_id;
+  if (r.request_id.empty()) {
+    HKV_ASSIGN_OR_RETURN(request->request_id, NewServerRequestId());
+  } else {
+    request->request_id = std::move(r.request_id);
+  }
   request->prompt = r.prompt;
   request->sampling = r.sampling;
   request->eos_ids = tokenizer_ ? tokenizer_->eos_ids() : std::vector<TokenId>{};

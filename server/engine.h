@@ -45,7 +45,9 @@ struct EngineOptions {
 
 // A request as the engine takes it (already tokenized).
 struct EngineRequest {
-  std::string request_id;  // Client's id; the engine makes one when empty.
+  // Client's id (server/request_id.h: bounded, printable, not "hkv-..."); when empty the engine
+  // makes an unguessable one in the reserved "hkv-" namespace.
+  std::string request_id;
   std::vector<TokenId> prompt;
   SamplingParams sampling;
   std::string kv_policy;  // Empty: the engine default.
@@ -63,10 +65,10 @@ class Engine {
 
   // Starts the engine thread.
   void Start();
-  // Validates and queues a request. INVALID_ARGUMENT (bad prompt/sampling/policy, a budget
-  // above the context), RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (draining or stopped),
-  // ALREADY_EXISTS (request_id in use). Admission errors found later arrive as the stream's
-  // final chunk.
+  // Validates and queues a request. INVALID_ARGUMENT (bad prompt/sampling/policy/request_id,
+  // a budget above the context), RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (draining or
+  // stopped), ALREADY_EXISTS (request_id in use). Admission errors found later arrive as the
+  // stream's final chunk.
   absl::StatusOr<std::shared_ptr<RequestStream>> Submit(EngineRequest request);
   // Ends a request by the client's id (finish kAborted). False if no such live request.
   bool Abort(const std::string& request_id);
@@ -146,7 +148,7 @@ class Engine {
   int64_t waiting_requests_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
-  std::atomic<int64_t> next_id_{1};
+  std::atomic<int64_t> next_id_{1};  // Engine-internal RequestIds; clients never see them.
   std::atomic<bool> loop_alive_{false};
   std::atomic<bool> worker_failed_{false};
   std::atomic<int64_t> step_started_ns_{0};  // 0 when no step is running.

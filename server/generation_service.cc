@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/request_id.h"
 
 namespace hkv {
 namespace {
@@ -60,6 +61,11 @@ GenerationService::GenerationService(Engine* engine, std::shared_ptr<const Token
 absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
     const hkv::v1::GenerateRequest& request, absl::Time deadline) const {
   EngineRequest r;
+  // Checked before tokenizing (the engine checks again, for its other callers).
+  if (!request.request_id().empty()) {
+    absl::Status id = ValidateClientRequestId(request.request_id());
+    if (!id.ok()) return id;
+  }
   r.request_id = request.request_id();
   if (tokenizer_ == nullptr && request.input_case() != hkv::v1::GenerateRequest::kPromptTokenIds) {
     return absl::InvalidArgumentError(
@@ -202,9 +208,9 @@ grpc::Status GenerationService::Complete(grpc::ServerContext* context,
 
 grpc::Status GenerationService::Abort(grpc::ServerContext*, const hkv::v1::AbortRequest* request,
                                       hkv::v1::AbortResponse* response) {
-  if (request->request_id().empty()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id is empty");
-  }
+  // Server ids ("hkv-...") may be aborted: they are unguessable, so only their owner has one.
+  absl::Status valid = ValidateRequestIdSyntax(request->request_id());
+  if (!valid.ok()) return ToGrpcStatus(valid);
   response->set_found(engine_->Abort(request->request_id()));
   return grpc::Status::OK;
 }
