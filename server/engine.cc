@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/random.h"
 #include "common/status_macros.h"
 #include "server/request_id.h"
 
@@ -19,6 +20,7 @@ struct Engine::Active {
   int32_t prompt_tokens = 0;
   int32_t prefilled = 0;  // Prompt tokens counted in prompt_tokens_total.
   int32_t generated = 0;
+  uint64_t seed = 0;  // The sampling seed used, reported in the usage.
   absl::Time arrival;
   absl::Time last_token;
   bool finished = false;
@@ -220,6 +222,11 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   }
   request->prompt = r.prompt;
   request->sampling = r.sampling;
+  if (r.seed.has_value()) {
+    request->sampling.seed = *r.seed;
+  } else {
+    HKV_ASSIGN_OR_RETURN(request->sampling.seed, RandomUint64());
+  }
   request->eos_ids = tokenizer_ ? tokenizer_->eos_ids() : std::vector<TokenId>{};
   request->priority = r.priority;
   request->plan = std::move(plan);
@@ -300,6 +307,7 @@ void Engine::Admit(std::unique_ptr<Request> request, std::shared_ptr<RequestStre
       Active{stream, IncrementalDecoder(tokenizer_.get(), request->prompt.back())});
   active->stop = request->sampling.stop;
   active->prompt_tokens = static_cast<int32_t>(request->prompt.size());
+  active->seed = request->sampling.seed;
   active->arrival = request->arrival_time;
   const RequestId id = request->id;
   absl::Status status = scheduler_->Add(std::move(request));
@@ -390,6 +398,7 @@ void Engine::Deliver(const std::vector<RequestOutput>& outputs) {
       u.queue_time_ms = absl::ToDoubleMilliseconds(out.queue_time);
       u.time_to_first_token_ms = absl::ToDoubleMilliseconds(out.time_to_first_token);
       u.num_preemptions = out.num_preemptions;
+      u.seed = a.seed;
       metrics_.requests_finished_total++;
       if (chunk.finish == StreamFinish::kError) metrics_.requests_failed_total++;
       metrics_.kv_bytes_kept_total += u.kv_bytes_kept;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -49,7 +50,10 @@ struct EngineRequest {
   // makes an unguessable one in the reserved "hkv-" namespace.
   std::string request_id;
   std::vector<TokenId> prompt;
-  SamplingParams sampling;
+  SamplingParams sampling;  // sampling.seed is ignored: `seed` below decides it.
+  // The sampling seed; nullopt draws a fresh one from the OS entropy source, so unseeded
+  // samples differ. The seed used is reported in the final chunk's usage.
+  std::optional<uint64_t> seed;
   std::string kv_policy;  // Empty: the engine default.
   int32_t kv_budget = 0;  // 0: the engine default.
   double kv_beta = 0;     // 0: the engine default.

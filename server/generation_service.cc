@@ -36,6 +36,7 @@ void FillUsage(const StreamUsage& u, hkv::v1::Usage* out) {
   out->set_queue_time_ms(u.queue_time_ms);
   out->set_time_to_first_token_ms(u.time_to_first_token_ms);
   out->set_num_preemptions(u.num_preemptions);
+  out->set_seed(u.seed);
 }
 
 // A deadline further out than this is treated as none (gRPC's "infinite" is year 292277026596).
@@ -111,7 +112,7 @@ absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
   r.sampling.temperature = s.temperature();
   r.sampling.top_k = s.top_k();
   r.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
-  r.sampling.seed = s.seed();
+  if (s.has_seed()) r.seed = s.seed();  // Unset: the engine draws a fresh seed.
   r.sampling.ignore_eos = s.ignore_eos();
   r.sampling.stop.assign(s.stop().begin(), s.stop().end());
   r.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
