@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/quote.h"
 #include "common/random.h"
 #include "common/status_macros.h"
 #include "server/request_id.h"
@@ -207,10 +208,11 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   HKV_ASSIGN_OR_RETURN(HeadBudgetPlan plan, PlanFor(policy, budget, beta));
   if (plan.adaptive && (!worker_->SupportsAdaptiveSelection() || options_.kv.num_partitions > 1)) {
     // Refused here: a step the worker cannot run would fail every request in flight.
-    return absl::UnimplementedError(absl::StrCat(
-        "kv_policy '", policy, "' (adaptive budgets) is not supported on ", worker_->name(),
-        options_.kv.num_partitions > 1 ? " with tensor parallelism" : "",
-        ": use full, snapkv, pyramidkv or headkv"));
+    return absl::UnimplementedError(
+        absl::StrCat("kv_policy ", std::string(PolicyNameString(plan.policy)),
+                     " (adaptive budgets) is not supported on ", worker_->name(),
+                     options_.kv.num_partitions > 1 ? " with tensor parallelism" : "",
+                     ": use full, snapkv, pyramidkv or headkv"));
   }
 
   auto request = std::make_unique<Request>();
@@ -247,7 +249,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   }
   if (!by_client_id_.emplace(request->request_id, request->id).second) {
     return absl::AlreadyExistsError(
-        absl::StrCat("request_id '", request->request_id, "' is already in flight"));
+        absl::StrCat("request_id ", QuoteForError(request->request_id), " is already in flight"));
   }
   ++live_requests_;
   inbox_.emplace_back(std::move(request), stream);

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/quote.h"
 #include "server/request_id.h"
 
 namespace hkv {
@@ -39,6 +40,13 @@ void FillUsage(const StreamUsage& u, hkv::v1::Usage* out) {
   out->set_seed(u.seed);
 }
 
+// The longest policy name a request may carry (the known ones are at most 9 bytes).
+constexpr size_t kMaxPolicyNameBytes = 32;
+// A status message longer than this is cut: gRPC sends it as a header (grpc-message), and a
+// header past the peer's metadata limit fails the call with RESOURCE_EXHAUSTED instead.
+// Messages quote client values through QuoteForError, so this is a backstop.
+constexpr size_t kMaxStatusMessageBytes = 1024;
+
 // A deadline further out than this is treated as none (gRPC's "infinite" is year 292277026596).
 constexpr absl::Duration kNoDeadline = absl::Hours(24 * 365);
 
@@ -46,9 +54,13 @@ constexpr absl::Duration kNoDeadline = absl::Hours(24 * 365);
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
+  std::string message(status.message());
+  if (message.size() > kMaxStatusMessageBytes) {
+    message.resize(kMaxStatusMessageBytes);
+    message += "... (cut)";
+  }
   // absl::StatusCode and grpc::StatusCode share their numbering.
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::move(message));
 }
 
 GenerationService::GenerationService(Engine* engine, std::shared_ptr<const Tokenizer> tokenizer,
@@ -116,6 +128,11 @@ absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
   r.sampling.ignore_eos = s.ignore_eos();
   r.sampling.stop.assign(s.stop().begin(), s.stop().end());
   r.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  if (request.kv_policy().name().size() > kMaxPolicyNameBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kv_policy.name ", QuoteForError(request.kv_policy().name()), " is longer than ",
+        kMaxPolicyNameBytes, " bytes (expected full, snapkv, pyramidkv, adakv or headkv)"));
+  }
   r.kv_policy = request.kv_policy().name();
   if (request.kv_policy().budget() < 0) {
     return absl::InvalidArgumentError("kv_policy.budget must be >= 0 (0 = server default)");
