@@ -41,21 +41,24 @@ struct HeadBudgetPlan {
   // else min(cap, n - w) + w. REQUIRES: !adaptive || !compresses(n).
   std::vector<int32_t> KeptTokens(int32_t n) const;
   // Returns the most tokens (windows included) one layer keeps over all its heads; for adaptive
-  // plans min(layer_budget, H * (n - w)) + H * w when compressing.
-  int32_t MaxKeptPerLayer(int32_t n) const;
+  // plans min(layer_budget, H * (n - w)) + H * w when compressing. Sums over heads are 64-bit:
+  // H * n passes 2^31 for long prompts over many heads.
+  int64_t MaxKeptPerLayer(int32_t n) const;
   // Same for one layer.
-  int32_t LayerKeptBound(int32_t layer, int32_t n) const;
+  int64_t LayerKeptBound(int32_t layer, int32_t n) const;
   // Returns an upper bound on the head-blocks layer `layer` needs for an n-token prompt, each
   // head rounding up to whole blocks: exact for static plans, a bound for adaptive ones.
-  int32_t MaxBlocksPerLayer(int32_t layer, int32_t n, int32_t block_size) const;
+  int64_t MaxBlocksPerLayer(int32_t layer, int32_t n, int32_t block_size) const;
 };
 
 class HeadBudgetPlanner {
  public:
   // Plans `policy` for a model of num_layers x num_heads. INVALID_ARGUMENT for an invalid
-  // policy (ValidatePolicy), non-positive sizes, or headkv scores whose shape does not fit
+  // policy (ValidatePolicy), non-positive sizes, headkv scores whose shape does not fit
   // (kv_head granularity groups query-head scores whose head count is a multiple of
-  // num_heads; query_head needs them to match exactly).
+  // num_heads; query_head needs them to match exactly), or a budget so large that a cap or a
+  // layer budget passes 2^31 - 1 (pyramidkv's first layer keeps ~2B, adakv's layers H * B).
+  // The arithmetic is 64-bit, so no budget wraps to a small one.
   static absl::StatusOr<HeadBudgetPlan> Plan(const KvPolicy& policy, int32_t num_layers,
                                              int32_t num_heads);
 };

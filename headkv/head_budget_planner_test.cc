@@ -1,9 +1,11 @@
 #include "headkv/head_budget_planner.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <numeric>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -242,6 +244,84 @@ TEST(HeadBudgetPlannerTest, InvariantsOnRealScoreFiles) {
       }
     }
   }
+}
+
+// Budgets near 2^31: every policy either plans exactly (64-bit arithmetic) or refuses with
+// INVALID_ARGUMENT; none wraps to a small or negative budget.
+constexpr int32_t kNearMax = 2147483646;        // 2^31 - 2
+constexpr int32_t kPastHalf = (1 << 30) + 100;  // 2 * (B - w) passes 2^31
+
+TEST(HeadBudgetPlannerOverflowTest, SnapKvNearTwoToThe31) {
+  auto plan = HeadBudgetPlanner::Plan(Policy(KvPolicyName::kSnapKv, kNearMax), 2, 3);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_THAT(plan->capacity, ElementsAreArray(std::vector<int32_t>(6, kNearMax - 8)));
+  // A prompt of 2^31 - 1 tokens compresses to B per head; three heads pass 2^31.
+  const int32_t n = kNearMax + 1;
+  EXPECT_THAT(plan->KeptTokens(n), ElementsAreArray(std::vector<int32_t>(6, kNearMax)));
+  EXPECT_EQ(plan->LayerKeptBound(0, n), int64_t{3} * kNearMax);
+  EXPECT_EQ(plan->MaxKeptPerLayer(n), int64_t{3} * kNearMax);
+  EXPECT_EQ(plan->MaxBlocksPerLayer(0, n, 16), int64_t{3} * ((int64_t{kNearMax} + 15) / 16));
+  // Uncompressed: H * ceil(n / bs) blocks, n + bs - 1 computed without overflow.
+  auto full = HeadBudgetPlanner::Plan(Policy(KvPolicyName::kFull, 0), 2, 3);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->MaxBlocksPerLayer(0, n, 16), int64_t{3} * ((int64_t{n} + 15) / 16));
+  EXPECT_EQ(full->LayerKeptBound(0, n), int64_t{3} * n);
+}
+
+TEST(HeadBudgetPlannerOverflowTest, PyramidKvPastTwoToThe30PlansExactly) {
+  // b = 2^30 + 92: min = b / 20 = 53687095, max = 2b - min = 2093796737 (2b alone passes
+  // 2^31), step = (max - min) / 4 = 510027410.
+  auto plan = HeadBudgetPlanner::Plan(Policy(KvPolicyName::kPyramidKv, kPastHalf), 5, 1);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_THAT(plan->capacity, ElementsAre(2093796737, 1583769327, 1073741917, 563714507, 53687097));
+}
+
+TEST(HeadBudgetPlannerOverflowTest, PyramidKvNearTwoToThe31IsRefused) {
+  auto plan = HeadBudgetPlanner::Plan(Policy(KvPolicyName::kPyramidKv, kNearMax), 5, 4);
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(plan.status().message()), HasSubstr("too large for pyramidkv"));
+  // One layer has no slope: every head keeps b.
+  plan = HeadBudgetPlanner::Plan(Policy(KvPolicyName::kPyramidKv, kNearMax), 1, 2);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_THAT(plan->capacity, ElementsAre(kNearMax - 8, kNearMax - 8));
+}
+
+TEST(HeadBudgetPlannerOverflowTest, AdaKvLayerBudgetNeverWraps) {
+  // 4 heads x (2^30 + 92) = 2^32 + 368 used to wrap to a layer budget of 368.
+  for (int32_t heads : {2, 4}) {
+    for (int32_t budget : {kPastHalf, kNearMax}) {
+      auto plan = HeadBudgetPlanner::Plan(Policy(KvPolicyName::kAdaKv, budget), 3, heads);
+      EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument)
+          << heads << " heads, B=" << budget;
+      EXPECT_THAT(std::string(plan.status().message()), HasSubstr("too large for adakv"));
+    }
+  }
+  auto plan = HeadBudgetPlanner::Plan(Policy(KvPolicyName::kAdaKv, kPastHalf), 3, 1);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_THAT(plan->layer_budget, ElementsAre(kPastHalf - 8, kPastHalf - 8, kPastHalf - 8));
+  // The bound of a compressed layer: min(layer budget, H (n - w)) + H w, in 64 bits.
+  EXPECT_EQ(plan->LayerKeptBound(0, kNearMax), kPastHalf);
+  EXPECT_EQ(plan->MaxBlocksPerLayer(0, kNearMax, 16), (int64_t{kPastHalf} + 15) / 16);
+}
+
+TEST(HeadBudgetPlannerOverflowTest, HeadKvNearTwoToThe31) {
+  KvPolicy p = Policy(KvPolicyName::kHeadKv, kPastHalf);
+  p.granularity = Granularity::kQueryHead;
+  p.scores = Scores(R"({"0-0": [1], "0-1": [3]})");  // importance 0.25, 0.75
+  auto plan = HeadBudgetPlanner::Plan(p, 1, 2);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  // Caps sum to H * b within rounding, each at least the floor b - b // beta.
+  const int64_t b = kPastHalf - 8;
+  const int64_t floor_cap = b - static_cast<int64_t>(PyFloorDiv(b, p.beta));
+  ASSERT_EQ(plan->capacity.size(), 2u);
+  EXPECT_GT(plan->capacity[1], plan->capacity[0]);
+  EXPECT_GE(plan->capacity[0], floor_cap);
+  EXPECT_LE(std::abs(int64_t{plan->capacity[0]} + plan->capacity[1] - 2 * b), 1);
+  // Near 2^31 the important head's cap (~1.5 b) cannot be held: refused, not wrapped.
+  p.budget = kNearMax;
+  plan = HeadBudgetPlanner::Plan(p, 1, 2);
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(plan.status().message()), HasSubstr("too large for headkv"));
 }
 
 }  // namespace

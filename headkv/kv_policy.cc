@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/quote.h"
 
 namespace hkv {
 
@@ -11,8 +12,9 @@ absl::StatusOr<KvPolicyName> ParsePolicyName(std::string_view name) {
                          KvPolicyName::kAdaKv, KvPolicyName::kHeadKv}) {
     if (name == PolicyNameString(p)) return p;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown KV policy \"", std::string(name), "\" (expected full, snapkv, pyramidkv, adakv or headkv)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown KV policy ", QuoteForError(name),
+                   " (expected full, snapkv, pyramidkv, adakv or headkv)"));
 }
 
 std::string_view PolicyNameString(KvPolicyName name) {
@@ -34,8 +36,8 @@ std::string_view PolicyNameString(KvPolicyName name) {
 absl::StatusOr<Granularity> ParseGranularity(std::string_view name) {
   if (name == "query_head") return Granularity::kQueryHead;
   if (name == "kv_head") return Granularity::kKvHead;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown granularity \"", std::string(name), "\" (expected query_head or kv_head)"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown granularity ", QuoteForError(name),
+                                                 " (expected query_head or kv_head)"));
 }
 
 std::string_view GranularityString(Granularity granularity) {

@@ -209,7 +209,8 @@ bool Scheduler::Allocate(Request& r, int32_t num_tokens, bool select, Planned* p
   if (!r.plan.adaptive) return kv_->Append(r.id, r.plan.KeptTokens(n));
   std::vector<int32_t> blocks(r.plan.num_layers);
   for (int32_t l = 0; l < r.plan.num_layers; ++l) {
-    blocks[l] = r.plan.MaxBlocksPerLayer(l, n, kv_->config().block_size);
+    // Fits: Add() refused requests whose peak passes the pool's (int32) block count.
+    blocks[l] = static_cast<int32_t>(r.plan.MaxBlocksPerLayer(l, n, kv_->config().block_size));
   }
   p->reservation = kv_->ReserveLayers(r.id, blocks);
   return p->reservation.has_value();

@@ -31,6 +31,7 @@ int RunGenerate(const GenerateOptions& options) {
     request.prompt = bundle->loaded.tokenizer->Encode(options.prompt, /*add_bos=*/true);
   }
   request.sampling = options.sampling;
+  request.seed = options.seed;
   request.kv_policy = options.kv_policy;
   request.kv_budget = options.kv_budget;
   request.kv_beta = options.beta;
@@ -84,15 +85,16 @@ int RunGenerate(const GenerateOptions& options) {
     j["kv_tokens_full"] = u.kv_tokens_full;
     j["kv_bytes_kept"] = u.kv_bytes_kept;
     j["kv_bytes_full"] = u.kv_bytes_full;
+    j["seed"] = u.seed;  // --seed S reproduces this output.
     std::cout << j.dump() << "\n";
   } else {
     std::cout << "\n";
     std::cerr << absl::StrFormat(
         "[%d prompt + %d generated tokens; prefill %.1f ms; decode %.1f tokens/s; "
-        "KV (%s) kept %d of %d tokens, %d of %d bytes (%.1f%%)]\n",
+        "KV (%s) kept %d of %d tokens, %d of %d bytes (%.1f%%); seed %u]\n",
         request.prompt.size(), output.size(), prefill_ms, decode_tps, options.kv_policy,
         u.kv_tokens_kept, u.kv_tokens_full, u.kv_bytes_kept, u.kv_bytes_full,
-        u.kv_bytes_full > 0 ? 100.0 * u.kv_bytes_kept / u.kv_bytes_full : 100.0);
+        u.kv_bytes_full > 0 ? 100.0 * u.kv_bytes_kept / u.kv_bytes_full : 100.0, u.seed);
   }
   return 0;
 }

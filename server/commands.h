@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,7 +20,8 @@ struct GenerateOptions {
   std::string prompt;
   std::vector<int32_t> prompt_ids;  // Used instead of `prompt` when non-empty.
   bool use_prompt_ids = false;
-  SamplingParams sampling;
+  SamplingParams sampling;       // sampling.seed is unused: see `seed`.
+  std::optional<uint64_t> seed;  // Unset: the engine draws one; either way it is printed.
   std::string kv_policy = "full";
   int32_t kv_budget = 128;
   double beta = 1.01;
@@ -60,7 +62,7 @@ struct BenchServeOptions {
   std::string prompts_file;  // One prompt per line instead of synthetic ids.
   std::string kv_policy;     // Empty: server default.
   int32_t kv_budget = 0;
-  uint64_t seed = 0;
+  uint64_t seed = 0;       // Seeds the synthetic prompts and arrival times (requests are greedy).
   double slo_ttft_ms = 0;  // Goodput SLOs; 0 = none.
   double slo_tpot_ms = 0;
   bool json = false;

@@ -5,7 +5,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/quote.h"
+#include "common/random.h"
 #include "common/status_macros.h"
+#include "server/request_id.h"
 
 namespace hkv {
 
@@ -18,6 +21,7 @@ struct Engine::Active {
   int32_t prompt_tokens = 0;
   int32_t prefilled = 0;  // Prompt tokens counted in prompt_tokens_total.
   int32_t generated = 0;
+  uint64_t seed = 0;  // The sampling seed used, reported in the usage.
   absl::Time arrival;
   absl::Time last_token;
   bool finished = false;
@@ -102,14 +106,22 @@ bool Engine::Healthy() const {
 
 absl::StatusOr<HeadBudgetPlan> Engine::PlanFor(const std::string& policy, int32_t budget,
                                                double beta) {
-  const std::string key = absl::StrCat(policy, "/", budget, "/", beta);
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = plan_cache_.find(key);
-    if (it != plan_cache_.end()) return it->second;
+  HKV_ASSIGN_OR_RETURN(const KvPolicyName name, ParsePolicyName(policy));
+  const ModelConfig& m = worker_->config();
+  if (Compresses(name) && budget > m.max_seq_len) {
+    // No prompt is longer than the context, so such a budget would never compress: a client
+    // mistake (and budgets near 2^31 used to overflow the planners).
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kv_policy.budget ", budget, " exceeds the model's context length ", m.max_seq_len,
+        ": use a smaller budget, or the full policy to keep every token"));
   }
+  // The key holds only what the plan depends on (full ignores the budget, only headkv reads
+  // beta), so equal plans share one of the cache's few entries.
+  const PlanKey key{name, Compresses(name) ? budget : 0,
+                    name == KvPolicyName::kHeadKv ? beta : 0.0};
+  if (std::optional<HeadBudgetPlan> cached = plan_cache_.Lookup(key)) return *std::move(cached);
   KvPolicy p;
-  HKV_ASSIGN_OR_RETURN(p.name, ParsePolicyName(policy));
+  p.name = name;
   p.budget = budget;
   p.beta = beta;
   p.granularity = Granularity::kKvHead;
@@ -118,17 +130,14 @@ absl::StatusOr<HeadBudgetPlan> Engine::PlanFor(const std::string& policy, int32_
       return absl::InvalidArgumentError(
           "the headkv policy needs head scores: start the server with --head-scores FILE");
     }
-    const ModelConfig& m = worker_->config();
     HKV_RETURN_IF_ERROR(CheckShape(*options_.head_scores, m.num_layers, m.num_heads));
     p.scores =
         std::make_shared<const HeadScores>(GroupByKvHead(*options_.head_scores, m.num_kv_heads));
   }
   HKV_RETURN_IF_ERROR(ValidatePolicy(p));
-  HKV_ASSIGN_OR_RETURN(
-      HeadBudgetPlan plan,
-      HeadBudgetPlanner::Plan(p, worker_->config().num_layers, worker_->config().num_kv_heads));
-  absl::MutexLock lock(&mu_);
-  plan_cache_.emplace(key, plan);
+  HKV_ASSIGN_OR_RETURN(HeadBudgetPlan plan,
+                       HeadBudgetPlanner::Plan(p, m.num_layers, m.num_kv_heads));
+  plan_cache_.Insert(key, plan);
   return plan;
 }
 
@@ -156,7 +165,7 @@ absl::StatusOr<Engine::KvFootprint> Engine::Footprint(const EngineRequest& r) {
   for (int32_t k : kept) {
     f.prompt_tokens_kept += k;
     f.prompt_blocks += blocks(k);
-    f.peak_blocks += blocks(k + r.sampling.max_tokens);
+    f.peak_blocks += blocks(int64_t{k} + r.sampling.max_tokens);
   }
   return f;
 }
@@ -165,6 +174,7 @@ std::vector<int64_t> Engine::BlocksPerLayer() const { return metrics_.BlocksPerL
 
 absl::Status Engine::ValidateRequest(const EngineRequest& r) const {
   const ModelConfig& m = worker_->config();
+  if (!r.request_id.empty()) HKV_RETURN_IF_ERROR(ValidateClientRequestId(r.request_id));
   if (r.prompt.empty()) {
     return absl::InvalidArgumentError("the prompt is empty: send text or at least one token id");
   }
@@ -198,17 +208,27 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   HKV_ASSIGN_OR_RETURN(HeadBudgetPlan plan, PlanFor(policy, budget, beta));
   if (plan.adaptive && (!worker_->SupportsAdaptiveSelection() || options_.kv.num_partitions > 1)) {
     // Refused here: a step the worker cannot run would fail every request in flight.
-    return absl::UnimplementedError(absl::StrCat(
-        "kv_policy '", policy, "' (adaptive budgets) is not supported on ", worker_->name(),
-        options_.kv.num_partitions > 1 ? " with tensor parallelism" : "",
-        ": use full, snapkv, pyramidkv or headkv"));
+    return absl::UnimplementedError(
+        absl::StrCat("kv_policy ", std::string(PolicyNameString(plan.policy)),
+                     " (adaptive budgets) is not supported on ", worker_->name(),
+                     options_.kv.num_partitions > 1 ? " with tensor parallelism" : "",
+                     ": use full, snapkv, pyramidkv or headkv"));
   }
 
   auto request = std::make_unique<Request>();
   request->id = next_id_.fetch_add(1);
-  request->request_id = r.request_id.empty() ? absl::StrCat("req-", request->id) : r.request_id;
+  if (r.request_id.empty()) {
+    HKV_ASSIGN_OR_RETURN(request->request_id, NewServerRequestId());
+  } else {
+    request->request_id = std::move(r.request_id);
+  }
   request->prompt = r.prompt;
   request->sampling = r.sampling;
+  if (r.seed.has_value()) {
+    request->sampling.seed = *r.seed;
+  } else {
+    HKV_ASSIGN_OR_RETURN(request->sampling.seed, RandomUint64());
+  }
   request->eos_ids = tokenizer_ ? tokenizer_->eos_ids() : std::vector<TokenId>{};
   request->priority = r.priority;
   request->plan = std::move(plan);
@@ -229,7 +249,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   }
   if (!by_client_id_.emplace(request->request_id, request->id).second) {
     return absl::AlreadyExistsError(
-        absl::StrCat("request_id '", request->request_id, "' is already in flight"));
+        absl::StrCat("request_id ", QuoteForError(request->request_id), " is already in flight"));
   }
   ++live_requests_;
   inbox_.emplace_back(std::move(request), stream);
@@ -289,6 +309,7 @@ void Engine::Admit(std::unique_ptr<Request> request, std::shared_ptr<RequestStre
       Active{stream, IncrementalDecoder(tokenizer_.get(), request->prompt.back())});
   active->stop = request->sampling.stop;
   active->prompt_tokens = static_cast<int32_t>(request->prompt.size());
+  active->seed = request->sampling.seed;
   active->arrival = request->arrival_time;
   const RequestId id = request->id;
   absl::Status status = scheduler_->Add(std::move(request));
@@ -379,6 +400,7 @@ void Engine::Deliver(const std::vector<RequestOutput>& outputs) {
       u.queue_time_ms = absl::ToDoubleMilliseconds(out.queue_time);
       u.time_to_first_token_ms = absl::ToDoubleMilliseconds(out.time_to_first_token);
       u.num_preemptions = out.num_preemptions;
+      u.seed = a.seed;
       metrics_.requests_finished_total++;
       if (chunk.finish == StreamFinish::kError) metrics_.requests_failed_total++;
       metrics_.kv_bytes_kept_total += u.kv_bytes_kept;

@@ -9,8 +9,8 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
-#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,6 +26,7 @@
 #include "headkv/kv_policy.h"
 #include "scheduler/scheduler.h"
 #include "server/metrics.h"
+#include "server/plan_cache.h"
 #include "server/request_stream.h"
 #include "tokenizer/tokenizer.h"
 #include "workers/worker.h"
@@ -45,9 +46,14 @@ struct EngineOptions {
 
 // A request as the engine takes it (already tokenized).
 struct EngineRequest {
-  std::string request_id;  // Client's id; the engine makes one when empty.
+  // Client's id (server/request_id.h: bounded, printable, not "hkv-..."); when empty the engine
+  // makes an unguessable one in the reserved "hkv-" namespace.
+  std::string request_id;
   std::vector<TokenId> prompt;
-  SamplingParams sampling;
+  SamplingParams sampling;  // sampling.seed is ignored: `seed` below decides it.
+  // The sampling seed; nullopt draws a fresh one from the OS entropy source, so unseeded
+  // samples differ. The seed used is reported in the final chunk's usage.
+  std::optional<uint64_t> seed;
   std::string kv_policy;  // Empty: the engine default.
   int32_t kv_budget = 0;  // 0: the engine default.
   double kv_beta = 0;     // 0: the engine default.
@@ -63,9 +69,10 @@ class Engine {
 
   // Starts the engine thread.
   void Start();
-  // Validates and queues a request. INVALID_ARGUMENT (bad prompt/sampling/policy),
-  // RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (draining or stopped), ALREADY_EXISTS
-  // (request_id in use). Admission errors found later arrive as the stream's final chunk.
+  // Validates and queues a request. INVALID_ARGUMENT (bad prompt/sampling/policy/request_id,
+  // a budget above the context), RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (draining or
+  // stopped), ALREADY_EXISTS (request_id in use). Admission errors found later arrive as the
+  // stream's final chunk.
   absl::StatusOr<std::shared_ptr<RequestStream>> Submit(EngineRequest request);
   // Ends a request by the client's id (finish kAborted). False if no such live request.
   bool Abort(const std::string& request_id);
@@ -86,8 +93,12 @@ class Engine {
   const EngineMetrics& metrics() const { return metrics_; }
   EngineMetrics* mutable_metrics() { return &metrics_; }
   std::string worker_name() const { return worker_->name(); }
-  // The (cached) budget plan of a policy for this model's layers x KV heads.
+  // Returns the budget plan of a policy for this model's layers x KV heads, from a small LRU
+  // cache. INVALID_ARGUMENT for an unknown policy, an invalid one, or a compressing policy whose
+  // budget exceeds the model's context (it could never compress anything). Thread-safe.
   absl::StatusOr<HeadBudgetPlan> PlanFor(const std::string& policy, int32_t budget, double beta);
+  // Returns how many plans the cache holds (at most PlanCache::kDefaultCapacity). Thread-safe.
+  size_t plan_cache_size() const { return plan_cache_.size(); }
 
   // What a request costs in the KV pool before it is admitted: the head-blocks its prompt keeps
   // after prefill (the plan's exact per-head counts; an upper bound for adaptive plans) and at
@@ -135,13 +146,13 @@ class Engine {
       ABSL_GUARDED_BY(mu_);
   std::vector<Control> controls_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, RequestId> by_client_id_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, HeadBudgetPlan> plan_cache_ ABSL_GUARDED_BY(mu_);
+  PlanCache plan_cache_;  // Thread-safe on its own.
   int64_t live_requests_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t steps_ = 0;  // Engine thread.
   int64_t waiting_requests_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
-  std::atomic<int64_t> next_id_{1};
+  std::atomic<int64_t> next_id_{1};  // Engine-internal RequestIds; clients never see them.
   std::atomic<bool> loop_alive_{false};
   std::atomic<bool> worker_failed_{false};
   std::atomic<int64_t> step_started_ns_{0};  // 0 when no step is running.

@@ -2,6 +2,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/quote.h"
+#include "server/request_id.h"
 
 namespace hkv {
 namespace {
@@ -35,7 +37,15 @@ void FillUsage(const StreamUsage& u, hkv::v1::Usage* out) {
   out->set_queue_time_ms(u.queue_time_ms);
   out->set_time_to_first_token_ms(u.time_to_first_token_ms);
   out->set_num_preemptions(u.num_preemptions);
+  out->set_seed(u.seed);
 }
+
+// The longest policy name a request may carry (the known ones are at most 9 bytes).
+constexpr size_t kMaxPolicyNameBytes = 32;
+// A status message longer than this is cut: gRPC sends it as a header (grpc-message), and a
+// header past the peer's metadata limit fails the call with RESOURCE_EXHAUSTED instead.
+// Messages quote client values through QuoteForError, so this is a backstop.
+constexpr size_t kMaxStatusMessageBytes = 1024;
 
 // A deadline further out than this is treated as none (gRPC's "infinite" is year 292277026596).
 constexpr absl::Duration kNoDeadline = absl::Hours(24 * 365);
@@ -44,9 +54,13 @@ constexpr absl::Duration kNoDeadline = absl::Hours(24 * 365);
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
+  std::string message(status.message());
+  if (message.size() > kMaxStatusMessageBytes) {
+    message.resize(kMaxStatusMessageBytes);
+    message += "... (cut)";
+  }
   // absl::StatusCode and grpc::StatusCode share their numbering.
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::move(message));
 }
 
 GenerationService::GenerationService(Engine* engine, std::shared_ptr<const Tokenizer> tokenizer,
@@ -60,6 +74,11 @@ GenerationService::GenerationService(Engine* engine, std::shared_ptr<const Token
 absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
     const hkv::v1::GenerateRequest& request, absl::Time deadline) const {
   EngineRequest r;
+  // Checked before tokenizing (the engine checks again, for its other callers).
+  if (!request.request_id().empty()) {
+    absl::Status id = ValidateClientRequestId(request.request_id());
+    if (!id.ok()) return id;
+  }
   r.request_id = request.request_id();
   if (tokenizer_ == nullptr && request.input_case() != hkv::v1::GenerateRequest::kPromptTokenIds) {
     return absl::InvalidArgumentError(
@@ -105,10 +124,15 @@ absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
   r.sampling.temperature = s.temperature();
   r.sampling.top_k = s.top_k();
   r.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
-  r.sampling.seed = s.seed();
+  if (s.has_seed()) r.seed = s.seed();  // Unset: the engine draws a fresh seed.
   r.sampling.ignore_eos = s.ignore_eos();
   r.sampling.stop.assign(s.stop().begin(), s.stop().end());
   r.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  if (request.kv_policy().name().size() > kMaxPolicyNameBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kv_policy.name ", QuoteForError(request.kv_policy().name()), " is longer than ",
+        kMaxPolicyNameBytes, " bytes (expected full, snapkv, pyramidkv, adakv or headkv)"));
+  }
   r.kv_policy = request.kv_policy().name();
   if (request.kv_policy().budget() < 0) {
     return absl::InvalidArgumentError("kv_policy.budget must be >= 0 (0 = server default)");
@@ -202,9 +226,9 @@ grpc::Status GenerationService::Complete(grpc::ServerContext* context,
 
 grpc::Status GenerationService::Abort(grpc::ServerContext*, const hkv::v1::AbortRequest* request,
                                       hkv::v1::AbortResponse* response) {
-  if (request->request_id().empty()) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id is empty");
-  }
+  // Server ids ("hkv-...") may be aborted: they are unguessable, so only their owner has one.
+  absl::Status valid = ValidateRequestIdSyntax(request->request_id());
+  if (!valid.ok()) return ToGrpcStatus(valid);
   response->set_found(engine_->Abort(request->request_id()));
   return grpc::Status::OK;
 }

@@ -75,7 +75,9 @@ ABSL_FLAG(int32_t, max_tokens, 256, "generate: tokens to generate at most");
 ABSL_FLAG(double, temperature, 0.0, "generate: sampling temperature (0 = greedy)");
 ABSL_FLAG(int32_t, top_k, 0, "generate: top-k (0 = off)");
 ABSL_FLAG(double, top_p, 1.0, "generate: top-p (1 = off)");
-ABSL_FLAG(uint64_t, seed, 0, "generate/bench-serve: random seed");
+ABSL_FLAG(uint64_t, seed, 0,
+          "generate: sampling seed (unset: a fresh random one, printed); bench-serve: seed of "
+          "the synthetic prompts");
 ABSL_FLAG(bool, ignore_eos, false, "generate: keep going past EOS");
 ABSL_FLAG(std::string, kv_policy, "full", "generate: full|snapkv|pyramidkv|adakv|headkv");
 ABSL_FLAG(int32_t, kv_budget, 128, "generate: tokens kept per head on average (window incl.)");
@@ -191,7 +193,7 @@ int Generate() {
   o.sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
   o.sampling.top_k = absl::GetFlag(FLAGS_top_k);
   o.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
-  o.sampling.seed = absl::GetFlag(FLAGS_seed);
+  if (Specified("seed")) o.seed = absl::GetFlag(FLAGS_seed);
   o.sampling.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
   o.kv_policy = absl::GetFlag(FLAGS_kv_policy);
   o.kv_budget = absl::GetFlag(FLAGS_kv_budget);

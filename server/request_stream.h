@@ -28,6 +28,7 @@ struct StreamUsage {
   double queue_time_ms = 0;
   double time_to_first_token_ms = 0;
   int32_t num_preemptions = 0;
+  uint64_t seed = 0;  // The sampling seed the request used (drawn by the engine if unseeded).
 };
 
 struct StreamChunk {

@@ -4,7 +4,11 @@ set -euo pipefail
 hkv="$1"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 py=/usr/bin/python3
-"$py" -c "import grpc, grpc_tools" 2>/dev/null || { echo "python3-grpcio missing"; exit 77; }
+"$py" -c "import grpc" 2>/dev/null || { echo "python3-grpcio missing"; exit 77; }
+if ! { command -v protoc && command -v grpc_python_plugin; } >/dev/null &&
+   ! "$py" -c "import grpc_tools" 2>/dev/null; then
+  echo "no protoc + grpc_python_plugin nor grpc_tools"; exit 77
+fi
 port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$hkv" serve --host=127.0.0.1 --port="$port" --metrics-port=0 --kv-pool-blocks=2048 \
   --num-threads=1 >/tmp/hkv_pyclient_$$.log 2>&1 &
@@ -19,4 +23,5 @@ out=$("$py" "$root/examples/python_client.py" --target "127.0.0.1:$port" --promp
 echo "$out"
 echo "$out" | grep -q "40 generated tokens"
 echo "$out" | grep -q "finish FINISH_REASON_LENGTH"
+echo "$out" | grep -Eq "; seed [0-9]+$"
 echo "python client OK"

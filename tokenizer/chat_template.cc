@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/quote.h"
 #include "nlohmann/json.hpp"
 
 namespace hkv {
@@ -12,8 +13,8 @@ namespace {
 
 absl::Status CheckRole(const ChatMessage& m) {
   if (m.role == "system" || m.role == "user" || m.role == "assistant") return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat("chat role '", m.role,
-                                                 "' is not one of system, user, assistant"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("chat role ", QuoteForError(m.role), " is not one of system, user, assistant"));
 }
 
 }  // namespace

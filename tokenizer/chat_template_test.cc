@@ -1,6 +1,7 @@
 #include "tokenizer/chat_template.h"
 
 #include <fstream>
+#include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -26,6 +27,14 @@ TEST(ChatTemplateTest, MistralFormatAndAlternation) {
   EXPECT_EQ(t.Apply({{"assistant", "x"}}, true).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(t.Apply({{"wizard", "x"}}, true).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ChatTemplateTest, UnknownRolesAreEchoedBriefly) {
+  ChatTemplate t(ChatFormat::kLlama3);
+  const absl::Status s = t.Apply({{std::string(20000, 'r'), "x"}}, true).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(s.message().size(), 200u) << s.message();
+  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("(20000 bytes)"));
 }
 
 TEST(ChatTemplateTest, DetectsSupportedTemplatesAndRejectsOthers) {
