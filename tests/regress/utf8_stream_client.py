@@ -47,7 +47,7 @@ def main():
                                            seed=seed, ignore_eos=True))
             result = {"seed": seed, "status": "OK", "details": "", "ids": [], "texts": []}
             try:
-                for response in stub.Generate(request, timeout=60):
+                for response in stub.Generate(request, timeout=20):
                     result["ids"].extend(response.token_ids)
                     result["texts"].append(response.text)
             except grpc.RpcError as e:
