@@ -47,7 +47,7 @@ struct SequenceStep {
   int32_t start_pos = 0;        // Position of tokens[0] (= tokens already computed).
   bool sample = false;          // Produce a next token (decode, or the last prefill chunk).
   int32_t sample_step = 0;      // Index of the token being sampled (0 = first generated).
-  SamplingParams sampling;
+  StepSampling sampling;        // The request's sampler settings (its stop lists stay behind).
   bool select = false;          // Compressed prefill: `selection` applies (start_pos == 0).
   KvSelectionSpec selection;
   // Adaptive selection only (selection.capacity empty): the blocks reserved for each layer,

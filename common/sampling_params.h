@@ -1,5 +1,7 @@
 #pragma once
-// How a request picks its next token. Plain data; validated by ValidateSamplingParams.
+// How a request picks its next token, and when it stops. Plain data; validated by
+// ValidateSamplingParams. The scheduler's Request keeps a request's SamplingParams; each step
+// carries only its StepSampling, what a worker reads to sample.
 
 #include <cstdint>
 #include <string>
@@ -20,6 +22,20 @@ struct SamplingParams {
   std::vector<TokenId> stop_token_ids;
   std::vector<std::string> stop;  // Stop strings, matched on the detokenized output.
 };
+
+// The part of SamplingParams that a worker needs to sample one token. Fixed-size: it is copied
+// into every step (SequenceStep), so nothing whose size the client picks belongs here.
+struct StepSampling {
+  float temperature = 0.0f;  // 0 means greedy.
+  int32_t top_k = 0;         // 0 means no top-k cut.
+  float top_p = 1.0f;        // 1 means no nucleus cut.
+  uint64_t seed = 0;         // Sampling is a pure function of (seed, step, logits).
+};
+
+// Returns the StepSampling of `params`.
+inline StepSampling ToStepSampling(const SamplingParams& params) {
+  return {params.temperature, params.top_k, params.top_p, params.seed};
+}
 
 // INVALID_ARGUMENT naming the bad field: temperature < 0 or not finite, top_k < 0,
 // top_p outside (0, 1], max_tokens < 1.

@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "common/ids.h"
 #include "common/sampling_params.h"
@@ -50,6 +51,9 @@ struct Request {
   absl::Time deadline = absl::InfiniteFuture();
 
   // State, written by the Scheduler only.
+  // Set by Add(): what each stop token ends the request with (sampling.stop_token_ids: kStop;
+  // eos_ids unless ignore_eos: kEos).
+  absl::flat_hash_map<TokenId, FinishReason> stop_tokens;
   RequestStatus status = RequestStatus::kWaiting;
   std::vector<TokenId> output;      // Generated tokens.
   int32_t num_computed_tokens = 0;  // Positions whose K/V is cached (prompt, then output).

@@ -17,10 +17,6 @@ bool MoreImportant(const Request* a, const Request* b) {
                                     : a->arrival_order < b->arrival_order;
 }
 
-bool Contains(const std::vector<TokenId>& ids, TokenId id) {
-  return std::find(ids.begin(), ids.end(), id) != ids.end();
-}
-
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
@@ -116,6 +112,12 @@ absl::Status Scheduler::Add(std::unique_ptr<Request> request) {
                      ": shorten the prompt, lower max_tokens, or use a compressing kv_policy"));
   }
   Request* r = request.get();
+  // One lookup per generated token, however many stop ids there are; EOS wins over stop.
+  r->stop_tokens.clear();
+  for (TokenId id : r->sampling.stop_token_ids) r->stop_tokens[id] = FinishReason::kStop;
+  if (!r->sampling.ignore_eos) {
+    for (TokenId id : r->eos_ids) r->stop_tokens[id] = FinishReason::kEos;
+  }
   r->status = RequestStatus::kWaiting;
   r->output.clear();
   r->num_computed_tokens = 0;
@@ -310,7 +312,7 @@ Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
     for (int32_t t = 0; t < p.num_tokens; ++t) s.tokens.push_back(r.token_at(s.start_pos + t));
     s.sample = s.start_pos + p.num_tokens == r.num_tokens();
     s.sample_step = static_cast<int32_t>(r.output.size());
-    s.sampling = r.sampling;
+    s.sampling = ToStepSampling(r.sampling);
     s.select = p.select;
     if (p.select) {
       s.selection.window = r.plan.window;
@@ -353,9 +355,7 @@ absl::Status Scheduler::ApplyStep(Request& r, const SequenceStep& s, const Seque
 }
 
 FinishReason Scheduler::StopReason(const Request& r) const {
-  const TokenId last = r.output.back();
-  if (!r.sampling.ignore_eos && Contains(r.eos_ids, last)) return FinishReason::kEos;
-  if (Contains(r.sampling.stop_token_ids, last)) return FinishReason::kStop;
+  if (auto it = r.stop_tokens.find(r.output.back()); it != r.stop_tokens.end()) return it->second;
   if (static_cast<int32_t>(r.output.size()) >= r.sampling.max_tokens) return FinishReason::kLength;
   return FinishReason::kNone;
 }

@@ -36,7 +36,7 @@ int RunGenerate(const GenerateOptions& options) {
   request.kv_budget = options.kv_budget;
   request.kv_beta = options.beta;
   if (!options.json && tokenizer != nullptr) {
-    std::cout << tokenizer->Decode(request.prompt) << std::flush;
+    std::cout << DecodeText(*tokenizer, request.prompt) << std::flush;
   }
   engine.Start();
   const absl::Time start = absl::Now();

@@ -9,15 +9,13 @@
 #include "common/random.h"
 #include "common/status_macros.h"
 #include "server/request_id.h"
+#include "tokenizer/utf8.h"
 
 namespace hkv {
 
 struct Engine::Active {
   std::shared_ptr<RequestStream> stream;
-  IncrementalDecoder decoder;
-  std::string text;    // Everything decoded so far (for stop strings).
-  size_t emitted = 0;  // Bytes of `text` already sent to the client.
-  std::vector<std::string> stop;
+  std::unique_ptr<OutputProcessor> output;
   int32_t prompt_tokens = 0;
   int32_t prefilled = 0;  // Prompt tokens counted in prompt_tokens_total.
   int32_t generated = 0;
@@ -58,6 +56,23 @@ FinishReason ToFinishReason(StreamFinish reason) {
     default:
       return FinishReason::kAborted;
   }
+}
+
+absl::Status ValidateStops(const SamplingParams& p, const StopLimits& limits, int32_t vocab_size) {
+  // The lists' sizes first: each check after them is linear in their length.
+  HKV_RETURN_IF_ERROR(CheckStopLimits(limits, p.stop, p.stop_token_ids.size()));
+  for (size_t i = 0; i < p.stop.size(); ++i) {
+    // Matching runs on the output repaired into UTF-8, where such a string could never appear.
+    if (!IsValidUtf8(p.stop[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("stop string ", i, " is not valid UTF-8"));
+    }
+  }
+  for (TokenId id : p.stop_token_ids) {
+    if (id < 0 || id >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("stop token id ", id, " is out of range"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -192,12 +207,7 @@ absl::Status Engine::ValidateRequest(const EngineRequest& r) const {
                      ") exceeds the model's context length ", m.max_seq_len,
                      ": shorten the prompt or lower max_tokens"));
   }
-  for (TokenId id : r.sampling.stop_token_ids) {
-    if (id < 0 || id >= m.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("stop token id ", id, " is out of range"));
-    }
-  }
-  return absl::OkStatus();
+  return ValidateStops(r.sampling, options_.stop_limits, m.vocab_size);
 }
 
 absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
@@ -222,8 +232,11 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   } else {
     request->request_id = std::move(r.request_id);
   }
+  // The stop-string automaton is built here, on the caller's thread, not on the engine's.
+  auto output =
+      std::make_unique<OutputProcessor>(tokenizer_.get(), r.prompt.back(), r.sampling.stop);
   request->prompt = r.prompt;
-  request->sampling = r.sampling;
+  request->sampling = std::move(r.sampling);
   if (r.seed.has_value()) {
     request->sampling.seed = *r.seed;
   } else {
@@ -252,7 +265,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
         absl::StrCat("request_id ", QuoteForError(request->request_id), " is already in flight"));
   }
   ++live_requests_;
-  inbox_.emplace_back(std::move(request), stream);
+  inbox_.push_back({std::move(request), stream, std::move(output)});
   return stream;
 }
 
@@ -289,14 +302,14 @@ void Engine::Drain(absl::Duration timeout) {
 }
 
 void Engine::DrainInbox() {
-  std::deque<std::pair<std::unique_ptr<Request>, std::shared_ptr<RequestStream>>> inbox;
+  std::deque<Submitted> inbox;
   std::vector<Control> controls;
   {
     absl::MutexLock lock(&mu_);
     inbox.swap(inbox_);
     controls.swap(controls_);
   }
-  for (auto& [request, stream] : inbox) Admit(std::move(request), std::move(stream));
+  for (Submitted& submitted : inbox) Admit(std::move(submitted));
   for (const Control& c : controls) {
     auto it = active_.find(c.id);
     if (it == active_.end() || it->second->finished) continue;
@@ -304,10 +317,12 @@ void Engine::DrainInbox() {
   }
 }
 
-void Engine::Admit(std::unique_ptr<Request> request, std::shared_ptr<RequestStream> stream) {
-  auto active = std::make_unique<Active>(
-      Active{stream, IncrementalDecoder(tokenizer_.get(), request->prompt.back())});
-  active->stop = request->sampling.stop;
+void Engine::Admit(Submitted submitted) {
+  std::unique_ptr<Request> request = std::move(submitted.request);
+  const std::shared_ptr<RequestStream>& stream = submitted.stream;
+  auto active = std::make_unique<Active>();
+  active->stream = stream;
+  active->output = std::move(submitted.output);
   active->prompt_tokens = static_cast<int32_t>(request->prompt.size());
   active->seed = request->sampling.seed;
   active->arrival = request->arrival_time;
@@ -328,86 +343,69 @@ void Engine::Admit(std::unique_ptr<Request> request, std::shared_ptr<RequestStre
   active_.emplace(id, std::move(active));
 }
 
-void Engine::Deliver(const std::vector<RequestOutput>& outputs) {
-  const absl::Time now = absl::Now();
+void Engine::ObserveToken(Active& a, absl::Time now) {
+  if (a.generated == 0) {
+    metrics_.time_to_first_token_s.Observe(absl::ToDoubleSeconds(now - a.arrival));
+  } else {
+    metrics_.inter_token_latency_s.Observe(absl::ToDoubleSeconds(now - a.last_token));
+  }
+  a.last_token = now;
+  ++a.generated;
+  metrics_.generation_tokens_total++;
+}
+
+void Engine::FinishChunk(Active& a, const RequestOutput& out, bool stop_hit, absl::Time now,
+                         StreamChunk* chunk) {
   const int64_t bytes_per_token = options_.kv_bytes_per_token_row > 0
                                       ? options_.kv_bytes_per_token_row
                                       : 2LL * worker_->config().head_dim * 4;
+  a.finished = true;
+  chunk->finished = true;
+  chunk->finish = stop_hit ? StreamFinish::kStop : ToStreamFinish(out.reason);
+  if (chunk->finish == StreamFinish::kError) {
+    chunk->status = absl::InternalError("the request failed in the worker");
+  }
+  StreamUsage& u = chunk->usage;
+  u.prompt_tokens = a.prompt_tokens;
+  u.generated_tokens = a.generated;
+  u.kv_tokens_kept = out.kv_tokens_kept;
+  u.kv_tokens_full = out.kv_tokens_full;
+  u.kv_bytes_kept = out.kv_tokens_kept * bytes_per_token;
+  u.kv_bytes_full = out.kv_tokens_full * bytes_per_token;
+  u.queue_time_ms = absl::ToDoubleMilliseconds(out.queue_time);
+  u.time_to_first_token_ms = absl::ToDoubleMilliseconds(out.time_to_first_token);
+  u.num_preemptions = out.num_preemptions;
+  u.seed = a.seed;
+  metrics_.requests_finished_total++;
+  if (chunk->finish == StreamFinish::kError) metrics_.requests_failed_total++;
+  metrics_.kv_bytes_kept_total += u.kv_bytes_kept;
+  metrics_.kv_bytes_full_total += u.kv_bytes_full;
+  metrics_.e2e_latency_s.Observe(absl::ToDoubleSeconds(now - a.arrival));
+  metrics_.queue_time_s.Observe(absl::ToDoubleSeconds(out.queue_time));
+}
+
+void Engine::Deliver(const std::vector<RequestOutput>& outputs) {
+  const absl::Time now = absl::Now();
   for (const RequestOutput& out : outputs) {
     auto it = active_.find(out.id);
     if (it == active_.end()) continue;
     Active& a = *it->second;
     StreamChunk chunk;
     bool stop_hit = false;
-    for (TokenId t : out.new_tokens) {
-      if (a.finished || stop_hit) break;
-      if (a.generated == 0) {
-        metrics_.time_to_first_token_s.Observe(absl::ToDoubleSeconds(now - a.arrival));
-      } else {
-        metrics_.inter_token_latency_s.Observe(absl::ToDoubleSeconds(now - a.last_token));
-      }
-      a.last_token = now;
-      ++a.generated;
-      metrics_.generation_tokens_total++;
+    for (size_t i = 0; i < out.new_tokens.size() && !a.finished && !stop_hit; ++i) {
+      const TokenId t = out.new_tokens[i];
+      ObserveToken(a, now);
       chunk.token_ids.push_back(t);
-      if (tokenizer_ != nullptr) {  // A model without a tokenizer streams ids only.
-        a.text += a.decoder.Push(t);
-        if (out.finished && &t == &out.new_tokens.back()) a.text += a.decoder.Flush();
-      }
-      // Stop strings: end at the first match; hold back a tail that may still become one.
-      size_t end = a.text.size();
-      for (const std::string& s : a.stop) {
-        if (s.empty()) continue;
-        const size_t from = a.emitted >= s.size() ? a.emitted - s.size() + 1 : 0;
-        const size_t pos = a.text.find(s, from);
-        if (pos != std::string::npos && (!stop_hit || pos < end)) {
-          end = std::max(pos, a.emitted);
-          stop_hit = true;
-        }
-      }
-      if (!stop_hit && !out.finished) {
-        for (const std::string& s : a.stop) {
-          for (size_t k = std::min(s.size() - 1, a.text.size()); k > 0; --k) {
-            if (a.text.compare(a.text.size() - k, k, s, 0, k) == 0) {
-              end = std::min(end, std::max(a.emitted, a.text.size() - k));
-              break;
-            }
-          }
-        }
-      }
-      chunk.text += a.text.substr(a.emitted, end - a.emitted);
-      a.emitted = end;
+      OutputProcessor::Delta delta =
+          a.output->Push(t, /*last=*/out.finished && i + 1 == out.new_tokens.size());
+      chunk.text += delta.text;
+      stop_hit = delta.stop_hit;
     }
     if (stop_hit && !out.finished) {
       scheduler_->Abort(out.id, FinishReason::kStop);
       // The scheduler reports the abort later; close the stream now with reason stop.
     }
-    const bool finished = out.finished || stop_hit;
-    if (finished && !a.finished) {
-      a.finished = true;
-      chunk.finished = true;
-      chunk.finish = stop_hit ? StreamFinish::kStop : ToStreamFinish(out.reason);
-      if (chunk.finish == StreamFinish::kError) {
-        chunk.status = absl::InternalError("the request failed in the worker");
-      }
-      StreamUsage& u = chunk.usage;
-      u.prompt_tokens = a.prompt_tokens;
-      u.generated_tokens = a.generated;
-      u.kv_tokens_kept = out.kv_tokens_kept;
-      u.kv_tokens_full = out.kv_tokens_full;
-      u.kv_bytes_kept = out.kv_tokens_kept * bytes_per_token;
-      u.kv_bytes_full = out.kv_tokens_full * bytes_per_token;
-      u.queue_time_ms = absl::ToDoubleMilliseconds(out.queue_time);
-      u.time_to_first_token_ms = absl::ToDoubleMilliseconds(out.time_to_first_token);
-      u.num_preemptions = out.num_preemptions;
-      u.seed = a.seed;
-      metrics_.requests_finished_total++;
-      if (chunk.finish == StreamFinish::kError) metrics_.requests_failed_total++;
-      metrics_.kv_bytes_kept_total += u.kv_bytes_kept;
-      metrics_.kv_bytes_full_total += u.kv_bytes_full;
-      metrics_.e2e_latency_s.Observe(absl::ToDoubleSeconds(now - a.arrival));
-      metrics_.queue_time_s.Observe(absl::ToDoubleSeconds(out.queue_time));
-    }
+    if ((out.finished || stop_hit) && !a.finished) FinishChunk(a, out, stop_hit, now, &chunk);
     if (!chunk.token_ids.empty() || chunk.finished) a.stream->Push(std::move(chunk));
     if (out.finished) {
       absl::MutexLock lock(&mu_);
@@ -518,12 +516,12 @@ void Engine::Loop() {
   }
   FailAll(absl::UnavailableError("the engine stopped"));
   absl::MutexLock lock(&mu_);
-  for (auto& [request, stream] : inbox_) {
+  for (Submitted& submitted : inbox_) {
     StreamChunk chunk;
     chunk.finished = true;
     chunk.finish = StreamFinish::kError;
     chunk.status = absl::UnavailableError("the engine stopped");
-    stream->Push(std::move(chunk));
+    submitted.stream->Push(std::move(chunk));
   }
   inbox_.clear();
   live_requests_ = 0;

@@ -1,7 +1,8 @@
 #pragma once
 // Engine: the step loop. One engine thread owns the Scheduler and the KvCacheManager and drives
 // the Worker: Schedule() -> Worker::Execute(batch) -> Scheduler::Update(), then fans the new
-// tokens out to each request's RequestStream (detokenized, stop strings applied).
+// tokens out to each request's RequestStream, their text made by the request's OutputProcessor
+// (detokenized, valid UTF-8, stop strings applied).
 //
 // Threading: Submit/Abort/Cancel/Healthy/Drain may be called from any thread (gRPC handlers,
 // the CLI). They only touch the mutex-guarded inbox; everything else is engine-thread only.
@@ -26,6 +27,7 @@
 #include "headkv/kv_policy.h"
 #include "scheduler/scheduler.h"
 #include "server/metrics.h"
+#include "server/output_processor.h"
 #include "server/plan_cache.h"
 #include "server/request_stream.h"
 #include "tokenizer/tokenizer.h"
@@ -42,6 +44,7 @@ struct EngineOptions {
   double default_beta = 1.01;
   std::shared_ptr<const HeadScores> head_scores;  // For the headkv policy (query-head scores).
   absl::Duration stall_timeout = absl::Seconds(30);
+  StopLimits stop_limits;  // Checked by Submit before a request is queued.
 };
 
 // A request as the engine takes it (already tokenized).
@@ -70,9 +73,9 @@ class Engine {
   // Starts the engine thread.
   void Start();
   // Validates and queues a request. INVALID_ARGUMENT (bad prompt/sampling/policy/request_id,
-  // a budget above the context), RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (draining or
-  // stopped), ALREADY_EXISTS (request_id in use). Admission errors found later arrive as the
-  // stream's final chunk.
+  // a budget above the context, stop lists past options().stop_limits), RESOURCE_EXHAUSTED
+  // (queue full), UNAVAILABLE (draining or stopped), ALREADY_EXISTS (request_id in use).
+  // Admission errors found later arrive as the stream's final chunk.
   absl::StatusOr<std::shared_ptr<RequestStream>> Submit(EngineRequest request);
   // Ends a request by the client's id (finish kAborted). False if no such live request.
   bool Abort(const std::string& request_id);
@@ -115,6 +118,12 @@ class Engine {
 
  private:
   struct Active;  // Engine-thread state of one live request.
+  // A request handed from Submit to the engine thread.
+  struct Submitted {
+    std::unique_ptr<Request> request;
+    std::shared_ptr<RequestStream> stream;
+    std::unique_ptr<OutputProcessor> output;  // Built by Submit, on the caller's thread.
+  };
   struct Control {
     RequestId id;
     StreamFinish reason;
@@ -122,8 +131,13 @@ class Engine {
 
   void Loop();
   void DrainInbox();
-  void Admit(std::unique_ptr<Request> request, std::shared_ptr<RequestStream> stream);
+  void Admit(Submitted submitted);
   void Deliver(const std::vector<RequestOutput>& outputs);
+  // Counts one generated token of `a` in the latency and token metrics.
+  void ObserveToken(Active& a, absl::Time now);
+  // Fills the last chunk of a request that ended (reason and usage) and counts it in metrics.
+  void FinishChunk(Active& a, const RequestOutput& out, bool stop_hit, absl::Time now,
+                   StreamChunk* chunk);
   void FailAll(const absl::Status& status);
   // A failed step or liveness check: fail everything, stop running steps, turn NOT_SERVING.
   void OnWorkerFailure(const absl::Status& status);
@@ -142,8 +156,7 @@ class Engine {
 
   // Shared state.
   mutable absl::Mutex mu_;
-  std::deque<std::pair<std::unique_ptr<Request>, std::shared_ptr<RequestStream>>> inbox_
-      ABSL_GUARDED_BY(mu_);
+  std::deque<Submitted> inbox_ ABSL_GUARDED_BY(mu_);
   std::vector<Control> controls_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, RequestId> by_client_id_ ABSL_GUARDED_BY(mu_);
   PlanCache plan_cache_;  // Thread-safe on its own.

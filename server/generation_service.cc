@@ -4,6 +4,7 @@
 #include "absl/time/clock.h"
 #include "common/quote.h"
 #include "server/request_id.h"
+#include "server/stop_strings.h"
 
 namespace hkv {
 namespace {
@@ -126,6 +127,13 @@ absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
   r.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
   if (s.has_seed()) r.seed = s.seed();  // Unset: the engine draws a fresh seed.
   r.sampling.ignore_eos = s.ignore_eos();
+  // Checked before copying: an over-limit list is refused without a second copy of it (the
+  // engine checks the same limits again on what it is given).
+  if (absl::Status limits =
+          CheckStopLimits(engine_->options().stop_limits, s.stop(), s.stop_token_ids_size());
+      !limits.ok()) {
+    return limits;
+  }
   r.sampling.stop.assign(s.stop().begin(), s.stop().end());
   r.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
   if (request.kv_policy().name().size() > kMaxPolicyNameBytes) {

@@ -67,6 +67,12 @@ ABSL_FLAG(int32_t, drain_timeout_s, 30, "On SIGTERM, seconds to let in-flight re
 ABSL_FLAG(int32_t, engine_stall_timeout_s, 30, "A step longer than this turns readiness off");
 ABSL_FLAG(int32_t, dist_join_timeout_s, 600,
           "Multi-node: seconds the nodes may take to form the group");
+ABSL_FLAG(int32_t, max_stop_strings, 64,
+          "Most stop strings per request; more get INVALID_ARGUMENT");
+ABSL_FLAG(int32_t, max_stop_bytes, 4096,
+          "Most bytes of one request's stop strings together; more get INVALID_ARGUMENT");
+ABSL_FLAG(int32_t, max_stop_token_ids, 256,
+          "Most stop token ids per request; more get INVALID_ARGUMENT");
 ABSL_FLAG(bool, print_config, false, "serve: print the effective config as JSON and exit");
 // generate.
 ABSL_FLAG(std::string, prompt, "", "generate: prompt text");
@@ -148,6 +154,9 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   HKV_OVERRIDE(num_threads);
   HKV_OVERRIDE(engine_stall_timeout_s);
   HKV_OVERRIDE(dist_join_timeout_s);
+  HKV_OVERRIDE(max_stop_strings);
+  HKV_OVERRIDE(max_stop_bytes);
+  HKV_OVERRIDE(max_stop_token_ids);
 #undef HKV_OVERRIDE
   if (c.model.empty()) {
     c.model = DefaultModelPath();

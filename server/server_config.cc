@@ -52,6 +52,9 @@ const std::map<std::string, Setter>& Fields() {
       {"num_threads", Field(&ServerConfig::num_threads)},
       {"engine_stall_timeout_s", Field(&ServerConfig::engine_stall_timeout_s)},
       {"dist_join_timeout_s", Field(&ServerConfig::dist_join_timeout_s)},
+      {"max_stop_strings", Field(&ServerConfig::max_stop_strings)},
+      {"max_stop_bytes", Field(&ServerConfig::max_stop_bytes)},
+      {"max_stop_token_ids", Field(&ServerConfig::max_stop_token_ids)},
   };
   return *fields;
 }
@@ -119,6 +122,9 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.drain_timeout_s < 0) return bad("drain_timeout_s must be >= 0");
   if (c.engine_stall_timeout_s < 1) return bad("engine_stall_timeout_s must be >= 1");
   if (c.dist_join_timeout_s < 1) return bad("dist_join_timeout_s must be >= 1");
+  if (c.max_stop_strings < 0) return bad("max_stop_strings must be >= 0");
+  if (c.max_stop_bytes < 0) return bad("max_stop_bytes must be >= 0");
+  if (c.max_stop_token_ids < 0) return bad("max_stop_token_ids must be >= 0");
   return absl::OkStatus();
 }
 
@@ -149,6 +155,9 @@ std::string ServerConfigToJson(const ServerConfig& c) {
   j["num_threads"] = c.num_threads;
   j["engine_stall_timeout_s"] = c.engine_stall_timeout_s;
   j["dist_join_timeout_s"] = c.dist_join_timeout_s;
+  j["max_stop_strings"] = c.max_stop_strings;
+  j["max_stop_bytes"] = c.max_stop_bytes;
+  j["max_stop_token_ids"] = c.max_stop_token_ids;
   j["health"] = {{"liveness_service", kLivenessService}, {"readiness_service", kReadinessService}};
   return j.dump(2);
 }

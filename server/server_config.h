@@ -39,6 +39,9 @@ struct ServerConfig {
   int32_t num_threads = 0;              // CPU worker threads; 0 = all cores.
   int32_t engine_stall_timeout_s = 30;  // A step longer than this turns readiness NOT_SERVING.
   int32_t dist_join_timeout_s = 600;    // Multi-node: how long the nodes may take to form a group.
+  int32_t max_stop_strings = 64;        // Stop strings per request.
+  int32_t max_stop_bytes = 4096;        // Bytes of a request's stop strings, all together.
+  int32_t max_stop_token_ids = 256;     // Stop token ids per request.
 };
 
 // Overlays the keys of a YAML (or JSON) file onto `config`. INVALID_ARGUMENT names an unknown

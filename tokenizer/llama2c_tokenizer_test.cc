@@ -53,7 +53,7 @@ TEST(Llama2cTokenizerTest, StreamingDecoderNeverSplitsACharacter) {
   std::string streamed;
   for (TokenId id : ids) {
     std::string piece = decoder.Push(id);
-    EXPECT_EQ(CompleteUtf8Prefix(piece), piece.size()) << "half a character was emitted";
+    EXPECT_TRUE(IsValidUtf8(piece)) << "half a character was emitted";
     streamed += piece;
   }
   streamed += decoder.Flush();

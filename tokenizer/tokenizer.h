@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/ids.h"
+#include "tokenizer/utf8.h"
 
 namespace hkv {
 
@@ -22,7 +23,7 @@ class Tokenizer {
   // Raw bytes of one token (byte-fallback tokens give their byte; special tokens their text).
   // `prev` is the token before it (-1 at the start), for tokenizers that strip a leading space.
   virtual std::string TokenBytes(TokenId prev, TokenId id) const = 0;
-  // The text of `ids` (the bytes of each token joined; invalid UTF-8 kept as is).
+  // The bytes of `ids` joined (invalid UTF-8 kept as is; see DecodeText for what clients get).
   virtual std::string Decode(absl::Span<const TokenId> ids) const;
 
   virtual int32_t vocab_size() const = 0;
@@ -30,26 +31,29 @@ class Tokenizer {
   virtual std::vector<TokenId> eos_ids() const = 0;   // May be empty.
 };
 
-// Streaming-safe detokenizer: feed ids one at a time, get back only complete UTF-8 text, never
-// half a character. Not thread-safe; one per request.
+// The text of `ids` as a client sees it: their bytes, repaired into valid UTF-8 (SanitizeUtf8 in
+// tokenizer/utf8.h). `prev` is the token before ids[0], -1 if none. Equals the concatenation of
+// an IncrementalDecoder's output over the same ids.
+std::string DecodeText(const Tokenizer& tokenizer, absl::Span<const TokenId> ids,
+                       TokenId prev = -1);
+
+// Streaming detokenizer: feed ids one at a time, get back valid UTF-8 only. An incomplete
+// character is held back until later tokens complete it; ill-formed bytes become U+FFFD, and so
+// does a character still incomplete at Flush. Not thread-safe; one per request.
 class IncrementalDecoder {
  public:
   // `prev` is the token before the first one pushed (the prompt's last), -1 if none.
   explicit IncrementalDecoder(const Tokenizer* tokenizer, TokenId prev = -1)
       : tokenizer_(tokenizer), prev_(prev) {}
-  // Appends `id` and returns the newly completed text (possibly empty).
+  // Appends `id` and returns the text now final (valid UTF-8, possibly empty).
   std::string Push(TokenId id);
-  // Returns whatever bytes are still held back (at the end of the stream).
-  std::string Flush();
+  // Ends the stream: returns U+FFFD for a character still incomplete, else "".
+  std::string Flush() { return utf8_.Flush(); }
 
  private:
   const Tokenizer* tokenizer_;
   TokenId prev_;
-  std::string pending_;
+  Utf8Sanitizer utf8_;
 };
-
-// Length of the longest prefix of `bytes` that ends on a UTF-8 character boundary (an
-// incomplete trailing sequence is excluded; invalid bytes count as complete).
-size_t CompleteUtf8Prefix(std::string_view bytes);
 
 }  // namespace hkv

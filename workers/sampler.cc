@@ -21,7 +21,7 @@ double SampleUniform(uint64_t seed, int64_t step) {
   return static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0);  // 53 bits.
 }
 
-TokenId SampleToken(absl::Span<const float> logits, const SamplingParams& p, int64_t step) {
+TokenId SampleToken(absl::Span<const float> logits, const StepSampling& p, int64_t step) {
   const int32_t n = static_cast<int32_t>(logits.size());
   if (p.temperature <= 0.0f || p.top_k == 1) {
     int32_t best = 0;

@@ -18,6 +18,6 @@ double SampleUniform(uint64_t seed, int64_t step);
 // Picks the next token from `logits`. Greedy (temperature 0) takes the largest logit, the
 // lowest id on ties; otherwise softmax(logits / T) restricted to top-k, then to the smallest
 // set whose probability reaches top-p, sampled with SampleUniform(seed, step).
-TokenId SampleToken(absl::Span<const float> logits, const SamplingParams& params, int64_t step);
+TokenId SampleToken(absl::Span<const float> logits, const StepSampling& params, int64_t step);
 
 }  // namespace hkv

@@ -8,21 +8,21 @@ namespace hkv {
 namespace {
 
 TEST(SamplerTest, GreedyTakesTheLargestAndLowestIdOnTies) {
-  SamplingParams p;
+  StepSampling p;
   EXPECT_EQ(SampleToken(std::vector<float>{0.1f, 3.0f, -1.0f, 3.0f}, p, 0), 1);
 }
 
 TEST(SamplerTest, SameSeedAndStepGiveTheSameToken) {
   std::vector<float> logits(100);
   for (int i = 0; i < 100; ++i) logits[i] = (i % 7) * 0.3f;
-  SamplingParams p;
+  StepSampling p;
   p.temperature = 1.0f;
   p.seed = 1234;
   for (int step = 0; step < 50; ++step) {
     EXPECT_EQ(SampleToken(logits, p, step), SampleToken(logits, p, step));
   }
   // Different seeds diverge somewhere.
-  SamplingParams q = p;
+  StepSampling q = p;
   q.seed = 99;
   int differ = 0;
   for (int step = 0; step < 50; ++step) differ += SampleToken(logits, p, step) != SampleToken(logits, q, step);
@@ -31,7 +31,7 @@ TEST(SamplerTest, SameSeedAndStepGiveTheSameToken) {
 
 TEST(SamplerTest, FollowsTheSoftmaxDistribution) {
   std::vector<float> logits = {0.0f, std::log(3.0f)};  // p = 0.25, 0.75.
-  SamplingParams p;
+  StepSampling p;
   p.temperature = 1.0f;
   p.seed = 7;
   int ones = 0;
@@ -42,7 +42,7 @@ TEST(SamplerTest, FollowsTheSoftmaxDistribution) {
 
 TEST(SamplerTest, TopKAndTopPRestrictTheCandidates) {
   std::vector<float> logits = {5.0f, 4.9f, 4.8f, 0.0f, -1.0f};
-  SamplingParams p;
+  StepSampling p;
   p.temperature = 2.0f;
   p.top_k = 2;
   std::map<int, int> seen;

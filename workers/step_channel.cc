@@ -17,7 +17,8 @@ using tcp::GetU32;
 using tcp::PutU32;
 
 constexpr uint32_t kFrameMagic = 0x484B5653;  // "HKVS"
-constexpr uint32_t kProtocolVersion = 1;
+// 2: a step's sequences carry only their sampler settings (StepSampling), no stop lists.
+constexpr uint32_t kProtocolVersion = 2;
 constexpr size_t kHeaderBytes = 16;
 constexpr size_t kMaxReasonBytes = 4096;
 // Keepalive: a follower or leader whose host vanished is noticed after ~10 + 3 * 5 s of silence.

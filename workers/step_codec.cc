@@ -31,10 +31,6 @@ class Writer {
     const auto* p = reinterpret_cast<const uint8_t*>(v.data());
     out_.insert(out_.end(), p, p + v.size() * sizeof(T));
   }
-  void PutString(const std::string& s) {
-    Put<uint64_t>(s.size());
-    out_.insert(out_.end(), s.begin(), s.end());
-  }
   std::vector<uint8_t> Take() { return std::move(out_); }
 
  private:
@@ -67,14 +63,6 @@ class Reader {
     v->resize(n);
     std::memcpy(v->data(), bytes_.data() + pos_, n * sizeof(T));
     pos_ += n * sizeof(T);
-    return absl::OkStatus();
-  }
-  absl::Status GetString(std::string* s) {
-    uint64_t n = 0;
-    HKV_RETURN_IF_ERROR(Get(&n));
-    HKV_RETURN_IF_ERROR(Need(n));
-    s->assign(reinterpret_cast<const char*>(bytes_.data() + pos_), n);
-    pos_ += n;
     return absl::OkStatus();
   }
   // A count of items that each take at least `min_bytes` more bytes.
@@ -131,16 +119,11 @@ absl::StatusOr<std::vector<uint8_t>> BatchEncoder::Encode(const Batch& b) {
     w.Put(s.start_pos);
     w.PutBool(s.sample);
     w.Put(s.sample_step);
-    const SamplingParams& p = s.sampling;
+    const StepSampling& p = s.sampling;
     w.Put(p.temperature);
     w.Put(p.top_k);
     w.Put(p.top_p);
     w.Put(p.seed);
-    w.Put(p.max_tokens);
-    w.PutBool(p.ignore_eos);
-    w.PutVector(p.stop_token_ids);
-    w.Put<uint64_t>(p.stop.size());
-    for (const std::string& t : p.stop) w.PutString(t);
     w.PutBool(s.select);
     const KvSelectionSpec& k = s.selection;
     w.Put(k.window);
@@ -216,18 +199,11 @@ absl::StatusOr<Batch> BatchDecoder::Decode(absl::Span<const uint8_t> bytes) {
     HKV_RETURN_IF_ERROR(r.Get(&s.start_pos));
     HKV_RETURN_IF_ERROR(r.GetBool(&s.sample));
     HKV_RETURN_IF_ERROR(r.Get(&s.sample_step));
-    SamplingParams& p = s.sampling;
+    StepSampling& p = s.sampling;
     HKV_RETURN_IF_ERROR(r.Get(&p.temperature));
     HKV_RETURN_IF_ERROR(r.Get(&p.top_k));
     HKV_RETURN_IF_ERROR(r.Get(&p.top_p));
     HKV_RETURN_IF_ERROR(r.Get(&p.seed));
-    HKV_RETURN_IF_ERROR(r.Get(&p.max_tokens));
-    HKV_RETURN_IF_ERROR(r.GetBool(&p.ignore_eos));
-    HKV_RETURN_IF_ERROR(r.GetVector(&p.stop_token_ids));
-    uint64_t stops = 0;
-    HKV_RETURN_IF_ERROR(r.GetCount(/*min_bytes=*/8, &stops));
-    p.stop.resize(stops);
-    for (std::string& t : p.stop) HKV_RETURN_IF_ERROR(r.GetString(&t));
     HKV_RETURN_IF_ERROR(r.GetBool(&s.select));
     KvSelectionSpec& k = s.selection;
     HKV_RETURN_IF_ERROR(r.Get(&k.window));

@@ -3,9 +3,9 @@
 // ranks in other processes (workers/multi_node_worker.h).
 //
 // Format: fixed-width little-endian integers and IEEE floats; every vector is a uint64 length
-// followed by its elements; strings likewise. Page tables are sent as changes against the
-// previous step (BatchEncoder below). The format is private to one hkv build: the step
-// channel's hello compares versions before any step is sent. Decoding checks every length
+// followed by its elements. Page tables are sent as changes against the previous step
+// (BatchEncoder below). The format is private to one hkv build: the step channel's hello
+// compares versions (bumped with the format) before any step is sent. Decoding checks every length
 // against the bytes left, so a truncated or corrupt message is DATA_LOSS, never a crash or a
 // huge allocation.
 

@@ -24,10 +24,6 @@ Batch SampleBatch() {
   plain.sampling.top_k = 40;
   plain.sampling.top_p = 0.9f;
   plain.sampling.seed = 0x123456789abcULL;
-  plain.sampling.max_tokens = 77;
-  plain.sampling.ignore_eos = true;
-  plain.sampling.stop_token_ids = {2, 9};
-  plain.sampling.stop = {"\n\n", "END"};
   SequenceStep select;
   select.id = 42;
   select.tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
@@ -64,10 +60,6 @@ void ExpectSame(const Batch& a, const Batch& b) {
     EXPECT_EQ(x.sampling.top_k, y.sampling.top_k);
     EXPECT_EQ(x.sampling.top_p, y.sampling.top_p);
     EXPECT_EQ(x.sampling.seed, y.sampling.seed);
-    EXPECT_EQ(x.sampling.max_tokens, y.sampling.max_tokens);
-    EXPECT_EQ(x.sampling.ignore_eos, y.sampling.ignore_eos);
-    EXPECT_EQ(x.sampling.stop_token_ids, y.sampling.stop_token_ids);
-    EXPECT_EQ(x.sampling.stop, y.sampling.stop);
     EXPECT_EQ(x.select, y.select);
     EXPECT_EQ(x.selection.window, y.selection.window);
     EXPECT_EQ(x.selection.pool_kernel, y.selection.pool_kernel);
