@@ -88,12 +88,13 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
 
   MetricsServer metrics(&engine.metrics());
   if (config.metrics_port > 0) {
-    absl::Status s = metrics.Start(config.host, config.metrics_port);
+    absl::Status s = metrics.Start(config.metrics_host, config.metrics_port);
     if (!s.ok()) {
       std::cerr << "hkv serve: " << s.message() << "\n";
       return 1;
     }
-    HKV_LOG(INFO) << "metrics on http://" << config.host << ":" << metrics.port() << "/metrics";
+    HKV_LOG(INFO) << "metrics on http://" << config.metrics_host << ":" << metrics.port()
+                  << "/metrics";
   }
   auto service = std::make_unique<GenerationService>(
       &engine, bundle->loaded.tokenizer, bundle->loaded.chat, MakeModelInfo(config, *bundle));
