@@ -30,21 +30,35 @@ absl::StatusOr<int> GrpcServer::Start(const std::string& host, int port) {
         absl::StrCat("cannot listen on ", host, ":", port, " (in use? set --port)"));
   }
   auto* health = server_->GetHealthCheckService();
-  health->SetServingStatus(kLivenessService, true);
+  health->SetServingStatus(kLivenessService, engine_->Live());
   health->SetServingStatus(kReadinessService, engine_->Healthy());
   watchdog_ = std::thread([this] { Watch(); });
   return bound_port;
 }
 
 void GrpcServer::Watch() {
-  bool last = !engine_->Healthy();
+  bool last_ready = !engine_->Healthy();
+  bool last_live = !engine_->Live();
   while (!stop_watch_.load()) {
     const bool ready = engine_->Healthy() && !draining_.load();
-    if (ready != last) {
+    if (ready != last_ready) {
       server_->GetHealthCheckService()->SetServingStatus(kReadinessService, ready);
       engine_->mutable_metrics()->ready = ready ? 1 : 0;
       if (!ready) HKV_LOG(WARNING) << "readiness: NOT_SERVING";
-      last = ready;
+      last_ready = ready;
+    }
+    const bool live = engine_->Live();
+    if (live != last_live) {
+      server_->GetHealthCheckService()->SetServingStatus(kLivenessService, live);
+      if (!live) {
+        HKV_LOG(ERROR) << "liveness: NOT_SERVING (the engine loop "
+                       << (engine_->IterationRunningFor() > absl::ZeroDuration()
+                               ? absl::StrCat("is stuck for ",
+                                              absl::FormatDuration(engine_->IterationRunningFor()))
+                               : std::string("is not running"))
+                       << ")";
+      }
+      last_live = live;
     }
     absl::SleepFor(absl::Milliseconds(200));
   }

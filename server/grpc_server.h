@@ -1,7 +1,9 @@
 #pragma once
 // GrpcServer: hosts the Generation service, the standard grpc.health.v1 service and
-// reflection, and keeps readiness in step with the engine (a watchdog thread turns
-// hkv.v1.Generation NOT_SERVING when the engine loop dies or stalls, or while draining).
+// reflection, and keeps the probes in step with the engine: a watchdog thread turns readiness
+// (hkv.v1.Generation) NOT_SERVING while an engine loop iteration runs past the stall timeout,
+// after the loop dies, or while draining, and liveness ("") NOT_SERVING when an iteration runs
+// past the liveness timeout or the loop is dead.
 //
 // Thread-safe: Start once, then Drain/Shutdown from any one thread.
 

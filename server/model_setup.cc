@@ -407,6 +407,8 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested, const Di
   options.default_policy = config.default_kv_policy;
   options.default_budget = config.default_kv_budget;
   options.stall_timeout = absl::Seconds(config.engine_stall_timeout_s);
+  options.liveness_timeout = absl::Seconds(config.engine_liveness_timeout_s);
+  options.fault_loop_stall = EngineLoopStallFromEnv();
   if (!config.head_scores.empty()) {
     HKV_ASSIGN_OR_RETURN(HeadScores scores, LoadHeadScores(config.head_scores));
     HKV_RETURN_IF_ERROR(CheckShape(scores, m.num_layers, m.num_heads));
