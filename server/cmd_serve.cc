@@ -100,7 +100,9 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
   auto service = std::make_unique<GenerationService>(
       &engine, bundle->loaded.tokenizer, bundle->loaded.chat, MakeModelInfo(config, *bundle));
   GrpcServer server(&engine, std::move(service));
-  auto port = server.Start(config.host, config.port);
+  GrpcServerOptions server_options;
+  server_options.max_concurrent_streams = config.max_concurrent_streams;
+  auto port = server.Start(config.host, config.port, server_options);
   if (!port.ok()) {
     std::cerr << "hkv serve: " << port.status().message() << "\n";
     return 1;
