@@ -5,7 +5,7 @@ Static part, for every overlay: renders it with `kubectl kustomize`, lints sourc
 with yamllint, runs `hkv serve --print-config --config <the overlay's ConfigMap file>` and checks
   - every container's args are flags the binary accepts (print-config with the same args);
   - container ports, Service ports, probe ports and the Prometheus annotation match the
-    server's port / metrics_port;
+    server's port / metrics_port, and metrics listen on every interface (metrics_host);
   - probes are native gRPC probes: liveness on the liveness service (""), startup and readiness
     on the readiness service ("hkv.v1.Generation"), the startup probe allowing >= 10 min;
   - terminationGracePeriodSeconds exceeds drain_timeout_s;
@@ -221,6 +221,9 @@ def check_pod(hkv, overlay, where, spec, meta, serving, cm, cfg, gpus_expected):
           f"{where}: grpc containerPort {ports.get('grpc')} != server port {pod_cfg['port']}")
     check(ports.get("metrics") == pod_cfg["metrics_port"],
           f"{where}: metrics containerPort {ports.get('metrics')} != {pod_cfg['metrics_port']}")
+    check(pod_cfg["metrics_host"] in ("0.0.0.0", "::"),
+          f"{where}: metrics_host {pod_cfg['metrics_host']} is not every interface: Prometheus "
+          f"scrapes the pod IP")
     live, ready = pod_cfg["health"]["liveness_service"], pod_cfg["health"]["readiness_service"]
     check_probe(where, c.get("livenessProbe"), "livenessProbe", pod_cfg["port"], live)
     check_probe(where, c.get("readinessProbe"), "readinessProbe", pod_cfg["port"], ready)
@@ -379,7 +382,7 @@ def check_live(hkv, cpu):
     # The image's model path is the repository's embedded model; ports are free loopback ports.
     model = live_cfg["model"].replace(IMAGE_MODEL_DIR, os.path.join(ROOT, "models/stories260K"))
     cmd = [hkv, "serve", f"--config={path}", f"--model={model}", "--host=127.0.0.1",
-           f"--port={port}", f"--metrics-port={mport}"]
+           "--metrics-host=127.0.0.1", f"--port={port}", f"--metrics-port={mport}"]
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:

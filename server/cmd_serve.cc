@@ -29,9 +29,10 @@ constexpr absl::Duration kWorkerFailureGrace = absl::Seconds(3);
 // After a worker failure, the orderly shutdown may block in a driver call on a wedged GPU (a
 // collective whose peer is gone); past this, the process exits regardless.
 constexpr absl::Duration kShutdownLimit = absl::Seconds(15);
-// A single step running this long means the worker hangs in a way its own timeouts did not catch
-// (a tensor-parallel step aborts itself after 5 minutes): exit so that the supervisor restarts
-// the server instead of leaving it stuck.
+// An engine loop iteration running this long means the worker (or the loop) hangs in a way its
+// own timeouts did not catch (a tensor-parallel step aborts itself after 5 minutes; liveness
+// turns NOT_SERVING after engine_liveness_timeout_s): exit so that a supervisor restarts the
+// server even where no liveness probe watches it.
 constexpr absl::Duration kStuckStepLimit = absl::Minutes(10);
 
 hkv::v1::ModelInfo MakeModelInfo(const ServerConfig& config, const EngineBundle& bundle) {
@@ -88,17 +89,20 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
 
   MetricsServer metrics(&engine.metrics());
   if (config.metrics_port > 0) {
-    absl::Status s = metrics.Start(config.host, config.metrics_port);
+    absl::Status s = metrics.Start(config.metrics_host, config.metrics_port);
     if (!s.ok()) {
       std::cerr << "hkv serve: " << s.message() << "\n";
       return 1;
     }
-    HKV_LOG(INFO) << "metrics on http://" << config.host << ":" << metrics.port() << "/metrics";
+    HKV_LOG(INFO) << "metrics on http://" << config.metrics_host << ":" << metrics.port()
+                  << "/metrics";
   }
   auto service = std::make_unique<GenerationService>(
       &engine, bundle->loaded.tokenizer, bundle->loaded.chat, MakeModelInfo(config, *bundle));
   GrpcServer server(&engine, std::move(service));
-  auto port = server.Start(config.host, config.port);
+  GrpcServerOptions server_options;
+  server_options.max_concurrent_streams = config.max_concurrent_streams;
+  auto port = server.Start(config.host, config.port, server_options);
   if (!port.ok()) {
     std::cerr << "hkv serve: " << port.status().message() << "\n";
     return 1;
@@ -116,9 +120,9 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
       failed_at = absl::Now();
       HKV_LOG(ERROR) << "the worker failed; exiting in " << kWorkerFailureGrace;
     }
-    if (engine.StepRunningFor() > kStuckStepLimit) {
-      HKV_LOG(ERROR) << "a worker step has run for " << engine.StepRunningFor()
-                     << "; the worker hangs, exiting";
+    if (engine.IterationRunningFor() > kStuckStepLimit) {
+      HKV_LOG(ERROR) << "an engine loop iteration has run for " << engine.IterationRunningFor()
+                     << "; the worker or the loop hangs, exiting";
       std::cerr.flush();
       std::_Exit(3);
     }

@@ -106,17 +106,18 @@ void Engine::Stop() {
   metrics_.ready = 0;
 }
 
-absl::Duration Engine::StepRunningFor() const {
-  const int64_t started = step_started_ns_.load();
+absl::Duration Engine::IterationRunningFor() const {
+  const int64_t started = iteration_started_ns_.load();
   if (started == 0) return absl::ZeroDuration();
-  return absl::Now() - absl::FromUnixNanos(started);
+  return std::max(absl::ZeroDuration(), absl::Now() - absl::FromUnixNanos(started));
 }
 
 bool Engine::Healthy() const {
-  if (!loop_alive_.load()) return false;
-  const int64_t started = step_started_ns_.load();
-  if (started == 0) return true;
-  return absl::Now() - absl::FromUnixNanos(started) < options_.stall_timeout;
+  return loop_alive_.load() && IterationRunningFor() < options_.stall_timeout;
+}
+
+bool Engine::Live() const {
+  return loop_alive_.load() && IterationRunningFor() < options_.liveness_timeout;
 }
 
 absl::StatusOr<HeadBudgetPlan> Engine::PlanFor(const std::string& policy, int32_t budget,
@@ -454,6 +455,10 @@ void Engine::Loop() {
   // While idle, the worker's liveness is polled this often (a cheap, non-blocking check).
   constexpr absl::Duration kLivenessCheckInterval = absl::Seconds(1);
   absl::Time last_liveness_check = absl::Now();
+  bool fault_stall_pending = options_.fault_loop_stall > absl::ZeroDuration();
+  // The watchdog times every iteration, all of it: draining the inbox, scheduling, the step,
+  // delivering outputs. Only the idle wait for input is not timed.
+  iteration_started_ns_ = absl::GetCurrentTimeNanos();
   while (true) {
     bool stopping;
     {
@@ -463,7 +468,9 @@ void Engine::Loop() {
         auto has_input = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return stopping_ || !inbox_.empty() || !controls_.empty();
         };
+        iteration_started_ns_ = 0;
         mu_.AwaitWithTimeout(absl::Condition(&has_input), absl::Milliseconds(100));
+        iteration_started_ns_ = absl::GetCurrentTimeNanos();
         stopping = stopping_;
       }
     }
@@ -477,9 +484,7 @@ void Engine::Loop() {
     std::vector<RequestOutput> more = scheduler_->TakeAborted();
     outputs.insert(outputs.end(), more.begin(), more.end());
     if (batch.has_value()) {
-      step_started_ns_ = absl::ToUnixNanos(absl::Now());
       absl::StatusOr<BatchResult> result = worker_->Execute(*batch);
-      step_started_ns_ = 0;
       metrics_.engine_steps_total++;
       if (!result.ok()) {
         OnWorkerFailure(result.status());
@@ -507,13 +512,21 @@ void Engine::Loop() {
     }
     Deliver(outputs);
     PublishGauges();
+    if (fault_stall_pending && metrics_.engine_steps_total.load() > 0) {
+      fault_stall_pending = false;
+      HKV_LOG(WARNING) << "fault injection: the engine loop stalls for "
+                       << options_.fault_loop_stall;
+      absl::SleepFor(options_.fault_loop_stall);
+    }
     if (stopping && !scheduler_->HasUnfinished()) break;
     if (!loop_alive_.load()) {
       // A device failure: keep answering submitted requests with errors, but run nothing.
       absl::MutexLock lock(&mu_);
       stopping_ = true;
     }
+    iteration_started_ns_ = absl::GetCurrentTimeNanos();  // The next iteration starts here.
   }
+  iteration_started_ns_ = 0;
   FailAll(absl::UnavailableError("the engine stopped"));
   absl::MutexLock lock(&mu_);
   for (Submitted& submitted : inbox_) {

@@ -4,7 +4,7 @@
 // tokens out to each request's RequestStream, their text made by the request's OutputProcessor
 // (detokenized, valid UTF-8, stop strings applied).
 //
-// Threading: Submit/Abort/Cancel/Healthy/Drain may be called from any thread (gRPC handlers,
+// Threading: Submit/Abort/Cancel/Healthy/Live/Drain may be called from any thread (gRPC handlers,
 // the CLI). They only touch the mutex-guarded inbox; everything else is engine-thread only.
 
 #include <atomic>
@@ -43,8 +43,15 @@ struct EngineOptions {
   int32_t default_budget = 128;
   double default_beta = 1.01;
   std::shared_ptr<const HeadScores> head_scores;  // For the headkv policy (query-head scores).
+  // Watchdog on the engine loop: one iteration (from leaving its idle wait until it waits
+  // again, or until the next iteration starts) running longer than `stall_timeout` makes the
+  // engine not ready; longer than `liveness_timeout`, not live.
   absl::Duration stall_timeout = absl::Seconds(30);
   StopLimits stop_limits;  // Checked by Submit before a request is queued.
+  absl::Duration liveness_timeout = absl::Minutes(5);
+  // Fault injection (HKV_FAULT_ENGINE_STALL_MS, see fault_injection.h): the loop sleeps this
+  // long once, outside Worker::Execute, after its first step. Zero in production.
+  absl::Duration fault_loop_stall = absl::ZeroDuration();
 };
 
 // A request as the engine takes it (already tokenized).
@@ -81,12 +88,17 @@ class Engine {
   bool Abort(const std::string& request_id);
   // Ends a request whose client went away or whose deadline passed.
   void Cancel(RequestId id, StreamFinish reason);
-  // True while the loop is alive and no step has run longer than the stall timeout.
+  // Readiness: true while the loop is alive and its current iteration has run for less than
+  // the stall timeout.
   bool Healthy() const;
+  // Liveness: true while the loop is alive and its current iteration has run for less than the
+  // liveness timeout. False means only a restart helps.
+  bool Live() const;
   // True once a worker step failed (the device is gone; the loop has stopped for good).
   bool WorkerFailed() const { return worker_failed_.load(); }
-  // How long the step in progress has run (zero between steps). Thread-safe.
-  absl::Duration StepRunningFor() const;
+  // How long the loop iteration in progress has run: zero while the loop waits for input or is
+  // not running. Thread-safe.
+  absl::Duration IterationRunningFor() const;
   // Stops admitting; waits up to `timeout` for in-flight requests, then aborts the rest.
   void Drain(absl::Duration timeout);
   void Stop();
@@ -168,7 +180,9 @@ class Engine {
   std::atomic<int64_t> next_id_{1};  // Engine-internal RequestIds; clients never see them.
   std::atomic<bool> loop_alive_{false};
   std::atomic<bool> worker_failed_{false};
-  std::atomic<int64_t> step_started_ns_{0};  // 0 when no step is running.
+  // Unix ns at which the loop's current iteration started; 0 while it waits idle or is not
+  // running. Written by the engine thread only.
+  std::atomic<int64_t> iteration_started_ns_{0};
   std::thread thread_;
 };
 

@@ -39,4 +39,12 @@ std::unique_ptr<Worker> MaybeInjectWorkerFaults(std::unique_ptr<Worker> worker) 
   return std::make_unique<FailAfterStepsWorker>(std::move(worker), steps);
 }
 
+absl::Duration EngineLoopStallFromEnv() {
+  const char* value = std::getenv("HKV_FAULT_ENGINE_STALL_MS");
+  int64_t ms = 0;
+  if (value == nullptr || !absl::SimpleAtoi(value, &ms) || ms <= 0) return absl::ZeroDuration();
+  std::cerr << "fault injection: the engine loop stalls for " << ms << " ms after its first step\n";
+  return absl::Milliseconds(ms);
+}
+
 }  // namespace hkv

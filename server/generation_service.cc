@@ -209,9 +209,20 @@ grpc::Status GenerationService::Run(
   }
 }
 
+grpc::Status GenerationService::TooManyCalls() {
+  engine_->mutable_metrics()->requests_rejected_total++;
+  return grpc::Status(
+      grpc::StatusCode::RESOURCE_EXHAUSTED,
+      absl::StrCat("too many concurrent streams: this server runs at most ", calls_.limit(),
+                   " Generate/Complete calls at once (--max-concurrent-streams); retry later or "
+                   "on another replica"));
+}
+
 grpc::Status GenerationService::Generate(grpc::ServerContext* context,
                                          const hkv::v1::GenerateRequest* request,
                                          grpc::ServerWriter<hkv::v1::GenerateResponse>* writer) {
+  std::optional<CallLimiter::Slot> slot = calls_.TryAcquire();
+  if (!slot.has_value()) return TooManyCalls();
   return Run(context, *request,
              [writer](const hkv::v1::GenerateResponse& r) { return writer->Write(r); });
 }
@@ -219,6 +230,8 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context,
 grpc::Status GenerationService::Complete(grpc::ServerContext* context,
                                          const hkv::v1::GenerateRequest* request,
                                          hkv::v1::GenerateResponse* response) {
+  std::optional<CallLimiter::Slot> slot = calls_.TryAcquire();
+  if (!slot.has_value()) return TooManyCalls();
   response->set_request_id(request->request_id());
   return Run(context, *request, [response](const hkv::v1::GenerateResponse& r) {
     response->set_request_id(r.request_id());

@@ -10,7 +10,9 @@
 
 #include "grpcpp/grpcpp.h"
 #include "hkv/v1/generation.grpc.pb.h"
+#include "server/call_limiter.h"
 #include "server/engine.h"
+#include "server/server_config.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -35,6 +37,11 @@ class GenerationService final : public hkv::v1::Generation::Service {
                             const hkv::v1::GetModelInfoRequest* request,
                             hkv::v1::ModelInfo* response) override;
 
+  // Caps the Generate and Complete calls in flight together; past it a call gets
+  // RESOURCE_EXHAUSTED at once. Set before the server starts.
+  void SetMaxConcurrentCalls(int limit) { calls_.set_limit(limit); }
+  int calls_in_flight() const { return calls_.in_flight(); }
+
   // Converts a request (tokenizing text or chat) for the engine. INVALID_ARGUMENT when bad.
   absl::StatusOr<EngineRequest> ToEngineRequest(const hkv::v1::GenerateRequest& request,
                                                 absl::Time deadline) const;
@@ -43,11 +50,15 @@ class GenerationService final : public hkv::v1::Generation::Service {
   // Runs a request, calling `emit` for each chunk; returns the final status.
   grpc::Status Run(grpc::ServerContext* context, const hkv::v1::GenerateRequest& request,
                    const std::function<bool(const hkv::v1::GenerateResponse&)>& emit);
+  // The refusal of a call past the concurrency limit.
+  grpc::Status TooManyCalls();
 
   Engine* engine_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::shared_ptr<const ChatTemplate> chat_;
   const hkv::v1::ModelInfo info_;
+  // Each call holds a gRPC handler thread while it runs; GrpcServer sizes the pool to match.
+  CallLimiter calls_{kDefaultMaxConcurrentStreams};
 };
 
 }  // namespace hkv

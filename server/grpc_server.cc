@@ -6,47 +6,84 @@
 #include "common/logging.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
+#include "server/listen_socket.h"
 #include "server/parse_error_interceptor.h"
 #include "server/server_config.h"
 
 namespace hkv {
+namespace {
+
+// Handler threads beyond one per stream: the pollers gRPC keeps idle (at most 2) and quick
+// calls (Abort, GetModelInfo, reflection, refusals past the stream limit), so that a client can
+// still abort its stream when every stream slot is taken. Health checks do not use this pool.
+constexpr int kThreadsBeyondStreams = 16;
+
+}  // namespace
 
 GrpcServer::GrpcServer(Engine* engine, std::unique_ptr<GenerationService> service)
     : engine_(engine), service_(std::move(service)) {}
 
 GrpcServer::~GrpcServer() { Shutdown(); }
 
-absl::StatusOr<int> GrpcServer::Start(const std::string& host, int port) {
+absl::StatusOr<int> GrpcServer::Start(const std::string& host, int port,
+                                      const GrpcServerOptions& options) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  service_->SetMaxConcurrentCalls(options.max_concurrent_streams);
   grpc::ServerBuilder builder;
   int bound_port = 0;
   builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
                            &bound_port);
+  // gRPC sets SO_REUSEPORT by default, so a second server on the same port would start and
+  // silently take part of its connections.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // The synchronous server runs each call on its own thread: cap the pool so that no number of
+  // clients can make the process spawn threads without bound.
+  grpc::ResourceQuota quota("hkv-grpc-server");
+  quota.SetMaxThreads(options.max_concurrent_streams + kThreadsBeyondStreams);
+  builder.SetResourceQuota(quota);
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(64 << 20);
   builder.experimental().SetInterceptorCreators(ParseErrorInterceptors());
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || bound_port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", host, ":", port, " (in use? set --port)"));
+    server_.reset();
+    // gRPC does not say why; binding the address the same way does.
+    absl::StatusOr<tcp::Fd> probe = ListenTcp(host, port, 1, "--port");
+    if (!probe.ok()) return probe.status();
+    return absl::UnavailableError(absl::StrCat("cannot serve gRPC on ", host, ":", port));
   }
   auto* health = server_->GetHealthCheckService();
-  health->SetServingStatus(kLivenessService, true);
+  health->SetServingStatus(kLivenessService, engine_->Live());
   health->SetServingStatus(kReadinessService, engine_->Healthy());
   watchdog_ = std::thread([this] { Watch(); });
   return bound_port;
 }
 
 void GrpcServer::Watch() {
-  bool last = !engine_->Healthy();
+  bool last_ready = !engine_->Healthy();
+  bool last_live = !engine_->Live();
   while (!stop_watch_.load()) {
     const bool ready = engine_->Healthy() && !draining_.load();
-    if (ready != last) {
+    if (ready != last_ready) {
       server_->GetHealthCheckService()->SetServingStatus(kReadinessService, ready);
       engine_->mutable_metrics()->ready = ready ? 1 : 0;
       if (!ready) HKV_LOG(WARNING) << "readiness: NOT_SERVING";
-      last = ready;
+      last_ready = ready;
+    }
+    const bool live = engine_->Live();
+    if (live != last_live) {
+      server_->GetHealthCheckService()->SetServingStatus(kLivenessService, live);
+      if (!live) {
+        HKV_LOG(ERROR) << "liveness: NOT_SERVING (the engine loop "
+                       << (engine_->IterationRunningFor() > absl::ZeroDuration()
+                               ? absl::StrCat("is stuck for ",
+                                              absl::FormatDuration(engine_->IterationRunningFor()))
+                               : std::string("is not running"))
+                       << ")";
+      }
+      last_live = live;
     }
     absl::SleepFor(absl::Milliseconds(200));
   }

@@ -1,7 +1,13 @@
 #pragma once
 // GrpcServer: hosts the Generation service, the standard grpc.health.v1 service and
-// reflection, and keeps readiness in step with the engine (a watchdog thread turns
-// hkv.v1.Generation NOT_SERVING when the engine loop dies or stalls, or while draining).
+// reflection, and keeps the probes in step with the engine: a watchdog thread turns readiness
+// (hkv.v1.Generation) NOT_SERVING while an engine loop iteration runs past the stall timeout,
+// after the loop dies, or while draining, and liveness ("") NOT_SERVING when an iteration runs
+// past the liveness timeout or the loop is dead.
+//
+// Bounded: the port is bound exclusively (a second server on a port in use fails instead of
+// sharing it), at most `max_concurrent_streams` Generate/Complete calls run at once (the service
+// refuses more with RESOURCE_EXHAUSTED), and the handler thread pool is capped just above that.
 //
 // Thread-safe: Start once, then Drain/Shutdown from any one thread.
 
@@ -15,8 +21,13 @@
 #include "grpcpp/grpcpp.h"
 #include "server/engine.h"
 #include "server/generation_service.h"
+#include "server/server_config.h"
 
 namespace hkv {
+
+struct GrpcServerOptions {
+  int max_concurrent_streams = kDefaultMaxConcurrentStreams;
+};
 
 class GrpcServer {
  public:
@@ -24,12 +35,15 @@ class GrpcServer {
   ~GrpcServer();
 
   // Binds host:port (0 picks a free port) and starts serving; returns the bound port.
-  absl::StatusOr<int> Start(const std::string& host, int port);
+  // UNAVAILABLE when the port is in use (by anyone, this process included) or not bindable.
+  absl::StatusOr<int> Start(const std::string& host, int port,
+                            const GrpcServerOptions& options = {});
   // SIGTERM path: readiness NOT_SERVING, engine drains for up to `timeout`, then the server
   // shuts down (in-flight streams end).
   void DrainAndShutdown(absl::Duration timeout);
   void Shutdown();
   grpc::Server* server() { return server_.get(); }
+  GenerationService* service() { return service_.get(); }
 
  private:
   void Watch();

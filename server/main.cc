@@ -62,9 +62,16 @@ ABSL_FLAG(int32_t, rank, -1,
 // Server.
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port");
-ABSL_FLAG(int32_t, metrics_port, 9090, "HTTP /metrics port (0 disables)");
+ABSL_FLAG(int32_t, metrics_port, 9090, "HTTP /metrics and /healthz port (0 disables)");
+ABSL_FLAG(std::string, metrics_host, "127.0.0.1",
+          "Address of /metrics and /healthz (0.0.0.0 for Prometheus scrapes from other hosts)");
+ABSL_FLAG(int32_t, max_concurrent_streams, hkv::kDefaultMaxConcurrentStreams,
+          "Most Generate/Complete calls in flight; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int32_t, drain_timeout_s, 30, "On SIGTERM, seconds to let in-flight requests finish");
-ABSL_FLAG(int32_t, engine_stall_timeout_s, 30, "A step longer than this turns readiness off");
+ABSL_FLAG(int32_t, engine_stall_timeout_s, 30,
+          "An engine loop iteration longer than this turns readiness NOT_SERVING");
+ABSL_FLAG(int32_t, engine_liveness_timeout_s, 300,
+          "An engine loop iteration longer than this turns liveness NOT_SERVING (restart)");
 ABSL_FLAG(int32_t, dist_join_timeout_s, 600,
           "Multi-node: seconds the nodes may take to form the group");
 ABSL_FLAG(int32_t, max_stop_strings, 64,
@@ -135,6 +142,8 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   HKV_OVERRIDE(host);
   HKV_OVERRIDE(port);
   HKV_OVERRIDE(metrics_port);
+  HKV_OVERRIDE(metrics_host);
+  HKV_OVERRIDE(max_concurrent_streams);
   HKV_OVERRIDE(device);
   HKV_OVERRIDE(tensor_parallel_size);
   HKV_OVERRIDE(tp_head_placement);
@@ -153,6 +162,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   HKV_OVERRIDE(drain_timeout_s);
   HKV_OVERRIDE(num_threads);
   HKV_OVERRIDE(engine_stall_timeout_s);
+  HKV_OVERRIDE(engine_liveness_timeout_s);
   HKV_OVERRIDE(dist_join_timeout_s);
   HKV_OVERRIDE(max_stop_strings);
   HKV_OVERRIDE(max_stop_bytes);

@@ -1,7 +1,10 @@
 #include "server/metrics.h"
 
+#include <map>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
-#include "httplib.h"
+#include "server/http_server.h"
 
 namespace hkv {
 
@@ -93,39 +96,31 @@ std::vector<int64_t> EngineMetrics::BlocksPerLayer() const {
   return blocks_per_layer_;
 }
 
-MetricsServer::MetricsServer(const EngineMetrics* metrics)
-    : metrics_(metrics), http_(std::make_unique<httplib::Server>()) {}
+MetricsServer::MetricsServer(const EngineMetrics* metrics) {
+  std::map<std::string, HttpHandler> routes;
+  routes["/metrics"] = [metrics] {
+    return HttpResponse{200, "text/plain; version=0.0.4", metrics->Render()};
+  };
+  routes["/healthz"] = [metrics] {
+    const bool ready = metrics->ready.load() != 0;
+    return HttpResponse{ready ? 200 : 503, "text/plain", ready ? "ok\n" : "not ready\n"};
+  };
+  http_ = std::make_unique<HttpGetServer>(std::move(routes));
+}
 
 MetricsServer::~MetricsServer() { Stop(); }
 
 absl::Status MetricsServer::Start(const std::string& host, int port) {
-  http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics_->Render(), "text/plain; version=0.0.4");
-  });
-  http_->Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
-    const bool ready = metrics_->ready.load() != 0;
-    res.status = ready ? 200 : 503;
-    res.set_content(ready ? "ok\n" : "not ready\n", "text/plain");
-  });
-  if (port == 0) {
-    port_ = http_->bind_to_any_port(host.c_str());
-    if (port_ < 0) return absl::UnavailableError("metrics: cannot bind any port on " + host);
-  } else {
-    if (!http_->bind_to_port(host.c_str(), port)) {
-      return absl::UnavailableError(absl::StrCat("metrics: cannot bind ", host, ":", port,
-                                                 " (in use? set --metrics-port)"));
-    }
-    port_ = port;
+  absl::StatusOr<int> bound = http_->Start(host, port, "--metrics-port");
+  if (!bound.ok()) {
+    return absl::UnavailableError(absl::StrCat("metrics: ", bound.status().message()));
   }
-  thread_ = std::thread([this] { http_->listen_after_bind(); });
+  port_ = *bound;
   return absl::OkStatus();
 }
 
-void MetricsServer::Stop() {
-  if (thread_.joinable()) {
-    http_->stop();
-    thread_.join();
-  }
-}
+void MetricsServer::Stop() { http_->Stop(); }
+
+int MetricsServer::open_connections() const { return http_->open_connections(); }
 
 }  // namespace hkv

@@ -6,18 +6,15 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 
-namespace httplib {
-class Server;
-}
-
 namespace hkv {
+
+class HttpGetServer;
 
 class Histogram {
  public:
@@ -66,20 +63,22 @@ struct EngineMetrics {
   std::vector<int64_t> blocks_per_layer_ ABSL_GUARDED_BY(mu_);
 };
 
-// Serves GET /metrics (and /healthz) on a background thread.
+// Serves GET /metrics and /healthz (200 when ready, else 503) on a background thread, with the
+// bounds of HttpGetServer: slow or idle clients cannot delay a scrape.
 class MetricsServer {
  public:
   explicit MetricsServer(const EngineMetrics* metrics);
   ~MetricsServer();
-  // Binds host:port (port 0 picks a free one, see port()) and starts serving.
+  // Binds host:port (port 0 picks a free one, see port()) and starts serving. UNAVAILABLE when
+  // the port is in use or the host is not a local address.
   absl::Status Start(const std::string& host, int port);
   void Stop();
   int port() const { return port_; }
+  // HTTP connections open right now.
+  int open_connections() const;
 
  private:
-  const EngineMetrics* metrics_;
-  std::unique_ptr<httplib::Server> http_;
-  std::thread thread_;
+  std::unique_ptr<HttpGetServer> http_;
   int port_ = 0;
 };
 

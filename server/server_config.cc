@@ -33,6 +33,8 @@ const std::map<std::string, Setter>& Fields() {
       {"host", Field(&ServerConfig::host)},
       {"port", Field(&ServerConfig::port)},
       {"metrics_port", Field(&ServerConfig::metrics_port)},
+      {"metrics_host", Field(&ServerConfig::metrics_host)},
+      {"max_concurrent_streams", Field(&ServerConfig::max_concurrent_streams)},
       {"device", Field(&ServerConfig::device)},
       {"max_model_len", Field(&ServerConfig::max_model_len)},
       {"cuda_graph_max_batch", Field(&ServerConfig::cuda_graph_max_batch)},
@@ -51,6 +53,7 @@ const std::map<std::string, Setter>& Fields() {
       {"drain_timeout_s", Field(&ServerConfig::drain_timeout_s)},
       {"num_threads", Field(&ServerConfig::num_threads)},
       {"engine_stall_timeout_s", Field(&ServerConfig::engine_stall_timeout_s)},
+      {"engine_liveness_timeout_s", Field(&ServerConfig::engine_liveness_timeout_s)},
       {"dist_join_timeout_s", Field(&ServerConfig::dist_join_timeout_s)},
       {"max_stop_strings", Field(&ServerConfig::max_stop_strings)},
       {"max_stop_bytes", Field(&ServerConfig::max_stop_bytes)},
@@ -97,6 +100,10 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.metrics_port < 0 || c.metrics_port > 65535) {
     return bad("metrics_port must be in [0, 65535], got ", c.metrics_port);
   }
+  if (c.metrics_host.empty()) return bad("metrics_host is empty (127.0.0.1: loopback only)");
+  if (c.max_concurrent_streams < 1 || c.max_concurrent_streams > 65536) {
+    return bad("max_concurrent_streams must be in [1, 65536], got ", c.max_concurrent_streams);
+  }
   if (c.device != "cpu" && c.device != "cuda" && c.device != "auto") {
     return bad("device must be 'cpu', 'cuda' or 'auto', got '", c.device, "'");
   }
@@ -121,6 +128,10 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.default_kv_budget < 1) return bad("default_kv_budget must be >= 1");
   if (c.drain_timeout_s < 0) return bad("drain_timeout_s must be >= 0");
   if (c.engine_stall_timeout_s < 1) return bad("engine_stall_timeout_s must be >= 1");
+  if (c.engine_liveness_timeout_s < c.engine_stall_timeout_s) {
+    return bad("engine_liveness_timeout_s (", c.engine_liveness_timeout_s,
+               ") must be >= engine_stall_timeout_s (", c.engine_stall_timeout_s, ")");
+  }
   if (c.dist_join_timeout_s < 1) return bad("dist_join_timeout_s must be >= 1");
   if (c.max_stop_strings < 0) return bad("max_stop_strings must be >= 0");
   if (c.max_stop_bytes < 0) return bad("max_stop_bytes must be >= 0");
@@ -136,6 +147,8 @@ std::string ServerConfigToJson(const ServerConfig& c) {
   j["host"] = c.host;
   j["port"] = c.port;
   j["metrics_port"] = c.metrics_port;
+  j["metrics_host"] = c.metrics_host;
+  j["max_concurrent_streams"] = c.max_concurrent_streams;
   j["device"] = c.device;
   j["tensor_parallel_size"] = c.tensor_parallel_size;
   j["tp_head_placement"] = c.tp_head_placement;
@@ -154,6 +167,7 @@ std::string ServerConfigToJson(const ServerConfig& c) {
   j["drain_timeout_s"] = c.drain_timeout_s;
   j["num_threads"] = c.num_threads;
   j["engine_stall_timeout_s"] = c.engine_stall_timeout_s;
+  j["engine_liveness_timeout_s"] = c.engine_liveness_timeout_s;
   j["dist_join_timeout_s"] = c.dist_join_timeout_s;
   j["max_stop_strings"] = c.max_stop_strings;
   j["max_stop_bytes"] = c.max_stop_bytes;

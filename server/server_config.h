@@ -12,6 +12,8 @@ namespace hkv {
 // gRPC health service names the probes use (see deploy/k8s).
 inline constexpr char kLivenessService[] = "";
 inline constexpr char kReadinessService[] = "hkv.v1.Generation";
+// Generate/Complete calls in flight at once; each holds a gRPC handler thread.
+inline constexpr int32_t kDefaultMaxConcurrentStreams = 2048;
 
 struct ServerConfig {
   std::string model;           // llama2.c .bin file or Hugging Face model directory.
@@ -20,6 +22,9 @@ struct ServerConfig {
   std::string host = "0.0.0.0";
   int32_t port = 50051;         // gRPC.
   int32_t metrics_port = 9090;  // HTTP /metrics; 0 disables it.
+  // Address of /metrics and /healthz: loopback unless set (Kubernetes: 0.0.0.0, for scrapes).
+  std::string metrics_host = "127.0.0.1";
+  int32_t max_concurrent_streams = kDefaultMaxConcurrentStreams;
   std::string device = "auto";  // cpu | cuda | auto (cuda when a GPU is present).
   int32_t tensor_parallel_size = 1;
   std::string tp_head_placement = "balanced";  // balanced (by the HeadKV plan) | contiguous
@@ -37,7 +42,10 @@ struct ServerConfig {
   std::string head_scores;  // Score file for the headkv policy.
   int32_t drain_timeout_s = 30;
   int32_t num_threads = 0;              // CPU worker threads; 0 = all cores.
-  int32_t engine_stall_timeout_s = 30;  // A step longer than this turns readiness NOT_SERVING.
+  // One engine loop iteration longer than this turns readiness NOT_SERVING; longer than the
+  // liveness timeout (or a dead loop) turns liveness NOT_SERVING, so the pod is restarted.
+  int32_t engine_stall_timeout_s = 30;
+  int32_t engine_liveness_timeout_s = 300;
   int32_t dist_join_timeout_s = 600;    // Multi-node: how long the nodes may take to form a group.
   int32_t max_stop_strings = 64;        // Stop strings per request.
   int32_t max_stop_bytes = 4096;        // Bytes of a request's stop strings, all together.
