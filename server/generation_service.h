@@ -5,6 +5,7 @@
 // Thread-safe: gRPC calls the handlers from its own thread pool; each handler only submits to
 // the Engine and reads its own RequestStream.
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -12,6 +13,7 @@
 #include "hkv/v1/generation.grpc.pb.h"
 #include "server/engine.h"
 #include "tokenizer/chat_template.h"
+#include "tokenizer/prompt_limit.h"
 #include "tokenizer/tokenizer.h"
 
 namespace hkv {
@@ -21,9 +23,12 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class GenerationService final : public hkv::v1::Generation::Service {
  public:
-  // `chat` may be null (the model has no supported chat format).
+  // `chat` may be null (the model has no supported chat format). Text prompts longer than
+  // `max_prompt_bytes` (0: the cap derived from the engine's context, see prompt_limit.h) are
+  // refused before they are tokenized.
   GenerationService(Engine* engine, std::shared_ptr<const Tokenizer> tokenizer,
-                    std::shared_ptr<const ChatTemplate> chat, hkv::v1::ModelInfo info);
+                    std::shared_ptr<const ChatTemplate> chat, hkv::v1::ModelInfo info,
+                    int64_t max_prompt_bytes = 0);
 
   grpc::Status Generate(grpc::ServerContext* context, const hkv::v1::GenerateRequest* request,
                         grpc::ServerWriter<hkv::v1::GenerateResponse>* writer) override;
@@ -35,9 +40,12 @@ class GenerationService final : public hkv::v1::Generation::Service {
                             const hkv::v1::GetModelInfoRequest* request,
                             hkv::v1::ModelInfo* response) override;
 
-  // Converts a request (tokenizing text or chat) for the engine. INVALID_ARGUMENT when bad.
+  // Converts a request (tokenizing text or chat) for the engine. INVALID_ARGUMENT when bad or
+  // over the prompt byte cap; tokenizing stops with CANCELLED once `cancelled` (may be empty)
+  // returns true, and with DEADLINE_EXCEEDED once `deadline` passes.
   absl::StatusOr<EngineRequest> ToEngineRequest(const hkv::v1::GenerateRequest& request,
-                                                absl::Time deadline) const;
+                                                absl::Time deadline,
+                                                const std::function<bool()>& cancelled = {}) const;
 
  private:
   // Runs a request, calling `emit` for each chunk; returns the final status.
@@ -48,6 +56,7 @@ class GenerationService final : public hkv::v1::Generation::Service {
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::shared_ptr<const ChatTemplate> chat_;
   const hkv::v1::ModelInfo info_;
+  PromptByteLimit prompt_limit_;  // Unused without a tokenizer.
 };
 
 }  // namespace hkv
