@@ -2,8 +2,9 @@
 // handler before any length check, ignored cancellation, and then SIGTERM could not end the
 // process. Now a text over the byte cap (context x the longest token's bytes) is refused at
 // once while other clients are served, a text under the cap is tokenized and gets the usual
-// context-length error, and SIGTERM ends the server within drain_timeout_s + 10 s. Runs the
-// real `hkv serve` (stories260K, CPU) on a loopback port.
+// context-length error, chat messages count too, and SIGTERM ends the server within
+// drain_timeout_s + 10 s. Runs the real `hkv serve` (stories260K, CPU) on a loopback port, and
+// the service in process for chats.
 
 #include <signal.h>
 #include <unistd.h>
@@ -13,9 +14,13 @@
 #include <thread>
 
 #include "absl/strings/numbers.h"
+#include "absl/time/clock.h"
+#include "common/paths.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/server_test_util.h"
+#include "tokenizer/bpe_tokenizers.h"
+#include "tokenizer/gguf_vocab.h"
 
 namespace hkv::testing {
 namespace {
@@ -129,6 +134,53 @@ TEST_F(HugePromptTest, SigtermWhileItIsHandledEndsTheServerInTime) {
   client.join();
   EXPECT_EQ(status, 0) << "the server did not exit within drain_timeout_s + 10 s";
   EXPECT_FALSE(huge.status.ok());
+}
+
+// Chat messages count towards the cap too, before they are joined: stories260K's engine (512
+// tokens of context) behind Llama-3's vocabulary and chat format, where no token stands for
+// more than 128 bytes.
+class HugeChatTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto bundle = BuildEngine(TestServerConfig());
+    ASSERT_TRUE(bundle.ok()) << bundle.status();
+    bundle_ = std::move(*bundle);
+    auto vocab = LoadGgufVocab(SharedDataDir() + "/tokenizer_vectors/ggml-vocab-llama-bpe.gguf");
+    ASSERT_TRUE(vocab.ok()) << vocab.status();
+    auto tokenizer = MakeTokenizerFromGguf(*vocab);
+    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+    service_ = std::make_unique<GenerationService>(
+        bundle_.engine.get(), std::shared_ptr<const Tokenizer>(std::move(*tokenizer)),
+        std::make_shared<const ChatTemplate>(ChatFormat::kLlama3), hkv::v1::ModelInfo());
+  }
+
+  absl::Status Convert(const hkv::v1::GenerateRequest& request) {
+    return service_->ToEngineRequest(request, absl::InfiniteFuture()).status();
+  }
+
+  EngineBundle bundle_;
+  std::unique_ptr<GenerationService> service_;
+};
+
+TEST_F(HugeChatTest, OneLongMessageIsRefused) {
+  hkv::v1::GenerateRequest r;
+  auto* m = r.mutable_chat()->add_messages();
+  m->set_role("user");
+  m->set_content(Prose(70000));
+  const absl::Status status = Convert(r);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("the prompt is 70005 bytes; at most 65536 for a context of 512 tokens"));
+  m->set_content("Once upon a time");
+  EXPECT_TRUE(Convert(r).ok()) << Convert(r);
+}
+
+TEST_F(HugeChatTest, ManyEmptyMessagesAreRefused) {
+  hkv::v1::GenerateRequest r;
+  for (int i = 0; i < 14000; ++i) r.mutable_chat()->add_messages()->set_role("user");
+  const absl::Status status = Convert(r);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr("the prompt is 70000 bytes"));
 }
 
 }  // namespace
