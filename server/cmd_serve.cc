@@ -1,11 +1,10 @@
 // `hkv serve`: the gRPC server. SIGTERM/SIGINT drain it (stop admitting, let in-flight requests
 // finish within drain_timeout_s, abort the rest) and exit 0; if the shutdown is still not done
 // kShutdownGrace after the drain (a stuck handler or engine step), the process exits 1
-// regardless. When the worker fails (a CUDA
-// error, a tensor-parallel rank that died or hung) the engine has already failed its requests
-// with UNAVAILABLE and readiness is NOT_SERVING; the process then exits with status 3 after a
-// short grace period, so that its supervisor (Kubernetes) restarts it instead of leaving a
-// server that can never serve again.
+// regardless. When the worker fails (a CUDA error, a tensor-parallel rank that died or hung) the
+// engine has already failed its requests with UNAVAILABLE and readiness is NOT_SERVING; the
+// process then exits with status 3 after a short grace period, so that its supervisor
+// (Kubernetes) restarts it instead of leaving a server that can never serve again.
 
 #include <signal.h>
 
