@@ -7,6 +7,7 @@
 #include "nlohmann/json.hpp"
 #include "server/commands.h"
 #include "server/model_setup.h"
+#include "tokenizer/prompt_limit.h"
 
 namespace hkv {
 
@@ -28,7 +29,14 @@ int RunGenerate(const GenerateOptions& options) {
     std::cerr << "hkv generate: this model has no tokenizer: pass --prompt-ids\n";
     return 1;
   } else {
-    request.prompt = bundle->loaded.tokenizer->Encode(options.prompt, /*add_bos=*/true);
+    const PromptByteLimit limit = MakePromptByteLimit(*tokenizer, engine.model_config().max_seq_len,
+                                                      options.server.max_prompt_bytes);
+    auto ids = EncodePrompt(*tokenizer, options.prompt, /*add_bos=*/true, limit, EncodeControl());
+    if (!ids.ok()) {
+      std::cerr << "hkv generate: " << ids.status().message() << "\n";
+      return 1;
+    }
+    request.prompt = std::move(*ids);
   }
   request.sampling = options.sampling;
   request.seed = options.seed;

@@ -1,9 +1,10 @@
 // `hkv serve`: the gRPC server. SIGTERM/SIGINT drain it (stop admitting, let in-flight requests
-// finish within drain_timeout_s, abort the rest) and exit 0. When the worker fails (a CUDA
-// error, a tensor-parallel rank that died or hung) the engine has already failed its requests
-// with UNAVAILABLE and readiness is NOT_SERVING; the process then exits with status 3 after a
-// short grace period, so that its supervisor (Kubernetes) restarts it instead of leaving a
-// server that can never serve again.
+// finish within drain_timeout_s, abort the rest) and exit 0; if the shutdown is still not done
+// kShutdownGrace after the drain (a stuck handler or engine step), the process exits 1
+// regardless. When the worker fails (a CUDA error, a tensor-parallel rank that died or hung) the
+// engine has already failed its requests with UNAVAILABLE and readiness is NOT_SERVING; the
+// process then exits with status 3 after a short grace period, so that its supervisor
+// (Kubernetes) restarts it instead of leaving a server that can never serve again.
 
 #include <signal.h>
 
@@ -34,6 +35,9 @@ constexpr absl::Duration kShutdownLimit = absl::Seconds(15);
 // turns NOT_SERVING after engine_liveness_timeout_s): exit so that a supervisor restarts the
 // server even where no liveness probe watches it.
 constexpr absl::Duration kStuckStepLimit = absl::Minutes(10);
+// After SIGTERM, what follows the drain (aborting the rest, ending the streams, stopping the
+// engine) takes well under a second unless something is stuck; past this, the process exits.
+constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
 
 hkv::v1::ModelInfo MakeModelInfo(const ServerConfig& config, const EngineBundle& bundle) {
   const ModelConfig& m = bundle.loaded.model->config;
@@ -97,8 +101,9 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
     HKV_LOG(INFO) << "metrics on http://" << config.metrics_host << ":" << metrics.port()
                   << "/metrics";
   }
-  auto service = std::make_unique<GenerationService>(
-      &engine, bundle->loaded.tokenizer, bundle->loaded.chat, MakeModelInfo(config, *bundle));
+  auto service =
+      std::make_unique<GenerationService>(&engine, bundle->loaded.tokenizer, bundle->loaded.chat,
+                                          MakeModelInfo(config, *bundle), config.max_prompt_bytes);
   GrpcServer server(&engine, std::move(service));
   GrpcServerOptions server_options;
   server_options.max_concurrent_streams = config.max_concurrent_streams;
@@ -136,6 +141,8 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
   }
   HKV_LOG(INFO) << "signal " << signal_number << ": draining for up to " << config.drain_timeout_s
                 << " s";
+  ExitAfter(absl::Seconds(config.drain_timeout_s) + kShutdownGrace, 1,
+            "the shutdown after the drain did not finish");
   server.DrainAndShutdown(absl::Seconds(config.drain_timeout_s));
   engine.Stop();
   metrics.Stop();

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/logging.h"
 #include "common/quote.h"
 #include "server/request_id.h"
 #include "server/stop_strings.h"
@@ -51,6 +52,14 @@ constexpr size_t kMaxStatusMessageBytes = 1024;
 // A deadline further out than this is treated as none (gRPC's "infinite" is year 292277026596).
 constexpr absl::Duration kNoDeadline = absl::Hours(24 * 365);
 
+// At most as many bytes as the chat's template makes of it: every supported format adds at
+// least one byte per message (Mistral folds a system message in with "\n\n").
+int64_t ChatBytes(const hkv::v1::ChatMessages& chat) {
+  int64_t bytes = 0;
+  for (const auto& m : chat.messages()) bytes += m.role().size() + m.content().size() + 1;
+  return bytes;
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
@@ -66,14 +75,34 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 GenerationService::GenerationService(Engine* engine, std::shared_ptr<const Tokenizer> tokenizer,
                                      std::shared_ptr<const ChatTemplate> chat,
-                                     hkv::v1::ModelInfo info)
+                                     hkv::v1::ModelInfo info, int64_t max_prompt_bytes)
     : engine_(engine),
       tokenizer_(std::move(tokenizer)),
       chat_(std::move(chat)),
-      info_(std::move(info)) {}
+      info_(std::move(info)) {
+  if (tokenizer_ == nullptr) return;
+  prompt_limit_ =
+      MakePromptByteLimit(*tokenizer_, engine_->model_config().max_seq_len, max_prompt_bytes);
+  if (prompt_limit_.max_bytes == 0) {
+    HKV_LOG(WARNING) << "the tokenizer has no bound on bytes per token: text prompts are "
+                        "capped only by --max-prompt-bytes, which is not set";
+  }
+}
 
 absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
-    const hkv::v1::GenerateRequest& request, absl::Time deadline) const {
+    const hkv::v1::GenerateRequest& request, absl::Time deadline,
+    const std::function<bool()>& cancelled) const {
+  // Tokenizing a long text polls this (on this thread) every 64 KiB or so.
+  EncodeControl control;
+  control.check = [&cancelled, deadline]() -> absl::Status {
+    if (cancelled && cancelled()) {
+      return absl::CancelledError("the client cancelled the request while it was tokenized");
+    }
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError("the request's deadline passed while it was tokenized");
+    }
+    return absl::OkStatus();
+  };
   EngineRequest r;
   // Checked before tokenizing (the engine checks again, for its other callers).
   if (!request.request_id().empty()) {
@@ -86,12 +115,16 @@ absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
         "this model is served without a tokenizer: send prompt_token_ids");
   }
   switch (request.input_case()) {
-    case hkv::v1::GenerateRequest::kPrompt:
+    case hkv::v1::GenerateRequest::kPrompt: {
       if (request.prompt().empty()) {
         return absl::InvalidArgumentError("the prompt is empty: send text or token ids");
       }
-      r.prompt = tokenizer_->Encode(request.prompt(), !request.skip_bos());
+      absl::StatusOr<std::vector<TokenId>> ids =
+          EncodePrompt(*tokenizer_, request.prompt(), !request.skip_bos(), prompt_limit_, control);
+      if (!ids.ok()) return ids.status();
+      r.prompt = std::move(*ids);
       break;
+    }
     case hkv::v1::GenerateRequest::kPromptTokenIds:
       r.prompt.assign(request.prompt_token_ids().ids().begin(),
                       request.prompt_token_ids().ids().end());
@@ -105,11 +138,18 @@ absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
       if (request.chat().messages().empty()) {
         return absl::InvalidArgumentError("chat has no messages");
       }
+      // Refused before the messages are copied and joined; the joined text is checked again.
+      if (absl::Status s = CheckPromptBytes(ChatBytes(request.chat()), prompt_limit_); !s.ok()) {
+        return s;
+      }
       std::vector<ChatMessage> messages;
       for (const auto& m : request.chat().messages()) messages.push_back({m.role(), m.content()});
       auto text = chat_->Apply(messages, /*add_generation_prompt=*/true);
       if (!text.ok()) return text.status();
-      r.prompt = tokenizer_->Encode(*text, /*add_bos=*/false);
+      absl::StatusOr<std::vector<TokenId>> ids =
+          EncodePrompt(*tokenizer_, *text, /*add_bos=*/false, prompt_limit_, control);
+      if (!ids.ok()) return ids.status();
+      r.prompt = std::move(*ids);
       break;
     }
     case hkv::v1::GenerateRequest::INPUT_NOT_SET:
@@ -160,7 +200,7 @@ grpc::Status GenerationService::Run(
     const std::function<bool(const hkv::v1::GenerateResponse&)>& emit) {
   absl::Time deadline = absl::FromChrono(context->deadline());
   if (deadline - absl::Now() > kNoDeadline) deadline = absl::InfiniteFuture();
-  auto converted = ToEngineRequest(request, deadline);
+  auto converted = ToEngineRequest(request, deadline, [context] { return context->IsCancelled(); });
   if (!converted.ok()) return ToGrpcStatus(converted.status());
   auto submitted = engine_->Submit(std::move(*converted));
   if (!submitted.ok()) return ToGrpcStatus(submitted.status());

@@ -5,6 +5,7 @@
 // Thread-safe: gRPC calls the handlers from its own thread pool; each handler only submits to
 // the Engine and reads its own RequestStream.
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -14,6 +15,7 @@
 #include "server/engine.h"
 #include "server/server_config.h"
 #include "tokenizer/chat_template.h"
+#include "tokenizer/prompt_limit.h"
 #include "tokenizer/tokenizer.h"
 
 namespace hkv {
@@ -23,9 +25,12 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class GenerationService final : public hkv::v1::Generation::Service {
  public:
-  // `chat` may be null (the model has no supported chat format).
+  // `chat` may be null (the model has no supported chat format). Text prompts longer than
+  // `max_prompt_bytes` (0: the cap derived from the engine's context, see prompt_limit.h) are
+  // refused before they are tokenized.
   GenerationService(Engine* engine, std::shared_ptr<const Tokenizer> tokenizer,
-                    std::shared_ptr<const ChatTemplate> chat, hkv::v1::ModelInfo info);
+                    std::shared_ptr<const ChatTemplate> chat, hkv::v1::ModelInfo info,
+                    int64_t max_prompt_bytes = 0);
 
   grpc::Status Generate(grpc::ServerContext* context, const hkv::v1::GenerateRequest* request,
                         grpc::ServerWriter<hkv::v1::GenerateResponse>* writer) override;
@@ -42,9 +47,12 @@ class GenerationService final : public hkv::v1::Generation::Service {
   void SetMaxConcurrentCalls(int limit) { calls_.set_limit(limit); }
   int calls_in_flight() const { return calls_.in_flight(); }
 
-  // Converts a request (tokenizing text or chat) for the engine. INVALID_ARGUMENT when bad.
+  // Converts a request (tokenizing text or chat) for the engine. INVALID_ARGUMENT when bad or
+  // over the prompt byte cap; tokenizing stops with CANCELLED once `cancelled` (may be empty)
+  // returns true, and with DEADLINE_EXCEEDED once `deadline` passes.
   absl::StatusOr<EngineRequest> ToEngineRequest(const hkv::v1::GenerateRequest& request,
-                                                absl::Time deadline) const;
+                                                absl::Time deadline,
+                                                const std::function<bool()>& cancelled = {}) const;
 
  private:
   // Runs a request, calling `emit` for each chunk; returns the final status.
@@ -59,6 +67,7 @@ class GenerationService final : public hkv::v1::Generation::Service {
   const hkv::v1::ModelInfo info_;
   // Each call holds a gRPC handler thread while it runs; GrpcServer sizes the pool to match.
   CallLimiter calls_{kDefaultMaxConcurrentStreams};
+  PromptByteLimit prompt_limit_;  // Unused without a tokenizer.
 };
 
 }  // namespace hkv

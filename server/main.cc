@@ -34,6 +34,9 @@ ABSL_FLAG(bool, dummy_weights, false,
           "Random weights for --model's config.json (a Hugging Face model directory)");
 ABSL_FLAG(std::string, device, "auto", "cpu | cuda | auto (cuda when a GPU is present)");
 ABSL_FLAG(int32_t, max_model_len, 0, "Longest prompt + output (0: the model's context length)");
+ABSL_FLAG(int64_t, max_prompt_bytes, 0,
+          "Longest text prompt in bytes, refused before tokenizing (0: context x the longest "
+          "token's bytes)");
 ABSL_FLAG(int32_t, cuda_graph_max_batch, 256,
           "Largest decode batch run as a CUDA graph (0: eager)");
 ABSL_FLAG(int32_t, num_threads, 0, "CPU worker threads (0 = all cores)");
@@ -154,6 +157,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   HKV_OVERRIDE(max_batch_tokens);
   HKV_OVERRIDE(max_seqs);
   HKV_OVERRIDE(max_model_len);
+  HKV_OVERRIDE(max_prompt_bytes);
   HKV_OVERRIDE(cuda_graph_max_batch);
   HKV_OVERRIDE(max_queue);
   HKV_OVERRIDE(default_kv_policy);

@@ -37,6 +37,7 @@ const std::map<std::string, Setter>& Fields() {
       {"max_concurrent_streams", Field(&ServerConfig::max_concurrent_streams)},
       {"device", Field(&ServerConfig::device)},
       {"max_model_len", Field(&ServerConfig::max_model_len)},
+      {"max_prompt_bytes", Field(&ServerConfig::max_prompt_bytes)},
       {"cuda_graph_max_batch", Field(&ServerConfig::cuda_graph_max_batch)},
       {"tensor_parallel_size", Field(&ServerConfig::tensor_parallel_size)},
       {"tp_head_placement", Field(&ServerConfig::tp_head_placement)},
@@ -108,6 +109,7 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
     return bad("device must be 'cpu', 'cuda' or 'auto', got '", c.device, "'");
   }
   if (c.max_model_len < 0) return bad("max_model_len must be >= 0 (0: the model's)");
+  if (c.max_prompt_bytes < 0) return bad("max_prompt_bytes must be >= 0 (0: from the context)");
   if (c.cuda_graph_max_batch < 0) return bad("cuda_graph_max_batch must be >= 0");
   if (c.tensor_parallel_size < 1) return bad("tensor_parallel_size must be >= 1");
   if (c.tp_head_placement != "balanced" && c.tp_head_placement != "contiguous") {
@@ -159,6 +161,7 @@ std::string ServerConfigToJson(const ServerConfig& c) {
   j["max_batch_tokens"] = c.max_batch_tokens;
   j["max_seqs"] = c.max_seqs;
   j["max_model_len"] = c.max_model_len;
+  j["max_prompt_bytes"] = c.max_prompt_bytes;
   j["cuda_graph_max_batch"] = c.cuda_graph_max_batch;
   j["max_queue"] = c.max_queue;
   j["default_kv_policy"] = c.default_kv_policy;

@@ -35,6 +35,7 @@ struct ServerConfig {
   int32_t max_batch_tokens = 8192;
   int32_t max_seqs = 256;
   int32_t max_model_len = 0;           // Longest prompt + output; 0: the model's context length.
+  int64_t max_prompt_bytes = 0;        // Longest text prompt (bytes); 0: context x longest token.
   int32_t cuda_graph_max_batch = 256;  // Largest decode batch run as a CUDA graph; 0: eager.
   int32_t max_queue = 1024;
   std::string default_kv_policy = "full";

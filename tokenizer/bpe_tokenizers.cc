@@ -3,11 +3,17 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include <climits>
-#include <unordered_map>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <optional>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "tokenizer/added_tokens.h"
+#include "tokenizer/bpe_merge.h"
 
 namespace hkv {
 namespace {
@@ -33,112 +39,123 @@ void AppendUtf8(uint32_t cp, std::string* out) {
   }
 }
 
-// Splits UTF-8 text into characters (invalid bytes become one-byte characters).
-std::vector<std::string> Utf8Chars(std::string_view s) {
-  std::vector<std::string> out;
+// The length of the UTF-8 character at s[i] (an invalid or truncated sequence is one byte).
+size_t Utf8CharLen(std::string_view s, size_t i) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  size_t n = c < 0x80             ? 1
+             : (c & 0xE0) == 0xC0 ? 2
+             : (c & 0xF0) == 0xE0 ? 3
+             : (c & 0xF8) == 0xF0 ? 4
+                                  : 1;
+  if (i + n > s.size()) return 1;
+  for (size_t j = 1; j < n; ++j) {
+    if ((static_cast<unsigned char>(s[i + j]) & 0xC0) != 0x80) return 1;
+  }
+  return n;
+}
+
+// Splits UTF-8 text into one symbol per character (spans of `s`).
+std::vector<BpeSymbol> Utf8Symbols(std::string_view s) {
+  std::vector<BpeSymbol> out;
+  out.reserve(s.size());
   for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
-    if (i + n > s.size()) n = 1;
-    for (size_t j = 1; j < n; ++j) {
-      if ((static_cast<unsigned char>(s[i + j]) & 0xC0) != 0x80) {
-        n = 1;
-        break;
-      }
-    }
-    out.emplace_back(s.substr(i, n));
+    const size_t n = Utf8CharLen(s, i);
+    out.push_back({s.substr(i, n), -1});
     i += n;
   }
   return out;
 }
 
-// Calls encode(segment) for text between added tokens and emits added tokens' ids directly.
-template <typename EncodeFn>
-void SplitOnAdded(std::string_view text, const std::vector<std::pair<std::string, TokenId>>& added,
-                  std::vector<TokenId>* out, EncodeFn encode) {
-  size_t start = 0;
-  for (size_t i = 0; i < text.size();) {
-    const std::pair<std::string, TokenId>* hit = nullptr;
-    for (const auto& a : added) {  // Longest first (sorted by the factory).
-      if (!a.first.empty() && text.compare(i, a.first.size(), a.first) == 0) {
-        hit = &a;
-        break;
-      }
-    }
-    if (hit == nullptr) {
-      ++i;
-      continue;
-    }
-    if (i > start) encode(text.substr(start, i - start), out);
-    out->push_back(hit->second);
-    i += hit->first.size();
-    start = i;
-  }
-  if (start < text.size()) encode(text.substr(start), out);
+// The merged symbol of two adjacent spans of one string.
+BpeSymbol Joined(const BpeSymbol& left, const BpeSymbol& right) {
+  return {std::string_view(left.text.data(), left.text.size() + right.text.size()), -1};
 }
 
-std::unordered_map<std::string, TokenId> Index(const std::vector<std::string>& tokens) {
-  std::unordered_map<std::string, TokenId> ids;
-  ids.reserve(tokens.size() * 2);
+using TokenIndex = absl::flat_hash_map<std::string, TokenId>;
+
+TokenIndex Index(const std::vector<std::string>& tokens) {
+  TokenIndex ids;
+  ids.reserve(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) ids.emplace(tokens[i], static_cast<TokenId>(i));
   return ids;
 }
 
+using RankIndex = absl::flat_hash_map<std::string, int>;
+
+RankIndex Ranks(const std::vector<std::string>& merges) {
+  RankIndex ranks;
+  ranks.reserve(merges.size());
+  for (size_t i = 0; i < merges.size(); ++i) ranks.emplace(merges[i], static_cast<int>(i));
+  return ranks;
+}
+
+// The rank of the merge rule "left right", if there is one. `key` is scratch space.
+const int* FindRank(const RankIndex& ranks, const BpeSymbol& left, const BpeSymbol& right,
+                    std::string* key) {
+  key->assign(left.text);
+  key->push_back(' ');
+  key->append(right.text);
+  auto it = ranks.find(*key);
+  return it == ranks.end() ? nullptr : &it->second;
+}
+
+struct PcreMatchDataFree {
+  void operator()(pcre2_match_data* md) const { pcre2_match_data_free(md); }
+};
+
 class ByteLevelBpe : public Tokenizer {
  public:
-  ByteLevelBpe(BpeVocab vocab, pcre2_code* regex) : v_(std::move(vocab)), regex_(regex) {
+  ByteLevelBpe(BpeVocab vocab, pcre2_code* regex)
+      : v_(std::move(vocab)), regex_(regex), added_(v_.added) {
     ids_ = Index(v_.tokens);
-    for (size_t i = 0; i < v_.merges.size(); ++i) ranks_.emplace(v_.merges[i], static_cast<int>(i));
+    ranks_ = Ranks(v_.merges);
     // GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to 256 + n.
     uint32_t next = 256;
+    bool every_byte = true;
     for (int b = 0; b < 256; ++b) {
       const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
       const uint32_t cp = printable ? b : next++;
       AppendUtf8(cp, &byte_char_[b]);
       char_byte_.emplace(byte_char_[b], static_cast<char>(b));
+      every_byte = every_byte && ids_.contains(byte_char_[b]);
     }
+    // A token from BPE stands for one byte per character; an added token for its own text.
+    for (const std::string& token : v_.tokens) {
+      int32_t chars = 0;
+      for (size_t i = 0; i < token.size(); i += Utf8CharLen(token, i)) ++chars;
+      max_bytes_per_token_ = std::max(max_bytes_per_token_, chars);
+    }
+    for (const auto& [text, id] : v_.added) {
+      max_bytes_per_token_ = std::max(max_bytes_per_token_, static_cast<int32_t>(text.size()));
+    }
+    if (!every_byte) max_bytes_per_token_ = 0;  // Bytes without a token are dropped.
   }
   ~ByteLevelBpe() override { pcre2_code_free(regex_); }
 
-  std::vector<TokenId> Encode(std::string_view text, bool add_bos) const override {
+  absl::StatusOr<std::vector<TokenId>> TryEncode(std::string_view text, bool add_bos,
+                                                 const EncodeControl& control) const override {
     std::vector<TokenId> out;
     if (add_bos && v_.bos_id >= 0) out.push_back(v_.bos_id);
-    SplitOnAdded(text, v_.added, &out, [this](std::string_view t, std::vector<TokenId>* o) {
-      EncodeText(t, o);
-    });
+    EncodeChecker checker(control);
+    HKV_RETURN_IF_ERROR(added_.Split(
+        text, &checker, &out, [&](std::string_view t) { return EncodeText(t, &checker, &out); }));
     return out;
   }
 
- private:
-  void EncodeText(std::string_view text, std::vector<TokenId>* out_ptr) const {
-    std::vector<TokenId>& out = *out_ptr;
-    pcre2_match_data* md = pcre2_match_data_create_from_pattern(regex_, nullptr);
-    size_t at = 0;
-    while (at < text.size()) {
-      const int rc = pcre2_match(regex_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(),
-                                 at, 0, md, nullptr);
-      size_t begin = text.size(), end = text.size();
-      if (rc > 0) {
-        const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
-        begin = ov[0];
-        end = ov[1];
-      }
-      if (begin > at) EncodePiece(text.substr(at, begin - at), &out);  // Unmatched gap.
-      if (end <= begin) break;
-      EncodePiece(text.substr(begin, end - begin), &out);
-      at = end;
-    }
-    pcre2_match_data_free(md);
-  }
-
- public:
   std::string TokenBytes(TokenId prev, TokenId id) const override {
     if (id < 0 || id >= static_cast<TokenId>(v_.tokens.size())) return "";
     if (!v_.token_types.empty() && v_.token_types[id] == kControlType) return "";
+    const std::string& token = v_.tokens[id];
     std::string out;
-    for (const std::string& ch : Utf8Chars(v_.tokens[id])) {
-      auto it = char_byte_.find(ch);
-      out += it != char_byte_.end() ? std::string(1, it->second) : ch;
+    for (size_t i = 0; i < token.size();) {
+      const std::string_view ch = std::string_view(token).substr(i, Utf8CharLen(token, i));
+      auto it = char_byte_.find(Key(ch));
+      if (it != char_byte_.end()) {
+        out.push_back(it->second);
+      } else {
+        out.append(ch);
+      }
+      i += ch.size();
     }
     return out;
   }
@@ -146,127 +163,121 @@ class ByteLevelBpe : public Tokenizer {
   int32_t vocab_size() const override { return static_cast<int32_t>(v_.tokens.size()); }
   TokenId bos_id() const override { return v_.bos_id; }
   std::vector<TokenId> eos_ids() const override { return v_.eos_ids; }
+  int32_t max_bytes_per_token() const override { return max_bytes_per_token_; }
 
  private:
-  void EncodePiece(std::string_view piece, std::vector<TokenId>* out) const {
+  // Pre-tokenizes with the regex, then runs BPE on each piece.
+  absl::Status EncodeText(std::string_view text, EncodeChecker* checker,
+                          std::vector<TokenId>* out) const {
+    std::unique_ptr<pcre2_match_data, PcreMatchDataFree> md(
+        pcre2_match_data_create_from_pattern(regex_, nullptr));
+    const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+    uint32_t options = 0;
+    size_t at = 0;
+    while (at < text.size()) {
+      const int rc = pcre2_match(regex_, subject, text.size(), at, options, md.get(), nullptr);
+      // PCRE2 checks that the text is valid UTF-8 from the start offset to its end, so checking
+      // at every match would make pre-tokenizing quadratic. The first match checked all of it;
+      // invalid text fails that one and is encoded below as one piece, as it always was.
+      options = PCRE2_NO_UTF_CHECK;
+      size_t begin = text.size(), end = text.size();
+      if (rc > 0) {
+        const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
+        begin = ov[0];
+        end = ov[1];
+      }
+      if (begin > at) HKV_RETURN_IF_ERROR(EncodePiece(text.substr(at, begin - at), checker, out));
+      if (end <= begin) break;
+      HKV_RETURN_IF_ERROR(EncodePiece(text.substr(begin, end - begin), checker, out));
+      HKV_RETURN_IF_ERROR(checker->Tick(end - at));
+      at = end;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status EncodePiece(std::string_view piece, EncodeChecker* checker,
+                           std::vector<TokenId>* out) const {
     std::string mapped;
+    mapped.reserve(piece.size() * 2);
     for (unsigned char c : piece) mapped += byte_char_[c];
     if (v_.ignore_merges) {
       auto it = ids_.find(mapped);
       if (it != ids_.end()) {
         out->push_back(it->second);
-        return;
+        return absl::OkStatus();
       }
     }
-    std::vector<std::string> sym = Utf8Chars(mapped);
-    while (sym.size() > 1) {
-      int best = INT_MAX;
-      size_t best_at = 0;
-      for (size_t i = 0; i + 1 < sym.size(); ++i) {
-        auto it = ranks_.find(sym[i] + " " + sym[i + 1]);
-        if (it != ranks_.end() && it->second < best) {
-          best = it->second;
-          best_at = i;
-        }
-      }
-      if (best == INT_MAX) break;
-      sym[best_at] += sym[best_at + 1];
-      sym.erase(sym.begin() + best_at + 1);
-    }
-    for (const std::string& s : sym) {
-      auto it = ids_.find(s);
+    std::vector<BpeSymbol> symbols = Utf8Symbols(mapped);
+    std::string key;
+    auto pair = [&](const BpeSymbol& left, const BpeSymbol& right) -> std::optional<BpePair> {
+      const int* rank = FindRank(ranks_, left, right, &key);
+      if (rank == nullptr) return std::nullopt;
+      return BpePair{static_cast<uint32_t>(*rank), Joined(left, right)};
+    };
+    HKV_RETURN_IF_ERROR(MergeBpe(pair, checker, &symbols));
+    for (const BpeSymbol& s : symbols) {
+      auto it = ids_.find(Key(s.text));
       if (it != ids_.end()) {
         out->push_back(it->second);
         continue;
       }
-      for (const std::string& ch : Utf8Chars(s)) {  // Not in the vocab: single byte symbols.
-        auto c = ids_.find(ch);
+      // Not in the vocab: single byte symbols.
+      for (size_t i = 0; i < s.text.size();) {
+        const size_t n = Utf8CharLen(s.text, i);
+        auto c = ids_.find(Key(s.text.substr(i, n)));
         if (c != ids_.end()) out->push_back(c->second);
+        i += n;
       }
     }
+    return absl::OkStatus();
   }
 
   BpeVocab v_;
   pcre2_code* regex_;
-  std::unordered_map<std::string, TokenId> ids_;
-  std::unordered_map<std::string, int> ranks_;
+  AddedTokens added_;
+  TokenIndex ids_;
+  RankIndex ranks_;
   std::string byte_char_[256];
-  std::unordered_map<std::string, char> char_byte_;
+  absl::flat_hash_map<std::string, char> char_byte_;
+  int32_t max_bytes_per_token_ = 1;
 };
 
 const char kSpace[] = "\xe2\x96\x81";  // U+2581, SentencePiece's space.
 
 class SentencePieceBpe : public Tokenizer {
  public:
-  explicit SentencePieceBpe(BpeVocab vocab) : v_(std::move(vocab)) {
+  explicit SentencePieceBpe(BpeVocab vocab) : v_(std::move(vocab)), added_(v_.added) {
     ids_ = Index(v_.tokens);
-    for (size_t i = 0; i < v_.merges.size(); ++i) ranks_.emplace(v_.merges[i], static_cast<int>(i));
+    ranks_ = Ranks(v_.merges);
+    bool every_byte = true;
     for (int b = 0; b < 256; ++b) {
       char name[8];
       std::snprintf(name, sizeof(name), "<0x%02X>", b);
       auto it = ids_.find(name);
       byte_ids_[b] = it == ids_.end() ? -1 : it->second;
+      every_byte = every_byte && byte_ids_[b] >= 0;
     }
+    // A token stands for at most its piece's bytes (a text space is one byte, its U+2581 three).
+    for (const std::string& token : v_.tokens) {
+      max_bytes_per_token_ = std::max(max_bytes_per_token_, static_cast<int32_t>(token.size()));
+    }
+    if (!every_byte) max_bytes_per_token_ = 0;  // Bytes without a token are dropped.
   }
 
-  std::vector<TokenId> Encode(std::string_view text, bool add_bos) const override {
+  absl::StatusOr<std::vector<TokenId>> TryEncode(std::string_view text, bool add_bos,
+                                                 const EncodeControl& control) const override {
     std::vector<TokenId> out;
     if (add_bos && v_.bos_id >= 0) out.push_back(v_.bos_id);
+    EncodeChecker checker(control);
     bool first = true;
-    SplitOnAdded(text, v_.added, &out, [&](std::string_view t, std::vector<TokenId>* o) {
-      EncodeText(t, first && out.size() <= (add_bos && v_.bos_id >= 0 ? 1u : 0u), o);
+    HKV_RETURN_IF_ERROR(added_.Split(text, &checker, &out, [&](std::string_view t) {
+      const bool at_start = first && out.size() <= (add_bos && v_.bos_id >= 0 ? 1u : 0u);
       first = false;
-    });
+      return EncodeText(t, at_start, &checker, &out);
+    }));
     return out;
   }
 
- private:
-  // `at_start`: the text begins the input, so it gets the dummy space prefix.
-  void EncodeText(std::string_view text, bool at_start, std::vector<TokenId>* out_ptr) const {
-    std::vector<TokenId>& out = *out_ptr;
-    if (text.empty()) return;
-    std::string s = v_.add_space_prefix && at_start ? std::string(kSpace) : "";
-    for (char c : text) {
-      if (c == ' ') s += kSpace;
-      else s.push_back(c);
-    }
-    std::vector<std::string> sym = Utf8Chars(s);
-    while (sym.size() > 1) {
-      // Hugging Face vocabularies rank merge rules; llama.cpp / SentencePiece ones score pieces.
-      float best = -INFINITY;
-      size_t best_at = SIZE_MAX;
-      for (size_t i = 0; i + 1 < sym.size(); ++i) {
-        if (!ranks_.empty()) {
-          auto r = ranks_.find(sym[i] + " " + sym[i + 1]);
-          if (r != ranks_.end() && -static_cast<float>(r->second) > best) {
-            best = -static_cast<float>(r->second);
-            best_at = i;
-          }
-          continue;
-        }
-        auto it = ids_.find(sym[i] + sym[i + 1]);
-        if (it != ids_.end() && v_.scores[it->second] > best) {
-          best = v_.scores[it->second];
-          best_at = i;
-        }
-      }
-      if (best_at == SIZE_MAX) break;
-      sym[best_at] += sym[best_at + 1];
-      sym.erase(sym.begin() + best_at + 1);
-    }
-    for (const std::string& piece : sym) {
-      auto it = ids_.find(piece);
-      if (it != ids_.end()) {
-        out.push_back(it->second);
-        continue;
-      }
-      for (unsigned char b : piece) {  // Byte fallback.
-        if (byte_ids_[b] >= 0) out.push_back(byte_ids_[b]);
-      }
-    }
-  }
-
- public:
   std::string TokenBytes(TokenId prev, TokenId id) const override {
     if (id < 0 || id >= static_cast<TokenId>(v_.tokens.size())) return "";
     if (!v_.token_types.empty() && v_.token_types[id] == kControlType) return "";
@@ -292,12 +303,58 @@ class SentencePieceBpe : public Tokenizer {
   int32_t vocab_size() const override { return static_cast<int32_t>(v_.tokens.size()); }
   TokenId bos_id() const override { return v_.bos_id; }
   std::vector<TokenId> eos_ids() const override { return v_.eos_ids; }
+  int32_t max_bytes_per_token() const override { return max_bytes_per_token_; }
 
  private:
+  // `at_start`: the text begins the input, so it gets the dummy space prefix.
+  absl::Status EncodeText(std::string_view text, bool at_start, EncodeChecker* checker,
+                          std::vector<TokenId>* out) const {
+    if (text.empty()) return absl::OkStatus();
+    std::string s = v_.add_space_prefix && at_start ? std::string(kSpace) : "";
+    s.reserve(s.size() + text.size() * 3);
+    for (char c : text) {
+      if (c == ' ') {
+        s += kSpace;
+      } else {
+        s.push_back(c);
+      }
+      HKV_RETURN_IF_ERROR(checker->Tick(1));
+    }
+    std::vector<BpeSymbol> symbols = Utf8Symbols(s);
+    std::string key;
+    // Hugging Face vocabularies rank merge rules; llama.cpp / SentencePiece ones score pieces.
+    // Ranks go through float as they always did, so that ranks past 2^24 tie the same way.
+    auto pair = [&](const BpeSymbol& left, const BpeSymbol& right) -> std::optional<BpePair> {
+      if (!ranks_.empty()) {
+        const int* rank = FindRank(ranks_, left, right, &key);
+        if (rank == nullptr) return std::nullopt;
+        return BpePair{RankOfScore(-static_cast<float>(*rank)), Joined(left, right)};
+      }
+      const BpeSymbol joined = Joined(left, right);
+      auto it = ids_.find(Key(joined.text));
+      if (it == ids_.end() || !(v_.scores[it->second] > -INFINITY)) return std::nullopt;
+      return BpePair{RankOfScore(v_.scores[it->second]), joined};
+    };
+    HKV_RETURN_IF_ERROR(MergeBpe(pair, checker, &symbols));
+    for (const BpeSymbol& piece : symbols) {
+      auto it = ids_.find(Key(piece.text));
+      if (it != ids_.end()) {
+        out->push_back(it->second);
+        continue;
+      }
+      for (unsigned char b : piece.text) {  // Byte fallback.
+        if (byte_ids_[b] >= 0) out->push_back(byte_ids_[b]);
+      }
+    }
+    return absl::OkStatus();
+  }
+
   BpeVocab v_;
-  std::unordered_map<std::string, TokenId> ids_;
-  std::unordered_map<std::string, int> ranks_;  // "left right" -> rank (Hugging Face merges).
+  AddedTokens added_;
+  TokenIndex ids_;
+  RankIndex ranks_;  // "left right" -> rank (Hugging Face merges).
   TokenId byte_ids_[256];
+  int32_t max_bytes_per_token_ = 1;
 };
 
 }  // namespace

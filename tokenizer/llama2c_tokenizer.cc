@@ -1,12 +1,16 @@
 #include "tokenizer/llama2c_tokenizer.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
-#include <unordered_map>
+#include <optional>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "common/mapped_file.h"
 #include "common/status_macros.h"
+#include "tokenizer/bpe_merge.h"
 
 namespace hkv {
 namespace {
@@ -19,57 +23,27 @@ class Llama2cTokenizer : public Tokenizer {
  public:
   Llama2cTokenizer(std::vector<std::string> pieces, std::vector<float> scores)
       : pieces_(std::move(pieces)), scores_(std::move(scores)) {
-    for (size_t i = 0; i < pieces_.size(); ++i) ids_.emplace(pieces_[i], static_cast<TokenId>(i));
+    for (size_t i = 0; i < pieces_.size(); ++i) {
+      ids_.emplace(pieces_[i], static_cast<TokenId>(i));
+      max_piece_bytes_ = std::max(max_piece_bytes_, static_cast<int32_t>(pieces_[i].size()));
+    }
   }
 
-  std::vector<TokenId> Encode(std::string_view text, bool add_bos) const override {
+  absl::StatusOr<std::vector<TokenId>> TryEncode(std::string_view text, bool add_bos,
+                                                 const EncodeControl& control) const override {
     std::vector<TokenId> out;
     if (add_bos) out.push_back(kBos);
     if (text.empty()) return out;
-    std::vector<TokenId> tokens;
-    if (auto it = ids_.find(" "); it != ids_.end()) tokens.push_back(it->second);
-    // One token per UTF-8 character, bytes as fallback.
-    for (size_t i = 0; i < text.size();) {
-      size_t len = 1;
-      const unsigned char lead = static_cast<unsigned char>(text[i]);
-      if ((lead & 0xE0) == 0xC0) len = 2;
-      else if ((lead & 0xF0) == 0xE0) len = 3;
-      else if ((lead & 0xF8) == 0xF0) len = 4;
-      len = std::min(len, text.size() - i);
-      for (size_t j = 1; j < len; ++j) {
-        if ((static_cast<unsigned char>(text[i + j]) & 0xC0) != 0x80) {
-          len = j;
-          break;
-        }
-      }
-      auto it = ids_.find(std::string(text.substr(i, len)));
-      if (it != ids_.end()) {
-        tokens.push_back(it->second);
-      } else {
-        for (size_t j = 0; j < len; ++j) {
-          tokens.push_back(static_cast<unsigned char>(text[i + j]) + kByteOffset);
-        }
-      }
-      i += len;
-    }
-    // Merge the best-scoring adjacent pair until none merges.
-    while (true) {
-      float best_score = -1e10f;
-      TokenId best_id = -1;
-      size_t best_at = 0;
-      for (size_t i = 0; i + 1 < tokens.size(); ++i) {
-        auto it = ids_.find(pieces_[tokens[i]] + pieces_[tokens[i + 1]]);
-        if (it != ids_.end() && scores_[it->second] > best_score) {
-          best_score = scores_[it->second];
-          best_id = it->second;
-          best_at = i;
-        }
-      }
-      if (best_id < 0) break;
-      tokens[best_at] = best_id;
-      tokens.erase(tokens.begin() + best_at + 1);
-    }
-    out.insert(out.end(), tokens.begin(), tokens.end());
+    EncodeChecker checker(control);
+    std::vector<BpeSymbol> symbols;
+    HKV_RETURN_IF_ERROR(Characters(text, &checker, &symbols));
+    // Merge the best-scoring adjacent pair (the leftmost of equal scores) until none merges.
+    std::string key;
+    auto pair = [&](const BpeSymbol& left, const BpeSymbol& right) {
+      return Merged(left, right, &key);
+    };
+    HKV_RETURN_IF_ERROR(MergeBpe(pair, &checker, &symbols));
+    for (const BpeSymbol& s : symbols) out.push_back(s.id);
     return out;
   }
 
@@ -93,11 +67,68 @@ class Llama2cTokenizer : public Tokenizer {
   int32_t vocab_size() const override { return static_cast<int32_t>(pieces_.size()); }
   TokenId bos_id() const override { return kBos; }
   std::vector<TokenId> eos_ids() const override { return {kEos}; }
+  // Every byte becomes a token (its byte-fallback one at worst), and a token stands for at most
+  // its piece's bytes (the dummy-prefix space is not from the text).
+  int32_t max_bytes_per_token() const override { return max_piece_bytes_; }
 
  private:
+  // A byte-fallback id past a tiny vocabulary has no piece; it never merges.
+  BpeSymbol Symbol(TokenId id) const {
+    return {id < vocab_size() ? std::string_view(pieces_[id]) : std::string_view(), id};
+  }
+
+  // The dummy-prefix space, then one token per UTF-8 character, bytes as fallback.
+  absl::Status Characters(std::string_view text, EncodeChecker* checker,
+                          std::vector<BpeSymbol>* symbols) const {
+    symbols->reserve(text.size() + 1);
+    if (auto it = ids_.find(" "); it != ids_.end()) symbols->push_back(Symbol(it->second));
+    for (size_t i = 0; i < text.size();) {
+      size_t len = 1;
+      const unsigned char lead = static_cast<unsigned char>(text[i]);
+      if ((lead & 0xE0) == 0xC0) {
+        len = 2;
+      } else if ((lead & 0xF0) == 0xE0) {
+        len = 3;
+      } else if ((lead & 0xF8) == 0xF0) {
+        len = 4;
+      }
+      len = std::min(len, text.size() - i);
+      for (size_t j = 1; j < len; ++j) {
+        if ((static_cast<unsigned char>(text[i + j]) & 0xC0) != 0x80) {
+          len = j;
+          break;
+        }
+      }
+      auto it = ids_.find(Key(text.substr(i, len)));
+      if (it != ids_.end()) {
+        symbols->push_back(Symbol(it->second));
+      } else {
+        for (size_t j = 0; j < len; ++j) {
+          symbols->push_back(Symbol(static_cast<unsigned char>(text[i + j]) + kByteOffset));
+        }
+      }
+      i += len;
+      HKV_RETURN_IF_ERROR(checker->Tick(len));
+    }
+    return absl::OkStatus();
+  }
+
+  // The piece that joins `left` and `right`, ranked by its score. `key` is scratch space.
+  std::optional<BpePair> Merged(const BpeSymbol& left, const BpeSymbol& right,
+                                std::string* key) const {
+    if (left.id >= vocab_size() || right.id >= vocab_size()) return std::nullopt;
+    key->assign(left.text);
+    key->append(right.text);
+    auto it = ids_.find(*key);
+    // As run.c, a merge scoring -1e10 or less (or NaN) never wins.
+    if (it == ids_.end() || !(scores_[it->second] > -1e10f)) return std::nullopt;
+    return BpePair{RankOfScore(scores_[it->second]), Symbol(it->second)};
+  }
+
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
-  std::unordered_map<std::string, TokenId> ids_;
+  absl::flat_hash_map<std::string, TokenId> ids_;
+  int32_t max_piece_bytes_ = 1;
 };
 
 }  // namespace

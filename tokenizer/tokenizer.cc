@@ -1,6 +1,14 @@
 #include "tokenizer/tokenizer.h"
 
+#include "common/logging.h"
+
 namespace hkv {
+
+std::vector<TokenId> Tokenizer::Encode(std::string_view text, bool add_bos) const {
+  absl::StatusOr<std::vector<TokenId>> ids = TryEncode(text, add_bos, EncodeControl());
+  HKV_CHECK(ids.ok()) << ids.status();  // Without a check, nothing can stop the encoding.
+  return *std::move(ids);
+}
 
 std::string Tokenizer::Decode(absl::Span<const TokenId> ids) const {
   std::string out;
