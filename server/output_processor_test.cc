@@ -23,7 +23,10 @@ namespace {
 class TableTokenizer : public Tokenizer {
  public:
   explicit TableTokenizer(std::vector<std::string> pieces) : pieces_(std::move(pieces)) {}
-  std::vector<TokenId> Encode(std::string_view, bool) const override { return {}; }
+  absl::StatusOr<std::vector<TokenId>> TryEncode(std::string_view, bool,
+                                                 const EncodeControl&) const override {
+    return std::vector<TokenId>{};
+  }
   std::string TokenBytes(TokenId, TokenId id) const override { return pieces_[id]; }
   int32_t vocab_size() const override { return static_cast<int32_t>(pieces_.size()); }
   TokenId bos_id() const override { return -1; }

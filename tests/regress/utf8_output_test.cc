@@ -69,7 +69,7 @@ class Utf8OutputTest : public ::testing::Test {
     r.prompt = {1};
     r.sampling.max_tokens = kMaxTokens;
     r.sampling.temperature = kTemperature;
-    r.sampling.seed = seed;
+    r.seed = seed;
     r.sampling.ignore_eos = true;
     return r;
   }

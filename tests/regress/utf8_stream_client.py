@@ -6,17 +6,18 @@
 Prints one JSON line per seed: {"seed", "status" ("OK" or the gRPC code), "details", "ids",
 "texts" (every delta)}. A delta that is not valid UTF-8 makes grpcio fail the whole stream
 ("Exception deserializing response"), which shows up here as a non-OK status. Exits 77 when
-grpcio or grpc_tools is missing.
+grpcio, or both protoc with grpc_python_plugin and grpc_tools, are missing.
 """
 import importlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 
 try:
     import grpc
-    from grpc_tools import protoc
 except ImportError:
     sys.exit(77)
 
@@ -26,8 +27,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def load_stubs():
     out = tempfile.mkdtemp(prefix="hkv_stubs_")
     proto_dir = os.path.join(ROOT, "proto")
-    rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      os.path.join(proto_dir, "hkv/v1/generation.proto")])
+    args = [f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}",
+            os.path.join(proto_dir, "hkv/v1/generation.proto")]
+    protoc_bin, plugin = shutil.which("protoc"), shutil.which("grpc_python_plugin")
+    if protoc_bin and plugin:
+        # The proto uses proto3 `optional` (protoc >= 3.15): Debian's python3-grpc-tools bundles
+        # protoc 3.5, so the system protoc and gRPC plugin go first.
+        rc = subprocess.call([protoc_bin, f"--plugin=protoc-gen-grpc_python={plugin}"] + args)
+    else:
+        try:
+            from grpc_tools import protoc
+        except ImportError:
+            sys.exit(77)
+        rc = protoc.main(["protoc"] + args)
     if rc != 0:
         sys.exit("protoc failed")
     sys.path.insert(0, out)
