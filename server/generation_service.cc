@@ -9,20 +9,21 @@
 namespace hkv {
 namespace {
 
-hkv::v1::FinishReason ToProto(StreamFinish finish) {
+// The proto has no deadline reason: a deadline ends the call with DEADLINE_EXCEEDED instead.
+hkv::v1::FinishReason ToProto(FinishReason finish) {
   switch (finish) {
-    case StreamFinish::kLength:
+    case FinishReason::kLength:
       return hkv::v1::FINISH_REASON_LENGTH;
-    case StreamFinish::kStop:
+    case FinishReason::kStop:
       return hkv::v1::FINISH_REASON_STOP;
-    case StreamFinish::kEos:
+    case FinishReason::kEos:
       return hkv::v1::FINISH_REASON_EOS;
-    case StreamFinish::kAborted:
-    case StreamFinish::kDeadline:
+    case FinishReason::kAborted:
+    case FinishReason::kDeadline:
       return hkv::v1::FINISH_REASON_ABORTED;
-    case StreamFinish::kError:
+    case FinishReason::kError:
       return hkv::v1::FINISH_REASON_ERROR;
-    case StreamFinish::kNone:
+    case FinishReason::kNone:
       break;
   }
   return hkv::v1::FINISH_REASON_UNSPECIFIED;
@@ -170,20 +171,20 @@ grpc::Status GenerationService::Run(
     std::optional<StreamChunk> chunk = stream->Next(absl::Milliseconds(50));
     if (!chunk.has_value()) {
       if (context->IsCancelled()) {
-        engine_->Cancel(stream->id(), StreamFinish::kAborted);
+        engine_->Cancel(stream->id(), FinishReason::kAborted);
         return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
       }
       if (absl::Now() > deadline) {
-        engine_->Cancel(stream->id(), StreamFinish::kAborted);
+        engine_->Cancel(stream->id(), FinishReason::kDeadline);
         return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                             "the request's deadline passed before it finished");
       }
       continue;
     }
-    if (chunk->finish == StreamFinish::kError && !chunk->status.ok() && !sent_any) {
+    if (chunk->finish == FinishReason::kError && !chunk->status.ok() && !sent_any) {
       return ToGrpcStatus(chunk->status);
     }
-    if (chunk->finish == StreamFinish::kDeadline) {
+    if (chunk->finish == FinishReason::kDeadline) {
       return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                           "the request's deadline passed before it finished");
     }
@@ -196,12 +197,12 @@ grpc::Status GenerationService::Run(
       FillUsage(chunk->usage, response.mutable_usage());
     }
     if (!emit(response)) {
-      engine_->Cancel(stream->id(), StreamFinish::kAborted);
+      engine_->Cancel(stream->id(), FinishReason::kAborted);
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
     }
     sent_any = true;
     if (chunk->finished) {
-      if (chunk->finish == StreamFinish::kError && !chunk->status.ok()) {
+      if (chunk->finish == FinishReason::kError && !chunk->status.ok()) {
         return ToGrpcStatus(chunk->status);
       }
       return grpc::Status::OK;
