@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/quote.h"
+#include "common/status_macros.h"
 #include "server/request_id.h"
 #include "server/stop_strings.h"
 
@@ -51,6 +52,28 @@ constexpr size_t kMaxStatusMessageBytes = 1024;
 
 // A deadline further out than this is treated as none (gRPC's "infinite" is year 292277026596).
 constexpr absl::Duration kNoDeadline = absl::Hours(24 * 365);
+
+// Copies a request's sampling parameters into `r`, with the proto's defaults (max_tokens 0:
+// 16, top_p 0: 1); INVALID_ARGUMENT for a negative max_tokens or stop lists past `limits`.
+absl::Status ConvertSampling(const hkv::v1::SamplingParams& s, const StopLimits& limits,
+                             EngineRequest* r) {
+  if (s.max_tokens() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.max_tokens must be >= 0 (0 = default 16), got ", s.max_tokens()));
+  }
+  r->sampling.max_tokens = s.max_tokens() == 0 ? 16 : s.max_tokens();
+  r->sampling.temperature = s.temperature();
+  r->sampling.top_k = s.top_k();
+  r->sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
+  if (s.has_seed()) r->seed = s.seed();  // Unset: the engine draws a fresh seed.
+  r->sampling.ignore_eos = s.ignore_eos();
+  // Checked before copying: an over-limit list is refused without a second copy of it (the
+  // engine checks the same limits again on what it is given).
+  HKV_RETURN_IF_ERROR(CheckStopLimits(limits, s.stop(), s.stop_token_ids_size()));
+  r->sampling.stop.assign(s.stop().begin(), s.stop().end());
+  r->sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -117,26 +140,7 @@ absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
       return absl::InvalidArgumentError(
           "no input: set one of prompt, prompt_token_ids or chat");
   }
-  const auto& s = request.sampling();
-  if (s.max_tokens() < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sampling.max_tokens must be >= 0 (0 = default 16), got ", s.max_tokens()));
-  }
-  r.sampling.max_tokens = s.max_tokens() == 0 ? 16 : s.max_tokens();
-  r.sampling.temperature = s.temperature();
-  r.sampling.top_k = s.top_k();
-  r.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
-  if (s.has_seed()) r.seed = s.seed();  // Unset: the engine draws a fresh seed.
-  r.sampling.ignore_eos = s.ignore_eos();
-  // Checked before copying: an over-limit list is refused without a second copy of it (the
-  // engine checks the same limits again on what it is given).
-  if (absl::Status limits =
-          CheckStopLimits(engine_->options().stop_limits, s.stop(), s.stop_token_ids_size());
-      !limits.ok()) {
-    return limits;
-  }
-  r.sampling.stop.assign(s.stop().begin(), s.stop().end());
-  r.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  HKV_RETURN_IF_ERROR(ConvertSampling(request.sampling(), engine_->options().stop_limits, &r));
   if (request.kv_policy().name().size() > kMaxPolicyNameBytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "kv_policy.name ", QuoteForError(request.kv_policy().name()), " is longer than ",
