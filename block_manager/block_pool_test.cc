@@ -10,7 +10,7 @@ namespace {
 
 using ::testing::ElementsAre;
 
-TEST(BlockPoolTest, AllocatesDistinctBlocksWithOneReference) {
+TEST(BlockPoolTest, AllocatesDistinctHeldBlocks) {
   BlockPool pool(8);
   EXPECT_EQ(pool.num_total(), 8);
   EXPECT_EQ(pool.num_free(), 8);
@@ -22,7 +22,7 @@ TEST(BlockPoolTest, AllocatesDistinctBlocksWithOneReference) {
   std::set<BlockId> all(a->begin(), a->end());
   all.insert(b->begin(), b->end());
   EXPECT_EQ(all.size(), 8u);
-  for (BlockId id : all) EXPECT_EQ(pool.ref_count(id), 1);
+  for (BlockId id : all) EXPECT_TRUE(pool.held(id));
   EXPECT_EQ(pool.num_free(), 0);
   EXPECT_EQ(pool.num_used(), 8);
   auto none = pool.Allocate(0);
@@ -36,8 +36,8 @@ TEST(BlockPoolTest, ExhaustionReturnsNulloptAndLeavesPoolUnchanged) {
   ASSERT_TRUE(a.has_value());
   EXPECT_FALSE(pool.Allocate(2).has_value());
   EXPECT_EQ(pool.num_free(), 1);
-  EXPECT_EQ(pool.ref_count(3), 0);
-  for (BlockId id : *a) EXPECT_EQ(pool.ref_count(id), 1);
+  EXPECT_FALSE(pool.held(3));
+  for (BlockId id : *a) EXPECT_TRUE(pool.held(id));
   auto last = pool.Allocate(1);
   ASSERT_TRUE(last.has_value());
   EXPECT_THAT(*last, ElementsAre(3));
@@ -46,20 +46,15 @@ TEST(BlockPoolTest, ExhaustionReturnsNulloptAndLeavesPoolUnchanged) {
   EXPECT_FALSE(empty.Allocate(1).has_value());
 }
 
-TEST(BlockPoolTest, ReferenceCountsReturnBlocksAtZero) {
+TEST(BlockPoolTest, ReleaseReturnsABlockToTheFreeList) {
   BlockPool pool(2);
   auto a = pool.Allocate(1);
   ASSERT_TRUE(a.has_value());
   const BlockId id = (*a)[0];
-  pool.IncRef(id);
-  pool.IncRef(id);
-  EXPECT_EQ(pool.ref_count(id), 3);
-  pool.Release(id);
-  pool.Release(id);
-  EXPECT_EQ(pool.ref_count(id), 1);
+  EXPECT_TRUE(pool.held(id));
   EXPECT_EQ(pool.num_free(), 1);
   pool.Release(id);
-  EXPECT_EQ(pool.ref_count(id), 0);
+  EXPECT_FALSE(pool.held(id));
   EXPECT_EQ(pool.num_free(), 2);
   // The most recently freed block is reused first.
   auto again = pool.Allocate(1);
@@ -77,14 +72,17 @@ TEST(BlockPoolTest, NoLeakAfterEverythingIsReleased) {
   }
   for (BlockId id : held) pool.Release(id);
   EXPECT_EQ(pool.num_free(), 16);
-  for (BlockId id = 0; id < 16; ++id) EXPECT_EQ(pool.ref_count(id), 0);
+  for (BlockId id = 0; id < 16; ++id) EXPECT_FALSE(pool.held(id));
   EXPECT_TRUE(pool.Allocate(16).has_value());
 }
 
 TEST(BlockPoolDeathTest, ReleasingAFreeBlockIsAnInvariantViolation) {
   BlockPool pool(2);
   EXPECT_DEATH(pool.Release(1), "Release of free block 1");
-  EXPECT_DEATH(pool.IncRef(0), "IncRef of free block 0");
+  auto a = pool.Allocate(1);
+  ASSERT_TRUE(a.has_value());
+  pool.Release((*a)[0]);
+  EXPECT_DEATH(pool.Release((*a)[0]), "Release of free block");
 }
 
 }  // namespace

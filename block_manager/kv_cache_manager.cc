@@ -47,8 +47,6 @@ int64_t KvCacheManager::NewBlocksNeeded(RequestId seq,
     const int32_t n = new_tokens_per_row[r];
     HKV_CHECK(n >= 0) << "negative growth " << n;
     blocks += t.NewBlocksFor(n, config_.block_size);
-    // A shared, partially filled last block is copied before it is written.
-    if (NeedsCopy(t, n)) ++blocks;
   }
   return blocks;
 }
@@ -57,81 +55,42 @@ int64_t KvCacheManager::NewBlocksNeededUniform(RequestId seq, int32_t new_tokens
   return NewBlocksNeeded(seq, std::vector<int32_t>(num_rows_per_seq(), new_tokens));
 }
 
-bool KvCacheManager::AppendPartitioned(RequestId seq,
-                                       absl::Span<const int32_t> new_tokens_per_row) {
+bool KvCacheManager::Append(RequestId seq, absl::Span<const int32_t> new_tokens_per_row) {
   const int32_t rows = num_rows_per_seq();
   auto it = seqs_.find(seq);
   HKV_CHECK(it == seqs_.end() || !it->second.reservation.has_value())
       << "Append to sequence " << seq << " with an uncommitted reservation";
+  // Each row draws from its partition (tensor-parallel rank); without partitions, all from 0.
+  auto partition = [this](int32_t r) {
+    return config_.num_partitions > 1 ? config_.row_partition[r] : 0;
+  };
   static const BlockTable kEmpty;
   std::vector<int32_t> need(config_.num_partitions, 0);
   for (int32_t r = 0; r < rows; ++r) {
     const BlockTable& t = it == seqs_.end() ? kEmpty : it->second.rows[r];
     const int32_t n = new_tokens_per_row[r];
-    need[config_.row_partition[r]] += t.NewBlocksFor(n, config_.block_size) + NeedsCopy(t, n);
+    need[partition(r)] += t.NewBlocksFor(n, config_.block_size);
   }
   for (int32_t p = 0; p < config_.num_partitions; ++p) {
     if (need[p] > pool_.num_free(p)) return false;
   }
+  // Fresh blocks per partition, handed out in row order.
   std::vector<std::vector<BlockId>> fresh(config_.num_partitions);
   std::vector<size_t> next(config_.num_partitions, 0);
-  for (int32_t p = 0; p < config_.num_partitions; ++p) {
-    fresh[p] = *pool_.Allocate(need[p], p);
-  }
+  for (int32_t p = 0; p < config_.num_partitions; ++p) fresh[p] = *pool_.Allocate(need[p], p);
   if (it == seqs_.end()) {
     it = seqs_.emplace(seq, SequenceKv{}).first;
     it->second.rows.resize(rows);
   }
   for (int32_t r = 0; r < rows; ++r) {
     BlockTable& t = it->second.rows[r];
-    const int32_t n = new_tokens_per_row[r], p = config_.row_partition[r];
-    if (NeedsCopy(t, n)) {
-      const BlockId shared = t.blocks.back();
-      pending_copies_.emplace_back(PendingSource(shared), fresh[p][next[p]]);
-      pool_.IncRef(pending_copies_.back().first);
-      ++pending_src_refs_[pending_copies_.back().first];
-      pool_.Release(shared);
-      t.blocks.back() = fresh[p][next[p]++];
-    }
+    const int32_t n = new_tokens_per_row[r], p = partition(r);
     const int32_t grow = t.NewBlocksFor(n, config_.block_size);
     t.blocks.insert(t.blocks.end(), fresh[p].begin() + next[p], fresh[p].begin() + next[p] + grow);
     next[p] += grow;
     t.num_tokens += n;
   }
-  return true;
-}
-
-bool KvCacheManager::Append(RequestId seq, absl::Span<const int32_t> new_tokens_per_row) {
-  if (config_.num_partitions > 1) return AppendPartitioned(seq, new_tokens_per_row);
-  const int64_t needed = NewBlocksNeeded(seq, new_tokens_per_row);
-  if (needed > pool_.num_free()) return false;
-  auto it = seqs_.find(seq);
-  HKV_CHECK(it == seqs_.end() || !it->second.reservation.has_value())
-      << "Append to sequence " << seq << " with an uncommitted reservation";
-  std::optional<std::vector<BlockId>> fresh = pool_.Allocate(static_cast<int32_t>(needed));
-  HKV_CHECK(fresh.has_value());
-  if (it == seqs_.end()) {
-    it = seqs_.emplace(seq, SequenceKv{}).first;
-    it->second.rows.resize(num_rows_per_seq());
-  }
-  auto next = fresh->begin();
-  for (int32_t r = 0; r < num_rows_per_seq(); ++r) {
-    BlockTable& t = it->second.rows[r];
-    const int32_t n = new_tokens_per_row[r];
-    if (NeedsCopy(t, n)) {
-      const BlockId shared = t.blocks.back();
-      pending_copies_.emplace_back(PendingSource(shared), *next);
-      pool_.IncRef(pending_copies_.back().first);  // Held by the copy until taken.
-      ++pending_src_refs_[pending_copies_.back().first];
-      pool_.Release(shared);  // Still held by its other tables.
-      t.blocks.back() = *next++;
-    }
-    const int32_t grow = t.NewBlocksFor(n, config_.block_size);
-    t.blocks.insert(t.blocks.end(), next, next + grow);
-    next += grow;
-    t.num_tokens += n;
-  }
-  HKV_CHECK(next == fresh->end());
+  for (int32_t p = 0; p < config_.num_partitions; ++p) HKV_CHECK(next[p] == fresh[p].size());
   return true;
 }
 
@@ -203,48 +162,6 @@ absl::Status KvCacheManager::CommitAdaptive(RequestId seq, absl::Span<const int3
   return absl::OkStatus();
 }
 
-absl::Status KvCacheManager::Fork(RequestId src, RequestId dst) {
-  auto it = seqs_.find(src);
-  if (it == seqs_.end()) {
-    return absl::NotFoundError(absl::StrCat("Fork: no sequence ", src));
-  }
-  if (it->second.reservation.has_value()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("Fork: sequence ", src, " has an uncommitted reservation"));
-  }
-  if (Contains(dst)) {
-    return absl::AlreadyExistsError(absl::StrCat("Fork: sequence ", dst, " already exists"));
-  }
-  SequenceKv copy;
-  copy.rows = it->second.rows;
-  for (const BlockTable& t : copy.rows) {
-    for (BlockId b : t.blocks) pool_.IncRef(b);
-  }
-  seqs_.emplace(dst, std::move(copy));
-  return absl::OkStatus();
-}
-
-BlockId KvCacheManager::PendingSource(BlockId block) const {
-  for (const auto& [src, dst] : pending_copies_) {
-    if (dst == block) return src;
-  }
-  return block;
-}
-
-bool KvCacheManager::NeedsCopy(const BlockTable& t, int32_t new_tokens) const {
-  if (new_tokens == 0 || t.num_tokens % config_.block_size == 0) return false;
-  const BlockId last = t.blocks.back();
-  auto it = pending_src_refs_.find(last);
-  const int32_t pending = it == pending_src_refs_.end() ? 0 : it->second;
-  return pool_.ref_count(last) - pending > 1;
-}
-
-std::vector<std::pair<BlockId, BlockId>> KvCacheManager::TakeBlockCopies() {
-  for (const auto& [src, dst] : pending_copies_) pool_.Release(src);
-  pending_src_refs_.clear();
-  return std::exchange(pending_copies_, {});
-}
-
 void KvCacheManager::Free(RequestId seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
@@ -255,14 +172,6 @@ void KvCacheManager::Free(RequestId seq) {
     for (BlockId b : it->second.reservation->blocks) pool_.Release(b);
   }
   seqs_.erase(it);
-  // A copy into a block that is free again is moot: drop it and its reference on the src
-  // (never itself a pending dst, so no other copy is affected).
-  std::erase_if(pending_copies_, [&](const std::pair<BlockId, BlockId>& copy) {
-    if (pool_.ref_count(copy.second) != 0) return false;
-    if (--pending_src_refs_[copy.first] == 0) pending_src_refs_.erase(copy.first);
-    pool_.Release(copy.first);
-    return true;
-  });
 }
 
 bool KvCacheManager::Contains(RequestId seq) const { return seqs_.contains(seq); }

@@ -64,8 +64,9 @@ class KvCacheManager {
   int64_t NewBlocksNeeded(RequestId seq, absl::Span<const int32_t> new_tokens_per_row) const;
   int64_t NewBlocksNeededUniform(RequestId seq, int32_t new_tokens) const;
 
-  // Grows each row r of `seq` (created when absent) by new_tokens_per_row[r] tokens.
-  // Returns false, changing nothing, when the pool lacks blocks.
+  // Grows each row r of `seq` (created when absent) by new_tokens_per_row[r] tokens, each row's
+  // new blocks taken from its partition (row_partition). Returns false, changing nothing, when
+  // the pool (any partition) lacks blocks.
   bool Append(RequestId seq, absl::Span<const int32_t> new_tokens_per_row);
   // Grows every row by `new_tokens`.
   bool AppendUniform(RequestId seq, int32_t new_tokens);
@@ -84,22 +85,7 @@ class KvCacheManager {
   // INVALID_ARGUMENT (nothing changed) if the counts do not fit the reservation.
   absl::Status CommitAdaptive(RequestId seq, absl::Span<const int32_t> kept_per_row);
 
-  // Makes `dst` share all of `src`'s blocks (ref counts +1). A later Append to a shared,
-  // partially filled last block copies it first: see TakeBlockCopies.
-  absl::Status Fork(RequestId src, RequestId dst);
-  // Copy-on-write copies (src, dst) made by Appends since the last call; the worker must copy
-  // them before it writes this step's K/V. They are independent (no src is another copy's
-  // dst; dsts are distinct), so they may run in any order or in parallel. Until taken, each
-  // copy holds a reference on its src, so a src whose last sharer is freed meanwhile is not
-  // reused before it is read; this call drops those references.
-  std::vector<std::pair<BlockId, BlockId>> TakeBlockCopies();
-  // The copies TakeBlockCopies would return, without taking them.
-  const std::vector<std::pair<BlockId, BlockId>>& pending_block_copies() const {
-    return pending_copies_;
-  }
-
-  // Frees every block of `seq` (drops its references) and cancels pending copies into its
-  // blocks. No-op for an unknown id.
+  // Frees every block of `seq` (and its uncommitted reservation). No-op for an unknown id.
   void Free(RequestId seq);
 
   bool Contains(RequestId seq) const;
@@ -113,8 +99,7 @@ class KvCacheManager {
 
   int32_t num_free_blocks() const { return pool_.num_free(); }
   int32_t num_total_blocks() const { return pool_.num_total(); }
-  // Blocks held by each layer, over all sequences [num_layers] (shared blocks counted once
-  // per holder).
+  // Blocks held by each layer, over all sequences [num_layers].
   std::vector<int64_t> BlocksPerLayer() const;
   const BlockPool& pool() const { return pool_; }
 
@@ -124,20 +109,9 @@ class KvCacheManager {
     std::optional<LayerReservation> reservation;
   };
 
-  bool AppendPartitioned(RequestId seq, absl::Span<const int32_t> new_tokens_per_row);
-
   KvCacheConfig config_;
   BlockPool pool_;
   absl::flat_hash_map<RequestId, SequenceKv> seqs_;
-  // Copy-on-write: whether row `t`'s last block must be copied before `new_tokens` are
-  // written into it (it is partially filled and another table still holds it).
-  bool NeedsCopy(const BlockTable& t, int32_t new_tokens) const;
-  // The block holding `block`'s data: the src of the pending copy into it, else itself.
-  BlockId PendingSource(BlockId block) const;
-
-  std::vector<std::pair<BlockId, BlockId>> pending_copies_;
-  // References held by pending copies, per src block (to tell them from sharing tables).
-  absl::flat_hash_map<BlockId, int32_t> pending_src_refs_;
 };
 
 }  // namespace hkv

@@ -29,10 +29,10 @@ KvCacheConfig Config(int32_t blocks, int32_t block_size = 4, int32_t layers = 2,
 // Everything observable about the manager's state for `seqs`.
 struct Snapshot {
   int32_t num_free;
-  std::vector<int32_t> refs;
+  std::vector<int32_t> held;
   KvCsr csr;
   bool operator==(const Snapshot& o) const {
-    return num_free == o.num_free && refs == o.refs && csr.indptr == o.csr.indptr &&
+    return num_free == o.num_free && held == o.held && csr.indptr == o.csr.indptr &&
            csr.indices == o.csr.indices && csr.last_len == o.csr.last_len &&
            csr.num_tokens == o.csr.num_tokens;
   }
@@ -40,7 +40,7 @@ struct Snapshot {
 
 Snapshot Take(const KvCacheManager& m, const std::vector<RequestId>& seqs) {
   Snapshot s{m.num_free_blocks(), {}, m.ExportCsr(seqs)};
-  for (BlockId b = 0; b < m.num_total_blocks(); ++b) s.refs.push_back(m.pool().ref_count(b));
+  for (BlockId b = 0; b < m.num_total_blocks(); ++b) s.held.push_back(m.pool().held(b));
   return s;
 }
 
@@ -106,103 +106,7 @@ TEST(KvCacheManagerTest, FreeReturnsEverything) {
   EXPECT_EQ(m.num_free_blocks(), 20 - 12);
   m.Free(2);
   EXPECT_EQ(m.num_free_blocks(), 20);
-  for (BlockId b = 0; b < 20; ++b) EXPECT_EQ(m.pool().ref_count(b), 0);
-}
-
-TEST(KvCacheManagerTest, ForkSharesAndCopiesOnWrite) {
-  KvCacheManager m(Config(30, 4, 1, 2));
-  ASSERT_TRUE(m.Append(1, std::vector<int32_t>{6, 8}));  // h0: [0][1] (1 partial), h1: [2][3]
-  ASSERT_TRUE(m.Fork(1, 2).ok());
-  EXPECT_EQ(m.num_free_blocks(), 26);
-  for (BlockId b : {0, 1, 2, 3}) EXPECT_EQ(m.pool().ref_count(b), 2);
-  EXPECT_EQ(m.ExportCsr(std::vector<RequestId>{2}).indices,
-            m.ExportCsr(std::vector<RequestId>{1}).indices);
-
-  // Seq 2 writes into the shared partial block of head 0: it gets a private copy. Head 1's last
-  // block is full, so it just takes a new block.
-  EXPECT_EQ(m.NewBlocksNeededUniform(2, 1), 1 + 1);
-  ASSERT_TRUE(m.AppendUniform(2, 1));
-  EXPECT_THAT(m.Table(2, 0, 0).blocks, ElementsAre(0, 4));
-  EXPECT_THAT(m.Table(2, 0, 1).blocks, ElementsAre(2, 3, 5));
-  EXPECT_THAT(m.Table(1, 0, 0).blocks, ElementsAre(0, 1));
-  EXPECT_EQ(m.pool().ref_count(0), 2);
-  EXPECT_EQ(m.pool().ref_count(1), 2);  // seq 1 and the pending copy
-  EXPECT_EQ(m.pool().ref_count(4), 1);
-  EXPECT_THAT(m.TakeBlockCopies(), ElementsAre(std::pair<BlockId, BlockId>(1, 4)));
-  EXPECT_EQ(m.pool().ref_count(1), 1);
-  EXPECT_THAT(m.TakeBlockCopies(), IsEmpty());
-
-  // Seq 1 now owns block 1 alone: no copy.
-  EXPECT_EQ(m.NewBlocksNeededUniform(1, 1), 1);
-  ASSERT_TRUE(m.AppendUniform(1, 1));
-  EXPECT_THAT(m.TakeBlockCopies(), IsEmpty());
-  EXPECT_THAT(m.RowLengths(1), ElementsAre(7, 9));
-  EXPECT_THAT(m.RowLengths(2), ElementsAre(7, 9));
-
-  m.Free(1);
-  m.Free(2);
-  EXPECT_EQ(m.num_free_blocks(), 30);
-}
-
-TEST(KvCacheManagerTest, BothSharersAppendingInOneStepCopyOnce) {
-  KvCacheManager m(Config(10, 4, 1, 1));
-  ASSERT_TRUE(m.AppendUniform(1, 2));  // [0], 2 tokens
-  ASSERT_TRUE(m.Fork(1, 2).ok());
-  ASSERT_TRUE(m.AppendUniform(2, 1));  // copies 0 -> 1
-  EXPECT_EQ(m.NewBlocksNeededUniform(1, 1), 0);  // seq 1 is now block 0's only table
-  ASSERT_TRUE(m.AppendUniform(1, 1));
-  EXPECT_THAT(m.Table(1, 0, 0).blocks, ElementsAre(0));
-  EXPECT_THAT(m.Table(2, 0, 0).blocks, ElementsAre(1));
-  EXPECT_THAT(m.TakeBlockCopies(), ElementsAre(std::pair<BlockId, BlockId>(0, 1)));
-  EXPECT_EQ(m.pool().ref_count(0), 1);
-}
-
-TEST(KvCacheManagerTest, CopiesOfCopiesReadTheOriginal) {
-  KvCacheManager m(Config(10, 4, 1, 1));
-  ASSERT_TRUE(m.AppendUniform(1, 2));  // [0]
-  ASSERT_TRUE(m.Fork(1, 2).ok());
-  ASSERT_TRUE(m.AppendUniform(2, 1));  // 0 -> 1
-  ASSERT_TRUE(m.Fork(2, 3).ok());      // seq 3 shares block 1, whose data is still in 0
-  ASSERT_TRUE(m.AppendUniform(3, 1));  // 0 -> 2, not 1 -> 2
-  EXPECT_THAT(m.TakeBlockCopies(), ElementsAre(std::pair<BlockId, BlockId>(0, 1),
-                                               std::pair<BlockId, BlockId>(0, 2)));
-  EXPECT_EQ(m.pool().ref_count(0), 1);
-  EXPECT_EQ(m.pool().ref_count(1), 1);
-  EXPECT_EQ(m.pool().ref_count(2), 1);
-}
-
-TEST(KvCacheManagerTest, PendingCopyKeepsItsSourceUntilTaken) {
-  KvCacheManager m(Config(3, 4, 1, 1));
-  ASSERT_TRUE(m.AppendUniform(1, 2));  // [0]
-  ASSERT_TRUE(m.Fork(1, 2).ok());
-  ASSERT_TRUE(m.AppendUniform(2, 1));  // copies 0 -> 1
-  m.Free(1);                           // block 0's last table goes away
-  EXPECT_EQ(m.pool().ref_count(0), 1);  // still held for the copy
-  EXPECT_FALSE(m.AppendUniform(3, 8));   // needs 2 blocks; only 1 is free
-  EXPECT_THAT(m.TakeBlockCopies(), ElementsAre(std::pair<BlockId, BlockId>(0, 1)));
-  EXPECT_EQ(m.num_free_blocks(), 2);
-}
-
-TEST(KvCacheManagerTest, CopyOfAFreedSequenceIsDropped) {
-  KvCacheManager m(Config(10, 4, 1, 1));
-  ASSERT_TRUE(m.AppendUniform(1, 2));
-  ASSERT_TRUE(m.Fork(1, 2).ok());
-  ASSERT_TRUE(m.AppendUniform(2, 1));
-  m.Free(2);
-  EXPECT_THAT(m.TakeBlockCopies(), IsEmpty());
-  EXPECT_EQ(m.pool().ref_count(0), 1);
-  m.Free(1);
-  EXPECT_EQ(m.num_free_blocks(), 10);
-}
-
-TEST(KvCacheManagerTest, ForkErrors) {
-  KvCacheManager m(Config(10));
-  ASSERT_TRUE(m.AppendUniform(1, 2));
-  EXPECT_EQ(m.Fork(5, 6).code(), absl::StatusCode::kNotFound);
-  ASSERT_TRUE(m.AppendUniform(2, 1));
-  EXPECT_EQ(m.Fork(1, 2).code(), absl::StatusCode::kAlreadyExists);
-  ASSERT_TRUE(m.ReserveLayers(3, std::vector<int32_t>{1, 1}).has_value());
-  EXPECT_EQ(m.Fork(3, 4).code(), absl::StatusCode::kFailedPrecondition);
+  for (BlockId b = 0; b < 20; ++b) EXPECT_EQ(m.pool().held(b), false);
 }
 
 TEST(KvCacheManagerTest, AdaptiveReserveAndCommit) {
@@ -237,7 +141,7 @@ TEST(KvCacheManagerTest, AdaptiveReserveAndCommit) {
   EXPECT_THAT(m.Table(1, 0, 1).blocks, ElementsAre(2));
   EXPECT_THAT(m.Table(1, 1, 0).blocks, ElementsAre(3));
   EXPECT_THAT(m.Table(1, 1, 1).blocks, IsEmpty());
-  EXPECT_EQ(m.pool().ref_count(4), 0);  // unused reservation freed
+  EXPECT_FALSE(m.pool().held(4));  // unused reservation freed
   EXPECT_EQ(m.num_free_blocks(), 6);
   EXPECT_EQ(m.SequenceBlocks(1), 4);
   EXPECT_EQ(m.CommitAdaptive(1, std::vector<int32_t>{5, 4, 4, 0}).code(),
@@ -274,14 +178,12 @@ TEST(KvCacheManagerTest, PartitionedPoolKeepsEachRowInItsRanksRange) {
   ASSERT_TRUE(m.Append(2, std::vector<int32_t>{3, 7, 7, 7}));  // rank 0: 4 blocks, rank 1: 3
   EXPECT_EQ(m.pool().num_free(1), 0);
   m.Free(1);
-  // Copy-on-write after a fork stays in the row's partition.
-  ASSERT_TRUE(m.Fork(2, 3).ok());
-  ASSERT_TRUE(m.AppendUniform(3, 1));
-  const auto copies = m.TakeBlockCopies();
-  EXPECT_EQ(copies.size(), 4u);
-  for (const auto& [src, dst] : copies) EXPECT_EQ(src / 8, dst / 8);
+  // Decode growth stays in each row's partition too.
+  ASSERT_TRUE(m.AppendUniform(2, 2));
+  for (int32_t r = 0; r < 4; ++r) {
+    for (BlockId b : m.Table(2, r / 2, r % 2).blocks) EXPECT_EQ(b / 8, c.row_partition[r]);
+  }
   m.Free(2);
-  m.Free(3);
   EXPECT_EQ(m.pool().num_free(0), 8);
   EXPECT_EQ(m.pool().num_free(1), 8);
 }

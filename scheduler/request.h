@@ -15,11 +15,11 @@
 
 #include <cstdint>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
+#include "common/finish_reason.h"
 #include "common/ids.h"
 #include "common/sampling_params.h"
 #include "headkv/head_budget_planner.h"
@@ -32,11 +32,6 @@ enum class RequestStatus {
   kPreempted,  // Its blocks were taken back; waiting to be recomputed.
   kFinished,
 };
-
-enum class FinishReason { kNone, kLength, kStop, kEos, kAborted, kError, kDeadline };
-
-// Returns "none", "length", "stop", "eos", "aborted", "error" or "deadline".
-std::string_view FinishReasonName(FinishReason reason);
 
 struct Request {
   // Input, set by the engine before Add().

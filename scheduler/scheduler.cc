@@ -326,7 +326,6 @@ Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
     }
     b.seqs.push_back(std::move(s));
   }
-  b.block_copies = kv_->TakeBlockCopies();
   return b;
 }
 

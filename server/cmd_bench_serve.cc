@@ -128,32 +128,13 @@ std::vector<hkv::v1::GenerateRequest> MakeRequests(const BenchServeOptions& o, i
   return out;
 }
 
-}  // namespace
-
-int RunBenchServe(const BenchServeOptions& o) {
-  if (o.num_requests < 1 || o.concurrency < 1 || o.input_len < 1 || o.output_len < 1 ||
-      o.range_ratio < 0 || o.range_ratio >= 1) {
-    std::cerr << "hkv bench-serve: --num-requests, --concurrency, --input-len and --output-len "
-                 "must be >= 1 and --range-ratio in [0, 1)\n";
-    return 1;
-  }
-  auto channel = grpc::CreateChannel(o.target, grpc::InsecureChannelCredentials());
-  auto stub = hkv::v1::Generation::NewStub(channel);
-  hkv::v1::ModelInfo info;
-  {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    grpc::Status s = stub->GetModelInfo(&context, hkv::v1::GetModelInfoRequest(), &info);
-    if (!s.ok()) {
-      std::cerr << "hkv bench-serve: cannot reach " << o.target << ": " << s.error_message()
-                << "\n";
-      return 1;
-    }
-  }
-  const auto requests = MakeRequests(o, info.vocab_size());
+// Sends every request, `o.concurrency` at a time (closed loop) or at Poisson arrival times of
+// `o.request_rate` (open loop); returns one record per request, in order.
+std::vector<RequestRecord> SendAll(hkv::v1::Generation::Stub* stub,
+                                   const std::vector<hkv::v1::GenerateRequest>& requests,
+                                   const BenchServeOptions& o, absl::Time start) {
   std::vector<RequestRecord> records(requests.size());
   std::atomic<int32_t> next{0};
-  const absl::Time start = absl::Now();
   std::vector<std::thread> threads;
   if (o.request_rate > 0) {
     // Open loop: one thread per request, released at Poisson arrival times.
@@ -164,7 +145,7 @@ int RunBenchServe(const BenchServeOptions& o) {
       const absl::Time at = start + absl::Seconds(t);
       threads.emplace_back([&, i, at] {
         absl::SleepFor(at - absl::Now());
-        records[i] = RunOne(stub.get(), requests[i]);
+        records[i] = RunOne(stub, requests[i]);
       });
       t += gap(rng);
     }
@@ -172,14 +153,18 @@ int RunBenchServe(const BenchServeOptions& o) {
     for (int32_t c = 0; c < o.concurrency; ++c) {
       threads.emplace_back([&] {
         for (int32_t i = next++; i < static_cast<int32_t>(requests.size()); i = next++) {
-          records[i] = RunOne(stub.get(), requests[i]);
+          records[i] = RunOne(stub, requests[i]);
         }
       });
     }
   }
   for (auto& t : threads) t.join();
-  const double duration = absl::ToDoubleSeconds(absl::Now() - start);
+  return records;
+}
 
+// The report: counts, throughputs and latency percentiles (ms) of the successful requests.
+nlohmann::ordered_json Summarize(const BenchServeOptions& o,
+                                 const std::vector<RequestRecord>& records, double duration) {
   std::vector<double> ttft, tpot, itl, e2e;
   int64_t out_tokens = 0, in_tokens = 0;
   int32_t ok = 0, good = 0;
@@ -228,32 +213,74 @@ int RunBenchServe(const BenchServeOptions& o) {
                {"p99", Percentile(*values, 99)}};
   }
   if (!first_error.empty()) j["first_error"] = first_error;
+  return j;
+}
+
+// Prints the report as a table.
+void PrintTable(const BenchServeOptions& o, const hkv::v1::ModelInfo& info,
+                const nlohmann::ordered_json& j) {
+  const int32_t ok = j["successful_requests"].get<int32_t>();
+  const double duration = j["duration_s"].get<double>();
+  const int64_t in_tokens = j["input_tokens"].get<int64_t>();
+  const int64_t out_tokens = j["output_tokens"].get<int64_t>();
+  std::cout << absl::StrFormat(
+      "============ hkv bench-serve ============\n"
+      "target                    %s (%s, %s)\n"
+      "requests ok / sent        %d / %d\n"
+      "duration (s)              %.2f\n"
+      "input / output tokens     %d / %d\n"
+      "request throughput (r/s)  %.2f\n"
+      "output throughput (tok/s) %.1f\n"
+      "goodput (r/s)             %.2f\n"
+      "max concurrent streams    %d\n",
+      o.target, info.model_name(), info.device(), ok, o.num_requests, duration, in_tokens,
+      out_tokens, j["request_throughput"].get<double>(), j["output_throughput"].get<double>(),
+      j["goodput"].get<double>(), j["max_concurrent_streams"].get<int32_t>());
+  std::cout << absl::StrFormat("%-10s %10s %10s %10s %10s\n", "ms", "mean", "p50", "p90", "p99");
+  for (const char* name : {"ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"}) {
+    std::cout << absl::StrFormat("%-10s %10.2f %10.2f %10.2f %10.2f\n", name,
+                                 j[name]["mean"].get<double>(), j[name]["p50"].get<double>(),
+                                 j[name]["p90"].get<double>(), j[name]["p99"].get<double>());
+  }
+  if (j.contains("first_error")) {
+    std::cout << "first error: " << j["first_error"].get<std::string>() << "\n";
+  }
+}
+
+}  // namespace
+
+int RunBenchServe(const BenchServeOptions& o) {
+  if (o.num_requests < 1 || o.concurrency < 1 || o.input_len < 1 || o.output_len < 1 ||
+      o.range_ratio < 0 || o.range_ratio >= 1) {
+    std::cerr << "hkv bench-serve: --num-requests, --concurrency, --input-len and --output-len "
+                 "must be >= 1 and --range-ratio in [0, 1)\n";
+    return 1;
+  }
+  auto channel = grpc::CreateChannel(o.target, grpc::InsecureChannelCredentials());
+  auto stub = hkv::v1::Generation::NewStub(channel);
+  hkv::v1::ModelInfo info;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Status s = stub->GetModelInfo(&context, hkv::v1::GetModelInfoRequest(), &info);
+    if (!s.ok()) {
+      std::cerr << "hkv bench-serve: cannot reach " << o.target << ": " << s.error_message()
+                << "\n";
+      return 1;
+    }
+  }
+  const auto requests = MakeRequests(o, info.vocab_size());
+  const absl::Time start = absl::Now();
+  const std::vector<RequestRecord> records = SendAll(stub.get(), requests, o, start);
+  const double duration = absl::ToDoubleSeconds(absl::Now() - start);
+  const nlohmann::ordered_json j = Summarize(o, records, duration);
   if (!o.json_out.empty()) std::ofstream(o.json_out) << j.dump(2) << "\n";
   if (o.json) {
     std::cout << j.dump(2) << "\n";
   } else {
-    std::cout << absl::StrFormat(
-        "============ hkv bench-serve ============\n"
-        "target                    %s (%s, %s)\n"
-        "requests ok / sent        %d / %d\n"
-        "duration (s)              %.2f\n"
-        "input / output tokens     %d / %d\n"
-        "request throughput (r/s)  %.2f\n"
-        "output throughput (tok/s) %.1f\n"
-        "goodput (r/s)             %.2f\n"
-        "max concurrent streams    %d\n",
-        o.target, info.model_name(), info.device(), ok, o.num_requests, duration, in_tokens,
-        out_tokens, ok / duration, out_tokens / duration, good / duration,
-        j["max_concurrent_streams"].get<int32_t>());
-    std::cout << absl::StrFormat("%-10s %10s %10s %10s %10s\n", "ms", "mean", "p50", "p90", "p99");
-    for (const char* name : {"ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"}) {
-      std::cout << absl::StrFormat("%-10s %10.2f %10.2f %10.2f %10.2f\n", name,
-                                   j[name]["mean"].get<double>(), j[name]["p50"].get<double>(),
-                                   j[name]["p90"].get<double>(), j[name]["p99"].get<double>());
-    }
-    if (!first_error.empty()) std::cout << "first error: " << first_error << "\n";
+    PrintTable(o, info, j);
   }
-  return ok == o.num_requests ? 0 : 2;
+  return j["successful_requests"].get<int32_t>() == o.num_requests ? 0 : 2;
 }
 
 }  // namespace hkv

@@ -10,6 +10,47 @@
 #include "tokenizer/prompt_limit.h"
 
 namespace hkv {
+namespace {
+
+// What one run produced, as the report prints it.
+struct GenerateReport {
+  std::vector<TokenId> prompt;
+  std::vector<int32_t> output;
+  std::string text;
+  double prefill_ms = 0;
+  double decode_tps = 0;
+  StreamUsage usage;
+};
+
+// Prints the run's JSON object (--json) or, after the streamed text, its summary line.
+void PrintReport(const GenerateOptions& options, const GenerateReport& r) {
+  const StreamUsage& u = r.usage;
+  if (options.json) {
+    nlohmann::ordered_json j;
+    j["prompt_ids"] = r.prompt;
+    j["output_ids"] = r.output;
+    j["text"] = r.text;
+    j["prefill_ms"] = r.prefill_ms;
+    j["decode_tokens_per_s"] = r.decode_tps;
+    j["kv_policy"] = options.kv_policy;
+    j["kv_tokens_kept"] = u.kv_tokens_kept;
+    j["kv_tokens_full"] = u.kv_tokens_full;
+    j["kv_bytes_kept"] = u.kv_bytes_kept;
+    j["kv_bytes_full"] = u.kv_bytes_full;
+    j["seed"] = u.seed;  // --seed S reproduces this output.
+    std::cout << j.dump() << "\n";
+  } else {
+    std::cout << "\n";
+    std::cerr << absl::StrFormat(
+        "[%d prompt + %d generated tokens; prefill %.1f ms; decode %.1f tokens/s; "
+        "KV (%s) kept %d of %d tokens, %d of %d bytes (%.1f%%); seed %u]\n",
+        r.prompt.size(), r.output.size(), r.prefill_ms, r.decode_tps, options.kv_policy,
+        u.kv_tokens_kept, u.kv_tokens_full, u.kv_bytes_kept, u.kv_bytes_full,
+        u.kv_bytes_full > 0 ? 100.0 * u.kv_bytes_kept / u.kv_bytes_full : 100.0, u.seed);
+  }
+}
+
+}  // namespace
 
 int RunGenerate(const GenerateOptions& options) {
   ServerConfig config = options.server;
@@ -73,37 +114,14 @@ int RunGenerate(const GenerateOptions& options) {
   }
   const absl::Time end = absl::Now();
   engine.Stop();
-  if (last.finish == StreamFinish::kError) {
+  if (last.finish == FinishReason::kError) {
     std::cerr << "\nhkv generate: " << last.status.message() << "\n";
     return 1;
   }
   const double prefill_ms = absl::ToDoubleMilliseconds(first_token - start);
   const double decode_s = absl::ToDoubleSeconds(end - first_token);
   const double decode_tps = output.size() > 1 && decode_s > 0 ? (output.size() - 1) / decode_s : 0;
-  const StreamUsage& u = last.usage;
-  if (options.json) {
-    nlohmann::ordered_json j;
-    j["prompt_ids"] = request.prompt;
-    j["output_ids"] = output;
-    j["text"] = text;
-    j["prefill_ms"] = prefill_ms;
-    j["decode_tokens_per_s"] = decode_tps;
-    j["kv_policy"] = options.kv_policy;
-    j["kv_tokens_kept"] = u.kv_tokens_kept;
-    j["kv_tokens_full"] = u.kv_tokens_full;
-    j["kv_bytes_kept"] = u.kv_bytes_kept;
-    j["kv_bytes_full"] = u.kv_bytes_full;
-    j["seed"] = u.seed;  // --seed S reproduces this output.
-    std::cout << j.dump() << "\n";
-  } else {
-    std::cout << "\n";
-    std::cerr << absl::StrFormat(
-        "[%d prompt + %d generated tokens; prefill %.1f ms; decode %.1f tokens/s; "
-        "KV (%s) kept %d of %d tokens, %d of %d bytes (%.1f%%); seed %u]\n",
-        request.prompt.size(), output.size(), prefill_ms, decode_tps, options.kv_policy,
-        u.kv_tokens_kept, u.kv_tokens_full, u.kv_bytes_kept, u.kv_bytes_full,
-        u.kv_bytes_full > 0 ? 100.0 * u.kv_bytes_kept / u.kv_bytes_full : 100.0, u.seed);
-  }
+  PrintReport(options, {request.prompt, output, text, prefill_ms, decode_tps, last.usage});
   return 0;
 }
 

@@ -27,37 +27,6 @@ struct Engine::Active {
 
 namespace {
 
-StreamFinish ToStreamFinish(FinishReason reason) {
-  switch (reason) {
-    case FinishReason::kLength:
-      return StreamFinish::kLength;
-    case FinishReason::kStop:
-      return StreamFinish::kStop;
-    case FinishReason::kEos:
-      return StreamFinish::kEos;
-    case FinishReason::kAborted:
-      return StreamFinish::kAborted;
-    case FinishReason::kDeadline:
-      return StreamFinish::kDeadline;
-    case FinishReason::kError:
-      return StreamFinish::kError;
-    case FinishReason::kNone:
-      break;
-  }
-  return StreamFinish::kNone;
-}
-
-FinishReason ToFinishReason(StreamFinish reason) {
-  switch (reason) {
-    case StreamFinish::kStop:
-      return FinishReason::kStop;
-    case StreamFinish::kError:
-      return FinishReason::kError;
-    default:
-      return FinishReason::kAborted;
-  }
-}
-
 absl::Status ValidateStops(const SamplingParams& p, const StopLimits& limits, int32_t vocab_size) {
   // The lists' sizes first: each check after them is linear in their length.
   HKV_RETURN_IF_ERROR(CheckStopLimits(limits, p.stop, p.stop_token_ids.size()));
@@ -157,35 +126,6 @@ absl::StatusOr<HeadBudgetPlan> Engine::PlanFor(const std::string& policy, int32_
   return plan;
 }
 
-absl::StatusOr<Engine::KvFootprint> Engine::Footprint(const EngineRequest& r) {
-  const std::string policy = r.kv_policy.empty() ? options_.default_policy : r.kv_policy;
-  const int32_t budget = r.kv_budget > 0 ? r.kv_budget : options_.default_budget;
-  const double beta = r.kv_beta > 0 ? r.kv_beta : options_.default_beta;
-  HKV_ASSIGN_OR_RETURN(HeadBudgetPlan plan, PlanFor(policy, budget, beta));
-  const ModelConfig& m = worker_->config();
-  const int32_t n = static_cast<int32_t>(r.prompt.size());
-  const int32_t bs = options_.kv.block_size;
-  const int64_t rows = static_cast<int64_t>(m.num_layers) * m.num_kv_heads;
-  KvFootprint f;
-  f.prompt_tokens_full = rows * n;
-  auto blocks = [bs](int64_t tokens) { return (tokens + bs - 1) / bs; };
-  if (plan.adaptive && plan.compresses(n)) {
-    for (int32_t l = 0; l < m.num_layers; ++l) {
-      f.prompt_tokens_kept += plan.LayerKeptBound(l, n);
-      f.prompt_blocks += plan.MaxBlocksPerLayer(l, n, bs);
-    }
-    f.peak_blocks = f.prompt_blocks + rows * blocks(r.sampling.max_tokens);
-    return f;
-  }
-  const std::vector<int32_t> kept = plan.KeptTokens(n);
-  for (int32_t k : kept) {
-    f.prompt_tokens_kept += k;
-    f.prompt_blocks += blocks(k);
-    f.peak_blocks += blocks(int64_t{k} + r.sampling.max_tokens);
-  }
-  return f;
-}
-
 std::vector<int64_t> Engine::BlocksPerLayer() const { return metrics_.BlocksPerLayer(); }
 
 absl::Status Engine::ValidateRequest(const EngineRequest& r) const {
@@ -274,11 +214,11 @@ bool Engine::Abort(const std::string& request_id) {
   absl::MutexLock lock(&mu_);
   auto it = by_client_id_.find(request_id);
   if (it == by_client_id_.end()) return false;
-  controls_.push_back({it->second, StreamFinish::kAborted});
+  controls_.push_back({it->second, FinishReason::kAborted});
   return true;
 }
 
-void Engine::Cancel(RequestId id, StreamFinish reason) {
+void Engine::Cancel(RequestId id, FinishReason reason) {
   absl::MutexLock lock(&mu_);
   controls_.push_back({id, reason});
 }
@@ -299,7 +239,7 @@ void Engine::Drain(absl::Duration timeout) {
   }
   absl::MutexLock lock(&mu_);
   for (const auto& [client_id, id] : by_client_id_)
-    controls_.push_back({id, StreamFinish::kAborted});
+    controls_.push_back({id, FinishReason::kAborted});
 }
 
 void Engine::DrainInbox() {
@@ -314,7 +254,7 @@ void Engine::DrainInbox() {
   for (const Control& c : controls) {
     auto it = active_.find(c.id);
     if (it == active_.end() || it->second->finished) continue;
-    scheduler_->Abort(c.id, ToFinishReason(c.reason));
+    scheduler_->Abort(c.id, c.reason);
   }
 }
 
@@ -333,7 +273,7 @@ void Engine::Admit(Submitted submitted) {
     metrics_.requests_rejected_total++;
     StreamChunk chunk;
     chunk.finished = true;
-    chunk.finish = StreamFinish::kError;
+    chunk.finish = FinishReason::kError;
     chunk.status = status;
     stream->Push(std::move(chunk));
     absl::MutexLock lock(&mu_);
@@ -362,8 +302,8 @@ void Engine::FinishChunk(Active& a, const RequestOutput& out, bool stop_hit, abs
                                       : 2LL * worker_->config().head_dim * 4;
   a.finished = true;
   chunk->finished = true;
-  chunk->finish = stop_hit ? StreamFinish::kStop : ToStreamFinish(out.reason);
-  if (chunk->finish == StreamFinish::kError) {
+  chunk->finish = stop_hit ? FinishReason::kStop : out.reason;
+  if (chunk->finish == FinishReason::kError) {
     chunk->status = absl::InternalError("the request failed in the worker");
   }
   StreamUsage& u = chunk->usage;
@@ -378,7 +318,7 @@ void Engine::FinishChunk(Active& a, const RequestOutput& out, bool stop_hit, abs
   u.num_preemptions = out.num_preemptions;
   u.seed = a.seed;
   metrics_.requests_finished_total++;
-  if (chunk->finish == StreamFinish::kError) metrics_.requests_failed_total++;
+  if (chunk->finish == FinishReason::kError) metrics_.requests_failed_total++;
   metrics_.kv_bytes_kept_total += u.kv_bytes_kept;
   metrics_.kv_bytes_full_total += u.kv_bytes_full;
   metrics_.e2e_latency_s.Observe(absl::ToDoubleSeconds(now - a.arrival));
@@ -424,7 +364,7 @@ void Engine::FailAll(const absl::Status& status) {
     a->finished = true;
     StreamChunk chunk;
     chunk.finished = true;
-    chunk.finish = StreamFinish::kError;
+    chunk.finish = FinishReason::kError;
     chunk.status = status;
     a->stream->Push(std::move(chunk));
   }
@@ -483,28 +423,7 @@ void Engine::Loop() {
     std::optional<Batch> batch = scheduler_->Schedule(now);
     std::vector<RequestOutput> more = scheduler_->TakeAborted();
     outputs.insert(outputs.end(), more.begin(), more.end());
-    if (batch.has_value()) {
-      absl::StatusOr<BatchResult> result = worker_->Execute(*batch);
-      metrics_.engine_steps_total++;
-      if (!result.ok()) {
-        OnWorkerFailure(result.status());
-        outputs.clear();
-      } else {
-        // Prompt tokens prefilled for the first time (recomputes after preemption excluded).
-        for (const SequenceStep& s : batch->seqs) {
-          auto it = active_.find(s.id);
-          if (it == active_.end()) continue;
-          Active& a = *it->second;
-          const int32_t done = std::min<int32_t>(s.start_pos + s.tokens.size(), a.prompt_tokens);
-          if (done > a.prefilled) {
-            metrics_.prompt_tokens_total += done - a.prefilled;
-            a.prefilled = done;
-          }
-        }
-        std::vector<RequestOutput> stepped = scheduler_->Update(*batch, *result, absl::Now());
-        outputs.insert(outputs.end(), stepped.begin(), stepped.end());
-      }
-    }
+    if (batch.has_value()) RunStep(*batch, &outputs);
     if (!batch.has_value() && loop_alive_.load() &&
         absl::Now() - last_liveness_check >= kLivenessCheckInterval) {
       last_liveness_check = absl::Now();
@@ -527,12 +446,39 @@ void Engine::Loop() {
     iteration_started_ns_ = absl::GetCurrentTimeNanos();  // The next iteration starts here.
   }
   iteration_started_ns_ = 0;
+  FailRemaining();
+}
+
+void Engine::RunStep(const Batch& batch, std::vector<RequestOutput>* outputs) {
+  absl::StatusOr<BatchResult> result = worker_->Execute(batch);
+  metrics_.engine_steps_total++;
+  if (!result.ok()) {
+    OnWorkerFailure(result.status());
+    outputs->clear();
+    return;
+  }
+  // Prompt tokens prefilled for the first time (recomputes after preemption excluded).
+  for (const SequenceStep& s : batch.seqs) {
+    auto it = active_.find(s.id);
+    if (it == active_.end()) continue;
+    Active& a = *it->second;
+    const int32_t done = std::min<int32_t>(s.start_pos + s.tokens.size(), a.prompt_tokens);
+    if (done > a.prefilled) {
+      metrics_.prompt_tokens_total += done - a.prefilled;
+      a.prefilled = done;
+    }
+  }
+  std::vector<RequestOutput> stepped = scheduler_->Update(batch, *result, absl::Now());
+  outputs->insert(outputs->end(), stepped.begin(), stepped.end());
+}
+
+void Engine::FailRemaining() {
   FailAll(absl::UnavailableError("the engine stopped"));
   absl::MutexLock lock(&mu_);
   for (Submitted& submitted : inbox_) {
     StreamChunk chunk;
     chunk.finished = true;
-    chunk.finish = StreamFinish::kError;
+    chunk.finish = FinishReason::kError;
     chunk.status = absl::UnavailableError("the engine stopped");
     submitted.stream->Push(std::move(chunk));
   }

@@ -87,7 +87,7 @@ class Engine {
   // Ends a request by the client's id (finish kAborted). False if no such live request.
   bool Abort(const std::string& request_id);
   // Ends a request whose client went away or whose deadline passed.
-  void Cancel(RequestId id, StreamFinish reason);
+  void Cancel(RequestId id, FinishReason reason);
   // Readiness: true while the loop is alive and its current iteration has run for less than
   // the stall timeout.
   bool Healthy() const;
@@ -115,16 +115,6 @@ class Engine {
   // Returns how many plans the cache holds (at most PlanCache::kDefaultCapacity). Thread-safe.
   size_t plan_cache_size() const { return plan_cache_.size(); }
 
-  // What a request costs in the KV pool before it is admitted: the head-blocks its prompt keeps
-  // after prefill (the plan's exact per-head counts; an upper bound for adaptive plans) and at
-  // its peak (every row grown by max_tokens). Thread-safe.
-  struct KvFootprint {
-    int64_t prompt_tokens_kept = 0;  // Over all (layer, KV head) rows.
-    int64_t prompt_tokens_full = 0;
-    int64_t prompt_blocks = 0;
-    int64_t peak_blocks = 0;
-  };
-  absl::StatusOr<KvFootprint> Footprint(const EngineRequest& request);
   // Head-blocks in use per layer (refreshed every few engine steps).
   std::vector<int64_t> BlocksPerLayer() const;
 
@@ -138,10 +128,15 @@ class Engine {
   };
   struct Control {
     RequestId id;
-    StreamFinish reason;
+    FinishReason reason;
   };
 
   void Loop();
+  // Runs `batch` on the worker and appends the scheduler's outputs for it; a failed step
+  // fails everything instead (OnWorkerFailure) and clears `outputs`.
+  void RunStep(const Batch& batch, std::vector<RequestOutput>* outputs);
+  // After the loop: fails whatever is still live or queued with UNAVAILABLE.
+  void FailRemaining();
   void DrainInbox();
   void Admit(Submitted submitted);
   void Deliver(const std::vector<RequestOutput>& outputs);

@@ -4,26 +4,28 @@
 #include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/quote.h"
+#include "common/status_macros.h"
 #include "server/request_id.h"
 #include "server/stop_strings.h"
 
 namespace hkv {
 namespace {
 
-hkv::v1::FinishReason ToProto(StreamFinish finish) {
+// The proto has no deadline reason: a deadline ends the call with DEADLINE_EXCEEDED instead.
+hkv::v1::FinishReason ToProto(FinishReason finish) {
   switch (finish) {
-    case StreamFinish::kLength:
+    case FinishReason::kLength:
       return hkv::v1::FINISH_REASON_LENGTH;
-    case StreamFinish::kStop:
+    case FinishReason::kStop:
       return hkv::v1::FINISH_REASON_STOP;
-    case StreamFinish::kEos:
+    case FinishReason::kEos:
       return hkv::v1::FINISH_REASON_EOS;
-    case StreamFinish::kAborted:
-    case StreamFinish::kDeadline:
+    case FinishReason::kAborted:
+    case FinishReason::kDeadline:
       return hkv::v1::FINISH_REASON_ABORTED;
-    case StreamFinish::kError:
+    case FinishReason::kError:
       return hkv::v1::FINISH_REASON_ERROR;
-    case StreamFinish::kNone:
+    case FinishReason::kNone:
       break;
   }
   return hkv::v1::FINISH_REASON_UNSPECIFIED;
@@ -60,6 +62,28 @@ int64_t ChatBytes(const hkv::v1::ChatMessages& chat) {
   return bytes;
 }
 
+// Copies a request's sampling parameters into `r`, with the proto's defaults (max_tokens 0:
+// 16, top_p 0: 1); INVALID_ARGUMENT for a negative max_tokens or stop lists past `limits`.
+absl::Status ConvertSampling(const hkv::v1::SamplingParams& s, const StopLimits& limits,
+                             EngineRequest* r) {
+  if (s.max_tokens() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.max_tokens must be >= 0 (0 = default 16), got ", s.max_tokens()));
+  }
+  r->sampling.max_tokens = s.max_tokens() == 0 ? 16 : s.max_tokens();
+  r->sampling.temperature = s.temperature();
+  r->sampling.top_k = s.top_k();
+  r->sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
+  if (s.has_seed()) r->seed = s.seed();  // Unset: the engine draws a fresh seed.
+  r->sampling.ignore_eos = s.ignore_eos();
+  // Checked before copying: an over-limit list is refused without a second copy of it (the
+  // engine checks the same limits again on what it is given).
+  HKV_RETURN_IF_ERROR(CheckStopLimits(limits, s.stop(), s.stop_token_ids_size()));
+  r->sampling.stop.assign(s.stop().begin(), s.stop().end());
+  r->sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
@@ -89,6 +113,48 @@ GenerationService::GenerationService(Engine* engine, std::shared_ptr<const Token
   }
 }
 
+absl::StatusOr<std::vector<TokenId>> GenerationService::PromptIds(
+    const hkv::v1::GenerateRequest& request, const EncodeControl& control) const {
+  if (tokenizer_ == nullptr && request.input_case() != hkv::v1::GenerateRequest::kPromptTokenIds) {
+    return absl::InvalidArgumentError(
+        "this model is served without a tokenizer: send prompt_token_ids");
+  }
+  switch (request.input_case()) {
+    case hkv::v1::GenerateRequest::kPrompt: {
+      if (request.prompt().empty()) {
+        return absl::InvalidArgumentError("the prompt is empty: send text or token ids");
+      }
+      return EncodePrompt(*tokenizer_, request.prompt(), !request.skip_bos(), prompt_limit_,
+                          control);
+    }
+    case hkv::v1::GenerateRequest::kPromptTokenIds:
+      return std::vector<TokenId>(request.prompt_token_ids().ids().begin(),
+                                  request.prompt_token_ids().ids().end());
+    case hkv::v1::GenerateRequest::kChat: {
+      if (chat_ == nullptr) {
+        return absl::InvalidArgumentError(
+            "this model has no supported chat format (Llama-3 or Mistral-Instruct): send a "
+            "prompt or token ids instead");
+      }
+      if (request.chat().messages().empty()) {
+        return absl::InvalidArgumentError("chat has no messages");
+      }
+      // Refused before the messages are copied and joined; the joined text is checked again.
+      if (absl::Status s = CheckPromptBytes(ChatBytes(request.chat()), prompt_limit_); !s.ok()) {
+        return s;
+      }
+      std::vector<ChatMessage> messages;
+      for (const auto& m : request.chat().messages()) messages.push_back({m.role(), m.content()});
+      auto text = chat_->Apply(messages, /*add_generation_prompt=*/true);
+      if (!text.ok()) return text.status();
+      return EncodePrompt(*tokenizer_, *text, /*add_bos=*/false, prompt_limit_, control);
+    }
+    case hkv::v1::GenerateRequest::INPUT_NOT_SET:
+      break;
+  }
+  return absl::InvalidArgumentError("no input: set one of prompt, prompt_token_ids or chat");
+}
+
 absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
     const hkv::v1::GenerateRequest& request, absl::Time deadline,
     const std::function<bool()>& cancelled) const {
@@ -110,72 +176,8 @@ absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
     if (!id.ok()) return id;
   }
   r.request_id = request.request_id();
-  if (tokenizer_ == nullptr && request.input_case() != hkv::v1::GenerateRequest::kPromptTokenIds) {
-    return absl::InvalidArgumentError(
-        "this model is served without a tokenizer: send prompt_token_ids");
-  }
-  switch (request.input_case()) {
-    case hkv::v1::GenerateRequest::kPrompt: {
-      if (request.prompt().empty()) {
-        return absl::InvalidArgumentError("the prompt is empty: send text or token ids");
-      }
-      absl::StatusOr<std::vector<TokenId>> ids =
-          EncodePrompt(*tokenizer_, request.prompt(), !request.skip_bos(), prompt_limit_, control);
-      if (!ids.ok()) return ids.status();
-      r.prompt = std::move(*ids);
-      break;
-    }
-    case hkv::v1::GenerateRequest::kPromptTokenIds:
-      r.prompt.assign(request.prompt_token_ids().ids().begin(),
-                      request.prompt_token_ids().ids().end());
-      break;
-    case hkv::v1::GenerateRequest::kChat: {
-      if (chat_ == nullptr) {
-        return absl::InvalidArgumentError(
-            "this model has no supported chat format (Llama-3 or Mistral-Instruct): send a "
-            "prompt or token ids instead");
-      }
-      if (request.chat().messages().empty()) {
-        return absl::InvalidArgumentError("chat has no messages");
-      }
-      // Refused before the messages are copied and joined; the joined text is checked again.
-      if (absl::Status s = CheckPromptBytes(ChatBytes(request.chat()), prompt_limit_); !s.ok()) {
-        return s;
-      }
-      std::vector<ChatMessage> messages;
-      for (const auto& m : request.chat().messages()) messages.push_back({m.role(), m.content()});
-      auto text = chat_->Apply(messages, /*add_generation_prompt=*/true);
-      if (!text.ok()) return text.status();
-      absl::StatusOr<std::vector<TokenId>> ids =
-          EncodePrompt(*tokenizer_, *text, /*add_bos=*/false, prompt_limit_, control);
-      if (!ids.ok()) return ids.status();
-      r.prompt = std::move(*ids);
-      break;
-    }
-    case hkv::v1::GenerateRequest::INPUT_NOT_SET:
-      return absl::InvalidArgumentError(
-          "no input: set one of prompt, prompt_token_ids or chat");
-  }
-  const auto& s = request.sampling();
-  if (s.max_tokens() < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sampling.max_tokens must be >= 0 (0 = default 16), got ", s.max_tokens()));
-  }
-  r.sampling.max_tokens = s.max_tokens() == 0 ? 16 : s.max_tokens();
-  r.sampling.temperature = s.temperature();
-  r.sampling.top_k = s.top_k();
-  r.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
-  if (s.has_seed()) r.seed = s.seed();  // Unset: the engine draws a fresh seed.
-  r.sampling.ignore_eos = s.ignore_eos();
-  // Checked before copying: an over-limit list is refused without a second copy of it (the
-  // engine checks the same limits again on what it is given).
-  if (absl::Status limits =
-          CheckStopLimits(engine_->options().stop_limits, s.stop(), s.stop_token_ids_size());
-      !limits.ok()) {
-    return limits;
-  }
-  r.sampling.stop.assign(s.stop().begin(), s.stop().end());
-  r.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
+  HKV_ASSIGN_OR_RETURN(r.prompt, PromptIds(request, control));
+  HKV_RETURN_IF_ERROR(ConvertSampling(request.sampling(), engine_->options().stop_limits, &r));
   if (request.kv_policy().name().size() > kMaxPolicyNameBytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "kv_policy.name ", QuoteForError(request.kv_policy().name()), " is longer than ",
@@ -210,20 +212,20 @@ grpc::Status GenerationService::Run(
     std::optional<StreamChunk> chunk = stream->Next(absl::Milliseconds(50));
     if (!chunk.has_value()) {
       if (context->IsCancelled()) {
-        engine_->Cancel(stream->id(), StreamFinish::kAborted);
+        engine_->Cancel(stream->id(), FinishReason::kAborted);
         return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
       }
       if (absl::Now() > deadline) {
-        engine_->Cancel(stream->id(), StreamFinish::kAborted);
+        engine_->Cancel(stream->id(), FinishReason::kDeadline);
         return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                             "the request's deadline passed before it finished");
       }
       continue;
     }
-    if (chunk->finish == StreamFinish::kError && !chunk->status.ok() && !sent_any) {
+    if (chunk->finish == FinishReason::kError && !chunk->status.ok() && !sent_any) {
       return ToGrpcStatus(chunk->status);
     }
-    if (chunk->finish == StreamFinish::kDeadline) {
+    if (chunk->finish == FinishReason::kDeadline) {
       return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                           "the request's deadline passed before it finished");
     }
@@ -236,12 +238,12 @@ grpc::Status GenerationService::Run(
       FillUsage(chunk->usage, response.mutable_usage());
     }
     if (!emit(response)) {
-      engine_->Cancel(stream->id(), StreamFinish::kAborted);
+      engine_->Cancel(stream->id(), FinishReason::kAborted);
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
     }
     sent_any = true;
     if (chunk->finished) {
-      if (chunk->finish == StreamFinish::kError && !chunk->status.ok()) {
+      if (chunk->finish == FinishReason::kError && !chunk->status.ok()) {
         return ToGrpcStatus(chunk->status);
       }
       return grpc::Status::OK;

@@ -55,6 +55,10 @@ class GenerationService final : public hkv::v1::Generation::Service {
                                                 const std::function<bool()>& cancelled = {}) const;
 
  private:
+  // The prompt's token ids: text and chat tokenized under the byte cap (stopped by `control`),
+  // token ids copied. INVALID_ARGUMENT for a missing, empty or unsupported input.
+  absl::StatusOr<std::vector<TokenId>> PromptIds(const hkv::v1::GenerateRequest& request,
+                                                 const EncodeControl& control) const;
   // Runs a request, calling `emit` for each chunk; returns the final status.
   grpc::Status Run(grpc::ServerContext* context, const hkv::v1::GenerateRequest& request,
                    const std::function<bool(const hkv::v1::GenerateResponse&)>& emit);

@@ -23,37 +23,16 @@
 #include "server/cli_usage.h"
 #include "server/commands.h"
 #include "server/server_config.h"
+#include "server/server_options.h"
 
-// Model and engine.
-ABSL_FLAG(std::string, model, "",
-          "llama2.c checkpoint (.bin) or Hugging Face model directory "
-          "(default: the embedded stories260K)");
-ABSL_FLAG(std::string, tokenizer, "", "Tokenizer path (default: beside the model)");
+// The server options (server_options.h): one flag per config key. The flags are defined here,
+// in main.cc, so that `hkv serve --help` finds them beside --model.
+#define HKV_DEFINE_OPTION_FLAG(type, name, default_value, help) \
+  ABSL_FLAG(type, name, default_value, help);
+HKV_SERVER_OPTIONS(HKV_DEFINE_OPTION_FLAG)
+#undef HKV_DEFINE_OPTION_FLAG
+// Flags of serve that are not config keys.
 ABSL_FLAG(std::string, config, "", "serve: YAML or JSON config file (flags override it)");
-ABSL_FLAG(bool, dummy_weights, false,
-          "Random weights for --model's config.json (a Hugging Face model directory)");
-ABSL_FLAG(std::string, device, "auto", "cpu | cuda | auto (cuda when a GPU is present)");
-ABSL_FLAG(int32_t, max_model_len, 0, "Longest prompt + output (0: the model's context length)");
-ABSL_FLAG(int64_t, max_prompt_bytes, 0,
-          "Longest text prompt in bytes, refused before tokenizing (0: context x the longest "
-          "token's bytes)");
-ABSL_FLAG(int32_t, cuda_graph_max_batch, 256,
-          "Largest decode batch run as a CUDA graph (0: eager)");
-ABSL_FLAG(int32_t, num_threads, 0, "CPU worker threads (0 = all cores)");
-ABSL_FLAG(int64_t, kv_pool_blocks, 0, "KV pool size in head-blocks (0: from --kv-pool-gb)");
-ABSL_FLAG(double, kv_pool_gb, 0.25, "KV pool size in GiB when --kv-pool-blocks is 0 (CPU)");
-ABSL_FLAG(double, gpu_memory_utilization, 0.9, "Share of GPU memory hkv may use");
-ABSL_FLAG(int32_t, block_size, 16, "Tokens per head-block");
-ABSL_FLAG(int32_t, max_batch_tokens, 8192, "Token budget of one engine step");
-ABSL_FLAG(int32_t, max_seqs, 256, "Most sequences running at once");
-ABSL_FLAG(int32_t, max_queue, 1024, "Most requests waiting; more get RESOURCE_EXHAUSTED");
-ABSL_FLAG(std::string, default_kv_policy, "full", "serve: KV policy of requests that name none");
-ABSL_FLAG(int32_t, default_kv_budget, 128, "serve: KV budget of requests that name none");
-ABSL_FLAG(std::string, head_scores, "", "HeadKV score file (for the headkv policy)");
-ABSL_FLAG(int32_t, tensor_parallel_size, 1,
-          "GPUs to shard the model over (one thread per GPU, NCCL)");
-ABSL_FLAG(std::string, tp_head_placement, "balanced",
-          "balanced (even KV per rank under the HeadKV plan; needs --head-scores) | contiguous");
 ABSL_FLAG(std::string, dist_addr, "",
           "Multi-node: node 0's HOST[:PORT] (env LWS_LEADER_ADDRESS; port 29500 by default)");
 ABSL_FLAG(int32_t, world_size, 0,
@@ -62,27 +41,6 @@ ABSL_FLAG(int32_t, world_size, 0,
 ABSL_FLAG(int32_t, rank, -1,
           "Multi-node: this node's index, 0 = the serving node (env "
           "LWS_WORKER_INDEX)");
-// Server.
-ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on");
-ABSL_FLAG(int32_t, port, 50051, "gRPC port");
-ABSL_FLAG(int32_t, metrics_port, 9090, "HTTP /metrics and /healthz port (0 disables)");
-ABSL_FLAG(std::string, metrics_host, "127.0.0.1",
-          "Address of /metrics and /healthz (0.0.0.0 for Prometheus scrapes from other hosts)");
-ABSL_FLAG(int32_t, max_concurrent_streams, hkv::kDefaultMaxConcurrentStreams,
-          "Most Generate/Complete calls in flight; more get RESOURCE_EXHAUSTED");
-ABSL_FLAG(int32_t, drain_timeout_s, 30, "On SIGTERM, seconds to let in-flight requests finish");
-ABSL_FLAG(int32_t, engine_stall_timeout_s, 30,
-          "An engine loop iteration longer than this turns readiness NOT_SERVING");
-ABSL_FLAG(int32_t, engine_liveness_timeout_s, 300,
-          "An engine loop iteration longer than this turns liveness NOT_SERVING (restart)");
-ABSL_FLAG(int32_t, dist_join_timeout_s, 600,
-          "Multi-node: seconds the nodes may take to form the group");
-ABSL_FLAG(int32_t, max_stop_strings, 64,
-          "Most stop strings per request; more get INVALID_ARGUMENT");
-ABSL_FLAG(int32_t, max_stop_bytes, 4096,
-          "Most bytes of one request's stop strings together; more get INVALID_ARGUMENT");
-ABSL_FLAG(int32_t, max_stop_token_ids, 256,
-          "Most stop token ids per request; more get INVALID_ARGUMENT");
 ABSL_FLAG(bool, print_config, false, "serve: print the effective config as JSON and exit");
 // generate.
 ABSL_FLAG(std::string, prompt, "", "generate: prompt text");
@@ -137,40 +95,9 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
     absl::Status s = LoadServerConfigFile(absl::GetFlag(FLAGS_config), &c);
     if (!s.ok()) return s;
   }
-#define HKV_OVERRIDE(name) \
-  if (Specified(#name)) c.name = absl::GetFlag(FLAGS_##name)
-  HKV_OVERRIDE(model);
-  HKV_OVERRIDE(tokenizer);
-  HKV_OVERRIDE(dummy_weights);
-  HKV_OVERRIDE(host);
-  HKV_OVERRIDE(port);
-  HKV_OVERRIDE(metrics_port);
-  HKV_OVERRIDE(metrics_host);
-  HKV_OVERRIDE(max_concurrent_streams);
-  HKV_OVERRIDE(device);
-  HKV_OVERRIDE(tensor_parallel_size);
-  HKV_OVERRIDE(tp_head_placement);
-  HKV_OVERRIDE(kv_pool_blocks);
-  HKV_OVERRIDE(kv_pool_gb);
-  HKV_OVERRIDE(gpu_memory_utilization);
-  HKV_OVERRIDE(block_size);
-  HKV_OVERRIDE(max_batch_tokens);
-  HKV_OVERRIDE(max_seqs);
-  HKV_OVERRIDE(max_model_len);
-  HKV_OVERRIDE(max_prompt_bytes);
-  HKV_OVERRIDE(cuda_graph_max_batch);
-  HKV_OVERRIDE(max_queue);
-  HKV_OVERRIDE(default_kv_policy);
-  HKV_OVERRIDE(default_kv_budget);
-  HKV_OVERRIDE(head_scores);
-  HKV_OVERRIDE(drain_timeout_s);
-  HKV_OVERRIDE(num_threads);
-  HKV_OVERRIDE(engine_stall_timeout_s);
-  HKV_OVERRIDE(engine_liveness_timeout_s);
-  HKV_OVERRIDE(dist_join_timeout_s);
-  HKV_OVERRIDE(max_stop_strings);
-  HKV_OVERRIDE(max_stop_bytes);
-  HKV_OVERRIDE(max_stop_token_ids);
+#define HKV_OVERRIDE(type, name, default_value, help) \
+  if (Specified(#name)) c.name = absl::GetFlag(FLAGS_##name);
+  HKV_SERVER_OPTIONS(HKV_OVERRIDE)
 #undef HKV_OVERRIDE
   if (c.model.empty()) {
     c.model = DefaultModelPath();

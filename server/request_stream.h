@@ -12,11 +12,10 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/finish_reason.h"
 #include "common/ids.h"
 
 namespace hkv {
-
-enum class StreamFinish { kNone, kLength, kStop, kEos, kAborted, kDeadline, kError };
 
 struct StreamUsage {
   int32_t prompt_tokens = 0;
@@ -35,7 +34,7 @@ struct StreamChunk {
   std::vector<TokenId> token_ids;
   std::string text;
   bool finished = false;
-  StreamFinish finish = StreamFinish::kNone;
+  FinishReason finish = FinishReason::kNone;
   absl::Status status;  // Non-OK only for a request that failed (finish == kError).
   StreamUsage usage;    // Set on the finished chunk.
 };

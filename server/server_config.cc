@@ -1,66 +1,54 @@
 #include "server/server_config.h"
 
 #include <fstream>
-#include <functional>
-#include <map>
+#include <type_traits>
+#include <variant>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "nlohmann/json.hpp"
 #include "yaml-cpp/yaml.h"
 
 namespace hkv {
 namespace {
 
-using Setter = std::function<absl::Status(const YAML::Node&, ServerConfig*)>;
+// One option as the file reader and the JSON printer see it: its key and its field.
+struct OptionField {
+  const char* name;
+  std::variant<bool ServerConfig::*, int32_t ServerConfig::*, int64_t ServerConfig::*,
+               double ServerConfig::*, std::string ServerConfig::*>
+      member;
+};
 
-template <typename T>
-Setter Field(T ServerConfig::*member) {
-  return [member](const YAML::Node& node, ServerConfig* config) -> absl::Status {
-    try {
-      config->*member = node.as<T>();
-    } catch (const YAML::Exception& e) {
-      return absl::InvalidArgumentError(e.what());
-    }
-    return absl::OkStatus();
-  };
+// Every option, in server_options.h's order (the order --print-config prints).
+absl::Span<const OptionField> OptionFields() {
+#define HKV_OPTION_FIELD(type, name, default_value, help) {#name, &ServerConfig::name},
+  static constexpr OptionField kFields[] = {HKV_SERVER_OPTIONS(HKV_OPTION_FIELD)};
+#undef HKV_OPTION_FIELD
+  return kFields;
 }
 
-const std::map<std::string, Setter>& Fields() {
-  static const auto* fields = new std::map<std::string, Setter>{
-      {"model", Field(&ServerConfig::model)},
-      {"tokenizer", Field(&ServerConfig::tokenizer)},
-      {"dummy_weights", Field(&ServerConfig::dummy_weights)},
-      {"host", Field(&ServerConfig::host)},
-      {"port", Field(&ServerConfig::port)},
-      {"metrics_port", Field(&ServerConfig::metrics_port)},
-      {"metrics_host", Field(&ServerConfig::metrics_host)},
-      {"max_concurrent_streams", Field(&ServerConfig::max_concurrent_streams)},
-      {"device", Field(&ServerConfig::device)},
-      {"max_model_len", Field(&ServerConfig::max_model_len)},
-      {"max_prompt_bytes", Field(&ServerConfig::max_prompt_bytes)},
-      {"cuda_graph_max_batch", Field(&ServerConfig::cuda_graph_max_batch)},
-      {"tensor_parallel_size", Field(&ServerConfig::tensor_parallel_size)},
-      {"tp_head_placement", Field(&ServerConfig::tp_head_placement)},
-      {"kv_pool_blocks", Field(&ServerConfig::kv_pool_blocks)},
-      {"kv_pool_gb", Field(&ServerConfig::kv_pool_gb)},
-      {"gpu_memory_utilization", Field(&ServerConfig::gpu_memory_utilization)},
-      {"block_size", Field(&ServerConfig::block_size)},
-      {"max_batch_tokens", Field(&ServerConfig::max_batch_tokens)},
-      {"max_seqs", Field(&ServerConfig::max_seqs)},
-      {"max_queue", Field(&ServerConfig::max_queue)},
-      {"default_kv_policy", Field(&ServerConfig::default_kv_policy)},
-      {"default_kv_budget", Field(&ServerConfig::default_kv_budget)},
-      {"head_scores", Field(&ServerConfig::head_scores)},
-      {"drain_timeout_s", Field(&ServerConfig::drain_timeout_s)},
-      {"num_threads", Field(&ServerConfig::num_threads)},
-      {"engine_stall_timeout_s", Field(&ServerConfig::engine_stall_timeout_s)},
-      {"engine_liveness_timeout_s", Field(&ServerConfig::engine_liveness_timeout_s)},
-      {"dist_join_timeout_s", Field(&ServerConfig::dist_join_timeout_s)},
-      {"max_stop_strings", Field(&ServerConfig::max_stop_strings)},
-      {"max_stop_bytes", Field(&ServerConfig::max_stop_bytes)},
-      {"max_stop_token_ids", Field(&ServerConfig::max_stop_token_ids)},
-  };
-  return *fields;
+const OptionField* FindOption(absl::string_view name) {
+  for (const OptionField& field : OptionFields()) {
+    if (name == field.name) return &field;
+  }
+  return nullptr;
+}
+
+// Sets one field from a YAML node; INVALID_ARGUMENT when the node is not of the field's type.
+absl::Status SetField(const OptionField& field, const YAML::Node& node, ServerConfig* config) {
+  return std::visit(
+      [&](auto member) -> absl::Status {
+        using T = std::remove_reference_t<decltype(config->*member)>;
+        try {
+          config->*member = node.as<T>();
+        } catch (const YAML::Exception& e) {
+          return absl::InvalidArgumentError(e.what());
+        }
+        return absl::OkStatus();
+      },
+      field.member);
 }
 
 }  // namespace
@@ -81,12 +69,12 @@ absl::Status LoadServerConfigFile(const std::string& path, ServerConfig* config)
   }
   for (const auto& item : root) {
     const std::string key = item.first.as<std::string>();
-    auto it = Fields().find(key);
-    if (it == Fields().end()) {
+    const OptionField* field = FindOption(key);
+    if (field == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("config file '", path, "': unknown key '", key, "'"));
     }
-    absl::Status status = it->second(item.second, config);
+    absl::Status status = SetField(*field, item.second, config);
     if (!status.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("config file '", path, "': key '", key,
                                                      "' has a bad value: ", status.message()));
@@ -143,38 +131,9 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
 
 std::string ServerConfigToJson(const ServerConfig& c) {
   nlohmann::ordered_json j;
-  j["model"] = c.model;
-  j["tokenizer"] = c.tokenizer;
-  j["dummy_weights"] = c.dummy_weights;
-  j["host"] = c.host;
-  j["port"] = c.port;
-  j["metrics_port"] = c.metrics_port;
-  j["metrics_host"] = c.metrics_host;
-  j["max_concurrent_streams"] = c.max_concurrent_streams;
-  j["device"] = c.device;
-  j["tensor_parallel_size"] = c.tensor_parallel_size;
-  j["tp_head_placement"] = c.tp_head_placement;
-  j["kv_pool_blocks"] = c.kv_pool_blocks;
-  j["kv_pool_gb"] = c.kv_pool_gb;
-  j["gpu_memory_utilization"] = c.gpu_memory_utilization;
-  j["block_size"] = c.block_size;
-  j["max_batch_tokens"] = c.max_batch_tokens;
-  j["max_seqs"] = c.max_seqs;
-  j["max_model_len"] = c.max_model_len;
-  j["max_prompt_bytes"] = c.max_prompt_bytes;
-  j["cuda_graph_max_batch"] = c.cuda_graph_max_batch;
-  j["max_queue"] = c.max_queue;
-  j["default_kv_policy"] = c.default_kv_policy;
-  j["default_kv_budget"] = c.default_kv_budget;
-  j["head_scores"] = c.head_scores;
-  j["drain_timeout_s"] = c.drain_timeout_s;
-  j["num_threads"] = c.num_threads;
-  j["engine_stall_timeout_s"] = c.engine_stall_timeout_s;
-  j["engine_liveness_timeout_s"] = c.engine_liveness_timeout_s;
-  j["dist_join_timeout_s"] = c.dist_join_timeout_s;
-  j["max_stop_strings"] = c.max_stop_strings;
-  j["max_stop_bytes"] = c.max_stop_bytes;
-  j["max_stop_token_ids"] = c.max_stop_token_ids;
+  for (const OptionField& field : OptionFields()) {
+    std::visit([&](auto member) { j[field.name] = c.*member; }, field.member);
+  }
   j["health"] = {{"liveness_service", kLivenessService}, {"readiness_service", kReadinessService}};
   return j.dump(2);
 }

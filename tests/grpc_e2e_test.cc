@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <map>
+#include <numeric>
 #include <thread>
 
 #include "gmock/gmock.h"
@@ -270,29 +271,35 @@ TEST_F(GrpcE2eTest, BadRequestsGetTheRightCodeAndServerKeepsServing) {
 }
 
 TEST_F(GrpcE2eTest, FootprintBeforeAdmissionFollowsThePlan) {
-  EngineRequest request;
+  // The engine admits by the scheduler's own footprint: measure it over a pool shaped like the
+  // engine's (5 layers x 4 KV heads = 20 rows, 16-token blocks).
+  Engine& engine = server_->engine();
+  KvCacheConfig kv_config = engine.options().kv;
+  kv_config.num_layers = engine.model_config().num_layers;
+  kv_config.num_kv_heads = engine.model_config().num_kv_heads;
+  KvCacheManager kv(kv_config);
+  Scheduler scheduler(engine.options().scheduler, &kv);
+  Request request;
   request.prompt = PromptFor(3);  // 46 tokens.
   request.sampling.max_tokens = 10;
-  request.kv_policy = "full";
-  auto full = server_->engine().Footprint(request);
+  auto full = engine.PlanFor("full", 128, 1.01);
   ASSERT_TRUE(full.ok()) << full.status();
-  EXPECT_EQ(full->prompt_tokens_kept, 20 * 46);
-  EXPECT_EQ(full->prompt_blocks, 20 * 3);
-  EXPECT_EQ(full->peak_blocks, 20 * 4);
-  request.kv_policy = "snapkv";
-  request.kv_budget = 16;
-  auto snap = server_->engine().Footprint(request);
+  request.plan = *full;
+  EXPECT_EQ(kv.FootprintBlocks(request.plan.KeptTokens(46)), 20 * 3);
+  EXPECT_EQ(scheduler.PeakBlocks(request), 20 * 4);
+  auto snap = engine.PlanFor("snapkv", 16, 1.01);
   ASSERT_TRUE(snap.ok());
-  EXPECT_EQ(snap->prompt_tokens_kept, 20 * 16);
-  EXPECT_EQ(snap->prompt_blocks, 20);
-  EXPECT_EQ(snap->prompt_tokens_full, 20 * 46);
-  request.kv_policy = "adakv";
-  auto ada = server_->engine().Footprint(request);
+  request.plan = *snap;
+  const std::vector<int32_t> kept = request.plan.KeptTokens(46);
+  EXPECT_EQ(std::accumulate(kept.begin(), kept.end(), int64_t{0}), 20 * 16);
+  EXPECT_EQ(kv.FootprintBlocks(kept), 20);
+  EXPECT_EQ(scheduler.PeakBlocks(request), 20 * 2);  // 16 kept + 10 new tokens per row.
+  auto ada = engine.PlanFor("adakv", 16, 1.01);
   ASSERT_TRUE(ada.ok());
-  EXPECT_GE(ada->prompt_blocks, snap->prompt_blocks);  // A bound: heads round up separately.
-  request.kv_policy = "nope";
-  EXPECT_EQ(server_->engine().Footprint(request).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  request.plan = *ada;
+  // A bound: heads round up separately.
+  EXPECT_GE(scheduler.PeakBlocks(request), 20 * 2);
+  EXPECT_EQ(engine.PlanFor("nope", 16, 1.01).status().code(), absl::StatusCode::kInvalidArgument);
   // Per-layer pool usage is published (and back to zero when idle).
   ASSERT_TRUE(WaitForIdlePool(server_->engine()));
   std::vector<int64_t> per_layer;

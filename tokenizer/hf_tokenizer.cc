@@ -43,23 +43,8 @@ std::string ReadFile(const std::string& path) {
   return s.str();
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<Tokenizer>> ParseHfTokenizer(const std::string& tokenizer_json,
-                                                            const std::string& tokenizer_config,
-                                                            const std::string& generation_config) {
-  json t = json::parse(tokenizer_json, nullptr, false);
-  if (t.is_discarded() || !t.is_object()) {
-    return absl::InvalidArgumentError("tokenizer.json is not a JSON object");
-  }
-  const json& model = t.contains("model") ? t["model"] : json();
-  if (model.value("type", std::string("BPE")) != "BPE" || !model.contains("vocab") ||
-      !model["vocab"].is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tokenizer.json: model type '", model.value("type", std::string("?")),
-        "' is not supported (hkv reads BPE: Llama, Mistral, Qwen2)"));
-  }
-  BpeVocab v;
+// Reads the vocabulary, added tokens and merges of tokenizer.json's BPE `model` into `v`.
+absl::Status ReadVocabAndMerges(const json& t, const json& model, BpeVocab* v) {
   std::vector<std::pair<std::string, TokenId>> entries;
   for (const auto& [piece, id] : model["vocab"].items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > (1 << 24)) {
@@ -78,55 +63,83 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseHfTokenizer(const std::string& t
   }
   TokenId max_id = -1;
   for (const auto& [piece, id] : entries) max_id = std::max(max_id, id);
-  v.tokens.assign(max_id + 1, "");
-  v.token_types.assign(max_id + 1, 1);
-  for (const auto& [piece, id] : entries) v.tokens[id] = piece;
-  for (TokenId id : special) v.token_types[id] = 3;
+  v->tokens.assign(max_id + 1, "");
+  v->token_types.assign(max_id + 1, 1);
+  for (const auto& [piece, id] : entries) v->tokens[id] = piece;
+  for (TokenId id : special) v->token_types[id] = 3;
   std::sort(added.begin(), added.end(),
             [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
-  v.added = std::move(added);
+  v->added = std::move(added);
   for (const json& m : model.value("merges", json::array())) {
     if (m.is_string()) {
-      v.merges.push_back(m.get<std::string>());
+      v->merges.push_back(m.get<std::string>());
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-      v.merges.push_back(m[0].get<std::string>() + " " + m[1].get<std::string>());
+      v->merges.push_back(m[0].get<std::string>() + " " + m[1].get<std::string>());
     } else {
       return absl::InvalidArgumentError("tokenizer.json: a merge is neither \"a b\" nor [a, b]");
     }
   }
-  v.ignore_merges = model.value("ignore_merges", false);
-  // BOS / EOS.
+  v->ignore_merges = model.value("ignore_merges", false);
+  return absl::OkStatus();
+}
+
+// Sets `v`'s BOS (when the tokenizer adds one) and EOS ids from tokenizer_config.json and
+// generation_config.json (either may be empty), falling back on the tokens' texts.
+absl::Status ReadBosEos(const json& t, const std::string& tokenizer_config,
+                        const std::string& generation_config, BpeVocab* v) {
   json tc = json::parse(tokenizer_config.empty() ? "{}" : tokenizer_config, nullptr, false);
   json gc = json::parse(generation_config.empty() ? "{}" : generation_config, nullptr, false);
   if (tc.is_discarded() || gc.is_discarded()) {
     return absl::InvalidArgumentError("tokenizer_config.json or generation_config.json is malformed");
   }
   auto id_of = [&](const std::string& text) -> TokenId {
-    for (size_t i = 0; i < v.tokens.size(); ++i) {
-      if (v.tokens[i] == text) return static_cast<TokenId>(i);
+    for (size_t i = 0; i < v->tokens.size(); ++i) {
+      if (v->tokens[i] == text) return static_cast<TokenId>(i);
     }
     return -1;
   };
   const bool add_bos = tc.value("add_bos_token", FindType(t.value("post_processor", json()),
                                                           "TemplateProcessing") != nullptr);
   if (add_bos) {
-    v.bos_id = gc.contains("bos_token_id") && gc["bos_token_id"].is_number_integer()
-                   ? gc["bos_token_id"].get<TokenId>()
-                   : id_of(TokenText(tc.value("bos_token", json())));
+    v->bos_id = gc.contains("bos_token_id") && gc["bos_token_id"].is_number_integer()
+                    ? gc["bos_token_id"].get<TokenId>()
+                    : id_of(TokenText(tc.value("bos_token", json())));
   }
   if (gc.contains("eos_token_id")) {
     const json& e = gc["eos_token_id"];
-    if (e.is_number_integer()) v.eos_ids.push_back(e.get<TokenId>());
+    if (e.is_number_integer()) v->eos_ids.push_back(e.get<TokenId>());
     if (e.is_array()) {
       for (const json& x : e) {
-        if (x.is_number_integer()) v.eos_ids.push_back(x.get<TokenId>());
+        if (x.is_number_integer()) v->eos_ids.push_back(x.get<TokenId>());
       }
     }
   }
-  if (v.eos_ids.empty()) {
+  if (v->eos_ids.empty()) {
     const TokenId eos = id_of(TokenText(tc.value("eos_token", json())));
-    if (eos >= 0) v.eos_ids.push_back(eos);
+    if (eos >= 0) v->eos_ids.push_back(eos);
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> ParseHfTokenizer(const std::string& tokenizer_json,
+                                                            const std::string& tokenizer_config,
+                                                            const std::string& generation_config) {
+  json t = json::parse(tokenizer_json, nullptr, false);
+  if (t.is_discarded() || !t.is_object()) {
+    return absl::InvalidArgumentError("tokenizer.json is not a JSON object");
+  }
+  const json& model = t.contains("model") ? t["model"] : json();
+  if (model.value("type", std::string("BPE")) != "BPE" || !model.contains("vocab") ||
+      !model["vocab"].is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokenizer.json: model type '", model.value("type", std::string("?")),
+                     "' is not supported (hkv reads BPE: Llama, Mistral, Qwen2)"));
+  }
+  BpeVocab v;
+  HKV_RETURN_IF_ERROR(ReadVocabAndMerges(t, model, &v));
+  HKV_RETURN_IF_ERROR(ReadBosEos(t, tokenizer_config, generation_config, &v));
   // Which BPE family.
   const json pre = t.value("pre_tokenizer", json());
   const json norm = t.value("normalizer", json());

@@ -92,13 +92,13 @@ TEST_F(ServerRequestIdTest, ClientIdsInTheReservedNamespaceAreRefused) {
 }
 
 // Reads `stream` to its end; the finish reason (kNone after `timeout`).
-StreamFinish Finish(RequestStream& stream, absl::Duration timeout = absl::Seconds(60)) {
+FinishReason Finish(RequestStream& stream, absl::Duration timeout = absl::Seconds(60)) {
   const absl::Time end = absl::Now() + timeout;
   while (absl::Now() < end) {
     std::optional<StreamChunk> chunk = stream.Next(absl::Milliseconds(100));
     if (chunk.has_value() && chunk->finished) return chunk->finish;
   }
-  return StreamFinish::kNone;
+  return FinishReason::kNone;
 }
 
 TEST_F(ServerRequestIdTest, ASquattingClientCannotFailOrAbortAnonymousRequests) {
@@ -132,7 +132,7 @@ TEST_F(ServerRequestIdTest, ASquattingClientCannotFailOrAbortAnonymousRequests) 
   for (auto& s : squatters) engine.Abort(s->request_id());
   engine.Abort(seen);
   for (auto& v : victims) {
-    EXPECT_EQ(Finish(*v), StreamFinish::kLength) << "victim " << v->request_id();
+    EXPECT_EQ(Finish(*v), FinishReason::kLength) << "victim " << v->request_id();
   }
 }
 

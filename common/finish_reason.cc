@@ -1,4 +1,4 @@
-#include "scheduler/request.h"
+#include "common/finish_reason.h"
 
 namespace hkv {
 
