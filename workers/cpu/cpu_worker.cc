@@ -98,6 +98,42 @@ absl::StatusOr<BatchResult> CpuWorker::Execute(const Batch& batch) {
   return result;
 }
 
+// Plain rows of layer `layer`: appends the step's K/V to each KV head's blocks, then attends
+// every query head of its group over the row (the paged cache, the new tokens included).
+absl::Status CpuWorker::StoreAndAttend(const Batch& b, int64_t index, int32_t layer, const float* q,
+                                       const float* k, const float* v, float* scores, float* attn) {
+  const ModelConfig& c = model_->config;
+  const int32_t T = static_cast<int32_t>(b.seqs[index].tokens.size());
+  const int32_t q_size = c.q_size(), kv_size = c.kv_size(), d = head_dim_;
+  const int32_t group = c.group_size(), l = layer;
+  for (int32_t h = 0; h < c.num_kv_heads; ++h) {
+    const int64_t r = b.row(index, l, h);
+    const BlockId* blocks = &b.kv_indices[b.kv_indptr[r]];
+    const int32_t base = b.kv_len_before[r];
+    if (b.kv_len_after[r] != base + T) {
+      return absl::InvalidArgumentError(absl::StrCat("malformed batch: row ", r, " grows by ",
+                                                     b.kv_len_after[r] - base, " not ", T));
+    }
+    for (int32_t t = 0; t < T; ++t) {
+      const int32_t slot = base + t;
+      std::memcpy(KeySlot(blocks[slot / block_size_], slot % block_size_), &k[t * kv_size + h * d],
+                  d * sizeof(float));
+      std::memcpy(ValueSlot(blocks[slot / block_size_], slot % block_size_),
+                  &v[t * kv_size + h * d], d * sizeof(float));
+    }
+    for (int32_t hq = h * group; hq < (h + 1) * group; ++hq) {
+      for (int32_t t = 0; t < T; ++t) {
+        Attend(
+            &q[t * q_size + hq * d], d, base + t + 1,
+            [&](int32_t j) { return KeySlot(blocks[j / block_size_], j % block_size_); },
+            [&](int32_t j) { return ValueSlot(blocks[j / block_size_], j % block_size_); }, scores,
+            &attn[t * q_size + hq * d]);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CpuWorker::RunSequence(const Batch& b, int64_t index, ThreadPool* pool,
                                     SequenceResult* result) {
   const ModelConfig& c = model_->config;
@@ -152,31 +188,8 @@ absl::Status CpuWorker::RunSequence(const Batch& b, int64_t index, ThreadPool* p
       HKV_RETURN_IF_ERROR(SelectAndStore(b, index, l, &q[(T - w_len) * q_size], k.data(),
                                          v.data(), T, result));
     } else {
-      for (int32_t h = 0; h < c.num_kv_heads; ++h) {
-        const int64_t r = b.row(index, l, h);
-        const BlockId* blocks = &b.kv_indices[b.kv_indptr[r]];
-        const int32_t base = b.kv_len_before[r];
-        if (b.kv_len_after[r] != base + T) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "malformed batch: row ", r, " grows by ", b.kv_len_after[r] - base, " not ", T));
-        }
-        for (int32_t t = 0; t < T; ++t) {
-          const int32_t slot = base + t;
-          std::memcpy(KeySlot(blocks[slot / block_size_], slot % block_size_),
-                      &k[t * kv_size + h * d], d * sizeof(float));
-          std::memcpy(ValueSlot(blocks[slot / block_size_], slot % block_size_),
-                      &v[t * kv_size + h * d], d * sizeof(float));
-        }
-        for (int32_t hq = h * group; hq < (h + 1) * group; ++hq) {
-          for (int32_t t = 0; t < T; ++t) {
-            Attend(
-                &q[t * q_size + hq * d], d, base + t + 1,
-                [&](int32_t j) { return KeySlot(blocks[j / block_size_], j % block_size_); },
-                [&](int32_t j) { return ValueSlot(blocks[j / block_size_], j % block_size_); },
-                scores.data(), &attn[t * q_size + hq * d]);
-          }
-        }
-      }
+      HKV_RETURN_IF_ERROR(
+          StoreAndAttend(b, index, l, q.data(), k.data(), v.data(), scores.data(), attn.data()));
     }
     MatMul(attn.data(), T, q_size, lw.wo, {}, dim, o.data(), pool);
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
