@@ -17,8 +17,8 @@
 
 #include "common/malloc_tuning.h"
 #include "headkv/head_scores.h"
+#include "model/hf_config.h"
 #include "server/engine.h"
-#include "workers/hf_config.h"
 #include "workers/worker.h"
 
 namespace hkv {

@@ -11,20 +11,20 @@
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "headkv/head_scores.h"
+#include "model/dummy_weights.h"
+#include "model/hf_config.h"
+#include "model/hf_loader.h"
+#include "model/llama2c_loader.h"
 #include "server/fault_injection.h"
 #include "tokenizer/hf_tokenizer.h"
 #include "tokenizer/llama2c_tokenizer.h"
-#include "workers/cpu_worker.h"
-#include "workers/dummy_weights.h"
-#include "workers/hf_config.h"
-#include "workers/hf_loader.h"
-#include "workers/llama2c_loader.h"
+#include "workers/cpu/cpu_worker.h"
 #ifdef HKV_WITH_CUDA
 #include <cuda_runtime.h>
 
 #include "headkv/head_budget_planner.h"
 #include "headkv/rank_assignment.h"
-#include "workers/cuda_worker.h"
+#include "workers/cuda/cuda_worker.h"
 #include "workers/multi_node_group.h"
 #include "workers/tensor_parallel_worker.h"
 #endif
@@ -187,8 +187,7 @@ absl::StatusOr<KvPoolSizing> SizeKvPool(const ServerConfig& config, const ModelC
 }
 
 absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
-                                                   std::shared_ptr<const Model> model,
-                                                   int64_t num_blocks) {
+                                                   std::shared_ptr<const Model> model) {
   if (config.device == "cpu") {
     if (model->device_dummy_seed.has_value()) {
       return absl::InvalidArgumentError("weights left to the GPU need --device cuda");
@@ -196,8 +195,8 @@ absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
     const int threads = config.num_threads > 0
                             ? config.num_threads
                             : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    return std::unique_ptr<Worker>(std::make_unique<CpuWorker>(
-        std::move(model), static_cast<int32_t>(num_blocks), config.block_size, threads));
+    return std::unique_ptr<Worker>(std::make_unique<CpuWorker>(std::move(model), /*num_blocks=*/0,
+                                                               config.block_size, threads));
   }
 #ifdef HKV_WITH_CUDA
   CudaWorkerOptions options;
@@ -235,11 +234,11 @@ absl::Status CheckMultiNodeShape(const ServerConfig& config, const DistLayout& l
 }
 
 #ifdef HKV_WITH_CUDA
-absl::StatusOr<std::vector<int32_t>> TensorParallelPlacement(const ServerConfig& config,
-                                                             const ModelConfig& m) {
+absl::StatusOr<HeadRankAssignment> TensorParallelPlacement(const ServerConfig& config,
+                                                           const ModelConfig& m) {
   const int32_t tp = config.tensor_parallel_size;
   if (config.tp_head_placement == "contiguous" || config.head_scores.empty()) {
-    return std::vector<int32_t>();  // Megatron's order
+    return HeadRankAssignment{};  // empty: Megatron's contiguous order
   }
   // Balanced: even out each rank's KV under the HeadKV plan at the default budget.
   HKV_ASSIGN_OR_RETURN(HeadScores scores, LoadHeadScores(config.head_scores));
@@ -263,7 +262,7 @@ absl::StatusOr<std::vector<int32_t>> TensorParallelPlacement(const ServerConfig&
       "%.3f)\n",
       config.default_kv_budget, Imbalance(RankLoads(a, load)),
       Imbalance(RankLoads(contiguous, load)));
-  return a.head_of_slot;
+  return a;
 }
 
 // This node's ranks' options: GPUs 0..local_ranks-1 of this machine.
@@ -303,13 +302,68 @@ absl::StatusOr<std::unique_ptr<TensorParallelWorker>> MakeTensorParallelWorker(
     const ServerConfig& config, std::shared_ptr<const Model> model) {
   HKV_ASSIGN_OR_RETURN(TensorParallelOptions o,
                        LocalRankOptions(config, model->config, config.tensor_parallel_size));
-  HKV_ASSIGN_OR_RETURN(o.head_of_slot, TensorParallelPlacement(config, model->config));
+  HKV_ASSIGN_OR_RETURN(o.placement, TensorParallelPlacement(config, model->config));
   HKV_ASSIGN_OR_RETURN(std::unique_ptr<TensorParallelWorker> group,
                        TensorParallelWorker::Create(std::move(model), o));
   std::cerr << group->sizing() << "\n";
   return group;
 }
 #endif
+
+// The serving worker for the resolved config: one device, an in-process tensor-parallel group,
+// or node 0 of a multi-node group. Sets *row_partition for tensor parallelism.
+absl::StatusOr<std::unique_ptr<Worker>> MakeServingWorker(const ServerConfig& config,
+                                                          const DistLayout& layout,
+                                                          std::shared_ptr<const Model> model,
+                                                          std::vector<int32_t>* row_partition) {
+  const int32_t tp = config.tensor_parallel_size;
+  const bool multi_node = layout.world_size > 1;
+  [[maybe_unused]] const ModelConfig& m = model->config;
+  std::unique_ptr<Worker> worker;
+  if (tp == 1 && !multi_node) {
+    HKV_ASSIGN_OR_RETURN(worker, MakeWorker(config, model));
+  }
+#ifdef HKV_WITH_CUDA
+  if (multi_node) {
+    HKV_ASSIGN_OR_RETURN(TensorParallelOptions local,
+                         LocalRankOptions(config, m, tp / layout.world_size));
+    HKV_ASSIGN_OR_RETURN(local.placement, TensorParallelPlacement(config, m));
+    std::cerr << "multi-node group: node 0 waiting for " << layout.world_size - 1
+              << " node(s) on port " << layout.port << "\n";
+    HKV_ASSIGN_OR_RETURN(
+        MultiNodeLeader leader,
+        LeadMultiNodeGroup(model, GroupOptions(config, layout, *model, std::move(local))));
+    std::cerr << leader.local->sizing() << "\n";
+    *row_partition = leader.local->RowPartition();
+    worker = std::move(leader.worker);
+  } else if (tp > 1) {
+    HKV_ASSIGN_OR_RETURN(std::unique_ptr<TensorParallelWorker> group,
+                         MakeTensorParallelWorker(config, model));
+    *row_partition = group->RowPartition();
+    worker = std::move(group);
+  }
+#endif
+  return worker;
+}
+
+// One way: the worker reports what its pool can hold, the options decide the size (on a GPU
+// the worker's memory plan already applied them), and the worker takes that pool.
+absl::StatusOr<KvPoolSizing> SizeWorkerPool(const ServerConfig& config, const ModelConfig& m,
+                                            Worker& worker) {
+  HKV_ASSIGN_OR_RETURN(const KvCapacity capacity, worker.ReportKvCapacity());
+  ServerConfig sized = config;
+  if (config.device != "cpu") sized.kv_pool_blocks = capacity.max_blocks;
+  const int32_t kv_dtype_bytes =
+      static_cast<int32_t>(capacity.bytes_per_block / (2LL * m.head_dim * config.block_size));
+  HKV_ASSIGN_OR_RETURN(KvPoolSizing sizing, SizeKvPool(sized, m, kv_dtype_bytes));
+  if (sizing.num_blocks > capacity.max_blocks) {
+    return absl::ResourceExhaustedError(absl::StrCat("a KV pool of ", sizing.num_blocks,
+                                                     " blocks does not fit the worker's ",
+                                                     capacity.max_blocks));
+  }
+  HKV_RETURN_IF_ERROR(worker.AllocateKvPool(sizing.num_blocks));
+  return sizing;
+}
 
 }  // namespace
 
@@ -353,46 +407,10 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested, const Di
   }
   if (requested.device == "auto") std::cerr << "device: " << config.device << " (auto)\n";
   const ModelConfig& m = bundle.loaded.model->config;
-  std::unique_ptr<Worker> worker;
-  if (config.device == "cpu") {
-    HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeKvPool(config, m, /*kv_dtype_bytes=*/4));
-    HKV_ASSIGN_OR_RETURN(worker, MakeWorker(config, bundle.loaded.model, bundle.sizing.num_blocks));
-  } else if (tp == 1) {
-    HKV_ASSIGN_OR_RETURN(worker, MakeWorker(config, bundle.loaded.model, 0));
-#ifdef HKV_WITH_CUDA
-    ServerConfig sized = config;
-    sized.kv_pool_blocks = static_cast<CudaWorker*>(worker.get())->num_blocks();
-    HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeKvPool(sized, m, /*kv_dtype_bytes=*/2));
-#endif
-  }
   std::vector<int32_t> row_partition;
-#ifdef HKV_WITH_CUDA
-  if (multi_node) {
-    HKV_ASSIGN_OR_RETURN(TensorParallelOptions local,
-                         LocalRankOptions(config, m, tp / layout.world_size));
-    HKV_ASSIGN_OR_RETURN(local.head_of_slot, TensorParallelPlacement(config, m));
-    std::cerr << "multi-node group: node 0 waiting for " << layout.world_size - 1
-              << " node(s) on port " << layout.port << "\n";
-    HKV_ASSIGN_OR_RETURN(
-        MultiNodeLeader leader,
-        LeadMultiNodeGroup(bundle.loaded.model,
-                           GroupOptions(config, layout, *bundle.loaded.model, std::move(local))));
-    std::cerr << leader.local->sizing() << "\n";
-    ServerConfig sized = config;
-    sized.kv_pool_blocks = leader.local->num_blocks();
-    HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeKvPool(sized, m, /*kv_dtype_bytes=*/2));
-    row_partition = leader.local->RowPartition();
-    worker = std::move(leader.worker);
-  } else if (tp > 1) {
-    HKV_ASSIGN_OR_RETURN(std::unique_ptr<TensorParallelWorker> group,
-                         MakeTensorParallelWorker(config, bundle.loaded.model));
-    ServerConfig sized = config;
-    sized.kv_pool_blocks = group->num_blocks();
-    HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeKvPool(sized, m, /*kv_dtype_bytes=*/2));
-    row_partition = group->RowPartition();
-    worker = std::move(group);
-  }
-#endif
+  HKV_ASSIGN_OR_RETURN(std::unique_ptr<Worker> worker,
+                       MakeServingWorker(config, layout, bundle.loaded.model, &row_partition));
+  HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeWorkerPool(config, m, *worker));
   EngineOptions options;
   options.scheduler.max_batch_tokens = config.max_batch_tokens;
   options.scheduler.max_seqs = config.max_seqs;

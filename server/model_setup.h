@@ -7,12 +7,12 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "model/model_config.h"
 #include "server/engine.h"
 #include "server/server_config.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 #include "workers/dist_bootstrap.h"
-#include "workers/model_config.h"
 #include "workers/worker.h"
 
 namespace hkv {
@@ -50,11 +50,11 @@ struct KvPoolSizing {
 absl::StatusOr<KvPoolSizing> SizeKvPool(const ServerConfig& config, const ModelConfig& model,
                                         int32_t kv_dtype_bytes);
 
-// Builds the worker for config.device: the CPU reference, or the CUDA worker (which sizes its
-// own KV pool from free GPU memory unless kv_pool_blocks is set).
+// Builds the worker for config.device: the CPU reference (its KV pool empty until
+// Worker::AllocateKvPool), or the CUDA worker (which plans its pool from free GPU memory unless
+// kv_pool_blocks is set, and reports it through Worker::ReportKvCapacity).
 absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
-                                                   std::shared_ptr<const Model> model,
-                                                   int64_t num_blocks);
+                                                   std::shared_ptr<const Model> model);
 
 // Everything: model, worker, engine options from a ServerConfig. The engine is not started.
 struct EngineBundle {

@@ -11,7 +11,7 @@
 #include "tests/server_test_util.h"
 
 #ifdef HKV_WITH_CUDA
-#include "workers/cuda_worker.h"
+#include "workers/cuda/cuda_worker.h"
 #endif
 
 namespace hkv::testing {

@@ -13,10 +13,10 @@
 
 #include "common/paths.h"
 #include "gtest/gtest.h"
+#include "model/hf_loader.h"
 #include "nlohmann/json.hpp"
-#include "workers/cpu_worker.h"
-#include "workers/cuda_worker.h"
-#include "workers/hf_loader.h"
+#include "workers/cpu/cpu_worker.h"
+#include "workers/cuda/cuda_worker.h"
 #include "workers/tensor_parallel_worker.h"
 #include "workers/test_batch_builder.h"
 

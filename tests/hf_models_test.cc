@@ -8,9 +8,9 @@
 #include "common/paths.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "model/hf_loader.h"
 #include "nlohmann/json.hpp"
-#include "workers/cpu_worker.h"
-#include "workers/hf_loader.h"
+#include "workers/cpu/cpu_worker.h"
 #include "workers/test_batch_builder.h"
 
 namespace hkv {

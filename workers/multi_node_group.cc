@@ -53,7 +53,7 @@ absl::StatusOr<MultiNodeLeader> LeadMultiNodeGroup(std::shared_ptr<const Model> 
   absl::StatusOr<std::vector<uint8_t>> id = NcclCommunicator::NewUniqueId();
   if (!id.ok()) return fail(id.status());
   setup.nccl_id = *id;
-  setup.head_of_slot = options.local.head_of_slot;
+  setup.head_of_slot = options.local.placement.head_of_slot;
   const std::vector<uint8_t> setup_bytes = EncodeGroupSetup(setup);
   for (auto& f : followers) {
     absl::Status s = f->Send(StepMessage::kSetup, setup_bytes, absl::Seconds(30));
@@ -108,7 +108,8 @@ absl::Status FollowMultiNodeGroup(std::shared_ptr<const Model> model, MultiNodeG
   local.first_rank = options.layout.rank * per_node;
   local.world_ranks = options.tensor_parallel_size;
   local.nccl_id = setup->nccl_id;
-  local.head_of_slot = setup->head_of_slot;
+  local.placement = {model->config.num_layers, model->config.num_kv_heads,
+                     options.tensor_parallel_size, setup->head_of_slot};
   absl::StatusOr<std::unique_ptr<TensorParallelWorker>> group =
       TensorParallelWorker::Create(model, local);
   if (!group.ok()) {

@@ -32,8 +32,8 @@ struct MultiNodeGroupOptions {
   DistLayout layout;                 // this node's place (layout.rank is the node index)
   int32_t tensor_parallel_size = 0;  // ranks of the whole group
   // This node's ranks: base options and devices (tensor_parallel_size / world_size of them).
-  // first_rank, world_ranks and nccl_id are filled in here; head_of_slot is the leader's
-  // placement (ignored on followers, which receive the leader's).
+  // first_rank, world_ranks and nccl_id are filled in here; placement is the leader's
+  // head placement (ignored on followers, which receive the leader's).
   TensorParallelOptions local;
   std::string fingerprint;  // equal on every node (see GroupFingerprint)
   absl::Duration join_timeout = absl::Minutes(10);

@@ -149,6 +149,15 @@ absl::StatusOr<BatchResult> MultiNodeWorker::Execute(const Batch& batch) {
   return result;
 }
 
+absl::Status MultiNodeWorker::AllocateKvPool(int64_t num_blocks) {
+  HKV_ASSIGN_OR_RETURN(const KvCapacity agreed, local_->ReportKvCapacity());
+  if (num_blocks != agreed.max_blocks) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the multi-node group agreed on ", agreed.max_blocks, " KV blocks, not ", num_blocks));
+  }
+  return local_->AllocateKvPool(num_blocks);
+}
+
 absl::Status RunStepFollower(Worker* local, StepConnection* leader) {
   StepWatch watch(local, {leader});
   BatchDecoder decoder;  // mirrors the leader's encoder: every step, in order

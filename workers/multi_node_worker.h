@@ -49,6 +49,12 @@ class MultiNodeWorker : public Worker {
   std::string name() const override;
   bool SupportsAdaptiveSelection() const override { return local_->SupportsAdaptiveSelection(); }
   absl::Status Liveness() override;
+  // The pool the group agreed on when it formed (the smallest node's).
+  absl::StatusOr<KvCapacity> ReportKvCapacity() const override {
+    return local_->ReportKvCapacity();
+  }
+  // Only the agreed pool: the other nodes hold exactly that many blocks.
+  absl::Status AllocateKvPool(int64_t num_blocks) override;
 
   Worker* local() { return local_.get(); }
 

@@ -18,8 +18,8 @@
 
 #include "common/paths.h"
 #include "gtest/gtest.h"
-#include "workers/cpu_worker.h"
-#include "workers/llama2c_loader.h"
+#include "model/llama2c_loader.h"
+#include "workers/cpu/cpu_worker.h"
 #include "workers/tcp_socket.h"
 #include "workers/test_batch_builder.h"
 

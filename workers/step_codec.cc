@@ -8,6 +8,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "common/batch_validation.h"
 #include "common/status_macros.h"
 
 namespace hkv {
@@ -96,16 +97,9 @@ constexpr uint32_t kSetupTag = 0x53455455;   // "SETU"
 }  // namespace
 
 absl::StatusOr<std::vector<uint8_t>> BatchEncoder::Encode(const Batch& b) {
-  const int64_t num_rows = b.num_rows();
-  bool consistent = b.num_layers >= 0 && b.num_kv_heads >= 0 &&
-                    static_cast<int64_t>(b.kv_indptr.size()) == num_rows + 1 &&
-                    b.kv_indptr[0] == 0 &&
-                    b.kv_indptr.back() == static_cast<int64_t>(b.kv_indices.size());
-  for (int64_t r = 0; consistent && r < num_rows; ++r) {
-    consistent = b.kv_indptr[r] <= b.kv_indptr[r + 1];
-  }
-  if (!consistent) {
-    return absl::InvalidArgumentError("step to send: page table does not match its batch");
+  // Only the page table: row lengths travel as they are, and the receiver checks them.
+  if (const absl::Status table = ValidatePageTable(b); !table.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("step to send: ", table.message()));
   }
   Writer w;
   w.Put(kBatchTag);
@@ -137,7 +131,7 @@ absl::StatusOr<std::vector<uint8_t>> BatchEncoder::Encode(const Batch& b) {
   // Page table: per row, how many leading blocks equal the same row's in this sequence's previous
   // step (0 for a sequence that was not in it), then the row's other blocks.
   const int64_t rows_per_seq = static_cast<int64_t>(b.num_layers) * b.num_kv_heads;
-  const int64_t rows = num_rows;
+  const int64_t rows = b.num_rows();
   std::vector<uint32_t> reuse(rows, 0), tail_len(rows, 0);
   std::vector<BlockId> tails;
   tails.reserve(b.kv_indices.size() / 8 + 16);

@@ -137,7 +137,7 @@ absl::StatusOr<std::unique_ptr<TensorParallelWorker>> TensorParallelWorker::Crea
     o.tp.size = size;
     o.tp.comm = size > 1 ? impl->comms[r].get() : nullptr;
     o.tp.cancel = &impl->cancel;
-    o.tp.head_of_slot = options.head_of_slot;
+    o.tp.placement = options.placement;
     auto w = CudaWorker::Create(model, o);
     if (w.ok()) {
       impl->ranks[r] = std::move(*w);
@@ -158,6 +158,24 @@ absl::StatusOr<std::unique_ptr<TensorParallelWorker>> TensorParallelWorker::Crea
   auto group = std::unique_ptr<TensorParallelWorker>(new TensorParallelWorker(std::move(impl)));
   HKV_RETURN_IF_ERROR(group->SetBlocksPerRank(group->blocks_per_rank()));
   return group;
+}
+
+absl::StatusOr<KvCapacity> TensorParallelWorker::ReportKvCapacity() const {
+  HKV_ASSIGN_OR_RETURN(const KvCapacity rank, impl_->ranks[0]->ReportKvCapacity());
+  return KvCapacity{rank.bytes_per_block, num_blocks()};
+}
+
+absl::Status TensorParallelWorker::AllocateKvPool(int64_t num_blocks) {
+  if (num_blocks > this->num_blocks()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a KV pool of ", num_blocks, " blocks: the ranks hold ", this->num_blocks()));
+  }
+  const int64_t ranks = impl_->options.shared_block_ids ? 1 : size();
+  if (num_blocks % ranks != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a KV pool of ", num_blocks, " blocks does not split over ", ranks, " ranks"));
+  }
+  return SetBlocksPerRank(num_blocks / ranks);
 }
 
 absl::Status TensorParallelWorker::SetBlocksPerRank(int64_t blocks) {
@@ -206,7 +224,7 @@ std::vector<int32_t> TensorParallelWorker::RowPartition() const {
   const ModelConfig& c = config();
   std::vector<int32_t> out(static_cast<size_t>(c.num_layers) * c.num_kv_heads, 0);
   // Every rank's, this process's or not: slot s of a layer belongs to rank s / (H / R).
-  const std::vector<int32_t>& placement = impl_->options.head_of_slot;
+  const std::vector<int32_t>& placement = impl_->options.placement.head_of_slot;
   const int32_t per_rank = c.num_kv_heads / size();
   for (int32_t l = 0; l < c.num_layers; ++l) {
     for (int32_t slot = 0; slot < c.num_kv_heads; ++slot) {

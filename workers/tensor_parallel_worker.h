@@ -28,7 +28,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "workers/cuda_worker.h"
+#include "headkv/rank_assignment.h"
+#include "workers/cuda/cuda_worker.h"
 #include "workers/worker.h"
 
 namespace hkv {
@@ -36,7 +37,7 @@ namespace hkv {
 struct TensorParallelOptions {
   CudaWorkerOptions base;             // device and tp are set per rank
   std::vector<int32_t> devices;       // local rank i runs on devices[i]
-  std::vector<int32_t> head_of_slot;  // [layers * KV heads] placement; empty: contiguous
+  HeadRankAssignment placement;       // KV heads of each rank; head_of_slot empty: contiguous
   // A group that spans processes (workers/multi_node_group.h): this process holds ranks
   // first_rank .. first_rank + devices.size() - 1 of world_ranks, joined by the NCCL id that
   // node 0 made. world_ranks 0: a group of this process alone (devices.size() ranks).
@@ -61,6 +62,10 @@ class TensorParallelWorker : public Worker {
   // Aborts the communicators from the rank threads' side: the step in progress (and every later
   // one) fails UNAVAILABLE.
   void CancelStep() override;
+  // The engine's pool: num_blocks() blocks of one rank's block size.
+  absl::StatusOr<KvCapacity> ReportKvCapacity() const override;
+  // A pool of `num_blocks` = ranks x blocks per rank (blocks per rank when ids are shared).
+  absl::Status AllocateKvPool(int64_t num_blocks) override;
 
   // Ranks of the whole group (all processes).
   int32_t size() const;

@@ -15,8 +15,8 @@
 
 #include "common/paths.h"
 #include "gtest/gtest.h"
-#include "workers/cuda_worker.h"
-#include "workers/hf_config.h"
+#include "model/hf_config.h"
+#include "workers/cuda/cuda_worker.h"
 #include "workers/test_batch_builder.h"
 
 namespace hkv {
@@ -126,7 +126,7 @@ TEST(TensorParallelWorkerTest, TwoRanksEqualOneUnderAnyHeadPlacement) {
     TensorParallelOptions two;
     two.base = Base();
     two.devices = {0, 1};
-    two.head_of_slot = placement;
+    if (!placement.empty()) two.placement = {2, 4, 2, placement};
     two.shared_block_ids = true;  // the test batches use the same ids for every head
     auto group = TensorParallelWorker::Create(model, two);
     ASSERT_TRUE(group.ok()) << group.status();

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "common/batch.h"
-#include "workers/model_config.h"
+#include "model/model_config.h"
 
 namespace hkv::testing {
 

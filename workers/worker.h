@@ -4,13 +4,21 @@
 // Thread-compatible: one caller at a time (the engine thread). Execute reads the Batch, which
 // the caller keeps alive and unchanged for the call.
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "common/batch.h"
-#include "workers/model_config.h"
+#include "model/model_config.h"
 
 namespace hkv {
+
+// The KV pool a worker can hold: bytes of one block (K and V of block_size tokens of one KV
+// head) and how many blocks fit.
+struct KvCapacity {
+  int64_t bytes_per_block = 0;
+  int64_t max_blocks = 0;
+};
 
 class Worker {
  public:
@@ -20,6 +28,16 @@ class Worker {
   // Runs one step (see common/batch.h) and returns the sampled tokens. A non-OK status means
   // the device failed; the engine then stops serving.
   virtual absl::StatusOr<BatchResult> Execute(const Batch& batch) = 0;
+  // Reports the KV pool this worker can hold. The engine builder decides the pool's size from
+  // it and its options, then calls AllocateKvPool once, before the first step.
+  virtual absl::StatusOr<KvCapacity> ReportKvCapacity() const {
+    return absl::UnimplementedError(name() + " does not report its KV capacity");
+  }
+  // Gives the worker a pool of `num_blocks` blocks (the engine's ids 0..num_blocks-1).
+  // RESOURCE_EXHAUSTED above the reported capacity. REQUIRES: no step has run yet.
+  virtual absl::Status AllocateKvPool(int64_t num_blocks) {
+    return absl::UnimplementedError(name() + " does not allocate a KV pool");
+  }
   // "cpu", "cuda:0", ...
   virtual std::string name() const = 0;
   // Whether steps may carry adaptive (adakv) selections (SequenceStep::layer_blocks).

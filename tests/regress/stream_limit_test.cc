@@ -18,7 +18,7 @@
 #include "gtest/gtest.h"
 #include "tests/health_client.h"
 #include "tests/server_test_util.h"
-#include "workers/cpu_worker.h"
+#include "workers/cpu/cpu_worker.h"
 
 namespace hkv::testing {
 namespace {

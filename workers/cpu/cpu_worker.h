@@ -1,0 +1,74 @@
+#pragma once
+// CpuWorker: the fp32 reference backend. Runs a Llama-family model for one engine step over a
+// per-head paged KV pool held in host memory (layout below), including HeadKV compressed
+// prefill (full K/V of one layer in scratch, then only the selected tokens into each head's
+// blocks).
+//
+//   k_pool_ / v_pool_: [num_blocks, block_size, head_dim] fp32. A block holds block_size tokens
+//   of ONE KV head of ONE layer; the Batch's CSR row (seq, layer, kv_head) lists its blocks.
+//
+// Thread-compatible: one Execute at a time (the engine thread). Sequences of a batch run in
+// parallel on the worker's own pool; each writes only its own blocks.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/batch.h"
+#include "model/model_config.h"
+#include "workers/cpu/thread_pool.h"
+#include "workers/worker.h"
+
+namespace hkv {
+
+class CpuWorker : public Worker {
+ public:
+  CpuWorker(std::shared_ptr<const Model> model, int32_t num_blocks, int32_t block_size,
+            int32_t num_threads);
+
+  const ModelConfig& config() const override { return model_->config; }
+  absl::StatusOr<BatchResult> Execute(const Batch& batch) override;
+  std::string name() const override { return "cpu"; }
+  // The host sets no limit of its own: up to 2^31 - 1 blocks of fp32 K and V.
+  absl::StatusOr<KvCapacity> ReportKvCapacity() const override;
+  // Replaces the pool with one of `num_blocks` zeroed blocks.
+  absl::Status AllocateKvPool(int64_t num_blocks) override;
+
+  // Keep the sampled position's logits in each SequenceResult (tests, numerical checks).
+  void set_return_logits(bool on) { return_logits_ = on; }
+  int32_t num_blocks() const { return num_blocks_; }
+  int32_t block_size() const { return block_size_; }
+
+ private:
+  absl::Status CheckBatch(const Batch& batch) const;
+  absl::Status RunSequence(const Batch& batch, int64_t index, ThreadPool* pool,
+                           SequenceResult* result);
+  // Plain rows of layer `layer`: stores the step's K/V and attends over each row.
+  // q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim]; attn like q.
+  absl::Status StoreAndAttend(const Batch& batch, int64_t index, int32_t layer, const float* q,
+                              const float* k, const float* v, float* scores, float* attn);
+  // Selects each head's tokens of layer `layer` from the scratch K/V and writes them to the
+  // pool. q_window: [w, num_heads, head_dim]; k, v: [n, num_kv_heads, head_dim].
+  absl::Status SelectAndStore(const Batch& batch, int64_t index, int32_t layer,
+                              const float* q_window, const float* k, const float* v, int32_t n,
+                              SequenceResult* result);
+  float* KeySlot(BlockId block, int32_t offset) {
+    return k_pool_.data() + (static_cast<int64_t>(block) * block_size_ + offset) * head_dim_;
+  }
+  float* ValueSlot(BlockId block, int32_t offset) {
+    return v_pool_.data() + (static_cast<int64_t>(block) * block_size_ + offset) * head_dim_;
+  }
+
+  std::shared_ptr<const Model> model_;
+  int32_t num_blocks_;
+  const int32_t block_size_;
+  const int32_t head_dim_;
+  std::vector<float> k_pool_;
+  std::vector<float> v_pool_;
+  std::vector<float> inv_freq_;
+  ThreadPool pool_;
+  bool return_logits_ = false;
+};
+
+}  // namespace hkv

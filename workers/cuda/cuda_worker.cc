@@ -1,0 +1,438 @@
+#include "workers/cuda/cuda_worker.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/batch_validation.h"
+#include "common/status_macros.h"
+#include "kernels/decode_attention.h"
+#include "kernels/kv_select.h"
+#include "model/rope.h"
+#include "model/tensor_parallel.h"
+#include "workers/cuda/cuda_worker_state.h"
+#include "workers/cuda/memory_plan.h"
+#include "workers/nccl_communicator.h"
+
+namespace hkv {
+namespace {
+
+namespace k = ::hkv::kernels;
+using cuda_internal::DeviceBuffer;
+using cuda_internal::DeviceStep;
+using cuda_internal::kAlign;
+using cuda_internal::StepInputs;
+using cuda_internal::StepProfile;
+constexpr int64_t kCublasWorkspaceBytes = 32LL << 20;
+constexpr double kGiB = 1073741824.0;
+
+absl::Status CheckOptions(const ModelConfig& global, const CudaWorkerOptions& options) {
+  const CudaTensorParallel& tp = options.tp;
+  if (tp.size < 1 || tp.rank < 0 || tp.rank >= tp.size || (tp.size > 1 && tp.comm == nullptr)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor-parallel rank ", tp.rank, " of ", tp.size, " needs a communicator"));
+  }
+  const int64_t all_slots = static_cast<int64_t>(global.num_layers) * global.num_kv_heads;
+  const HeadRankAssignment& p = tp.placement;
+  if (!p.head_of_slot.empty() &&
+      (static_cast<int64_t>(p.head_of_slot.size()) != all_slots || p.num_ranks != tp.size ||
+       p.num_layers != global.num_layers || p.num_heads != global.num_kv_heads)) {
+    return absl::InvalidArgumentError(
+        "the head placement needs one entry per (layer, KV head) over the group's ranks");
+  }
+  if ((options.block_size & (options.block_size - 1)) != 0) {
+    return absl::InvalidArgumentError("block_size must be a power of two on CUDA");
+  }
+  if (options.max_step_tokens < 1 || options.max_seqs < 1 || options.cuda_graph_max_batch < 0) {
+    return absl::InvalidArgumentError("max_step_tokens and max_seqs must be positive");
+  }
+  return absl::OkStatus();
+}
+
+// Global KV head of each local (layer, slot) of rank `tp.rank`.
+std::vector<int32_t> GlobalHeads(const ModelConfig& global, const ModelConfig& local,
+                                 const CudaTensorParallel& tp) {
+  std::vector<int32_t> heads;
+  for (int32_t l = 0; l < local.num_layers; ++l) {
+    for (int32_t j = 0; j < local.num_kv_heads; ++j) {
+      const int32_t slot = tp.rank * local.num_kv_heads + j;
+      const std::vector<int32_t>& placed = tp.placement.head_of_slot;
+      heads.push_back(placed.empty() ? slot : placed[l * global.num_kv_heads + slot]);
+    }
+  }
+  return heads;
+}
+
+}  // namespace
+
+bool CudaDeviceAvailable() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return count > 0;
+}
+
+CudaWorker::CudaWorker(std::unique_ptr<State> state) : state_(std::move(state)) {}
+CudaWorker::~CudaWorker() = default;
+const ModelConfig& CudaWorker::config() const { return state_->model->config; }
+std::string CudaWorker::name() const { return absl::StrCat("cuda:", state_->options.device); }
+int64_t CudaWorker::num_blocks() const { return state_->num_blocks; }
+const std::string& CudaWorker::sizing() const { return state_->sizing; }
+void CudaWorker::set_return_logits(bool on) { state_->return_logits = on; }
+int64_t CudaWorker::graph_steps() const { return state_->graph_steps; }
+int64_t CudaWorker::eager_steps() const { return state_->eager_steps; }
+int64_t CudaWorker::graphs_captured() const { return state_->graphs_captured; }
+const std::vector<int32_t>& CudaWorker::global_heads() const { return state_->global_head; }
+absl::Status CudaWorker::SetBlockRange(int64_t first, int64_t count) {
+  if (first < 0 || count < 1 || count > state_->num_blocks || first + count > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("block range [", first, ", ", first + count,
+                                                   ") does not fit a pool of ", state_->num_blocks,
+                                                   " blocks"));
+  }
+  state_->block_first = first;
+  state_->num_blocks = count;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KvCapacity> CudaWorker::ReportKvCapacity() const {
+  return KvCapacity{KvBlockBytes(state_->options.block_size, state_->cfg.head_dim),
+                    state_->num_blocks};
+}
+
+absl::Status CudaWorker::AllocateKvPool(int64_t num_blocks) {
+  if (num_blocks > state_->num_blocks) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a KV pool of ", num_blocks, " blocks: the GPU holds ", state_->num_blocks));
+  }
+  return SetBlockRange(0, num_blocks);
+}
+
+absl::Status CudaWorker::Supports(const ModelConfig& c) {
+  if (c.head_dim != 64 && c.head_dim != 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the CUDA kernels serve head_dim 64 or 128; this model has ", c.head_dim,
+                     ": use --device cpu"));
+  }
+  if (c.group_size() > 8) {
+    return absl::InvalidArgumentError("the CUDA kernels serve GQA groups of at most 8");
+  }
+  if (c.qkv_bias) return absl::InvalidArgumentError("q/k/v biases are not supported on CUDA yet");
+  if (c.dim % 8 != 0 || c.hidden_dim % 8 != 0) {
+    return absl::InvalidArgumentError("hidden sizes must be multiples of 8 on CUDA");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaWorker::State::InitDevice() {
+  HKV_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
+  HKV_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, options.device));
+  HKV_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  HKV_CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas));
+  HKV_CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas, stream));
+  // A fixed cuBLAS workspace: graph capture must not allocate.
+  HKV_RETURN_IF_ERROR(cublas_ws.Reserve(kCublasWorkspaceBytes));
+  HKV_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(cublas, cublas_ws.get(), cublas_ws.bytes()));
+  if (const char* p = std::getenv("HKV_STEP_PROFILE"); p != nullptr && p[0] == '1') {
+    profile.on = true;
+    HKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&profile.start));
+    HKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&profile.stop));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaWorker::State::ReserveActivations(int64_t step_tokens, int64_t sample_rows) {
+  const ModelConfig& c = cfg;
+  const size_t t = static_cast<size_t>(std::max<int64_t>(step_tokens, 1));
+  const size_t qkv_w = c.q_size() + 2 * c.kv_size();
+  HKV_RETURN_IF_ERROR(res.Reserve(t * c.dim * 2));
+  HKV_RETURN_IF_ERROR(xb.Reserve(t * c.dim * 2));
+  HKV_RETURN_IF_ERROR(tmp.Reserve(t * c.dim * 2));
+  HKV_RETURN_IF_ERROR(qkv.Reserve(t * qkv_w * 2));
+  HKV_RETURN_IF_ERROR(attn.Reserve(t * c.q_size() * 2));
+  HKV_RETURN_IF_ERROR(gate_up.Reserve(t * 2 * c.hidden_dim * 2));
+  HKV_RETURN_IF_ERROR(hidden.Reserve(t * c.hidden_dim * 2));
+  const size_t rows = static_cast<size_t>(std::max<int64_t>(sample_rows, 1));
+  HKV_RETURN_IF_ERROR(sample_x.Reserve(rows * c.dim * 2));
+  HKV_RETURN_IF_ERROR(logits.Reserve(rows * c.vocab_size * 4));
+  HKV_RETURN_IF_ERROR(tokens.Reserve(rows * 4));
+  return absl::OkStatus();
+}
+
+// RoPE table and the buffers of the largest planned step, before the pool takes the rest.
+// Returns the decode plan options the buffers were sized for.
+absl::StatusOr<k::DecodePlanOptions> CudaWorker::State::ReserveStepBuffers() {
+  const ModelConfig& c = cfg;
+  std::vector<float> freq = RopeInvFreq(c);
+  HKV_RETURN_IF_ERROR(inv_freq.Reserve(freq.size() * 4));
+  HKV_CUDA_RETURN_IF_ERROR(
+      cudaMemcpy(inv_freq.get(), freq.data(), freq.size() * 4, cudaMemcpyHostToDevice));
+  HKV_RETURN_IF_ERROR(ReserveActivations(options.max_step_tokens, options.max_seqs));
+  k::DecodePlanOptions dopt;
+  dopt.max_rows = std::max(options.max_seqs, options.cuda_graph_max_batch) * c.num_kv_heads;
+  dopt.max_work_items = dopt.max_rows + 1024;
+  dopt.group_size = c.group_size();
+  dopt.head_dim = c.head_dim;
+  HKV_RETURN_IF_ERROR(decode_ws.Reserve(k::DecodeWorkspaceBytes(dopt)));
+  HKV_RETURN_IF_ERROR(select_ws.Reserve(
+      k::KvSelectWorkspaceBytes(options.max_step_tokens, 64, c.num_heads, c.num_kv_heads) + 256));
+  return dopt;
+}
+
+absl::Status CudaWorker::State::AllocatePool(int64_t total_bytes, int64_t in_use_bytes) {
+  HKV_ASSIGN_OR_RETURN(num_blocks, KvPoolBlocks(cfg, options, total_bytes, in_use_bytes));
+  const size_t pool_bytes =
+      static_cast<size_t>(num_blocks) * KvBlockBytes(options.block_size, cfg.head_dim) / 2;
+  HKV_RETURN_IF_ERROR(k_pool.Reserve(pool_bytes));
+  HKV_RETURN_IF_ERROR(v_pool.Reserve(pool_bytes));
+  return absl::OkStatus();
+}
+
+// Graph inputs at their largest: fixed slices for the biggest graph, then page indices for
+// every block of the pool (a step that lists more falls back to eager).
+absl::Status CudaWorker::State::ReserveGraphInputs(const k::DecodePlanOptions& planned) {
+  if (options.cuda_graph_max_batch <= 0) return absl::OkStatus();
+  HostStep h;
+  h.graph = true;
+  h.num_decode = GraphBatchFor(options.cuda_graph_max_batch, options.cuda_graph_max_batch);
+  if (h.num_decode == 0) h.num_decode = kGraphBatchSizes[std::size(kGraphBatchSizes) - 1];
+  h.total = h.num_decode;
+  k::DecodePlanOptions decode = planned;
+  decode.max_rows = h.num_decode * cfg.num_kv_heads;
+  decode.max_work_items = decode.max_rows + 1024;
+  h.indices_a.resize(num_blocks + 1);
+  return graph_inputs.Begin(StageBytes(h, decode));
+}
+
+absl::StatusOr<std::unique_ptr<CudaWorker>> CudaWorker::Create(std::shared_ptr<const Model> model,
+                                                               const CudaWorkerOptions& options) {
+  const ModelConfig& global = model->config;
+  if (!CudaDeviceAvailable()) return absl::UnavailableError("no CUDA device is available");
+  HKV_RETURN_IF_ERROR(Supports(global));
+  HKV_RETURN_IF_ERROR(CheckOptions(global, options));
+  auto s = std::make_unique<State>();
+  s->model = model;
+  s->options = options;
+  if (options.tp.size > 1) {
+    HKV_ASSIGN_OR_RETURN(s->cfg, ShardConfig(global, options.tp.size));
+  } else {
+    s->cfg = global;
+  }
+  const ModelConfig& c = s->cfg;
+  s->global_head = GlobalHeads(global, c, options.tp);
+  HKV_RETURN_IF_ERROR(s->InitDevice());
+  size_t free_before = 0, total = 0;
+  HKV_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_before, &total));
+  HKV_RETURN_IF_ERROR(CheckModelFits(c, options, static_cast<int64_t>(free_before)));
+  HKV_RETURN_IF_ERROR(s->LoadWeights());
+  HKV_ASSIGN_OR_RETURN(const k::DecodePlanOptions dopt, s->ReserveStepBuffers());
+  size_t free_after = 0;
+  HKV_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_after, &total));
+  const int64_t in_use = static_cast<int64_t>(total - free_after);
+  HKV_RETURN_IF_ERROR(s->AllocatePool(static_cast<int64_t>(total), in_use));
+  HKV_RETURN_IF_ERROR(s->ReserveGraphInputs(dopt));
+  const int64_t weight_bytes = WeightBytes(c);
+  const int64_t bytes_per_block = KvBlockBytes(options.block_size, c.head_dim);
+  s->sizing = absl::StrFormat(
+      "GPU %d: %.2f GiB total, weights %.2f GiB (bf16%s), step buffers %.2f GiB (%d tokens, "
+      "%d seqs), headroom %.2f GiB, utilization %.2f -> KV pool %d blocks x %d B = %.2f GiB; "
+      "CUDA graphs for decode batches up to %d",
+      options.device, total / kGiB, weight_bytes / kGiB,
+      model->device_dummy_seed.has_value() ? ", random on the GPU" : "",
+      (in_use - weight_bytes) / kGiB, options.max_step_tokens, options.max_seqs,
+      options.activation_reserve_bytes / kGiB, options.gpu_memory_utilization, s->num_blocks,
+      bytes_per_block, s->num_blocks * bytes_per_block / kGiB, options.cuda_graph_max_batch);
+  return std::unique_ptr<CudaWorker>(new CudaWorker(std::move(s)));
+}
+
+// Shape, block ids and block copies of this worker's batch; INVALID_ARGUMENT when malformed.
+absl::Status CudaWorker::State::CheckBatch(const Batch& b) const {
+  if (b.num_layers != cfg.num_layers || b.num_kv_heads != cfg.num_kv_heads ||
+      b.block_size != options.block_size) {
+    return absl::InvalidArgumentError("malformed batch for the CUDA worker");
+  }
+  HKV_RETURN_IF_ERROR(ValidateBatchShape(b));
+  HKV_RETURN_IF_ERROR(ValidateBlockIds(b, num_blocks));
+  for (const SequenceStep& st : b.seqs) {
+    if (st.tokens.empty()) return absl::InvalidArgumentError("a sequence has no tokens");
+  }
+  return absl::OkStatus();
+}
+
+// The step's host layout: a graph step when the batch is decode-only, of a size with a graph,
+// and its page indices fit the graph inputs; else eager. Sets *inputs to the buffer to use.
+absl::StatusOr<HostStep> CudaWorker::State::LayOut(const Batch& b, StepInputs** inputs) {
+  bool all_decode = !b.seqs.empty();
+  for (const SequenceStep& st : b.seqs) {
+    all_decode = all_decode && !st.select && st.tokens.size() == 1;
+  }
+  const int32_t graph_batch =
+      all_decode ? GraphBatchFor(static_cast<int32_t>(b.seqs.size()), options.cuda_graph_max_batch)
+                 : 0;
+  HKV_ASSIGN_OR_RETURN(HostStep h, BuildHostStep(b, shape(), graph_batch));
+  *inputs = &eager_inputs;
+  if (h.graph) {
+    if (StageBytes(h, DecodeOptionsFor(h)) <= graph_inputs.capacity()) {
+      *inputs = &graph_inputs;
+    } else {  // More page indices than the graph inputs hold (shared blocks): run eagerly.
+      HKV_ASSIGN_OR_RETURN(h, BuildHostStep(b, shape(), 0));
+    }
+  }
+  return h;
+}
+
+absl::Status CudaWorker::State::CopyBlocks(const Batch& b) {
+  const size_t block_bytes = static_cast<size_t>(options.block_size) * cfg.head_dim * 2;
+  for (const auto& [src, dst] : b.block_copies) {
+    for (DeviceBuffer* pool : {&k_pool, &v_pool}) {
+      HKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(pool->get<char>() + dst * block_bytes,
+                                               pool->get<char>() + src * block_bytes, block_bytes,
+                                               cudaMemcpyDeviceToDevice, stream));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Sends the step's inputs, grows what the step needs, and runs it (graph or eager).
+absl::Status CudaWorker::State::Launch(const Batch& b, const HostStep& h,
+                                       const k::DecodePlanOptions& decode, DeviceStep& d,
+                                       StepInputs* inputs) {
+  const int32_t H = cfg.num_kv_heads;
+  const int64_t rows_per_seq = static_cast<int64_t>(cfg.num_layers) * H;
+  if (profile.on) HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(profile.start, stream));
+  HKV_RETURN_IF_ERROR(inputs->Upload(stream));
+  HKV_RETURN_IF_ERROR(ReserveActivations(h.total, static_cast<int64_t>(h.sample_rows.size())));
+  if (h.num_select > 0) {
+    HKV_RETURN_IF_ERROR(kept.Reserve(static_cast<size_t>(h.num_select) * rows_per_seq * 4));
+    HKV_RETURN_IF_ERROR(kept_index.Reserve(static_cast<size_t>(H) * h.max_select * 4));
+    HKV_RETURN_IF_ERROR(
+        select_ws.Reserve(k::KvSelectWorkspaceBytes(h.max_select, 64, cfg.num_heads, H) + 256));
+  }
+  if (h.num_decode > 0) {
+    HKV_RETURN_IF_ERROR(decode_ws.Reserve(k::DecodeWorkspaceBytes(decode)));
+    for (k::DecodePlan& p : d.plans) p.workspace = decode_ws.get();
+  }
+  if (h.graph) {
+    HKV_RETURN_IF_ERROR(RunGraph(b, h, d));
+    ++graph_steps;
+  } else {
+    HKV_RETURN_IF_ERROR(Forward(b, h, d));
+    ++eager_steps;
+  }
+  if (profile.on) HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(profile.stop, stream));
+  return absl::OkStatus();
+}
+
+// Copies sampled tokens, kept counts and logits (when asked) into one pinned buffer and waits
+// for the step (bounded under tensor parallelism: a dead or hung peer aborts the group).
+absl::Status CudaWorker::State::CopyOut(const HostStep& h) {
+  const size_t ns = h.sample_rows.size();
+  const size_t kept_n = static_cast<size_t>(h.num_select) * cfg.num_layers * cfg.num_kv_heads;
+  const size_t logit_n = return_logits ? ns * cfg.vocab_size : 0;
+  HKV_RETURN_IF_ERROR(host_out.Reserve((ns + kept_n + logit_n) * 4 + 3 * kAlign));
+  auto* out_tokens = reinterpret_cast<int32_t*>(host_out.get());
+  auto* out_kept = out_tokens + ns;
+  auto* out_logits = reinterpret_cast<float*>(out_kept + kept_n);
+  if (ns > 0) {
+    HKV_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(out_tokens, tokens.get(), ns * 4, cudaMemcpyDeviceToHost, stream));
+  }
+  if (kept_n > 0) {
+    HKV_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(out_kept, kept.get(), kept_n * 4, cudaMemcpyDeviceToHost, stream));
+  }
+  if (logit_n > 0) {
+    HKV_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(out_logits, logits.get(), logit_n * 4, cudaMemcpyDeviceToHost, stream));
+  }
+  if (options.tp.size > 1) {
+    HKV_RETURN_IF_ERROR(
+        options.tp.comm->WaitFor(stream, options.tp.step_timeout, options.tp.cancel));
+  } else {
+    HKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  }
+  HKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+absl::Status CudaWorker::State::RecordProfile(const Batch& b, const HostStep& h, double host_us) {
+  if (!profile.on) return absl::OkStatus();
+  float gpu_ms = 0;
+  HKV_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&gpu_ms, profile.start, profile.stop));
+  const std::string kind = h.graph                             ? "decode graph"
+                           : h.num_prefill + h.num_select == 0 ? "decode eager"
+                           : h.real_decode > 0                 ? "mixed"
+                                                               : "prefill";
+  StepProfile::Kind& k = profile.kinds[kind];
+  ++k.steps;
+  k.host_us += host_us;
+  k.gpu_us += gpu_ms * 1e3;
+  k.seqs += b.seqs.size();
+  k.tokens += h.total;
+  if (++profile.steps % 1000 == 0) profile.Print();
+  return absl::OkStatus();
+}
+
+// The step's answer from the pinned results CopyOut left.
+BatchResult CudaWorker::State::Unpack(const Batch& b, const HostStep& h) const {
+  const int32_t ns = static_cast<int32_t>(h.sample_rows.size());
+  const size_t rows_per_seq = static_cast<size_t>(cfg.num_layers) * cfg.num_kv_heads;
+  const size_t kept_n = static_cast<size_t>(h.num_select) * rows_per_seq;
+  const auto* out_tokens = reinterpret_cast<const int32_t*>(host_out.get());
+  const auto* out_kept = out_tokens + ns;
+  const auto* out_logits = reinterpret_cast<const float*>(out_kept + kept_n);
+  const size_t vocab = cfg.vocab_size;
+  BatchResult result;
+  result.seqs.resize(b.seqs.size());
+  for (size_t i = 0; i < b.seqs.size(); ++i) result.seqs[i].id = b.seqs[i].id;
+  for (int32_t i = 0; i < ns; ++i) {
+    if (h.sample_seq[i] < 0) continue;
+    const int32_t bi = h.order[h.sample_seq[i]];
+    if (!b.seqs[bi].sample) continue;
+    SequenceResult& r = result.seqs[bi];
+    r.token = out_tokens[i];
+    if (return_logits) {
+      r.logits.assign(out_logits + i * vocab, out_logits + (i + 1) * vocab);
+    }
+  }
+  for (int32_t j = 0; j < h.num_select; ++j) {
+    result.seqs[h.order[h.num_decode + h.num_prefill + j]].kept_per_head.assign(
+        out_kept + j * rows_per_seq, out_kept + (j + 1) * rows_per_seq);
+  }
+  return result;
+}
+
+absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& global_batch) {
+  const auto host_start = std::chrono::steady_clock::now();
+  State& s = *state_;
+  const bool sliced = s.options.tp.size > 1 || s.block_first != 0;
+  Batch local;
+  if (sliced) {
+    HKV_ASSIGN_OR_RETURN(local, RankView(global_batch, s.slice()));
+  }
+  const Batch& b = sliced ? local : global_batch;
+  HKV_RETURN_IF_ERROR(s.CheckBatch(b));
+  StepInputs* inputs = nullptr;
+  HKV_ASSIGN_OR_RETURN(const HostStep h, s.LayOut(b, &inputs));
+  const k::DecodePlanOptions decode = s.DecodeOptionsFor(h);
+  HKV_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.options.device));
+  HKV_RETURN_IF_ERROR(inputs->Begin(h.graph ? inputs->capacity() : s.StageBytes(h, decode)));
+  HKV_ASSIGN_OR_RETURN(DeviceStep d, s.Stage(h, decode, inputs));
+  HKV_RETURN_IF_ERROR(s.CopyBlocks(b));
+  const double host_us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - host_start)
+          .count();
+  HKV_RETURN_IF_ERROR(s.Launch(b, h, decode, d, inputs));
+  HKV_RETURN_IF_ERROR(s.CopyOut(h));
+  HKV_RETURN_IF_ERROR(s.RecordProfile(b, h, host_us));
+  return s.Unpack(b, h);
+}
+
+}  // namespace hkv

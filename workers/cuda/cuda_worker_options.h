@@ -1,0 +1,44 @@
+#pragma once
+// Options of a CudaWorker (workers/cuda/cuda_worker.h). Plain data, host only: the memory plan
+// and the step layout read them in CPU-only builds too.
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "headkv/rank_assignment.h"
+
+namespace hkv {
+
+class NcclCommunicator;
+
+// Tensor parallelism (Megatron: q/k/v and gate/up column-parallel, o and down row-parallel with
+// one all-reduce each per layer). Rank `rank` owns slots [rank * H/size, (rank+1) * H/size) of
+// every layer's KV heads; `placement` says which original head each slot holds (its
+// head_of_slot empty: contiguous). Steps take the whole batch (rows of every KV head, global
+// block ids) and use their own heads' rows.
+struct CudaTensorParallel {
+  int32_t rank = 0;
+  int32_t size = 1;
+  NcclCommunicator* comm = nullptr;  // Not owned; required when size > 1.
+  HeadRankAssignment placement;
+  absl::Duration step_timeout = absl::Minutes(5);  // A step longer than this aborts the group.
+  // Set by another thread when a peer is known to be gone: the step in progress aborts the
+  // group at once instead of waiting out step_timeout. Not owned; may be null.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+struct CudaWorkerOptions {
+  int32_t device = 0;
+  int32_t block_size = 16;
+  int64_t num_blocks = 0;                          // 0: size the pool from free memory.
+  double gpu_memory_utilization = 0.9;             // Share of total device memory hkv may use.
+  int64_t activation_reserve_bytes = 512LL << 20;  // Kept free beyond the planned buffers.
+  int32_t max_step_tokens = 8192;      // Tokens of the largest step (activations sized for it).
+  int32_t max_seqs = 256;              // Sequences of the largest step (decode workspace).
+  int32_t cuda_graph_max_batch = 256;  // Largest decode batch replayed as a graph; 0: eager.
+  CudaTensorParallel tp;
+};
+
+}  // namespace hkv

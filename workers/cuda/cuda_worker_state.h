@@ -1,0 +1,189 @@
+#pragma once
+// CudaWorker::State: everything one CUDA worker owns (weights, KV pool, step buffers, graphs,
+// stream, cuBLAS handle), shared by the files of workers/cuda/ that each implement one part of
+// it: cuda_worker.cc (creation and the step), device_weights.cc, step_staging.cc, forward.cc,
+// decode_graphs.cc. Internal to workers/cuda/.
+//
+// Thread-compatible: used only by the worker's thread (its CUDA device and stream).
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/batch.h"
+#include "kernels/decode_attention.h"
+#include "kernels/dtype.h"
+#include "kernels/sampling.h"
+#include "model/model_config.h"
+#include "workers/cuda/cuda_buffers.h"
+#include "workers/cuda/cuda_worker.h"
+#include "workers/cuda/rank_view.h"
+#include "workers/cuda/step_layout.h"
+
+namespace hkv {
+namespace cuda_internal {
+
+constexpr kernels::DType kDType = kernels::DType::kBf16;
+
+struct LayerBuffers {
+  DeviceBuffer attn_norm, wqkv, wo, ffn_norm, w_gate_up, w_down;
+};
+
+// Device addresses of a step's inputs (inside StepInputs).
+struct DeviceStep {
+  const int32_t *ids = nullptr, *pos = nullptr, *indptr_a = nullptr, *indices_a = nullptr,
+                *last_a = nullptr, *indptr_b = nullptr, *indices_b = nullptr, *last_b = nullptr,
+                *cu_prefill = nullptr, *cu_select = nullptr, *caps = nullptr,
+                *sample_token = nullptr;
+  const int64_t* slots = nullptr;
+  const kernels::SamplingRow* sample_rows = nullptr;
+  std::vector<kernels::DecodePlan> plans;  // per layer, when the step decodes
+};
+
+// Optional per-step timing (HKV_STEP_PROFILE=1): host time to build and stage a step, GPU time
+// from the input copy to the last kernel, per kind of step; printed every 1000 steps and at
+// exit. Costs two events and a host timer per step.
+struct StepProfile {
+  struct Kind {
+    int64_t steps = 0;
+    double host_us = 0, gpu_us = 0, seqs = 0, tokens = 0;
+  };
+  bool on = false;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  std::map<std::string, Kind> kinds;
+  int64_t steps = 0;
+
+  void Print() const {
+    for (const auto& [name, k] : kinds) {
+      std::fprintf(stderr,
+                   "hkv step profile: %-14s steps %7lld  host %8.0f us  gpu %8.0f us  seqs %6.1f  "
+                   "tokens %7.1f\n",
+                   name.c_str(), static_cast<long long>(k.steps), k.host_us / k.steps,
+                   k.gpu_us / k.steps, k.seqs / k.steps, k.tokens / k.steps);
+    }
+  }
+  ~StepProfile() {
+    if (on && steps > 0) Print();
+    if (start != nullptr) cudaEventDestroy(start);
+    if (stop != nullptr) cudaEventDestroy(stop);
+  }
+};
+
+struct DecodeGraph {
+  cudaGraphExec_t exec = nullptr;
+  uint64_t epoch = 0;
+  DecodeGraph() = default;
+  DecodeGraph(const DecodeGraph&) = delete;
+  DecodeGraph& operator=(const DecodeGraph&) = delete;
+  ~DecodeGraph() {
+    if (exec != nullptr) cudaGraphExecDestroy(exec);
+  }
+};
+
+}  // namespace cuda_internal
+
+struct CudaWorker::State {
+  using DeviceBuffer = cuda_internal::DeviceBuffer;
+
+  std::shared_ptr<const Model> model;
+  ModelConfig cfg;  // This rank's shapes (the model's without tensor parallelism).
+  CudaWorkerOptions options;
+  // Tensor parallelism: global KV head of each local (layer, head) [L * Hl], and the global
+  // block ids [block_first, block_first + num_blocks) of this rank's pool.
+  std::vector<int32_t> global_head;
+  int64_t block_first = 0;
+  int64_t num_blocks = 0;
+  int32_t num_sms = 0;
+  std::string sizing;
+  bool return_logits = false;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  // Weights (bf16).
+  DeviceBuffer embedding, final_norm, lm_head, inv_freq;
+  std::deque<cuda_internal::LayerBuffers> layers;  // deque: buffers are not movable.
+  // KV pool.
+  DeviceBuffer k_pool, v_pool;
+  // Activations and workspaces.
+  DeviceBuffer cublas_ws, res, xb, qkv, attn, tmp, gate_up, hidden, sample_x, logits, tokens,
+      decode_ws, select_ws, kept, kept_index;
+  cuda_internal::StepInputs eager_inputs, graph_inputs;
+  cuda_internal::PinnedBuffer host_out;                  // sampled tokens, kept counts, logits
+  std::map<int32_t, cuda_internal::DecodeGraph> graphs;  // by padded batch size
+  int64_t graph_steps = 0, eager_steps = 0, graphs_captured = 0;
+  cuda_internal::StepProfile profile;
+
+  ~State() {
+    graphs.clear();
+    if (profile.on && profile.steps > 0) {
+      profile.Print();
+      profile.steps = 0;
+    }
+    if (cublas != nullptr) cublasDestroy(cublas);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  // Changes whenever a buffer that a graph reads or writes moves.
+  uint64_t Epoch() const {
+    uint64_t e = graph_inputs.generation();
+    for (const DeviceBuffer* b : {&res, &xb, &qkv, &attn, &tmp, &gate_up, &hidden, &logits, &tokens,
+                                  &decode_ws, &cublas_ws}) {
+      e = e * 1000003 + b->generation();
+    }
+    return e;
+  }
+  StepLayoutShape shape() const {
+    return {cfg.num_layers, cfg.num_kv_heads, cfg.vocab_size, options.block_size, options.tp.rank};
+  }
+  RankSlice slice() const {
+    return {options.tp.rank, cfg.num_layers, model->config.num_kv_heads,
+            &global_head,    block_first,    num_blocks};
+  }
+
+  // cuda_worker.cc: creation.
+  absl::Status InitDevice();
+  absl::Status ReserveActivations(int64_t step_tokens, int64_t sample_rows);
+  absl::StatusOr<kernels::DecodePlanOptions> ReserveStepBuffers();
+  absl::Status AllocatePool(int64_t total_bytes, int64_t in_use_bytes);
+  absl::Status ReserveGraphInputs(const kernels::DecodePlanOptions& planned);
+  // cuda_worker.cc: the step.
+  absl::Status CheckBatch(const Batch& b) const;
+  absl::StatusOr<HostStep> LayOut(const Batch& b, cuda_internal::StepInputs** inputs);
+  absl::Status CopyBlocks(const Batch& b);
+  absl::Status Launch(const Batch& b, const HostStep& h, const kernels::DecodePlanOptions& decode,
+                      cuda_internal::DeviceStep& d, cuda_internal::StepInputs* inputs);
+  absl::Status CopyOut(const HostStep& h);
+  absl::Status RecordProfile(const Batch& b, const HostStep& h, double host_us);
+  BatchResult Unpack(const Batch& b, const HostStep& h) const;
+  // device_weights.cc
+  absl::Status LoadWeights();
+  absl::Status FillDummyWeights(uint64_t seed);
+  absl::Status UploadWeights(const Model& m);
+  // step_staging.cc
+  kernels::DecodePlanOptions DecodeOptionsFor(const HostStep& h) const;
+  size_t StageBytes(const HostStep& h, const kernels::DecodePlanOptions& decode) const;
+  absl::StatusOr<cuda_internal::DeviceStep> Stage(const HostStep& h,
+                                                  const kernels::DecodePlanOptions& decode,
+                                                  cuda_internal::StepInputs* in) const;
+  // forward.cc: launches the whole step on the stream (no host sync, no allocation).
+  absl::Status Forward(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d);
+  kernels::PagedKvView KvViewAfter(const cuda_internal::DeviceStep& d) const;
+  absl::Status LayerAttention(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
+                              int32_t layer, const kernels::PagedKvView& after);
+  absl::Status RunPrefill(const HostStep& h, int32_t k0, int32_t count, const int32_t* cu,
+                          int32_t max_len, const kernels::PagedKvView* prefix);
+  absl::Status RunSelect(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
+                         int32_t layer);
+  absl::Status LayerMlp(const HostStep& h, int32_t layer);
+  absl::Status SampleStep(const HostStep& h, const cuda_internal::DeviceStep& d);
+  // decode_graphs.cc: captures (on first use per size and buffer epoch) and replays.
+  absl::Status RunGraph(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d);
+};
+
+}  // namespace hkv

@@ -1,0 +1,227 @@
+#include <cmath>
+
+#include "kernels/decode_attention.h"
+#include "kernels/gemm.h"
+#include "kernels/gemv.h"
+#include "kernels/kv_append.h"
+#include "kernels/kv_select.h"
+#include "kernels/layer_ops.h"
+#include "kernels/prefill_attention.h"
+#include "kernels/sampling.h"
+#include "workers/cuda/cuda_worker_state.h"
+#include "workers/nccl_communicator.h"
+
+namespace hkv {
+namespace {
+
+namespace k = ::hkv::kernels;
+using cuda_internal::DeviceBuffer;
+using cuda_internal::DeviceStep;
+using cuda_internal::kDType;
+
+}  // namespace
+
+// The page table after the step (decode attention, KV appends, selection destinations).
+k::PagedKvView CudaWorker::State::KvViewAfter(const DeviceStep& d) const {
+  k::PagedKvView after;
+  after.indptr = d.indptr_a;
+  after.indices = d.indices_a;
+  after.last_len = d.last_a;
+  after.k_pool = k_pool.get();
+  after.v_pool = v_pool.get();
+  after.block_stride = static_cast<int64_t>(options.block_size) * cfg.head_dim;
+  after.block_size = options.block_size;
+  after.num_kv_heads = cfg.num_kv_heads;
+  after.head_dim = cfg.head_dim;
+  after.row_seq_stride = cfg.num_layers * cfg.num_kv_heads;
+  return after;
+}
+
+// Causal attention of `count` sequences' chunks starting at internal sequence k0, over the
+// chunk plus the paged `prefix` (null: the chunk alone).
+absl::Status CudaWorker::State::RunPrefill(const HostStep& h, int32_t k0, int32_t count,
+                                           const int32_t* cu, int32_t max_len,
+                                           const k::PagedKvView* prefix) {
+  const ModelConfig& c = cfg;
+  const int32_t qkv_w = c.q_size() + 2 * c.kv_size();
+  auto* q = qkv.get<uint16_t>();
+  const size_t first = h.token_start[k0];
+  k::PrefillAttentionArgs a;
+  a.dtype = kDType;
+  a.q = q + first * qkv_w;
+  a.k = q + first * qkv_w + c.q_size();
+  a.v = q + first * qkv_w + c.q_size() + c.kv_size();
+  a.out = attn.get<uint16_t>() + first * c.q_size();
+  a.q_stride = a.kv_stride = qkv_w;
+  a.out_stride = c.q_size();
+  a.cu_seqlens = cu;
+  a.num_seqs = count;
+  a.max_q_len = max_len;
+  a.num_q_heads = c.num_heads;
+  a.num_kv_heads = c.num_kv_heads;
+  a.head_dim = c.head_dim;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  a.prefix = prefix;
+  HKV_CUDA_RETURN_IF_ERROR(k::RunPrefillAttention(a, stream));
+  return absl::OkStatus();
+}
+
+// Compressed prefills of layer l: dense attention over each prompt, then the selection kernel
+// scatters each head's kept tokens into its blocks.
+absl::Status CudaWorker::State::RunSelect(const Batch& b, const HostStep& h, const DeviceStep& d,
+                                          int32_t l) {
+  const ModelConfig& c = cfg;
+  const int32_t L = c.num_layers, H = c.num_kv_heads, bs = options.block_size;
+  const int32_t qkv_w = c.q_size() + 2 * c.kv_size();
+  const int64_t rows_per_seq = static_cast<int64_t>(L) * H;
+  auto* q = qkv.get<uint16_t>();
+  const int32_t k0 = h.num_decode + h.num_prefill;
+  HKV_RETURN_IF_ERROR(RunPrefill(h, k0, h.num_select, d.cu_select, h.max_select, nullptr));
+  for (int32_t j = 0; j < h.num_select; ++j) {
+    const SequenceStep& st = b.seqs[h.order[k0 + j]];
+    const int32_t n = static_cast<int32_t>(st.tokens.size()), win = st.selection.window;
+    const size_t start = h.token_start[k0 + j];
+    k::KvSelectArgs ks;
+    ks.dtype = kDType;
+    ks.q_window = q + (start + n - win) * qkv_w;
+    ks.keys = q + start * qkv_w + c.q_size();
+    ks.values = q + start * qkv_w + c.q_size() + c.kv_size();
+    ks.q_stride = ks.kv_stride = qkv_w;
+    ks.n = n;
+    ks.window = win;
+    ks.pool_kernel = st.selection.pool_kernel;
+    ks.num_q_heads = c.num_heads;
+    ks.num_kv_heads = H;
+    ks.head_dim = c.head_dim;
+    ks.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    ks.caps = d.caps + (static_cast<size_t>(j) * L + l) * H;
+    ks.dest_indptr = d.indptr_a;
+    ks.dest_indices = d.indices_a;
+    ks.dest_first_row = static_cast<int32_t>((k0 + j) * rows_per_seq + l * H);
+    ks.k_pool = k_pool.get();
+    ks.v_pool = v_pool.get();
+    ks.block_stride = static_cast<int64_t>(bs) * c.head_dim;
+    ks.block_size = bs;
+    ks.workspace = select_ws.get();
+    ks.kept_count = kept.get<int32_t>() + (static_cast<size_t>(j) * L + l) * H;
+    ks.kept_index = kept_index.get<int32_t>();
+    HKV_CUDA_RETURN_IF_ERROR(k::RunKvSelect(ks, stream));
+  }
+  return absl::OkStatus();
+}
+
+// Layer l up to the attention output: norm (adding the previous layer's output), q/k/v, RoPE,
+// KV appends, then decode, prefill and selection attention into `attn`.
+absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h,
+                                               const DeviceStep& d, int32_t l,
+                                               const k::PagedKvView& after) {
+  const ModelConfig& c = cfg;
+  const int32_t H = c.num_kv_heads, hd = c.head_dim, dim = c.dim, total = h.total;
+  const int32_t qkv_w = c.q_size() + 2 * c.kv_size();
+  const k::RopeStyle rope =
+      c.rope_style == RopeStyle::kHalf ? k::RopeStyle::kRotateHalf : k::RopeStyle::kInterleaved;
+  const cuda_internal::LayerBuffers& w = layers[l];
+  auto* q = qkv.get<uint16_t>();
+  HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, l == 0 ? res.get() : tmp.get(),
+                                      l == 0 ? nullptr : res.get(), w.attn_norm.get(), xb.get(),
+                                      total, dim, c.norm_eps, stream));
+  HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, xb.get(), dim, w.wqkv.get(),
+                                               dim, q, qkv_w, false, total, qkv_w, dim));
+  HKV_CUDA_RETURN_IF_ERROR(k::Rope(kDType, q, qkv_w, c.num_heads, q + c.q_size(), qkv_w, H, d.pos,
+                                   total, hd, c.rope_theta, inv_freq.get<float>(), rope, stream));
+  if (h.plain_tokens > 0) {
+    HKV_CUDA_RETURN_IF_ERROR(
+        k::AppendKvSlots(kDType, after, q + c.q_size(), q + c.q_size() + c.kv_size(), qkv_w,
+                         d.slots + static_cast<size_t>(l) * total * H, h.plain_tokens, stream));
+  }
+  if (h.num_decode > 0) {
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    HKV_CUDA_RETURN_IF_ERROR(k::RunDecodeAttention(
+        d.plans[l], after, kDType, q, qkv_w, attn.get<uint16_t>(), c.q_size(), scale, stream));
+  }
+  if (h.num_prefill > 0) {
+    k::PagedKvView prefix = after;
+    prefix.indptr = d.indptr_b;
+    prefix.indices = d.indices_b;
+    prefix.last_len = d.last_b;
+    prefix.row_offset = static_cast<int32_t>(l * H);  // indptr_b lists prefill rows only
+    HKV_RETURN_IF_ERROR(
+        RunPrefill(h, h.num_decode, h.num_prefill, d.cu_prefill, h.max_prefill, &prefix));
+  }
+  if (h.num_select > 0) HKV_RETURN_IF_ERROR(RunSelect(b, h, d, l));
+  return absl::OkStatus();
+}
+
+// Layer l from the attention output: o_proj, norm, SwiGLU MLP, down_proj (row-parallel ones
+// summed over the ranks), leaving the layer's output in `tmp`.
+absl::Status CudaWorker::State::LayerMlp(const HostStep& h, int32_t l) {
+  const ModelConfig& c = cfg;
+  const int32_t dim = c.dim, hid = c.hidden_dim, total = h.total;
+  const cuda_internal::LayerBuffers& w = layers[l];
+  HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, attn.get(), c.q_size(),
+                                               w.wo.get(), c.q_size(), tmp.get(), dim, false, total,
+                                               dim, c.q_size()));
+  if (options.tp.size > 1) {  // row-parallel o_proj: sum the ranks' partial outputs
+    HKV_RETURN_IF_ERROR(
+        options.tp.comm->AllReduceSum(tmp.get(), int64_t{total} * dim, kDType, stream));
+  }
+  HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, tmp.get(), res.get(), w.ffn_norm.get(), xb.get(),
+                                      total, dim, c.norm_eps, stream));
+  if (total <= k::kGemvPreferredRows) {
+    // Decode: gate_up and SwiGLU in one pass over the weights.
+    HKV_CUDA_RETURN_IF_ERROR(k::GemvSwiGlu(kDType, xb.get(), dim, w.w_gate_up.get(), dim,
+                                           hidden.get(), hid, total, hid, dim, stream));
+  } else {
+    HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, xb.get(), dim,
+                                                 w.w_gate_up.get(), dim, gate_up.get(), 2 * hid,
+                                                 false, total, 2 * hid, dim));
+    HKV_CUDA_RETURN_IF_ERROR(k::SwiGlu(kDType, gate_up.get(), gate_up.get<uint16_t>() + hid,
+                                       2 * hid, hidden.get(), total, hid, stream));
+  }
+  HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, hidden.get(), hid,
+                                               w.w_down.get(), hid, tmp.get(), dim, false, total,
+                                               dim, hid));
+  if (options.tp.size > 1) {  // row-parallel down_proj
+    HKV_RETURN_IF_ERROR(
+        options.tp.comm->AllReduceSum(tmp.get(), int64_t{total} * dim, kDType, stream));
+  }
+  return absl::OkStatus();
+}
+
+// Final norm, then the LM head and sampling of the sampled rows.
+absl::Status CudaWorker::State::SampleStep(const HostStep& h, const DeviceStep& d) {
+  const ModelConfig& c = cfg;
+  const int32_t dim = c.dim, total = h.total;
+  HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, tmp.get(), res.get(), final_norm.get(), xb.get(),
+                                      total, dim, c.norm_eps, stream));
+  const int32_t ns = static_cast<int32_t>(h.sample_rows.size());
+  if (ns == 0) return absl::OkStatus();
+  // Gather the sampled rows (graph steps sample every row, in place).
+  const void* x = xb.get();
+  if (!h.graph) {
+    HKV_CUDA_RETURN_IF_ERROR(k::EmbeddingLookup(kDType, xb.get(), total, dim, d.sample_token, ns,
+                                                sample_x.get(), stream));
+    x = sample_x.get();
+  }
+  const DeviceBuffer& head = lm_head.bytes() > 0 ? lm_head : embedding;
+  HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, x, dim, head.get(), dim,
+                                               logits.get(), c.vocab_size, true, ns, c.vocab_size,
+                                               dim));
+  HKV_CUDA_RETURN_IF_ERROR(k::SampleTokens(logits.get<float>(), c.vocab_size, ns, c.vocab_size,
+                                           d.sample_rows, tokens.get<int32_t>(), stream));
+  return absl::OkStatus();
+}
+
+// Launches the whole step on the stream: no host sync, no allocation (so it can be captured).
+absl::Status CudaWorker::State::Forward(const Batch& b, const HostStep& h, const DeviceStep& d) {
+  const k::PagedKvView after = KvViewAfter(d);
+  HKV_CUDA_RETURN_IF_ERROR(k::EmbeddingLookup(kDType, embedding.get(), cfg.vocab_size, cfg.dim,
+                                              d.ids, h.total, res.get(), stream));
+  for (int32_t l = 0; l < cfg.num_layers; ++l) {
+    HKV_RETURN_IF_ERROR(LayerAttention(b, h, d, l, after));
+    HKV_RETURN_IF_ERROR(LayerMlp(h, l));
+  }
+  return SampleStep(h, d);
+}
+
+}  // namespace hkv

@@ -1,0 +1,210 @@
+#include "workers/cuda/step_layout.h"
+
+#include <algorithm>
+
+#include "common/status_macros.h"
+#include "workers/sampler.h"
+
+namespace hkv {
+namespace {
+
+// Internal order: decodes, plain prefills, compressed prefills (batch order within each).
+absl::Status OrderSequences(const Batch& b, HostStep& h) {
+  for (int pass = 0; pass < 3; ++pass) {
+    for (size_t i = 0; i < b.seqs.size(); ++i) {
+      const SequenceStep& st = b.seqs[i];
+      const int kind = st.select ? 2 : (st.tokens.size() == 1 ? 0 : 1);
+      if (kind != pass) continue;
+      if (st.select && st.selection.capacity.empty()) {
+        return absl::UnimplementedError(
+            "adaptive (adakv) selection is not supported on the CUDA worker yet: use another "
+            "policy or --device cpu");
+      }
+      h.order.push_back(static_cast<int32_t>(i));
+      (kind == 0 ? h.num_decode : kind == 1 ? h.num_prefill : h.num_select)++;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// When the batch lists its sequences in internal order and every row holds exactly the
+// blocks of its tokens (the usual case), the batch's index list is the step's as it is:
+// staged straight from the batch instead of copied row by row (millions of entries at
+// batch 256).
+bool SharesIndices(const Batch& b, const HostStep& h, int32_t bs) {
+  if (!b.kv_indptr.empty() && b.kv_indptr[0] != 0) return false;
+  for (size_t k2 = 0; k2 < h.order.size(); ++k2) {
+    if (h.order[k2] != static_cast<int32_t>(k2)) return false;
+  }
+  for (int64_t r = 0; r < b.num_rows(); ++r) {
+    if (b.kv_indptr[r + 1] - b.kv_indptr[r] != (b.kv_len_after[r] + bs - 1) / bs) return false;
+  }
+  return true;
+}
+
+// Page tables of internal sequence k2's rows: after the step, and the paged prefix of plain
+// prefill chunks.
+absl::Status LayOutRows(const Batch& b, int32_t bs, int32_t k2, HostStep& h) {
+  const SequenceStep& st = b.seqs[h.order[k2]];
+  const int32_t T = static_cast<int32_t>(st.tokens.size());
+  const bool is_prefill = k2 >= h.num_decode && k2 < h.num_decode + h.num_prefill;
+  for (int64_t r = b.row(h.order[k2], 0, 0); r < b.row(h.order[k2] + 1, 0, 0); ++r) {
+    const int32_t first = b.kv_indptr[r], nblocks = b.kv_indptr[r + 1] - first;
+    const int32_t after = b.kv_len_after[r], before = b.kv_len_before[r];
+    if (nblocks < 0 || after > nblocks * bs || before > after || before < 0) {
+      return absl::InvalidArgumentError("a row holds too few blocks for its tokens");
+    }
+    const int32_t used_a = (after + bs - 1) / bs, used_b = (before + bs - 1) / bs;
+    if (h.shared_indices) {
+      h.indptr_a.push_back(b.kv_indptr[r + 1]);
+    } else {
+      h.indices_a.insert(h.indices_a.end(), b.kv_indices.begin() + first,
+                         b.kv_indices.begin() + first + used_a);
+      h.indptr_a.push_back(static_cast<int32_t>(h.indices_a.size()));
+    }
+    h.last_a.push_back(after == 0 ? 0 : after - (used_a - 1) * bs);
+    if (is_prefill) {  // The paged prefix of plain prefill chunks (their rows only).
+      h.indices_b.insert(h.indices_b.end(), b.kv_indices.begin() + first,
+                         b.kv_indices.begin() + first + used_b);
+      h.indptr_b.push_back(static_cast<int32_t>(h.indices_b.size()));
+      h.last_b.push_back(before == 0 ? 0 : before - (used_b - 1) * bs);
+    }
+    if (!st.select && after - before != T) {
+      return absl::InvalidArgumentError("a plain row must grow by the step's tokens");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Tokens, chunk offsets, selection caps and rows of internal sequence k2.
+absl::Status LayOutSequence(const Batch& b, const StepLayoutShape& shape, int32_t k2, HostStep& h) {
+  const SequenceStep& st = b.seqs[h.order[k2]];
+  const int64_t rows_per_seq = static_cast<int64_t>(shape.num_layers) * shape.num_kv_heads;
+  h.token_start.push_back(static_cast<int32_t>(h.ids.size()));
+  for (size_t t = 0; t < st.tokens.size(); ++t) {
+    if (st.tokens[t] < 0 || st.tokens[t] >= shape.vocab_size) {
+      return absl::InvalidArgumentError("token outside the vocabulary");
+    }
+    h.ids.push_back(st.tokens[t]);
+    h.pos.push_back(st.start_pos + static_cast<int32_t>(t));
+  }
+  const int32_t T = static_cast<int32_t>(st.tokens.size());
+  if (k2 >= h.num_decode && k2 < h.num_decode + h.num_prefill) {
+    h.cu_prefill.push_back(h.cu_prefill.back() + T);
+    h.max_prefill = std::max(h.max_prefill, T);
+  } else if (k2 >= h.num_decode + h.num_prefill) {
+    h.cu_select.push_back(h.cu_select.back() + T);
+    h.max_select = std::max(h.max_select, T);
+    if (static_cast<int64_t>(st.selection.capacity.size()) != rows_per_seq) {
+      return absl::InvalidArgumentError("selection capacity has the wrong size");
+    }
+    if (st.selection.window < 1 || st.selection.window > T) {
+      return absl::InvalidArgumentError("selection window outside 1..prompt length");
+    }
+    h.caps.insert(h.caps.end(), st.selection.capacity.begin(), st.selection.capacity.end());
+  }
+  return LayOutRows(b, shape.block_size, k2, h);
+}
+
+// Padding decodes (graph steps): token 0 at position 0, empty rows, no KV writes.
+void AppendPadding(const StepLayoutShape& shape, int32_t pad, HostStep& h) {
+  const int64_t rows_per_seq = static_cast<int64_t>(shape.num_layers) * shape.num_kv_heads;
+  for (int32_t p = 0; p < pad; ++p) {
+    h.ids.push_back(0);
+    h.pos.push_back(0);
+    for (int64_t r = 0; r < rows_per_seq; ++r) {
+      h.indptr_a.push_back(h.indptr_a.back());
+      h.last_a.push_back(0);
+    }
+  }
+}
+
+// Slot of each plain token in each (layer, head): [L, total, H]; -1 for compressed prefills
+// and padding.
+void FillSlots(const Batch& b, const StepLayoutShape& shape, HostStep& h) {
+  const int32_t L = shape.num_layers, H = shape.num_kv_heads, bs = shape.block_size;
+  h.slots.assign(static_cast<size_t>(L) * h.total * H, -1);
+  for (int32_t k2 = 0; k2 < h.real_decode + h.num_prefill; ++k2) {
+    const int32_t bi = h.order[k2];
+    const SequenceStep& st = b.seqs[bi];
+    const int32_t ts = h.token_start[k2];
+    for (int32_t l = 0; l < L; ++l) {
+      for (int32_t hh = 0; hh < H; ++hh) {
+        const int64_t r = b.row(bi, l, hh);
+        const BlockId* blocks = &b.kv_indices[b.kv_indptr[r]];
+        for (size_t t = 0; t < st.tokens.size(); ++t) {
+          const int32_t slot = b.kv_len_before[r] + static_cast<int32_t>(t);
+          h.slots[(static_cast<size_t>(l) * h.total + ts + t) * H + hh] =
+              static_cast<int64_t>(blocks[slot / bs]) * bs + slot % bs;
+        }
+      }
+    }
+  }
+}
+
+// Sampled rows: the last token of each sequence that asks for one (every padding row too).
+// Tensor-parallel ranks other than 0 hold the same hidden state and sample nothing: only
+// rank 0's tokens are used, so they skip the LM head (a 1 GB read per step on Llama-3-8B).
+void FillSampleRows(const Batch& b, const StepLayoutShape& shape, HostStep& h) {
+  const int32_t sampling_seqs = shape.tp_rank > 0 ? 0 : h.num_decode + h.num_prefill + h.num_select;
+  for (int32_t k2 = 0; k2 < sampling_seqs; ++k2) {
+    const bool padding = h.graph && k2 >= h.real_decode;
+    if (padding) {
+      h.sample_rows.push_back(HostSamplingRow{});
+      h.sample_seq.push_back(-1);
+      h.sample_token.push_back(k2);
+      continue;
+    }
+    const SequenceStep& st = b.seqs[h.order[k2]];  // padding exists only in graph steps
+    if (!st.sample && !h.graph) continue;
+    HostSamplingRow row;
+    row.temperature = st.sampling.temperature;
+    row.top_k = st.sampling.top_k;
+    row.top_p = st.sampling.top_p;
+    row.uniform = static_cast<float>(SampleUniform(st.sampling.seed, st.sample_step));
+    h.sample_rows.push_back(row);
+    h.sample_seq.push_back(st.sample ? k2 : -1);
+    h.sample_token.push_back(h.token_start[k2] + static_cast<int32_t>(st.tokens.size()) - 1);
+  }
+}
+
+}  // namespace
+
+int32_t GraphBatchFor(int32_t num_seqs, int32_t max_batch) {
+  for (int32_t s : kGraphBatchSizes) {
+    if (s >= num_seqs) return s <= max_batch ? s : 0;
+  }
+  return 0;
+}
+
+absl::StatusOr<HostStep> BuildHostStep(const Batch& b, const StepLayoutShape& shape,
+                                       int32_t graph_batch) {
+  HostStep h;
+  HKV_RETURN_IF_ERROR(OrderSequences(b, h));
+  h.real_decode = h.num_decode;
+  h.batch_indices = &b.kv_indices;
+  h.graph = graph_batch > 0;
+  const int32_t real_seqs = static_cast<int32_t>(h.order.size());
+  const int32_t pad = h.graph ? graph_batch - h.num_decode : 0;
+  h.shared_indices = SharesIndices(b, h, shape.block_size);
+  h.indptr_a.push_back(0);
+  h.indptr_b.push_back(0);
+  h.cu_prefill.push_back(0);
+  h.cu_select.push_back(0);
+  for (int32_t k2 = 0; k2 < real_seqs; ++k2) {
+    HKV_RETURN_IF_ERROR(LayOutSequence(b, shape, k2, h));
+    if (k2 + 1 == h.num_decode && pad > 0) AppendPadding(shape, pad, h);
+  }
+  if (h.graph) {
+    // Graph steps are decode-only, so no real sequence follows the padding.
+    for (int32_t p = 0; p < pad; ++p) h.token_start.push_back(h.real_decode + p);
+    h.num_decode += pad;
+  }
+  h.total = static_cast<int32_t>(h.ids.size());
+  h.plain_tokens = h.total - h.cu_select.back();
+  FillSlots(b, shape, h);
+  FillSampleRows(b, shape, h);
+  return h;
+}
+
+}  // namespace hkv

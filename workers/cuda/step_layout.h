@@ -1,0 +1,81 @@
+#pragma once
+// The CUDA worker's host step layout: how one Batch becomes the flat arrays the kernels read.
+// Host only (no CUDA include), so CPU-only builds test it field by field.
+//
+// Sequences run in internal order: decodes (one token), then plain prefill chunks, then
+// compressed prefills (select); a graph step appends padding decodes up to its graph size.
+//
+//   ids/pos      [total]            tokens in internal order (padding: token 0 at position 0)
+//   indptr_a     [rows + 1]         CSR over blocks after the step, rows (seq, layer, kv_head)
+//   last_a       [rows]             tokens in each row's last block after the step
+//   indptr_b/..  [prefill rows]     the paged prefix before the step, plain prefills only
+//   cu_prefill   [prefills + 1]     token offsets of plain prefill chunks
+//   cu_select    [selects + 1]      token offsets of compressed prefills
+//   caps         [selects, L, H]    selection capacity per (layer, kv_head)
+//   slots        [L, total, H]      KV slot of each plain token (-1: none)
+//   sample_*     [sampled rows]     which rows are sampled, and with what parameters
+//
+// Thread-compatible: a HostStep is built and read by the worker's thread.
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/batch.h"
+#include "model/model_config.h"
+
+namespace hkv {
+
+// Sampling parameters of one sampled row, in kernels::SamplingRow's layout.
+struct HostSamplingRow {
+  float temperature = 0.0f;
+  int32_t top_k = 0;  // 0: off
+  float top_p = 1.0f;
+  float uniform = 0.0f;
+};
+
+// One step as the host builds it (see the header comment for the arrays).
+struct HostStep {
+  bool graph = false;
+  int32_t num_decode = 0, num_prefill = 0, num_select = 0;  // num_decode includes padding
+  int32_t real_decode = 0;
+  int32_t total = 0;         // tokens (padding included)
+  int32_t plain_tokens = 0;  // tokens of decodes and plain prefills
+  int32_t max_prefill = 0, max_select = 0;
+  std::vector<int32_t> order;        // internal -> batch index (real sequences only)
+  std::vector<int32_t> token_start;  // per internal sequence
+  std::vector<int32_t> ids, pos, indptr_a, indices_a, last_a, indptr_b, indices_b, last_b,
+      cu_prefill, cu_select, caps;
+  std::vector<int64_t> slots;   // [L, total, H]
+  bool shared_indices = false;  // indices_a is the batch's kv_indices
+  const std::vector<BlockId>* batch_indices = nullptr;
+  std::vector<int32_t> sample_seq, sample_token;
+  std::vector<HostSamplingRow> sample_rows;
+};
+
+// Shapes a step layout needs: the worker's (one rank's) model shapes and pool.
+struct StepLayoutShape {
+  int32_t num_layers = 0;
+  int32_t num_kv_heads = 0;
+  int32_t vocab_size = 0;
+  int32_t block_size = 16;
+  // Tensor-parallel rank: ranks other than 0 sample nothing (rank 0's tokens are used).
+  int32_t tp_rank = 0;
+};
+
+// Padded decode batch sizes with a graph (vLLM's choice of steps, up to 256).
+inline constexpr int32_t kGraphBatchSizes[] = {1,  2,  4,  8,   16,  24,  32,  48,
+                                               64, 80, 96, 128, 160, 192, 224, 256};
+
+// The graph size a decode-only step of `num_seqs` sequences replays, or 0 (eager) when it
+// is above `max_batch` or every graph size.
+int32_t GraphBatchFor(int32_t num_seqs, int32_t max_batch);
+
+// Lays out `batch` (already this worker's rows and block ids). `graph_batch` > 0 pads a
+// decode-only step to that many sequences. INVALID_ARGUMENT for tokens outside the vocabulary,
+// rows with too few blocks, or bad selections; UNIMPLEMENTED for adaptive selections.
+// REQUIRES: the batch's CSR sizes match its shape (ValidateBatchShape).
+absl::StatusOr<HostStep> BuildHostStep(const Batch& batch, const StepLayoutShape& shape,
+                                       int32_t graph_batch);
+
+}  // namespace hkv

@@ -1,0 +1,119 @@
+#include <algorithm>
+
+#include "kernels/decode_attention.h"
+#include "kernels/sampling.h"
+#include "workers/cuda/cuda_worker_state.h"
+
+namespace hkv {
+namespace {
+
+namespace k = ::hkv::kernels;
+using cuda_internal::DeviceStep;
+using cuda_internal::SliceBytes;
+using cuda_internal::StepInputs;
+
+// The host layout's sampling rows as the sampling kernel reads them (same fields, same size).
+const k::SamplingRow* PutSamplingRows(const std::vector<HostSamplingRow>& rows, StepInputs* in) {
+  static_assert(sizeof(HostSamplingRow) == sizeof(k::SamplingRow));
+  k::SamplingRow* host = nullptr;
+  const k::SamplingRow* dev = in->Take<k::SamplingRow>(rows.size(), &host);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    host[i].temperature = rows[i].temperature;
+    host[i].top_k = rows[i].top_k;
+    host[i].top_p = rows[i].top_p;
+    host[i].uniform = rows[i].uniform;
+  }
+  return dev;
+}
+
+}  // namespace
+
+k::DecodePlanOptions CudaWorker::State::DecodeOptionsFor(const HostStep& h) const {
+  k::DecodePlanOptions o;
+  o.max_rows = std::max(1, h.num_decode * cfg.num_kv_heads);
+  // Graph steps launch every possible work item (most exit at once): keep that bound close to
+  // what the planner uses at small batches (a few items per SM).
+  o.max_work_items = o.max_rows + (h.graph ? std::min(1024, 4 * num_sms) : 1024);
+  o.group_size = cfg.group_size();
+  o.head_dim = cfg.head_dim;
+  o.num_sms = num_sms;
+  o.fixed_grid = h.graph;
+  return o;
+}
+
+size_t CudaWorker::State::StageBytes(const HostStep& h, const k::DecodePlanOptions& decode) const {
+  const int32_t L = cfg.num_layers;
+  size_t bytes =
+      SliceBytes<int32_t>(h.ids.size()) + SliceBytes<int32_t>(h.pos.size()) +
+      SliceBytes<k::SamplingRow>(h.sample_rows.size()) +
+      SliceBytes<int32_t>(h.sample_token.size()) + SliceBytes<int64_t>(h.slots.size()) +
+      SliceBytes<int32_t>(h.last_a.size()) + SliceBytes<int32_t>(h.indptr_a.size()) +
+      SliceBytes<int32_t>(h.last_b.size()) + SliceBytes<int32_t>(h.indptr_b.size()) +
+      SliceBytes<int32_t>(h.cu_prefill.size()) + SliceBytes<int32_t>(h.cu_select.size()) +
+      SliceBytes<int32_t>(h.caps.size()) + SliceBytes<int32_t>(h.indices_b.size()) +
+      SliceBytes<int32_t>(h.shared_indices ? h.batch_indices->size() : h.indices_a.size());
+  if (h.num_decode > 0) bytes += L * SliceBytes<int32_t>(k::DecodeMetaInts(decode));
+  return bytes;
+}
+
+// The order of the slices is fixed, and variable-length ones come last, so a graph step of a
+// given batch size always finds its inputs at the same addresses.
+absl::StatusOr<DeviceStep> CudaWorker::State::Stage(const HostStep& h,
+                                                    const k::DecodePlanOptions& decode,
+                                                    StepInputs* in) const {
+  const ModelConfig& c = cfg;
+  const int32_t L = c.num_layers, H = c.num_kv_heads;
+  DeviceStep d;
+  d.ids = in->Put(h.ids);
+  d.pos = in->Put(h.pos);
+  d.sample_rows = PutSamplingRows(h.sample_rows, in);
+  d.sample_token = in->Put(h.sample_token);
+  d.slots = in->Put(h.slots);
+  d.last_a = in->Put(h.last_a);
+  d.indptr_a = in->Put(h.indptr_a);
+  d.last_b = in->Put(h.last_b);
+  d.indptr_b = in->Put(h.indptr_b);
+  d.cu_prefill = in->Put(h.cu_prefill);
+  d.cu_select = in->Put(h.cu_select);
+  d.caps = in->Put(h.caps);
+  if (h.num_decode > 0) {
+    const size_t meta_ints = k::DecodeMetaInts(decode);
+    const int64_t rows_per_seq = static_cast<int64_t>(L) * H;
+    std::vector<int32_t> row_ids(static_cast<size_t>(h.real_decode) * H);
+    d.plans.resize(L);
+    int32_t base = -1;
+    const int32_t* base_meta = nullptr;
+    for (int32_t l = 0; l < L; ++l) {
+      for (int32_t s = 0; s < h.real_decode; ++s) {
+        for (int32_t hh = 0; hh < H; ++hh) {
+          row_ids[s * H + hh] = static_cast<int32_t>(s * rows_per_seq + l * H + hh);
+        }
+      }
+      int32_t* host_meta = nullptr;
+      d.plans[l].device_meta = in->Take<int32_t>(meta_ints, &host_meta);
+      // Layers whose heads hold the same lengths as the last planned layer (every layer under
+      // full KV) reuse its work list with their own blocks.
+      if (base >= 0 &&
+          k::RebaseDecodePlan(d.plans[base], base_meta, h.indptr_a.data(), h.last_a.data(),
+                              options.block_size, row_ids.data(), host_meta)) {
+        const int32_t* device_meta = d.plans[l].device_meta;
+        d.plans[l] = d.plans[base];
+        d.plans[l].row_lengths.clear();
+        d.plans[l].device_meta = device_meta;
+      } else {
+        const cudaError_t e =
+            k::BuildDecodePlan(decode, h.indptr_a.data(), h.last_a.data(), h.real_decode * H,
+                               options.block_size, row_ids.data(), host_meta, &d.plans[l]);
+        if (e != cudaSuccess) return absl::InvalidArgumentError("malformed decode page table");
+        base = l;
+        base_meta = host_meta;
+      }
+      d.plans[l].workspace = decode_ws.get();
+    }
+  }
+  d.indices_b = in->Put(h.indices_b);
+  d.indices_a = in->Put(h.shared_indices ? *h.batch_indices : h.indices_a);
+  return d;
+}
+
+}  // namespace hkv
