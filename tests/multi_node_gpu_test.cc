@@ -19,9 +19,9 @@
 
 #include "common/paths.h"
 #include "gtest/gtest.h"
+#include "server/tcp_socket.h"
 #include "tests/health_client.h"
 #include "tests/server_test_util.h"
-#include "workers/tcp_socket.h"
 
 namespace hkv::testing {
 namespace {
