@@ -54,9 +54,20 @@ class ClientEnd : public StepConnection::Impl {
       finished_ = true;
       status = stream_->Finish();
     }
-    inbox_.Close(status.ok() ? absl::UnavailableError("the leader closed the connection")
-                             : absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                                            status.error_message()));
+    inbox_.Close(CloseStatus(status));
+  }
+
+  // Node 0's refusals keep their code (a group that never formed); anything else means node 0
+  // went away or the connection broke, which is UNAVAILABLE whatever gRPC called it.
+  static absl::Status CloseStatus(const grpc::Status& s) {
+    if (s.ok()) return absl::UnavailableError("the leader closed the connection");
+    const auto code = static_cast<absl::StatusCode>(s.error_code());
+    if (code == absl::StatusCode::kFailedPrecondition ||
+        code == absl::StatusCode::kInvalidArgument) {
+      return absl::Status(code, s.error_message());
+    }
+    return absl::UnavailableError(
+        absl::StrCat("the connection to the leader broke: ", s.error_message()));
   }
 
   std::shared_ptr<grpc::Channel> channel_;

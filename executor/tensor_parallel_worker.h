@@ -6,7 +6,7 @@
 // NCCL (workers/nccl_communicator.h). Threads rather than processes: the engine stays a single
 // scheduler whose batch every rank reads in place, with no serialization or IPC of steps, and
 // NCCL works the same between threads as between processes. (Ranks on other nodes join over
-// TCP: executor/dist_bootstrap.h.)
+// a gRPC stream: executor/multi_node_group.h.)
 //
 // A step runs on all ranks at once; each computes its KV heads' attention and its slice of the
 // MLP, and the row-parallel layers all-reduce. Every rank then holds the same hidden state;
