@@ -190,8 +190,12 @@ class TransportServer {
     for (auto& link : rendezvous_.Close()) {
       if (link != nullptr) link->Release(grpc::Status::OK);
     }
-    // Strays still waiting for their first read are cancelled at the deadline.
-    if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
+    // Calls that have ended still deliver what was written to them (a kStop, a kError, a
+    // refusal's status) within the grace period; strays still waiting for their first message
+    // are cancelled at its end.
+    if (server_ != nullptr) {
+      server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    }
   }
 
   // Listens on every interface at `port`, retrying while the port is in use.
