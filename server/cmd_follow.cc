@@ -1,6 +1,6 @@
 // `hkv serve` on nodes 1..N-1 of a multi-node group (--world-size > 1, --rank > 0): no gRPC
 // server, no engine; this node's GPUs run the steps node 0's engine sends
-// (workers/multi_node_group.h). The process exits when the group ends: 0 when node 0 stopped it
+// (executor/multi_node_group.h). The process exits when the group ends: 0 when node 0 stopped it
 // (node 0 drained and exited), 3 when it broke (node 0 vanished, a GPU or NCCL failed), so that
 // Kubernetes (LeaderWorkerSet, RecreateGroupOnRestart) restarts the whole group; 1 when it
 // could not form. On SIGTERM/SIGINT it keeps running node 0's steps while node 0 drains (pods of

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "common/sampling_params.h"
+#include "executor/dist_bootstrap.h"
 #include "server/server_config.h"
-#include "workers/dist_bootstrap.h"
 
 namespace hkv {
 

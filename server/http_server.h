@@ -21,7 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "workers/tcp_socket.h"
+#include "server/tcp_socket.h"
 
 namespace hkv {
 

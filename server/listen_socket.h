@@ -8,7 +8,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "workers/tcp_socket.h"
+#include "server/tcp_socket.h"
 
 namespace hkv {
 

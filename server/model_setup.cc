@@ -22,11 +22,11 @@
 #ifdef HKV_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include "executor/multi_node_group.h"
+#include "executor/tensor_parallel_worker.h"
 #include "headkv/head_budget_planner.h"
 #include "headkv/rank_assignment.h"
 #include "workers/cuda/cuda_worker.h"
-#include "workers/multi_node_group.h"
-#include "workers/tensor_parallel_worker.h"
 #endif
 
 namespace hkv {

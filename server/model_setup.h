@@ -7,12 +7,12 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "model/model_config.h"
+#include "executor/dist_bootstrap.h"
 #include "server/engine.h"
 #include "server/server_config.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
-#include "workers/dist_bootstrap.h"
+#include "model/model_config.h"
 #include "workers/worker.h"
 
 namespace hkv {
@@ -63,13 +63,13 @@ struct EngineBundle {
   std::unique_ptr<Engine> engine;
 };
 // A multi-node `layout` (world_size > 1) makes this node 0 of the group: it waits for the other
-// nodes (workers/multi_node_group.h) and its engine schedules for all of them.
+// nodes (executor/multi_node_group.h) and its engine schedules for all of them.
 absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& config,
                                          const DistLayout& layout = DistLayout());
 
 // Nodes 1..N-1 of a multi-node group: loads the model, joins node 0 and runs the steps it sends
 // until it stops the group (OK) or the group breaks (the error). Blocks.
-// `on_broken` as for FollowMultiNodeGroup (workers/multi_node_group.h).
+// `on_broken` as for FollowMultiNodeGroup (executor/multi_node_group.h).
 absl::Status RunFollowerNode(const ServerConfig& config, const DistLayout& layout,
                              const std::function<void(const absl::Status&)>& on_broken = {});
 

@@ -12,12 +12,12 @@
 #include <fstream>
 
 #include "common/paths.h"
+#include "executor/tensor_parallel_worker.h"
 #include "gtest/gtest.h"
 #include "model/hf_loader.h"
 #include "nlohmann/json.hpp"
 #include "workers/cpu/cpu_worker.h"
 #include "workers/cuda/cuda_worker.h"
-#include "workers/tensor_parallel_worker.h"
 #include "workers/test_batch_builder.h"
 
 namespace hkv {

@@ -1,5 +1,5 @@
 // Multi-node tensor parallelism with real processes: two `hkv serve` processes on one machine,
-// one GPU each (CUDA_VISIBLE_DEVICES), form a TP=2 group over TCP and NCCL exactly as two
+// one GPU each (CUDA_VISIBLE_DEVICES), form a TP=2 group over gRPC and NCCL exactly as two
 // LeaderWorkerSet pods would. Checks that the group serves what a single process with the same
 // two GPUs serves (greedy tokens and kept-KV counts equal: a 2-rank bf16 all-reduce adds the same
 // two numbers either way), and the faults: node 0 draining stops node 1 cleanly (node 1 serves on
@@ -19,9 +19,9 @@
 
 #include "common/paths.h"
 #include "gtest/gtest.h"
+#include "server/tcp_socket.h"
 #include "tests/health_client.h"
 #include "tests/server_test_util.h"
-#include "workers/tcp_socket.h"
 
 namespace hkv::testing {
 namespace {

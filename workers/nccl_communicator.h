@@ -5,7 +5,7 @@
 // Two ways to form a group:
 //   - one process, one thread per GPU: CreateAll(devices) (ncclCommInitAll);
 //   - one process per node (Kubernetes LeaderWorkerSet): node 0 makes NewUniqueId(), sends it to
-//     the others (workers/multi_node_group.h), and every process calls CreateGroup() for its
+//     the others (executor/multi_node_group.h), and every process calls CreateGroup() for its
 //     GPUs (or Create() for one rank).
 // Collectives are enqueued on the caller's stream (and may be captured in a CUDA graph); WaitFor()
 // replaces cudaStreamSynchronize: it polls the stream and NCCL's asynchronous error, and on an

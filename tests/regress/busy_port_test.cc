@@ -13,8 +13,8 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "server/tcp_socket.h"
 #include "tests/server_test_util.h"
-#include "workers/tcp_socket.h"
 
 namespace hkv::testing {
 namespace {

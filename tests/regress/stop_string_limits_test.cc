@@ -11,11 +11,11 @@
 #include <vector>
 
 #include "block_manager/kv_cache_manager.h"
+#include "executor/step_codec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "scheduler/scheduler.h"
 #include "tests/server_test_util.h"
-#include "workers/step_codec.h"
 
 namespace hkv::testing {
 namespace {

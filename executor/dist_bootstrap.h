@@ -1,7 +1,7 @@
 #pragma once
 // Where this process sits in a multi-node tensor-parallel group: node 0's address, the number
 // of nodes and this node's index, from flags or the environment Kubernetes LeaderWorkerSet sets.
-// The nodes then join over TCP (workers/step_channel.h). Thread-safe (pure functions).
+// The nodes then join over a gRPC stream (executor/step_channel.h). Thread-safe (pure functions).
 
 #include <cstdint>
 #include <cstdlib>

@@ -1,4 +1,4 @@
-#include "workers/multi_node_worker.h"
+#include "executor/multi_node_worker.h"
 
 #include <algorithm>
 #include <chrono>
@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "workers/step_codec.h"
+#include "executor/step_codec.h"
 
 namespace hkv {
 

@@ -6,7 +6,7 @@
 // NCCL (workers/nccl_communicator.h). Threads rather than processes: the engine stays a single
 // scheduler whose batch every rank reads in place, with no serialization or IPC of steps, and
 // NCCL works the same between threads as between processes. (Ranks on other nodes join over
-// TCP: workers/dist_bootstrap.h.)
+// a gRPC stream: executor/multi_node_group.h.)
 //
 // A step runs on all ranks at once; each computes its KV heads' attention and its slice of the
 // MLP, and the row-parallel layers all-reduce. Every rank then holds the same hidden state;
@@ -19,7 +19,7 @@
 // fails requests with UNAVAILABLE and turns NOT_SERVING).
 //
 // A group may also span processes (one per node): each process holds some of the ranks, node 0's
-// engine sends it every step (workers/multi_node_worker.h), and only rank 0 has the LM head.
+// engine sends it every step (executor/multi_node_worker.h), and only rank 0 has the LM head.
 //
 // Thread-compatible: one Execute at a time (the engine thread).
 
@@ -38,7 +38,7 @@ struct TensorParallelOptions {
   CudaWorkerOptions base;             // device and tp are set per rank
   std::vector<int32_t> devices;       // local rank i runs on devices[i]
   HeadRankAssignment placement;       // KV heads of each rank; head_of_slot empty: contiguous
-  // A group that spans processes (workers/multi_node_group.h): this process holds ranks
+  // A group that spans processes (executor/multi_node_group.h): this process holds ranks
   // first_rank .. first_rank + devices.size() - 1 of world_ranks, joined by the NCCL id that
   // node 0 made. world_ranks 0: a group of this process alone (devices.size() ranks).
   int32_t first_rank = 0;

@@ -1,4 +1,4 @@
-#include "workers/tensor_parallel_worker.h"
+#include "executor/tensor_parallel_worker.h"
 
 #include <atomic>
 #include <condition_variable>

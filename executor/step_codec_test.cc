@@ -2,7 +2,7 @@
 // bytes (truncated anywhere, a bad tag, trailing bytes, a page table that does not fit) are
 // DATA_LOSS rather than a crash.
 
-#include "workers/step_codec.h"
+#include "executor/step_codec.h"
 
 #include "gtest/gtest.h"
 

@@ -4,7 +4,7 @@
 // devices shard by shard, so TP=2 holds exactly the TP=1 model. bf16 all-reduces change the
 // rounding of the row-parallel sums: logits agree to a relative L2 error of ~1e-2.
 
-#include "workers/tensor_parallel_worker.h"
+#include "executor/tensor_parallel_worker.h"
 
 #include <cuda_runtime.h>
 

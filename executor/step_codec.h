@@ -1,6 +1,6 @@
 #pragma once
 // Byte encoding of one engine step (common/batch.h) and of a rank's answer, for tensor-parallel
-// ranks in other processes (workers/multi_node_worker.h).
+// ranks in other processes (executor/multi_node_worker.h).
 //
 // Format: fixed-width little-endian integers and IEEE floats; every vector is a uint64 length
 // followed by its elements. Page tables are sent as changes against the previous step

@@ -1,4 +1,4 @@
-#include "workers/dist_bootstrap.h"
+#include "executor/dist_bootstrap.h"
 
 #include <cstdint>
 

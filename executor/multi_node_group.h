@@ -4,7 +4,7 @@
 //
 // Node 0 (the leader) runs the engine; nodes 1..N-1 (followers) run only their GPUs' ranks. Each
 // node holds tensor_parallel_size / N consecutive ranks (node k: ranks k*G .. k*G + G - 1 on
-// its GPUs 0..G-1). Setup, over the step connections (workers/step_channel.h):
+// its GPUs 0..G-1). Setup, over the step connections (executor/step_channel.h):
 //   1. followers connect to the leader and join (same protocol version, world size and
 //      configuration fingerprint);
 //   2. leader -> followers kSetup: a fresh NCCL id and the head placement (chosen on node 0
@@ -12,7 +12,7 @@
 //   3. every node creates its ranks, whose NCCL communicators join across nodes;
 //   4. followers -> leader kReady: blocks per rank their GPUs can hold; leader -> followers
 //      kStart: the smallest, which every rank then uses (the engine's pool is ranks x that);
-//   5. steps (workers/multi_node_worker.h) until the leader sends kStop.
+//   5. steps (executor/multi_node_worker.h) until the leader sends kStop.
 // A node that fails during setup sends kError to the other side, which fails too.
 
 #include <functional>
@@ -22,9 +22,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "workers/dist_bootstrap.h"
-#include "workers/multi_node_worker.h"
-#include "workers/tensor_parallel_worker.h"
+#include "executor/dist_bootstrap.h"
+#include "executor/multi_node_worker.h"
+#include "executor/tensor_parallel_worker.h"
 
 namespace hkv {
 

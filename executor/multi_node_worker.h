@@ -3,7 +3,7 @@
 // follower nodes and runs it on its own ranks, and the followers' loop.
 //
 // One engine (on node 0) schedules for the whole group. Each step goes to every follower over its
-// StepConnection (workers/step_channel.h) before node 0 runs it, so that all ranks enter the
+// StepConnection (executor/step_channel.h) before node 0 runs it, so that all ranks enter the
 // step's NCCL collectives together; each node then runs the step on its local ranks (a
 // TensorParallelWorker, or any Worker), and each follower answers with its result. Rank 0 (on
 // node 0) holds the LM head: its tokens are the step's. Kept counts of compressed prefills are
@@ -26,8 +26,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "workers/step_channel.h"
-#include "workers/step_codec.h"
+#include "executor/step_channel.h"
+#include "executor/step_codec.h"
 #include "workers/worker.h"
 
 namespace hkv {
@@ -37,7 +37,7 @@ class StepWatch;
 class MultiNodeWorker : public Worker {
  public:
   // `local`: node 0's ranks; `followers`: the connections to nodes 1..N-1 (after the group's
-  // setup, see workers/multi_node_group.h).
+  // setup, see executor/multi_node_group.h).
   MultiNodeWorker(std::unique_ptr<Worker> local,
                   std::vector<std::unique_ptr<StepConnection>> followers,
                   absl::Duration step_timeout);

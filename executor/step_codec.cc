@@ -1,4 +1,4 @@
-#include "workers/step_codec.h"
+#include "executor/step_codec.h"
 
 #include <algorithm>
 #include <bit>

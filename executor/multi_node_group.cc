@@ -1,12 +1,12 @@
-#include "workers/multi_node_group.h"
+#include "executor/multi_node_group.h"
 
 #include <algorithm>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "executor/step_codec.h"
 #include "workers/nccl_communicator.h"
-#include "workers/step_codec.h"
 
 namespace hkv {
 namespace {

@@ -1,6 +1,6 @@
 // Multi-node layout: where this node sits, from flags and LeaderWorkerSet's environment.
 
-#include "workers/dist_bootstrap.h"
+#include "executor/dist_bootstrap.h"
 
 #include <map>
 #include <string>
