@@ -175,6 +175,34 @@ absl::StatusOr<std::vector<uint8_t>> BatchEncoder::Encode(const Batch& b) {
   return w.Take();
 }
 
+namespace {
+
+// Reads one sequence's step fields, in EncodeBatch's order.
+absl::Status ReadSequenceStep(Reader* r, SequenceStep* s) {
+  HKV_RETURN_IF_ERROR(r->Get(&s->id));
+  HKV_RETURN_IF_ERROR(r->GetVector(&s->tokens));
+  HKV_RETURN_IF_ERROR(r->Get(&s->start_pos));
+  HKV_RETURN_IF_ERROR(r->GetBool(&s->sample));
+  HKV_RETURN_IF_ERROR(r->Get(&s->sample_step));
+  StepSampling& p = s->sampling;
+  HKV_RETURN_IF_ERROR(r->Get(&p.temperature));
+  HKV_RETURN_IF_ERROR(r->Get(&p.top_k));
+  HKV_RETURN_IF_ERROR(r->Get(&p.top_p));
+  HKV_RETURN_IF_ERROR(r->Get(&p.seed));
+  HKV_RETURN_IF_ERROR(r->GetBool(&s->select));
+  KvSelectionSpec& k = s->selection;
+  HKV_RETURN_IF_ERROR(r->Get(&k.window));
+  HKV_RETURN_IF_ERROR(r->Get(&k.pool_kernel));
+  HKV_RETURN_IF_ERROR(r->GetVector(&k.capacity));
+  HKV_RETURN_IF_ERROR(r->GetVector(&k.layer_budget));
+  HKV_RETURN_IF_ERROR(r->Get(&k.adaptive_floor_fraction));
+  HKV_RETURN_IF_ERROR(r->GetVector(&s->layer_block_indptr));
+  HKV_RETURN_IF_ERROR(r->GetVector(&s->layer_blocks));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<Batch> BatchDecoder::Decode(absl::Span<const uint8_t> bytes) {
   Reader r(bytes);
   uint32_t tag = 0;
@@ -188,25 +216,7 @@ absl::StatusOr<Batch> BatchDecoder::Decode(absl::Span<const uint8_t> bytes) {
   HKV_RETURN_IF_ERROR(r.GetCount(/*min_bytes=*/64, &n));
   b.seqs.resize(n);
   for (SequenceStep& s : b.seqs) {
-    HKV_RETURN_IF_ERROR(r.Get(&s.id));
-    HKV_RETURN_IF_ERROR(r.GetVector(&s.tokens));
-    HKV_RETURN_IF_ERROR(r.Get(&s.start_pos));
-    HKV_RETURN_IF_ERROR(r.GetBool(&s.sample));
-    HKV_RETURN_IF_ERROR(r.Get(&s.sample_step));
-    StepSampling& p = s.sampling;
-    HKV_RETURN_IF_ERROR(r.Get(&p.temperature));
-    HKV_RETURN_IF_ERROR(r.Get(&p.top_k));
-    HKV_RETURN_IF_ERROR(r.Get(&p.top_p));
-    HKV_RETURN_IF_ERROR(r.Get(&p.seed));
-    HKV_RETURN_IF_ERROR(r.GetBool(&s.select));
-    KvSelectionSpec& k = s.selection;
-    HKV_RETURN_IF_ERROR(r.Get(&k.window));
-    HKV_RETURN_IF_ERROR(r.Get(&k.pool_kernel));
-    HKV_RETURN_IF_ERROR(r.GetVector(&k.capacity));
-    HKV_RETURN_IF_ERROR(r.GetVector(&k.layer_budget));
-    HKV_RETURN_IF_ERROR(r.Get(&k.adaptive_floor_fraction));
-    HKV_RETURN_IF_ERROR(r.GetVector(&s.layer_block_indptr));
-    HKV_RETURN_IF_ERROR(r.GetVector(&s.layer_blocks));
+    HKV_RETURN_IF_ERROR(ReadSequenceStep(&r, &s));
   }
   std::vector<uint32_t> reuse, tail_len;
   std::vector<BlockId> tails;
