@@ -41,8 +41,8 @@ std::string NormalizeAnswer(std::string_view text) {
     stripped.push_back(static_cast<char>(std::tolower(u)));
   }
   std::vector<std::string> words;
-  for (absl::string_view w : absl::StrSplit(stripped, absl::ByAnyChar(" \t\n\r\f\v"),
-                                           absl::SkipEmpty())) {
+  for (absl::string_view w :
+       absl::StrSplit(stripped, absl::ByAnyChar(" \t\n\r\f\v"), absl::SkipEmpty())) {
     if (!IsArticle(w)) words.emplace_back(w.data(), w.size());
   }
   return absl::StrJoin(words, " ");

@@ -4,8 +4,8 @@
 #include <cmath>
 #include <utility>
 
-#include "common/logging.h"
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 #include "nlohmann/json.hpp"
 
 namespace hkv {
@@ -19,9 +19,9 @@ absl::StatusOr<int32_t> PromptLen(int32_t layer, int32_t num_layers, int32_t num
         absl::StrCat("layer ", layer, " is outside [0, ", num_layers, ")"));
   }
   if (num_rows == 0 || num_rows % num_q_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "got ", num_rows, " attention weights, not num_q_heads (", num_q_heads,
-        ") x prompt_len (>= 1)"));
+    return absl::InvalidArgumentError(absl::StrCat("got ", num_rows,
+                                                   " attention weights, not num_q_heads (",
+                                                   num_q_heads, ") x prompt_len (>= 1)"));
   }
   return static_cast<int32_t>(num_rows / num_q_heads);
 }
@@ -58,13 +58,12 @@ absl::Status R2ProbeScorer::AddStep(int32_t layer, absl::Span<const float> rows)
   const int32_t top = std::min(n, prompt_len);  // torch.topk would fail; take every position.
   order_.resize(prompt_len);
   for (int32_t h = 0; h < num_q_heads_; ++h) {
-    const absl::Span<const float> row = rows.subspan(static_cast<size_t>(h) * prompt_len,
-                                                     prompt_len);
+    const absl::Span<const float> row =
+        rows.subspan(static_cast<size_t>(h) * prompt_len, prompt_len);
     for (int32_t p = 0; p < prompt_len; ++p) order_[p] = p;
-    std::partial_sort(order_.begin(), order_.begin() + top, order_.end(),
-                      [&row](int32_t a, int32_t b) {
-                        return row[a] != row[b] ? row[a] > row[b] : a < b;
-                      });
+    std::partial_sort(
+        order_.begin(), order_.begin() + top, order_.end(),
+        [&row](int32_t a, int32_t b) { return row[a] != row[b] ? row[a] > row[b] : a < b; });
     double sum = 0.0;
     for (int32_t k = 0; k < top; ++k) {
       const int32_t p = order_[k];
@@ -112,8 +111,8 @@ HeadScoreTable::HeadScoreTable(int32_t num_layers, int32_t num_heads)
 
 absl::Status HeadScoreTable::AddProbe(absl::Span<const double> scores) {
   if (scores.size() != per_head_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("probe has ", scores.size(),
-                                                   " head scores, expected ", per_head_.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("probe has ", scores.size(), " head scores, expected ", per_head_.size()));
   }
   for (size_t i = 0; i < scores.size(); ++i) {
     if (!std::isfinite(scores[i]) || scores[i] < 0) {

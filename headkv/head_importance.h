@@ -29,7 +29,8 @@ struct AnswerSpan {
 };
 
 // Attention rows handed to AddStep, row-major:
-//   rows[h * prompt_len + p] = weight of query head h on prompt position p   [num_q_heads, prompt_len]
+//   rows[h * prompt_len + p] = weight of query head h on prompt position p   [num_q_heads,
+//   prompt_len]
 
 class R2ProbeScorer {
  public:
