@@ -3,6 +3,10 @@
 // SQuAD `qa_f1_score`), ROUGE-1 recall (Retrieval-head acceptance) and exact match, all over the
 // same SQuAD normalisation.
 //
+// NOTE: Wu et al. score ROUGE-1 with rouge_score's tokenizer (non-alphanumerics split words,
+// articles kept); the issue asks for the SQuAD normalisation here, so the two can differ on
+// answers containing a/an/the or joined punctuation.
+//
 // Pure functions; thread-compatible.
 
 #include <string>

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace hkv {
@@ -24,6 +25,16 @@ absl::StatusOr<int32_t> PromptLen(int32_t layer, int32_t num_layers, int32_t num
                                                    num_q_heads, ") x prompt_len (>= 1)"));
   }
   return static_cast<int32_t>(num_rows / num_q_heads);
+}
+
+// NaN would break partial_sort's strict weak ordering, so it is refused up front.
+absl::Status CheckFinite(absl::Span<const float> rows) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (!std::isfinite(rows[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("attention weight ", i, " is not finite"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 void CheckShape(int32_t num_layers, int32_t num_q_heads, AnswerSpan span) {
@@ -53,6 +64,7 @@ R2ProbeScorer::R2ProbeScorer(int32_t num_layers, int32_t num_q_heads, AnswerSpan
 absl::Status R2ProbeScorer::AddStep(int32_t layer, absl::Span<const float> rows) {
   absl::StatusOr<int32_t> len = PromptLen(layer, num_layers_, num_q_heads_, rows.size());
   if (!len.ok()) return len.status();
+  HKV_RETURN_IF_ERROR(CheckFinite(rows));
   const int32_t prompt_len = *len;
   const int32_t n = span_.size();
   const int32_t top = std::min(n, prompt_len);  // torch.topk would fail; take every position.
@@ -87,6 +99,7 @@ RProbeScorer::RProbeScorer(int32_t num_layers, int32_t num_q_heads, AnswerSpan s
 absl::Status RProbeScorer::AddStep(int32_t layer, absl::Span<const float> rows, int32_t token) {
   absl::StatusOr<int32_t> len = PromptLen(layer, num_layers_, num_q_heads_, rows.size());
   if (!len.ok()) return len.status();
+  HKV_RETURN_IF_ERROR(CheckFinite(rows));
   const int32_t prompt_len = *len;
   if (prompt_len != static_cast<int32_t>(prompt_ids_.size())) {
     return absl::InvalidArgumentError(absl::StrCat("attention rows cover ", prompt_len,

@@ -9,6 +9,9 @@
 // R (Wu et al.'s retrieval heads): +1/N when the top-1 position is inside the span and the
 // generated token equals the prompt token there.
 //
+// NOTE: HeadKV's code ranks the whole row (prompt and the tokens generated so far); the issue
+// ranks prompt positions only, so rows here cover the prompt and generated tokens never compete.
+//
 // Thread-compatible: each object has no shared state; use one per probe per thread.
 
 #include <cstdint>
@@ -37,8 +40,8 @@ class R2ProbeScorer {
   // REQUIRES: num_layers >= 1, num_q_heads >= 1, 0 <= span.begin < span.end.
   R2ProbeScorer(int32_t num_layers, int32_t num_q_heads, AnswerSpan span);
 
-  // Adds one decode step of `layer`. INVALID_ARGUMENT for a bad layer or a row count that is not
-  // num_q_heads x prompt_len (prompt_len >= 1). A span past the prompt keeps N = span.size().
+  // Adds one decode step of `layer`. INVALID_ARGUMENT for a bad layer, a non-finite weight, or a
+  // row count that is not num_q_heads x prompt_len (>= 1). A span past the prompt keeps N.
   absl::Status AddStep(int32_t layer, absl::Span<const float> rows);
 
   // The accumulated scores, [num_layers * num_q_heads] layer-major.

@@ -1,5 +1,6 @@
 #include "headkv/head_importance.h"
 
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -90,6 +91,9 @@ TEST(R2ProbeScorerTest, RejectsBadShapes) {
   EXPECT_THAT(s.AddStep(-1, std::vector<float>{1, 1}).message(), HasSubstr("layer -1"));
   EXPECT_THAT(s.AddStep(0, std::vector<float>{1, 1, 1}).message(), HasSubstr("3 attention"));
   EXPECT_FALSE(s.AddStep(0, std::vector<float>{}).ok());
+  EXPECT_THAT(s.AddStep(0, std::vector<float>{1, std::nanf("")}).message(),
+              HasSubstr("weight 1 is not finite"));
+  EXPECT_THAT(s.scores(), ElementsAre(0.0, 0.0, 0.0, 0.0));
 }
 
 TEST(RProbeScorerTest, CountsTopOneCopies) {
