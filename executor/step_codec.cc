@@ -49,6 +49,13 @@ class Reader {
     pos_ += sizeof(T);
     return absl::OkStatus();
   }
+  // Reads a message's leading tag; DATA_LOSS naming `what` when it is not `tag`.
+  absl::Status ExpectTag(uint32_t tag, const char* what) {
+    uint32_t got = 0;
+    HKV_RETURN_IF_ERROR(Get(&got));
+    if (got != tag) return absl::DataLossError(absl::StrCat("not a ", what, " message"));
+    return absl::OkStatus();
+  }
   absl::Status GetBool(bool* b) {
     uint8_t v = 0;
     HKV_RETURN_IF_ERROR(Get(&v));
@@ -205,9 +212,7 @@ absl::Status ReadSequenceStep(Reader* r, SequenceStep* s) {
 
 absl::StatusOr<Batch> BatchDecoder::Decode(absl::Span<const uint8_t> bytes) {
   Reader r(bytes);
-  uint32_t tag = 0;
-  HKV_RETURN_IF_ERROR(r.Get(&tag));
-  if (tag != kBatchTag) return absl::DataLossError("not a step message");
+  HKV_RETURN_IF_ERROR(r.ExpectTag(kBatchTag, "step"));
   Batch b;
   HKV_RETURN_IF_ERROR(r.Get(&b.num_layers));
   HKV_RETURN_IF_ERROR(r.Get(&b.num_kv_heads));
@@ -299,9 +304,7 @@ std::vector<uint8_t> EncodeBatchResult(const BatchResult& result) {
 
 absl::StatusOr<BatchResult> DecodeBatchResult(absl::Span<const uint8_t> bytes) {
   Reader r(bytes);
-  uint32_t tag = 0;
-  HKV_RETURN_IF_ERROR(r.Get(&tag));
-  if (tag != kResultTag) return absl::DataLossError("not a step result message");
+  HKV_RETURN_IF_ERROR(r.ExpectTag(kResultTag, "step result"));
   BatchResult out;
   uint64_t n = 0;
   HKV_RETURN_IF_ERROR(r.GetCount(/*min_bytes=*/28, &n));
@@ -327,9 +330,7 @@ std::vector<uint8_t> EncodeGroupSetup(const GroupSetup& setup) {
 
 absl::StatusOr<GroupSetup> DecodeGroupSetup(absl::Span<const uint8_t> bytes) {
   Reader r(bytes);
-  uint32_t tag = 0;
-  HKV_RETURN_IF_ERROR(r.Get(&tag));
-  if (tag != kSetupTag) return absl::DataLossError("not a group setup message");
+  HKV_RETURN_IF_ERROR(r.ExpectTag(kSetupTag, "group setup"));
   GroupSetup out;
   HKV_RETURN_IF_ERROR(r.GetVector(&out.nccl_id));
   HKV_RETURN_IF_ERROR(r.GetVector(&out.head_of_slot));

@@ -31,16 +31,7 @@ bool WaitForIdlePool(Engine& engine, int timeout_ms = 10000) {
   return false;
 }
 
-class GrpcE2eTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { server_ = new TestServer(TestServerConfig()); }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
-  static TestServer* server_;
-};
-TestServer* GrpcE2eTest::server_ = nullptr;
+class GrpcE2eTest : public SharedServerTest {};
 
 TEST_F(GrpcE2eTest, StreamedGreedyGenerateReturnsGoldenText) {
   auto stub = server_->NewStub();

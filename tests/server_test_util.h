@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "hkv/v1/generation.grpc.pb.h"
 #include "server/grpc_server.h"
 #include "server/model_setup.h"
@@ -22,6 +23,17 @@ inline constexpr int32_t kGoldenIds[40] = {403, 407, 261, 378, 432, 383, 286, 26
 
 // The embedded model, a small pool, loopback only.
 ServerConfig TestServerConfig();
+
+class TestServer;
+
+// A fixture whose tests share one in-process server (TestServerConfig()), started before the
+// suite's first test and stopped after its last. Derive a named fixture from it per suite.
+class SharedServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite();
+  static void TearDownTestSuite();
+  static inline TestServer* server_ = nullptr;
+};
 
 class TestServer {
  public:
@@ -62,5 +74,11 @@ hkv::v1::GenerateRequest GreedyIds(std::vector<int32_t> ids, int max_tokens);
 std::shared_ptr<grpc::Channel> LoopbackChannel(int port);
 bool WaitServing(int port, int timeout_s, pid_t pid = 0);
 int WaitExit(pid_t pid, int timeout_s);
+
+inline void SharedServerTest::SetUpTestSuite() { server_ = new TestServer(TestServerConfig()); }
+inline void SharedServerTest::TearDownTestSuite() {
+  delete server_;
+  server_ = nullptr;
+}
 
 }  // namespace hkv::testing

@@ -27,16 +27,7 @@ hkv::v1::GenerateRequest HugePolicyName() {
   return r;
 }
 
-class ErrorEchoBoundsTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { server_ = new TestServer(TestServerConfig()); }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
-  static TestServer* server_;
-};
-TestServer* ErrorEchoBoundsTest::server_ = nullptr;
+class ErrorEchoBoundsTest : public SharedServerTest {};
 
 TEST_F(ErrorEchoBoundsTest, HugePolicyNameIsInvalidArgumentWithAShortMessage) {
   auto stub = server_->NewStub();

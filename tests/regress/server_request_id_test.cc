@@ -50,16 +50,7 @@ EngineRequest Long(std::string request_id) {
   return r;
 }
 
-class ServerRequestIdTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { server_ = new TestServer(TestServerConfig()); }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
-  static TestServer* server_;
-};
-TestServer* ServerRequestIdTest::server_ = nullptr;
+class ServerRequestIdTest : public SharedServerTest {};
 
 TEST_F(ServerRequestIdTest, ServerIdsAreUnguessableAndReturnedToTheClient) {
   auto stub = server_->NewStub();

@@ -23,16 +23,7 @@ namespace {
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
-class StopStringLimitsTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { server_ = new TestServer(TestServerConfig()); }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
-  static TestServer* server_;
-};
-TestServer* StopStringLimitsTest::server_ = nullptr;
+class StopStringLimitsTest : public SharedServerTest {};
 
 // `count` distinct stop strings of `bytes` bytes in all (each at least 4), none of which the
 // golden stories260K text contains.

@@ -22,16 +22,7 @@ hkv::v1::GenerateRequest Sampled() {
   return r;
 }
 
-class UnseededSamplingTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { server_ = new TestServer(TestServerConfig()); }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
-  static TestServer* server_;
-};
-TestServer* UnseededSamplingTest::server_ = nullptr;
+class UnseededSamplingTest : public SharedServerTest {};
 
 TEST_F(UnseededSamplingTest, UnseededSamplesDifferAndReplayFromTheReportedSeed) {
   auto stub = server_->NewStub();
