@@ -363,6 +363,7 @@ def multi_answer_text(codes):
 
 
 FAV_STYLE = ["older-than"]
+FAV_ANSWER = ["thing"]  # "name-first": the answer names the person, then the thing
 
 
 def fav_block(rng, x, y):
@@ -390,8 +391,15 @@ def fav_question(older):
             " older" if older else " younger", " one", "?", " Answer", ":"]
 
 
-def fav_answer(text):
-    return [" " + w for w in text.split()] + ["."]
+def fav_answer(text, name):
+    """The pieces of the answer. name-first splits the two hops over decode steps: the model
+    first names the older (younger) one, then retrieves that person's favourite thing."""
+    head = [" " + name, ","] if FAV_ANSWER[0] == "name-first" else []
+    return head + [" " + w for w in text.split()] + ["."]
+
+
+def fav_answer_text(text, name):
+    return "%s, %s" % (name, text) if FAV_ANSWER[0] == "name-first" else text
 
 
 class Doc:
@@ -504,7 +512,7 @@ def doc_fav_local(tok, rng, T):
                 block += pool_sentence(tok, rng)[0]
         older = rng.random() < 0.5
         q = fav_question(older)
-        a = fav_answer(tx if older else ty)
+        a = fav_answer(tx if older else ty, x if older else y)
         if len(d) + n_tokens(tok, block + q + a) + 1 > T:
             break
         d.add(block)
@@ -585,7 +593,7 @@ def doc_long(tok, rng, T, fav=0.4):
         rel, favs, sx, sy, tx, ty = fav_block(rng, x, y)
         needles.append((rng.random(), tok.pieces_ids(rel + favs[0] + favs[1])))
         older = rng.random() < 0.5
-        qa.append((fav_question(older), fav_answer(tx if older else ty)))
+        qa.append((fav_question(older), fav_answer(tx if older else ty, x if older else y)))
     order = list(range(k))
     rng.shuffle(order)
     if kind == "multi":
@@ -649,6 +657,7 @@ def make_prompt(tok, rng, family, L, depth):
         older = rng.random() < 0.5
         q = fav_question(older)
         answer = tx if older else ty
+        rec["full_answer"] = fav_answer_text(answer, x if older else y)
         real = sx if older else sy
         value = [" " + w for w in answer.split()]
         real_i = 0
@@ -711,6 +720,7 @@ def eval_set(tok, counts, seed):
             rng = random.Random("%s-%s-%d" % (seed, fam, L))
             for i in range(n):
                 r = make_prompt(tok, rng, fam, L, (i + 0.5) / n)
+                r["answer"] = r.pop("full_answer", r["answer"])
                 r["id"] = "%s-%d-%02d" % (fam, L, i)
                 out.append(r)
     return out
@@ -1192,7 +1202,8 @@ def finish(args, torch, tok, model, v, log):
     for r in recs + stats + probes:
         g, m = greedy(torch, model, r["prompt_ids"], dev, tok.eos)
         text, ans = answer_of(tok, g)
-        r.update({"greedy_ids": g, "greedy_text": text, "correct": ans == r["answer"],
+        r.update({"greedy_ids": g, "greedy_text": text,
+                  "correct": ans == r.get("full_answer", r["answer"]),
                   "margin": round(m, 3)})
     table = {}
     for name, rs in [("eval", recs), ("stat", stats)]:
@@ -1278,11 +1289,15 @@ def main():
     ap.add_argument("--fav-style", default="older-than", choices=["older-than", "older-one"],
                     help="relation sentence of the fav needle: 'X is older than Y.' or 'The "
                          "older one is X and the younger one is Y.'")
+    ap.add_argument("--fav-answer", default="thing", choices=["thing", "name-first"],
+                    help="fav answers: ' red kites.' or ' Theo, red kites.' (two hops over two "
+                         "decode steps)")
     ap.add_argument("--workers", type=int, default=3, help="data worker processes")
     ap.add_argument("--quick", action="store_true", help="small final evaluation (smoke tests)")
     args = ap.parse_args()
     args.tok_dir = args.tok_dir or args.out
     FAV_STYLE[0] = args.fav_style
+    FAV_ANSWER[0] = args.fav_answer
     ARGS_TOK_DIR[0] = args.tok_dir
     args.long_lengths = [int(x) for x in args.long_lengths.split(",")]
     if args.stage == "tokenizer":
