@@ -453,7 +453,7 @@ __global__ void ScatterKernel(ScatterParams p) {
   const int block = p.indptr[row] + (i >> p.block_shift);
   if (block >= p.dest_limit) return;
   const int64_t dst = static_cast<int64_t>(p.indices[block]) * p.block_stride +
-      (i & ((1 << p.block_shift) - 1)) * kHeadDim + c;
+                      (i & ((1 << p.block_shift) - 1)) * kHeadDim + c;
   *reinterpret_cast<uint4*>(static_cast<T*>(p.k_pool) + dst) =
       LoadNc16(static_cast<const T*>(p.k) + src);
   *reinterpret_cast<uint4*>(static_cast<T*>(p.v_pool) + dst) =

@@ -239,13 +239,11 @@ TEST(StepLayoutTest, MalformedStepsAreRejected) {
   Batch adaptive = NewBatch();
   AddSeq(adaptive, 1, {1, 2, 3}, 0, 3, true);
   adaptive.seqs[0].select = true;  // no per-head capacity and no layer budgets
-  EXPECT_EQ(BuildHostStep(adaptive, kShape, 0).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(BuildHostStep(adaptive, kShape, 0).status().code(), absl::StatusCode::kInvalidArgument);
   adaptive.seqs[0].selection.layer_budget = {4, 4};
   adaptive.seqs[0].layer_block_indptr = {0, 2, 1};  // not monotone
   adaptive.seqs[0].layer_blocks = {7};
-  EXPECT_EQ(BuildHostStep(adaptive, kShape, 0).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(BuildHostStep(adaptive, kShape, 0).status().code(), absl::StatusCode::kInvalidArgument);
 
   Batch window = NewBatch();
   AddSeq(window, 1, {1, 2, 3}, 0, 3, true);
