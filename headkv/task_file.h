@@ -21,8 +21,8 @@ namespace hkv {
 
 struct EvalTask {
   std::string id;
-  std::string prompt;              // Empty when only prompt_ids were given.
-  std::vector<int32_t> prompt_ids;  // Empty when the prompt text is to be tokenized.
+  std::string prompt;                // Empty when only prompt_ids were given.
+  std::vector<int32_t> prompt_ids;   // Empty when the prompt text is to be tokenized.
   std::vector<std::string> answers;  // At least one.
   std::string family = "all";
   int64_t length = 0;

@@ -118,7 +118,7 @@ TEST(EvalCommandTest, FullKvAnswersEqualGenerate) {
       absl::StrAppend(&prompt_ids, prompt_ids.empty() ? "" : ",", t.dump());
     }
     const HkvRun gen = RunHkv(absl::StrCat("generate ", Engine(), " --prompt-ids ", prompt_ids,
-                                        " --max-tokens 32 --temperature 0 --json"));
+                                           " --max-tokens 32 --temperature 0 --json"));
     ASSERT_EQ(gen.status, 0) << gen.out;
     const Json g = Json::parse(gen.out);
     const std::string answer = Answer(g["text"].get<std::string>());
@@ -140,10 +140,10 @@ TEST(EvalCommandTest, FullKvAnswersEqualGenerate) {
 }
 
 TEST(EvalCommandTest, JsonHasARecordPerPolicyAndBudgetThenTheSummary) {
-  const HkvRun eval = RunHkv(absl::StrCat("eval ", Engine(), " --tasks ",
-                                       WriteTasks({"single-1024-01"}, "policies.jsonl"),
-                                       " --policies full,snapkv,headkv --budgets 32 --head-scores ",
-                                       WriteScores(), " --answer-stop . --json"));
+  const HkvRun eval = RunHkv(
+      absl::StrCat("eval ", Engine(), " --tasks ", WriteTasks({"single-1024-01"}, "policies.jsonl"),
+                   " --policies full,snapkv,headkv --budgets 32 --head-scores ", WriteScores(),
+                   " --answer-stop . --json"));
   ASSERT_EQ(eval.status, 0) << eval.out;
   const std::vector<Json> lines = Lines(eval.out);
   ASSERT_EQ(lines.size(), 4u);
@@ -191,7 +191,7 @@ TEST(EvalCommandTest, JsonHasARecordPerPolicyAndBudgetThenTheSummary) {
 TEST(EvalCommandTest, BadInputIsAClearError) {
   const std::string tasks = WriteTasks({"single-1024-00"}, "one.jsonl");
   HkvRun run = RunHkv(absl::StrCat("eval ", Engine(), " --tasks ", tasks, " --policies headkv"),
-                   /*with_stderr=*/true);
+                      /*with_stderr=*/true);
   EXPECT_EQ(run.status, 1);
   EXPECT_THAT(run.out, HasSubstr("headkv policy needs --head-scores"));
   const std::string bad = ::testing::TempDir() + "/bad.jsonl";
