@@ -358,13 +358,13 @@ __device__ uint64_t KthLargestKey(const AdaParams& p, int h_lo, int h_hi, const 
     sh.rem = k;
   }
   __syncthreads();
-  const int64_t count = static_cast<int64_t>(h_hi - h_lo) * p.past;
+  const int count = (h_hi - h_lo) * p.past;  // < 2^31: checked by RunKvSelect
   for (int shift = 56; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) sh.hist[b] = 0;
     __syncthreads();
     const uint64_t prefix = sh.prefix, mask = sh.mask;
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-      const int h = h_lo + static_cast<int>(i / p.past), j = static_cast<int>(i % p.past);
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+      const int h = h_lo + i / p.past, j = i % p.past;
       const uint64_t key = AdaKey(p, h, j);
       if (key < below[h] && (key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255], 1);
     }
@@ -406,9 +406,9 @@ __global__ void __launch_bounds__(kSelectThreads) AdaKvSplitKernel(AdaParams p) 
   const int64_t rest = p.total - static_cast<int64_t>(H) * f;
   if (rest > 0) {
     const uint64_t t = KthLargestKey(p, 0, H, floor_key, rest, sh);
-    const int64_t count = static_cast<int64_t>(H) * p.past;
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-      const int h = static_cast<int>(i / p.past), j = static_cast<int>(i % p.past);
+    const int count = H * p.past;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+      const int h = i / p.past, j = i % p.past;
       const uint64_t key = AdaKey(p, h, j);
       if (key < floor_key[h] && key >= t) atomicAdd(&extra[h], 1);
     }
