@@ -266,7 +266,7 @@ absl::Status RunAll(const EvalOptions& o, Engine& engine, const std::vector<Eval
                     const std::vector<std::vector<TokenId>>& prompts,
                     std::vector<EvalRecord>& records, size_t window) {
   std::vector<InFlight> flight;
-  size_t next = 0;
+  size_t next = 0, done = 0;
   while (next < records.size() || !flight.empty()) {
     while (next < records.size() && flight.size() < window) {
       const EvalRecord& r = records[next];
@@ -286,6 +286,10 @@ absl::Status RunAll(const EvalOptions& o, Engine& engine, const std::vector<Eval
     for (size_t i = 0; i < flight.size();) {
       if (Drain(flight[i], i == 0 ? absl::Milliseconds(20) : absl::ZeroDuration(), records)) {
         flight.erase(flight.begin() + i);
+        // Progress on stderr at every tenth (long CPU runs), never into --json's stdout.
+        if (++done * 10 / records.size() != (done - 1) * 10 / records.size()) {
+          std::cerr << absl::StrFormat("hkv eval: %d of %d requests done\n", done, records.size());
+        }
       } else {
         ++i;
       }
