@@ -269,7 +269,7 @@ absl::Status RunAll(const EvalOptions& o, Engine& engine, const std::vector<Eval
   size_t next = 0, done = 0;
   while (next < records.size() || !flight.empty()) {
     while (next < records.size() && flight.size() < window) {
-      const EvalRecord& r = records[next];
+      EvalRecord& r = records[next];
       EngineRequest request;
       request.prompt = prompts[r.task];
       request.sampling.temperature = 0;  // Greedy.
@@ -279,8 +279,19 @@ absl::Status RunAll(const EvalOptions& o, Engine& engine, const std::vector<Eval
       request.kv_budget = runs[r.run].budget;
       request.kv_beta = o.beta;
       auto stream = engine.Submit(std::move(request));
-      if (!stream.ok()) return stream.status();
-      flight.push_back({*std::move(stream), next++});
+      if (stream.ok()) {
+        flight.push_back({*std::move(stream), next++});
+        continue;
+      }
+      // A task the engine refuses (too long for the context, say) fails alone.
+      const absl::StatusCode code = stream.status().code();
+      if (code != absl::StatusCode::kInvalidArgument &&
+          code != absl::StatusCode::kResourceExhausted) {
+        return stream.status();
+      }
+      r.error = std::string(stream.status().message());
+      ++next;
+      ++done;
     }
     // Wait on the oldest, then sweep the rest without waiting.
     for (size_t i = 0; i < flight.size();) {

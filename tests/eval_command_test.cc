@@ -199,6 +199,17 @@ TEST(EvalCommandTest, BadInputIsAClearError) {
   run = RunHkv(absl::StrCat("eval ", Engine(), " --tasks ", bad), /*with_stderr=*/true);
   EXPECT_EQ(run.status, 1);
   EXPECT_THAT(run.out, HasSubstr("line 2: \"prompt\" is missing"));
+  // A task longer than the context fails alone, as a record with its error; the exit status 1.
+  const std::string long_task = ::testing::TempDir() + "/long.jsonl";
+  Json too_long = {{"id", "long"}, {"prompt_ids", std::vector<int>(5000, 7)}, {"answer", "x"}};
+  std::ofstream(long_task) << too_long.dump() << "\n";
+  run = RunHkv(absl::StrCat("eval ", Engine(), " --tasks ", long_task, " --policies full --json"));
+  EXPECT_EQ(run.status, 1);
+  const std::vector<Json> lines = Lines(run.out);
+  ASSERT_EQ(lines.size(), 2u) << run.out;
+  EXPECT_EQ(lines[0]["id"], "long");
+  EXPECT_THAT(lines[0]["error"].get<std::string>(), HasSubstr("5000"));
+  EXPECT_EQ(lines[1]["summary"][0]["all"]["errors"], 1);
   run = RunHkv(absl::StrCat("eval ", Engine(), " --tasks ", tasks, " --budgets 8,x"), true);
   EXPECT_EQ(run.status, 1);
   EXPECT_THAT(run.out, HasSubstr("--budgets: 'x' is not an integer"));
