@@ -175,14 +175,20 @@ int Prefill(int32_t n) {
   return 0;
 }
 
-int Select(int32_t n, int32_t cap) {
+// Adaptive: AdaKV's split of kHkv * cap tokens over the heads (floor 20%), packed blocks.
+int Select(int32_t n, int32_t cap, bool adaptive) {
   constexpr int32_t kWindow = 8;
   void* q = RandomDevice(static_cast<size_t>(kWindow) * kHq * kD, 8);
   void* k = RandomDevice(static_cast<size_t>(n) * kHkv * kD, 9);
   void* v = RandomDevice(static_cast<size_t>(n) * kHkv * kD, 10);
   const int32_t kept = std::min(cap, n - kWindow) + kWindow;
+  const int64_t total = std::min<int64_t>(int64_t{kHkv} * cap, int64_t{kHkv} * (n - kWindow));
+  const int32_t reserved =
+      static_cast<int32_t>((total + kHkv * (kWindow + kBlock - 1)) / kBlock);  // adaptive bound
   const int32_t nb = (kept + kBlock - 1) / kBlock;
-  std::vector<int32_t> indptr{0}, indices(static_cast<size_t>(nb) * kHkv), caps(kHkv, cap);
+  std::vector<int32_t> indptr{0}, indices(std::max<size_t>(static_cast<size_t>(nb) * kHkv,
+                                                           static_cast<size_t>(reserved))),
+      caps(kHkv, cap);
   std::iota(indices.begin(), indices.end(), 0);
   for (int32_t h = 0; h < kHkv; ++h) indptr.push_back((h + 1) * nb);
   int32_t *d_indptr, *d_indices, *d_caps, *count, *kept_idx;
@@ -220,8 +226,18 @@ int Select(int32_t n, int32_t cap) {
   a.workspace = ws;
   a.kept_count = count;
   a.kept_index = kept_idx;
+  int32_t* ada_caps = nullptr;
+  if (adaptive) {
+    CHECK_CUDA(cudaMalloc(&ada_caps, kHkv * 4));
+    a.adaptive_total = total;
+    a.adaptive_floor = static_cast<int32_t>(
+        std::min<double>(n - kWindow, std::floor(0.2 * cap)));  // alpha * budget / H
+    a.dest_capacity = reserved;
+    a.caps_out = ada_caps;
+  }
   const double ms = MedianMs(2, 10, [&](int) { CHECK_CUDA(RunKvSelect(a, nullptr)); });
-  std::printf("{\"kind\": \"select\", \"tokens\": %d, \"cap\": %d, \"ms\": %.4f}\n", n, cap, ms);
+  std::printf("{\"kind\": \"%s\", \"tokens\": %d, \"cap\": %d, \"ms\": %.4f}\n",
+              adaptive ? "adaselect" : "select", n, cap, ms);
   return 0;
 }
 
@@ -282,8 +298,12 @@ int main(int argc, char** argv) {
     return hkv::kernels::Linear(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]));
   }
   if (mode == "prefill" && argc == 3) return Prefill(std::atoi(argv[2]));
-  if (mode == "select" && argc == 4) return Select(std::atoi(argv[2]), std::atoi(argv[3]));
+  if (mode == "select" && argc == 4) return Select(std::atoi(argv[2]), std::atoi(argv[3]), false);
+  if (mode == "adaselect" && argc == 4) {
+    return Select(std::atoi(argv[2]), std::atoi(argv[3]), true);
+  }
   std::fprintf(stderr,
-               "usage: kernel_bench decode B L | decode_lens FILE | prefill N | select N CAP\n");
+               "usage: kernel_bench decode B L | decode_lens FILE | prefill N | select N CAP | "
+               "adaselect N CAP\n");
   return 2;
 }

@@ -61,6 +61,13 @@ absl::Status ValidateBlockIds(const Batch& b, int64_t num_blocks) {
   if (!b.kv_indices.empty() && hi >= num_blocks) {
     return Malformed("block id ", hi, " outside the pool of ", num_blocks);
   }
+  for (const SequenceStep& st : b.seqs) {  // adaptive reservations (SequenceStep::layer_blocks)
+    for (BlockId id : st.layer_blocks) {
+      if (id < 0 || id >= num_blocks) {
+        return Malformed("reserved block id ", id, " outside the pool");
+      }
+    }
+  }
   for (const auto& [src, dst] : b.block_copies) {
     if (src < 0 || src >= num_blocks || dst < 0 || dst >= num_blocks) {
       return Malformed("block copy ", src, " -> ", dst, " outside the pool");

@@ -24,7 +24,8 @@ absl::Status ValidateBatchShape(const Batch& batch);
 // block_size, with block_size > 0. REQUIRES: ValidateBatchShape(batch) is OK.
 absl::Status ValidateRowLengths(const Batch& batch);
 
-// Every block id of the page table and of the block copies lies in [0, num_blocks).
+// Every block id of the page table, of the block copies and of the adaptive reservations
+// (SequenceStep::layer_blocks) lies in [0, num_blocks).
 absl::Status ValidateBlockIds(const Batch& batch, int64_t num_blocks);
 
 }  // namespace hkv

@@ -98,6 +98,13 @@ TEST(BatchValidationTest, BlockIdsAndCopiesMustLieInThePool) {
   b = Valid();
   b.block_copies = {{4, 8}};
   ExpectMalformed(ValidateBlockIds(b, 8), "copy outside");
+  b = Valid();
+  b.seqs[0].layer_blocks = {3, 8};  // an adaptive reservation
+  ExpectMalformed(ValidateBlockIds(b, 8), "reserved block id 8");
+  b.seqs[0].layer_blocks = {3, -2};
+  ExpectMalformed(ValidateBlockIds(b, 8), "reserved block id -2");
+  b.seqs[0].layer_blocks = {3, 7};
+  EXPECT_TRUE(ValidateBlockIds(b, 8).ok());
 }
 
 }  // namespace

@@ -120,17 +120,26 @@ std::vector<int32_t> SelectKept(absl::Span<const float> scores, int32_t cap, int
   return idx;
 }
 
+AdaKvShares AdaKvSplit(int32_t layer_budget, int32_t num_heads, int32_t past, float alpha) {
+  HKV_CHECK(num_heads >= 1 && past >= 0) << "heads=" << num_heads << " past=" << past;
+  HKV_CHECK(alpha >= 0.0f && alpha <= 1.0f) << "alpha=" << alpha;
+  const int64_t budget = std::max<int64_t>(0, layer_budget);
+  AdaKvShares s;
+  s.total = std::min<int64_t>(budget, static_cast<int64_t>(num_heads) * past);
+  s.floor_cap = static_cast<int32_t>(std::min<double>(
+      past, std::floor(static_cast<double>(alpha) * static_cast<double>(budget) / num_heads)));
+  return s;
+}
+
 std::vector<int32_t> AdaKvAllocate(const std::vector<std::vector<float>>& head_scores,
                                    int32_t layer_budget, float alpha) {
   const int32_t num_heads = static_cast<int32_t>(head_scores.size());
   if (num_heads == 0) return {};
   const int32_t past = static_cast<int32_t>(head_scores[0].size());
   for (const auto& h : head_scores) HKV_CHECK(static_cast<int32_t>(h.size()) == past);
-  HKV_CHECK(alpha >= 0.0f && alpha <= 1.0f) << "alpha=" << alpha;
-  const int64_t budget = std::max<int64_t>(0, layer_budget);
-  const int64_t total = std::min<int64_t>(budget, static_cast<int64_t>(num_heads) * past);
-  const int32_t floor_cap = static_cast<int32_t>(std::min<double>(
-      past, std::floor(static_cast<double>(alpha) * static_cast<double>(budget) / num_heads)));
+  const AdaKvShares shares = AdaKvSplit(layer_budget, num_heads, past, alpha);
+  const int64_t total = shares.total;
+  const int32_t floor_cap = shares.floor_cap;
   std::vector<int32_t> caps(num_heads, floor_cap);
   const int64_t remaining = total - static_cast<int64_t>(floor_cap) * num_heads;
   if (remaining <= 0) return caps;

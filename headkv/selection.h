@@ -43,6 +43,15 @@ std::vector<int32_t> SelectKept(absl::Span<const float> scores, int32_t cap, int
 // then lower position), where a head's "remaining" scores are those below its own top-floor.
 // Returns caps per head: each <= n - w, sum == min(layer_budget, H * (n - w)).
 // REQUIRES: every head_scores[h] has the same size (n - w); 0 <= alpha <= 1.
+// The two numbers AdaKvAllocate splits by (the CUDA kernel gets them from here): each head's
+// floor, min(n - w, floor(alpha * layer_budget / H)), and the tokens the heads share,
+// min(layer_budget, H * (n - w)). REQUIRES: num_heads >= 1, past >= 0, 0 <= alpha <= 1.
+struct AdaKvShares {
+  int32_t floor_cap = 0;
+  int64_t total = 0;
+};
+AdaKvShares AdaKvSplit(int32_t layer_budget, int32_t num_heads, int32_t past, float alpha);
+
 std::vector<int32_t> AdaKvAllocate(const std::vector<std::vector<float>>& head_scores,
                                    int32_t layer_budget, float alpha);
 

@@ -9,6 +9,10 @@
 //   4. SelectKernel       Grid: (Hkv) Block: (1024): max-pool, radix select of the cap-th
 //      largest score (exact, ties -> lower position), ordered compaction, window append.
 //   5. ScatterKernel      Grid: (ceil(n*d/8/256), Hkv) Block: (256): copies kept K/V.
+// Adaptive selection runs, between 3 and 4:
+//   3a. PoolKernel        Grid: (ceil((n-w)/256), Hkv) Block: (256): max-pool (4 then reuses it).
+//   3b. AdaKvSplitKernel  Grid: (1) Block: (1024): the heads' caps (exact 64-bit radix selects
+//       over (score, flattened index) keys) and the packed block offsets of each head.
 
 #include <algorithm>
 
@@ -24,7 +28,7 @@ constexpr int kSelectThreads = 1024;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct Layout {
-  int64_t stats, lse, raw, pooled, total;  // byte offsets
+  int64_t stats, lse, raw, pooled, ada_indptr, total;  // byte offsets
   Layout(int32_t n, int32_t w, int32_t nq, int32_t hkv) {
     const int64_t chunks = (n + kKeysPerCta - 1) / kKeysPerCta;
     const int64_t past = std::max(0, n - w);
@@ -33,7 +37,8 @@ struct Layout {
     lse = align(stats + hkv * chunks * nq * 2 * sizeof(float));
     raw = align(lse + hkv * nq * sizeof(float));
     pooled = align(raw + hkv * past * sizeof(float));
-    total = align(pooled + hkv * past * sizeof(float));
+    ada_indptr = align(pooled + hkv * past * sizeof(float));
+    total = align(ada_indptr + (hkv + 1) * sizeof(int32_t));
   }
 };
 
@@ -237,7 +242,27 @@ struct SelectParams {
   int32_t* kept_count;
   int32_t* kept_index;  // [Hkv, n]
   int32_t n, w, past, pool_kernel;
+  bool pooled_ready;  // PoolKernel already wrote `pooled` (adaptive selection)
 };
+
+// Max-pools head kvh's raw scores into pooled (and scores_out), threads [first, ..) striding
+// by `stride`.
+__device__ __forceinline__ void PoolScores(const SelectParams& p, int kvh, int first, int stride) {
+  const float* raw = p.raw + static_cast<int64_t>(kvh) * p.past;
+  float* pooled = p.pooled + static_cast<int64_t>(kvh) * p.past;
+  const int half = p.pool_kernel / 2;
+  for (int j = first; j < p.past; j += stride) {
+    const int lo = max(0, j - half), hi = min(p.past - 1, j - half + p.pool_kernel - 1);
+    float mx = raw[lo];
+    for (int t = lo + 1; t <= hi; ++t) mx = fmaxf(mx, raw[t]);
+    pooled[j] = mx;
+    if (p.scores_out != nullptr) p.scores_out[static_cast<int64_t>(kvh) * p.past + j] = mx;
+  }
+}
+
+__global__ void PoolKernel(SelectParams p) {
+  PoolScores(p, blockIdx.y, blockIdx.x * blockDim.x + threadIdx.x, gridDim.x * blockDim.x);
+}
 
 __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
   __shared__ int hist[256];
@@ -245,16 +270,8 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
   __shared__ uint32_t s_prefix, s_mask;
   __shared__ int s_rem;
   const int kvh = blockIdx.x;
-  const float* raw = p.raw + static_cast<int64_t>(kvh) * p.past;
-  float* pooled = p.pooled + static_cast<int64_t>(kvh) * p.past;
-  const int half = p.pool_kernel / 2;
-  for (int j = threadIdx.x; j < p.past; j += blockDim.x) {
-    const int lo = max(0, j - half), hi = min(p.past - 1, j - half + p.pool_kernel - 1);
-    float mx = raw[lo];
-    for (int t = lo + 1; t <= hi; ++t) mx = fmaxf(mx, raw[t]);
-    pooled[j] = mx;
-    if (p.scores_out != nullptr) p.scores_out[static_cast<int64_t>(kvh) * p.past + j] = mx;
-  }
+  const float* pooled = p.pooled + static_cast<int64_t>(kvh) * p.past;
+  if (!p.pooled_ready) PoolScores(p, kvh, threadIdx.x, blockDim.x);
   const int cap = min(max(p.caps[kvh], 0), p.past);
   if (threadIdx.x == 0) {
     s_prefix = 0;
@@ -308,6 +325,106 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
   if (threadIdx.x == 0) p.kept_count[kvh] = cap + p.w;
 }
 
+struct AdaParams {
+  const float* pooled;  // [Hkv, past]
+  int32_t num_heads, past, floor_cap, w, block_shift;
+  int64_t total;    // tokens beside the windows, num_heads * floor_cap <= total <= heads * past
+  int32_t* caps;    // out [Hkv]
+  int32_t* indptr;  // out [Hkv + 1]: head h's blocks are [indptr[h], indptr[h + 1])
+};
+
+// Unique ranking key of (head h, position j): pooled score first, then the lower flattened
+// index h * past + j (AdaKvAllocate's ties: lower head, then lower position).
+__device__ __forceinline__ uint64_t AdaKey(const AdaParams& p, int h, int j) {
+  const uint32_t flat = static_cast<uint32_t>(h) * static_cast<uint32_t>(p.past) + j;
+  const uint32_t u = RankKey(p.pooled[static_cast<int64_t>(h) * p.past + j]);
+  return (static_cast<uint64_t>(u) << 32) | (0xffffffffu - flat);
+}
+
+struct RadixShared {
+  int hist[256];
+  uint64_t prefix, mask;
+  int64_t rem;
+};
+
+// The k-th largest (k >= 1, at most the candidates) of the unique keys AdaKey(h, j) over
+// heads [h_lo, h_hi) and all positions, restricted to keys below below[h] (UINT64_MAX: all).
+// Called by every thread of the block; 8 passes of 8 bits, MSB first.
+__device__ uint64_t KthLargestKey(const AdaParams& p, int h_lo, int h_hi, const uint64_t* below,
+                                  int64_t k, RadixShared& sh) {
+  if (threadIdx.x == 0) {
+    sh.prefix = 0;
+    sh.mask = 0;
+    sh.rem = k;
+  }
+  __syncthreads();
+  const int count = (h_hi - h_lo) * p.past;  // < 2^31: checked by RunKvSelect
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) sh.hist[b] = 0;
+    __syncthreads();
+    const uint64_t prefix = sh.prefix, mask = sh.mask;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+      const int h = h_lo + i / p.past, j = i % p.past;
+      const uint64_t key = AdaKey(p, h, j);
+      if (key < below[h] && (key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int64_t rem = sh.rem;
+      int b = 255;
+      for (; b > 0 && sh.hist[b] < rem; --b) rem -= sh.hist[b];
+      sh.rem = rem;
+      sh.prefix = prefix | (static_cast<uint64_t>(b) << shift);
+      sh.mask = mask | (static_cast<uint64_t>(255) << shift);
+    }
+    __syncthreads();
+  }
+  const uint64_t key = sh.prefix;
+  __syncthreads();  // The next call resets `sh`.
+  return key;
+}
+
+__global__ void __launch_bounds__(kSelectThreads) AdaKvSplitKernel(AdaParams p) {
+  __shared__ RadixShared sh;
+  __shared__ uint64_t floor_key[kMaxAdaptiveHeads];  // keys >= it: the head's top-floor
+  __shared__ uint64_t all_below[kMaxAdaptiveHeads];
+  __shared__ int extra[kMaxAdaptiveHeads];
+  const int H = p.num_heads, f = p.floor_cap;
+  for (int h = threadIdx.x; h < H; h += blockDim.x) {
+    floor_key[h] = f == 0 ? ~0ull : 0ull;  // f == past: nothing is left below the floor.
+    all_below[h] = ~0ull;
+    extra[h] = 0;
+  }
+  __syncthreads();
+  if (f > 0 && f < p.past) {
+    for (int h = 0; h < H; ++h) {
+      const uint64_t key = KthLargestKey(p, h, h + 1, all_below, f, sh);
+      if (threadIdx.x == 0) floor_key[h] = key;
+    }
+  }
+  __syncthreads();
+  const int64_t rest = p.total - static_cast<int64_t>(H) * f;
+  if (rest > 0) {
+    const uint64_t t = KthLargestKey(p, 0, H, floor_key, rest, sh);
+    const int count = H * p.past;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+      const int h = i / p.past, j = i % p.past;
+      const uint64_t key = AdaKey(p, h, j);
+      if (key < floor_key[h] && key >= t) atomicAdd(&extra[h], 1);
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int bs_mask = (1 << p.block_shift) - 1;
+    p.indptr[0] = 0;
+    for (int h = 0; h < H; ++h) {
+      const int cap = f + extra[h];
+      p.caps[h] = cap;
+      p.indptr[h + 1] = p.indptr[h] + ((cap + p.w + bs_mask) >> p.block_shift);
+    }
+  }
+}
+
 struct ScatterParams {
   const void* k;
   const void* v;
@@ -317,6 +434,7 @@ struct ScatterParams {
   const int32_t* indptr;
   const int32_t* indices;
   int32_t first_row, n, block_shift;
+  int32_t dest_limit;  // blocks of `indices` that may be written
   void* k_pool;
   void* v_pool;
   int64_t block_stride;
@@ -332,9 +450,10 @@ __global__ void ScatterKernel(ScatterParams p) {
   const int j = p.kept_index[static_cast<int64_t>(kvh) * p.n + i];
   const int64_t src = j * p.kv_stride + static_cast<int64_t>(kvh) * kHeadDim + c;
   const int row = p.first_row + kvh;
-  const int64_t dst =
-      static_cast<int64_t>(p.indices[p.indptr[row] + (i >> p.block_shift)]) * p.block_stride +
-      (i & ((1 << p.block_shift) - 1)) * kHeadDim + c;
+  const int block = p.indptr[row] + (i >> p.block_shift);
+  if (block >= p.dest_limit) return;
+  const int64_t dst = static_cast<int64_t>(p.indices[block]) * p.block_stride +
+                      (i & ((1 << p.block_shift) - 1)) * kHeadDim + c;
   *reinterpret_cast<uint4*>(static_cast<T*>(p.k_pool) + dst) =
       LoadNc16(static_cast<const T*>(p.k) + src);
   *reinterpret_cast<uint4*>(static_cast<T*>(p.v_pool) + dst) =
@@ -366,13 +485,22 @@ cudaError_t RunKvSelect(const KvSelectArgs& a, cudaStream_t stream) {
   if (a.num_kv_heads < 1 || a.num_q_heads % a.num_kv_heads != 0 || a.n < 1 || a.window < 1 ||
       (a.head_dim != 64 && a.head_dim != 128) || a.pool_kernel < 1 || a.block_size < 1 ||
       (a.block_size & (a.block_size - 1)) != 0 || a.workspace == nullptr ||
-      a.kept_count == nullptr || a.kept_index == nullptr || a.caps == nullptr) {
+      a.kept_count == nullptr || a.kept_index == nullptr) {
     return cudaErrorInvalidValue;
   }
   const int32_t w = std::min(a.window, a.n);
   const int32_t group = a.num_q_heads / a.num_kv_heads;
   const int32_t nq = w * group;
   if (nq > 64) return cudaErrorInvalidValue;
+  const bool adaptive = a.adaptive_total >= 0;
+  const int64_t past_all = static_cast<int64_t>(a.num_kv_heads) * (a.n - w);
+  if (adaptive ? (a.caps_out == nullptr || a.num_kv_heads > kMaxAdaptiveHeads ||
+                  past_all >= (int64_t{1} << 31) || a.adaptive_floor < 0 ||
+                  a.adaptive_floor > a.n - w || a.adaptive_total > past_all ||
+                  static_cast<int64_t>(a.adaptive_floor) * a.num_kv_heads > a.adaptive_total)
+               : a.caps == nullptr) {
+    return cudaErrorInvalidValue;
+  }
   const Layout L(a.n, w, nq, a.num_kv_heads);
   char* ws = static_cast<char*>(a.workspace);
   Params p{};
@@ -405,13 +533,32 @@ cudaError_t RunKvSelect(const KvSelectArgs& a, cudaStream_t stream) {
   sp.raw = p.raw;
   sp.pooled = reinterpret_cast<float*>(ws + L.pooled);
   sp.scores_out = a.scores;
-  sp.caps = a.caps;
+  sp.caps = adaptive ? a.caps_out : a.caps;
   sp.kept_count = a.kept_count;
   sp.kept_index = a.kept_index;
   sp.n = a.n;
   sp.w = w;
   sp.past = p.past;
   sp.pool_kernel = a.pool_kernel;
+  const int block_shift = __builtin_ctz(static_cast<unsigned>(a.block_size));
+  int32_t* ada_indptr = reinterpret_cast<int32_t*>(ws + L.ada_indptr);
+  if (adaptive) {
+    if (p.past > 0) {
+      PoolKernel<<<dim3((p.past + 255) / 256, a.num_kv_heads), 256, 0, stream>>>(sp);
+      sp.pooled_ready = true;
+    }
+    AdaParams ap{};
+    ap.pooled = sp.pooled;
+    ap.num_heads = a.num_kv_heads;
+    ap.past = p.past;
+    ap.floor_cap = a.adaptive_floor;
+    ap.w = w;
+    ap.block_shift = block_shift;
+    ap.total = a.adaptive_total;
+    ap.caps = a.caps_out;
+    ap.indptr = ada_indptr;
+    AdaKvSplitKernel<<<1, kSelectThreads, 0, stream>>>(ap);
+  }
   SelectKernel<<<a.num_kv_heads, kSelectThreads, 0, stream>>>(sp);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   ScatterParams cp{};
@@ -420,11 +567,12 @@ cudaError_t RunKvSelect(const KvSelectArgs& a, cudaStream_t stream) {
   cp.kv_stride = a.kv_stride;
   cp.kept_count = a.kept_count;
   cp.kept_index = a.kept_index;
-  cp.indptr = a.dest_indptr;
+  cp.indptr = adaptive ? ada_indptr : a.dest_indptr;
   cp.indices = a.dest_indices;
-  cp.first_row = a.dest_first_row;
+  cp.first_row = adaptive ? 0 : a.dest_first_row;
+  cp.dest_limit = adaptive ? a.dest_capacity : INT32_MAX;
   cp.n = a.n;
-  cp.block_shift = __builtin_ctz(static_cast<unsigned>(a.block_size));
+  cp.block_shift = block_shift;
   cp.k_pool = a.k_pool;
   cp.v_pool = a.v_pool;
   cp.block_stride = a.block_stride;

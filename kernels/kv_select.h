@@ -12,6 +12,13 @@
 //   kept token i of head h -> block dest_indices[dest_indptr[dest_first_row + h] + i / bs],
 //                             slot i % bs
 //
+// Adaptive (AdaKV) selection instead splits one budget across the layer's heads on the device
+// (headkv's AdaKvAllocate): each head keeps at least a floor, the rest of the budget goes to
+// the highest pooled scores of the flattened [heads, n - w] array below each head's own
+// top-floor (ties -> lower head, then lower position); the heads' blocks are packed in head
+// order into one reserved list:
+//   kept token i of head h -> block dest_indices[sum_{g<h} ceil(kept_g / bs) + i / bs]
+//
 // Thread-safety: stateless; ordered by the stream.
 
 #include <cuda_runtime.h>
@@ -22,6 +29,8 @@
 #include "kernels/dtype.h"
 
 namespace hkv::kernels {
+
+inline constexpr int32_t kMaxAdaptiveHeads = 128;
 
 struct KvSelectArgs {
   DType dtype = DType::kBf16;
@@ -50,13 +59,23 @@ struct KvSelectArgs {
   int32_t* kept_count = nullptr;  // device [num_kv_heads] out: min(cap, n-w) + w
   int32_t* kept_index = nullptr;  // device [num_kv_heads, n] out: kept positions, ascending
   float* scores = nullptr;        // optional device [num_kv_heads, n - w] out: pooled scores
+  // Adaptive selection when adaptive_total >= 0: `caps`, `dest_indptr` and `dest_first_row`
+  // are ignored. adaptive_total: tokens (windows excluded) the heads share, at most
+  // num_kv_heads * (n - w); adaptive_floor: each head's floor, at most n - w, with
+  // adaptive_floor * num_kv_heads <= adaptive_total. Blocks at or past dest_capacity in
+  // dest_indices are never written (a reservation too small shows in the kept counts).
+  int64_t adaptive_total = -1;
+  int32_t adaptive_floor = 0;
+  int32_t dest_capacity = 0;
+  int32_t* caps_out = nullptr;  // device [num_kv_heads] out (adaptive): caps besides the window
 };
 
 // Returns the workspace bytes for a prompt of `n` tokens.
 size_t KvSelectWorkspaceBytes(int32_t n, int32_t window, int32_t num_q_heads, int32_t num_kv_heads);
 
-// Runs scoring, selection and scatter. Returns cudaErrorInvalidValue for unsupported shapes
-// (window * group > 64, head_dim not 64/128, block_size not a power of two).
+// Runs scoring, (adaptive split,) selection and scatter. Returns cudaErrorInvalidValue for
+// unsupported shapes (window * group > 64, head_dim not 64/128, block_size not a power of two,
+// adaptive with more than kMaxAdaptiveHeads heads or an inconsistent total / floor).
 cudaError_t RunKvSelect(const KvSelectArgs& args, cudaStream_t stream);
 
 }  // namespace hkv::kernels

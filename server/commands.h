@@ -70,4 +70,17 @@ struct BenchServeOptions {
 };
 int RunBenchServe(const BenchServeOptions& options);
 
+// `hkv eval`: a tasks file (headkv/task_file.h) through the engine for each (policy, budget).
+struct EvalOptions {
+  ServerConfig server;  // Model, device, pool and --head-scores (needed by headkv).
+  std::string tasks;
+  std::vector<std::string> policies;  // full runs once; the others at every budget.
+  std::vector<int32_t> budgets;
+  double beta = 1.01;
+  int32_t max_new_tokens = 32;
+  std::string answer_stop;  // A stop string besides newline and EOS (empty: none).
+  bool json = false;
+};
+int RunEval(const EvalOptions& options);
+
 }  // namespace hkv

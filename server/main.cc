@@ -4,6 +4,7 @@
 //   hkv serve [--config FILE] [--model PATH] [--port 50051] [--metrics-port 9090] ...
 //   hkv headkv-plan --scores FILE --budget B [--beta X] [--kv-heads N] [--granularity G] --json
 //   hkv bench-serve [--target HOST:PORT] [--num-requests N] [--concurrency C | --request-rate R]
+//   hkv eval --model DIR --tasks FILE [--policies P,..] [--budgets B,..] [--head-scores F] --json
 //   hkv --help | hkv help [COMMAND] | hkv COMMAND --help      (a command's flags; exit 0)
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/malloc_tuning.h"
 #include "common/paths.h"
@@ -75,6 +77,14 @@ ABSL_FLAG(std::string, prompts_file, "", "bench-serve: prompts, one per line");
 ABSL_FLAG(double, slo_ttft_ms, 0, "bench-serve: TTFT SLO for goodput (0 = none)");
 ABSL_FLAG(double, slo_tpot_ms, 0, "bench-serve: TPOT SLO for goodput (0 = none)");
 ABSL_FLAG(std::string, json_out, "", "bench-serve: also write the JSON report here");
+// eval.
+ABSL_FLAG(std::string, tasks, "", "eval: tasks file (JSONL: id, prompt, answer, family, length)");
+ABSL_FLAG(std::string, policies, "full,snapkv,pyramidkv,adakv,headkv",
+          "eval: comma-separated KV policies (full runs once; headkv needs --head-scores)");
+ABSL_FLAG(std::string, budgets, "16,32,64,128", "eval: comma-separated budgets B per policy");
+ABSL_FLAG(int32_t, max_new_tokens, 32, "eval: tokens generated per question at most (greedy)");
+ABSL_FLAG(std::string, answer_stop, "",
+          "eval: a stop string besides newline and EOS ('.' for tests/data/needle)");
 
 namespace hkv {
 namespace {
@@ -198,6 +208,31 @@ int BenchServe() {
   return RunBenchServe(o);
 }
 
+int Eval() {
+  auto config = ConfigFromFlags();
+  if (!config.ok()) return Fail(config.status(), "eval");
+  EvalOptions o;
+  o.server = *config;
+  o.tasks = absl::GetFlag(FLAGS_tasks);
+  if (o.tasks.empty()) return Fail(absl::InvalidArgumentError("--tasks FILE is required"), "eval");
+  o.policies = absl::StrSplit(absl::GetFlag(FLAGS_policies), ',', absl::SkipWhitespace());
+  for (absl::string_view part :
+       absl::StrSplit(absl::GetFlag(FLAGS_budgets), ',', absl::SkipWhitespace())) {
+    int32_t b;
+    if (!absl::SimpleAtoi(part, &b)) {
+      return Fail(
+          absl::InvalidArgumentError(absl::StrCat("--budgets: '", part, "' is not an integer")),
+          "eval");
+    }
+    o.budgets.push_back(b);
+  }
+  o.beta = absl::GetFlag(FLAGS_beta);
+  o.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  o.answer_stop = absl::GetFlag(FLAGS_answer_stop);
+  o.json = absl::GetFlag(FLAGS_json);
+  return RunEval(o);
+}
+
 // Splits a space-separated list of flag names.
 std::vector<std::string> Names(absl::string_view list) {
   return absl::StrSplit(list, ' ', absl::SkipEmpty());
@@ -220,6 +255,10 @@ std::vector<CommandSpec> Commands() {
   const std::vector<std::string> bench_serve = Names(
       "target num_requests concurrency request_rate input_len output_len range_ratio "
       "prompts_file kv_policy kv_budget seed slo_ttft_ms slo_tpot_ms json json_out");
+  std::vector<std::string> eval = engine;
+  for (std::string& name : Names("tasks policies budgets beta max_new_tokens answer_stop json")) {
+    eval.push_back(std::move(name));
+  }
   // serve reads the whole server config: the engine flags and every flag of this file that no
   // other command claims, so that a new server option shows in `hkv serve --help` by itself.
   std::vector<std::string> serve = engine;
@@ -227,7 +266,7 @@ std::vector<CommandSpec> Commands() {
     const auto claimed = [&flag](const std::vector<std::string>& list) {
       return std::find(list.begin(), list.end(), flag) != list.end();
     };
-    if (!claimed(generate) && !claimed(headkv_plan) && !claimed(bench_serve)) {
+    if (!claimed(generate) && !claimed(headkv_plan) && !claimed(bench_serve) && !claimed(eval)) {
       serve.push_back(flag);
     }
   }
@@ -244,6 +283,9 @@ std::vector<CommandSpec> Commands() {
        "[--target HOST:PORT] [--num-requests N] [--concurrency C | --request-rate R]",
        "Load-tests a running server: throughput and TTFT / TPOT / ITL / e2e percentiles.",
        bench_serve, &BenchServe},
+      {"eval", "--model DIR --tasks FILE [--policies P,..] [--budgets B,..] [flags]",
+       "Scores every question of a tasks file per KV policy and budget (accuracy vs KV kept).",
+       eval, &Eval},
   };
 }
 

@@ -106,8 +106,9 @@ TEST(EngineFaultTest, DeviceFailureFailsRequestsAndStopsServing) {
 }
 
 TEST(EngineFaultTest, PolicyTheWorkerCannotRunIsRefusedWithoutHarm) {
-  // A GPU worker has no adaptive (adakv) selection: such a request must be refused up front,
-  // not fail a step (which would fail every request in flight and turn readiness off).
+  // A worker without adaptive (adakv) selection (a tensor-parallel group): such a request must
+  // be refused up front, not fail a step (which would fail every request in flight and turn
+  // readiness off).
   FaultServer s;
   s.worker->adaptive = false;
   ASSERT_EQ(s.WaitFor(kServing, "hkv.v1.Generation"), kServing);

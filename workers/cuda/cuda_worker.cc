@@ -101,6 +101,8 @@ absl::Status CudaWorker::SetBlockRange(int64_t first, int64_t count) {
   return absl::OkStatus();
 }
 
+bool CudaWorker::SupportsAdaptiveSelection() const { return state_->options.tp.size <= 1; }
+
 absl::StatusOr<KvCapacity> CudaWorker::ReportKvCapacity() const {
   return KvCapacity{KvBlockBytes(state_->options.block_size, state_->cfg.head_dim),
                     state_->num_blocks};
@@ -311,6 +313,7 @@ absl::Status CudaWorker::State::Launch(const Batch& b, const HostStep& h,
   HKV_RETURN_IF_ERROR(ReserveActivations(h.total, static_cast<int64_t>(h.sample_rows.size())));
   if (h.num_select > 0) {
     HKV_RETURN_IF_ERROR(kept.Reserve(static_cast<size_t>(h.num_select) * rows_per_seq * 4));
+    HKV_RETURN_IF_ERROR(select_caps.Reserve(static_cast<size_t>(h.num_select) * rows_per_seq * 4));
     HKV_RETURN_IF_ERROR(kept_index.Reserve(static_cast<size_t>(H) * h.max_select * 4));
     HKV_RETURN_IF_ERROR(
         select_ws.Reserve(k::KvSelectWorkspaceBytes(h.max_select, 64, cfg.num_heads, H) + 256));

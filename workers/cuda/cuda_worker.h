@@ -26,7 +26,8 @@
 // serving); malformed batches are INVALID_ARGUMENT.
 //
 // Thread-compatible: one Execute at a time, on the thread that created the worker (its CUDA
-// device and stream). Adaptive (adakv) selection is not supported here yet.
+// device and stream). Adaptive (adakv) selection runs on one GPU, not across tensor-parallel
+// ranks.
 
 #include <memory>
 #include <string>
@@ -59,7 +60,9 @@ class CudaWorker : public Worker {
   // Keeps the first `num_blocks` blocks of that pool. NOTE: the pool is allocated at Create,
   // where the graph inputs are sized from it; a smaller pool leaves the rest unused.
   absl::Status AllocateKvPool(int64_t num_blocks) override;
-  bool SupportsAdaptiveSelection() const override { return false; }
+  // One rank holds every KV head of a layer only without tensor parallelism: AdaKV's split
+  // across a layer's heads needs them all.
+  bool SupportsAdaptiveSelection() const override;
 
   int64_t num_blocks() const;
   // The memory arithmetic of Create (weights, pool, free memory), for the start-up log.

@@ -41,7 +41,7 @@ struct DeviceStep {
   const int32_t *ids = nullptr, *pos = nullptr, *indptr_a = nullptr, *indices_a = nullptr,
                 *last_a = nullptr, *indptr_b = nullptr, *indices_b = nullptr, *last_b = nullptr,
                 *cu_prefill = nullptr, *cu_select = nullptr, *caps = nullptr,
-                *sample_token = nullptr;
+                *sample_token = nullptr, *ada_blocks = nullptr;
   const int64_t* slots = nullptr;
   const kernels::SamplingRow* sample_rows = nullptr;
   std::vector<kernels::DecodePlan> plans;  // per layer, when the step decodes
@@ -112,7 +112,7 @@ struct CudaWorker::State {
   DeviceBuffer k_pool, v_pool;
   // Activations and workspaces.
   DeviceBuffer cublas_ws, res, xb, qkv, attn, tmp, gate_up, hidden, sample_x, logits, tokens,
-      decode_ws, select_ws, kept, kept_index;
+      decode_ws, select_ws, kept, kept_index, select_caps;
   cuda_internal::StepInputs eager_inputs, graph_inputs;
   cuda_internal::PinnedBuffer host_out;                  // sampled tokens, kept counts, logits
   std::map<int32_t, cuda_internal::DecodeGraph> graphs;  // by padded batch size

@@ -105,6 +105,15 @@ absl::Status CudaWorker::State::RunSelect(const Batch& b, const HostStep& h, con
     ks.workspace = select_ws.get();
     ks.kept_count = kept.get<int32_t>() + (static_cast<size_t>(j) * L + l) * H;
     ks.kept_index = kept_index.get<int32_t>();
+    const size_t jl = static_cast<size_t>(j) * L + l;
+    if (h.ada_total[jl] >= 0) {  // adakv: the kernel splits the layer's budget and blocks.
+      const int32_t first = h.ada_block_start[j * (L + 1) + l];
+      ks.adaptive_total = h.ada_total[jl];
+      ks.adaptive_floor = h.ada_floor[jl];
+      ks.dest_indices = d.ada_blocks + first;
+      ks.dest_capacity = h.ada_block_start[j * (L + 1) + l + 1] - first;
+      ks.caps_out = select_caps.get<int32_t>() + jl * H;
+    }
     HKV_CUDA_RETURN_IF_ERROR(k::RunKvSelect(ks, stream));
   }
   return absl::OkStatus();

@@ -11,6 +11,11 @@ namespace {
 absl::Status SliceCaps(const RankSlice& s, int32_t hl, std::vector<SequenceStep>& seqs) {
   const int32_t L = s.num_layers, hg = s.global_kv_heads;
   for (SequenceStep& st : seqs) {
+    if (st.select && st.selection.capacity.empty()) {
+      // Adaptive (adakv) selection splits a layer's budget over all its heads, which one rank
+      // does not hold (SupportsAdaptiveSelection is false under tensor parallelism).
+      return absl::InvalidArgumentError("adaptive selection cannot be split across ranks");
+    }
     if (st.selection.capacity.empty()) continue;
     if (static_cast<int64_t>(st.selection.capacity.size()) != int64_t{L} * hg) {
       return absl::InvalidArgumentError("selection capacity has the wrong size");

@@ -144,5 +144,20 @@ TEST(RankViewTest, ABatchOfAnotherShapeIsInvalid) {
   EXPECT_EQ(RankView(g, slice).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// An adaptive (adakv) selection splits a layer's budget over every head: no rank can run it.
+TEST(RankViewTest, AnAdaptiveSelectionIsInvalid) {
+  std::vector<int32_t> rank_of_head(kLayers * kHeads, 0);
+  std::vector<int32_t> next_id = {0};
+  Batch g = FullBatch(rank_of_head, &next_id);
+  g.seqs[1].select = true;
+  g.seqs[1].selection.capacity.clear();
+  g.seqs[1].selection.layer_budget = {64, 64};
+  const std::vector<int32_t> global_head = {0, 1, 0, 1};
+  const RankSlice slice{0, kLayers, kHeads, &global_head, 0, kPart};
+  const auto local = RankView(g, slice);
+  EXPECT_EQ(local.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(local.status().message(), testing::HasSubstr("adaptive selection"));
+}
+
 }  // namespace
 }  // namespace hkv

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/status_macros.h"
+#include "headkv/selection.h"
 #include "workers/sampler.h"
 
 namespace hkv {
@@ -15,11 +16,6 @@ absl::Status OrderSequences(const Batch& b, HostStep& h) {
       const SequenceStep& st = b.seqs[i];
       const int kind = st.select ? 2 : (st.tokens.size() == 1 ? 0 : 1);
       if (kind != pass) continue;
-      if (st.select && st.selection.capacity.empty()) {
-        return absl::UnimplementedError(
-            "adaptive (adakv) selection is not supported on the CUDA worker yet: use another "
-            "policy or --device cpu");
-      }
       h.order.push_back(static_cast<int32_t>(i));
       (kind == 0 ? h.num_decode : kind == 1 ? h.num_prefill : h.num_select)++;
     }
@@ -76,6 +72,39 @@ absl::Status LayOutRows(const Batch& b, int32_t bs, int32_t k2, HostStep& h) {
   return absl::OkStatus();
 }
 
+// Adaptive (adakv) selection of one compressed prefill: per layer the shared total and floor
+// (headkv's AdaKvSplit), and the layer's reserved blocks appended to ada_blocks. Its caps are
+// chosen on the device; h.caps holds zeros in their place.
+absl::Status LayOutAdaptive(const SequenceStep& st, const StepLayoutShape& shape, HostStep& h) {
+  const int32_t L = shape.num_layers, H = shape.num_kv_heads;
+  const KvSelectionSpec& spec = st.selection;
+  const std::vector<int32_t>& indptr = st.layer_block_indptr;
+  if (static_cast<int32_t>(spec.layer_budget.size()) != L ||
+      static_cast<int32_t>(indptr.size()) != L + 1 || indptr[0] != 0 ||
+      indptr[L] != static_cast<int64_t>(st.layer_blocks.size())) {
+    return absl::InvalidArgumentError("adaptive selection without a budget and blocks per layer");
+  }
+  if (!(spec.adaptive_floor_fraction >= 0.0f && spec.adaptive_floor_fraction <= 1.0f)) {
+    return absl::InvalidArgumentError("adaptive floor fraction outside [0, 1]");
+  }
+  const int32_t past = static_cast<int32_t>(st.tokens.size()) - spec.window;
+  h.caps.insert(h.caps.end(), static_cast<size_t>(L) * H, 0);
+  const int32_t base = static_cast<int32_t>(h.ada_blocks.size());
+  for (int32_t l = 0; l < L; ++l) {
+    if (indptr[l + 1] < indptr[l]) {
+      return absl::InvalidArgumentError("adaptive block reservation is not monotone");
+    }
+    const AdaKvShares shares =
+        AdaKvSplit(spec.layer_budget[l], H, past, spec.adaptive_floor_fraction);
+    h.ada_total.push_back(shares.total);
+    h.ada_floor.push_back(shares.floor_cap);
+    h.ada_block_start.push_back(base + indptr[l]);
+  }
+  h.ada_block_start.push_back(base + indptr[L]);
+  h.ada_blocks.insert(h.ada_blocks.end(), st.layer_blocks.begin(), st.layer_blocks.end());
+  return absl::OkStatus();
+}
+
 // Tokens, chunk offsets, selection caps and rows of internal sequence k2.
 absl::Status LayOutSequence(const Batch& b, const StepLayoutShape& shape, int32_t k2, HostStep& h) {
   const SequenceStep& st = b.seqs[h.order[k2]];
@@ -95,13 +124,21 @@ absl::Status LayOutSequence(const Batch& b, const StepLayoutShape& shape, int32_
   } else if (k2 >= h.num_decode + h.num_prefill) {
     h.cu_select.push_back(h.cu_select.back() + T);
     h.max_select = std::max(h.max_select, T);
-    if (static_cast<int64_t>(st.selection.capacity.size()) != rows_per_seq) {
-      return absl::InvalidArgumentError("selection capacity has the wrong size");
-    }
     if (st.selection.window < 1 || st.selection.window > T) {
       return absl::InvalidArgumentError("selection window outside 1..prompt length");
     }
-    h.caps.insert(h.caps.end(), st.selection.capacity.begin(), st.selection.capacity.end());
+    if (st.selection.capacity.empty()) {
+      HKV_RETURN_IF_ERROR(LayOutAdaptive(st, shape, h));
+    } else {
+      if (static_cast<int64_t>(st.selection.capacity.size()) != rows_per_seq) {
+        return absl::InvalidArgumentError("selection capacity has the wrong size");
+      }
+      h.caps.insert(h.caps.end(), st.selection.capacity.begin(), st.selection.capacity.end());
+      h.ada_total.insert(h.ada_total.end(), shape.num_layers, -1);
+      h.ada_floor.insert(h.ada_floor.end(), shape.num_layers, 0);
+      h.ada_block_start.insert(h.ada_block_start.end(), shape.num_layers + 1,
+                               static_cast<int32_t>(h.ada_blocks.size()));
+    }
   }
   return LayOutRows(b, shape.block_size, k2, h);
 }

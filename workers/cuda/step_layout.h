@@ -11,7 +11,10 @@
 //   indptr_b/..  [prefill rows]     the paged prefix before the step, plain prefills only
 //   cu_prefill   [prefills + 1]     token offsets of plain prefill chunks
 //   cu_select    [selects + 1]      token offsets of compressed prefills
-//   caps         [selects, L, H]    selection capacity per (layer, kv_head)
+//   caps         [selects, L, H]    selection capacity per (layer, kv_head) (0: adaptive)
+//   ada_total    [selects, L]       adaptive: tokens the layer's heads share (-1: static caps)
+//   ada_floor    [selects, L]       adaptive: each head's floor
+//   ada_block_start [selects, L+1]  adaptive: the layer's reserved blocks in ada_blocks
 //   slots        [L, total, H]      KV slot of each plain token (-1: none)
 //   sample_*     [sampled rows]     which rows are sampled, and with what parameters
 //
@@ -46,6 +49,8 @@ struct HostStep {
   std::vector<int32_t> token_start;  // per internal sequence
   std::vector<int32_t> ids, pos, indptr_a, indices_a, last_a, indptr_b, indices_b, last_b,
       cu_prefill, cu_select, caps;
+  std::vector<int64_t> ada_total;  // adaptive selection; see the header comment
+  std::vector<int32_t> ada_floor, ada_block_start, ada_blocks;
   std::vector<int64_t> slots;   // [L, total, H]
   bool shared_indices = false;  // indices_a is the batch's kv_indices
   const std::vector<BlockId>* batch_indices = nullptr;
@@ -73,7 +78,8 @@ int32_t GraphBatchFor(int32_t num_seqs, int32_t max_batch);
 
 // Lays out `batch` (already this worker's rows and block ids). `graph_batch` > 0 pads a
 // decode-only step to that many sequences. INVALID_ARGUMENT for tokens outside the vocabulary,
-// rows with too few blocks, or bad selections; UNIMPLEMENTED for adaptive selections.
+// rows with too few blocks, or bad selections (adaptive ones without budgets or blocks per
+// layer).
 // REQUIRES: the batch's CSR sizes match its shape (ValidateBatchShape).
 absl::StatusOr<HostStep> BuildHostStep(const Batch& batch, const StepLayoutShape& shape,
                                        int32_t graph_batch);

@@ -160,6 +160,45 @@ TEST(StepLayoutTest, GraphStepPadsDecodesThatWriteNothing) {
   EXPECT_THAT(h->sample_token, ElementsAre(0, 1, 2, 3));
 }
 
+// An adaptive (adakv) compressed prefill after a static one: rows stay empty, caps are zeros
+// the device replaces, and each layer gets its share, floor and reserved blocks.
+TEST(StepLayoutTest, AdaptiveSelectionLaysOutLayerBudgetsAndBlocks) {
+  Batch b = NewBatch();
+  std::vector<TokenId> prompt(20, 5);
+  AddSeq(b, 1, prompt, 0, 10, true);  // static: 8 + window 2 per head
+  b.seqs[0].select = true;
+  b.seqs[0].selection.window = 2;
+  b.seqs[0].selection.capacity.assign(kLayers * kHeads, 8);
+  SequenceStep st;
+  st.id = 2;
+  st.tokens = prompt;
+  st.sample = true;
+  st.select = true;
+  st.selection.window = 2;
+  st.selection.layer_budget = {10, 100};  // past = 18 per head: layer 1 keeps everything
+  st.selection.adaptive_floor_fraction = 0.2f;
+  st.layer_block_indptr = {0, 3, 7};
+  st.layer_blocks = {50, 51, 52, 60, 61, 62, 63};
+  b.seqs.push_back(st);
+  for (int32_t r = 0; r < kLayers * kHeads; ++r) {  // its rows: empty until the commit
+    b.kv_indptr.push_back(b.kv_indptr.back());
+    b.kv_len_before.push_back(0);
+    b.kv_len_after.push_back(0);
+  }
+  const auto h = BuildHostStep(b, kShape, 0);
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->num_select, 2);
+  EXPECT_THAT(h->caps, ElementsAre(8, 8, 8, 8, 0, 0, 0, 0));
+  // floor(0.2 * 10 / 2) = 1; floor(0.2 * 100 / 2) = 10; totals min(budget, 2 * 18).
+  EXPECT_THAT(h->ada_total, ElementsAre(-1, -1, 10, 36));
+  EXPECT_THAT(h->ada_floor, ElementsAre(0, 0, 1, 10));
+  EXPECT_THAT(h->ada_block_start, ElementsAre(0, 0, 0, 0, 3, 7));
+  EXPECT_THAT(h->ada_blocks, ElementsAre(50, 51, 52, 60, 61, 62, 63));
+  // The adaptive sequence's rows hold no blocks.
+  const size_t rows = static_cast<size_t>(kLayers) * kHeads;
+  for (size_t r = 0; r < rows; ++r) EXPECT_EQ(h->indptr_a[rows + r + 1], h->indptr_a[rows]);
+}
+
 TEST(StepLayoutTest, GraphSizes) {
   EXPECT_EQ(GraphBatchFor(1, 256), 1);
   EXPECT_EQ(GraphBatchFor(17, 256), 24);
@@ -199,8 +238,12 @@ TEST(StepLayoutTest, MalformedStepsAreRejected) {
 
   Batch adaptive = NewBatch();
   AddSeq(adaptive, 1, {1, 2, 3}, 0, 3, true);
-  adaptive.seqs[0].select = true;  // no per-head capacity: adaptive selection
-  EXPECT_EQ(BuildHostStep(adaptive, kShape, 0).status().code(), absl::StatusCode::kUnimplemented);
+  adaptive.seqs[0].select = true;  // no per-head capacity and no layer budgets
+  EXPECT_EQ(BuildHostStep(adaptive, kShape, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  adaptive.seqs[0].selection.layer_budget = {4, 4};
+  adaptive.seqs[0].layer_block_indptr = {0, 2, 1};  // not monotone
+  adaptive.seqs[0].layer_blocks = {7};
+  EXPECT_EQ(BuildHostStep(adaptive, kShape, 0).status().code(), absl::StatusCode::kInvalidArgument);
 
   Batch window = NewBatch();
   AddSeq(window, 1, {1, 2, 3}, 0, 3, true);

@@ -51,7 +51,8 @@ size_t CudaWorker::State::StageBytes(const HostStep& h, const k::DecodePlanOptio
       SliceBytes<int32_t>(h.last_b.size()) + SliceBytes<int32_t>(h.indptr_b.size()) +
       SliceBytes<int32_t>(h.cu_prefill.size()) + SliceBytes<int32_t>(h.cu_select.size()) +
       SliceBytes<int32_t>(h.caps.size()) + SliceBytes<int32_t>(h.indices_b.size()) +
-      SliceBytes<int32_t>(h.shared_indices ? h.batch_indices->size() : h.indices_a.size());
+      SliceBytes<int32_t>(h.shared_indices ? h.batch_indices->size() : h.indices_a.size()) +
+      SliceBytes<int32_t>(h.ada_blocks.size());
   if (h.num_decode > 0) bytes += L * SliceBytes<int32_t>(k::DecodeMetaInts(decode));
   return bytes;
 }
@@ -113,6 +114,7 @@ absl::StatusOr<DeviceStep> CudaWorker::State::Stage(const HostStep& h,
   }
   d.indices_b = in->Put(h.indices_b);
   d.indices_a = in->Put(h.shared_indices ? *h.batch_indices : h.indices_a);
+  d.ada_blocks = in->Put(h.ada_blocks);
   return d;
 }
 

@@ -1,0 +1,228 @@
+// AdaKV on the CUDA worker against the fp32 CPU worker on the trained needle fixture
+// (tests/data/needle: 6 layers, 2 KV heads, head_dim 64): an adaptive compressed prefill of a
+// held-out 1k-token prompt, then greedy decoding along the CPU's path. Each layer's kept tokens
+// sum to the same total on both (the split always spends the layer budget); per head the
+// counts agree up to bf16 near-ties of the window scores (a max-pool plateau or two); the
+// greedy token is the CPU's wherever the CPU's top-2 margin clears the bf16 error. Skips
+// without a GPU.
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/paths.h"
+#include "gtest/gtest.h"
+#include "headkv/head_budget_planner.h"
+#include "model/hf_loader.h"
+#include "nlohmann/json.hpp"
+#include "workers/cpu/cpu_worker.h"
+#include "workers/cuda/cuda_worker.h"
+#include "workers/test_batch_builder.h"
+
+namespace hkv {
+namespace {
+
+using testing::ClearGreedyMargin;
+using testing::RelativeError;
+
+constexpr int32_t kBlock = 16;
+constexpr int32_t kPoolBlocks = 2048;
+constexpr double kTolerance = 5e-2;  // bf16 logits after a selection that may differ at ties.
+// Max-pooling (kernel 7) makes plateaus of equal pooled scores: a near-tie at the budget's
+// boundary can move one or two whole plateaus from one head to another.
+constexpr int32_t kTieSlack = 14;
+
+// One sequence on one worker: its rows' blocks and lengths once the adaptive prefill is
+// committed (as the block manager's CommitAdaptive does), and a bump allocator of blocks.
+struct AdaSeq {
+  RequestId id = 0;
+  int32_t next_block = 0;
+  std::vector<int32_t> layer_indptr;  // the prefill's reservation
+  std::vector<BlockId> layer_blocks;
+  std::vector<std::vector<BlockId>> rows;
+  std::vector<int32_t> len;
+  int32_t position = 0;
+};
+
+Batch NewBatch(const ModelConfig& c) {
+  Batch b;
+  b.num_layers = c.num_layers;
+  b.num_kv_heads = c.num_kv_heads;
+  b.block_size = kBlock;
+  b.kv_indptr = {0};
+  return b;
+}
+
+// The adaptive prefill of `prompt`: empty rows, each layer's bound of blocks reserved.
+Batch AdaptivePrefill(const ModelConfig& c, const HeadBudgetPlan& plan,
+                      const std::vector<TokenId>& prompt, AdaSeq& s) {
+  Batch b = NewBatch(c);
+  const int32_t rows = c.num_layers * c.num_kv_heads;
+  for (int32_t r = 0; r < rows; ++r) {
+    b.kv_indptr.push_back(0);
+    b.kv_len_before.push_back(0);
+    b.kv_len_after.push_back(0);
+  }
+  SequenceStep st;
+  st.id = s.id;
+  st.tokens = prompt;
+  st.sample = true;
+  st.select = true;
+  st.selection.window = plan.window;
+  st.selection.layer_budget = plan.layer_budget;
+  s.layer_indptr = {0};
+  for (int32_t l = 0; l < c.num_layers; ++l) {
+    const int64_t need = plan.MaxBlocksPerLayer(l, static_cast<int32_t>(prompt.size()), kBlock);
+    for (int64_t i = 0; i < need; ++i) s.layer_blocks.push_back(s.next_block++);
+    s.layer_indptr.push_back(static_cast<int32_t>(s.layer_blocks.size()));
+  }
+  st.layer_block_indptr = s.layer_indptr;
+  st.layer_blocks = s.layer_blocks;
+  b.seqs.push_back(std::move(st));
+  s.position = static_cast<int32_t>(prompt.size());
+  return b;
+}
+
+// Splits the reservation as the block manager does: head h of layer l takes the next
+// ceil(kept / block_size) blocks of the layer's list.
+void Commit(const ModelConfig& c, const std::vector<int32_t>& kept, AdaSeq& s) {
+  const int32_t H = c.num_kv_heads;
+  s.rows.assign(kept.size(), {});
+  s.len = kept;
+  for (int32_t l = 0; l < c.num_layers; ++l) {
+    int32_t next = s.layer_indptr[l];
+    for (int32_t h = 0; h < H; ++h) {
+      const int32_t nb = (kept[l * H + h] + kBlock - 1) / kBlock;
+      ASSERT_LE(next + nb, s.layer_indptr[l + 1]) << "layer " << l << " overflows its reservation";
+      s.rows[l * H + h].assign(s.layer_blocks.begin() + next, s.layer_blocks.begin() + next + nb);
+      next += nb;
+    }
+  }
+}
+
+// One decode step of `token`, every row growing by one (a fresh block when the last is full).
+Batch Decode(const ModelConfig& c, TokenId token, int32_t step, AdaSeq& s) {
+  Batch b = NewBatch(c);
+  for (size_t r = 0; r < s.rows.size(); ++r) {
+    if (s.len[r] + 1 > static_cast<int32_t>(s.rows[r].size()) * kBlock) {
+      s.rows[r].push_back(s.next_block++);
+    }
+    b.kv_indices.insert(b.kv_indices.end(), s.rows[r].begin(), s.rows[r].end());
+    b.kv_indptr.push_back(static_cast<int32_t>(b.kv_indices.size()));
+    b.kv_len_before.push_back(s.len[r]);
+    b.kv_len_after.push_back(++s.len[r]);
+  }
+  SequenceStep st;
+  st.id = s.id;
+  st.tokens = {token};
+  st.start_pos = s.position++;
+  st.sample = true;
+  st.sample_step = step;
+  b.seqs.push_back(std::move(st));
+  return b;
+}
+
+std::map<std::string, nlohmann::json> EvalRecords(const std::string& dir) {
+  std::ifstream in(dir + "/eval.jsonl");
+  std::map<std::string, nlohmann::json> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line);
+    const std::string id = j["id"].get<std::string>();
+    out[id] = std::move(j);
+  }
+  return out;
+}
+
+TEST(NeedleAdaKvGpuTest, CudaAdaKvMatchesTheCpuWorker) {
+  if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = SourceDir() + "/tests/data/needle";
+  auto model = LoadHfModel(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto shared = std::make_shared<const Model>(std::move(*model));
+  const ModelConfig& c = shared->config;
+  CpuWorker cpu(shared, kPoolBlocks, kBlock, 8);
+  cpu.set_return_logits(true);
+  CudaWorkerOptions o;
+  o.block_size = kBlock;
+  o.num_blocks = kPoolBlocks;
+  o.activation_reserve_bytes = 256 << 20;
+  o.max_step_tokens = 4096;
+  o.max_seqs = 4;
+  auto gpu = CudaWorker::Create(shared, o);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  (*gpu)->set_return_logits(true);
+  ASSERT_TRUE((*gpu)->SupportsAdaptiveSelection());
+  const auto records = EvalRecords(dir);
+  int64_t heads = 0, heads_equal = 0, compared = 0, steps = 0;
+  for (const char* id : {"single-1024-00", "multi-1024-00", "fav-1024-00"}) {
+    ASSERT_TRUE(records.count(id)) << id;
+    const std::vector<TokenId> prompt = records.at(id)["prompt_ids"].get<std::vector<TokenId>>();
+    for (int32_t budget : {16, 64, 128}) {
+      SCOPED_TRACE(std::string(id) + " adakv B=" + std::to_string(budget));
+      KvPolicy policy;
+      policy.name = KvPolicyName::kAdaKv;
+      policy.budget = budget;
+      auto plan = HeadBudgetPlanner::Plan(policy, c.num_layers, c.num_kv_heads);
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      AdaSeq sc, sg;
+      sc.id = sg.id = 1;
+      auto rc = cpu.Execute(AdaptivePrefill(c, *plan, prompt, sc));
+      auto rg = (*gpu)->Execute(AdaptivePrefill(c, *plan, prompt, sg));
+      ASSERT_TRUE(rc.ok()) << rc.status();
+      ASSERT_TRUE(rg.ok()) << rg.status();
+      const std::vector<int32_t>& kc = rc->seqs[0].kept_per_head;
+      const std::vector<int32_t>& kg = rg->seqs[0].kept_per_head;
+      ASSERT_EQ(kc.size(), kg.size());
+      const int32_t H = c.num_kv_heads;
+      const bool same_counts = kc == kg;
+      for (int32_t l = 0; l < c.num_layers; ++l) {
+        int64_t sum_c = 0, sum_g = 0;
+        for (int32_t h = 0; h < H; ++h) {
+          const int32_t a = kc[l * H + h], g = kg[l * H + h];
+          sum_c += a;
+          sum_g += g;
+          ++heads;
+          heads_equal += a == g ? 1 : 0;
+          // A near-tie moves a plateau or two between heads, never more.
+          EXPECT_LE(std::abs(a - g), kTieSlack) << "layer " << l << " head " << h;
+        }
+        EXPECT_EQ(sum_c, sum_g) << "layer " << l;
+        EXPECT_EQ(sum_c, plan->LayerKeptBound(l, static_cast<int32_t>(prompt.size())));
+      }
+      Commit(c, kc, sc);
+      Commit(c, kg, sg);
+      // Greedy along the CPU's path.
+      for (int32_t step = 0; step < 8; ++step) {
+        const std::vector<float>& want = rc->seqs[0].logits;
+        if (same_counts) {  // Else the kept sets differ by design: only the tokens compare.
+          EXPECT_LT(RelativeError(rg->seqs[0].logits, want), 2 * kTolerance) << "step " << step;
+        }
+        if (ClearGreedyMargin(want, kTolerance)) {
+          EXPECT_EQ(rg->seqs[0].token, rc->seqs[0].token) << "step " << step;
+          ++compared;
+        }
+        ++steps;
+        const TokenId next = rc->seqs[0].token;
+        rc = cpu.Execute(Decode(c, next, step + 1, sc));
+        rg = (*gpu)->Execute(Decode(c, next, step + 1, sg));
+        ASSERT_TRUE(rc.ok()) << rc.status();
+        ASSERT_TRUE(rg.ok()) << rg.status();
+      }
+    }
+  }
+  std::printf(
+      "adakv heads with equal kept counts: %lld of %lld; greedy tokens compared: %lld of "
+      "%lld\n",
+      static_cast<long long>(heads_equal), static_cast<long long>(heads),
+      static_cast<long long>(compared), static_cast<long long>(steps));
+  EXPECT_GT(compared, 0);
+}
+
+}  // namespace
+}  // namespace hkv
