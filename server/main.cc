@@ -75,6 +75,9 @@ ABSL_FLAG(std::string, prompts_file, "", "bench-serve: prompts, one per line");
 ABSL_FLAG(double, slo_ttft_ms, 0, "bench-serve: TTFT SLO for goodput (0 = none)");
 ABSL_FLAG(double, slo_tpot_ms, 0, "bench-serve: TPOT SLO for goodput (0 = none)");
 ABSL_FLAG(std::string, json_out, "", "bench-serve: also write the JSON report here");
+ABSL_FLAG(std::string, backend, "hkv",
+          "bench-serve: hkv (the gRPC API at --target) | openai (POST /v1/completions, streamed, "
+          "at the HTTP API's --target HOST:PORT)");
 
 namespace hkv {
 namespace {
@@ -195,6 +198,7 @@ int BenchServe() {
   o.slo_tpot_ms = absl::GetFlag(FLAGS_slo_tpot_ms);
   o.json = absl::GetFlag(FLAGS_json);
   o.json_out = absl::GetFlag(FLAGS_json_out);
+  o.backend = absl::GetFlag(FLAGS_backend);
   return RunBenchServe(o);
 }
 
@@ -219,7 +223,7 @@ std::vector<CommandSpec> Commands() {
       Names("scores budget beta kv_heads granularity json");
   const std::vector<std::string> bench_serve = Names(
       "target num_requests concurrency request_rate input_len output_len range_ratio "
-      "prompts_file kv_policy kv_budget seed slo_ttft_ms slo_tpot_ms json json_out");
+      "prompts_file kv_policy kv_budget seed slo_ttft_ms slo_tpot_ms json json_out backend");
   // serve reads the whole server config: the engine flags and every flag of this file that no
   // other command claims, so that a new server option shows in `hkv serve --help` by itself.
   std::vector<std::string> serve = engine;
