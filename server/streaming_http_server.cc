@@ -129,8 +129,11 @@ struct StreamingHttpServer::Mailbox {
 class StreamingHttpServer::HandlerPool {
  public:
   HandlerPool(const HttpRouteHandler* handler, std::shared_ptr<Mailbox> mailbox, int threads,
-              int max_pending)
-      : handler_(handler), mailbox_(std::move(mailbox)), max_pending_(max_pending) {
+              int max_pending, std::atomic<int64_t>* request_bytes)
+      : handler_(handler),
+        mailbox_(std::move(mailbox)),
+        max_pending_(max_pending),
+        request_bytes_(request_bytes) {
     for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
   }
   ~HandlerPool() {
@@ -140,18 +143,19 @@ class StreamingHttpServer::HandlerPool {
     }
     for (std::thread& t : threads_) t.join();
   }
-  // False when the queue is full.
-  bool TryPush(uint64_t serial, HttpRequest request) {
+  // False when the queue is full. Else the job owns `bytes` of the request byte count, and
+  // gives them back once its handler returned.
+  bool TryPush(uint64_t serial, HttpRequest request, int64_t bytes) {
     absl::MutexLock lock(&mu_);
     if (static_cast<int>(jobs_.size()) >= max_pending_) return false;
-    jobs_.emplace_back(serial, std::move(request));
+    jobs_.push_back({serial, std::move(request), bytes});
     return true;
   }
 
  private:
   void Work() {
     while (true) {
-      std::pair<uint64_t, HttpRequest> job;
+      Job job;
       {
         absl::MutexLock lock(&mu_);
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -162,19 +166,26 @@ class StreamingHttpServer::HandlerPool {
         job = std::move(jobs_.front());
         jobs_.pop_front();
       }
-      const uint64_t serial = job.first;
+      const uint64_t serial = job.serial;
       std::shared_ptr<Mailbox> mailbox = mailbox_;
-      HttpReply reply =
-          (*handler_)(job.second, [mailbox, serial] { mailbox->Wake(serial); });
+      HttpReply reply = (*handler_)(job.request, [mailbox, serial] { mailbox->Wake(serial); });
+      job.request = HttpRequest();
+      *request_bytes_ -= job.bytes;
       mailbox_->Post(serial, std::move(reply));
     }
   }
 
+  struct Job {
+    uint64_t serial = 0;
+    HttpRequest request;
+    int64_t bytes = 0;
+  };
   const HttpRouteHandler* handler_;
   const std::shared_ptr<Mailbox> mailbox_;
   const int max_pending_;
+  std::atomic<int64_t>* const request_bytes_;
   absl::Mutex mu_;
-  std::deque<std::pair<uint64_t, HttpRequest>> jobs_ ABSL_GUARDED_BY(mu_);
+  std::deque<Job> jobs_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };
@@ -196,6 +207,13 @@ struct StreamingHttpServer::Connection {
   bool started = false;   // A head was written.
   bool finished = false;  // The whole reply is in `out`.
   bool paused = false;    // The source was not polled: `out` was over the cap.
+  // Request bytes this connection holds in the server's count (given back when it goes).
+  std::atomic<int64_t>* request_bytes = nullptr;
+  int64_t counted = 0;
+
+  ~Connection() {
+    if (request_bytes != nullptr) *request_bytes -= counted;
+  }
 
   size_t unsent() const { return out.size() - sent; }
   void Abandon() {
@@ -252,7 +270,7 @@ absl::StatusOr<int> StreamingHttpServer::Start(const std::string& host, int port
   listener_ = std::move(*listener);
   const int bound = BoundPort(listener_);
   pool_ = std::make_unique<HandlerPool>(&handler_, mailbox_, limits_.handler_threads,
-                                        limits_.max_pending_handlers);
+                                        limits_.max_pending_handlers, &request_bytes_);
   thread_ = std::thread([this] { Run(); });
   return bound;
 }
@@ -383,6 +401,7 @@ void StreamingHttpServer::AcceptAll() {
     auto c = std::make_unique<Connection>();
     c->serial = next_serial_++;
     c->fd = tcp::Fd(fd);
+    c->request_bytes = &request_bytes_;
     c->accepted = now;
     c->deadline = now + limits_.request_timeout;
     conns_[c->serial] = std::move(c);
@@ -400,6 +419,11 @@ void StreamingHttpServer::OnReadable(Connection* c) {
       return;
     }
     if (c->state != Connection::State::kReading) continue;  // Leftovers: dropped.
+    if (request_bytes_.fetch_add(n) + n > limits_.max_request_bytes_in_flight) {
+      request_bytes_ -= n;
+      return FixedReply(c, 503, "the server is busy: too many request bytes in flight");
+    }
+    c->counted += n;
     const size_t before = c->in.size();
     c->in.append(buf, static_cast<size_t>(n));
     if (c->head_end == 0) {
@@ -465,7 +489,9 @@ void StreamingHttpServer::OnReadable(Connection* c) {
 void StreamingHttpServer::Dispatch(Connection* c, HttpRequest request) {
   c->state = Connection::State::kHandling;
   c->deadline = absl::InfiniteFuture();  // Handlers are bounded; the client may still leave.
-  if (!pool_->TryPush(c->serial, std::move(request))) {
+  if (pool_->TryPush(c->serial, std::move(request), c->counted)) {
+    c->counted = 0;  // The job gives them back.
+  } else {
     FixedReply(c, 503, "the server is busy: too many requests waiting for a handler");
   }
 }

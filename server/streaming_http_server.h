@@ -93,7 +93,10 @@ struct StreamingHttpLimits {
   absl::Duration write_timeout = absl::Seconds(30);    // Longest stall in sending a reply.
   size_t max_header_bytes = 16384;                     // Request line + headers.
   size_t max_body_bytes = 4 << 20;
-  size_t max_buffered_bytes = 1 << 20;  // A reply's unsent bytes before its source is paused.
+  size_t max_buffered_bytes = 256 << 10;  // A reply's unsent bytes before its source pauses.
+  // Request bytes held at once, over all connections, from arrival until their handler is done
+  // (so that many large bodies at once cannot exhaust memory); past it, 503.
+  int64_t max_request_bytes_in_flight = 256 << 20;
   int max_connections = 8192;
   int handler_threads = 4;
   int max_pending_handlers = 4096;  // Requests waiting for a handler thread; more get 503.
@@ -136,6 +139,7 @@ class StreamingHttpServer {
   tcp::Fd listener_;
   std::atomic<bool> stop_{false};
   std::atomic<int> open_connections_{0};
+  std::atomic<int64_t> request_bytes_{0};  // See max_request_bytes_in_flight.
   // Server-thread state.
   absl::flat_hash_map<uint64_t, std::unique_ptr<Connection>> conns_;  // By serial.
   uint64_t next_serial_ = 1;

@@ -162,5 +162,33 @@ TEST(StreamingHttpServerTest, AFullHandlerQueueIs503AndStopAbandonsPendingReplie
   ::close(queued);
 }
 
+TEST(StreamingHttpServerTest, RequestBytesInFlightAreCapped) {
+  StreamingHttpLimits limits;
+  limits.max_request_bytes_in_flight = 64 << 10;
+  StreamingHttpServer server(
+      [](const HttpRequest& r, const std::function<void()>&) {
+        HttpReply reply;
+        reply.body = std::to_string(r.body.size());
+        return reply;
+      },
+      limits);
+  auto port = server.Start("127.0.0.1", 0, "--test-port");
+  ASSERT_TRUE(port.ok());
+  // One client sends 48 KiB of a 100 KiB body and stalls; together with it, a second 48 KiB
+  // body is over the cap.
+  const int stalled = ConnectLoopback(*port);
+  ASSERT_TRUE(SendAll(stalled, "POST / HTTP/1.1\r\nContent-Length: 102400\r\n\r\n" +
+                                   std::string(48 << 10, 'a')));
+  absl::SleepFor(absl::Milliseconds(100));
+  const auto refused = HttpCall(*port, "POST", "/", std::string(48 << 10, 'b'));
+  EXPECT_EQ(refused.status, 503);
+  ::close(stalled);
+  // Once that client is gone, its bytes are given back.
+  ASSERT_TRUE(WaitFor([&] { return server.open_connections() == 0; }));
+  const auto served = HttpCall(*port, "POST", "/", std::string(48 << 10, 'b'));
+  EXPECT_EQ(served.status, 200);
+  EXPECT_EQ(served.body, std::to_string(48 << 10));
+}
+
 }  // namespace
 }  // namespace hkv
