@@ -18,26 +18,37 @@ OpenAiReply::OpenAiReply(Engine* engine, OpenAiReplyInfo info, bool stream, bool
 }
 
 void OpenAiReply::Poll(HttpReplyWriter* writer) {
-  if (stream_ && !started_) {
-    writer->Start(200, "text/event-stream", {});
-    if (info_.endpoint == OpenAiEndpoint::kChat) {
-      for (size_t i = 0; i < choices_.size(); ++i) {
-        writer->Write(SseEvent(RenderChunk(info_, static_cast<int>(i), "", FinishReason::kNone,
-                                           /*role=*/true, include_usage_)));
-      }
-    }
-  }
-  started_ = true;
+  std::string events;  // Of this poll; the stream's head waits for its first event.
   bool all_done = true;
   for (size_t i = 0; i < choices_.size() && error_.ok(); ++i) {
-    Drain(static_cast<int>(i), writer);
+    Drain(static_cast<int>(i), &events);
     all_done = all_done && choices_[i].done;
   }
+  if (!stream_) {
+    if (!error_.ok()) return Fail(writer);
+    if (all_done) Complete(writer);
+    return;
+  }
+  // A request that fails before any output is answered with its status, not an event.
+  if (!error_.ok() && !started_ && events.empty()) return Fail(writer);
+  if (!events.empty() || all_done || !error_.ok()) StartStream(writer);
+  writer->Write(events);
   if (!error_.ok()) return Fail(writer);
   if (all_done) Complete(writer);
 }
 
-void OpenAiReply::Drain(int index, HttpReplyWriter* writer) {
+void OpenAiReply::StartStream(HttpReplyWriter* writer) {
+  if (started_) return;
+  started_ = true;
+  writer->Start(200, "text/event-stream", {});
+  if (info_.endpoint != OpenAiEndpoint::kChat) return;
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    writer->Write(SseEvent(RenderChunk(info_, static_cast<int>(i), "", FinishReason::kNone,
+                                       /*role=*/true, include_usage_)));
+  }
+}
+
+void OpenAiReply::Drain(int index, std::string* events) {
   Choice& c = choices_[index];
   while (!c.done) {
     std::optional<StreamChunk> chunk = c.stream->Next(absl::ZeroDuration());
@@ -54,8 +65,8 @@ void OpenAiReply::Drain(int index, HttpReplyWriter* writer) {
     if (!stream_) {
       c.text += chunk->text;
     } else if (!chunk->text.empty() || chunk->finished) {
-      writer->Write(SseEvent(
-          RenderChunk(info_, index, chunk->text, c.finish, /*role=*/false, include_usage_)));
+      *events += SseEvent(
+          RenderChunk(info_, index, chunk->text, c.finish, /*role=*/false, include_usage_));
     }
   }
 }
@@ -72,7 +83,7 @@ void OpenAiReply::Fail(HttpReplyWriter* writer) {
   CancelRunning();
   const int status = HttpStatusOf(error_, /*at_submit=*/false);
   const std::string message(error_.message());
-  if (stream_) {
+  if (started_) {
     writer->Write(SseEvent(RenderError(status, message)));
     writer->Write(kSseDone);
     writer->Finish();

@@ -2,13 +2,15 @@
 // OpenAiReply: the HTTP reply of one completions or chat request, made from its engine requests'
 // RequestStreams (one per choice) as they produce output: server-sent event chunks while they
 // run when the client asked to stream, else one response object once all have finished. A
-// request that fails before anything was streamed is answered with its error's HTTP status; one
-// that fails later ends its event stream with an error event. Abandon() (the client left)
+// request that fails before any output (even a streamed one: its head waits for the first
+// event) is answered with its error's HTTP status; one that fails later ends its event stream
+// with an error event. Abandon() (the client left)
 // cancels every choice still running, so its blocks are freed within an engine step.
 //
 // Threading: built on a handler thread, then used by the StreamingHttpServer thread alone.
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "server/engine.h"
@@ -35,8 +37,11 @@ class OpenAiReply : public HttpReplySource {
     StreamUsage usage;
     bool done = false;
   };
-  // Moves the chunks waiting in `choice`'s stream into the reply.
-  void Drain(int index, HttpReplyWriter* writer);
+  // Moves the chunks waiting in choice `index`'s stream into the reply (`events` when
+  // streaming).
+  void Drain(int index, std::string* events);
+  // Writes the stream's head (and a chat's role deltas) unless written.
+  void StartStream(HttpReplyWriter* writer);
   void CancelRunning();
   void Fail(HttpReplyWriter* writer);
   void Complete(HttpReplyWriter* writer);

@@ -185,6 +185,11 @@ TEST_F(OpenAiHttpTest, ErrorsHaveTheirStatusesAndObjects) {
   // A request that fails after it was queued (it can never fit the context) is a 400 as well.
   const HttpResult fit = Post("/v1/completions", R"({"prompt": [1], "max_tokens": 600})");
   EXPECT_EQ(fit.status, 400) << fit.body;
+  // Also when streamed: the stream's head waits for its first event.
+  const HttpResult streamed_fit =
+      Post("/v1/completions", R"({"prompt": [1], "max_tokens": 600, "stream": true})");
+  EXPECT_EQ(streamed_fit.status, 400) << streamed_fit.body;
+  EXPECT_EQ(Json::parse(streamed_fit.body)["error"]["code"], 400);
 }
 
 TEST_F(OpenAiHttpTest, ModelsHealthMetricsTokenize) {
