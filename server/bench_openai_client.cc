@@ -142,8 +142,7 @@ void OnEvent(const std::string& data, OpenAiBenchResult* r) {
 
 }  // namespace
 
-OpenAiBenchResult RunOpenAiCompletion(const std::string& host, int port,
-                                      const std::string& body) {
+OpenAiBenchResult RunOpenAiCompletion(const std::string& host, int port, const std::string& body) {
   OpenAiBenchResult r;
   r.start = absl::Now();
   tcp::Fd fd = Connect(host, port, &r.error);
@@ -181,8 +180,8 @@ OpenAiBenchResult RunOpenAiCompletion(const std::string& host, int port,
 std::string FetchOpenAiModels(const std::string& host, int port) {
   std::string error;
   tcp::Fd fd = Connect(host, port, &error);
-  const std::string request = absl::StrCat(
-      "GET /v1/models HTTP/1.1\r\nHost: ", tcp::FormatAddress(host, port), "\r\n\r\n");
+  const std::string request =
+      absl::StrCat("GET /v1/models HTTP/1.1\r\nHost: ", tcp::FormatAddress(host, port), "\r\n\r\n");
   if (!fd.valid() || !SendAll(fd.get(), request)) return "error: " + error;
   ReplyReader reader(fd.get());
   std::string body;

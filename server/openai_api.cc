@@ -6,8 +6,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "common/paths.h"
 #include "absl/time/clock.h"
+#include "common/paths.h"
 #include "common/quote.h"
 #include "nlohmann/json.hpp"
 #include "server/openai_render.h"
@@ -88,9 +88,7 @@ OpenAiApi::OpenAiApi(Engine* engine, std::shared_ptr<const Tokenizer> tokenizer,
   }
 }
 
-std::optional<HttpReply> OpenAiApi::CheckHeaders(const HttpRequest&) const {
-  return std::nullopt;
-}
+std::optional<HttpReply> OpenAiApi::CheckHeaders(const HttpRequest&) const { return std::nullopt; }
 
 HttpReply OpenAiApi::Handle(const HttpRequest& request, const std::function<void()>& wake) const {
   if (std::optional<HttpReply> refused = CheckHeaders(request)) return std::move(*refused);
@@ -123,8 +121,8 @@ HttpReply OpenAiApi::Handle(const HttpRequest& request, const std::function<void
   for (const char* known : {"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize",
                             "/detokenize", "/health", "/healthz", "/metrics"}) {
     if (path == known) {
-      return StatusReply(405, absl::StrCat("method ", QuoteForError(method), " is not allowed on ",
-                                           path));
+      return StatusReply(
+          405, absl::StrCat("method ", QuoteForError(method), " is not allowed on ", path));
     }
   }
   return StatusReply(404, absl::StrCat("no route ", QuoteForError(path)));
@@ -242,8 +240,8 @@ HttpReply OpenAiApi::Detokenize(const HttpRequest& http) const {
   for (const Json& t : *tokens) {
     if (!t.is_number_integer() || t.get<int64_t>() < 0 ||
         t.get<int64_t>() >= tokenizer_->vocab_size()) {
-      return StatusReply(400, absl::StrCat("`tokens` must be token ids in [0, ",
-                                           tokenizer_->vocab_size(), ")"));
+      return StatusReply(
+          400, absl::StrCat("`tokens` must be token ids in [0, ", tokenizer_->vocab_size(), ")"));
     }
     ids.push_back(static_cast<TokenId>(t.get<int64_t>()));
   }

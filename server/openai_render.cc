@@ -7,15 +7,13 @@ namespace {
 
 using Json = nlohmann::json;
 
-std::string Dump(const Json& j) {
-  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
-}
+std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
 
 bool IsChat(const OpenAiReplyInfo& info) { return info.endpoint == OpenAiEndpoint::kChat; }
 
 Json Base(const OpenAiReplyInfo& info, bool chunk) {
-  const char* object = IsChat(info) ? (chunk ? "chat.completion.chunk" : "chat.completion")
-                                    : "text_completion";
+  const char* object =
+      IsChat(info) ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion";
   return {{"id", info.id}, {"object", object}, {"created", info.created}, {"model", info.model}};
 }
 
@@ -54,7 +52,8 @@ std::string RenderResponse(const OpenAiReplyInfo& info, const std::vector<OpenAi
   Json j = Base(info, /*chunk=*/false);
   Json list = Json::array();
   for (const OpenAiChoice& c : choices) {
-    Json choice = {{"index", c.index}, {"logprobs", nullptr}, {"finish_reason", FinishJson(c.finish)}};
+    Json choice = {
+        {"index", c.index}, {"logprobs", nullptr}, {"finish_reason", FinishJson(c.finish)}};
     if (IsChat(info)) {
       choice["message"] = {{"role", "assistant"}, {"content", c.text}};
     } else {
@@ -98,8 +97,9 @@ std::string RenderError(int http_status, const std::string& message) {
   if (http_status == 404) type = "not_found_error";
   if (http_status == 429) type = "rate_limit_error";
   if (http_status >= 500) type = http_status == 503 ? "service_unavailable" : "server_error";
-  return Dump({{"error", {{"message", message}, {"type", type}, {"param", nullptr},
-                          {"code", http_status}}}});
+  return Dump(
+      {{"error",
+        {{"message", message}, {"type", type}, {"param", nullptr}, {"code", http_status}}}});
 }
 
 int HttpStatusOf(const absl::Status& status, bool at_submit) {

@@ -21,10 +21,9 @@ Json ParseEvent(const std::string& event) {
 }
 
 TEST(OpenAiRenderTest, CompletionResponse) {
-  const Json j = Json::parse(RenderResponse(Info(OpenAiEndpoint::kCompletions),
-                                            {{0, "abc", FinishReason::kLength},
-                                             {1, "d", FinishReason::kEos}},
-                                            {7, 4}));
+  const Json j = Json::parse(
+      RenderResponse(Info(OpenAiEndpoint::kCompletions),
+                     {{0, "abc", FinishReason::kLength}, {1, "d", FinishReason::kEos}}, {7, 4}));
   EXPECT_EQ(j["object"], "text_completion");
   EXPECT_EQ(j["id"], "cmpl-1");
   EXPECT_EQ(j["model"], "m");
@@ -40,8 +39,8 @@ TEST(OpenAiRenderTest, CompletionResponse) {
 }
 
 TEST(OpenAiRenderTest, ChatResponse) {
-  const Json j = Json::parse(RenderResponse(Info(OpenAiEndpoint::kChat),
-                                            {{0, "hi", FinishReason::kStop}}, {3, 1}));
+  const Json j = Json::parse(
+      RenderResponse(Info(OpenAiEndpoint::kChat), {{0, "hi", FinishReason::kStop}}, {3, 1}));
   EXPECT_EQ(j["object"], "chat.completion");
   EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
   EXPECT_EQ(j["choices"][0]["message"]["content"], "hi");
@@ -65,8 +64,8 @@ TEST(OpenAiRenderTest, Chunks) {
   EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
   EXPECT_TRUE(last["choices"][0]["delta"].empty());
 
-  Json text = ParseEvent(SseEvent(RenderChunk(Info(OpenAiEndpoint::kCompletions), 2, "x",
-                                              FinishReason::kNone, false, false)));
+  Json text = ParseEvent(SseEvent(
+      RenderChunk(Info(OpenAiEndpoint::kCompletions), 2, "x", FinishReason::kNone, false, false)));
   EXPECT_EQ(text["object"], "text_completion");
   EXPECT_EQ(text["choices"][0]["index"], 2);
   EXPECT_EQ(text["choices"][0]["text"], "x");

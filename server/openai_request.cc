@@ -141,8 +141,9 @@ bool IsIdList(const Json& j) { return j.is_array() && !j.empty() && j[0].is_numb
 absl::Status ParsePrompt(const Json& body, const OpenAiParseLimits& limits, OpenAiRequest* r) {
   auto it = body.find("prompt");
   if (it == body.end() || it->is_null()) {
-    return absl::InvalidArgumentError("`prompt` is required: a string, a list of strings, "
-                                      "a list of token ids, or a list of such lists");
+    return absl::InvalidArgumentError(
+        "`prompt` is required: a string, a list of strings, "
+        "a list of token ids, or a list of such lists");
   }
   const Json& p = *it;
   if (p.is_string()) {
@@ -154,8 +155,8 @@ absl::Status ParsePrompt(const Json& body, const OpenAiParseLimits& limits, Open
     r->prompts.push_back(std::move(prompt));
   } else if (p.is_array() && !p.empty()) {
     if (static_cast<int64_t>(p.size()) > limits.max_prompts) {
-      return absl::InvalidArgumentError(absl::StrCat("`prompt` lists ", p.size(),
-                                                     " prompts; at most ", limits.max_prompts));
+      return absl::InvalidArgumentError(
+          absl::StrCat("`prompt` lists ", p.size(), " prompts; at most ", limits.max_prompts));
     }
     for (const Json& e : p) {
       OpenAiPrompt prompt;
@@ -165,8 +166,9 @@ absl::Status ParsePrompt(const Json& body, const OpenAiParseLimits& limits, Open
         prompt.is_ids = true;
         HKV_RETURN_IF_ERROR(GetIds(e, "prompt", &prompt.ids));
       } else {
-        return TypeError("prompt", "a string, a list of strings, a list of token ids, or a "
-                                   "list of non-empty token-id lists");
+        return TypeError("prompt",
+                         "a string, a list of strings, a list of token ids, or a "
+                         "list of non-empty token-id lists");
       }
       r->prompts.push_back(std::move(prompt));
     }
@@ -211,8 +213,8 @@ absl::Status ParseMessages(const Json& body, const OpenAiParseLimits& limits, Op
     return TypeError("messages", "a non-empty list of {role, content} objects");
   }
   if (static_cast<int64_t>(it->size()) > limits.max_messages) {
-    return absl::InvalidArgumentError(absl::StrCat("`messages` has ", it->size(),
-                                                   " messages; at most ", limits.max_messages));
+    return absl::InvalidArgumentError(
+        absl::StrCat("`messages` has ", it->size(), " messages; at most ", limits.max_messages));
   }
   for (const Json& m : *it) {
     if (!m.is_object()) return TypeError("messages[]", "an object");
@@ -336,8 +338,8 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(std::string_view body, OpenAiEn
   }
   for (const PendingFeature& f : kPendingFeatures) {
     if (f.needed(r)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "`", f.field, "` with this value is not supported by this server yet"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("`", f.field, "` with this value is not supported by this server yet"));
     }
   }
   return r;
@@ -364,9 +366,9 @@ absl::StatusOr<std::vector<EngineRequest>> ToEngineRequests(const OpenAiRequest&
   if (request.endpoint == OpenAiEndpoint::kChat) {
     HKV_ASSIGN_OR_RETURN(std::string text,
                          RenderChat(request.messages, request.add_generation_prompt, serving));
-    HKV_ASSIGN_OR_RETURN(prompts.emplace_back(),
-                         EncodePrompt(*serving.tokenizer, text, /*add_bos=*/false,
-                                      serving.prompt_limit, control));
+    HKV_ASSIGN_OR_RETURN(
+        prompts.emplace_back(),
+        EncodePrompt(*serving.tokenizer, text, /*add_bos=*/false, serving.prompt_limit, control));
   }
   for (const OpenAiPrompt& p : request.prompts) {
     if (p.is_ids) {
@@ -377,18 +379,18 @@ absl::StatusOr<std::vector<EngineRequest>> ToEngineRequests(const OpenAiRequest&
       return absl::InvalidArgumentError("this model is served without a tokenizer: send token ids");
     }
     if (p.text.empty()) return absl::InvalidArgumentError("`prompt` is empty");
-    HKV_ASSIGN_OR_RETURN(prompts.emplace_back(),
-                         EncodePrompt(*serving.tokenizer, p.text, /*add_bos=*/true,
-                                      serving.prompt_limit, control));
+    HKV_ASSIGN_OR_RETURN(
+        prompts.emplace_back(),
+        EncodePrompt(*serving.tokenizer, p.text, /*add_bos=*/true, serving.prompt_limit, control));
   }
   std::vector<EngineRequest> out;
   for (std::vector<TokenId>& ids : prompts) {
     EngineRequest r;
     const int64_t left = std::max<int64_t>(1, serving.max_model_len - int64_t(ids.size()));
-    const int64_t max_tokens = request.max_tokens.value_or(
-        request.endpoint == OpenAiEndpoint::kChat ? left : 16);
-    r.sampling.max_tokens = static_cast<int32_t>(
-        std::min<int64_t>(max_tokens, std::numeric_limits<int32_t>::max()));
+    const int64_t max_tokens =
+        request.max_tokens.value_or(request.endpoint == OpenAiEndpoint::kChat ? left : 16);
+    r.sampling.max_tokens =
+        static_cast<int32_t>(std::min<int64_t>(max_tokens, std::numeric_limits<int32_t>::max()));
     r.sampling.temperature = static_cast<float>(request.temperature.value_or(1.0));
     r.sampling.top_p = static_cast<float>(request.top_p.value_or(1.0));
     const int64_t top_k = request.top_k.value_or(0);

@@ -83,8 +83,7 @@ TEST(OpenAiRequestTest, WrongTypesNameTheField) {
   EXPECT_NE(Refusal(Completions(R"({"prompt": [1, -2]})")).find("token ids"), std::string::npos);
   EXPECT_NE(Refusal(Completions(R"({"prompt": "x", "model": 3})")).find("model"),
             std::string::npos);
-  EXPECT_NE(Refusal(Completions(R"({"prompt": "x", "user": 3})")).find("user"),
-            std::string::npos);
+  EXPECT_NE(Refusal(Completions(R"({"prompt": "x", "user": 3})")).find("user"), std::string::npos);
   EXPECT_NE(Refusal(Completions(R"({"prompt": "x", "seed": 1e30})")).find("seed"),
             std::string::npos);
   EXPECT_NE(Refusal(Completions(R"({"prompt": "x", "max_tokens": 0})")).find("max_tokens"),
@@ -106,10 +105,10 @@ TEST(OpenAiRequestTest, BadBodies) {
 }
 
 TEST(OpenAiRequestTest, PendingFeaturesRefusedOnlyWhenUsed) {
-  for (const char* field : {R"("n": 2)", R"("best_of": 3)", R"("logprobs": 1)",
-                            R"("echo": true)", R"("presence_penalty": 0.5)",
-                            R"("frequency_penalty": -1)", R"("repetition_penalty": 1.2)",
-                            R"("min_p": 0.1)", R"("min_tokens": 4)", R"("top_logprobs": 2)"}) {
+  for (const char* field :
+       {R"("n": 2)", R"("best_of": 3)", R"("logprobs": 1)", R"("echo": true)",
+        R"("presence_penalty": 0.5)", R"("frequency_penalty": -1)", R"("repetition_penalty": 1.2)",
+        R"("min_p": 0.1)", R"("min_tokens": 4)", R"("top_logprobs": 2)"}) {
     const std::string message =
         Refusal(Completions(std::string(R"({"prompt": "x", )") + field + "}"));
     EXPECT_NE(message.find("not supported by this server"), std::string::npos) << field;
@@ -130,7 +129,9 @@ TEST(OpenAiRequestTest, Messages) {
   EXPECT_EQ(r->messages[1].content, "Hello, there");
   EXPECT_EQ(r->messages[2].content, "");
   EXPECT_NE(Refusal(Chat(R"({"messages": [{"role": "user", "content": [{"type": "image_url",
-      "image_url": {"url": "x"}}]}]})")).find("not supported"), std::string::npos);
+      "image_url": {"url": "x"}}]}]})"))
+                .find("not supported"),
+            std::string::npos);
   EXPECT_NE(Refusal(Chat(R"({"messages": []})")).find("messages"), std::string::npos);
   EXPECT_NE(Refusal(Chat(R"({"messages": [{"content": "x"}]})")).find("role"), std::string::npos);
   EXPECT_NE(Refusal(Chat(R"({"messages": "hi"})")).find("messages"), std::string::npos);

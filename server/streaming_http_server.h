@@ -40,7 +40,8 @@ namespace hkv {
 struct HttpRequest {
   std::string method;  // "GET", "POST", ...
   std::string path;    // Without the query string.
-  std::vector<std::pair<std::string, std::string>> headers;  // Names lower-cased.
+  // Names lower-cased, in the order sent.
+  std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
   // Returns the first header named `name` (lower case), or "".
   std::string Header(const std::string& name) const;

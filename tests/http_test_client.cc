@@ -109,10 +109,9 @@ HttpResult HttpCall(int port, const std::string& method, const std::string& path
                     const std::string& body, const std::string& extra_headers) {
   const int fd = ConnectLoopback(port);
   if (fd < 0) return {};
-  const std::string request =
-      absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\n", extra_headers,
-                   "Content-Type: application/json\r\nContent-Length: ", body.size(), "\r\n\r\n",
-                   body);
+  const std::string request = absl::StrCat(
+      method, " ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\n", extra_headers,
+      "Content-Type: application/json\r\nContent-Length: ", body.size(), "\r\n\r\n", body);
   HttpResult r;
   if (SendAll(fd, request)) {
     bool closed = false;

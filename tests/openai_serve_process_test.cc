@@ -31,8 +31,8 @@ pid_t StartServer(int port, int http_port) {
   if (pid == 0) {
     const std::string port_flag = "--port=" + std::to_string(port);
     const std::string http_flag = "--http-port=" + std::to_string(http_port);
-    execl(HKV_BINARY, HKV_BINARY, "serve", "--host=127.0.0.1", port_flag.c_str(),
-          http_flag.c_str(), "--metrics-port=0", "--kv-pool-blocks=4096", "--num-threads=1",
+    execl(HKV_BINARY, HKV_BINARY, "serve", "--host=127.0.0.1", port_flag.c_str(), http_flag.c_str(),
+          "--metrics-port=0", "--kv-pool-blocks=4096", "--num-threads=1",
           "--served-model-name=tiny-stories, stories", "--drain-timeout-s=20",
           static_cast<char*>(nullptr));
     _exit(127);
@@ -62,8 +62,8 @@ TEST(OpenAiServeProcessTest, BenchServeOpenAiBackendWritesVllmKeys) {
   EXPECT_EQ(m["data"][1]["id"], "stories");
 
   const std::string report = Capture(
-      std::string(HKV_BINARY) + " bench-serve --backend=openai --target=127.0.0.1:" +
-      std::to_string(http_port) +
+      std::string(HKV_BINARY) +
+      " bench-serve --backend=openai --target=127.0.0.1:" + std::to_string(http_port) +
       " --num-requests=12 --concurrency=4 --input-len=24 --output-len=16 --json 2>/dev/null");
   const nlohmann::json j = nlohmann::json::parse(report, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << report;
@@ -71,8 +71,8 @@ TEST(OpenAiServeProcessTest, BenchServeOpenAiBackendWritesVllmKeys) {
   EXPECT_EQ(j["failed"], 0);
   EXPECT_EQ(j["total_input_tokens"], 12 * 24);
   EXPECT_EQ(j["total_output_tokens"], 12 * 16);
-  for (const char* key : {"duration", "request_throughput", "output_throughput",
-                          "total_token_throughput"}) {
+  for (const char* key :
+       {"duration", "request_throughput", "output_throughput", "total_token_throughput"}) {
     EXPECT_GT(j[key].get<double>(), 0) << key;
   }
   for (const char* metric : {"ttft", "tpot", "itl", "e2el"}) {

@@ -177,8 +177,8 @@ TEST(StreamingHttpServerTest, RequestBytesInFlightAreCapped) {
   // One client sends 48 KiB of a 100 KiB body and stalls; together with it, a second 48 KiB
   // body is over the cap.
   const int stalled = ConnectLoopback(*port);
-  ASSERT_TRUE(SendAll(stalled, "POST / HTTP/1.1\r\nContent-Length: 102400\r\n\r\n" +
-                                   std::string(48 << 10, 'a')));
+  ASSERT_TRUE(SendAll(
+      stalled, "POST / HTTP/1.1\r\nContent-Length: 102400\r\n\r\n" + std::string(48 << 10, 'a')));
   absl::SleepFor(absl::Milliseconds(100));
   const auto refused = HttpCall(*port, "POST", "/", std::string(48 << 10, 'b'));
   EXPECT_EQ(refused.status, 503);
