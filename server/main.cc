@@ -1,7 +1,7 @@
 // hkv: the command-line entry point. Flags are parsed here and nowhere else.
 //
 //   hkv generate [--model PATH] [--prompt TEXT | --prompt-ids 1,2,3] [--max-tokens N] ...
-//   hkv serve [--config FILE] [--model PATH] [--port 50051] [--metrics-port 9090] ...
+//   hkv serve [--config FILE] [--model PATH] [--port 50051] [--http-port 8000] ...
 //   hkv headkv-plan --scores FILE --budget B [--beta X] [--kv-heads N] [--granularity G] --json
 //   hkv bench-serve [--target HOST:PORT] [--num-requests N] [--concurrency C | --request-rate R]
 //   hkv --help | hkv help [COMMAND] | hkv COMMAND --help      (a command's flags; exit 0)
@@ -240,7 +240,8 @@ std::vector<CommandSpec> Commands() {
        "Runs one prompt through the engine and prints the text (or one JSON object).", generate,
        &Generate},
       {"serve", "[--config FILE] [--model PATH] [--port 50051] [flags]",
-       "Serves the hkv.v1.Generation gRPC API, gRPC health and /metrics until SIGTERM.", serve,
+       "Serves the hkv.v1.Generation gRPC API, the OpenAI-compatible HTTP API (--http-port), "
+       "gRPC health and /metrics until SIGTERM.", serve,
        &Serve},
       {"headkv-plan", "--scores FILE --budget B [flags]",
        "Prints the HeadKV per-head budgets of a score file.", headkv_plan, &HeadkvPlan},
