@@ -241,8 +241,8 @@ std::vector<CommandSpec> Commands() {
        &Generate},
       {"serve", "[--config FILE] [--model PATH] [--port 50051] [flags]",
        "Serves the hkv.v1.Generation gRPC API, the OpenAI-compatible HTTP API (--http-port), "
-       "gRPC health and /metrics until SIGTERM.", serve,
-       &Serve},
+       "gRPC health and /metrics until SIGTERM.",
+       serve, &Serve},
       {"headkv-plan", "--scores FILE --budget B [flags]",
        "Prints the HeadKV per-head budgets of a score file.", headkv_plan, &HeadkvPlan},
       {"bench-serve",
