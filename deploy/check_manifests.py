@@ -382,7 +382,7 @@ def check_live(hkv, cpu):
     # The image's model path is the repository's embedded model; ports are free loopback ports.
     model = live_cfg["model"].replace(IMAGE_MODEL_DIR, os.path.join(ROOT, "models/stories260K"))
     cmd = [hkv, "serve", f"--config={path}", f"--model={model}", "--host=127.0.0.1",
-           "--metrics-host=127.0.0.1", f"--port={port}", f"--metrics-port={mport}"]
+           "--metrics-host=127.0.0.1", f"--port={port}", f"--metrics-port={mport}", "--http-port=0"]
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:

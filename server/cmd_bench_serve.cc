@@ -1,10 +1,13 @@
 // `hkv bench-serve`: a gRPC load generator in the style of `vllm bench serve`. Sends N
-// streamed Generate requests to a server, closed-loop at a concurrency or open-loop at a
+// streamed Generate requests to a server (or, with --backend openai, streamed POST
+// /v1/completions to an OpenAI-compatible HTTP API), closed-loop at a concurrency or open-loop at a
 // Poisson rate, and reports throughput and TTFT / TPOT / ITL / e2e percentiles as a table
 // (and JSON). Runs its own client threads; talks only to the given target.
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <mutex>
@@ -16,6 +19,7 @@
 #include "grpcpp/grpcpp.h"
 #include "hkv/v1/generation.grpc.pb.h"
 #include "nlohmann/json.hpp"
+#include "server/bench_openai_client.h"
 #include "server/commands.h"
 
 namespace hkv {
@@ -69,6 +73,76 @@ RequestRecord RunOne(hkv::v1::Generation::Stub* stub, const hkv::v1::GenerateReq
   rec.ok = status.ok();
   if (!status.ok()) rec.error = status.error_message();
   return rec;
+}
+
+// The same request as an OpenAI completions body (streamed, with usage).
+std::string OpenAiBody(const BenchServeOptions& o, const hkv::v1::GenerateRequest& request) {
+  nlohmann::json j = {{"max_tokens", request.sampling().max_tokens()},
+                      {"ignore_eos", true},
+                      {"temperature", 0},
+                      {"stream", true},
+                      {"stream_options", {{"include_usage", true}}}};
+  if (!o.served_model.empty()) j["model"] = o.served_model;
+  if (request.has_prompt_token_ids()) {
+    j["prompt"] = std::vector<int32_t>(request.prompt_token_ids().ids().begin(),
+                                       request.prompt_token_ids().ids().end());
+  } else {
+    j["prompt"] = request.prompt();
+  }
+  if (request.has_kv_policy()) {
+    j["kv_policy"] = {{"name", request.kv_policy().name()},
+                      {"budget", request.kv_policy().budget()}};
+  }
+  return j.dump();
+}
+
+// HOST:PORT split at the last colon (port 0 when there is none).
+std::pair<std::string, int> SplitTarget(const std::string& target) {
+  const size_t colon = target.rfind(':');
+  if (colon == std::string::npos) return {target, 0};
+  return {target.substr(0, colon), std::atoi(target.c_str() + colon + 1)};
+}
+
+RequestRecord RunOneOpenAi(const BenchServeOptions& o, const hkv::v1::GenerateRequest& request) {
+  const auto [host, port] = SplitTarget(o.target);
+  const OpenAiBenchResult r = RunOpenAiCompletion(host, port, OpenAiBody(o, request));
+  RequestRecord rec;
+  rec.ok = r.ok;
+  rec.error = r.error;
+  rec.prompt_tokens = r.prompt_tokens;
+  rec.output_tokens = r.output_tokens;
+  rec.end = r.end;
+  rec.e2e_s = absl::ToDoubleSeconds(r.end - r.start);
+  if (!r.text_chunks.empty()) {
+    rec.first_token = r.text_chunks[0];
+    rec.ttft_s = absl::ToDoubleSeconds(r.text_chunks[0] - r.start);
+    for (size_t i = 1; i < r.text_chunks.size(); ++i) {
+      rec.itl_s.push_back(absl::ToDoubleSeconds(r.text_chunks[i] - r.text_chunks[i - 1]));
+    }
+  }
+  if (rec.ok && rec.output_tokens == 0) {
+    rec.ok = false;
+    rec.error = "the stream carried no usage (stream_options.include_usage)";
+  }
+  return rec;
+}
+
+RequestRecord Run(const BenchServeOptions& o, hkv::v1::Generation::Stub* stub,
+                  const hkv::v1::GenerateRequest& request) {
+  return o.backend == "openai" ? RunOneOpenAi(o, request) : RunOne(stub, request);
+}
+
+// vLLM's `bench serve` result keys beside ours, so that the JSON reads like vLLM's:
+// mean_/median_/std_/p99_ of each latency (ms).
+void AddVllmStats(const char* name, const std::vector<double>& v, nlohmann::ordered_json* j) {
+  double mean = 0, var = 0;
+  for (double x : v) mean += x;
+  mean = v.empty() ? 0 : mean / v.size();
+  for (double x : v) var += (x - mean) * (x - mean);
+  (*j)[absl::StrFormat("mean_%s_ms", name)] = mean;
+  (*j)[absl::StrFormat("median_%s_ms", name)] = Percentile(v, 50);
+  (*j)[absl::StrFormat("std_%s_ms", name)] = v.empty() ? 0 : std::sqrt(var / v.size());
+  (*j)[absl::StrFormat("p99_%s_ms", name)] = Percentile(v, 99);
 }
 
 // A length drawn uniformly from [n (1 - ratio), n (1 + ratio)], at least 1 (vLLM's random
@@ -145,7 +219,7 @@ std::vector<RequestRecord> SendAll(hkv::v1::Generation::Stub* stub,
       const absl::Time at = start + absl::Seconds(t);
       threads.emplace_back([&, i, at] {
         absl::SleepFor(at - absl::Now());
-        records[i] = RunOne(stub, requests[i]);
+        records[i] = Run(o, stub, requests[i]);
       });
       t += gap(rng);
     }
@@ -153,7 +227,7 @@ std::vector<RequestRecord> SendAll(hkv::v1::Generation::Stub* stub,
     for (int32_t c = 0; c < o.concurrency; ++c) {
       threads.emplace_back([&] {
         for (int32_t i = next++; i < static_cast<int32_t>(requests.size()); i = next++) {
-          records[i] = RunOne(stub, requests[i]);
+          records[i] = Run(o, stub, requests[i]);
         }
       });
     }
@@ -212,6 +286,17 @@ nlohmann::ordered_json Summarize(const BenchServeOptions& o,
                {"p90", Percentile(*values, 90)},
                {"p99", Percentile(*values, 99)}};
   }
+  j["backend"] = o.backend;
+  j["completed"] = ok;
+  j["failed"] = static_cast<int32_t>(records.size()) - ok;
+  j["duration"] = duration;
+  j["total_input_tokens"] = in_tokens;
+  j["total_output_tokens"] = out_tokens;
+  j["total_token_throughput"] = (in_tokens + out_tokens) / duration;
+  AddVllmStats("ttft", ttft, &j);
+  AddVllmStats("tpot", tpot, &j);
+  AddVllmStats("itl", itl, &j);
+  AddVllmStats("e2el", e2e, &j);
   if (!first_error.empty()) j["first_error"] = first_error;
   return j;
 }
@@ -247,6 +332,45 @@ void PrintTable(const BenchServeOptions& o, const hkv::v1::ModelInfo& info,
   }
 }
 
+// Sends the requests and prints (and writes) the report; 0 when every request succeeded.
+int RunAndReport(const BenchServeOptions& o, const hkv::v1::ModelInfo& info,
+                 hkv::v1::Generation::Stub* stub) {
+  const auto requests = MakeRequests(o, info.vocab_size());
+  const absl::Time start = absl::Now();
+  const std::vector<RequestRecord> records = SendAll(stub, requests, o, start);
+  const double duration = absl::ToDoubleSeconds(absl::Now() - start);
+  const nlohmann::ordered_json j = Summarize(o, records, duration);
+  if (!o.json_out.empty()) std::ofstream(o.json_out) << j.dump(2) << "\n";
+  if (o.json) {
+    std::cout << j.dump(2) << "\n";
+  } else {
+    PrintTable(o, info, j);
+  }
+  return j["successful_requests"].get<int32_t>() == o.num_requests ? 0 : 2;
+}
+
+// --backend openai: the model id and context from GET /v1/models, then the same load over
+// streamed completions. Synthetic prompts draw ids below 512 (the API does not say the
+// vocabulary's size; every served tokenizer has at least that many).
+int RunOpenAiBench(const BenchServeOptions& options) {
+  BenchServeOptions o = options;
+  const auto [host, port] = SplitTarget(o.target);
+  const std::string models = FetchOpenAiModels(host, port);
+  const nlohmann::json j = nlohmann::json::parse(models, nullptr, false);
+  if (!j.is_object() || !j.contains("data") || !j["data"].is_array() || j["data"].empty() ||
+      !j["data"][0].contains("id") || !j["data"][0]["id"].is_string()) {
+    std::cerr << "hkv bench-serve: cannot list the models of http://" << o.target
+              << "/v1/models: " << models.substr(0, 512) << "\n";
+    return 1;
+  }
+  if (o.served_model.empty()) o.served_model = j["data"][0]["id"].get<std::string>();
+  hkv::v1::ModelInfo info;
+  info.set_model_name(o.served_model);
+  info.set_device("openai");
+  info.set_vocab_size(512);
+  return RunAndReport(o, info, nullptr);
+}
+
 }  // namespace
 
 int RunBenchServe(const BenchServeOptions& o) {
@@ -254,6 +378,11 @@ int RunBenchServe(const BenchServeOptions& o) {
       o.range_ratio < 0 || o.range_ratio >= 1) {
     std::cerr << "hkv bench-serve: --num-requests, --concurrency, --input-len and --output-len "
                  "must be >= 1 and --range-ratio in [0, 1)\n";
+    return 1;
+  }
+  if (o.backend == "openai") return RunOpenAiBench(o);
+  if (o.backend != "hkv") {
+    std::cerr << "hkv bench-serve: --backend must be hkv or openai, got " << o.backend << "\n";
     return 1;
   }
   auto channel = grpc::CreateChannel(o.target, grpc::InsecureChannelCredentials());
@@ -269,18 +398,7 @@ int RunBenchServe(const BenchServeOptions& o) {
       return 1;
     }
   }
-  const auto requests = MakeRequests(o, info.vocab_size());
-  const absl::Time start = absl::Now();
-  const std::vector<RequestRecord> records = SendAll(stub.get(), requests, o, start);
-  const double duration = absl::ToDoubleSeconds(absl::Now() - start);
-  const nlohmann::ordered_json j = Summarize(o, records, duration);
-  if (!o.json_out.empty()) std::ofstream(o.json_out) << j.dump(2) << "\n";
-  if (o.json) {
-    std::cout << j.dump(2) << "\n";
-  } else {
-    PrintTable(o, info, j);
-  }
-  return j["successful_requests"].get<int32_t>() == o.num_requests ? 0 : 2;
+  return RunAndReport(o, info, stub.get());
 }
 
 }  // namespace hkv

@@ -1,4 +1,5 @@
-// `hkv serve`: the gRPC server. SIGTERM/SIGINT drain it (stop admitting, let in-flight requests
+// `hkv serve`: the gRPC server, and the OpenAI-compatible HTTP API beside it over the same
+// engine (--http-port). SIGTERM/SIGINT drain it (stop admitting, let in-flight requests
 // finish within drain_timeout_s, abort the rest) and exit 0; if the shutdown is still not done
 // kShutdownGrace after the drain (a stuck handler or engine step), the process exits 1
 // regardless. When the worker fails (a CUDA error, a tensor-parallel rank that died or hung) the
@@ -20,6 +21,8 @@
 #include "server/grpc_server.h"
 #include "server/metrics.h"
 #include "server/model_setup.h"
+#include "server/openai_api.h"
+#include "server/streaming_http_server.h"
 
 namespace hkv {
 namespace {
@@ -113,6 +116,25 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
     return 1;
   }
   HKV_LOG(INFO) << "serving hkv.v1.Generation on " << config.host << ":" << *port;
+  // Declared after the engine (in `bundle`), which outlives them: the API's
+  // replies cancel engine requests when their clients leave.
+  OpenAiApi api(&engine, bundle->loaded.tokenizer, bundle->loaded.chat,
+                OpenAiApiOptionsFrom(config));
+  StreamingHttpServer http(
+      [&api](const HttpRequest& r, const std::function<void()>& wake) {
+        return api.Handle(r, wake);
+      },
+      HttpLimitsFrom(config));
+  if (config.http_port > 0) {
+    auto http_port = http.Start(config.host, config.http_port, "--http-port");
+    if (!http_port.ok()) {
+      std::cerr << "hkv serve: " << http_port.status().message() << "\n";
+      return 1;
+    }
+    HKV_LOG(INFO) << "serving the OpenAI-compatible API on http://" << config.host << ":"
+                  << *http_port << "/v1 as " << ServedModelNames(config)[0];
+    std::cout << "hkv serve: http on " << config.host << ":" << *http_port << std::endl;
+  }
   std::cout << "hkv serve: listening on " << config.host << ":" << *port << std::endl;
 
   int signal_number = 0;
@@ -134,6 +156,7 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
     if (absl::Now() - failed_at > kWorkerFailureGrace) {
       ExitAfter(kShutdownLimit, 3, "the shutdown after a worker failure did not finish");
       server.DrainAndShutdown(absl::ZeroDuration());
+      http.Stop();
       engine.Stop();
       metrics.Stop();
       return 3;
@@ -144,6 +167,7 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
   ExitAfter(absl::Seconds(config.drain_timeout_s) + kShutdownGrace, 1,
             "the shutdown after the drain did not finish");
   server.DrainAndShutdown(absl::Seconds(config.drain_timeout_s));
+  http.Stop();
   engine.Stop();
   metrics.Stop();
   HKV_LOG(INFO) << "drained; exiting";

@@ -67,6 +67,8 @@ struct BenchServeOptions {
   double slo_tpot_ms = 0;
   bool json = false;
   std::string json_out;  // Also write the JSON report here.
+  std::string backend = "hkv";  // "hkv" (gRPC) or "openai" (HTTP /v1/completions, streamed).
+  std::string served_model;     // openai: the model id to send; empty asks /v1/models.
 };
 int RunBenchServe(const BenchServeOptions& options);
 

@@ -1,7 +1,7 @@
 // hkv: the command-line entry point. Flags are parsed here and nowhere else.
 //
 //   hkv generate [--model PATH] [--prompt TEXT | --prompt-ids 1,2,3] [--max-tokens N] ...
-//   hkv serve [--config FILE] [--model PATH] [--port 50051] [--metrics-port 9090] ...
+//   hkv serve [--config FILE] [--model PATH] [--port 50051] [--http-port 8000] ...
 //   hkv headkv-plan --scores FILE --budget B [--beta X] [--kv-heads N] [--granularity G] --json
 //   hkv bench-serve [--target HOST:PORT] [--num-requests N] [--concurrency C | --request-rate R]
 //   hkv eval --model DIR --tasks FILE [--policies P,..] [--budgets B,..] [--head-scores F] --json
@@ -85,6 +85,9 @@ ABSL_FLAG(std::string, budgets, "16,32,64,128", "eval: comma-separated budgets B
 ABSL_FLAG(int32_t, max_new_tokens, 32, "eval: tokens generated per question at most (greedy)");
 ABSL_FLAG(std::string, answer_stop, "",
           "eval: a stop string besides newline and EOS ('.' for tests/data/needle)");
+ABSL_FLAG(std::string, backend, "hkv",
+          "bench-serve: hkv (the gRPC API at --target) | openai (POST /v1/completions, streamed, "
+          "at the HTTP API's --target HOST:PORT)");
 
 namespace hkv {
 namespace {
@@ -205,6 +208,7 @@ int BenchServe() {
   o.slo_tpot_ms = absl::GetFlag(FLAGS_slo_tpot_ms);
   o.json = absl::GetFlag(FLAGS_json);
   o.json_out = absl::GetFlag(FLAGS_json_out);
+  o.backend = absl::GetFlag(FLAGS_backend);
   return RunBenchServe(o);
 }
 
@@ -254,7 +258,7 @@ std::vector<CommandSpec> Commands() {
       Names("scores budget beta kv_heads granularity json");
   const std::vector<std::string> bench_serve = Names(
       "target num_requests concurrency request_rate input_len output_len range_ratio "
-      "prompts_file kv_policy kv_budget seed slo_ttft_ms slo_tpot_ms json json_out");
+      "prompts_file kv_policy kv_budget seed slo_ttft_ms slo_tpot_ms json json_out backend");
   std::vector<std::string> eval = engine;
   for (std::string& name : Names("tasks policies budgets beta max_new_tokens answer_stop json")) {
     eval.push_back(std::move(name));
@@ -275,8 +279,9 @@ std::vector<CommandSpec> Commands() {
        "Runs one prompt through the engine and prints the text (or one JSON object).", generate,
        &Generate},
       {"serve", "[--config FILE] [--model PATH] [--port 50051] [flags]",
-       "Serves the hkv.v1.Generation gRPC API, gRPC health and /metrics until SIGTERM.", serve,
-       &Serve},
+       "Serves the hkv.v1.Generation gRPC API, the OpenAI-compatible HTTP API (--http-port), "
+       "gRPC health and /metrics until SIGTERM.",
+       serve, &Serve},
       {"headkv-plan", "--scores FILE --budget B [flags]",
        "Prints the HeadKV per-head budgets of a score file.", headkv_plan, &HeadkvPlan},
       {"bench-serve",

@@ -7,6 +7,7 @@ void RequestStream::Push(StreamChunk chunk) {
   if (closed_) return;
   closed_ = chunk.finished;
   chunks_.push_back(std::move(chunk));
+  if (notify_) notify_();
 }
 
 std::optional<StreamChunk> RequestStream::Next(absl::Duration timeout) {
@@ -16,6 +17,12 @@ std::optional<StreamChunk> RequestStream::Next(absl::Duration timeout) {
   StreamChunk chunk = std::move(chunks_.front());
   chunks_.pop_front();
   return chunk;
+}
+
+void RequestStream::SetNotify(std::function<void()> notify) {
+  absl::MutexLock lock(&mu_);
+  notify_ = std::move(notify);
+  if (notify_ && !chunks_.empty()) notify_();
 }
 
 bool RequestStream::finished() const {

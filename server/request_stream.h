@@ -1,9 +1,12 @@
 #pragma once
 // RequestStream: the output channel of one request, from the engine thread (writer) to the
-// gRPC handler or CLI (reader). Thread-safe: one writer, one reader.
+// gRPC handler or CLI (reader). Thread-safe: one writer, one reader. A reader that cannot block
+// in Next (the HTTP API's poll loop) sets a notify function instead and reads with a zero
+// timeout when it is called.
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -54,6 +57,10 @@ class RequestStream {
   // Reader: waits up to `timeout` for the next chunk; nullopt on timeout.
   std::optional<StreamChunk> Next(absl::Duration timeout);
   bool finished() const;
+  // Reader: calls `notify` after every Push from now on, on the writer's thread and under this
+  // stream's lock (so it must be quick and must not call back into the stream), and once at
+  // once if chunks are already waiting. Replaces any earlier one.
+  void SetNotify(std::function<void()> notify);
 
  private:
   const RequestId id_;
@@ -62,6 +69,7 @@ class RequestStream {
   mutable absl::Mutex mu_;
   std::deque<StreamChunk> chunks_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void()> notify_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace hkv

@@ -126,6 +126,13 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.max_stop_strings < 0) return bad("max_stop_strings must be >= 0");
   if (c.max_stop_bytes < 0) return bad("max_stop_bytes must be >= 0");
   if (c.max_stop_token_ids < 0) return bad("max_stop_token_ids must be >= 0");
+  if (c.http_port < 0 || c.http_port > 65535) {
+    return bad("http_port must be in [0, 65535], got ", c.http_port);
+  }
+  if (c.http_max_body_bytes < 1024) return bad("http_max_body_bytes must be >= 1024");
+  if (c.http_max_connections < 1 || c.http_max_connections > 1000000) {
+    return bad("http_max_connections must be in [1, 1000000]");
+  }
   return absl::OkStatus();
 }
 

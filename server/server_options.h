@@ -73,5 +73,12 @@ inline constexpr int32_t kDefaultMaxConcurrentStreams = 2048;
   X(int32_t, max_stop_bytes, 4096,                                                               \
     "Most bytes of one request's stop strings together; more get INVALID_ARGUMENT")              \
   X(int32_t, max_stop_token_ids, 256,                                                            \
-    "Most stop token ids per request; more get INVALID_ARGUMENT")
+    "Most stop token ids per request; more get INVALID_ARGUMENT")                                \
+  X(int32_t, http_port, 8000,                                                                    \
+    "OpenAI-compatible HTTP API port, on --host (0 disables)")                                   \
+  X(std::string, served_model_name, "",                                                          \
+    "HTTP API model ids, comma-separated (default: the model directory's name)")                 \
+  X(int64_t, http_max_body_bytes, 4194304, "Largest HTTP request body; more get 413")           \
+  X(int32_t, http_max_connections, 8192,                                                         \
+    "Most open HTTP API connections; past it the oldest one still sending is closed")
 // clang-format on

@@ -53,6 +53,7 @@ pid_t StartServe(const std::string& visible, const std::vector<std::string>& ext
                                    "--device=cuda",
                                    "--host=127.0.0.1",
                                    "--metrics-port=0",
+                                   "--http-port=0",
                                    "--kv-pool-blocks=2048",
                                    "--max-seqs=8",
                                    "--tensor-parallel-size=2",

@@ -10,7 +10,7 @@ if ! { command -v protoc && command -v grpc_python_plugin; } >/dev/null &&
   echo "no protoc + grpc_python_plugin nor grpc_tools"; exit 77
 fi
 port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$hkv" serve --host=127.0.0.1 --port="$port" --metrics-port=0 --kv-pool-blocks=2048 \
+"$hkv" serve --host=127.0.0.1 --port="$port" --metrics-port=0 --http-port=0 --kv-pool-blocks=2048 \
   --num-threads=1 >/tmp/hkv_pyclient_$$.log 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT

@@ -36,8 +36,8 @@ pid_t StartServer(int port, int drain_s, int metrics_port = 0) {
     const std::string drain_flag = "--drain-timeout-s=" + std::to_string(drain_s);
     const std::string metrics_flag = "--metrics-port=" + std::to_string(metrics_port);
     execl(HKV_BINARY, HKV_BINARY, "serve", "--host=127.0.0.1", port_flag.c_str(),
-          metrics_flag.c_str(), "--kv-pool-blocks=4096", "--num-threads=1", drain_flag.c_str(),
-          static_cast<char*>(nullptr));
+          metrics_flag.c_str(), "--http-port=0", "--kv-pool-blocks=4096", "--num-threads=1",
+          drain_flag.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   return pid;

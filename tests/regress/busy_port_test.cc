@@ -35,7 +35,7 @@ pid_t StartServer(int port, int metrics_port, const std::string& stderr_path) {
     const std::string metrics_flag = "--metrics-port=" + std::to_string(metrics_port);
     // Metrics listen on loopback by default (--metrics-host).
     execl(HKV_BINARY, HKV_BINARY, "serve", "--host=127.0.0.1", port_flag.c_str(),
-          metrics_flag.c_str(), "--kv-pool-blocks=1024", "--num-threads=1",
+          metrics_flag.c_str(), "--http-port=0", "--kv-pool-blocks=1024", "--num-threads=1",
           static_cast<char*>(nullptr));
     _exit(127);
   }

@@ -45,8 +45,8 @@ pid_t StartServer(int port, int drain_s) {
     const std::string port_flag = "--port=" + std::to_string(port);
     const std::string drain_flag = "--drain-timeout-s=" + std::to_string(drain_s);
     execl(HKV_BINARY, HKV_BINARY, "serve", "--host=127.0.0.1", port_flag.c_str(),
-          "--metrics-port=0", "--kv-pool-blocks=4096", "--num-threads=1", drain_flag.c_str(),
-          static_cast<char*>(nullptr));
+          "--metrics-port=0", "--http-port=0", "--kv-pool-blocks=4096", "--num-threads=1",
+          drain_flag.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   return pid;

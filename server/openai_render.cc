@@ -1,0 +1,132 @@
+#include "server/openai_render.h"
+
+#include "nlohmann/json.hpp"
+
+namespace hkv {
+namespace {
+
+using Json = nlohmann::json;
+
+std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
+
+bool IsChat(const OpenAiReplyInfo& info) { return info.endpoint == OpenAiEndpoint::kChat; }
+
+Json Base(const OpenAiReplyInfo& info, bool chunk) {
+  const char* object =
+      IsChat(info) ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion";
+  return {{"id", info.id}, {"object", object}, {"created", info.created}, {"model", info.model}};
+}
+
+Json UsageJson(const OpenAiUsage& u) {
+  return {{"prompt_tokens", u.prompt_tokens},
+          {"completion_tokens", u.completion_tokens},
+          {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+}
+
+Json FinishJson(FinishReason finish) {
+  const char* name = OpenAiFinishReason(finish);
+  return name == nullptr ? Json(nullptr) : Json(name);
+}
+
+}  // namespace
+
+const char* OpenAiFinishReason(FinishReason finish) {
+  switch (finish) {
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kStop:
+    case FinishReason::kEos:
+      return "stop";
+    case FinishReason::kAborted:
+    case FinishReason::kDeadline:
+    case FinishReason::kError:
+      return "abort";
+    case FinishReason::kNone:
+      break;
+  }
+  return nullptr;
+}
+
+std::string RenderResponse(const OpenAiReplyInfo& info, const std::vector<OpenAiChoice>& choices,
+                           const OpenAiUsage& usage) {
+  Json j = Base(info, /*chunk=*/false);
+  Json list = Json::array();
+  for (const OpenAiChoice& c : choices) {
+    Json choice = {
+        {"index", c.index}, {"logprobs", nullptr}, {"finish_reason", FinishJson(c.finish)}};
+    if (IsChat(info)) {
+      choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+    } else {
+      choice["text"] = c.text;
+    }
+    list.push_back(std::move(choice));
+  }
+  j["choices"] = std::move(list);
+  j["usage"] = UsageJson(usage);
+  return Dump(j);
+}
+
+std::string RenderChunk(const OpenAiReplyInfo& info, int index, const std::string& text,
+                        FinishReason finish, bool role, bool null_usage) {
+  Json j = Base(info, /*chunk=*/true);
+  Json choice = {{"index", index}, {"logprobs", nullptr}, {"finish_reason", FinishJson(finish)}};
+  if (IsChat(info)) {
+    Json delta = Json::object();
+    if (role) delta["role"] = "assistant";
+    if (role || !text.empty()) delta["content"] = text;
+    choice["delta"] = std::move(delta);
+  } else {
+    choice["text"] = text;
+  }
+  j["choices"] = Json::array({std::move(choice)});
+  if (null_usage) j["usage"] = nullptr;
+  return Dump(j);
+}
+
+std::string RenderUsageChunk(const OpenAiReplyInfo& info, const OpenAiUsage& usage) {
+  Json j = Base(info, /*chunk=*/true);
+  j["choices"] = Json::array();
+  j["usage"] = UsageJson(usage);
+  return Dump(j);
+}
+
+std::string SseEvent(const std::string& json) { return "data: " + json + "\n\n"; }
+
+std::string RenderError(int http_status, const std::string& message) {
+  const char* type = "invalid_request_error";
+  if (http_status == 404) type = "not_found_error";
+  if (http_status == 429) type = "rate_limit_error";
+  if (http_status >= 500) type = http_status == 503 ? "service_unavailable" : "server_error";
+  return Dump(
+      {{"error",
+        {{"message", message}, {"type", type}, {"param", nullptr}, {"code", http_status}}}});
+}
+
+int HttpStatusOf(const absl::Status& status, bool at_submit) {
+  switch (status.code()) {
+    case absl::StatusCode::kOk:
+      return 200;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kUnimplemented:
+    case absl::StatusCode::kAlreadyExists:
+      return 400;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kResourceExhausted:
+      return at_submit ? 429 : 400;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 408;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
+    default:
+      return 500;
+  }
+}
+
+}  // namespace hkv

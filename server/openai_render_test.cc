@@ -1,0 +1,104 @@
+// Tests of the OpenAI response rendering: the objects' fields as OpenAI's SDKs read them.
+
+#include "server/openai_render.h"
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace hkv {
+namespace {
+
+using Json = nlohmann::json;
+
+OpenAiReplyInfo Info(OpenAiEndpoint endpoint) {
+  return {endpoint, endpoint == OpenAiEndpoint::kChat ? "chatcmpl-1" : "cmpl-1", 1700000000, "m"};
+}
+
+Json ParseEvent(const std::string& event) {
+  EXPECT_EQ(event.rfind("data: ", 0), 0u);
+  EXPECT_EQ(event.substr(event.size() - 2), "\n\n");
+  return Json::parse(event.substr(6, event.size() - 8));
+}
+
+TEST(OpenAiRenderTest, CompletionResponse) {
+  const Json j = Json::parse(
+      RenderResponse(Info(OpenAiEndpoint::kCompletions),
+                     {{0, "abc", FinishReason::kLength}, {1, "d", FinishReason::kEos}}, {7, 4}));
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["id"], "cmpl-1");
+  EXPECT_EQ(j["model"], "m");
+  EXPECT_EQ(j["created"], 1700000000);
+  ASSERT_EQ(j["choices"].size(), 2u);
+  EXPECT_EQ(j["choices"][0]["text"], "abc");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(j["choices"][1]["index"], 1);
+  EXPECT_EQ(j["choices"][1]["finish_reason"], "stop");
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 7);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 4);
+  EXPECT_EQ(j["usage"]["total_tokens"], 11);
+}
+
+TEST(OpenAiRenderTest, ChatResponse) {
+  const Json j = Json::parse(
+      RenderResponse(Info(OpenAiEndpoint::kChat), {{0, "hi", FinishReason::kStop}}, {3, 1}));
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(j["choices"][0]["message"]["content"], "hi");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  EXPECT_FALSE(j["choices"][0].contains("text"));
+}
+
+TEST(OpenAiRenderTest, Chunks) {
+  const OpenAiReplyInfo chat = Info(OpenAiEndpoint::kChat);
+  Json first = ParseEvent(SseEvent(RenderChunk(chat, 0, "", FinishReason::kNone, true, false)));
+  EXPECT_EQ(first["object"], "chat.completion.chunk");
+  EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
+  EXPECT_TRUE(first["choices"][0]["finish_reason"].is_null());
+  EXPECT_FALSE(first.contains("usage"));
+  Json mid = ParseEvent(SseEvent(RenderChunk(chat, 0, "tok", FinishReason::kNone, false, true)));
+  EXPECT_EQ(mid["choices"][0]["delta"]["content"], "tok");
+  EXPECT_FALSE(mid["choices"][0]["delta"].contains("role"));
+  EXPECT_TRUE(mid.contains("usage"));
+  EXPECT_TRUE(mid["usage"].is_null());
+  Json last = ParseEvent(SseEvent(RenderChunk(chat, 0, "", FinishReason::kLength, false, false)));
+  EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
+  EXPECT_TRUE(last["choices"][0]["delta"].empty());
+
+  Json text = ParseEvent(SseEvent(
+      RenderChunk(Info(OpenAiEndpoint::kCompletions), 2, "x", FinishReason::kNone, false, false)));
+  EXPECT_EQ(text["object"], "text_completion");
+  EXPECT_EQ(text["choices"][0]["index"], 2);
+  EXPECT_EQ(text["choices"][0]["text"], "x");
+
+  Json usage = ParseEvent(SseEvent(RenderUsageChunk(chat, {5, 6})));
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["total_tokens"], 11);
+  EXPECT_STREQ(kSseDone, "data: [DONE]\n\n");
+}
+
+TEST(OpenAiRenderTest, FinishReasons) {
+  EXPECT_STREQ(OpenAiFinishReason(FinishReason::kLength), "length");
+  EXPECT_STREQ(OpenAiFinishReason(FinishReason::kStop), "stop");
+  EXPECT_STREQ(OpenAiFinishReason(FinishReason::kEos), "stop");
+  EXPECT_STREQ(OpenAiFinishReason(FinishReason::kAborted), "abort");
+  EXPECT_EQ(OpenAiFinishReason(FinishReason::kNone), nullptr);
+}
+
+TEST(OpenAiRenderTest, ErrorsAndStatuses) {
+  const Json e = Json::parse(RenderError(404, "no such model \xff"));
+  EXPECT_EQ(e["error"]["code"], 404);
+  EXPECT_EQ(e["error"]["type"], "not_found_error");
+  EXPECT_EQ(e["error"]["message"], "no such model \xEF\xBF\xBD");  // Bad bytes replaced.
+  EXPECT_TRUE(e["error"].contains("param"));
+  EXPECT_EQ(HttpStatusOf(absl::InvalidArgumentError(""), true), 400);
+  EXPECT_EQ(HttpStatusOf(absl::NotFoundError(""), false), 404);
+  EXPECT_EQ(HttpStatusOf(absl::ResourceExhaustedError("queue full"), true), 429);
+  EXPECT_EQ(HttpStatusOf(absl::ResourceExhaustedError("never fits"), false), 400);
+  EXPECT_EQ(HttpStatusOf(absl::UnavailableError("draining"), true), 503);
+  EXPECT_EQ(HttpStatusOf(absl::UnimplementedError("adakv on cuda"), true), 400);
+  EXPECT_EQ(HttpStatusOf(absl::InternalError("device"), false), 500);
+  EXPECT_EQ(HttpStatusOf(absl::UnknownError("?"), false), 500);
+}
+
+}  // namespace
+}  // namespace hkv

@@ -1,0 +1,118 @@
+#include "server/openai_stream.h"
+
+#include <utility>
+
+#include "common/logging.h"
+
+namespace hkv {
+
+OpenAiReply::OpenAiReply(Engine* engine, OpenAiReplyInfo info, bool stream, bool include_usage,
+                         std::vector<std::shared_ptr<RequestStream>> streams)
+    : engine_(engine), info_(std::move(info)), stream_(stream), include_usage_(include_usage) {
+  HKV_CHECK(!streams.empty());
+  for (auto& s : streams) {
+    Choice c;
+    c.stream = std::move(s);
+    choices_.push_back(std::move(c));
+  }
+}
+
+void OpenAiReply::Poll(HttpReplyWriter* writer) {
+  std::string events;  // Of this poll; the stream's head waits for its first event.
+  bool all_done = true;
+  for (size_t i = 0; i < choices_.size() && error_.ok(); ++i) {
+    Drain(static_cast<int>(i), &events);
+    all_done = all_done && choices_[i].done;
+  }
+  if (!stream_) {
+    if (!error_.ok()) return Fail(writer);
+    if (all_done) Complete(writer);
+    return;
+  }
+  // A request that fails before any output is answered with its status, not an event.
+  if (!error_.ok() && !started_ && events.empty()) return Fail(writer);
+  if (!events.empty() || all_done || !error_.ok()) StartStream(writer);
+  writer->Write(events);
+  if (!error_.ok()) return Fail(writer);
+  if (all_done) Complete(writer);
+}
+
+void OpenAiReply::StartStream(HttpReplyWriter* writer) {
+  if (started_) return;
+  started_ = true;
+  writer->Start(200, "text/event-stream", {});
+  if (info_.endpoint != OpenAiEndpoint::kChat) return;
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    writer->Write(SseEvent(RenderChunk(info_, static_cast<int>(i), "", FinishReason::kNone,
+                                       /*role=*/true, include_usage_)));
+  }
+}
+
+void OpenAiReply::Drain(int index, std::string* events) {
+  Choice& c = choices_[index];
+  while (!c.done) {
+    std::optional<StreamChunk> chunk = c.stream->Next(absl::ZeroDuration());
+    if (!chunk.has_value()) return;
+    if (chunk->finished) {
+      c.done = true;
+      c.finish = chunk->finish;
+      c.usage = chunk->usage;
+      if (chunk->finish == FinishReason::kError) {
+        error_ = chunk->status.ok() ? absl::InternalError("the request failed") : chunk->status;
+        return;
+      }
+    }
+    if (!stream_) {
+      c.text += chunk->text;
+    } else if (!chunk->text.empty() || chunk->finished) {
+      *events += SseEvent(
+          RenderChunk(info_, index, chunk->text, c.finish, /*role=*/false, include_usage_));
+    }
+  }
+}
+
+void OpenAiReply::CancelRunning() {
+  for (Choice& c : choices_) {
+    if (c.done) continue;
+    engine_->Cancel(c.stream->id(), FinishReason::kAborted);
+    c.done = true;
+  }
+}
+
+void OpenAiReply::Fail(HttpReplyWriter* writer) {
+  CancelRunning();
+  const int status = HttpStatusOf(error_, /*at_submit=*/false);
+  const std::string message(error_.message());
+  if (started_) {
+    writer->Write(SseEvent(RenderError(status, message)));
+    writer->Write(kSseDone);
+    writer->Finish();
+    return;
+  }
+  HttpHeaders headers;
+  if (status == 503) headers.emplace_back("Retry-After", "1");
+  writer->Respond(status, "application/json", std::move(headers), RenderError(status, message));
+}
+
+void OpenAiReply::Complete(HttpReplyWriter* writer) {
+  OpenAiUsage usage;
+  for (const Choice& c : choices_) {
+    usage.prompt_tokens += c.usage.prompt_tokens;
+    usage.completion_tokens += c.usage.generated_tokens;
+  }
+  if (stream_) {
+    if (include_usage_) writer->Write(SseEvent(RenderUsageChunk(info_, usage)));
+    writer->Write(kSseDone);
+    writer->Finish();
+    return;
+  }
+  std::vector<OpenAiChoice> choices;
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    choices.push_back({static_cast<int>(i), std::move(choices_[i].text), choices_[i].finish});
+  }
+  writer->Respond(200, "application/json", {}, RenderResponse(info_, choices, usage));
+}
+
+void OpenAiReply::Abandon() { CancelRunning(); }
+
+}  // namespace hkv

@@ -1,0 +1,331 @@
+// The OpenAI-compatible HTTP API end to end: the CPU engine with stories260K behind OpenAiApi
+// and StreamingHttpServer on a loopback port, driven by raw HTTP requests: replies, streams,
+// errors and their statuses, hostile clients (huge bodies, bad JSON, wrong types, slowloris,
+// silent and non-reading clients) and clients that disconnect mid-stream.
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "common/logging.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "server/model_setup.h"
+#include "server/openai_api.h"
+#include "server/streaming_http_server.h"
+#include "tests/http_test_client.h"
+#include "tests/server_test_util.h"
+
+namespace hkv::testing {
+namespace {
+
+using Json = nlohmann::json;
+
+// The engine, the API and its HTTP server, on a free loopback port.
+class ApiServer {
+ public:
+  explicit ApiServer(ServerConfig config, StreamingHttpLimits limits = {}) {
+    auto bundle = BuildEngine(config);
+    HKV_CHECK(bundle.ok()) << bundle.status();
+    bundle_ = std::move(*bundle);
+    bundle_.engine->Start();
+    config.served_model_name = "stories260K,tiny";
+    api_ = std::make_unique<OpenAiApi>(bundle_.engine.get(), bundle_.loaded.tokenizer,
+                                       bundle_.loaded.chat, OpenAiApiOptionsFrom(config));
+    http_ = std::make_unique<StreamingHttpServer>(
+        [this](const HttpRequest& r, const std::function<void()>& wake) {
+          return api_->Handle(r, wake);
+        },
+        limits);
+    auto port = http_->Start("127.0.0.1", 0, "--http-port");
+    HKV_CHECK(port.ok()) << port.status();
+    port_ = *port;
+  }
+  ~ApiServer() {
+    http_->Stop();
+    bundle_.engine->Stop();
+  }
+  int port() const { return port_; }
+  Engine& engine() { return *bundle_.engine; }
+  StreamingHttpServer& http() { return *http_; }
+
+  // Waits (up to 20 s) until the engine runs nothing and holds no KV blocks.
+  bool WaitIdle() {
+    for (int i = 0; i < 2000; ++i) {
+      const EngineMetrics& m = bundle_.engine->metrics();
+      if (m.requests_running.load() == 0 && m.requests_waiting.load() == 0 &&
+          m.kv_blocks_used.load() == 0) {
+        return true;
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return false;
+  }
+
+ private:
+  EngineBundle bundle_;
+  std::unique_ptr<OpenAiApi> api_;
+  std::unique_ptr<StreamingHttpServer> http_;
+  int port_ = 0;
+};
+
+class OpenAiHttpTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    StreamingHttpLimits limits;
+    limits.request_timeout = absl::Seconds(2);
+    limits.max_body_bytes = 1 << 20;
+    server_ = new ApiServer(TestServerConfig(), limits);
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  static HttpResult Post(const std::string& path, const std::string& body) {
+    return HttpCall(server_->port(), "POST", path, body);
+  }
+  static inline ApiServer* server_ = nullptr;
+};
+
+TEST_F(OpenAiHttpTest, CompletionMatchesGreedyGolden) {
+  // The empty prompt is BOS alone ([1]); greedy continues with the golden ids.
+  const HttpResult r = Post("/v1/completions",
+                            R"({"model": "tiny", "prompt": [1], "max_tokens": 12,
+                                "temperature": 0})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.headers.at("content-type"), "application/json");
+  const Json j = Json::parse(r.body);
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["model"], "tiny");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 1);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 12);
+  // Decoded after the BOS, as the stream decodes them (SentencePiece drops the first space).
+  std::vector<int> ids = {1};
+  ids.insert(ids.end(), kGoldenIds, kGoldenIds + 12);
+  const HttpResult text = Post("/detokenize", Json({{"tokens", ids}}).dump());
+  ASSERT_EQ(text.status, 200) << text.body;
+  EXPECT_EQ(j["choices"][0]["text"], Json::parse(text.body)["prompt"]);
+}
+
+TEST_F(OpenAiHttpTest, StreamedEventsAddUpToTheReply) {
+  const std::string body = R"({"prompt": "Once upon a time", "max_tokens": 20,
+                               "temperature": 0, "stream": %s,
+                               "stream_options": {"include_usage": true}})";
+  const HttpResult whole = Post("/v1/completions", absl::StrReplaceAll(body, {{"%s", "false"}}));
+  const HttpResult streamed = Post("/v1/completions", absl::StrReplaceAll(body, {{"%s", "true"}}));
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  EXPECT_EQ(streamed.headers.at("content-type"), "text/event-stream");
+  const std::vector<std::string> events = SseData(streamed.body);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text;
+  std::string finish;
+  for (size_t i = 0; i + 2 < events.size(); ++i) {
+    const Json e = Json::parse(events[i]);
+    EXPECT_TRUE(e["usage"].is_null());
+    text += e["choices"][0]["text"].get<std::string>();
+    if (!e["choices"][0]["finish_reason"].is_null()) finish = e["choices"][0]["finish_reason"];
+  }
+  const Json usage = Json::parse(events[events.size() - 2]);
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 20);
+  EXPECT_EQ(finish, "length");
+  EXPECT_EQ(text, Json::parse(whole.body)["choices"][0]["text"]);
+}
+
+TEST_F(OpenAiHttpTest, StopStringsAndListsOfPrompts) {
+  const HttpResult r = Post("/v1/completions", R"({"prompt": ["Once upon a time", [1, 403]],
+      "max_tokens": 40, "temperature": 0, "stop": ["Lily"]})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const Json j = Json::parse(r.body);
+  ASSERT_EQ(j["choices"].size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(j["choices"][i]["index"], i);
+    EXPECT_EQ(j["choices"][i]["text"].get<std::string>().find("Lily"), std::string::npos);
+  }
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");  // "...named Lily" is the golden text.
+}
+
+TEST_F(OpenAiHttpTest, ErrorsHaveTheirStatusesAndObjects) {
+  struct Case {
+    std::string method, path, body;
+    int status;
+  };
+  const std::vector<Case> cases = {
+      {"POST", "/v1/completions", R"({"model": "gpt-4", "prompt": "x"})", 404},
+      {"POST", "/v1/completions", "{bad json", 400},
+      {"POST", "/v1/completions", R"({"prompt": "x", "max_tokens": "many"})", 400},
+      {"POST", "/v1/completions", R"({"prompt": "x", "n": 2})", 400},
+      {"POST", "/v1/completions", R"({"prompt": [1, 99999]})", 400},
+      {"POST", "/v1/completions", R"({"prompt": [1], "max_tokens": 100000})", 400},
+      {"POST", "/v1/completions", R"({"prompt": "x", "kv_policy": {"name": "nope"}})", 400},
+      {"POST", "/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x"}]})",
+       400},  // stories260K has no chat template.
+      {"GET", "/v1/completions", "", 405},
+      {"GET", "/nothing", "", 404},
+      {"POST", "/detokenize", R"({"tokens": [-1]})", 400},
+  };
+  for (const Case& c : cases) {
+    const HttpResult r = HttpCall(server_->port(), c.method, c.path, c.body);
+    EXPECT_EQ(r.status, c.status) << c.path << " " << c.body << " -> " << r.body;
+    const Json j = Json::parse(r.body, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << r.body;
+    EXPECT_EQ(j["error"]["code"], c.status) << r.body;
+    EXPECT_TRUE(j["error"]["message"].is_string()) << r.body;
+  }
+  // A request that fails after it was queued (it can never fit the context) is a 400 as well.
+  const HttpResult fit = Post("/v1/completions", R"({"prompt": [1], "max_tokens": 600})");
+  EXPECT_EQ(fit.status, 400) << fit.body;
+  // Also when streamed: the stream's head waits for its first event.
+  const HttpResult streamed_fit =
+      Post("/v1/completions", R"({"prompt": [1], "max_tokens": 600, "stream": true})");
+  EXPECT_EQ(streamed_fit.status, 400) << streamed_fit.body;
+  EXPECT_EQ(Json::parse(streamed_fit.body)["error"]["code"], 400);
+}
+
+TEST_F(OpenAiHttpTest, ModelsHealthMetricsTokenize) {
+  const HttpResult models = HttpCall(server_->port(), "GET", "/v1/models");
+  ASSERT_EQ(models.status, 200);
+  const Json m = Json::parse(models.body);
+  ASSERT_EQ(m["data"].size(), 2u);
+  EXPECT_EQ(m["data"][0]["id"], "stories260K");
+  EXPECT_EQ(m["data"][1]["id"], "tiny");
+  EXPECT_EQ(HttpCall(server_->port(), "GET", "/health").status, 200);
+  const HttpResult metrics = HttpCall(server_->port(), "GET", "/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_NE(metrics.body.find("hkv_requests_running"), std::string::npos);
+  const HttpResult tok = Post("/tokenize", R"({"prompt": "Once upon a time"})");
+  ASSERT_EQ(tok.status, 200) << tok.body;
+  const Json t = Json::parse(tok.body);
+  EXPECT_EQ(t["count"], t["tokens"].size());
+  EXPECT_EQ(t["tokens"][0], 1);  // BOS.
+  const HttpResult back = Post("/detokenize", Json({{"tokens", t["tokens"]}}).dump());
+  EXPECT_NE(Json::parse(back.body)["prompt"].get<std::string>().find("Once upon a time"),
+            std::string::npos);
+}
+
+TEST_F(OpenAiHttpTest, HostileBodiesAndHeads) {
+  const int port = server_->port();
+  // A declared body over the cap is refused before it is sent.
+  int fd = ConnectLoopback(port);
+  ASSERT_TRUE(SendAll(fd, "POST /v1/completions HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n"));
+  bool closed = false;
+  HttpResult r = ParseHttpReply(ReadUntilClose(fd, 10, &closed));
+  EXPECT_EQ(r.status, 413);
+  ::close(fd);
+  // Also when it is actually sent (curl's Expect: 100-continue is not waited for).
+  r = HttpCall(port, "POST", "/v1/completions", std::string(2 << 20, 'x'));
+  EXPECT_EQ(r.status, 413);
+  // A head over the cap.
+  r = HttpCall(port, "GET", "/v1/models", "", "X-Junk: " + std::string(40000, 'a') + "\r\n");
+  EXPECT_EQ(r.status, 431);
+  // Not HTTP at all.
+  fd = ConnectLoopback(port);
+  ASSERT_TRUE(SendAll(fd, "hello\r\n\r\n"));
+  EXPECT_EQ(ParseHttpReply(ReadUntilClose(fd, 10, &closed)).status, 400);
+  ::close(fd);
+  // Chunked request bodies are refused.
+  r = HttpCall(port, "POST", "/v1/completions", "", "Transfer-Encoding: chunked\r\n");
+  EXPECT_EQ(r.status, 411);
+  // Nesting bombs and wrong types inside the list.
+  r = Post("/v1/completions", "{\"prompt\": " + std::string(100000, '[') + "}");
+  EXPECT_EQ(r.status, 400);
+  r = Post("/v1/completions", R"({"prompt": [[1, 2], "x", {"a": 1}]})");
+  EXPECT_EQ(r.status, 400);
+  // The server still serves.
+  EXPECT_EQ(Post("/v1/completions", R"({"prompt": [1], "max_tokens": 2})").status, 200);
+}
+
+TEST_F(OpenAiHttpTest, SlowAndSilentClientsDoNotHoldUpOthers) {
+  const int port = server_->port();
+  // A slowloris (a byte of its head now and then), a silent client, and a client that asks for
+  // a long stream and never reads it.
+  const int slow = ConnectLoopback(port);
+  ASSERT_TRUE(SendAll(slow, "POST /v1/compl"));
+  const int silent = ConnectLoopback(port);
+  const int deaf = ConnectLoopback(port);
+  const std::string stream_body =
+      R"({"prompt": [1], "max_tokens": 400, "ignore_eos": true, "stream": true})";
+  ASSERT_TRUE(SendAll(deaf, absl::StrCat("POST /v1/completions HTTP/1.1\r\nContent-Length: ",
+                                         stream_body.size(), "\r\n\r\n", stream_body)));
+  // Meanwhile 64 concurrent clients are all answered.
+  std::vector<std::thread> threads;
+  std::vector<int> statuses(64);
+  for (int i = 0; i < 64; ++i) {
+    threads.emplace_back([&, i] {
+      statuses[i] = HttpCall(port, "POST", "/v1/completions",
+                             R"({"prompt": "Once", "max_tokens": 8, "stream": true})")
+                        .status;
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int s : statuses) EXPECT_EQ(s, 200);
+  // The slowloris and the silent client are cut at the request deadline (408).
+  bool closed = false;
+  EXPECT_EQ(ParseHttpReply(ReadUntilClose(slow, 20, &closed)).status, 408);
+  EXPECT_TRUE(closed);
+  EXPECT_EQ(ParseHttpReply(ReadUntilClose(silent, 20, &closed)).status, 408);
+  ::close(slow);
+  ::close(silent);
+  // The deaf client's whole stream is in its socket buffer; it still gets all of it.
+  const HttpResult deaf_reply = ParseHttpReply(ReadUntilClose(deaf, 20, &closed));
+  EXPECT_EQ(deaf_reply.status, 200);
+  EXPECT_EQ(SseData(deaf_reply.body).back(), "[DONE]");
+  ::close(deaf);
+}
+
+TEST_F(OpenAiHttpTest, DisconnectMidStreamAbortsAndFreesBlocks) {
+  ASSERT_TRUE(server_->WaitIdle());
+  const int64_t generated_before = server_->engine().metrics().generation_tokens_total.load();
+  const int fd = ConnectLoopback(server_->port());
+  const std::string body =
+      R"({"prompt": [1], "max_tokens": 500, "ignore_eos": true, "stream": true})";
+  ASSERT_TRUE(SendAll(fd, absl::StrCat("POST /v1/completions HTTP/1.1\r\nContent-Length: ",
+                                       body.size(), "\r\n\r\n", body)));
+  // Read until the first token's event has arrived, then hang up.
+  std::string got;
+  char buf[4096];
+  while (got.find("\"text\"") == std::string::npos) {
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0);
+    got.append(buf, static_cast<size_t>(n));
+  }
+  struct linger hard = {1, 0};  // Reset, as a killed client's kernel would.
+  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &hard, sizeof(hard));
+  ::close(fd);
+  ASSERT_TRUE(server_->WaitIdle());
+  EXPECT_LT(server_->engine().metrics().generation_tokens_total.load() - generated_before, 500);
+  EXPECT_EQ(server_->engine().metrics().kv_blocks_used.load(), 0);
+}
+
+TEST(OpenAiHttpLimitsTest, QueueFullIs429AndDrainingIs503WithRetryAfter) {
+  ServerConfig config = TestServerConfig();
+  config.max_seqs = 1;
+  config.max_queue = 1;
+  ApiServer server(config);
+  // Three prompts in one request: one runs, one waits, the third finds the queue full.
+  const HttpResult full =
+      HttpCall(server.port(), "POST", "/v1/completions",
+               R"({"prompt": [[1], [1], [1]], "max_tokens": 400, "ignore_eos": true})");
+  EXPECT_EQ(full.status, 429) << full.body;
+  EXPECT_EQ(full.headers.count("retry-after"), 1u);
+  EXPECT_TRUE(server.WaitIdle());  // The two queued before it were cancelled.
+  server.engine().Drain(absl::ZeroDuration());
+  const HttpResult draining =
+      HttpCall(server.port(), "POST", "/v1/completions", R"({"prompt": [1]})");
+  EXPECT_EQ(draining.status, 503) << draining.body;
+  EXPECT_EQ(draining.headers.count("retry-after"), 1u);
+  EXPECT_EQ(HttpCall(server.port(), "GET", "/health").status, 503);
+}
+
+}  // namespace
+}  // namespace hkv::testing

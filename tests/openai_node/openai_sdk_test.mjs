@@ -1,0 +1,131 @@
+// The official `openai` npm package against `hkv serve --http-port`: models, completions and
+// chat, streamed and not, errors as the SDK's typed exceptions, and a client that aborts a
+// stream (its request must end and its KV blocks be freed). Usage: node openai_sdk_test.mjs
+// BASE_URL MODEL. Exits non-zero on the first failed check.
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+
+const [baseURL, model] = process.argv.slice(2);
+const client = new OpenAI({ baseURL, apiKey: 'unused', maxRetries: 0, timeout: 60000 });
+const root = baseURL.replace(/\/v1\/?$/, '');
+
+async function metric(names) {
+  const text = await (await fetch(`${root}/metrics`)).text();
+  for (const name of names) {
+    const line = text.split('\n').find((l) => l.startsWith(name + ' '));
+    if (line) return Number(line.split(' ')[1]);
+  }
+  throw new Error(`none of ${names} in /metrics`);
+}
+const running = () => metric(['hkv_requests_running', 'vllm:num_requests_running']);
+const blocksUsed = () => metric(['hkv_kv_blocks_used']);
+const generated = () => metric(['hkv_generation_tokens_total', 'vllm:generation_tokens_total']);
+
+async function checkModels() {
+  const models = [];
+  for await (const m of client.models.list()) models.push(m.id);
+  assert.ok(models.includes(model), `models: ${models}`);
+}
+
+async function checkCompletions() {
+  const params = { model, prompt: 'The key is', max_tokens: 12, temperature: 0, ignore_eos: true };
+  const whole = await client.completions.create(params);
+  assert.equal(whole.object, 'text_completion');
+  assert.equal(whole.choices.length, 1);
+  assert.equal(whole.choices[0].finish_reason, 'length');
+  assert.equal(whole.usage.completion_tokens, 12);
+  assert.equal(typeof whole.choices[0].text, 'string');
+
+  const stream = await client.completions.create({
+    ...params, stream: true, stream_options: { include_usage: true } });
+  let text = '';
+  let finish = null;
+  let usage = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      text += c.text;
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+  }
+  assert.equal(text, whole.choices[0].text);
+  assert.equal(finish, 'length');
+  assert.equal(usage.completion_tokens, 12);
+  assert.equal(usage.prompt_tokens, whole.usage.prompt_tokens);
+}
+
+async function checkChat() {
+  const params = {
+    model,
+    messages: [
+      { role: 'system', content: 'You answer briefly.' },
+      { role: 'user', content: [{ type: 'text', text: 'What is the key?' }] },
+    ],
+    max_completion_tokens: 10,
+    temperature: 0,
+    ignore_eos: true,
+  };
+  const whole = await client.chat.completions.create(params);
+  assert.equal(whole.object, 'chat.completion');
+  assert.equal(whole.choices[0].message.role, 'assistant');
+  assert.equal(whole.choices[0].finish_reason, 'length');
+  assert.equal(whole.usage.completion_tokens, 10);
+
+  const stream = await client.chat.completions.create({
+    ...params, stream: true, stream_options: { include_usage: true } });
+  let content = '';
+  let role = null;
+  let usage = null;
+  for await (const chunk of stream) {
+    assert.equal(chunk.object, 'chat.completion.chunk');
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      if (c.delta.role) role = c.delta.role;
+      content += c.delta.content ?? '';
+    }
+  }
+  assert.equal(role, 'assistant');
+  assert.equal(content, whole.choices[0].message.content);
+  assert.equal(usage.total_tokens, whole.usage.total_tokens);
+
+  // What the template made of the messages, as /tokenize shows it.
+  const tok = await (await fetch(`${root}/tokenize`, {
+    method: 'POST', body: JSON.stringify({ model, messages: params.messages }) })).json();
+  assert.equal(tok.count, whole.usage.prompt_tokens);
+  assert.ok(tok.prompt.includes('What is the key?'));
+}
+
+async function checkErrors() {
+  await assert.rejects(client.completions.create({ model: 'no-such-model', prompt: 'x' }),
+    (e) => e instanceof OpenAI.NotFoundError && e.status === 404);
+  await assert.rejects(client.completions.create({ model, prompt: 'x', n: 2 }),
+    (e) => e instanceof OpenAI.BadRequestError && /not supported/.test(e.message));
+  await assert.rejects(client.chat.completions.create({ model, messages: 'hi' }),
+    (e) => e instanceof OpenAI.BadRequestError && /messages/.test(e.message));
+  await assert.rejects(client.completions.create({ model, prompt: 'x', temperature: 'hot' }),
+    (e) => e instanceof OpenAI.BadRequestError && /temperature/.test(e.message));
+}
+
+async function checkAbortMidStream() {
+  const before = await generated();
+  const stream = await client.chat.completions.create({
+    model, messages: [{ role: 'user', content: 'Tell me everything.' }],
+    max_tokens: 3000, ignore_eos: true, stream: true });
+  let chunks = 0;
+  for await (const chunk of stream) {
+    if (chunk.choices[0]?.delta?.content) chunks++;
+    if (chunks >= 2) break;  // Leaving the loop aborts the HTTP request.
+  }
+  for (let i = 0; i < 200 && ((await running()) !== 0 || (await blocksUsed()) !== 0); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.equal(await running(), 0);
+  assert.equal(await blocksUsed(), 0);
+  assert.ok((await generated()) - before < 3000, 'the aborted request ran to its end');
+}
+
+for (const check of [checkModels, checkCompletions, checkChat, checkErrors, checkAbortMidStream]) {
+  await check();
+  console.log(`ok ${check.name}`);
+}
+console.log('openai sdk OK');
