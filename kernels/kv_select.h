@@ -12,6 +12,12 @@
 //   kept token i of head h -> block dest_indices[dest_indptr[dest_first_row + h] + i / bs],
 //                             slot i % bs
 //
+// In-place mode (`in_place`, chunked prefill's last chunk): the keys and values are read from
+// the destination rows themselves (position j of head h in slot j of row dest_first_row + h,
+// the whole prompt already appended), and the kept tokens are compacted within those rows:
+// kept token i moves from slot kept_index[i] to slot i (kept_index ascending, so a slot is
+// read before anything is written over it). `keys`, `values` and `kv_stride` are unused.
+//
 // Thread-safety: stateless; ordered by the stream.
 
 #include <cuda_runtime.h>
@@ -50,6 +56,7 @@ struct KvSelectArgs {
   int32_t* kept_count = nullptr;  // device [num_kv_heads] out: min(cap, n-w) + w
   int32_t* kept_index = nullptr;  // device [num_kv_heads, n] out: kept positions, ascending
   float* scores = nullptr;        // optional device [num_kv_heads, n - w] out: pooled scores
+  bool in_place = false;          // keys/values from the destination rows, compacted in place
 };
 
 // Returns the workspace bytes for a prompt of `n` tokens.
