@@ -67,6 +67,7 @@ struct BenchServeOptions {
   double slo_tpot_ms = 0;
   bool json = false;
   std::string json_out;  // Also write the JSON report here.
+  std::string token_times_out;  // Also write each request's token arrival times (JSONL) here.
 };
 int RunBenchServe(const BenchServeOptions& options);
 

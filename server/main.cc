@@ -75,6 +75,8 @@ ABSL_FLAG(std::string, prompts_file, "", "bench-serve: prompts, one per line");
 ABSL_FLAG(double, slo_ttft_ms, 0, "bench-serve: TTFT SLO for goodput (0 = none)");
 ABSL_FLAG(double, slo_tpot_ms, 0, "bench-serve: TPOT SLO for goodput (0 = none)");
 ABSL_FLAG(std::string, json_out, "", "bench-serve: also write the JSON report here");
+ABSL_FLAG(std::string, token_times_out, "",
+          "bench-serve: also write each request's send and token arrival times (Unix s, JSONL)");
 
 namespace hkv {
 namespace {
@@ -195,6 +197,7 @@ int BenchServe() {
   o.slo_tpot_ms = absl::GetFlag(FLAGS_slo_tpot_ms);
   o.json = absl::GetFlag(FLAGS_json);
   o.json_out = absl::GetFlag(FLAGS_json_out);
+  o.token_times_out = absl::GetFlag(FLAGS_token_times_out);
   return RunBenchServe(o);
 }
 
@@ -219,7 +222,8 @@ std::vector<CommandSpec> Commands() {
       Names("scores budget beta kv_heads granularity json");
   const std::vector<std::string> bench_serve = Names(
       "target num_requests concurrency request_rate input_len output_len range_ratio "
-      "prompts_file kv_policy kv_budget seed slo_ttft_ms slo_tpot_ms json json_out");
+      "prompts_file kv_policy kv_budget seed slo_ttft_ms slo_tpot_ms json json_out "
+      "token_times_out");
   // serve reads the whole server config: the engine flags and every flag of this file that no
   // other command claims, so that a new server option shows in `hkv serve --help` by itself.
   std::vector<std::string> serve = engine;
