@@ -470,24 +470,43 @@ TEST(SchedulerTest, CompressedPromptTooBigForThePoolUncompressedStillRunsInOneSt
 }
 
 TEST(SchedulerTest, ACompressedPromptWaitsForItsTransientRoomAndNeverFails) {
-  // Request 1 (full) holds 4 rows x 8 blocks for most of its run; request 2's 40-token
-  // compressed prompt needs 4 x 10 transient blocks at its peak, more than is left: it waits
-  // (or is preempted and recomputed), it is not refused or failed.
-  KvCacheManager kv(Config(60));
+  // Request 1 (full) prefills 32 tokens (4 rows x 8 blocks of 40), then its first decode takes
+  // 4 more blocks. Request 2's 40-token compressed prompt (transient peak: 4 rows x 10 blocks,
+  // the whole pool) then finds no room for its first chunk: it waits, neither refused nor
+  // failed nor preempted, and runs once request 1 is done.
+  KvCacheManager kv(Config(40));
   SchedulerOptions o;
   o.max_batch_tokens = 8;
   Scheduler s(o, &kv);
   FakeWorker w(o);
-  ASSERT_TRUE(s.Add(MakeRequest(1, 8, 24, Plan(KvPolicyName::kFull, 0), /*priority=*/1)).ok());
+  ASSERT_TRUE(s.Add(MakeRequest(1, 32, 4, Plan(KvPolicyName::kFull, 0))).ok());
   auto compressed = MakeRequest(2, 40, 3, Plan(KvPolicyName::kHeadKv, 10));
   EXPECT_TRUE(s.ChunksCompressedPrefill(*compressed));
   EXPECT_EQ(s.PeakBlocks(*compressed), 40);  // The transient prompt: 4 rows x 10 blocks.
   ASSERT_TRUE(s.Add(std::move(compressed)).ok());
-  RunResult run = RunAll(s, w, kv);
+  RunResult run;
+  int32_t steps_waiting_while_1_decodes = 0;
+  while (s.HasUnfinished()) {
+    std::optional<Batch> batch = s.Schedule(absl::Now());
+    ASSERT_TRUE(batch.has_value());
+    const Request* r1 = s.Find(1);
+    if (r1 != nullptr && r1->num_computed_tokens >= 32 && s.Find(2)->status ==
+        RequestStatus::kWaiting) {
+      ++steps_waiting_while_1_decodes;
+      EXPECT_LT(kv.num_free_blocks(), 8) << "its first chunk would have fit";
+    }
+    for (RequestOutput& out : s.Update(*batch, w.Execute(*batch), absl::Now())) {
+      run.tokens[out.id].insert(run.tokens[out.id].end(), out.new_tokens.begin(),
+                                out.new_tokens.end());
+      if (out.finished) run.finished[out.id] = out;
+    }
+    ExpectPoolConsistent(s, kv, 2);
+  }
+  EXPECT_GE(steps_waiting_while_1_decodes, 2);
+  EXPECT_EQ(s.num_preemptions(), 0);
   EXPECT_EQ(run.finished[1].reason, FinishReason::kLength);
   EXPECT_EQ(run.finished[2].reason, FinishReason::kLength);
-  EXPECT_EQ(run.tokens[2].size(), 3u);
-  // Its last chunk ran only once request 1 had finished or left it room.
+  EXPECT_EQ(run.finished[2].num_preemptions, 0);
   KvCacheManager kv2(Config(2000));
   Scheduler alone(SchedulerOptions{}, &kv2);
   FakeWorker w2;
