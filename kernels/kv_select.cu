@@ -378,10 +378,10 @@ __global__ void __launch_bounds__(kSelectThreads) CompactKernel(ScatterParams p)
     uint4 kv = {}, vv = {};
     int64_t dst = 0;
     if (j != i) {  // Plain loads: these rows are written by this kernel.
-      const int64_t src = PagedOffset<T>(p.indptr, p.indices, row, j, p.block_shift,
-                                         p.block_stride, kHeadDim) + c;
-      dst = PagedOffset<T>(p.indptr, p.indices, row, i, p.block_shift, p.block_stride, kHeadDim) +
-            c;
+      const int64_t src =
+          PagedOffset<T>(p.indptr, p.indices, row, j, p.block_shift, p.block_stride, kHeadDim) + c;
+      dst =
+          PagedOffset<T>(p.indptr, p.indices, row, i, p.block_shift, p.block_stride, kHeadDim) + c;
       kv = *reinterpret_cast<const uint4*>(kp + src);
       vv = *reinterpret_cast<const uint4*>(vp + src);
     }

@@ -49,7 +49,8 @@ bool Scheduler::ChunksCompressedPrefill(const Request& r) const {
 }
 
 int64_t Scheduler::TransientBlocks(const Request& r) const {
-  return int64_t{kv_->num_rows_per_seq()} * CeilDiv(r.num_prompt_tokens(), kv_->config().block_size);
+  return int64_t{kv_->num_rows_per_seq()} *
+         CeilDiv(r.num_prompt_tokens(), kv_->config().block_size);
 }
 
 int64_t Scheduler::PeakBlocks(const Request& r) const {

@@ -374,8 +374,8 @@ std::vector<const SequenceStep*> StepsOf(const RunResult& run, RequestId id) {
 }
 
 TEST(SchedulerTest, CompressedPromptPrefillsInChunksInsideTheBudget) {
-  for (KvPolicyName policy : {KvPolicyName::kSnapKv, KvPolicyName::kPyramidKv,
-                              KvPolicyName::kAdaKv, KvPolicyName::kHeadKv}) {
+  for (KvPolicyName policy : {KvPolicyName::kSnapKv, KvPolicyName::kPyramidKv, KvPolicyName::kAdaKv,
+                              KvPolicyName::kHeadKv}) {
     SCOPED_TRACE(std::string(PolicyNameString(policy)));
     // Beside request 1, 12 prompt tokens fit one step (one chunk), 25 take two, 100 many.
     for (int32_t prompt : {12, 25, 100}) {
@@ -490,8 +490,8 @@ TEST(SchedulerTest, ACompressedPromptWaitsForItsTransientRoomAndNeverFails) {
     std::optional<Batch> batch = s.Schedule(absl::Now());
     ASSERT_TRUE(batch.has_value());
     const Request* r1 = s.Find(1);
-    if (r1 != nullptr && r1->num_computed_tokens >= 32 && s.Find(2)->status ==
-        RequestStatus::kWaiting) {
+    if (r1 != nullptr && r1->num_computed_tokens >= 32 &&
+        s.Find(2)->status == RequestStatus::kWaiting) {
       ++steps_waiting_while_1_decodes;
       EXPECT_LT(kv.num_free_blocks(), 8) << "its first chunk would have fit";
     }
@@ -528,8 +528,8 @@ TEST(SchedulerTest, PreemptionMidPromptFreesTheTransientBlocks) {
   RunResult run;
   while (s.HasUnfinished()) {
     const Request* r2 = s.Find(2);
-    const bool mid_prompt = r2 != nullptr && r2->num_computed_tokens > 0 &&
-                            r2->num_computed_tokens < 40;
+    const bool mid_prompt =
+        r2 != nullptr && r2->num_computed_tokens > 0 && r2->num_computed_tokens < 40;
     const int64_t before = s.num_preemptions();
     std::optional<Batch> batch = s.Schedule(absl::Now());
     if (s.num_preemptions() > before && mid_prompt) {
@@ -814,8 +814,7 @@ TEST(SchedulerTest, PeakBlocksBoundsTheAdaptiveReservationAndGrowth) {
   for (int32_t l = 0; l < kLayers; ++l) reserved += plan.MaxBlocksPerLayer(l, 60, kBlockSize);
   // Each layer keeps 2 x 8 + 16 tokens; + 30 per row is at most (32 + 2 x 33) / 4 blocks.
   // Its chunked prefill holds the prompt's 4 rows x 15 blocks before the selection.
-  EXPECT_EQ(s.PeakBlocks(*r),
-            std::max<int64_t>({reserved, kLayers * ((32 + 2 * 33) / 4), 4 * 15}));
+  EXPECT_EQ(s.PeakBlocks(*r), std::max<int64_t>({reserved, kLayers * ((32 + 2 * 33) / 4), 4 * 15}));
   EXPECT_EQ(s.PeakBlocks(*MakeRequest(2, 60, 30, Plan(KvPolicyName::kFull, 0))), 4 * 23);
 }
 
@@ -960,9 +959,8 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
   }
   std::cout << preemptions << " preemptions, " << aborts << " aborts, " << deadlines
             << " deadlines; " << compared << " outputs compared (" << compressed
-            << " compressed); compressed prefills in 1 / 2 / 3+ chunks: "
-            << selects_by_chunks[1] << " / " << selects_by_chunks[2] << " / "
-            << selects_by_chunks[3] << "\n";
+            << " compressed); compressed prefills in 1 / 2 / 3+ chunks: " << selects_by_chunks[1]
+            << " / " << selects_by_chunks[2] << " / " << selects_by_chunks[3] << "\n";
   EXPECT_GT(selects_by_chunks[1], 20);
   EXPECT_GT(selects_by_chunks[2], 20);
   EXPECT_GT(selects_by_chunks[3], 20);

@@ -261,8 +261,8 @@ void PrintTable(const BenchServeOptions& o, const hkv::v1::ModelInfo& info,
       o.target, info.model_name(), info.device(), ok, o.num_requests, duration, in_tokens,
       out_tokens, j["request_throughput"].get<double>(), j["output_throughput"].get<double>(),
       j["goodput"].get<double>(), j["max_concurrent_streams"].get<int32_t>());
-  std::cout << absl::StrFormat("%-10s %10s %10s %10s %10s %10s %10s\n", "ms", "mean", "p50",
-                               "p90", "p99", "p99.9", "max");
+  std::cout << absl::StrFormat("%-10s %10s %10s %10s %10s %10s %10s\n", "ms", "mean", "p50", "p90",
+                               "p99", "p99.9", "max");
   for (const char* name : {"ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"}) {
     const nlohmann::ordered_json& m = j[name];
     std::cout << absl::StrFormat("%-10s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", name,

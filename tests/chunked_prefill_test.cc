@@ -99,8 +99,8 @@ TEST(ChunkedPrefillTest, Stories260KEveryPolicy) {
   std::vector<TokenId> prompt = {1};
   for (int32_t i = 0; prompt.size() < 300; ++i) prompt.push_back(260 + (i * 37) % 240);
   // 300 tokens: in ~2 chunks at a budget of 200 (beside the decode), 14 at 24.
-  ExpectChunkingChangesNothing(config, prompt, {"snapkv", "pyramidkv", "adakv", "headkv"}, 64,
-                               12, {200, 24});
+  ExpectChunkingChangesNothing(config, prompt, {"snapkv", "pyramidkv", "adakv", "headkv"}, 64, 12,
+                               {200, 24});
 }
 
 TEST(ChunkedPrefillTest, NeedleEveryPolicy) {
@@ -119,7 +119,9 @@ TEST(ChunkedPrefillTest, NeedleEveryPolicy) {
   {
     nlohmann::json j;
     for (int l = 0; l < 6; ++l) {
-      for (int h = 0; h < 8; ++h) j[absl::StrCat(l, "-", h)] = {0.05 + ((l * 8 + h) * 29 % 17) / 20.0};
+      for (int h = 0; h < 8; ++h) {
+        j[absl::StrCat(l, "-", h)] = {0.05 + ((l * 8 + h) * 29 % 17) / 20.0};
+      }
     }
     std::ofstream(scores) << j.dump();
   }

@@ -127,10 +127,10 @@ TEST(ServeProcessTest, BenchServeAndMetricsAgainstARealServer) {
   pid_t pid = StartServer(port, 5, metrics_port);
   ASSERT_TRUE(WaitServing(port, 30));
   const std::string times_path = ::testing::TempDir() + "/bench_token_times.jsonl";
-  const std::string report = Capture(
-      std::string(HKV_BINARY) + " bench-serve --target=127.0.0.1:" + std::to_string(port) +
-      " --num-requests=12 --concurrency=4 --input-len=24 --output-len=16 --json" +
-      " --token-times-out=" + times_path + " 2>/dev/null");
+  const std::string report =
+      Capture(std::string(HKV_BINARY) + " bench-serve --target=127.0.0.1:" + std::to_string(port) +
+              " --num-requests=12 --concurrency=4 --input-len=24 --output-len=16 --json" +
+              " --token-times-out=" + times_path + " 2>/dev/null");
   nlohmann::json j = nlohmann::json::parse(report, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << report;
   EXPECT_EQ(j["successful_requests"], 12);

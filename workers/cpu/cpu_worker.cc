@@ -253,8 +253,8 @@ absl::Status CpuWorker::SelectAndStore(const Batch& b, int64_t index, int32_t la
   const SequenceStep& step = b.seqs[index];
   const KvSelectionSpec& spec = step.selection;
   const int32_t H = c.num_kv_heads, d = head_dim_, w = spec.window;
-  const std::vector<std::vector<float>> scores = WindowScores(
-      q_window, k, n, w, c.num_heads, H, d, spec.pool_kernel, /*group_average=*/true);
+  const std::vector<std::vector<float>> scores =
+      WindowScores(q_window, k, n, w, c.num_heads, H, d, spec.pool_kernel, /*group_average=*/true);
   const bool adaptive = spec.capacity.empty();
   if (adaptive && static_cast<int32_t>(step.layer_block_indptr.size()) != c.num_layers + 1) {
     return absl::InvalidArgumentError("malformed batch: adaptive selection without a reservation");

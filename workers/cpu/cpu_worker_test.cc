@@ -289,7 +289,8 @@ PrefillOutcome OneStepPrefill(CpuWorker& w, TestSeq* seq, const std::vector<Toke
       if (spec.capacity.empty()) {
         const std::vector<BlockId>& all = batch.seqs[0].layer_blocks;
         const int32_t first = batch.seqs[0].layer_block_indptr[l] + next;
-        blocks.assign(all.begin() + first, all.begin() + first + (kept + kBlockSize - 1) / kBlockSize);
+        blocks.assign(all.begin() + first,
+                      all.begin() + first + (kept + kBlockSize - 1) / kBlockSize);
         next += (kept + kBlockSize - 1) / kBlockSize;
       }
       out.rows.push_back(RowContents(w, blocks, kept));

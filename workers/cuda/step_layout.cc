@@ -94,9 +94,10 @@ absl::Status LayOutSequence(const Batch& b, const StepLayoutShape& shape, int32_
   if (k2 >= h.num_decode && k2 < h.num_decode + h.num_prefill) {
     h.cu_prefill.push_back(h.cu_prefill.back() + T);
     h.max_prefill = std::max(h.max_prefill, T);
-    if (st.select) {  // Its caps follow the one-step selects' (AppendPagedSelectCaps).
+    if (st.select) {  // Its caps follow the one-step selects' (BuildHostStep).
       if (st.selection.window < 1 || st.selection.window > T) {
-        return absl::InvalidArgumentError("the last chunk of a compressed prefill lacks its window");
+        return absl::InvalidArgumentError(
+            "the last chunk of a compressed prefill lacks its window");
       }
       h.paged_select.push_back(k2);
       h.paged_select_len.push_back(st.start_pos + T);

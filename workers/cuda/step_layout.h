@@ -60,9 +60,7 @@ struct HostStep {
   int32_t max_paged_select_len = 0;
 
   // Sequences whose kept counts the step reports: selects, then paged selects.
-  int32_t num_kept_seqs() const {
-    return num_select + static_cast<int32_t>(paged_select.size());
-  }
+  int32_t num_kept_seqs() const { return num_select + static_cast<int32_t>(paged_select.size()); }
 };
 
 // Shapes a step layout needs: the worker's (one rank's) model shapes and pool.

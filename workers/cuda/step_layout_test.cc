@@ -219,7 +219,7 @@ TEST(StepLayoutTest, ChunkedCompressedPrefillsLastChunkIsAPagedSelect) {
   b.seqs[0].select = true;
   b.seqs[0].selection.window = 4;
   b.seqs[0].selection.capacity = {1, 2, 3, 4};
-  AddSeq(b, 2, {7}, 3, 4, true);                   // a decode beside it
+  AddSeq(b, 2, {7}, 3, 4, true);                 // a decode beside it
   AddSeq(b, 3, {9, 9, 9, 9, 9, 9}, 0, 3, true);  // a one-step select keeping 3 per row
   b.seqs[2].select = true;
   b.seqs[2].selection.window = 2;
