@@ -210,7 +210,18 @@ TEST_F(CudaWorkerTest, ChunkedCompressedPrefillMatchesOneStep) {
     last.AddPlain(&side, {side_next}, true, 1);
     last.AddLastChunk(&seq, {p.begin() + 100, p.end()}, spec);
     last.AddSelect(&sel, Prompt(40, 11), std::vector<int32_t>(caps.size(), 9));
-    RunBoth(last.Take(), &c, &g);  // Kept counts equal the CPU's exactly.
+    // Not RunBoth: real compression may pick differently at bf16 near-ties, so logits are
+    // compared at a looser tolerance; kept counts must equal the CPU's exactly.
+    const Batch last_batch = last.Take();
+    auto lc = cpu_->Execute(last_batch);
+    auto lg = gpu_->Execute(last_batch);
+    ASSERT_TRUE(lc.ok() && lg.ok()) << lg.status();
+    c = std::move(*lc);
+    g = std::move(*lg);
+    for (size_t i = 0; i < c.seqs.size(); ++i) {
+      EXPECT_EQ(g.seqs[i].kept_per_head, c.seqs[i].kept_per_head) << "seq " << i;
+      EXPECT_LT(RelativeError(g.seqs[i].logits, c.seqs[i].logits), 0.1) << "seq " << i;
+    }
     const SequenceResult& got = g.seqs[1];
     EXPECT_EQ(got.kept_per_head, ref->seqs[0].kept_per_head);
     for (size_t i = 0; i < caps.size(); ++i) EXPECT_EQ(got.kept_per_head[i], caps[i] + 8);
