@@ -162,6 +162,33 @@ absl::Status KvCacheManager::CommitAdaptive(RequestId seq, absl::Span<const int3
   return absl::OkStatus();
 }
 
+absl::Status KvCacheManager::Shrink(RequestId seq, absl::Span<const int32_t> kept_per_row) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end() || it->second.reservation.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Shrink: sequence ", seq, " is unknown or holds a reservation"));
+  }
+  if (static_cast<int32_t>(kept_per_row.size()) != num_rows_per_seq()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Shrink: ", kept_per_row.size(), " counts for ", num_rows_per_seq(), " rows"));
+  }
+  std::vector<BlockTable>& rows = it->second.rows;
+  for (int32_t r = 0; r < num_rows_per_seq(); ++r) {
+    if (kept_per_row[r] < 0 || kept_per_row[r] > rows[r].num_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("Shrink: row ", r, " keeps ", kept_per_row[r],
+                                                     " of its ", rows[r].num_tokens, " tokens"));
+    }
+  }
+  for (int32_t r = 0; r < num_rows_per_seq(); ++r) {
+    BlockTable& t = rows[r];
+    t.num_tokens = kept_per_row[r];
+    const size_t keep = BlockTable::BlocksFor(t.num_tokens, config_.block_size);
+    for (size_t b = keep; b < t.blocks.size(); ++b) pool_.Release(t.blocks[b]);
+    t.blocks.resize(keep);
+  }
+  return absl::OkStatus();
+}
+
 void KvCacheManager::Free(RequestId seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;

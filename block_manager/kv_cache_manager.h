@@ -84,6 +84,11 @@ class KvCacheManager {
   // its layer, in head order, and holds kept_per_row[l*H+h] tokens; unused blocks are freed.
   // INVALID_ARGUMENT (nothing changed) if the counts do not fit the reservation.
   absl::Status CommitAdaptive(RequestId seq, absl::Span<const int32_t> kept_per_row);
+  // Chunked compressed prefill: cuts each row r of `seq` to its first kept_per_row[r] tokens
+  // (the worker compacted the kept tokens there) and frees the blocks past them, the prompt's
+  // transient full K/V. INVALID_ARGUMENT (nothing changed) for an unknown sequence, a wrong
+  // count, or a row asked to grow.
+  absl::Status Shrink(RequestId seq, absl::Span<const int32_t> kept_per_row);
 
   // Frees every block of `seq` (and its uncommitted reservation). No-op for an unknown id.
   void Free(RequestId seq);

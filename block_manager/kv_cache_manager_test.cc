@@ -109,6 +109,35 @@ TEST(KvCacheManagerTest, FreeReturnsEverything) {
   for (BlockId b = 0; b < 20; ++b) EXPECT_EQ(m.pool().held(b), false);
 }
 
+// Chunked compressed prefill: the rows held the whole prompt; Shrink keeps each row's first
+// blocks for its kept tokens and frees the rest at once; a bad request changes nothing.
+TEST(KvCacheManagerTest, ShrinkKeepsTheFirstBlocksAndFreesTheTail) {
+  KvCacheManager m(Config(40));
+  ASSERT_TRUE(m.AppendUniform(1, 17));  // 4 rows x 5 blocks
+  ASSERT_TRUE(m.AppendUniform(2, 3));
+  const std::vector<BlockId> row0 = m.Table(1, 0, 0).blocks;
+  const Snapshot before = Take(m, {1, 2});
+  EXPECT_EQ(m.Shrink(1, std::vector<int32_t>{9, 1, 0}).code(),
+            absl::StatusCode::kInvalidArgument);  // wrong count
+  EXPECT_THAT(m.Shrink(1, std::vector<int32_t>{9, 1, 18, 4}).message(), HasSubstr("row 2"));
+  EXPECT_EQ(m.Shrink(1, std::vector<int32_t>{9, 1, -1, 4}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.Shrink(7, std::vector<int32_t>{1, 1, 1, 1}).code(),
+            absl::StatusCode::kInvalidArgument);  // unknown
+  EXPECT_TRUE(Take(m, {1, 2}) == before);
+  ASSERT_TRUE(m.Shrink(1, std::vector<int32_t>{9, 1, 0, 17}).ok());
+  EXPECT_THAT(m.RowLengths(1), ElementsAre(9, 1, 0, 17));
+  EXPECT_THAT(m.Table(1, 0, 0).blocks, ElementsAre(row0[0], row0[1], row0[2]));
+  EXPECT_THAT(m.Table(1, 1, 0).blocks, IsEmpty());
+  EXPECT_EQ(m.SequenceBlocks(1), 3 + 1 + 0 + 5);
+  EXPECT_EQ(m.num_free_blocks(), 40 - 9 - 4);
+  ASSERT_TRUE(m.AppendUniform(1, 1));  // Rows grow again from their kept length.
+  EXPECT_THAT(m.RowLengths(1), ElementsAre(10, 2, 1, 18));
+  m.Free(1);
+  m.Free(2);
+  EXPECT_EQ(m.num_free_blocks(), 40);
+}
+
 TEST(KvCacheManagerTest, AdaptiveReserveAndCommit) {
   KvCacheManager m(Config(10));
   auto res = m.ReserveLayers(1, std::vector<int32_t>{3, 2});

@@ -13,11 +13,20 @@
 //
 // The blocks of row r cover ceil(kv_len_after[r] / block_size) blocks. A plain step (decode, or
 // an uncompressed prefill chunk) writes the K/V of every token it runs into every row, so
-// kv_len_after = kv_len_before + tokens.size(). A compressed prefill (`select` set) runs the
-// whole prompt at once, attends over full K/V held in per-layer scratch (never in the pool),
-// then writes into each row only the tokens its head keeps: kv_len_after[r] is that head's
-// kept count (window included), chosen by the plan, or by the worker for adaptive policies
-// (then the result reports it, see SequenceResult::kept_per_head).
+// kv_len_after = kv_len_before + tokens.size(). A compressed prefill (`select` set) at
+// start_pos 0 runs the whole prompt at once, attends over full K/V held in per-layer scratch
+// (never in the pool), then writes into each row only the tokens its head keeps: kv_len_after[r]
+// is that head's kept count (window included), chosen by the plan, or by the worker for
+// adaptive policies (then the result reports it, see SequenceResult::kept_per_head).
+//
+// Chunked compressed prefill: the earlier chunks are plain steps (the rows hold the prompt's
+// full K/V, in transient blocks of the pool); the last chunk is a `select` step with
+// start_pos > 0 whose rows are plain (kv_len_before = start_pos, kv_len_after = the prompt
+// length n) and whose tokens hold the whole SnapKV window. Per layer the worker stores and
+// attends the chunk like a plain one, then scores all n keys of each row with the window's
+// queries, and compacts the kept tokens, in position order, into the row's first slots (kept
+// token i moves to slot i). It reports kept_per_head; the scheduler then shrinks each row to
+// its kept count, freeing the blocks past it. Kept sets equal the one-step prefill's.
 
 #include <cstdint>
 #include <vector>
@@ -48,7 +57,7 @@ struct SequenceStep {
   bool sample = false;          // Produce a next token (decode, or the last prefill chunk).
   int32_t sample_step = 0;      // Index of the token being sampled (0 = first generated).
   StepSampling sampling;        // The request's sampler settings (its stop lists stay behind).
-  bool select = false;          // Compressed prefill: `selection` applies (start_pos == 0).
+  bool select = false;  // Compressed prefill: `selection` applies (start_pos > 0: last chunk).
   KvSelectionSpec selection;
   // Adaptive selection only (selection.capacity empty): the blocks reserved for each layer,
   // CSR over layers. The worker gives head h of layer l the next ceil(kept[l][h] / block_size)
@@ -84,7 +93,8 @@ struct SequenceResult {
   RequestId id = 0;
   TokenId token = -1;  // Sampled token when the step asked for one, else -1.
   // Compressed prefill only: tokens kept per (layer, kv_head) [num_layers * num_kv_heads],
-  // window included. Equals kv_len_after for static plans.
+  // window included. Equals kv_len_after for static plans' one-step prefills (the plan's caps
+  // for a chunked prefill's last chunk).
   std::vector<int32_t> kept_per_head;
   // Logits of the sampled position [vocab]; filled only by a worker asked to keep them (tests
   // and numerical checks).

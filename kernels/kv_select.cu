@@ -13,6 +13,9 @@
 //   3a. PoolKernel        Grid: (ceil((n-w)/256), Hkv) Block: (256): max-pool (4 then reuses it).
 //   3b. AdaKvSplitKernel  Grid: (1) Block: (1024): the heads' caps (exact 64-bit radix selects
 //       over (score, flattened index) keys) and the packed block offsets of each head.
+//      In place instead: CompactKernel Grid: (Hkv) Block: (1024): moves the kept K/V of a
+//      head's row to its first slots, one tile of tokens at a time (all reads of a tile, a
+//      barrier, then its writes: a later tile's sources lie past every slot written before).
 
 #include <algorithm>
 
@@ -51,7 +54,22 @@ struct Params {
   float2* stats;  // [Hkv, chunks, nq] (max, sum) in log2 domain
   float* lse;     // [Hkv, nq]
   float* raw;     // [Hkv, past]
+  // In place: keys from the paged rows first_row + kvh (k is then the K pool).
+  bool paged;
+  const int32_t* indptr;
+  const int32_t* indices;
+  int32_t first_row, block_shift;
+  int64_t block_stride;
 };
+
+// Address of element 0 of token j's vector in row `row` of a paged pool.
+template <typename T>
+__device__ __forceinline__ int64_t PagedOffset(const int32_t* indptr, const int32_t* indices,
+                                               int row, int j, int block_shift,
+                                               int64_t block_stride, int head_dim) {
+  return static_cast<int64_t>(indices[indptr[row] + (j >> block_shift)]) * block_stride +
+         static_cast<int64_t>(j & ((1 << block_shift) - 1)) * head_dim;
+}
 
 // Loads the nq window queries of kv head `kvh` into shared memory [kNq, kHeadDim] as
 // pre-scaled floats; rows nq..kNq-1 are zero.
@@ -75,7 +93,10 @@ __device__ __forceinline__ void KeyLogits(const Params& p, int kvh, int j, const
                                           float* s) {
 #pragma unroll
   for (int v = 0; v < kNq; ++v) s[v] = 0.0f;
-  const T* k = static_cast<const T*>(p.k) + j * p.kv_stride + static_cast<int64_t>(kvh) * kHeadDim;
+  const T* k = static_cast<const T*>(p.k) +
+               (p.paged ? PagedOffset<T>(p.indptr, p.indices, p.first_row + kvh, j, p.block_shift,
+                                         p.block_stride, kHeadDim)
+                        : j * p.kv_stride + static_cast<int64_t>(kvh) * kHeadDim);
 #pragma unroll 1
   for (int dc = 0; dc < kHeadDim; dc += 8) {
     float kf[8];
@@ -460,6 +481,38 @@ __global__ void ScatterKernel(ScatterParams p) {
       LoadNc16(static_cast<const T*>(p.v) + src);
 }
 
+// In place: moves kept token i of head blockIdx.x from slot kept_index[i] to slot i of its row.
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kSelectThreads) CompactKernel(ScatterParams p) {
+  constexpr int kChunks = kHeadDim / 8;
+  constexpr int kTile = kSelectThreads / kChunks;  // tokens per tile
+  const int kvh = blockIdx.x, row = p.first_row + kvh, count = p.kept_count[kvh];
+  const int32_t* kept = p.kept_index + static_cast<int64_t>(kvh) * p.n;
+  const int t = threadIdx.x / kChunks, c = (threadIdx.x % kChunks) * 8;
+  T* kp = static_cast<T*>(p.k_pool);
+  T* vp = static_cast<T*>(p.v_pool);
+  for (int base = 0; base < count; base += kTile) {
+    const int i = base + t;
+    const int j = i < count ? kept[i] : i;
+    uint4 kv = {}, vv = {};
+    int64_t dst = 0;
+    if (j != i) {  // Plain loads: these rows are written by this kernel.
+      const int64_t src =
+          PagedOffset<T>(p.indptr, p.indices, row, j, p.block_shift, p.block_stride, kHeadDim) + c;
+      dst =
+          PagedOffset<T>(p.indptr, p.indices, row, i, p.block_shift, p.block_stride, kHeadDim) + c;
+      kv = *reinterpret_cast<const uint4*>(kp + src);
+      vv = *reinterpret_cast<const uint4*>(vp + src);
+    }
+    __syncthreads();
+    if (j != i) {
+      *reinterpret_cast<uint4*>(kp + dst) = kv;
+      *reinterpret_cast<uint4*>(vp + dst) = vv;
+    }
+    __syncthreads();
+  }
+}
+
 template <typename T, int kHeadDim, int kNq>
 cudaError_t LaunchScores(const Params& p, int hkv, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(kNq) * kHeadDim * sizeof(float);
@@ -485,7 +538,10 @@ cudaError_t RunKvSelect(const KvSelectArgs& a, cudaStream_t stream) {
   if (a.num_kv_heads < 1 || a.num_q_heads % a.num_kv_heads != 0 || a.n < 1 || a.window < 1 ||
       (a.head_dim != 64 && a.head_dim != 128) || a.pool_kernel < 1 || a.block_size < 1 ||
       (a.block_size & (a.block_size - 1)) != 0 || a.workspace == nullptr ||
-      a.kept_count == nullptr || a.kept_index == nullptr) {
+      a.kept_count == nullptr || a.kept_index == nullptr ||
+      (a.adaptive_total < 0 && a.caps == nullptr) ||
+      (a.in_place && (a.adaptive_total >= 0 || a.dest_indptr == nullptr ||
+                      a.dest_indices == nullptr))) {
     return cudaErrorInvalidValue;
   }
   const int32_t w = std::min(a.window, a.n);
@@ -519,6 +575,13 @@ cudaError_t RunKvSelect(const KvSelectArgs& a, cudaStream_t stream) {
   p.stats = reinterpret_cast<float2*>(ws + L.stats);
   p.lse = reinterpret_cast<float*>(ws + L.lse);
   p.raw = reinterpret_cast<float*>(ws + L.raw);
+  p.paged = a.in_place;
+  p.indptr = a.dest_indptr;
+  p.indices = a.dest_indices;
+  p.first_row = a.dest_first_row;
+  p.block_shift = __builtin_ctz(static_cast<unsigned>(a.block_size));
+  p.block_stride = a.block_stride;
+  if (a.in_place) p.k = a.k_pool;
   cudaError_t err = DispatchDType(a.dtype, [&](auto t) {
     using T = decltype(t);
     return DispatchHeadDim(a.head_dim, [&](auto hd) {
@@ -576,6 +639,15 @@ cudaError_t RunKvSelect(const KvSelectArgs& a, cudaStream_t stream) {
   cp.k_pool = a.k_pool;
   cp.v_pool = a.v_pool;
   cp.block_stride = a.block_stride;
+  if (a.in_place) {
+    return DispatchDType(a.dtype, [&](auto t) {
+      using T = decltype(t);
+      return DispatchHeadDim(a.head_dim, [&](auto hd) {
+        CompactKernel<T, decltype(hd)::value><<<a.num_kv_heads, kSelectThreads, 0, stream>>>(cp);
+        return cudaGetLastError();
+      });
+    });
+  }
   const int64_t threads = static_cast<int64_t>(a.n) * (a.head_dim / 8);
   const dim3 grid(static_cast<unsigned>((threads + 255) / 256), a.num_kv_heads);
   return DispatchDType(a.dtype, [&](auto t) {

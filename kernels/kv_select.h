@@ -18,6 +18,11 @@
 // top-floor (ties -> lower head, then lower position); the heads' blocks are packed in head
 // order into one reserved list:
 //   kept token i of head h -> block dest_indices[sum_{g<h} ceil(kept_g / bs) + i / bs]
+// In-place mode (`in_place`, chunked prefill's last chunk): the keys and values are read from
+// the destination rows themselves (position j of head h in slot j of row dest_first_row + h,
+// the whole prompt already appended), and the kept tokens are compacted within those rows:
+// kept token i moves from slot kept_index[i] to slot i (kept_index ascending, so a slot is
+// read before anything is written over it). `keys`, `values` and `kv_stride` are unused.
 //
 // Thread-safety: stateless; ordered by the stream.
 
@@ -68,6 +73,7 @@ struct KvSelectArgs {
   int32_t adaptive_floor = 0;
   int32_t dest_capacity = 0;
   int32_t* caps_out = nullptr;  // device [num_kv_heads] out (adaptive): caps besides the window
+  bool in_place = false;          // keys/values from the destination rows, compacted in place
 };
 
 // Returns the workspace bytes for a prompt of `n` tokens.

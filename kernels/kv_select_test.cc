@@ -145,6 +145,109 @@ TEST_P(KvSelectTest, MatchesHeadkvSelection) {
   }
 }
 
+// In place (chunked prefill's last chunk): the same keys and values, held in paged rows whose
+// blocks are out of order, give the dense selection's kept sets and counts exactly, and each
+// row ends with its kept tokens compacted into its first slots.
+TEST_P(KvSelectTest, InPlaceEqualsDense) {
+  HKV_REQUIRE_GPU();
+  const Case c = GetParam();
+  const int32_t w = 8, n = c.n, hq = c.num_q_heads, hkv = c.num_kv_heads, d = c.head_dim;
+  const int32_t we = std::min(w, n), past = n - we, bs = 16, nb = (n + bs - 1) / bs;
+  std::mt19937 rng(n * 7 + hkv);
+  const auto qw = testing::RandomValues(static_cast<size_t>(we) * hq * d, 3.0f, c.dtype, rng);
+  const auto keys = testing::RandomValues(static_cast<size_t>(n) * hkv * d, 1.0f, c.dtype, rng);
+  const auto vals = testing::RandomValues(static_cast<size_t>(n) * hkv * d, 1.0f, c.dtype, rng);
+  std::vector<int32_t> caps(hkv);
+  for (int32_t h = 0; h < hkv; ++h) {
+    const int32_t options[] = {std::max(1, past / 3), 0, past, 1, past + 5, past / 2 + 1};
+    caps[h] = options[h % 6];
+  }
+  // Row 1 + h holds head h's n tokens in nb blocks, shuffled over the pool.
+  std::vector<int32_t> ids(static_cast<size_t>(hkv) * nb);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  std::vector<int32_t> indptr{0, 0};
+  for (int32_t h = 0; h < hkv; ++h) indptr.push_back(indptr.back() + nb);
+  const size_t pool = ids.size() * bs * d;
+  const auto kbits = testing::ToStorage(keys, c.dtype), vbits = testing::ToStorage(vals, c.dtype);
+  std::vector<uint16_t> kpool(pool, 0xffff), vpool(pool, 0xffff);
+  auto slot = [&](int32_t h, int32_t j) {
+    return static_cast<int64_t>(ids[h * nb + j / bs]) * bs * d + static_cast<int64_t>(j % bs) * d;
+  };
+  for (int32_t h = 0; h < hkv; ++h) {
+    for (int32_t j = 0; j < n; ++j) {
+      for (int32_t x = 0; x < d; ++x) {
+        kpool[slot(h, j) + x] = kbits[(static_cast<size_t>(j) * hkv + h) * d + x];
+        vpool[slot(h, j) + x] = vbits[(static_cast<size_t>(j) * hkv + h) * d + x];
+      }
+    }
+  }
+  DeviceArray<uint16_t> dq(qw.size()), dk(keys.size()), dv(vals.size()), kp(pool), vp(pool),
+      kd(pool), vd(pool);
+  DeviceArray<int32_t> dcaps(hkv), dind(indptr.size()), didx(ids.size()), count(hkv),
+      kept(static_cast<size_t>(hkv) * n), count2(hkv), kept2(static_cast<size_t>(hkv) * n);
+  DeviceArray<char> ws(KvSelectWorkspaceBytes(n, w, hq, hkv));
+  HKV_CUDA_OK(dq.Upload(testing::ToStorage(qw, c.dtype)));
+  HKV_CUDA_OK(dk.Upload(kbits));
+  HKV_CUDA_OK(dv.Upload(vbits));
+  HKV_CUDA_OK(kp.Upload(kpool));
+  HKV_CUDA_OK(vp.Upload(vpool));
+  HKV_CUDA_OK(dcaps.Upload(caps));
+  HKV_CUDA_OK(dind.Upload(indptr));
+  HKV_CUDA_OK(didx.Upload(ids));
+  KvSelectArgs a;
+  a.dtype = c.dtype;
+  a.q_window = dq.get();
+  a.keys = dk.get();
+  a.values = dv.get();
+  a.q_stride = static_cast<int64_t>(hq) * d;
+  a.kv_stride = static_cast<int64_t>(hkv) * d;
+  a.n = n;
+  a.window = w;
+  a.num_q_heads = hq;
+  a.num_kv_heads = hkv;
+  a.head_dim = d;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(d));
+  a.caps = dcaps.get();
+  a.dest_indptr = dind.get();
+  a.dest_indices = didx.get();
+  a.dest_first_row = 1;
+  a.block_stride = static_cast<int64_t>(bs) * d;
+  a.block_size = bs;
+  a.workspace = ws.get();
+  // Dense reference: scattered into a scratch pool kd/vd over the same rows.
+  a.k_pool = kd.get();
+  a.v_pool = vd.get();
+  a.kept_count = count.get();
+  a.kept_index = kept.get();
+  HKV_CUDA_OK(RunKvSelect(a, nullptr));
+  a.in_place = true;
+  a.keys = a.values = nullptr;
+  a.k_pool = kp.get();
+  a.v_pool = vp.get();
+  a.kept_count = count2.get();
+  a.kept_index = kept2.get();
+  HKV_CUDA_OK(RunKvSelect(a, nullptr));
+  HKV_CUDA_OK(cudaDeviceSynchronize());
+  const auto c1 = count.Download(), c2 = count2.Download();
+  const auto k1 = kept.Download(), k2 = kept2.Download();
+  const auto kgot = kp.Download(), vgot = vp.Download();
+  for (int32_t h = 0; h < hkv; ++h) {
+    SCOPED_TRACE("head " + std::to_string(h) + " cap " + std::to_string(caps[h]));
+    ASSERT_EQ(c2[h], c1[h]);
+    ASSERT_EQ(c2[h], std::clamp(caps[h], 0, past) + we);
+    const size_t at = static_cast<size_t>(h) * n;
+    ASSERT_TRUE(std::equal(k1.begin() + at, k1.begin() + at + c1[h], k2.begin() + at));
+    for (int32_t i = 0; i < c2[h]; ++i) {
+      const size_t src = (static_cast<size_t>(k2[at + i]) * hkv + h) * d;
+      for (int32_t x = 0; x < d; ++x) {
+        ASSERT_EQ(kgot[slot(h, i) + x], kbits[src + x]) << "K token " << i;
+        ASSERT_EQ(vgot[slot(h, i) + x], vbits[src + x]) << "V token " << i;
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     All, KvSelectTest,
     ::testing::Values(Case{DType::kBf16, 2000, 8, 2, 128}, Case{DType::kBf16, 8, 8, 2, 128},

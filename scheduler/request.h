@@ -64,7 +64,7 @@ struct Request {
   TokenId token_at(int32_t pos) const {
     return pos < num_prompt_tokens() ? prompt[pos] : output[pos - prompt.size()];
   }
-  // Returns whether the prompt's prefill runs compressed, in one `select` step.
+  // Returns whether the prompt's prefill runs compressed (its last step selects).
   bool compresses() const { return plan.compresses(num_prompt_tokens()); }
 };
 

@@ -44,16 +44,27 @@ Scheduler::Scheduler(const SchedulerOptions& options, KvCacheManager* kv)
   HKV_CHECK(valid.ok()) << valid;
 }
 
+bool Scheduler::ChunksCompressedPrefill(const Request& r) const {
+  return r.compresses() && TransientBlocks(r) <= kv_->num_total_blocks();
+}
+
+int64_t Scheduler::TransientBlocks(const Request& r) const {
+  return int64_t{kv_->num_rows_per_seq()} *
+         CeilDiv(r.num_prompt_tokens(), kv_->config().block_size);
+}
+
 int64_t Scheduler::PeakBlocks(const Request& r) const {
   const int64_t n = r.num_prompt_tokens();
   const int64_t m = std::max(r.sampling.max_tokens, 0);
   const int32_t bs = kv_->config().block_size;
   const int64_t heads = kv_->config().num_kv_heads;
   if (!r.compresses()) return kv_->num_rows_per_seq() * CeilDiv(n + m, bs);
+  // A chunked compressed prefill holds the prompt's full K/V until its last chunk.
+  const int64_t transient = ChunksCompressedPrefill(r) ? TransientBlocks(r) : 0;
   int64_t peak = 0;
   if (!r.plan.adaptive) {
     for (int32_t kept : r.plan.KeptTokens(r.num_prompt_tokens())) peak += CeilDiv(kept + m, bs);
-    return peak;
+    return std::max(peak, transient);
   }
   // Adaptive: the prefill reserves a bound per layer; once committed, every row grows by m.
   // A layer keeping K tokens over H heads then holds at most (K + H * (m + bs - 1)) / bs blocks.
@@ -63,7 +74,7 @@ int64_t Scheduler::PeakBlocks(const Request& r) const {
     const int64_t kept = r.plan.LayerKeptBound(l, r.num_prompt_tokens());
     peak += std::min(heads * CeilDiv(n + m, bs), (kept + heads * (m + bs - 1)) / bs);
   }
-  return std::max(reserved, peak);
+  return std::max({reserved, peak, transient});
 }
 
 absl::Status Scheduler::CheckRequest(const Request& r) const {
@@ -191,18 +202,31 @@ void Scheduler::Preempt(Request* r) {
 }
 
 int32_t Scheduler::StepTokens(const Request& r, const StepPlan& step, bool* select) const {
-  *select = r.num_computed_tokens == 0 && r.compresses();
-  if (*select) {
-    const int32_t n = r.num_prompt_tokens();
-    return n <= step.budget || !step.has_prefill ? n : 0;
+  const int32_t n = r.num_prompt_tokens(), done = r.num_computed_tokens;
+  *select = false;
+  if (r.compresses() && done < n) {
+    const int32_t left = n - done;
+    // The prompt's rest fits: it selects this step (from scratch when it is the whole prompt,
+    // else from the transient rows holding the earlier chunks).
+    *select = left <= step.budget;
+    if (*select) return left;
+    // A chunk that leaves the SnapKV window (and at least one token) to the last chunk.
+    const int32_t chunk = std::min(step.budget, left - r.plan.window);
+    if (chunk > 0 && ChunksCompressedPrefill(r)) return chunk;
+    // The rest in one step past the budget, as the step's sole multi-token sequence: a prompt
+    // whose full K/V could never fit the pool, or a budget smaller than the window.
+    *select = true;
+    return step.has_prefill ? 0 : left;
   }
-  return std::clamp(r.num_tokens() - r.num_computed_tokens, 0, std::max(step.budget, 0));
+  return std::clamp(r.num_tokens() - done, 0, std::max(step.budget, 0));
 }
 
 bool Scheduler::Allocate(Request& r, int32_t num_tokens, bool select, Planned* p) {
   *p = Planned{&r, num_tokens, select, {}, std::nullopt};
   const int32_t rows = kv_->num_rows_per_seq();
-  if (!select) {
+  if (!select || r.num_computed_tokens > 0) {
+    // Plain rows: decode, a prefill chunk, or the transient rows of a chunked compressed
+    // prefill (its last chunk too; Update() shrinks them to the kept tokens).
     p->len_before = kv_->Contains(r.id) ? kv_->RowLengths(r.id) : std::vector<int32_t>(rows, 0);
     return kv_->AppendUniform(r.id, num_tokens);
   }
@@ -318,8 +342,10 @@ Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
       s.selection.window = r.plan.window;
       if (r.plan.adaptive) {
         s.selection.layer_budget = r.plan.layer_budget;
-        s.layer_block_indptr = p.reservation->indptr;
-        s.layer_blocks = p.reservation->blocks;
+        if (p.reservation.has_value()) {  // One-step prefill; a chunked one shrinks its rows.
+          s.layer_block_indptr = p.reservation->indptr;
+          s.layer_blocks = p.reservation->blocks;
+        }
       } else {
         s.selection.capacity = r.plan.capacity;
       }
@@ -339,7 +365,9 @@ absl::Status Scheduler::ApplyStep(Request& r, const SequenceStep& s, const Seque
                                             " came back but ", r.num_computed_tokens,
                                             " tokens are computed"));
   }
-  if (s.select && r.plan.adaptive) {
+  if (s.select && s.start_pos > 0) {
+    HKV_RETURN_IF_ERROR(ShrinkToKept(r, res->kept_per_head));
+  } else if (s.select && r.plan.adaptive) {
     HKV_RETURN_IF_ERROR(kv_->CommitAdaptive(r.id, res->kept_per_head));
   }
   if (s.sample && res->token < 0) {
@@ -351,6 +379,21 @@ absl::Status Scheduler::ApplyStep(Request& r, const SequenceStep& s, const Seque
     if (r.first_token_time == absl::InfinitePast()) r.first_token_time = now;
   }
   return absl::OkStatus();
+}
+
+absl::Status Scheduler::ShrinkToKept(const Request& r, const std::vector<int32_t>& kept) {
+  const int32_t n = r.num_prompt_tokens();
+  if (!r.plan.adaptive && kept != r.plan.KeptTokens(n)) {
+    return absl::InternalError(absl::StrCat("request ", r.id, ": the worker's kept counts (",
+                                            kept.size(), " rows) differ from the plan's"));
+  }
+  for (int32_t k : kept) {
+    if (k < std::min(r.plan.window, n) || k > n) {
+      return absl::InternalError(
+          absl::StrCat("request ", r.id, ": a head kept ", k, " of ", n, " prompt tokens"));
+    }
+  }
+  return kv_->Shrink(r.id, kept);
 }
 
 FinishReason Scheduler::StopReason(const Request& r) const {

@@ -13,10 +13,17 @@
 //                 within a priority) while their first step's blocks fit; no skipping ahead.
 //
 // - Full-policy prompts prefill in chunks that fit the token budget left in the step.
-// - A compressed prompt (plan.compresses(n)) prefills in ONE `select` step that keeps only the
-//   plan's tokens per (layer, KV head), so it costs the plan's blocks, not the prompt's. Such a
-//   step may exceed max_batch_tokens, but only as the sole multi-token step of its batch.
-//   Adaptive plans (adakv) reserve a per-layer bound, and Update() commits what the worker kept.
+// - A compressed prompt (plan.compresses(n)) that fits the budget left in the step prefills in
+//   ONE `select` step that keeps only the plan's tokens per (layer, KV head), so it costs the
+//   plan's blocks, not the prompt's. Adaptive plans (adakv) reserve a per-layer bound, and
+//   Update() commits what the worker kept.
+// - A longer compressed prompt prefills in chunks like a full one: its rows hold the full K/V
+//   (transient blocks, grown chunk by chunk under the same admission and preemption rules)
+//   until the last chunk, which holds at least the SnapKV window and is a `select` step with
+//   start_pos > 0; the worker compacts each head's kept tokens into the row's first blocks and
+//   Update() shrinks the rows (KvCacheManager::Shrink), freeing the rest in the same step.
+//   A prompt whose full K/V could never fit the pool (or a budget below the window) keeps the
+//   one-step prefill, which may exceed max_batch_tokens as the sole multi-token step.
 // - Decode appends one token to every (layer, KV head) row; nothing is evicted later.
 // - Preemption is recompute: the victim's blocks are freed and it waits again at its old place
 //   in the queue. Recompute is exact: a compressed prompt is compressed again from the original
@@ -78,8 +85,12 @@ class Scheduler {
   std::vector<RequestOutput> TakeAborted();
 
   // Returns the most head-blocks `request` can hold at once: its prompt as the plan keeps it
-  // (the adaptive reservation bound for adakv) plus max_tokens in every row.
+  // (the adaptive reservation bound for adakv) plus max_tokens in every row, or, when its
+  // compressed prompt prefills in chunks, the prompt's full K/V if that is more.
   int64_t PeakBlocks(const Request& request) const;
+  // Returns whether `request`'s compressed prompt may prefill in chunks: its full K/V (the
+  // transient blocks) fits the whole pool.
+  bool ChunksCompressedPrefill(const Request& request) const;
   // Returns the live request `id`, or null.
   const Request* Find(RequestId id) const;
 
@@ -114,6 +125,10 @@ class Scheduler {
   absl::Status CheckRequest(const Request& r) const;
   // Tokens to run for `r` in `step` (0: none fit) and whether it is its compressed prefill.
   int32_t StepTokens(const Request& r, const StepPlan& step, bool* select) const;
+  // Blocks of `r`'s prompt uncompressed, over every row.
+  int64_t TransientBlocks(const Request& r) const;
+  // Shrinks `r`'s transient rows to the kept counts of its last chunk's result.
+  absl::Status ShrinkToKept(const Request& r, const std::vector<int32_t>& kept);
   // Grows `r`'s KV for this step into `planned`; false (nothing changed) when the pool is short.
   bool Allocate(Request& r, int32_t num_tokens, bool select, Planned* planned);
   void ScheduleRunning(StepPlan* step);

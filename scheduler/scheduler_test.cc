@@ -53,7 +53,10 @@ class FakeWorker {
       }
       SequenceResult out;
       out.id = s.id;
-      if (s.select) {
+      if (s.select && s.start_pos > 0) {
+        RunPlain(b, i, rows, &st);  // The last chunk joins the transient rows, then selects.
+        RunSelect(b, i, &rows, &st, &out);
+      } else if (s.select) {
         RunSelect(b, i, &rows, &st, &out);
       } else {
         RunPlain(b, i, rows, &st);
@@ -101,14 +104,18 @@ class FakeWorker {
   void RunSelect(const Batch& b, size_t i, std::vector<std::vector<BlockId>>* rows, SeqState* st,
                  SequenceResult* out) {
     const SequenceStep& s = b.seqs[i];
-    const int32_t n = s.tokens.size(), w = s.selection.window;
+    // A chunked prefill's last chunk selects over its rows' whole prompt (all rows hold it).
+    const bool chunked = s.start_pos > 0;
+    const std::vector<TokenId> prompt = chunked ? st->rows[0] : s.tokens;
+    const int32_t n = prompt.size(), w = s.selection.window;
     const bool adaptive = s.selection.capacity.empty();
-    EXPECT_EQ(s.start_pos, 0);
+    EXPECT_GE(static_cast<int32_t>(s.tokens.size()), w) << "the window spans chunks";
+    if (chunked) EXPECT_TRUE(s.layer_blocks.empty()) << "a chunked prefill reserves nothing";
     out->kept_per_head.resize(kRows);
     for (int32_t l = 0; l < kLayers; ++l) {
       std::vector<std::vector<float>> scores(kHeads, std::vector<float>(n - w));
       for (int32_t h = 0; h < kHeads; ++h) {
-        for (int32_t p = 0; p < n - w; ++p) scores[h][p] = (s.tokens[p] * (h + 3) + l) % 17;
+        for (int32_t p = 0; p < n - w; ++p) scores[h][p] = (prompt[p] * (h + 3) + l) % 17;
       }
       std::vector<int32_t> caps(kHeads);
       if (adaptive) {
@@ -117,15 +124,22 @@ class FakeWorker {
       } else {
         for (int32_t h = 0; h < kHeads; ++h) caps[h] = s.selection.capacity[l * kHeads + h];
       }
-      int32_t next = adaptive ? s.layer_block_indptr[l] : 0;
+      int32_t next = adaptive && !chunked ? s.layer_block_indptr[l] : 0;
       for (int32_t h = 0; h < kHeads; ++h) {
         const int32_t r = l * kHeads + h;
         std::vector<TokenId> kept;
-        for (int32_t pos : SelectKept(scores[h], caps[h], n, w)) kept.push_back(s.tokens[pos]);
+        std::vector<int32_t> positions = SelectKept(scores[h], caps[h], n, w);
+        for (int32_t pos : positions) kept.push_back(prompt[pos]);
         out->kept_per_head[r] = kept.size();
         const int64_t row = b.row(i, l, h);
-        EXPECT_EQ(b.kv_len_before[row], 0);
-        if (adaptive) {
+        if (chunked) {
+          // Compacted in place: the kept tokens move to the row's first slots, in order.
+          for (size_t t = 0; t < positions.size(); ++t) {
+            EXPECT_EQ(Read((*rows)[r], positions[t]), kept[t]) << "transient slot lost";
+          }
+          (*rows)[r].resize(CeilDiv(kept.size(), kBlockSize));
+        } else if (adaptive) {
+          EXPECT_EQ(b.kv_len_before[row], 0);
           EXPECT_EQ(b.kv_len_after[row], 0);
           const int32_t need = CeilDiv(kept.size(), kBlockSize);
           EXPECT_LE(next + need, s.layer_block_indptr[l + 1]) << "reservation too small";
@@ -133,6 +147,7 @@ class FakeWorker {
           (*rows)[r].assign(s.layer_blocks.begin() + next, s.layer_blocks.begin() + next + need);
           next += need;
         } else {
+          EXPECT_EQ(b.kv_len_before[row], 0);
           EXPECT_EQ(b.kv_len_after[row], static_cast<int32_t>(kept.size()));
         }
         for (size_t t = 0; t < kept.size(); ++t) Write((*rows)[r], t, kept[t]);
@@ -347,30 +362,220 @@ TEST(SchedulerTest, CompressedPrefillAllocatesExactlyThePlan) {
   }
 }
 
-TEST(SchedulerTest, CompressedPrefillExceedsTheBudgetOnlyAsTheSolePrefill) {
-  KvCacheManager kv(Config(2000));
+// Steps of request `id` in `run`, in order.
+std::vector<const SequenceStep*> StepsOf(const RunResult& run, RequestId id) {
+  std::vector<const SequenceStep*> out;
+  for (const Batch& b : run.batches) {
+    for (const SequenceStep& seq : b.seqs) {
+      if (seq.id == id) out.push_back(&seq);
+    }
+  }
+  return out;
+}
+
+TEST(SchedulerTest, CompressedPromptPrefillsInChunksInsideTheBudget) {
+  for (KvPolicyName policy : {KvPolicyName::kSnapKv, KvPolicyName::kPyramidKv, KvPolicyName::kAdaKv,
+                              KvPolicyName::kHeadKv}) {
+    SCOPED_TRACE(std::string(PolicyNameString(policy)));
+    // Beside request 1, 12 prompt tokens fit one step (one chunk), 25 take two, 100 many.
+    for (int32_t prompt : {12, 25, 100}) {
+      SCOPED_TRACE(prompt);
+      KvCacheManager kv(Config(2000));
+      SchedulerOptions o;
+      o.max_batch_tokens = 16;
+      Scheduler s(o, &kv);
+      FakeWorker w(o);
+      const HeadBudgetPlan plan = Plan(policy, 10);
+      ASSERT_TRUE(s.Add(MakeRequest(1, 3, 12, Plan(KvPolicyName::kFull, 0))).ok());
+      ASSERT_TRUE(s.Add(MakeRequest(2, prompt, 4, plan)).ok());
+      // Run step by step to look at the pool right after the last chunk.
+      RunResult run;
+      while (s.HasUnfinished()) {
+        std::optional<Batch> batch = s.Schedule(absl::Now());
+        ASSERT_TRUE(batch.has_value());
+        int32_t tokens = 0;
+        for (const SequenceStep& seq : batch->seqs) tokens += seq.tokens.size();
+        EXPECT_LE(tokens, 16) << "a compressed prompt no longer exceeds the budget";
+        bool last_chunk = false;
+        for (const SequenceStep& seq : batch->seqs) last_chunk |= seq.id == 2 && seq.select;
+        for (RequestOutput& out : s.Update(*batch, w.Execute(*batch), absl::Now())) {
+          run.tokens[out.id].insert(run.tokens[out.id].end(), out.new_tokens.begin(),
+                                    out.new_tokens.end());
+        }
+        if (last_chunk && kv.Contains(2)) {  // The transient blocks went back in that step.
+          const std::vector<int32_t> kept = kv.RowLengths(2);
+          if (!plan.adaptive) EXPECT_EQ(kept, plan.KeptTokens(prompt));
+          EXPECT_EQ(kv.SequenceBlocks(2), kv.FootprintBlocks(kept));
+          EXPECT_EQ(kv.num_free_blocks(),
+                    2000 - kv.SequenceBlocks(2) - (kv.Contains(1) ? kv.SequenceBlocks(1) : 0));
+        }
+        run.batches.push_back(std::move(*batch));
+      }
+      EXPECT_EQ(kv.num_free_blocks(), 2000);
+      std::vector<const SequenceStep*> steps = StepsOf(run, 2);
+      int32_t prompt_steps = 0;
+      for (const SequenceStep* st : steps) {
+        if (st->start_pos >= prompt) break;
+        ++prompt_steps;
+        const bool last = st->start_pos + static_cast<int32_t>(st->tokens.size()) == prompt;
+        EXPECT_EQ(st->select, last) << "only the last chunk selects";
+        if (last) EXPECT_GE(static_cast<int32_t>(st->tokens.size()), plan.window);
+      }
+      if (prompt == 12) EXPECT_EQ(prompt_steps, 1);
+      if (prompt == 25) EXPECT_EQ(prompt_steps, 2);
+      if (prompt == 100) EXPECT_GE(prompt_steps, 7);
+      // The one-step compressed prefill (a roomy budget) gives the same tokens.
+      KvCacheManager kv2(Config(2000));
+      Scheduler alone(SchedulerOptions{}, &kv2);
+      FakeWorker w2;
+      ASSERT_TRUE(alone.Add(MakeRequest(2, prompt, 4, plan)).ok());
+      RunResult one_step = RunAll(alone, w2, kv2);
+      ASSERT_EQ(StepsOf(one_step, 2).size(), 4u);
+      EXPECT_TRUE(StepsOf(one_step, 2)[0]->select);
+      EXPECT_EQ(one_step.tokens[2], run.tokens[2]);
+      EXPECT_EQ(run.tokens[1].size(), 12u);
+    }
+  }
+}
+
+TEST(SchedulerTest, CompressedPromptTooBigForThePoolUncompressedStillRunsInOneStep) {
+  // 4 rows x ceil(100 / 4) = 100 blocks of transient K/V never fit 60 blocks; the plan does.
+  KvCacheManager kv(Config(60));
   SchedulerOptions o;
   o.max_batch_tokens = 16;
   Scheduler s(o, &kv);
   FakeWorker w(o);
-  ASSERT_TRUE(s.Add(MakeRequest(1, 40, 4, Plan(KvPolicyName::kFull, 0))).ok());
-  ASSERT_TRUE(s.Add(MakeRequest(2, 100, 4, Plan(KvPolicyName::kSnapKv, 16))).ok());
+  auto big = MakeRequest(2, 100, 4, Plan(KvPolicyName::kSnapKv, 9));
+  EXPECT_FALSE(s.ChunksCompressedPrefill(*big));
+  EXPECT_LE(s.PeakBlocks(*big), 60);
+  ASSERT_TRUE(s.Add(MakeRequest(1, 20, 4, Plan(KvPolicyName::kFull, 0))).ok());
+  ASSERT_TRUE(s.Add(std::move(big)).ok());
   RunResult run = RunAll(s, w, kv);
-  bool saw_select = false;
-  for (const Batch& b : run.batches) {
-    for (const SequenceStep& seq : b.seqs) {
-      if (seq.id != 2 || !seq.select) continue;
-      saw_select = true;
-      EXPECT_EQ(seq.tokens.size(), 100u);  // In one step, although the budget is 16.
-      for (const SequenceStep& other : b.seqs) {
-        if (other.id != 2) EXPECT_EQ(other.tokens.size(), 1u) << "another prefill ran with it";
-      }
+  std::vector<const SequenceStep*> steps = StepsOf(run, 2);
+  ASSERT_FALSE(steps.empty());
+  EXPECT_TRUE(steps[0]->select);
+  EXPECT_EQ(steps[0]->tokens.size(), 100u);  // In one step, although the budget is 16,
+  for (const Batch& b : run.batches) {       // and as the step's only prefill.
+    if (std::none_of(b.seqs.begin(), b.seqs.end(),
+                     [](const SequenceStep& q) { return q.id == 2 && q.select; })) {
+      continue;
+    }
+    for (const SequenceStep& other : b.seqs) {
+      if (other.id != 2) EXPECT_EQ(other.tokens.size(), 1u) << "another prefill ran with it";
     }
   }
-  EXPECT_TRUE(saw_select);
-  // Request 1's 40-token prompt took 3 chunks first: FIFO holds, 2 waited for it.
-  EXPECT_EQ(run.batches[2].seqs[0].start_pos, 32);
-  EXPECT_EQ(run.batches[2].seqs.size(), 1u);
+  // Request 1's 20-token prompt took 2 chunks first: FIFO holds, 2 waited for it.
+  EXPECT_EQ(run.batches[1].seqs[0].start_pos, 16);
+  EXPECT_EQ(run.tokens[2].size(), 4u);
+}
+
+TEST(SchedulerTest, ACompressedPromptWaitsForItsTransientRoomAndNeverFails) {
+  // Request 1 (full) prefills 32 tokens (4 rows x 8 blocks of 40), then its first decode takes
+  // 4 more blocks. Request 2's 40-token compressed prompt (transient peak: 4 rows x 10 blocks,
+  // the whole pool) then finds no room for its first chunk: it waits, neither refused nor
+  // failed nor preempted, and runs once request 1 is done.
+  KvCacheManager kv(Config(40));
+  SchedulerOptions o;
+  o.max_batch_tokens = 8;
+  Scheduler s(o, &kv);
+  FakeWorker w(o);
+  ASSERT_TRUE(s.Add(MakeRequest(1, 32, 4, Plan(KvPolicyName::kFull, 0))).ok());
+  auto compressed = MakeRequest(2, 40, 3, Plan(KvPolicyName::kHeadKv, 10));
+  EXPECT_TRUE(s.ChunksCompressedPrefill(*compressed));
+  EXPECT_EQ(s.PeakBlocks(*compressed), 40);  // The transient prompt: 4 rows x 10 blocks.
+  ASSERT_TRUE(s.Add(std::move(compressed)).ok());
+  RunResult run;
+  int32_t steps_waiting_while_1_decodes = 0;
+  while (s.HasUnfinished()) {
+    std::optional<Batch> batch = s.Schedule(absl::Now());
+    ASSERT_TRUE(batch.has_value());
+    const Request* r1 = s.Find(1);
+    if (r1 != nullptr && r1->num_computed_tokens >= 32 &&
+        s.Find(2)->status == RequestStatus::kWaiting) {
+      ++steps_waiting_while_1_decodes;
+      EXPECT_LT(kv.num_free_blocks(), 8) << "its first chunk would have fit";
+    }
+    for (RequestOutput& out : s.Update(*batch, w.Execute(*batch), absl::Now())) {
+      run.tokens[out.id].insert(run.tokens[out.id].end(), out.new_tokens.begin(),
+                                out.new_tokens.end());
+      if (out.finished) run.finished[out.id] = out;
+    }
+    ExpectPoolConsistent(s, kv, 2);
+  }
+  EXPECT_GE(steps_waiting_while_1_decodes, 2);
+  EXPECT_EQ(s.num_preemptions(), 0);
+  EXPECT_EQ(run.finished[1].reason, FinishReason::kLength);
+  EXPECT_EQ(run.finished[2].reason, FinishReason::kLength);
+  EXPECT_EQ(run.finished[2].num_preemptions, 0);
+  KvCacheManager kv2(Config(2000));
+  Scheduler alone(SchedulerOptions{}, &kv2);
+  FakeWorker w2;
+  ASSERT_TRUE(alone.Add(MakeRequest(2, 40, 3, Plan(KvPolicyName::kHeadKv, 10))).ok());
+  EXPECT_EQ(RunAll(alone, w2, kv2).tokens[2], run.tokens[2]);
+}
+
+TEST(SchedulerTest, PreemptionMidPromptFreesTheTransientBlocks) {
+  // Request 2 (compressed, low priority) is mid-prompt when request 1's decode runs out of
+  // blocks: 2 is preempted, every transient block goes back at once, and it recomputes.
+  KvCacheManager kv(Config(44));
+  SchedulerOptions o;
+  o.max_batch_tokens = 9;
+  Scheduler s(o, &kv);
+  FakeWorker w(o);
+  ASSERT_TRUE(s.Add(MakeRequest(1, 8, 30, Plan(KvPolicyName::kFull, 0), /*priority=*/1)).ok());
+  ASSERT_TRUE(s.Add(MakeRequest(2, 40, 3, Plan(KvPolicyName::kSnapKv, 10))).ok());
+  bool preempted_mid_prompt = false;
+  RunResult run;
+  while (s.HasUnfinished()) {
+    const Request* r2 = s.Find(2);
+    const bool mid_prompt =
+        r2 != nullptr && r2->num_computed_tokens > 0 && r2->num_computed_tokens < 40;
+    const int64_t before = s.num_preemptions();
+    std::optional<Batch> batch = s.Schedule(absl::Now());
+    if (s.num_preemptions() > before && mid_prompt) {
+      preempted_mid_prompt = true;
+      EXPECT_FALSE(kv.Contains(2));
+      EXPECT_EQ(s.Find(2)->status, RequestStatus::kPreempted);
+      EXPECT_EQ(s.Find(2)->num_computed_tokens, 0);
+      EXPECT_EQ(kv.num_free_blocks(), 44 - kv.SequenceBlocks(1));
+    }
+    if (!batch.has_value()) continue;
+    for (RequestOutput& out : s.Update(*batch, w.Execute(*batch), absl::Now())) {
+      run.tokens[out.id].insert(run.tokens[out.id].end(), out.new_tokens.begin(),
+                                out.new_tokens.end());
+    }
+    ExpectPoolConsistent(s, kv, 2);
+  }
+  EXPECT_TRUE(preempted_mid_prompt);
+  EXPECT_EQ(kv.num_free_blocks(), 44);
+  KvCacheManager kv2(Config(2000));
+  Scheduler alone(SchedulerOptions{}, &kv2);
+  FakeWorker w2;
+  ASSERT_TRUE(alone.Add(MakeRequest(2, 40, 3, Plan(KvPolicyName::kSnapKv, 10))).ok());
+  EXPECT_EQ(RunAll(alone, w2, kv2).tokens[2], run.tokens[2]);
+  EXPECT_EQ(run.tokens[1].size(), 30u);
+}
+
+TEST(SchedulerTest, AChunkedPrefillWhoseResultBreaksThePlanFailsOnlyItsRequest) {
+  KvCacheManager kv(Config(1000));
+  SchedulerOptions o;
+  o.max_batch_tokens = 16;
+  Scheduler s(o, &kv);
+  FakeWorker w(o);
+  ASSERT_TRUE(s.Add(MakeRequest(1, 30, 4, Plan(KvPolicyName::kSnapKv, 10))).ok());
+  std::optional<Batch> first = s.Schedule(absl::Now());
+  ASSERT_TRUE(first.has_value() && !first->seqs[0].select);
+  s.Update(*first, w.Execute(*first), absl::Now());
+  std::optional<Batch> last = s.Schedule(absl::Now());
+  ASSERT_TRUE(last.has_value() && last->seqs[0].select);
+  EXPECT_GT(last->seqs[0].start_pos, 0);
+  BatchResult result = w.Execute(*last);
+  result.seqs[0].kept_per_head.assign(kRows, 29);  // Not what the plan keeps.
+  std::vector<RequestOutput> out = s.Update(*last, result, absl::Now());
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].reason, FinishReason::kError);
+  EXPECT_THAT(out[0].error, HasSubstr("plan"));
+  EXPECT_EQ(kv.num_free_blocks(), 1000);
 }
 
 TEST(SchedulerTest, AdaptivePrefillReservesThenCommitsWhatTheWorkerKept) {
@@ -608,7 +813,8 @@ TEST(SchedulerTest, PeakBlocksBoundsTheAdaptiveReservationAndGrowth) {
   int64_t reserved = 0;
   for (int32_t l = 0; l < kLayers; ++l) reserved += plan.MaxBlocksPerLayer(l, 60, kBlockSize);
   // Each layer keeps 2 x 8 + 16 tokens; + 30 per row is at most (32 + 2 x 33) / 4 blocks.
-  EXPECT_EQ(s.PeakBlocks(*r), std::max<int64_t>(reserved, kLayers * ((32 + 2 * 33) / 4)));
+  // Its chunked prefill holds the prompt's 4 rows x 15 blocks before the selection.
+  EXPECT_EQ(s.PeakBlocks(*r), std::max<int64_t>({reserved, kLayers * ((32 + 2 * 33) / 4), 4 * 15}));
   EXPECT_EQ(s.PeakBlocks(*MakeRequest(2, 60, 30, Plan(KvPolicyName::kFull, 0))), 4 * 23);
 }
 
@@ -687,6 +893,7 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
                                    KvPolicyName::kPyramidKv, KvPolicyName::kAdaKv,
                                    KvPolicyName::kHeadKv};
   int64_t preemptions = 0, compared = 0, deadlines = 0, aborts = 0, compressed = 0;
+  std::map<int32_t, int64_t> selects_by_chunks;  // Compressed prefills by chunks (3: 3 or more).
   for (int trial = 0; trial < 12; ++trial) {
     SCOPED_TRACE(trial);
     const int32_t blocks = 60 + rng() % 150;
@@ -700,6 +907,7 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
     std::map<RequestId, std::unique_ptr<Request>> copies;  // To rerun alone.
     std::set<RequestId> cut_short;                         // Aborted or past their deadline.
     std::map<RequestId, std::vector<TokenId>> tokens;
+    std::map<RequestId, int32_t> prompt_steps;  // Steps of the current compressed prefill.
     absl::Time now = absl::FromUnixSeconds(1000);
     RequestId next = 1;
     for (int step = 0; step < 300 || s.HasUnfinished(); ++step) {
@@ -716,6 +924,12 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
       if (rng() % 12 == 0) s.Abort(1 + rng() % next, FinishReason::kAborted);
       std::optional<Batch> batch = s.Schedule(now);
       if (batch.has_value()) {
+        for (const SequenceStep& seq : batch->seqs) {
+          const Request* r = s.Find(seq.id);
+          if (r == nullptr || !r->compresses() || seq.start_pos >= r->num_prompt_tokens()) continue;
+          prompt_steps[seq.id] = seq.start_pos == 0 ? 1 : prompt_steps[seq.id] + 1;
+          if (seq.select) ++selects_by_chunks[std::min(prompt_steps[seq.id], 3)];
+        }
         for (RequestOutput& out : s.Update(*batch, w.Execute(*batch), now)) {
           tokens[out.id].insert(tokens[out.id].end(), out.new_tokens.begin(), out.new_tokens.end());
           EXPECT_NE(out.reason, FinishReason::kError) << out.error;
@@ -745,7 +959,11 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
   }
   std::cout << preemptions << " preemptions, " << aborts << " aborts, " << deadlines
             << " deadlines; " << compared << " outputs compared (" << compressed
-            << " compressed)\n";
+            << " compressed); compressed prefills in 1 / 2 / 3+ chunks: " << selects_by_chunks[1]
+            << " / " << selects_by_chunks[2] << " / " << selects_by_chunks[3] << "\n";
+  EXPECT_GT(selects_by_chunks[1], 20);
+  EXPECT_GT(selects_by_chunks[2], 20);
+  EXPECT_GT(selects_by_chunks[3], 20);
   EXPECT_GT(preemptions, 50);
   EXPECT_GT(aborts, 20);
   EXPECT_GT(deadlines, 5);

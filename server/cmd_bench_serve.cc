@@ -1,8 +1,10 @@
 // `hkv bench-serve`: a gRPC load generator in the style of `vllm bench serve`. Sends N
 // streamed Generate requests to a server (or, with --backend openai, streamed POST
 // /v1/completions to an OpenAI-compatible HTTP API), closed-loop at a concurrency or open-loop at a
-// Poisson rate, and reports throughput and TTFT / TPOT / ITL / e2e percentiles as a table
-// (and JSON). Runs its own client threads; talks only to the given target.
+// Poisson rate, and reports throughput and TTFT / TPOT / ITL / e2e percentiles (p50 to p99.9
+// and the max: a stream's worst inter-token gap is the ITL max) as a table (and JSON), and,
+// with --token-times-out, every token's arrival time for windowed analyses
+// (bench/gpu_long_prompt_bench.sh). Runs its own client threads; talks only to the target.
 
 #include <algorithm>
 #include <atomic>
@@ -33,7 +35,9 @@ struct RequestRecord {
   double ttft_s = 0;
   double e2e_s = 0;
   absl::Time first_token = absl::InfiniteFuture(), end = absl::InfinitePast();
+  absl::Time start = absl::InfinitePast();
   std::vector<double> itl_s;
+  std::vector<absl::Time> token_times;  // Arrival of each response carrying tokens.
 };
 
 double Percentile(std::vector<double> v, double p) {
@@ -50,6 +54,7 @@ RequestRecord RunOne(hkv::v1::Generation::Stub* stub, const hkv::v1::GenerateReq
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(30));
   const absl::Time start = absl::Now();
+  rec.start = start;
   absl::Time last = start;
   auto reader = stub->Generate(&context, request);
   hkv::v1::GenerateResponse response;
@@ -63,6 +68,7 @@ RequestRecord RunOne(hkv::v1::Generation::Stub* stub, const hkv::v1::GenerateReq
         rec.itl_s.push_back(absl::ToDoubleSeconds(now - last));
       }
       rec.output_tokens += response.token_ids_size();
+      rec.token_times.push_back(now);
       last = now;
     }
     if (response.has_usage()) rec.prompt_tokens = response.usage().prompt_tokens();
@@ -111,8 +117,10 @@ RequestRecord RunOneOpenAi(const BenchServeOptions& o, const hkv::v1::GenerateRe
   rec.error = r.error;
   rec.prompt_tokens = r.prompt_tokens;
   rec.output_tokens = r.output_tokens;
+  rec.start = r.start;
   rec.end = r.end;
   rec.e2e_s = absl::ToDoubleSeconds(r.end - r.start);
+  rec.token_times = r.text_chunks;
   if (!r.text_chunks.empty()) {
     rec.first_token = r.text_chunks[0];
     rec.ttft_s = absl::ToDoubleSeconds(r.text_chunks[0] - r.start);
@@ -284,7 +292,9 @@ nlohmann::ordered_json Summarize(const BenchServeOptions& o,
     j[name] = {{"mean", values->empty() ? 0 : mean / values->size()},
                {"p50", Percentile(*values, 50)},
                {"p90", Percentile(*values, 90)},
-               {"p99", Percentile(*values, 99)}};
+               {"p99", Percentile(*values, 99)},
+               {"p99.9", Percentile(*values, 99.9)},
+               {"max", Percentile(*values, 100)}};
   }
   j["backend"] = o.backend;
   j["completed"] = ok;
@@ -299,6 +309,23 @@ nlohmann::ordered_json Summarize(const BenchServeOptions& o,
   AddVllmStats("e2el", e2e, &j);
   if (!first_error.empty()) j["first_error"] = first_error;
   return j;
+}
+
+// One JSON line per successful request: its send time and each token's arrival, in Unix
+// seconds (so runs of several processes on one host share a clock).
+void WriteTokenTimes(const std::string& path, const std::vector<RequestRecord>& records) {
+  std::ofstream out(path);
+  auto unix_s = [](absl::Time t) { return absl::ToDoubleSeconds(t - absl::UnixEpoch()); };
+  for (const RequestRecord& r : records) {
+    if (!r.ok) continue;
+    nlohmann::json line;
+    line["start_s"] = unix_s(r.start);
+    std::vector<double> times;
+    times.reserve(r.token_times.size());
+    for (absl::Time t : r.token_times) times.push_back(unix_s(t));
+    line["token_s"] = std::move(times);
+    out << line.dump() << "\n";
+  }
 }
 
 // Prints the report as a table.
@@ -321,11 +348,14 @@ void PrintTable(const BenchServeOptions& o, const hkv::v1::ModelInfo& info,
       o.target, info.model_name(), info.device(), ok, o.num_requests, duration, in_tokens,
       out_tokens, j["request_throughput"].get<double>(), j["output_throughput"].get<double>(),
       j["goodput"].get<double>(), j["max_concurrent_streams"].get<int32_t>());
-  std::cout << absl::StrFormat("%-10s %10s %10s %10s %10s\n", "ms", "mean", "p50", "p90", "p99");
+  std::cout << absl::StrFormat("%-10s %10s %10s %10s %10s %10s %10s\n", "ms", "mean", "p50", "p90",
+                               "p99", "p99.9", "max");
   for (const char* name : {"ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"}) {
-    std::cout << absl::StrFormat("%-10s %10.2f %10.2f %10.2f %10.2f\n", name,
-                                 j[name]["mean"].get<double>(), j[name]["p50"].get<double>(),
-                                 j[name]["p90"].get<double>(), j[name]["p99"].get<double>());
+    const nlohmann::ordered_json& m = j[name];
+    std::cout << absl::StrFormat("%-10s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", name,
+                                 m["mean"].get<double>(), m["p50"].get<double>(),
+                                 m["p90"].get<double>(), m["p99"].get<double>(),
+                                 m["p99.9"].get<double>(), m["max"].get<double>());
   }
   if (j.contains("first_error")) {
     std::cout << "first error: " << j["first_error"].get<std::string>() << "\n";
@@ -338,8 +368,12 @@ int RunAndReport(const BenchServeOptions& o, const hkv::v1::ModelInfo& info,
   const auto requests = MakeRequests(o, info.vocab_size());
   const absl::Time start = absl::Now();
   const std::vector<RequestRecord> records = SendAll(stub, requests, o, start);
-  const double duration = absl::ToDoubleSeconds(absl::Now() - start);
-  const nlohmann::ordered_json j = Summarize(o, records, duration);
+  const absl::Time end = absl::Now();
+  const double duration = absl::ToDoubleSeconds(end - start);
+  nlohmann::ordered_json j = Summarize(o, records, duration);
+  j["start_unix_s"] = absl::ToDoubleSeconds(start - absl::UnixEpoch());
+  j["end_unix_s"] = absl::ToDoubleSeconds(end - absl::UnixEpoch());
+  if (!o.token_times_out.empty()) WriteTokenTimes(o.token_times_out, records);
   if (!o.json_out.empty()) std::ofstream(o.json_out) << j.dump(2) << "\n";
   if (o.json) {
     std::cout << j.dump(2) << "\n";

@@ -69,6 +69,7 @@ struct BenchServeOptions {
   std::string json_out;  // Also write the JSON report here.
   std::string backend = "hkv";  // "hkv" (gRPC) or "openai" (HTTP /v1/completions, streamed).
   std::string served_model;     // openai: the model id to send; empty asks /v1/models.
+  std::string token_times_out;  // Also write each request's token arrival times (JSONL) here.
 };
 int RunBenchServe(const BenchServeOptions& options);
 

@@ -88,6 +88,8 @@ ABSL_FLAG(std::string, answer_stop, "",
 ABSL_FLAG(std::string, backend, "hkv",
           "bench-serve: hkv (the gRPC API at --target) | openai (POST /v1/completions, streamed, "
           "at the HTTP API's --target HOST:PORT)");
+ABSL_FLAG(std::string, token_times_out, "",
+          "bench-serve: also write each request's send and token arrival times (Unix s, JSONL)");
 
 namespace hkv {
 namespace {
@@ -209,6 +211,7 @@ int BenchServe() {
   o.json = absl::GetFlag(FLAGS_json);
   o.json_out = absl::GetFlag(FLAGS_json_out);
   o.backend = absl::GetFlag(FLAGS_backend);
+  o.token_times_out = absl::GetFlag(FLAGS_token_times_out);
   return RunBenchServe(o);
 }
 
@@ -258,7 +261,8 @@ std::vector<CommandSpec> Commands() {
       Names("scores budget beta kv_heads granularity json");
   const std::vector<std::string> bench_serve = Names(
       "target num_requests concurrency request_rate input_len output_len range_ratio "
-      "prompts_file kv_policy kv_budget seed slo_ttft_ms slo_tpot_ms json json_out backend");
+      "prompts_file kv_policy kv_budget seed slo_ttft_ms slo_tpot_ms json json_out backend "
+      "token_times_out");
   std::vector<std::string> eval = engine;
   for (std::string& name : Names("tasks policies budgets beta max_new_tokens answer_stop json")) {
     eval.push_back(std::move(name));

@@ -284,7 +284,9 @@ TEST_F(GrpcE2eTest, FootprintBeforeAdmissionFollowsThePlan) {
   const std::vector<int32_t> kept = request.plan.KeptTokens(46);
   EXPECT_EQ(std::accumulate(kept.begin(), kept.end(), int64_t{0}), 20 * 16);
   EXPECT_EQ(kv.FootprintBlocks(kept), 20);
-  EXPECT_EQ(scheduler.PeakBlocks(request), 20 * 2);  // 16 kept + 10 new tokens per row.
+  // 16 kept + 10 new tokens per row, but a chunked prefill first holds the prompt's 46 tokens.
+  EXPECT_TRUE(scheduler.ChunksCompressedPrefill(request));
+  EXPECT_EQ(scheduler.PeakBlocks(request), 20 * 3);
   auto ada = engine.PlanFor("adakv", 16, 1.01);
   ASSERT_TRUE(ada.ok());
   request.plan = *ada;

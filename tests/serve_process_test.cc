@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -125,9 +126,11 @@ TEST(ServeProcessTest, BenchServeAndMetricsAgainstARealServer) {
   const int port = FreePort(), metrics_port = FreePort();
   pid_t pid = StartServer(port, 5, metrics_port);
   ASSERT_TRUE(WaitServing(port, 30));
-  const std::string report = Capture(
-      std::string(HKV_BINARY) + " bench-serve --target=127.0.0.1:" + std::to_string(port) +
-      " --num-requests=12 --concurrency=4 --input-len=24 --output-len=16 --json 2>/dev/null");
+  const std::string times_path = ::testing::TempDir() + "/bench_token_times.jsonl";
+  const std::string report =
+      Capture(std::string(HKV_BINARY) + " bench-serve --target=127.0.0.1:" + std::to_string(port) +
+              " --num-requests=12 --concurrency=4 --input-len=24 --output-len=16 --json" +
+              " --token-times-out=" + times_path + " 2>/dev/null");
   nlohmann::json j = nlohmann::json::parse(report, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << report;
   EXPECT_EQ(j["successful_requests"], 12);
@@ -135,6 +138,28 @@ TEST(ServeProcessTest, BenchServeAndMetricsAgainstARealServer) {
   EXPECT_GT(j["output_throughput"].get<double>(), 0);
   EXPECT_GT(j["ttft_ms"]["p99"].get<double>(), 0);
   EXPECT_GE(j["e2e_ms"]["p99"].get<double>(), j["e2e_ms"]["p50"].get<double>());
+  EXPECT_GE(j["itl_ms"]["p99.9"].get<double>(), j["itl_ms"]["p99"].get<double>());
+  EXPECT_GE(j["itl_ms"]["max"].get<double>(), j["itl_ms"]["p99.9"].get<double>());
+  // The token times: one line per request, ascending after its send; their largest gap is the
+  // reported ITL max.
+  std::ifstream times(times_path);
+  std::string line;
+  int lines = 0;
+  double worst_gap_ms = 0;
+  while (std::getline(times, line)) {
+    ++lines;
+    nlohmann::json t = nlohmann::json::parse(line);
+    const std::vector<double> at = t["token_s"].get<std::vector<double>>();
+    ASSERT_FALSE(at.empty());
+    ASSERT_LE(at.size(), 16u);
+    EXPECT_GE(at[0], t["start_s"].get<double>());
+    for (size_t i = 1; i < at.size(); ++i) {
+      EXPECT_GE(at[i], at[i - 1]);
+      worst_gap_ms = std::max(worst_gap_ms, (at[i] - at[i - 1]) * 1e3);
+    }
+  }
+  EXPECT_EQ(lines, 12);
+  EXPECT_NEAR(worst_gap_ms, j["itl_ms"]["max"].get<double>(), 1e-3);
   // Prometheus exposition over HTTP.
   httplib::Client http("127.0.0.1", metrics_port);
   auto response = http.Get("/metrics");

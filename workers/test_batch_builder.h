@@ -86,6 +86,15 @@ class BatchBuilder {
     AddRows(seq, after);
     batch_.seqs.push_back(std::move(s));
   }
+  // Adds the last chunk of a chunked compressed prefill: plain rows that hold the earlier
+  // chunks grow by `tokens`, then the worker selects with `spec` and compacts in place. Call
+  // Shrink() with the result's kept_per_head afterwards, as the block manager does.
+  void AddLastChunk(TestSeq* seq, std::vector<TokenId> tokens, KvSelectionSpec spec) {
+    AddPlain(seq, std::move(tokens), /*sample=*/true, /*sample_step=*/0);
+    batch_.seqs.back().select = true;
+    batch_.seqs.back().selection = std::move(spec);
+  }
+  static void Shrink(TestSeq* seq, const std::vector<int32_t>& kept) { seq->row_len = kept; }
   Batch Take() { return std::move(batch_); }
 
  private:

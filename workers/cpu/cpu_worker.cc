@@ -64,9 +64,16 @@ absl::Status CpuWorker::CheckBatch(const Batch& b) const {
     if (s.start_pos < 0 || s.start_pos + static_cast<int64_t>(s.tokens.size()) > c.max_seq_len) {
       return bad("sequence ", s.id, " runs past the context length ", c.max_seq_len);
     }
-    if (s.select && (s.start_pos != 0 || static_cast<int32_t>(s.tokens.size()) <=
-                                             s.selection.window)) {
-      return bad("compressed prefill of sequence ", s.id, " must start at 0 and exceed the window");
+    // A compressed prefill in one step exceeds the window; the last chunk of a chunked one
+    // (start_pos > 0, rows holding the earlier chunks) holds the whole window.
+    const int32_t T = static_cast<int32_t>(s.tokens.size());
+    if (s.select && (s.selection.window < 1 || T < s.selection.window ||
+                     (s.start_pos == 0 && T == s.selection.window))) {
+      return bad("compressed prefill of sequence ", s.id, " (", T, " tokens at ", s.start_pos,
+                 ") does not hold its window of ", s.selection.window);
+    }
+    if (s.select && s.start_pos > 0 && !s.layer_blocks.empty()) {
+      return bad("chunked compressed prefill of sequence ", s.id, " with a layer reservation");
     }
   }
   return absl::OkStatus();
@@ -171,7 +178,14 @@ absl::Status CpuWorker::RunSequence(const Batch& b, int64_t index, ThreadPool* p
       ApplyRope(&q[t * q_size], c.num_heads, d, step.start_pos + t, inv_freq_, c.rope_style);
       ApplyRope(&k[t * kv_size], c.num_kv_heads, d, step.start_pos + t, inv_freq_, c.rope_style);
     }
-    if (step.select) {
+    if (step.select && step.start_pos > 0) {
+      // Last chunk of a chunked compressed prefill: the rows hold the earlier chunks; store
+      // this one and attend like a plain chunk, then select over the whole rows in place.
+      HKV_RETURN_IF_ERROR(
+          StoreAndAttend(b, index, l, q.data(), k.data(), v.data(), scores.data(), attn.data()));
+      const int32_t w_len = step.selection.window;
+      HKV_RETURN_IF_ERROR(SelectInPlace(b, index, l, &q[(T - w_len) * q_size], result));
+    } else if (step.select) {
       // Compressed prefill: attend over the layer's full K/V in scratch, then store the
       // selection.
       for (int32_t t = 0; t < T; ++t) {
@@ -214,6 +228,24 @@ absl::Status CpuWorker::RunSequence(const Batch& b, int64_t index, ThreadPool* p
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<int32_t>> CpuWorker::LayerCaps(
+    const SequenceStep& step, int32_t layer, const std::vector<std::vector<float>>& scores) const {
+  const ModelConfig& c = model_->config;
+  const KvSelectionSpec& spec = step.selection;
+  const int32_t H = c.num_kv_heads;
+  if (spec.capacity.empty()) {  // Adaptive.
+    if (static_cast<int32_t>(spec.layer_budget.size()) != c.num_layers) {
+      return absl::InvalidArgumentError("malformed batch: adaptive selection without budgets");
+    }
+    return AdaKvAllocate(scores, spec.layer_budget[layer], spec.adaptive_floor_fraction);
+  }
+  if (static_cast<int32_t>(spec.capacity.size()) != c.num_layers * H) {
+    return absl::InvalidArgumentError("malformed batch: selection capacity has wrong size");
+  }
+  return std::vector<int32_t>(spec.capacity.begin() + layer * H,
+                              spec.capacity.begin() + (layer + 1) * H);
+}
+
 absl::Status CpuWorker::SelectAndStore(const Batch& b, int64_t index, int32_t layer,
                                        const float* q_window, const float* k, const float* v,
                                        int32_t n, SequenceResult* result) {
@@ -221,22 +253,13 @@ absl::Status CpuWorker::SelectAndStore(const Batch& b, int64_t index, int32_t la
   const SequenceStep& step = b.seqs[index];
   const KvSelectionSpec& spec = step.selection;
   const int32_t H = c.num_kv_heads, d = head_dim_, w = spec.window;
-  const std::vector<std::vector<float>> scores = WindowScores(
-      q_window, k, n, w, c.num_heads, H, d, spec.pool_kernel, /*group_average=*/true);
-  std::vector<int32_t> caps(H);
+  const std::vector<std::vector<float>> scores =
+      WindowScores(q_window, k, n, w, c.num_heads, H, d, spec.pool_kernel, /*group_average=*/true);
   const bool adaptive = spec.capacity.empty();
-  if (adaptive) {
-    if (static_cast<int32_t>(spec.layer_budget.size()) != c.num_layers ||
-        static_cast<int32_t>(step.layer_block_indptr.size()) != c.num_layers + 1) {
-      return absl::InvalidArgumentError("malformed batch: adaptive selection without budgets");
-    }
-    caps = AdaKvAllocate(scores, spec.layer_budget[layer], spec.adaptive_floor_fraction);
-  } else {
-    if (static_cast<int32_t>(spec.capacity.size()) != c.num_layers * H) {
-      return absl::InvalidArgumentError("malformed batch: selection capacity has wrong size");
-    }
-    std::copy_n(spec.capacity.begin() + layer * H, H, caps.begin());
+  if (adaptive && static_cast<int32_t>(step.layer_block_indptr.size()) != c.num_layers + 1) {
+    return absl::InvalidArgumentError("malformed batch: adaptive selection without a reservation");
   }
+  HKV_ASSIGN_OR_RETURN(const std::vector<int32_t> caps, LayerCaps(step, layer, scores));
   int32_t next_layer_block = adaptive ? step.layer_block_indptr[layer] : 0;
   for (int32_t h = 0; h < H; ++h) {
     const std::vector<int32_t> kept = SelectKept(scores[h], caps[h], n, w);
@@ -266,6 +289,50 @@ absl::Status CpuWorker::SelectAndStore(const Batch& b, int64_t index, int32_t la
                   d * sizeof(float));
     }
     result->kept_per_head[layer * H + h] = count;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuWorker::SelectInPlace(const Batch& b, int64_t index, int32_t layer,
+                                      const float* q_window, SequenceResult* result) {
+  const ModelConfig& c = model_->config;
+  const SequenceStep& step = b.seqs[index];
+  const KvSelectionSpec& spec = step.selection;
+  const int32_t H = c.num_kv_heads, d = head_dim_, w = spec.window;
+  const int32_t n = step.start_pos + static_cast<int32_t>(step.tokens.size());
+  // The layer's keys gathered from the rows, in the layout WindowScores reads: the same
+  // values the one-step prefill holds in scratch, so the scores are bit for bit the same.
+  std::vector<float> keys(static_cast<size_t>(n) * H * d);
+  for (int32_t h = 0; h < H; ++h) {
+    const int64_t r = b.row(index, layer, h);
+    if (b.kv_len_before[r] != step.start_pos || b.kv_len_after[r] != n) {
+      return absl::InvalidArgumentError(absl::StrCat("malformed batch: row ", r, " holds ",
+                                                     b.kv_len_after[r], " of the prompt's ", n,
+                                                     " tokens at its last chunk"));
+    }
+    const BlockId* blocks = &b.kv_indices[b.kv_indptr[r]];
+    for (int32_t j = 0; j < n; ++j) {
+      std::memcpy(&keys[(static_cast<size_t>(j) * H + h) * d],
+                  KeySlot(blocks[j / block_size_], j % block_size_), d * sizeof(float));
+    }
+  }
+  const std::vector<std::vector<float>> scores = WindowScores(
+      q_window, keys.data(), n, w, c.num_heads, H, d, spec.pool_kernel, /*group_average=*/true);
+  HKV_ASSIGN_OR_RETURN(const std::vector<int32_t> caps, LayerCaps(step, layer, scores));
+  for (int32_t h = 0; h < H; ++h) {
+    const BlockId* blocks = &b.kv_indices[b.kv_indptr[b.row(index, layer, h)]];
+    const std::vector<int32_t> kept = SelectKept(scores[h], caps[h], n, w);
+    // Compaction in place: kept is ascending, so kept[s] >= s and slot kept[s] is read before
+    // any later s overwrites it.
+    for (int32_t s = 0; s < static_cast<int32_t>(kept.size()); ++s) {
+      if (kept[s] == s) continue;
+      const int32_t from = kept[s];
+      std::memcpy(KeySlot(blocks[s / block_size_], s % block_size_),
+                  KeySlot(blocks[from / block_size_], from % block_size_), d * sizeof(float));
+      std::memcpy(ValueSlot(blocks[s / block_size_], s % block_size_),
+                  ValueSlot(blocks[from / block_size_], from % block_size_), d * sizeof(float));
+    }
+    result->kept_per_head[layer * H + h] = static_cast<int32_t>(kept.size());
   }
   return absl::OkStatus();
 }

@@ -2,7 +2,7 @@
 // CpuWorker: the fp32 reference backend. Runs a Llama-family model for one engine step over a
 // per-head paged KV pool held in host memory (layout below), including HeadKV compressed
 // prefill (full K/V of one layer in scratch, then only the selected tokens into each head's
-// blocks).
+// blocks; or, chunked, the full K/V in the rows until the last chunk compacts them in place).
 //
 //   k_pool_ / v_pool_: [num_blocks, block_size, head_dim] fp32. A block holds block_size tokens
 //   of ONE KV head of ONE layer; the Batch's CSR row (seq, layer, kv_head) lists its blocks.
@@ -38,6 +38,14 @@ class CpuWorker : public Worker {
   // Keep the sampled position's logits in each SequenceResult (tests, numerical checks).
   void set_return_logits(bool on) { return_logits_ = on; }
   int32_t num_blocks() const { return num_blocks_; }
+  // Returns the K (V) vector [head_dim] cached in slot `offset` of `block` (tests, numerical
+  // checks). REQUIRES: 0 <= block < num_blocks(), 0 <= offset < block_size().
+  const float* KeyAt(BlockId block, int32_t offset) const {
+    return k_pool_.data() + (static_cast<int64_t>(block) * block_size_ + offset) * head_dim_;
+  }
+  const float* ValueAt(BlockId block, int32_t offset) const {
+    return v_pool_.data() + (static_cast<int64_t>(block) * block_size_ + offset) * head_dim_;
+  }
   int32_t block_size() const { return block_size_; }
 
  private:
@@ -53,6 +61,15 @@ class CpuWorker : public Worker {
   absl::Status SelectAndStore(const Batch& batch, int64_t index, int32_t layer,
                               const float* q_window, const float* k, const float* v, int32_t n,
                               SequenceResult* result);
+  // Chunked compressed prefill, at its last chunk (after StoreAndAttend): the rows of layer
+  // `layer` hold the whole prompt; selects each head's tokens from them and compacts the kept
+  // ones into the row's first slots, in order. q_window: [w, num_heads, head_dim].
+  absl::Status SelectInPlace(const Batch& batch, int64_t index, int32_t layer,
+                             const float* q_window, SequenceResult* result);
+  // Each KV head's capacity (window excluded) at `layer`: the plan's, or adakv's split of the
+  // layer budget by `scores` [num_kv_heads][n - w].
+  absl::StatusOr<std::vector<int32_t>> LayerCaps(
+      const SequenceStep& step, int32_t layer, const std::vector<std::vector<float>>& scores) const;
   float* KeySlot(BlockId block, int32_t offset) {
     return k_pool_.data() + (static_cast<int64_t>(block) * block_size_ + offset) * head_dim_;
   }

@@ -4,6 +4,8 @@
 #include "workers/cpu/cpu_worker.h"
 
 #include <cmath>
+#include <map>
+#include <string>
 
 #include "common/paths.h"
 #include "gmock/gmock.h"
@@ -213,6 +215,179 @@ TEST(CpuWorkerTest, AdaptiveSelectionFillsTheLayerReservation) {
     }
     EXPECT_EQ(total, c.num_kv_heads * 8) << "layer " << l;
   }
+}
+
+// The K and V a row caches in its first `count` slots, concatenated.
+std::vector<float> RowContents(const CpuWorker& w, const std::vector<BlockId>& blocks,
+                               int32_t count) {
+  const int32_t d = w.config().head_dim;
+  std::vector<float> out;
+  for (int32_t s = 0; s < count; ++s) {
+    const float* k = w.KeyAt(blocks[s / kBlockSize], s % kBlockSize);
+    const float* v = w.ValueAt(blocks[s / kBlockSize], s % kBlockSize);
+    out.insert(out.end(), k, k + d);
+    out.insert(out.end(), v, v + d);
+  }
+  return out;
+}
+
+// Blocks of row r of TestSeq slot `slot` (the builder's fixed layout).
+std::vector<BlockId> SlotRowBlocks(const ModelConfig& c, int32_t slot, int32_t r) {
+  std::vector<BlockId> out;
+  for (int32_t b = 0; b < kBlocksPerRow; ++b) {
+    out.push_back((slot * c.num_layers * c.num_kv_heads + r) * kBlocksPerRow + b);
+  }
+  return out;
+}
+
+struct PrefillOutcome {
+  SequenceResult result;
+  std::vector<std::vector<float>> rows;  // Each row's kept K/V.
+};
+
+// The one-step compressed prefill of `prompt` into slot `slot`: static plans into the slot's
+// rows, adaptive ones into a per-layer reservation over the same blocks.
+PrefillOutcome OneStepPrefill(CpuWorker& w, TestSeq* seq, const std::vector<TokenId>& prompt,
+                              const KvSelectionSpec& spec) {
+  const ModelConfig& c = w.config();
+  const int32_t H = c.num_kv_heads, rows = c.num_layers * H;
+  Batch batch;
+  if (!spec.capacity.empty()) {
+    BatchBuilder b(c);
+    b.AddSelect(seq, prompt, spec.capacity);
+    batch = b.Take();
+  } else {
+    batch.num_layers = c.num_layers;
+    batch.num_kv_heads = H;
+    batch.block_size = kBlockSize;
+    batch.kv_indptr.assign(rows + 1, 0);
+    batch.kv_len_before.assign(rows, 0);
+    batch.kv_len_after.assign(rows, 0);
+    SequenceStep s;
+    s.id = seq->slot;
+    s.tokens = prompt;
+    s.sample = true;
+    s.select = true;
+    s.selection = spec;
+    s.layer_block_indptr = {0};
+    for (int32_t l = 0; l < c.num_layers; ++l) {
+      for (int32_t h = 0; h < H; ++h) {
+        for (BlockId id : SlotRowBlocks(c, seq->slot, l * H + h)) s.layer_blocks.push_back(id);
+      }
+      s.layer_block_indptr.push_back(s.layer_blocks.size());
+    }
+    batch.seqs.push_back(std::move(s));
+  }
+  auto r = w.Execute(batch);
+  EXPECT_TRUE(r.ok()) << r.status();
+  PrefillOutcome out{r->seqs[0], {}};
+  for (int32_t l = 0; l < c.num_layers; ++l) {
+    int32_t next = 0;  // Adaptive: head h takes the next blocks of its layer's reservation.
+    for (int32_t h = 0; h < H; ++h) {
+      const int32_t kept = out.result.kept_per_head[l * H + h];
+      std::vector<BlockId> blocks = SlotRowBlocks(c, seq->slot, l * H + h);
+      if (spec.capacity.empty()) {
+        const std::vector<BlockId>& all = batch.seqs[0].layer_blocks;
+        const int32_t first = batch.seqs[0].layer_block_indptr[l] + next;
+        blocks.assign(all.begin() + first,
+                      all.begin() + first + (kept + kBlockSize - 1) / kBlockSize);
+        next += (kept + kBlockSize - 1) / kBlockSize;
+      }
+      out.rows.push_back(RowContents(w, blocks, kept));
+    }
+  }
+  return out;
+}
+
+// The same prompt prefilled in chunks of `chunk` tokens: plain chunks, then a last chunk of
+// at least the window that selects in place.
+PrefillOutcome ChunkedPrefill(CpuWorker& w, TestSeq* seq, const std::vector<TokenId>& prompt,
+                              const KvSelectionSpec& spec, int32_t chunk) {
+  const ModelConfig& c = w.config();
+  const int32_t n = prompt.size(), last = std::max(spec.window, n - (n - 1) / chunk * chunk);
+  for (int32_t at = 0; at < n - last; at += chunk) {
+    BatchBuilder b(c);
+    const int32_t end = std::min(at + chunk, n - last);
+    b.AddPlain(seq, {prompt.begin() + at, prompt.begin() + end}, false, 0);
+    EXPECT_TRUE(w.Execute(b.Take()).ok());
+  }
+  BatchBuilder b(c);
+  b.AddLastChunk(seq, {prompt.end() - last, prompt.end()}, spec);
+  auto r = w.Execute(b.Take());
+  EXPECT_TRUE(r.ok()) << r.status();
+  PrefillOutcome out{r->seqs[0], {}};
+  BatchBuilder::Shrink(seq, out.result.kept_per_head);
+  for (int32_t row = 0; row < c.num_layers * c.num_kv_heads; ++row) {
+    out.rows.push_back(
+        RowContents(w, SlotRowBlocks(c, seq->slot, row), out.result.kept_per_head[row]));
+  }
+  return out;
+}
+
+// Chunked compressed prefill (rows in the pool, selection at the last chunk) keeps the same
+// tokens, caches the same K/V and samples the same logits as the one-step prefill, for every
+// policy's shape of plan, in 1, 2 and many chunks; decoding after it reads the same cache.
+TEST(CpuWorkerTest, ChunkedCompressedPrefillEqualsOneStep) {
+  auto worker = MakeWorker();
+  const ModelConfig& c = worker->config();
+  const int32_t H = c.num_kv_heads, rows = c.num_layers * H;
+  std::vector<TokenId> prompt = {1};
+  for (int i = 0; i < 3; ++i) prompt.insert(prompt.end(), kGolden.begin(), kGolden.end());
+  prompt.resize(117);
+  std::map<std::string, KvSelectionSpec> specs;
+  specs["snapkv"].capacity.assign(rows, 24);
+  for (int32_t r = 0; r < rows; ++r) {
+    specs["pyramidkv"].capacity.push_back(40 - 30 * (r / H) / (c.num_layers - 1));
+    specs["headkv"].capacity.push_back(2 + (r * 37) % 90);
+  }
+  specs["adakv"].layer_budget.assign(c.num_layers, H * 24);
+  for (const auto& [name, spec] : specs) {
+    SCOPED_TRACE(name);
+    TestSeq ref{0, {}, 0};
+    const PrefillOutcome one = OneStepPrefill(*worker, &ref, prompt, spec);
+    // One chunk is the one-step prefill itself; 100 gives 2 chunks (the last of 17), 13 gives 9.
+    for (int32_t chunk : {100, 13}) {
+      SCOPED_TRACE(chunk);
+      TestSeq seq{1, {}, 0};
+      const PrefillOutcome chunked = ChunkedPrefill(*worker, &seq, prompt, spec, chunk);
+      EXPECT_EQ(chunked.result.kept_per_head, one.result.kept_per_head);
+      EXPECT_EQ(chunked.result.token, one.result.token);
+      EXPECT_EQ(chunked.result.logits, one.result.logits);
+      ASSERT_EQ(chunked.rows.size(), one.rows.size());
+      for (int32_t r = 0; r < rows; ++r) EXPECT_EQ(chunked.rows[r], one.rows[r]) << "row " << r;
+      if (!spec.capacity.empty()) {  // Static rows follow the builder's layout: decode both.
+        TestSeq again{0, {}, 0};
+        OneStepPrefill(*worker, &again, prompt, spec);
+        TokenId next = one.result.token;
+        for (int32_t step = 1; step <= 4; ++step) {
+          BatchBuilder d1(c), d2(c);
+          d1.AddPlain(&again, {next}, true, step);
+          d2.AddPlain(&seq, {next}, true, step);
+          auto a = worker->Execute(d1.Take());
+          auto b = worker->Execute(d2.Take());
+          ASSERT_TRUE(a.ok() && b.ok());
+          EXPECT_EQ(a->seqs[0].logits, b->seqs[0].logits) << "decode step " << step;
+          next = a->seqs[0].token;
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuWorkerTest, ALastChunkWithoutItsWindowIsAnError) {
+  auto worker = MakeWorker();
+  const ModelConfig& c = worker->config();
+  TestSeq seq{0, {}, 0};
+  BatchBuilder first(c);
+  first.AddPlain(&seq, {1, 403, 407, 261, 378, 432, 383, 286, 261, 376}, false, 0);
+  ASSERT_TRUE(worker->Execute(first.Take()).ok());
+  KvSelectionSpec spec;
+  spec.capacity.assign(c.num_layers * c.num_kv_heads, 4);
+  BatchBuilder last(c);
+  last.AddLastChunk(&seq, {298, 315, 421}, spec);  // 3 tokens: the window of 8 spans chunks.
+  const absl::Status status = worker->Execute(last.Take()).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("window"));
 }
 
 TEST(CpuWorkerTest, MalformedBatchIsAnErrorNotACrash) {

@@ -311,12 +311,15 @@ absl::Status CudaWorker::State::Launch(const Batch& b, const HostStep& h,
   if (profile.on) HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(profile.start, stream));
   HKV_RETURN_IF_ERROR(inputs->Upload(stream));
   HKV_RETURN_IF_ERROR(ReserveActivations(h.total, static_cast<int64_t>(h.sample_rows.size())));
-  if (h.num_select > 0) {
-    HKV_RETURN_IF_ERROR(kept.Reserve(static_cast<size_t>(h.num_select) * rows_per_seq * 4));
-    HKV_RETURN_IF_ERROR(select_caps.Reserve(static_cast<size_t>(h.num_select) * rows_per_seq * 4));
-    HKV_RETURN_IF_ERROR(kept_index.Reserve(static_cast<size_t>(H) * h.max_select * 4));
+  if (h.num_kept_seqs() > 0) {
+    // A paged select scores its whole prompt (more than the step's tokens).
+    const int32_t n = std::max(h.max_select, h.max_paged_select_len);
+    HKV_RETURN_IF_ERROR(kept.Reserve(static_cast<size_t>(h.num_kept_seqs()) * rows_per_seq * 4));
     HKV_RETURN_IF_ERROR(
-        select_ws.Reserve(k::KvSelectWorkspaceBytes(h.max_select, 64, cfg.num_heads, H) + 256));
+        select_caps.Reserve(static_cast<size_t>(h.num_kept_seqs()) * rows_per_seq * 4));
+    HKV_RETURN_IF_ERROR(kept_index.Reserve(static_cast<size_t>(H) * n * 4));
+    HKV_RETURN_IF_ERROR(
+        select_ws.Reserve(k::KvSelectWorkspaceBytes(n, 64, cfg.num_heads, H) + 256));
   }
   if (h.num_decode > 0) {
     HKV_RETURN_IF_ERROR(decode_ws.Reserve(k::DecodeWorkspaceBytes(decode)));
@@ -337,7 +340,7 @@ absl::Status CudaWorker::State::Launch(const Batch& b, const HostStep& h,
 // for the step (bounded under tensor parallelism: a dead or hung peer aborts the group).
 absl::Status CudaWorker::State::CopyOut(const HostStep& h) {
   const size_t ns = h.sample_rows.size();
-  const size_t kept_n = static_cast<size_t>(h.num_select) * cfg.num_layers * cfg.num_kv_heads;
+  const size_t kept_n = static_cast<size_t>(h.num_kept_seqs()) * cfg.num_layers * cfg.num_kv_heads;
   const size_t logit_n = return_logits ? ns * cfg.vocab_size : 0;
   HKV_RETURN_IF_ERROR(host_out.Reserve((ns + kept_n + logit_n) * 4 + 3 * kAlign));
   auto* out_tokens = reinterpret_cast<int32_t*>(host_out.get());
@@ -387,7 +390,7 @@ absl::Status CudaWorker::State::RecordProfile(const Batch& b, const HostStep& h,
 BatchResult CudaWorker::State::Unpack(const Batch& b, const HostStep& h) const {
   const int32_t ns = static_cast<int32_t>(h.sample_rows.size());
   const size_t rows_per_seq = static_cast<size_t>(cfg.num_layers) * cfg.num_kv_heads;
-  const size_t kept_n = static_cast<size_t>(h.num_select) * rows_per_seq;
+  const size_t kept_n = static_cast<size_t>(h.num_kept_seqs()) * rows_per_seq;
   const auto* out_tokens = reinterpret_cast<const int32_t*>(host_out.get());
   const auto* out_kept = out_tokens + ns;
   const auto* out_logits = reinterpret_cast<const float*>(out_kept + kept_n);
@@ -405,9 +408,11 @@ BatchResult CudaWorker::State::Unpack(const Batch& b, const HostStep& h) const {
       r.logits.assign(out_logits + i * vocab, out_logits + (i + 1) * vocab);
     }
   }
-  for (int32_t j = 0; j < h.num_select; ++j) {
-    result.seqs[h.order[h.num_decode + h.num_prefill + j]].kept_per_head.assign(
-        out_kept + j * rows_per_seq, out_kept + (j + 1) * rows_per_seq);
+  for (int32_t j = 0; j < h.num_kept_seqs(); ++j) {
+    const int32_t k2 =
+        j < h.num_select ? h.num_decode + h.num_prefill + j : h.paged_select[j - h.num_select];
+    result.seqs[h.order[k2]].kept_per_head.assign(out_kept + j * rows_per_seq,
+                                                  out_kept + (j + 1) * rows_per_seq);
   }
   return result;
 }

@@ -178,6 +178,8 @@ struct CudaWorker::State {
                               int32_t layer, const kernels::PagedKvView& after);
   absl::Status RunPrefill(const HostStep& h, int32_t k0, int32_t count, const int32_t* cu,
                           int32_t max_len, const kernels::PagedKvView* prefix);
+  absl::Status RunPagedSelect(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
+                              int32_t l);
   absl::Status RunSelect(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
                          int32_t layer);
   absl::Status LayerMlp(const HostStep& h, int32_t layer);

@@ -119,6 +119,49 @@ absl::Status CudaWorker::State::RunSelect(const Batch& b, const HostStep& h, con
   return absl::OkStatus();
 }
 
+// Last chunks of chunked compressed prefills at layer l, after their attention: each selects
+// from its rows, which hold the whole prompt, and compacts the kept tokens in place (the
+// block manager frees the rows' tail once the step is done).
+absl::Status CudaWorker::State::RunPagedSelect(const Batch& b, const HostStep& h,
+                                               const DeviceStep& d, int32_t l) {
+  const ModelConfig& c = cfg;
+  const int32_t L = c.num_layers, H = c.num_kv_heads, bs = options.block_size;
+  const int32_t qkv_w = c.q_size() + 2 * c.kv_size();
+  const int64_t rows_per_seq = static_cast<int64_t>(L) * H;
+  auto* q = qkv.get<uint16_t>();
+  for (size_t j = 0; j < h.paged_select.size(); ++j) {
+    const int32_t k2 = h.paged_select[j];
+    const SequenceStep& st = b.seqs[h.order[k2]];
+    const int32_t T = static_cast<int32_t>(st.tokens.size()), win = st.selection.window;
+    const size_t kept_at = (static_cast<size_t>(h.num_select + j) * L + l) * H;
+    k::KvSelectArgs ks;
+    ks.dtype = kDType;
+    ks.q_window = q + (static_cast<size_t>(h.token_start[k2]) + T - win) * qkv_w;
+    ks.q_stride = qkv_w;
+    ks.n = h.paged_select_len[j];
+    ks.window = win;
+    ks.pool_kernel = st.selection.pool_kernel;
+    ks.num_q_heads = c.num_heads;
+    ks.num_kv_heads = H;
+    ks.head_dim = c.head_dim;
+    ks.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    ks.caps = d.caps + kept_at;
+    ks.in_place = true;
+    ks.dest_indptr = d.indptr_a;
+    ks.dest_indices = d.indices_a;
+    ks.dest_first_row = static_cast<int32_t>(k2 * rows_per_seq + l * H);
+    ks.k_pool = k_pool.get();
+    ks.v_pool = v_pool.get();
+    ks.block_stride = static_cast<int64_t>(bs) * c.head_dim;
+    ks.block_size = bs;
+    ks.workspace = select_ws.get();
+    ks.kept_count = kept.get<int32_t>() + kept_at;
+    ks.kept_index = kept_index.get<int32_t>();
+    HKV_CUDA_RETURN_IF_ERROR(k::RunKvSelect(ks, stream));
+  }
+  return absl::OkStatus();
+}
+
 // Layer l up to the attention output: norm (adding the previous layer's output), q/k/v, RoPE,
 // KV appends, then decode, prefill and selection attention into `attn`.
 absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h,
@@ -156,6 +199,7 @@ absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h
     prefix.row_offset = static_cast<int32_t>(l * H);  // indptr_b lists prefill rows only
     HKV_RETURN_IF_ERROR(
         RunPrefill(h, h.num_decode, h.num_prefill, d.cu_prefill, h.max_prefill, &prefix));
+    if (!h.paged_select.empty()) HKV_RETURN_IF_ERROR(RunPagedSelect(b, h, d, l));
   }
   if (h.num_select > 0) HKV_RETURN_IF_ERROR(RunSelect(b, h, d, l));
   return absl::OkStatus();

@@ -14,7 +14,9 @@ absl::Status OrderSequences(const Batch& b, HostStep& h) {
   for (int pass = 0; pass < 3; ++pass) {
     for (size_t i = 0; i < b.seqs.size(); ++i) {
       const SequenceStep& st = b.seqs[i];
-      const int kind = st.select ? 2 : (st.tokens.size() == 1 ? 0 : 1);
+      // A chunked compressed prefill's last chunk (start_pos > 0) is a plain prefill chunk.
+      const bool one_step_select = st.select && st.start_pos == 0;
+      const int kind = one_step_select ? 2 : (st.tokens.size() == 1 && !st.select ? 0 : 1);
       if (kind != pass) continue;
       h.order.push_back(static_cast<int32_t>(i));
       (kind == 0 ? h.num_decode : kind == 1 ? h.num_prefill : h.num_select)++;
@@ -65,7 +67,7 @@ absl::Status LayOutRows(const Batch& b, int32_t bs, int32_t k2, HostStep& h) {
       h.indptr_b.push_back(static_cast<int32_t>(h.indices_b.size()));
       h.last_b.push_back(before == 0 ? 0 : before - (used_b - 1) * bs);
     }
-    if (!st.select && after - before != T) {
+    if ((!st.select || st.start_pos > 0) && after - before != T) {
       return absl::InvalidArgumentError("a plain row must grow by the step's tokens");
     }
   }
@@ -121,6 +123,15 @@ absl::Status LayOutSequence(const Batch& b, const StepLayoutShape& shape, int32_
   if (k2 >= h.num_decode && k2 < h.num_decode + h.num_prefill) {
     h.cu_prefill.push_back(h.cu_prefill.back() + T);
     h.max_prefill = std::max(h.max_prefill, T);
+    if (st.select) {  // Its caps follow the one-step selects' (BuildHostStep).
+      if (st.selection.window < 1 || st.selection.window > T) {
+        return absl::InvalidArgumentError(
+            "the last chunk of a compressed prefill lacks its window");
+      }
+      h.paged_select.push_back(k2);
+      h.paged_select_len.push_back(st.start_pos + T);
+      h.max_paged_select_len = std::max(h.max_paged_select_len, st.start_pos + T);
+    }
   } else if (k2 >= h.num_decode + h.num_prefill) {
     h.cu_select.push_back(h.cu_select.back() + T);
     h.max_select = std::max(h.max_select, T);
@@ -236,6 +247,13 @@ absl::StatusOr<HostStep> BuildHostStep(const Batch& b, const StepLayoutShape& sh
     // Graph steps are decode-only, so no real sequence follows the padding.
     for (int32_t p = 0; p < pad; ++p) h.token_start.push_back(h.real_decode + p);
     h.num_decode += pad;
+  }
+  for (int32_t k2 : h.paged_select) {
+    const std::vector<int32_t>& caps = b.seqs[h.order[k2]].selection.capacity;
+    if (static_cast<int64_t>(caps.size()) != int64_t{shape.num_layers} * shape.num_kv_heads) {
+      return absl::InvalidArgumentError("selection capacity has the wrong size");
+    }
+    h.caps.insert(h.caps.end(), caps.begin(), caps.end());
   }
   h.total = static_cast<int32_t>(h.ids.size());
   h.plain_tokens = h.total - h.cu_select.back();

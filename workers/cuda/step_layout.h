@@ -4,6 +4,9 @@
 //
 // Sequences run in internal order: decodes (one token), then plain prefill chunks, then
 // compressed prefills (select); a graph step appends padding decodes up to its graph size.
+// The last chunk of a chunked compressed prefill (select with start_pos > 0) runs as a plain
+// prefill chunk (its rows hold the earlier chunks) and is also listed in `paged_select`: after
+// its attention, each layer selects from its rows and compacts them in place.
 //
 //   ids/pos      [total]            tokens in internal order (padding: token 0 at position 0)
 //   indptr_a     [rows + 1]         CSR over blocks after the step, rows (seq, layer, kv_head)
@@ -11,7 +14,7 @@
 //   indptr_b/..  [prefill rows]     the paged prefix before the step, plain prefills only
 //   cu_prefill   [prefills + 1]     token offsets of plain prefill chunks
 //   cu_select    [selects + 1]      token offsets of compressed prefills
-//   caps         [selects, L, H]    selection capacity per (layer, kv_head) (0: adaptive)
+//   caps         [selects + paged selects, L, H]  selection capacity per (layer, kv_head)
 //   ada_total    [selects, L]       adaptive: tokens the layer's heads share (-1: static caps)
 //   ada_floor    [selects, L]       adaptive: each head's floor
 //   ada_block_start [selects, L+1]  adaptive: the layer's reserved blocks in ada_blocks
@@ -56,6 +59,13 @@ struct HostStep {
   const std::vector<BlockId>* batch_indices = nullptr;
   std::vector<int32_t> sample_seq, sample_token;
   std::vector<HostSamplingRow> sample_rows;
+  // Chunked compressed prefills' last chunks: internal index (a plain prefill), and the prompt
+  // length its rows hold after the step.
+  std::vector<int32_t> paged_select, paged_select_len;
+  int32_t max_paged_select_len = 0;
+
+  // Sequences whose kept counts the step reports: selects, then paged selects.
+  int32_t num_kept_seqs() const { return num_select + static_cast<int32_t>(paged_select.size()); }
 };
 
 // Shapes a step layout needs: the worker's (one rank's) model shapes and pool.

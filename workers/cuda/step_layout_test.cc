@@ -253,5 +253,42 @@ TEST(StepLayoutTest, MalformedStepsAreRejected) {
   EXPECT_EQ(BuildHostStep(window, kShape, 0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// The last chunk of a chunked compressed prefill runs as a plain prefill chunk over its rows
+// (paged prefix, KV slots) and is listed as a paged select, whose caps follow the one-step
+// selects'.
+TEST(StepLayoutTest, ChunkedCompressedPrefillsLastChunkIsAPagedSelect) {
+  Batch b = NewBatch();
+  AddSeq(b, 1, {1, 2, 3, 4, 5}, 6, 11, true);  // last chunk: rows hold 6, grow to the 11
+  b.seqs[0].select = true;
+  b.seqs[0].selection.window = 4;
+  b.seqs[0].selection.capacity = {1, 2, 3, 4};
+  AddSeq(b, 2, {7}, 3, 4, true);                 // a decode beside it
+  AddSeq(b, 3, {9, 9, 9, 9, 9, 9}, 0, 3, true);  // a one-step select keeping 3 per row
+  b.seqs[2].select = true;
+  b.seqs[2].selection.window = 2;
+  b.seqs[2].selection.capacity = {1, 1, 1, 1};
+  const auto h = BuildHostStep(b, kShape, 0);
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->num_decode, 1);
+  EXPECT_EQ(h->num_prefill, 1);
+  EXPECT_EQ(h->num_select, 1);
+  EXPECT_THAT(h->order, ElementsAre(1, 0, 2));
+  EXPECT_THAT(h->paged_select, ElementsAre(1));
+  EXPECT_THAT(h->paged_select_len, ElementsAre(11));
+  EXPECT_EQ(h->max_paged_select_len, 11);
+  EXPECT_EQ(h->num_kept_seqs(), 2);
+  EXPECT_THAT(h->cu_prefill, ElementsAre(0, 5));
+  EXPECT_THAT(h->cu_select, ElementsAre(0, 6));
+  EXPECT_THAT(h->caps, ElementsAre(1, 1, 1, 1, 1, 2, 3, 4));  // one-step select first
+  EXPECT_THAT(h->pos, ElementsAre(3, 6, 7, 8, 9, 10, 0, 1, 2, 3, 4, 5));
+  // Its paged prefix is the 6 tokens of the earlier chunks (2 blocks, 2 in the last).
+  EXPECT_THAT(h->last_b, ElementsAre(2, 2, 2, 2));
+  // Its tokens get KV slots in every row: slot 6..10 of the row's blocks.
+  const int32_t first_row_block = b.kv_indices[b.kv_indptr[0]];
+  EXPECT_EQ(h->slots[1 * kHeads + 0], int64_t{first_row_block + 1} * kBlock + 2);
+  // Both sample: the paged select at its last token.
+  EXPECT_THAT(h->sample_seq, ElementsAre(0, 1, 2));
+}
+
 }  // namespace
 }  // namespace hkv
