@@ -540,8 +540,7 @@ cudaError_t RunKvSelect(const KvSelectArgs& a, cudaStream_t stream) {
       (a.block_size & (a.block_size - 1)) != 0 || a.workspace == nullptr ||
       a.kept_count == nullptr || a.kept_index == nullptr ||
       (a.adaptive_total < 0 && a.caps == nullptr) ||
-      (a.in_place && (a.adaptive_total >= 0 || a.dest_indptr == nullptr ||
-                      a.dest_indices == nullptr))) {
+      (a.in_place && (a.dest_indptr == nullptr || a.dest_indices == nullptr))) {
     return cudaErrorInvalidValue;
   }
   const int32_t w = std::min(a.window, a.n);
@@ -630,10 +629,13 @@ cudaError_t RunKvSelect(const KvSelectArgs& a, cudaStream_t stream) {
   cp.kv_stride = a.kv_stride;
   cp.kept_count = a.kept_count;
   cp.kept_index = a.kept_index;
-  cp.indptr = adaptive ? ada_indptr : a.dest_indptr;
+  // In place, an adaptive selection compacts each head within its own row like a static one;
+  // only a one-step adaptive selection packs the heads into the layer's reservation.
+  const bool packed = adaptive && !a.in_place;
+  cp.indptr = packed ? ada_indptr : a.dest_indptr;
   cp.indices = a.dest_indices;
-  cp.first_row = adaptive ? 0 : a.dest_first_row;
-  cp.dest_limit = adaptive ? a.dest_capacity : INT32_MAX;
+  cp.first_row = packed ? 0 : a.dest_first_row;
+  cp.dest_limit = packed ? a.dest_capacity : INT32_MAX;
   cp.n = a.n;
   cp.block_shift = block_shift;
   cp.k_pool = a.k_pool;

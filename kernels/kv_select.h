@@ -64,8 +64,9 @@ struct KvSelectArgs {
   int32_t* kept_count = nullptr;  // device [num_kv_heads] out: min(cap, n-w) + w
   int32_t* kept_index = nullptr;  // device [num_kv_heads, n] out: kept positions, ascending
   float* scores = nullptr;        // optional device [num_kv_heads, n - w] out: pooled scores
-  // Adaptive selection when adaptive_total >= 0: `caps`, `dest_indptr` and `dest_first_row`
-  // are ignored. adaptive_total: tokens (windows excluded) the heads share, at most
+  // Adaptive selection when adaptive_total >= 0: `caps` is ignored, and so are `dest_indptr`
+  // and `dest_first_row` unless `in_place` (then each head is compacted within its own row and
+  // the reservation fields are unused). adaptive_total: tokens (windows excluded) the heads share, at most
   // num_kv_heads * (n - w); adaptive_floor: each head's floor, at most n - w, with
   // adaptive_floor * num_kv_heads <= adaptive_total. Blocks at or past dest_capacity in
   // dest_indices are never written (a reservation too small shows in the kept counts).

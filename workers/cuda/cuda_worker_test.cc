@@ -5,6 +5,8 @@
 #include "workers/cuda/cuda_worker.h"
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "gtest/gtest.h"
 #include "model/dummy_weights.h"
@@ -180,6 +182,52 @@ TEST_F(CudaWorkerTest, MixedBatchMatchesTheCpuReference) {
 // prefill's and the CPU's exactly; logits and the decode after it stay close to both (bf16
 // selections may differ at near-ties), and a clear greedy token is the same. 2 and 3 chunks,
 // with a decode and a one-step select in the last chunk's batch.
+// adakv's last chunk on the GPU: the device splits each layer's budget over the whole
+// prompt's scores and compacts every head within its own row, as the CPU worker does. Per-layer
+// totals are exact; a head's count may differ from the CPU's only where bf16 scores tie across
+// heads, so heads are compared with a small slack.
+TEST_F(CudaWorkerTest, ChunkedAdaptivePrefillMatchesTheCpu) {
+  const ModelConfig& cfg = model_->config;
+  const int32_t L = cfg.num_layers, H = cfg.num_kv_heads;
+  const std::vector<TokenId> p = Prompt(120, 12);
+  KvSelectionSpec spec;
+  spec.layer_budget.assign(L, 20 * H);
+  spec.adaptive_floor_fraction = 0.2f;
+  TestSeq seq{40, {}, 0};
+  BatchResult c, g;
+  for (int32_t at = 0; at < 100; at += 50) {
+    BatchBuilder b(cfg);
+    b.AddPlain(&seq, {p.begin() + at, p.begin() + at + 50}, false, 0);
+    RunBoth(b.Take(), &c, &g);
+  }
+  BatchBuilder last(cfg);
+  last.AddLastChunk(&seq, {p.begin() + 100, p.end()}, spec);
+  const Batch last_batch = last.Take();
+  auto lc = cpu_->Execute(last_batch);
+  auto lg = gpu_->Execute(last_batch);
+  ASSERT_TRUE(lc.ok()) << lc.status();
+  ASSERT_TRUE(lg.ok()) << lg.status();
+  const std::vector<int32_t>& kc = lc->seqs[0].kept_per_head;
+  const std::vector<int32_t>& kg = lg->seqs[0].kept_per_head;
+  ASSERT_EQ(kg.size(), kc.size());
+  int32_t differing = 0;
+  for (int32_t l = 0; l < L; ++l) {
+    int32_t sum_c = 0, sum_g = 0;
+    for (int32_t h = 0; h < H; ++h) {
+      const int32_t r = l * H + h;
+      sum_c += kc[r];
+      sum_g += kg[r];
+      EXPECT_GE(kg[r], 8) << "row " << r;  // the window at least
+      EXPECT_LE(std::abs(kg[r] - kc[r]), 14) << "row " << r;
+      differing += kg[r] != kc[r];
+    }
+    EXPECT_EQ(sum_g, sum_c) << "layer " << l;
+  }
+  std::printf("adakv chunked: %d of %zu heads kept a different count than the CPU\n", differing,
+              kc.size());
+  EXPECT_LT(RelativeError(lg->seqs[0].logits, lc->seqs[0].logits), 0.1);
+}
+
 TEST_F(CudaWorkerTest, ChunkedCompressedPrefillMatchesOneStep) {
   const ModelConfig& cfg = model_->config;
   const std::vector<TokenId> p = Prompt(120, 9);

@@ -157,6 +157,12 @@ absl::Status CudaWorker::State::RunPagedSelect(const Batch& b, const HostStep& h
     ks.workspace = select_ws.get();
     ks.kept_count = kept.get<int32_t>() + kept_at;
     ks.kept_index = kept_index.get<int32_t>();
+    const size_t jl = j * L + l;
+    if (h.paged_ada_total[jl] >= 0) {  // adakv: the kernel splits the layer's budget.
+      ks.adaptive_total = h.paged_ada_total[jl];
+      ks.adaptive_floor = h.paged_ada_floor[jl];
+      ks.caps_out = select_caps.get<int32_t>() + kept_at;
+    }
     HKV_CUDA_RETURN_IF_ERROR(k::RunKvSelect(ks, stream));
   }
   return absl::OkStatus();

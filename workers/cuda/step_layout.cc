@@ -248,12 +248,32 @@ absl::StatusOr<HostStep> BuildHostStep(const Batch& b, const StepLayoutShape& sh
     for (int32_t p = 0; p < pad; ++p) h.token_start.push_back(h.real_decode + p);
     h.num_decode += pad;
   }
-  for (int32_t k2 : h.paged_select) {
-    const std::vector<int32_t>& caps = b.seqs[h.order[k2]].selection.capacity;
-    if (static_cast<int64_t>(caps.size()) != int64_t{shape.num_layers} * shape.num_kv_heads) {
+  for (size_t j = 0; j < h.paged_select.size(); ++j) {
+    const KvSelectionSpec& spec = b.seqs[h.order[h.paged_select[j]]].selection;
+    const int32_t L = shape.num_layers, H = shape.num_kv_heads;
+    if (spec.capacity.empty()) {
+      // adakv: the device splits each layer's budget over the whole prompt's scores; the
+      // heads are compacted within their own rows (no reservation: the rows shrink after).
+      if (static_cast<int32_t>(spec.layer_budget.size()) != L ||
+          !(spec.adaptive_floor_fraction >= 0.0f && spec.adaptive_floor_fraction <= 1.0f)) {
+        return absl::InvalidArgumentError("adaptive selection without a budget per layer");
+      }
+      const int32_t past = h.paged_select_len[j] - spec.window;
+      h.caps.insert(h.caps.end(), static_cast<size_t>(L) * H, 0);
+      for (int32_t l = 0; l < L; ++l) {
+        const AdaKvShares shares =
+            AdaKvSplit(spec.layer_budget[l], H, past, spec.adaptive_floor_fraction);
+        h.paged_ada_total.push_back(shares.total);
+        h.paged_ada_floor.push_back(shares.floor_cap);
+      }
+      continue;
+    }
+    if (static_cast<int64_t>(spec.capacity.size()) != int64_t{L} * H) {
       return absl::InvalidArgumentError("selection capacity has the wrong size");
     }
-    h.caps.insert(h.caps.end(), caps.begin(), caps.end());
+    h.caps.insert(h.caps.end(), spec.capacity.begin(), spec.capacity.end());
+    h.paged_ada_total.insert(h.paged_ada_total.end(), L, -1);
+    h.paged_ada_floor.insert(h.paged_ada_floor.end(), L, 0);
   }
   h.total = static_cast<int32_t>(h.ids.size());
   h.plain_tokens = h.total - h.cu_select.back();

@@ -62,6 +62,9 @@ struct HostStep {
   // Chunked compressed prefills' last chunks: internal index (a plain prefill), and the prompt
   // length its rows hold after the step.
   std::vector<int32_t> paged_select, paged_select_len;
+  // Adaptive paged selects: [paged selects, L] shared total (-1: static caps) and floor.
+  std::vector<int64_t> paged_ada_total;
+  std::vector<int32_t> paged_ada_floor;
   int32_t max_paged_select_len = 0;
 
   // Sequences whose kept counts the step reports: selects, then paged selects.

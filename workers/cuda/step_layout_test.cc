@@ -4,6 +4,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "headkv/selection.h"
 #include "workers/sampler.h"
 
 namespace hkv {
@@ -288,6 +289,30 @@ TEST(StepLayoutTest, ChunkedCompressedPrefillsLastChunkIsAPagedSelect) {
   EXPECT_EQ(h->slots[1 * kHeads + 0], int64_t{first_row_block + 1} * kBlock + 2);
   // Both sample: the paged select at its last token.
   EXPECT_THAT(h->sample_seq, ElementsAre(0, 1, 2));
+}
+
+// adakv's last chunk: its caps come from the device, so the layout carries each layer's shared
+// total and floor over the whole prompt (11 tokens, window 4: 7 scored per head).
+TEST(StepLayoutTest, AdaptiveLastChunkCarriesTheLayerSplit) {
+  Batch b = NewBatch();
+  AddSeq(b, 1, {1, 2, 3, 4, 5}, 6, 11, true);
+  b.seqs[0].select = true;
+  b.seqs[0].selection.window = 4;
+  b.seqs[0].selection.layer_budget.assign(kShape.num_layers, 6);
+  b.seqs[0].selection.adaptive_floor_fraction = 0.5f;
+  const auto h = BuildHostStep(b, kShape, 0);
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_THAT(h->paged_select, ElementsAre(0));
+  const AdaKvShares want = AdaKvSplit(6, kShape.num_kv_heads, 7, 0.5f);
+  ASSERT_EQ(h->paged_ada_total.size(), static_cast<size_t>(kShape.num_layers));
+  for (int32_t l = 0; l < kShape.num_layers; ++l) {
+    EXPECT_EQ(h->paged_ada_total[l], want.total);
+    EXPECT_EQ(h->paged_ada_floor[l], want.floor_cap);
+  }
+  EXPECT_EQ(h->caps.size(), static_cast<size_t>(kShape.num_layers) * kShape.num_kv_heads);
+  // A budget per layer is required.
+  b.seqs[0].selection.layer_budget.pop_back();
+  EXPECT_EQ(BuildHostStep(b, kShape, 0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
