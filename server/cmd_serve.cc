@@ -16,10 +16,13 @@
 #include "common/exit_watchdog.h"
 #include "common/logging.h"
 #include "headkv/kv_policy.h"
+#include "server/auth/api_keys.h"
 #include "server/commands.h"
 #include "server/grpc_server.h"
 #include "server/metrics.h"
 #include "server/model_setup.h"
+#include "server/stats_reporter.h"
+#include "server/tls/tls_config.h"
 
 namespace hkv {
 namespace {
@@ -64,6 +67,28 @@ hkv::v1::ModelInfo MakeModelInfo(const ServerConfig& config, const EngineBundle&
   return info;
 }
 
+// The labels of vllm:cache_config_info.
+std::vector<std::pair<std::string, std::string>> CacheConfigLabels(const ServerConfig& config,
+                                                                   const EngineBundle& bundle) {
+  return {{"block_size", absl::StrCat(config.block_size)},
+          {"num_gpu_blocks", absl::StrCat(bundle.sizing.num_blocks)},
+          {"cache_dtype", bundle.engine->worker_name().find("cuda") != std::string::npos
+                              ? "bfloat16"
+                              : "float32"},
+          {"kv_policy", config.default_kv_policy},
+          {"kv_budget", absl::StrCat(config.default_kv_budget)},
+          {"enable_prefix_caching", "False"}};
+}
+
+TlsConfig TlsFromConfig(const ServerConfig& config) {
+  TlsConfig tls;
+  tls.cert = config.tls_cert;
+  tls.key = config.tls_key;
+  tls.client_ca = config.tls_client_ca;
+  tls.reload_interval = absl::Seconds(config.tls_reload_interval_s);
+  return tls;
+}
+
 }  // namespace
 
 sigset_t BlockTerminationSignals() {
@@ -79,6 +104,17 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
   // The main thread waits for the termination signals below.
   sigset_t signals = BlockTerminationSignals();
 
+  // Security settings are checked before the model loads: a typo must not cost a load.
+  const TlsConfig tls = TlsFromConfig(config);
+  if (absl::Status s = ValidateTlsConfig(tls); !s.ok()) {
+    std::cerr << "hkv serve: " << s.message() << "\n";
+    return 1;
+  }
+  absl::StatusOr<ApiKeySet> keys = ApiKeySet::Load(config.api_key, config.api_key_file);
+  if (!keys.ok()) {
+    std::cerr << "hkv serve: " << keys.status().message() << "\n";
+    return 1;
+  }
   auto bundle = BuildEngine(config, layout);
   if (!bundle.ok()) {
     std::cerr << "hkv serve: " << bundle.status().message() << "\n";
@@ -89,7 +125,11 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
                 << bundle->engine->worker_name();
   std::cerr << bundle->sizing.summary << "\n";
   Engine& engine = *bundle->engine;
+  engine.mutable_metrics()->SetModelInfo(bundle->loaded.model->config.name,
+                                         CacheConfigLabels(config, *bundle));
   engine.Start();
+  StatsReporter stats(&engine.metrics(), absl::Seconds(config.stats_interval_s));
+  stats.Start();
 
   MetricsServer metrics(&engine.metrics());
   if (config.metrics_port > 0) {
@@ -104,15 +144,28 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
   auto service =
       std::make_unique<GenerationService>(&engine, bundle->loaded.tokenizer, bundle->loaded.chat,
                                           MakeModelInfo(config, *bundle), config.max_prompt_bytes);
+  const size_t num_keys = keys->size();
+  service->SetApiKeys(std::make_shared<const ApiKeySet>(*std::move(keys)),
+                      config.max_requests_per_key);
   GrpcServer server(&engine, std::move(service));
   GrpcServerOptions server_options;
   server_options.max_concurrent_streams = config.max_concurrent_streams;
+  if (tls.enabled()) server_options.credentials = GrpcServerTlsCredentials(tls);
+  if (config.health_port > 0) {
+    server_options.health_port = config.health_port;
+    server_options.health_host = config.host;
+  }
   auto port = server.Start(config.host, config.port, server_options);
   if (!port.ok()) {
     std::cerr << "hkv serve: " << port.status().message() << "\n";
     return 1;
   }
-  HKV_LOG(INFO) << "serving hkv.v1.Generation on " << config.host << ":" << *port;
+  HKV_LOG(INFO) << "serving hkv.v1.Generation on " << config.host << ":" << *port
+                << (tls.enabled() ? (tls.mutual() ? " (mutual TLS)" : " (TLS)") : " (plaintext)")
+                << (num_keys > 0 ? absl::StrCat(", ", num_keys, " API keys") : std::string());
+  if (server.health_port() > 0) {
+    HKV_LOG(INFO) << "plaintext gRPC health on " << config.host << ":" << server.health_port();
+  }
   std::cout << "hkv serve: listening on " << config.host << ":" << *port << std::endl;
 
   int signal_number = 0;
@@ -134,6 +187,7 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
     if (absl::Now() - failed_at > kWorkerFailureGrace) {
       ExitAfter(kShutdownLimit, 3, "the shutdown after a worker failure did not finish");
       server.DrainAndShutdown(absl::ZeroDuration());
+      stats.Stop();
       engine.Stop();
       metrics.Stop();
       return 3;
@@ -144,6 +198,7 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
   ExitAfter(absl::Seconds(config.drain_timeout_s) + kShutdownGrace, 1,
             "the shutdown after the drain did not finish");
   server.DrainAndShutdown(absl::Seconds(config.drain_timeout_s));
+  stats.Stop();
   engine.Stop();
   metrics.Stop();
   HKV_LOG(INFO) << "drained; exiting";

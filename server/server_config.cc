@@ -126,6 +126,23 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.max_stop_strings < 0) return bad("max_stop_strings must be >= 0");
   if (c.max_stop_bytes < 0) return bad("max_stop_bytes must be >= 0");
   if (c.max_stop_token_ids < 0) return bad("max_stop_token_ids must be >= 0");
+  if (c.tls_cert.empty() != c.tls_key.empty()) return bad("set both tls_cert and tls_key");
+  if (!c.tls_client_ca.empty() && c.tls_cert.empty()) {
+    return bad("tls_client_ca needs tls_cert and tls_key");
+  }
+  if (c.tls_reload_interval_s < 1) return bad("tls_reload_interval_s must be >= 1");
+  if (c.max_requests_per_key < 0) return bad("max_requests_per_key must be >= 0");
+  if (c.health_port < 0 || c.health_port > 65535) {
+    return bad("health_port must be in [0, 65535] (0: none), got ", c.health_port);
+  }
+  if (c.health_port != 0 && c.health_port == c.port) return bad("health_port must differ from port");
+  if (c.log_level != "info" && c.log_level != "warning" && c.log_level != "error") {
+    return bad("log_level must be info, warning or error, got '", c.log_level, "'");
+  }
+  if (c.log_format != "text" && c.log_format != "json") {
+    return bad("log_format must be text or json, got '", c.log_format, "'");
+  }
+  if (c.stats_interval_s < 0) return bad("stats_interval_s must be >= 0 (0: none)");
   return absl::OkStatus();
 }
 
@@ -134,6 +151,8 @@ std::string ServerConfigToJson(const ServerConfig& c) {
   for (const OptionField& field : OptionFields()) {
     std::visit([&](auto member) { j[field.name] = c.*member; }, field.member);
   }
+  // Secrets are not printed (the key file's path is).
+  if (!c.api_key.empty()) j["api_key"] = "<redacted>";
   j["health"] = {{"liveness_service", kLivenessService}, {"readiness_service", kReadinessService}};
   return j.dump(2);
 }
