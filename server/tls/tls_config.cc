@@ -51,7 +51,8 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> NewServerSslContext(const TlsConfig& c)
   }
   if (SSL_CTX_use_PrivateKey_file(ctx.get(), c.key.c_str(), SSL_FILETYPE_PEM) != 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--tls-key '", c.key, "' is not a PEM private key: ", SslError()));
+        absl::StrCat("--tls-key '", c.key, "' is not a PEM private key that matches --tls-cert '",
+                     c.cert, "': ", SslError()));
   }
   if (SSL_CTX_check_private_key(ctx.get()) != 1) {
     return absl::InvalidArgumentError(absl::StrCat("--tls-key '", c.key,
