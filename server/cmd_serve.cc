@@ -132,13 +132,25 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
   stats.Start();
 
   MetricsServer metrics(&engine.metrics());
+  std::unique_ptr<TlsContextSource> metrics_tls;
+  if (tls.enabled()) {
+    // The same files as the API; new scrapes get rotated certificates too.
+    auto source = TlsContextSource::Create(tls);
+    if (!source.ok()) {
+      std::cerr << "hkv serve: " << source.status().message() << "\n";
+      return 1;
+    }
+    metrics_tls = *std::move(source);
+    metrics.UseTls(metrics_tls.get());
+  }
   if (config.metrics_port > 0) {
     absl::Status s = metrics.Start(config.metrics_host, config.metrics_port);
     if (!s.ok()) {
       std::cerr << "hkv serve: " << s.message() << "\n";
       return 1;
     }
-    HKV_LOG(INFO) << "metrics on http://" << config.metrics_host << ":" << metrics.port()
+    HKV_LOG(INFO) << "metrics on " << (tls.enabled() ? "https://" : "http://")
+                  << config.metrics_host << ":" << metrics.port()
                   << "/metrics";
   }
   auto service =

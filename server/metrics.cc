@@ -210,6 +210,8 @@ MetricsServer::MetricsServer(const EngineMetrics* metrics) {
 
 MetricsServer::~MetricsServer() { Stop(); }
 
+void MetricsServer::UseTls(TlsContextSource* tls) { http_->UseTls(tls); }
+
 absl::Status MetricsServer::Start(const std::string& host, int port) {
   absl::StatusOr<int> bound = http_->Start(host, port, "--metrics-port");
   if (!bound.ok()) {

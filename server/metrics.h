@@ -17,6 +17,7 @@
 namespace hkv {
 
 class HttpGetServer;
+class TlsContextSource;
 
 class Histogram {
  public:
@@ -96,6 +97,8 @@ class MetricsServer {
  public:
   explicit MetricsServer(const EngineMetrics* metrics);
   ~MetricsServer();
+  // Serves HTTPS with contexts from `tls` (must outlive the server). Call before Start.
+  void UseTls(TlsContextSource* tls);
   // Binds host:port (port 0 picks a free one, see port()) and starts serving. UNAVAILABLE when
   // the port is in use or the host is not a local address.
   absl::Status Start(const std::string& host, int port);

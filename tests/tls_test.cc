@@ -6,7 +6,16 @@
 #include <filesystem>
 #include <thread>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "gtest/gtest.h"
+#include "httplib.h"
+#include "server/metrics.h"
 #include "server/server_config.h"
 #include "server/tls/tls_config.h"
 #include "tests/health_client.h"
@@ -15,6 +24,39 @@
 
 namespace hkv::testing {
 namespace {
+
+// GET `path` over HTTPS from 127.0.0.1:port, verifying the server against `ca_file` (blocking
+// OpenSSL client). Returns the whole response, or "" when the connection or handshake failed.
+std::string HttpsGet(int port, const std::string& ca_file, const std::string& path) {
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()),
+                                                        SSL_CTX_free);
+  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  if (SSL_CTX_load_verify_locations(ctx.get(), ca_file.c_str(), nullptr) != 1) return "";
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval timeout{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  std::string out;
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
+    SSL* ssl = SSL_new(ctx.get());
+    SSL_set_fd(ssl, fd);
+    SSL_set1_host(ssl, "localhost");
+    if (SSL_connect(ssl) == 1) {
+      const std::string request = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+      SSL_write(ssl, request.data(), static_cast<int>(request.size()));
+      char buf[4096];
+      int n;
+      while ((n = SSL_read(ssl, buf, sizeof(buf))) > 0) out.append(buf, n);
+    }
+    SSL_free(ssl);
+  }
+  ERR_clear_error();
+  ::close(fd);
+  return out;
+}
 
 class TlsTest : public ::testing::Test {
  protected:
@@ -111,6 +153,26 @@ TEST_F(TlsTest, BadFilesAreRefusedWithTheFileNamed) {
   c = Config(true);
   c.client_ca = certs_.File("server.key");  // not a CA bundle
   EXPECT_EQ(ValidateTlsConfig(c).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(TlsTest, MetricsServeHttpsOnly) {
+  auto source = TlsContextSource::Create(Config(false));
+  ASSERT_TRUE(source.ok()) << source.status();
+  MetricsServer metrics(&SharedEngine().engine->metrics());
+  metrics.UseTls(source->get());
+  ASSERT_TRUE(metrics.Start("127.0.0.1", 0).ok());
+  const std::string response = HttpsGet(metrics.port(), certs_.File("ca.pem"), "/metrics");
+  EXPECT_EQ(response.rfind("HTTP/1.1 200 OK", 0), 0u) << response.substr(0, 200);
+  EXPECT_NE(response.find("vllm:num_requests_running"), std::string::npos);
+  EXPECT_EQ(HttpsGet(metrics.port(), certs_.File("other-ca.pem"), "/metrics"), "")
+      << "a client trusting another CA must refuse the server";
+  httplib::Client plain("127.0.0.1", metrics.port());
+  plain.set_read_timeout(5, 0);
+  auto res = plain.Get("/metrics");
+  EXPECT_TRUE(!res || res->status != 200) << "plaintext must get no metrics";
+  // The server still answers TLS after the plaintext client's failed handshake.
+  EXPECT_EQ(HttpsGet(metrics.port(), certs_.File("ca.pem"), "/healthz").rfind("HTTP/1.1 200", 0),
+            0u);
 }
 
 TEST_F(TlsTest, OpenSslContextSourceReloadsChangedFiles) {
