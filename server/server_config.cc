@@ -1,5 +1,6 @@
 #include "server/server_config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <type_traits>
 #include <variant>
@@ -151,8 +152,11 @@ std::string ServerConfigToJson(const ServerConfig& c) {
   for (const OptionField& field : OptionFields()) {
     std::visit([&](auto member) { j[field.name] = c.*member; }, field.member);
   }
-  // Secrets are not printed (the key file's path is).
-  if (!c.api_key.empty()) j["api_key"] = "<redacted>";
+  // Secrets are not printed (the key file's path is), only how many keys there are.
+  if (!c.api_key.empty()) {
+    const size_t keys = std::count(c.api_key.begin(), c.api_key.end(), ',') + 1;
+    j["api_key"] = absl::StrCat("<", keys, " redacted>");
+  }
   j["health"] = {{"liveness_service", kLivenessService}, {"readiness_service", kReadinessService}};
   return j.dump(2);
 }
