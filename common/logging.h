@@ -5,7 +5,7 @@
 // Two formats (SetLogFormat, from main's --log-format): text, one line per message
 //   I1201 17:40:00.123 engine.cc:12] pool has 96 blocks
 // and json, one object per line for log collectors
-//   {"ts":"2026-12-01T17:40:00.123Z","level":"INFO","src":"engine.cc:12","msg":"pool has 96 blocks"}
+//   {"ts":"2026-12-01T17:40:00.123Z","level":"INFO","src":"engine.cc:12","msg":"pool ..."}
 // LogEvent adds named fields: `key=value` pairs after the message in text, members of the
 // object in json (values are strings or numbers as given).
 //
