@@ -87,7 +87,7 @@ struct LogVoidify {
       : ::hkv::internal::LogVoidify() &                                \
             ::hkv::internal::LogMessage(__FILE__, __LINE__, HKV_LOG_SEVERITY_##level).stream()
 
-#define HKV_LOG_EVENT(level, message, fields)                                     \
+#define HKV_LOG_EVENT(level, message, fields) \
   ::hkv::LogEvent(HKV_LOG_SEVERITY_##level, __FILE__, __LINE__, (message), (fields))
 
 #define HKV_CHECK(cond)                                                                \

@@ -64,8 +64,7 @@ class ClientEnd : public StepConnection::Impl {
     if (s.ok()) return absl::UnavailableError("the leader closed the connection");
     const auto code = static_cast<absl::StatusCode>(s.error_code());
     if (code == absl::StatusCode::kFailedPrecondition ||
-        code == absl::StatusCode::kInvalidArgument ||
-        code == absl::StatusCode::kUnauthenticated) {
+        code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kUnauthenticated) {
       return absl::Status(code, s.error_message());
     }
     return absl::UnavailableError(

@@ -72,9 +72,8 @@ std::vector<std::pair<std::string, std::string>> CacheConfigLabels(const ServerC
                                                                    const EngineBundle& bundle) {
   return {{"block_size", absl::StrCat(config.block_size)},
           {"num_gpu_blocks", absl::StrCat(bundle.sizing.num_blocks)},
-          {"cache_dtype", bundle.engine->worker_name().find("cuda") != std::string::npos
-                              ? "bfloat16"
-                              : "float32"},
+          {"cache_dtype",
+           bundle.engine->worker_name().find("cuda") != std::string::npos ? "bfloat16" : "float32"},
           {"kv_policy", config.default_kv_policy},
           {"kv_budget", absl::StrCat(config.default_kv_budget)},
           {"enable_prefix_caching", "False"}};
@@ -150,8 +149,7 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
       return 1;
     }
     HKV_LOG(INFO) << "metrics on " << (tls.enabled() ? "https://" : "http://")
-                  << config.metrics_host << ":" << metrics.port()
-                  << "/metrics";
+                  << config.metrics_host << ":" << metrics.port() << "/metrics";
   }
   auto service =
       std::make_unique<GenerationService>(&engine, bundle->loaded.tokenizer, bundle->loaded.chat,

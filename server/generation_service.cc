@@ -45,38 +45,6 @@ void FillUsage(const StreamUsage& u, hkv::v1::Usage* out) {
   out->set_seed(u.seed);
 }
 
-// The finish reason as the request log line names it.
-const char* FinishName(FinishReason finish) {
-  switch (finish) {
-    case FinishReason::kLength:
-      return "length";
-    case FinishReason::kStop:
-      return "stop";
-    case FinishReason::kEos:
-      return "eos";
-    case FinishReason::kAborted:
-      return "aborted";
-    case FinishReason::kDeadline:
-      return "deadline";
-    case FinishReason::kError:
-      return "error";
-    case FinishReason::kNone:
-      break;
-  }
-  return "none";
-}
-
-const char* CodeName(grpc::StatusCode code) {
-  static constexpr const char* kNames[] = {
-      "OK",        "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND",  "ALREADY_EXISTS",    "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",       "UNAVAILABLE",       "DATA_LOSS",
-      "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
-}
-
 // The longest policy name a request may carry (the known ones are at most 9 bytes).
 constexpr size_t kMaxPolicyNameBytes = 32;
 // A status message longer than this is cut: gRPC sends it as a header (grpc-message), and a
@@ -273,7 +241,7 @@ grpc::Status GenerationService::Run(
     }
     if (chunk->finished) {
       const StreamUsage& u = chunk->usage;
-      log->finish_reason = FinishName(chunk->finish);
+      log->finish_reason = std::string(FinishReasonName(chunk->finish));
       log->generated_tokens = u.generated_tokens;
       log->queue_ms = u.queue_time_ms;
       log->ttft_ms = u.time_to_first_token_ms;
@@ -347,8 +315,7 @@ grpc::Status GenerationService::Serve(
   std::optional<CallLimiter::Slot> slot = calls_.TryAcquire();
   if (!slot.has_value()) return TooManyCalls();
   FinishedRequest log;
-  log.request_id = !request.request_id().empty() ? request.request_id()
-                                                 : caller->header_request_id;
+  log.request_id = !request.request_id().empty() ? request.request_id() : caller->header_request_id;
   log.tenant = caller->tenant;
   log.traceparent = caller->traceparent;
   log.finish_reason = "refused";
@@ -360,7 +327,8 @@ grpc::Status GenerationService::Serve(
   } else {
     status = Run(context, request, *caller, emit, &log);
   }
-  log.status = CodeName(status.error_code());
+  // absl and gRPC share the code numbers and names.
+  log.status = absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()));
   log.e2e_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
   LogFinishedRequest(log);
   return status;

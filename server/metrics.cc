@@ -20,8 +20,7 @@ void Histogram::Observe(double value) {
   ++count_;
 }
 
-void Histogram::Render(const std::string& name, std::string* out,
-                       const std::string& labels) const {
+void Histogram::Render(const std::string& name, std::string* out, const std::string& labels) const {
   absl::MutexLock lock(&mu_);
   const std::string prefix = labels.empty() ? "" : absl::StrCat(labels, ",");
   const std::string braces = labels.empty() ? "" : absl::StrCat("{", labels, "}");
@@ -29,8 +28,7 @@ void Histogram::Render(const std::string& name, std::string* out,
   uint64_t cumulative = 0;
   for (size_t i = 0; i < bounds_.size(); ++i) {
     cumulative += counts_[i];
-    absl::StrAppend(out, name, "_bucket{", prefix, "le=\"", bounds_[i], "\"} ", cumulative,
-                    "\n");
+    absl::StrAppend(out, name, "_bucket{", prefix, "le=\"", bounds_[i], "\"} ", cumulative, "\n");
   }
   cumulative += counts_.back();
   absl::StrAppend(out, name, "_bucket{", prefix, "le=\"+Inf\"} ", cumulative, "\n");
@@ -133,8 +131,8 @@ void EngineMetrics::RenderVllm(std::string* out) const {
     absl::StrAppend(out, "vllm:request_success_total{", model, ",finished_reason=\"", reason,
                     "\"} ", n, "\n");
   }
-  Sample(out, "vllm:cache_config_info", "gauge", "KV cache configuration (value 1)",
-         cache_labels, 1);
+  Sample(out, "vllm:cache_config_info", "gauge", "KV cache configuration (value 1)", cache_labels,
+         1);
   time_to_first_token_s.Render("vllm:time_to_first_token_seconds", out, model);
   inter_token_latency_s.Render("vllm:inter_token_latency_seconds", out, model);
   e2e_latency_s.Render("vllm:e2e_request_latency_seconds", out, model);

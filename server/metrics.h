@@ -62,11 +62,10 @@ struct EngineMetrics {
   std::atomic<int64_t> finished_error_total{0};
   std::atomic<int> ready{0};
   // TTFT, e2e and queue time reach 10 minutes: long-context prefills under load take minutes.
-  Histogram time_to_first_token_s{{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-                                   20, 40, 80, 160, 320, 600}};
+  Histogram time_to_first_token_s{
+      {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 600}};
   Histogram inter_token_latency_s{{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}};
-  Histogram e2e_latency_s{
-      {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 240, 480, 600}};
+  Histogram e2e_latency_s{{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 240, 480, 600}};
   Histogram queue_time_s{{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 120, 300, 600}};
 
   // Counts one finished request under its vLLM finished_reason.

@@ -22,8 +22,8 @@ absl::StatusOr<std::string> RequestIdFromHeaders(const HeaderLookup& headers) {
   std::optional<std::string_view> id = headers(kRequestIdHeader);
   if (!id.has_value()) return std::string();
   if (absl::Status s = ValidateClientRequestId(*id); !s.ok()) {
-    return absl::InvalidArgumentError(
-        std::string(kRequestIdHeader) + " header: " + std::string(s.message()));
+    return absl::InvalidArgumentError(std::string(kRequestIdHeader) +
+                                      " header: " + std::string(s.message()));
   }
   return std::string(*id);
 }

@@ -8,9 +8,7 @@ namespace {
 
 LogField Text(const char* key, const std::string& value) { return {key, value, false}; }
 LogField Int(const char* key, int64_t value) { return {key, absl::StrCat(value), true}; }
-LogField Ms(const char* key, double value) {
-  return {key, absl::StrFormat("%.3f", value), true};
-}
+LogField Ms(const char* key, double value) { return {key, absl::StrFormat("%.3f", value), true}; }
 
 }  // namespace
 

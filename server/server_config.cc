@@ -136,7 +136,8 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.health_port < 0 || c.health_port > 65535) {
     return bad("health_port must be in [0, 65535] (0: none), got ", c.health_port);
   }
-  if (c.health_port != 0 && c.health_port == c.port) return bad("health_port must differ from port");
+  if (c.health_port != 0 && c.health_port == c.port)
+    return bad("health_port must differ from port");
   if (c.log_level != "info" && c.log_level != "warning" && c.log_level != "error") {
     return bad("log_level must be info, warning or error, got '", c.log_level, "'");
   }

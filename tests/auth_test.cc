@@ -53,8 +53,8 @@ TEST(ApiKeySetTest, ParsesFlagAndFileAndChecksBearerTokens) {
   EXPECT_EQ(*keys->Authenticate("Bearer flag-key-0000002"), "key2");
   EXPECT_EQ(*keys->Authenticate("bearer file-key-00000001"), "team-a");
   EXPECT_EQ(*keys->Authenticate("Bearer file-key-00000002"), "file-line4");
-  for (const char* bad : {"", "flag-key-0000001", "Basic flag-key-0000001",
-                          "Bearer flag-key-0000003", "Bearer "}) {
+  for (const char* bad :
+       {"", "flag-key-0000001", "Basic flag-key-0000001", "Bearer flag-key-0000003", "Bearer "}) {
     EXPECT_EQ(keys->Authenticate(bad).status().code(), absl::StatusCode::kUnauthenticated) << bad;
   }
   EXPECT_EQ(keys->Authenticate("Bearer " + std::string(5000, 'k')).status().code(),

@@ -41,8 +41,8 @@ bool CertDir::MakeLeaf(const std::string& name, const std::string& ca) {
     ext << "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
         << "extendedKeyUsage=serverAuth,clientAuth\n";
   }
-  return Run("openssl req " + std::string(kEcKey) + " -keyout " + File(name + ".key") +
-             " -out " + File(name + ".csr") + " -subj /CN=localhost") &&
+  return Run("openssl req " + std::string(kEcKey) + " -keyout " + File(name + ".key") + " -out " +
+             File(name + ".csr") + " -subj /CN=localhost") &&
          Run("openssl x509 -req -in " + File(name + ".csr") + " -CA " + File(ca + ".pem") +
              " -CAkey " + File(ca + ".key") + " -CAcreateserial -days 2 -out " +
              File(name + ".pem") + " -extfile " + File(name + ".ext"));

@@ -2,16 +2,16 @@
 // refused, certificate rotation picked up by new connections without a restart, and the
 // plaintext health-only port for the kubelet.
 
-#include <chrono>
-#include <filesystem>
-#include <thread>
-
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "httplib.h"
@@ -97,7 +97,8 @@ TEST_F(TlsTest, MutualTlsNeedsAClientCertificateFromTheClientCa) {
   options.credentials = GrpcServerTlsCredentials(Config(true));
   OpsServer s = StartOpsServer(SharedEngine(), options);
   const std::string ca = certs_.Read("ca.pem");
-  EXPECT_TRUE(CanCall(TlsChannel(s.port, ca, certs_.Read("client.key"), certs_.Read("client.pem"))));
+  EXPECT_TRUE(
+      CanCall(TlsChannel(s.port, ca, certs_.Read("client.key"), certs_.Read("client.pem"))));
   EXPECT_FALSE(CanCall(TlsChannel(s.port, ca))) << "no client certificate";
   EXPECT_FALSE(
       CanCall(TlsChannel(s.port, ca, certs_.Read("stranger.key"), certs_.Read("stranger.pem"))))

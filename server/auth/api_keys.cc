@@ -51,8 +51,8 @@ absl::Status CheckTenant(std::string_view tenant, const std::string& where) {
                            c == '_' || c == '-';
                   });
   if (!ok) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": a tenant name must be 1 to ", kMaxTenantBytes, " bytes of [A-Za-z0-9._-]"));
+    return absl::InvalidArgumentError(absl::StrCat(where, ": a tenant name must be 1 to ",
+                                                   kMaxTenantBytes, " bytes of [A-Za-z0-9._-]"));
   }
   return absl::OkStatus();
 }
@@ -94,8 +94,8 @@ absl::StatusOr<ApiKeySet> ApiKeySet::Load(std::string_view flag_keys, const std:
       std::vector<absl::string_view> parts =
           absl::StrSplit(text, absl::ByAnyChar(" \t"), absl::SkipEmpty());
       if (parts.size() > 2) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "--api-key-file '", file, "' line ", line_number, ": expected KEY [TENANT]"));
+        return absl::InvalidArgumentError(absl::StrCat("--api-key-file '", file, "' line ",
+                                                       line_number, ": expected KEY [TENANT]"));
       }
       entries.push_back({std::string(parts[0]), parts.size() == 2
                                                     ? std::string(parts[1])
@@ -124,9 +124,8 @@ absl::StatusOr<std::string> ApiKeySet::Authenticate(std::string_view authorizati
   const std::string_view d(reinterpret_cast<const char*>(digest.data()), digest.size());
   const Key* match = nullptr;
   for (const Key& key : keys_) {  // every key, no early exit
-    const bool equal =
-        ConstantTimeEquals(d, std::string_view(reinterpret_cast<const char*>(key.digest.data()),
-                                               key.digest.size()));
+    const bool equal = ConstantTimeEquals(
+        d, std::string_view(reinterpret_cast<const char*>(key.digest.data()), key.digest.size()));
     if (equal) match = &key;
   }
   if (match == nullptr) return refuse("the API key is not valid");

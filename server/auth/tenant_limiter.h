@@ -21,8 +21,7 @@ class TenantLimiter {
  public:
   class Slot {
    public:
-    Slot(TenantLimiter* owner, std::string tenant)
-        : owner_(owner), tenant_(std::move(tenant)) {}
+    Slot(TenantLimiter* owner, std::string tenant) : owner_(owner), tenant_(std::move(tenant)) {}
     Slot(Slot&& other) noexcept : owner_(other.owner_), tenant_(std::move(other.tenant_)) {
       other.owner_ = nullptr;
     }

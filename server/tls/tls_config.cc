@@ -55,13 +55,13 @@ absl::StatusOr<std::shared_ptr<SSL_CTX>> NewServerSslContext(const TlsConfig& c)
                      c.cert, "': ", SslError()));
   }
   if (SSL_CTX_check_private_key(ctx.get()) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--tls-key '", c.key,
-                                                   "' does not match --tls-cert '", c.cert, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-key '", c.key, "' does not match --tls-cert '", c.cert, "'"));
   }
   if (c.mutual()) {
     if (SSL_CTX_load_verify_locations(ctx.get(), c.client_ca.c_str(), nullptr) != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--tls-client-ca '", c.client_ca, "' is not a PEM CA bundle: ", SslError()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls-client-ca '", c.client_ca, "' is not a PEM CA bundle: ", SslError()));
     }
     SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
   }
@@ -81,12 +81,11 @@ absl::Status ValidateTlsConfig(const TlsConfig& config) {
 std::shared_ptr<grpc::ServerCredentials> GrpcServerTlsCredentials(const TlsConfig& config) {
   const unsigned int interval =
       static_cast<unsigned int>(std::max<int64_t>(1, absl::ToInt64Seconds(config.reload_interval)));
-  auto provider =
-      config.mutual()
-          ? std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-                config.key, config.cert, config.client_ca, interval)
-          : std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-                config.key, config.cert, interval);
+  auto provider = config.mutual()
+                      ? std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+                            config.key, config.cert, config.client_ca, interval)
+                      : std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+                            config.key, config.cert, interval);
   grpc::experimental::TlsServerCredentialsOptions options(provider);
   options.watch_identity_key_cert_pairs();
   if (config.mutual()) {
@@ -119,8 +118,8 @@ std::string TlsContextSource::Stamp() const {
       out << "-;";
       continue;
     }
-    out << st.st_mtim.tv_sec << "." << st.st_mtim.tv_nsec << ":" << st.st_size << ":"
-        << st.st_ino << ";";
+    out << st.st_mtim.tv_sec << "." << st.st_mtim.tv_nsec << ":" << st.st_size << ":" << st.st_ino
+        << ";";
   }
   return out.str();
 }
