@@ -284,7 +284,9 @@ grpc::Status GenerationService::TooManyCalls() {
 void GenerationService::SetApiKeys(std::shared_ptr<const ApiKeySet> keys,
                                    int max_requests_per_key) {
   api_keys_ = std::move(keys);
-  tenant_calls_ = std::make_unique<TenantLimiter>(max_requests_per_key);
+  // Without keys every call has the same (empty) tenant: no per-key cap then.
+  const bool keyed = api_keys_ != nullptr && api_keys_->enabled();
+  tenant_calls_ = std::make_unique<TenantLimiter>(keyed ? max_requests_per_key : 0);
 }
 
 absl::StatusOr<GenerationService::Caller> GenerationService::Identify(

@@ -133,6 +133,10 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   }
   if (c.tls_reload_interval_s < 1) return bad("tls_reload_interval_s must be >= 1");
   if (c.max_requests_per_key < 0) return bad("max_requests_per_key must be >= 0");
+  if (c.max_requests_per_key > 0 && c.api_key.empty() && c.api_key_file.empty()) {
+    return bad("max_requests_per_key needs API keys (api_key or api_key_file): the limit is per "
+               "key; use max_queue for a server-wide one");
+  }
   if (c.health_port < 0 || c.health_port > 65535) {
     return bad("health_port must be in [0, 65535] (0: none), got ", c.health_port);
   }

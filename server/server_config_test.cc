@@ -206,6 +206,11 @@ TEST(ServerConfigTest, SecurityOptionsAreValidated) {
   c = ServerConfig();
   c.max_requests_per_key = -1;
   EXPECT_EQ(ValidateServerConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c = ServerConfig();
+  c.max_requests_per_key = 4;  // per key, without keys
+  EXPECT_EQ(ValidateServerConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c.api_key_file = "/keys.txt";
+  EXPECT_TRUE(ValidateServerConfig(c).ok());
 }
 
 TEST(ServerConfigTest, EveryOptionIsAServeFlag) {
