@@ -17,6 +17,7 @@
 #include "common/logging.h"
 #include "headkv/kv_policy.h"
 #include "server/auth/api_keys.h"
+#include "server/auth/tenant_limiter.h"
 #include "server/commands.h"
 #include "server/grpc_server.h"
 #include "server/metrics.h"
@@ -155,8 +156,9 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
       std::make_unique<GenerationService>(&engine, bundle->loaded.tokenizer, bundle->loaded.chat,
                                           MakeModelInfo(config, *bundle), config.max_prompt_bytes);
   const size_t num_keys = keys->size();
-  service->SetApiKeys(std::make_shared<const ApiKeySet>(*std::move(keys)),
-                      config.max_requests_per_key);
+  // Shared with any other front end, so that one per-key limit covers them all.
+  auto tenant_limiter = std::make_shared<TenantLimiter>(config.max_requests_per_key);
+  service->SetApiKeys(std::make_shared<const ApiKeySet>(*std::move(keys)), tenant_limiter);
   GrpcServer server(&engine, std::move(service));
   GrpcServerOptions server_options;
   server_options.max_concurrent_streams = config.max_concurrent_streams;

@@ -282,11 +282,11 @@ grpc::Status GenerationService::TooManyCalls() {
 }
 
 void GenerationService::SetApiKeys(std::shared_ptr<const ApiKeySet> keys,
-                                   int max_requests_per_key) {
-  api_keys_ = std::move(keys);
+                                   std::shared_ptr<TenantLimiter> limiter) {
+  api_keys_ = keys != nullptr ? std::move(keys) : std::make_shared<const ApiKeySet>();
   // Without keys every call has the same (empty) tenant: no per-key cap then.
-  const bool keyed = api_keys_ != nullptr && api_keys_->enabled();
-  tenant_calls_ = std::make_unique<TenantLimiter>(keyed ? max_requests_per_key : 0);
+  tenant_calls_ = limiter != nullptr && api_keys_->enabled() ? std::move(limiter)
+                                                              : std::make_shared<TenantLimiter>();
 }
 
 absl::StatusOr<GenerationService::Caller> GenerationService::Identify(

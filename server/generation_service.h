@@ -49,9 +49,10 @@ class GenerationService final : public hkv::v1::Generation::Service {
   // RESOURCE_EXHAUSTED at once. Set before the server starts.
   void SetMaxConcurrentCalls(int limit) { calls_.set_limit(limit); }
   // Requires an API key of `keys` on Generate, Complete, Abort and GetModelInfo (when it holds
-  // any) and caps each tenant's Generate/Complete calls in flight at `max_requests_per_key`
-  // (0: no cap). Set before the server starts.
-  void SetApiKeys(std::shared_ptr<const ApiKeySet> keys, int max_requests_per_key);
+  // any) and counts each tenant's Generate/Complete calls in `limiter` (null: no cap), which
+  // other front ends may share so that one per-key limit covers them all. Set before the
+  // server starts.
+  void SetApiKeys(std::shared_ptr<const ApiKeySet> keys, std::shared_ptr<TenantLimiter> limiter);
   int calls_in_flight() const { return calls_.in_flight(); }
 
   // Converts a request (tokenizing text or chat) for the engine. INVALID_ARGUMENT when bad or
@@ -94,7 +95,7 @@ class GenerationService final : public hkv::v1::Generation::Service {
   CallLimiter calls_{kDefaultMaxConcurrentStreams};
   PromptByteLimit prompt_limit_;  // Unused without a tokenizer.
   std::shared_ptr<const ApiKeySet> api_keys_ = std::make_shared<ApiKeySet>();
-  std::unique_ptr<TenantLimiter> tenant_calls_ = std::make_unique<TenantLimiter>();
+  std::shared_ptr<TenantLimiter> tenant_calls_ = std::make_shared<TenantLimiter>();
 };
 
 }  // namespace hkv

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/logging.h"
+#include "server/auth/tenant_limiter.h"
 #include "tests/server_test_util.h"
 
 namespace hkv::testing {
@@ -88,7 +89,9 @@ OpsServer StartOpsServer(EngineBundle& bundle, const GrpcServerOptions& options,
   info.set_model_name("stories260K");
   auto service = std::make_unique<GenerationService>(bundle.engine.get(), bundle.loaded.tokenizer,
                                                      bundle.loaded.chat, info);
-  if (keys != nullptr) service->SetApiKeys(std::move(keys), max_requests_per_key);
+  if (keys != nullptr) {
+    service->SetApiKeys(std::move(keys), std::make_shared<TenantLimiter>(max_requests_per_key));
+  }
   OpsServer s;
   s.service = service.get();
   s.server = std::make_unique<GrpcServer>(bundle.engine.get(), std::move(service));
