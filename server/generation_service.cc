@@ -286,7 +286,7 @@ void GenerationService::SetApiKeys(std::shared_ptr<const ApiKeySet> keys,
   api_keys_ = keys != nullptr ? std::move(keys) : std::make_shared<const ApiKeySet>();
   // Without keys every call has the same (empty) tenant: no per-key cap then.
   tenant_calls_ = limiter != nullptr && api_keys_->enabled() ? std::move(limiter)
-                                                              : std::make_shared<TenantLimiter>();
+                                                             : std::make_shared<TenantLimiter>();
 }
 
 absl::StatusOr<GenerationService::Caller> GenerationService::Identify(
