@@ -79,8 +79,8 @@ struct Group {
     // The nodes authenticate each other with a shared token (--dist-token).
     const std::string token = "--dist-token=multi-node-gpu-test-token";
     follower = StartServe("1", {addr, "--world-size=2", "--rank=1", token});
-    leader = StartServe("0", {addr, "--world-size=2", "--rank=0",
-                              "--port=" + std::to_string(grpc_port), token});
+    leader = StartServe(
+        "0", {addr, "--world-size=2", "--rank=0", "--port=" + std::to_string(grpc_port), token});
   }
   ~Group() {
     for (pid_t p : {leader, follower}) {
