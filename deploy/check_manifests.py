@@ -19,6 +19,14 @@ with yamllint, runs `hkv serve --print-config --config <the overlay's ConfigMap 
     points;
   - a PodDisruptionBudget and a ServiceMonitor select the serving pods, and an HPA scales the
     rendered workload on a metric the server exports.
+  - with TLS (the tls overlay): cert, key and API key files come from Secret volumes mounted
+    read-only, every probe targets the plaintext health_port (a declared containerPort), and
+    Prometheus is told to scrape over HTTPS;
+  - multi-node: a NetworkPolicy admits the group's pods on every port and others only on the
+    API and metrics ports, and every node reads HKV_DIST_TOKEN from the same Secret;
+  - deploy/k8s/gateway renders; its InferencePool selects the serving pods and its endpoint
+    picker names queue and KV-cache metrics the server exports; every PromQL expression of
+    deploy/grafana/hkv-dashboard.json names only exported metrics.
 Live part (the cpu overlay, unless --no-live): starts `hkv serve` with that overlay's config on
 free loopback ports, then checks that the probes' services answer SERVING through
 grpc.health.v1, that an unknown service answers NOT_FOUND, that /metrics (the annotated path)
@@ -44,7 +52,9 @@ import yaml
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 # Overlay -> GPUs per serving pod (None: tensor_parallel_size; "lws": from the LeaderWorkerSet).
-OVERLAYS = {"cpu": 0, "single-gpu": 1, "multi-gpu": None, "multi-node": "lws"}
+OVERLAYS = {"cpu": 0, "single-gpu": 1, "multi-gpu": None, "multi-node": "lws", "tls": 1}
+# Overlays that must serve TLS (with probes on the plaintext health-only port).
+TLS_OVERLAYS = {"tls"}
 CONFIG_DIR, CONFIG_FILE, MODELS_DIR = "/etc/hkv", "/etc/hkv/hkv.yaml", "/models"
 # Where deploy/Dockerfile puts the embedded model (checked against the Dockerfile below).
 IMAGE_MODEL_DIR = "/opt/hkv/models/stories260K"
@@ -68,9 +78,13 @@ def run(cmd, **kwargs):
 
 
 def render(overlay):
-    out = run(["kubectl", "kustomize", os.path.join(HERE, "k8s/overlays", overlay)])
+    return render_dir(os.path.join(HERE, "k8s/overlays", overlay), overlay)
+
+
+def render_dir(path, label):
+    out = run(["kubectl", "kustomize", path])
     if out.returncode != 0:
-        errors.append(f"{overlay}: kubectl kustomize failed: {out.stderr.strip()}")
+        errors.append(f"{label}: kubectl kustomize failed: {out.stderr.strip()}")
         return "", []
     return out.stdout, [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -225,9 +239,16 @@ def check_pod(hkv, overlay, where, spec, meta, serving, cm, cfg, gpus_expected):
           f"{where}: metrics_host {pod_cfg['metrics_host']} is not every interface: Prometheus "
           f"scrapes the pod IP")
     live, ready = pod_cfg["health"]["liveness_service"], pod_cfg["health"]["readiness_service"]
-    check_probe(where, c.get("livenessProbe"), "livenessProbe", pod_cfg["port"], live)
-    check_probe(where, c.get("readinessProbe"), "readinessProbe", pod_cfg["port"], ready)
-    check_probe(where, c.get("startupProbe"), "startupProbe", pod_cfg["port"], ready)
+    # With a health-only port the probes go there (the API port may speak only TLS).
+    probe_port = pod_cfg["health_port"] or pod_cfg["port"]
+    if pod_cfg["health_port"]:
+        check(ports.get("health") == pod_cfg["health_port"],
+              f"{where}: health containerPort {ports.get('health')} != health_port "
+              f"{pod_cfg['health_port']}")
+    check_probe(where, c.get("livenessProbe"), "livenessProbe", probe_port, live)
+    check_probe(where, c.get("readinessProbe"), "readinessProbe", probe_port, ready)
+    check_probe(where, c.get("startupProbe"), "startupProbe", probe_port, ready)
+    check_tls(where, overlay, pod_cfg, mounts, volumes, meta)
     sp = c.get("startupProbe") or {}
     check(sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3) >= 600,
           f"{where}: startupProbe allows under 10 minutes for model loading")
@@ -239,6 +260,111 @@ def check_pod(hkv, overlay, where, spec, meta, serving, cm, cfg, gpus_expected):
     check(ann.get("prometheus.io/path") == "/metrics",
           f"{where}: prometheus.io/path is not /metrics")
     return gpus
+
+
+def secret_dir(path, mounts, volumes):
+    """The Secret volume mounted read-only at the directory of `path`, or None."""
+    for name, m in mounts.items():
+        if os.path.dirname(path) == m["mountPath"].rstrip("/") and m.get("readOnly") is True:
+            return volumes.get(name, {}).get("secret")
+    return None
+
+
+def check_tls(where, overlay, cfg, mounts, volumes, meta):
+    if overlay in TLS_OVERLAYS:
+        check(cfg["tls_cert"] and cfg["tls_key"], f"{where}: the {overlay} overlay serves no TLS")
+    if not cfg["tls_cert"]:
+        return
+    check(cfg["health_port"] > 0,
+          f"{where}: TLS without health_port: the kubelet's gRPC probes cannot speak TLS")
+    for key in ("tls_cert", "tls_key", "tls_client_ca", "api_key_file"):
+        if cfg[key]:
+            check(secret_dir(cfg[key], mounts, volumes) is not None,
+                  f"{where}: {key} {cfg[key]} is not in a Secret volume mounted read-only")
+    check(meta.get("annotations", {}).get("prometheus.io/scheme") == "https",
+          f"{where}: TLS metrics but no prometheus.io/scheme: https annotation")
+
+
+def check_multi_node_security(docs, cfg):
+    lws = next(d for d in docs if d["kind"] == "LeaderWorkerSet")
+    group = {"leaderworkerset.sigs.k8s.io/name": lws["metadata"]["name"]}
+    pols = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pol = next((p for p in pols if p["spec"].get("podSelector", {}).get("matchLabels") == group),
+               None)
+    if not check(pol is not None, f"multi-node: no NetworkPolicy selecting the group {group}"):
+        return
+    check("Ingress" in pol["spec"].get("policyTypes", []), "multi-node: NetworkPolicy not Ingress")
+    open_ports = set()
+    group_admitted = False
+    for rule in pol["spec"].get("ingress", []):
+        sources = rule.get("from")
+        if sources is None:  # any source: only on the listed ports
+            ports = rule.get("ports")
+            if not check(ports, "multi-node: a NetworkPolicy rule admits anyone on every port"):
+                continue
+            open_ports |= {p["port"] for p in ports}
+        elif any(src.get("podSelector", {}).get("matchLabels") == group for src in sources):
+            group_admitted = group_admitted or "ports" not in rule
+    check(group_admitted, "multi-node: the group's pods are not admitted on every port (NCCL)")
+    check(open_ports == {cfg["port"], cfg["metrics_port"]},
+          f"multi-node: others are admitted on {sorted(open_ports)}, expected only the API and "
+          f"metrics ports {[cfg['port'], cfg['metrics_port']]}")
+    secrets = []
+    for role in ("leaderTemplate", "workerTemplate"):
+        c = next(c for c in lws["spec"]["leaderWorkerTemplate"][role]["spec"]["containers"]
+                 if c["name"] == "hkv")
+        env = {e["name"]: e for e in c.get("env", [])}
+        ref = env.get("HKV_DIST_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+        check(ref is not None, f"multi-node {role}: HKV_DIST_TOKEN does not come from a Secret")
+        secrets.append((ref or {}).get("name"))
+    check(len(set(secrets)) == 1, f"multi-node: nodes read the token from different Secrets {secrets}")
+
+
+def exported_families():
+    """Every metric family the server's source names (hkv_* and vllm:*)."""
+    with open(os.path.join(ROOT, "server/metrics.cc")) as f:
+        return set(re.findall(r'[" ]((?:hkv_|vllm:)[a-z0-9_]+)[" {]', f.read()))
+
+
+def promql_metrics(expr):
+    names = set(re.findall(r"\b((?:hkv_|vllm:)[a-z0-9_]+)", expr))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
+
+
+def check_gateway_and_dashboard(serving_labels, families):
+    _, docs = render_dir(os.path.join(HERE, "k8s/gateway"), "gateway")
+    kinds = {}
+    for d in docs:
+        kinds.setdefault(d["kind"], []).append(d)
+    pool = kinds.get("InferencePool", [])
+    if check(len(pool) == 1, "gateway: expected one InferencePool"):
+        sel = pool[0]["spec"].get("selector", {})
+        check(serving_labels and all(selects(sel, labels) for labels in serving_labels),
+              f"gateway: the InferencePool selector {sel} does not select the serving pods")
+        ext = pool[0]["spec"].get("extensionRef", {}).get("name")
+        check(any(d["metadata"]["name"] == ext for d in kinds.get("Deployment", [])),
+              f"gateway: extensionRef {ext} names no endpoint-picker Deployment")
+    epp_args = [a for d in kinds.get("Deployment", [])
+                for c in d["spec"]["template"]["spec"]["containers"] for a in c.get("args", [])]
+    for flag in ("-totalQueuedRequestsMetric=", "-kvCacheUsagePercentageMetric="):
+        value = next((a[len(flag):] for a in epp_args if a.startswith(flag)), None)
+        check(value in families, f"gateway: EPP {flag}{value} is not a metric hkv exports")
+    with open(os.path.join(HERE, "grafana/hkv-dashboard.json")) as f:
+        try:
+            dash = json.load(f)
+        except ValueError as e:
+            errors.append(f"grafana: hkv-dashboard.json is not JSON: {e}")
+            return set()
+    used = set()
+    for panel in dash.get("panels", []):
+        for t in panel.get("targets", []):
+            names = promql_metrics(t.get("expr", ""))
+            check(names, f"grafana: panel {panel.get('title')!r} queries no hkv metric")
+            for n in names - families:
+                errors.append(f"grafana: panel {panel.get('title')!r} queries {n}, which hkv "
+                              f"does not export")
+            used |= names
+    return used
 
 
 def check_multi_node(docs, cfg):
@@ -294,6 +420,7 @@ def check_overlay(hkv, overlay, exported):
     elif gpus == "lws":
         gpus = None
         check_multi_node(docs, cfg)
+        check_multi_node_security(docs, cfg)
     else:
         check(cfg["tensor_parallel_size"] == max(gpus, 1),
               f"{overlay}: tensor_parallel_size {cfg['tensor_parallel_size']} for {gpus} GPUs")
@@ -334,7 +461,7 @@ def check_overlay(hkv, overlay, exported):
             hpa_metrics.add(name)
             check(name in exported, f"{overlay}: HPA metric {name} is not a gauge hkv exports")
     return {"cm_text": cm_text, "spec": templates[0][1] if templates else {},
-            "hpa_metrics": hpa_metrics}
+            "hpa_metrics": hpa_metrics, "serving_labels": serving_labels}
 
 
 def check_dockerfile_model_dir():
@@ -409,6 +536,9 @@ def check_live(hkv, cpu):
         for name in cpu["hpa_metrics"]:
             check(re.search(rf"^# TYPE {name} gauge$", text, re.M),
                   f"live: /metrics has no gauge {name} (the HPA's metric)")
+        for name in sorted(cpu.get("dashboard_metrics", set())):
+            check(re.search(rf"^# TYPE {re.escape(name)} ", text, re.M),
+                  f"live: /metrics has no {name} (named by the dashboard or the gateway)")
         channel.close()
         proc.send_signal(signal.SIGTERM)
         try:
@@ -449,6 +579,12 @@ def main():
     exported = exported_gauges()
     results = {overlay: check_overlay(args.hkv, overlay, exported) for overlay in OVERLAYS}
     check(len(IMAGES) == 1, f"overlays run different images: {sorted(IMAGES)}")
+    families = exported_families()
+    serving = (results.get("cpu") or {}).get("serving_labels", [])
+    used = check_gateway_and_dashboard(serving, families)
+    if results.get("cpu"):
+        results["cpu"]["dashboard_metrics"] = used | {"vllm:num_requests_waiting",
+                                                      "vllm:kv_cache_usage_perc"}
     if not args.no_live and results.get("cpu"):
         check_live(args.hkv, results["cpu"])
     if errors:
@@ -457,7 +593,7 @@ def main():
             print(" -", e)
         return 1
     live = "" if args.no_live else " (cpu overlay served live)"
-    print(f"deploy checks passed for overlays: {', '.join(OVERLAYS)}{live}")
+    print(f"deploy checks passed for overlays: {', '.join(OVERLAYS)}, gateway, grafana{live}")
     return 0
 
 

@@ -19,6 +19,9 @@ struct DistLayout {
   int32_t port = 0;         // node 0's port for joining and steps.
   int32_t world_size = 1;   // number of nodes (processes) in the group.
   int32_t rank = 0;         // this node's index, in [0, world_size); 0 runs the engine.
+  // Shared secret a follower presents when it joins (--dist-token / HKV_DIST_TOKEN); node 0
+  // refuses a peer whose token differs (compared in constant time). Empty: no token.
+  std::string token;
 };
 
 // Resolves the layout. Each flag wins when set; otherwise the LeaderWorkerSet variable is used:

@@ -414,5 +414,30 @@ TEST(MultiNodeWorkerTest, JoiningChecksConfigurationAndNamesMissingNodes) {
   }
 }
 
+TEST(MultiNodeWorkerTest, PeerWithWrongTokenIsRefusedAndGroupStillForms) {
+  const int port = FreePort();
+  DistLayout leader_layout = Layout(port, 2, 0);
+  leader_layout.token = "group-secret-1";
+  absl::StatusOr<std::vector<std::unique_ptr<StepConnection>>> followers =
+      absl::UnknownError("not run");
+  std::thread leader(
+      [&] { followers = AcceptFollowers(leader_layout, "stories", absl::Seconds(20)); });
+  for (const char* token : {"group-secret-2", ""}) {
+    DistLayout bad = Layout(port, 2, 1);
+    bad.token = token;
+    auto conn = ConnectToLeader(bad, "stories", absl::Seconds(20));
+    ASSERT_FALSE(conn.ok()) << "token '" << token << "' was admitted";
+    EXPECT_EQ(conn.status().code(), absl::StatusCode::kUnauthenticated) << conn.status();
+  }
+  DistLayout good = Layout(port, 2, 1);
+  good.token = "group-secret-1";
+  auto conn = ConnectToLeader(good, "stories", absl::Seconds(20));
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  leader.join();
+  ASSERT_TRUE(followers.ok()) << followers.status();
+  ASSERT_EQ(followers->size(), 1u);
+  EXPECT_EQ((*followers)[0]->peer_node(), 1);
+}
+
 }  // namespace
 }  // namespace hkv

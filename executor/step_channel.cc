@@ -28,8 +28,9 @@ std::chrono::system_clock::time_point ToChrono(absl::Time t) {
 // A follower's end: a client call on a channel of its own, read by its own thread.
 class ClientEnd : public StepConnection::Impl {
  public:
-  explicit ClientEnd(std::shared_ptr<grpc::Channel> channel)
+  ClientEnd(std::shared_ptr<grpc::Channel> channel, const std::string& token)
       : channel_(std::move(channel)), stub_(StepTransport::NewStub(channel_)) {
+    if (!token.empty()) context_.AddMetadata(kDistTokenHeader, token);
     stream_ = stub_->Join(&context_);
     reader_ = std::thread([this] { ReadLoop(); });
   }
@@ -63,7 +64,7 @@ class ClientEnd : public StepConnection::Impl {
     if (s.ok()) return absl::UnavailableError("the leader closed the connection");
     const auto code = static_cast<absl::StatusCode>(s.error_code());
     if (code == absl::StatusCode::kFailedPrecondition ||
-        code == absl::StatusCode::kInvalidArgument) {
+        code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kUnauthenticated) {
       return absl::Status(code, s.error_message());
     }
     return absl::UnavailableError(
@@ -169,7 +170,7 @@ absl::StatusOr<std::unique_ptr<StepConnection>> ConnectToLeader(const DistLayout
     return absl::DeadlineExceededError(absl::StrCat("cannot reach the leader at ", where,
                                                     " within ", absl::FormatDuration(timeout)));
   }
-  auto end = std::make_unique<ClientEnd>(std::move(channel));
+  auto end = std::make_unique<ClientEnd>(std::move(channel), layout.token);
   end->peer_node = 0;
   NodeMessage hello;
   hello.set_type(static_cast<uint32_t>(StepMessage::kHello));

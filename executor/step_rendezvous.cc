@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -20,6 +21,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/constant_time.h"
+#include "common/logging.h"
 #include "executor/step_channel.h"
 #include "executor/step_link.h"
 #include "hkv/internal/v1/step_transport.grpc.pb.h"
@@ -150,9 +153,25 @@ class Rendezvous {
 
 class TransportService final : public StepTransport::Service {
  public:
-  explicit TransportService(Rendezvous* rendezvous) : rendezvous_(rendezvous) {}
+  TransportService(Rendezvous* rendezvous, std::string token)
+      : rendezvous_(rendezvous), token_(std::move(token)) {}
 
   grpc::Status Join(grpc::ServerContext* context, Stream* stream) override {
+    // A peer without the group's token is refused before its first message is read, and
+    // without touching the group (anyone who reaches the port could send a hello).
+    if (!token_.empty()) {
+      auto it = context->client_metadata().find(kDistTokenHeader);
+      const std::string_view presented =
+          it == context->client_metadata().end()
+              ? std::string_view()
+              : std::string_view(it->second.data(), it->second.size());
+      if (!ConstantTimeEquals(presented, token_)) {
+        HKV_LOG(WARNING) << "multi-node: refused a peer from " << context->peer()
+                         << " with a wrong or missing --dist-token";
+        return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                            "wrong or missing multi-node token (--dist-token / HKV_DIST_TOKEN)");
+      }
+    }
     NodeMessage first;
     // Anything but a hello first is not an hkv node: refused without touching the group.
     if (!stream->Read(&first) || first.type() != static_cast<uint32_t>(StepMessage::kHello) ||
@@ -179,13 +198,14 @@ class TransportService final : public StepTransport::Service {
 
  private:
   Rendezvous* const rendezvous_;
+  const std::string token_;
 };
 
 // The leader's gRPC server: lives until the last connection (and AcceptFollowers) lets go.
 class TransportServer {
  public:
   TransportServer(const DistLayout& layout, const std::string& fingerprint)
-      : rendezvous_(layout, fingerprint), service_(&rendezvous_) {}
+      : rendezvous_(layout, fingerprint), service_(&rendezvous_, layout.token) {}
   ~TransportServer() {
     for (auto& link : rendezvous_.Close()) {
       if (link != nullptr) link->Release(grpc::Status::OK);

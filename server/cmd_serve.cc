@@ -17,12 +17,16 @@
 #include "common/exit_watchdog.h"
 #include "common/logging.h"
 #include "headkv/kv_policy.h"
+#include "server/auth/api_keys.h"
+#include "server/auth/tenant_limiter.h"
 #include "server/commands.h"
 #include "server/grpc_server.h"
 #include "server/metrics.h"
 #include "server/model_setup.h"
 #include "server/openai_api.h"
 #include "server/streaming_http_server.h"
+#include "server/stats_reporter.h"
+#include "server/tls/tls_config.h"
 
 namespace hkv {
 namespace {
@@ -67,6 +71,27 @@ hkv::v1::ModelInfo MakeModelInfo(const ServerConfig& config, const EngineBundle&
   return info;
 }
 
+// The labels of vllm:cache_config_info.
+std::vector<std::pair<std::string, std::string>> CacheConfigLabels(const ServerConfig& config,
+                                                                   const EngineBundle& bundle) {
+  return {{"block_size", absl::StrCat(config.block_size)},
+          {"num_gpu_blocks", absl::StrCat(bundle.sizing.num_blocks)},
+          {"cache_dtype",
+           bundle.engine->worker_name().find("cuda") != std::string::npos ? "bfloat16" : "float32"},
+          {"kv_policy", config.default_kv_policy},
+          {"kv_budget", absl::StrCat(config.default_kv_budget)},
+          {"enable_prefix_caching", "False"}};
+}
+
+TlsConfig TlsFromConfig(const ServerConfig& config) {
+  TlsConfig tls;
+  tls.cert = config.tls_cert;
+  tls.key = config.tls_key;
+  tls.client_ca = config.tls_client_ca;
+  tls.reload_interval = absl::Seconds(config.tls_reload_interval_s);
+  return tls;
+}
+
 }  // namespace
 
 sigset_t BlockTerminationSignals() {
@@ -82,6 +107,17 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
   // The main thread waits for the termination signals below.
   sigset_t signals = BlockTerminationSignals();
 
+  // Security settings are checked before the model loads: a typo must not cost a load.
+  const TlsConfig tls = TlsFromConfig(config);
+  if (absl::Status s = ValidateTlsConfig(tls); !s.ok()) {
+    std::cerr << "hkv serve: " << s.message() << "\n";
+    return 1;
+  }
+  absl::StatusOr<ApiKeySet> keys = ApiKeySet::Load(config.api_key, config.api_key_file);
+  if (!keys.ok()) {
+    std::cerr << "hkv serve: " << keys.status().message() << "\n";
+    return 1;
+  }
   auto bundle = BuildEngine(config, layout);
   if (!bundle.ok()) {
     std::cerr << "hkv serve: " << bundle.status().message() << "\n";
@@ -92,30 +128,59 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
                 << bundle->engine->worker_name();
   std::cerr << bundle->sizing.summary << "\n";
   Engine& engine = *bundle->engine;
+  engine.mutable_metrics()->SetModelInfo(bundle->loaded.model->config.name,
+                                         CacheConfigLabels(config, *bundle));
   engine.Start();
+  StatsReporter stats(&engine.metrics(), absl::Seconds(config.stats_interval_s));
+  stats.Start();
 
   MetricsServer metrics(&engine.metrics());
+  std::unique_ptr<TlsContextSource> metrics_tls;
+  if (tls.enabled()) {
+    // The same files as the API; new scrapes get rotated certificates too.
+    auto source = TlsContextSource::Create(tls);
+    if (!source.ok()) {
+      std::cerr << "hkv serve: " << source.status().message() << "\n";
+      return 1;
+    }
+    metrics_tls = *std::move(source);
+    metrics.UseTls(metrics_tls.get());
+  }
   if (config.metrics_port > 0) {
     absl::Status s = metrics.Start(config.metrics_host, config.metrics_port);
     if (!s.ok()) {
       std::cerr << "hkv serve: " << s.message() << "\n";
       return 1;
     }
-    HKV_LOG(INFO) << "metrics on http://" << config.metrics_host << ":" << metrics.port()
-                  << "/metrics";
+    HKV_LOG(INFO) << "metrics on " << (tls.enabled() ? "https://" : "http://")
+                  << config.metrics_host << ":" << metrics.port() << "/metrics";
   }
   auto service =
       std::make_unique<GenerationService>(&engine, bundle->loaded.tokenizer, bundle->loaded.chat,
                                           MakeModelInfo(config, *bundle), config.max_prompt_bytes);
+  const size_t num_keys = keys->size();
+  // Shared with any other front end, so that one per-key limit covers them all.
+  auto tenant_limiter = std::make_shared<TenantLimiter>(config.max_requests_per_key);
+  service->SetApiKeys(std::make_shared<const ApiKeySet>(*std::move(keys)), tenant_limiter);
   GrpcServer server(&engine, std::move(service));
   GrpcServerOptions server_options;
   server_options.max_concurrent_streams = config.max_concurrent_streams;
+  if (tls.enabled()) server_options.credentials = GrpcServerTlsCredentials(tls);
+  if (config.health_port > 0) {
+    server_options.health_port = config.health_port;
+    server_options.health_host = config.host;
+  }
   auto port = server.Start(config.host, config.port, server_options);
   if (!port.ok()) {
     std::cerr << "hkv serve: " << port.status().message() << "\n";
     return 1;
   }
-  HKV_LOG(INFO) << "serving hkv.v1.Generation on " << config.host << ":" << *port;
+  HKV_LOG(INFO) << "serving hkv.v1.Generation on " << config.host << ":" << *port
+                << (tls.enabled() ? (tls.mutual() ? " (mutual TLS)" : " (TLS)") : " (plaintext)")
+                << (num_keys > 0 ? absl::StrCat(", ", num_keys, " API keys") : std::string());
+  if (server.health_port() > 0) {
+    HKV_LOG(INFO) << "plaintext gRPC health on " << config.host << ":" << server.health_port();
+  }
   // Declared after the engine (in `bundle`), which outlives them: the API's
   // replies cancel engine requests when their clients leave.
   OpenAiApi api(&engine, bundle->loaded.tokenizer, bundle->loaded.chat,
@@ -157,6 +222,7 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
       ExitAfter(kShutdownLimit, 3, "the shutdown after a worker failure did not finish");
       server.DrainAndShutdown(absl::ZeroDuration());
       http.Stop();
+      stats.Stop();
       engine.Stop();
       metrics.Stop();
       return 3;
@@ -168,6 +234,7 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
             "the shutdown after the drain did not finish");
   server.DrainAndShutdown(absl::Seconds(config.drain_timeout_s));
   http.Stop();
+  stats.Stop();
   engine.Stop();
   metrics.Stop();
   HKV_LOG(INFO) << "drained; exiting";

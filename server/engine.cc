@@ -27,6 +27,12 @@ struct Engine::Active {
 
 namespace {
 
+// The key of a live request in by_client_id_: ids are scoped to their tenant. Tenant names
+// never hold '\n' (server/auth/api_keys.h), so distinct pairs give distinct keys.
+std::string ClientKey(const std::string& tenant, const std::string& request_id) {
+  return tenant.empty() ? request_id : absl::StrCat(tenant, "\n", request_id);
+}
+
 absl::Status ValidateStops(const SamplingParams& p, const StopLimits& limits, int32_t vocab_size) {
   // The lists' sizes first: each check after them is linear in their length.
   HKV_RETURN_IF_ERROR(CheckStopLimits(limits, p.stop, p.stop_token_ids.size()));
@@ -190,6 +196,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   request->deadline = r.deadline;
   auto stream = std::make_shared<RequestStream>(request->id, request->request_id);
   stream->set_prompt_ids(r.prompt);
+  stream->set_tenant(r.tenant);
 
   absl::MutexLock lock(&mu_);
   if (stopping_ || draining_) {
@@ -201,7 +208,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
         absl::StrCat("the waiting queue is full (", options_.scheduler.max_queue,
                      " requests): retry later or raise --max-queue"));
   }
-  if (!by_client_id_.emplace(request->request_id, request->id).second) {
+  if (!by_client_id_.emplace(ClientKey(r.tenant, request->request_id), request->id).second) {
     return absl::AlreadyExistsError(
         absl::StrCat("request_id ", QuoteForError(request->request_id), " is already in flight"));
   }
@@ -210,9 +217,9 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   return stream;
 }
 
-bool Engine::Abort(const std::string& request_id) {
+bool Engine::Abort(const std::string& request_id, const std::string& tenant) {
   absl::MutexLock lock(&mu_);
-  auto it = by_client_id_.find(request_id);
+  auto it = by_client_id_.find(ClientKey(tenant, request_id));
   if (it == by_client_id_.end()) return false;
   controls_.push_back({it->second, FinishReason::kAborted});
   return true;
@@ -277,7 +284,7 @@ void Engine::Admit(Submitted submitted) {
     chunk.status = status;
     stream->Push(std::move(chunk));
     absl::MutexLock lock(&mu_);
-    by_client_id_.erase(stream->request_id());
+    by_client_id_.erase(ClientKey(stream->tenant(), stream->request_id()));
     --live_requests_;
     return;
   }
@@ -318,6 +325,7 @@ void Engine::FinishChunk(Active& a, const RequestOutput& out, bool stop_hit, abs
   u.num_preemptions = out.num_preemptions;
   u.seed = a.seed;
   metrics_.requests_finished_total++;
+  metrics_.CountFinish(chunk->finish);
   if (chunk->finish == FinishReason::kError) metrics_.requests_failed_total++;
   metrics_.kv_bytes_kept_total += u.kv_bytes_kept;
   metrics_.kv_bytes_full_total += u.kv_bytes_full;
@@ -350,7 +358,7 @@ void Engine::Deliver(const std::vector<RequestOutput>& outputs) {
     if (!chunk.token_ids.empty() || chunk.finished) a.stream->Push(std::move(chunk));
     if (out.finished) {
       absl::MutexLock lock(&mu_);
-      by_client_id_.erase(a.stream->request_id());
+      by_client_id_.erase(ClientKey(a.stream->tenant(), a.stream->request_id()));
       --live_requests_;
       active_.erase(it);
     }

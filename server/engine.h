@@ -69,6 +69,9 @@ struct EngineRequest {
   double kv_beta = 0;     // 0: the engine default.
   int32_t priority = 0;
   absl::Time deadline = absl::InfiniteFuture();
+  // The API key's tenant (server/auth/api_keys.h), "" without keys. Request ids are scoped to
+  // it: two tenants may use the same id, and Abort finds only the caller's own requests.
+  std::string tenant;
 };
 
 class Engine {
@@ -84,8 +87,9 @@ class Engine {
   // (queue full), UNAVAILABLE (draining or stopped), ALREADY_EXISTS (request_id in use).
   // Admission errors found later arrive as the stream's final chunk.
   absl::StatusOr<std::shared_ptr<RequestStream>> Submit(EngineRequest request);
-  // Ends a request by the client's id (finish kAborted). False if no such live request.
-  bool Abort(const std::string& request_id);
+  // Ends a request by the client's id (finish kAborted). False if `tenant` has no such live
+  // request (another tenant's request of that id is not found).
+  bool Abort(const std::string& request_id, const std::string& tenant = "");
   // Ends a request whose client went away or whose deadline passed.
   void Cancel(RequestId id, FinishReason reason);
   // Readiness: true while the loop is alive and its current iteration has run for less than
@@ -165,6 +169,7 @@ class Engine {
   mutable absl::Mutex mu_;
   std::deque<Submitted> inbox_ ABSL_GUARDED_BY(mu_);
   std::vector<Control> controls_ ABSL_GUARDED_BY(mu_);
+  // Keyed by ClientKey(tenant, request_id).
   absl::flat_hash_map<std::string, RequestId> by_client_id_ ABSL_GUARDED_BY(mu_);
   PlanCache plan_cache_;  // Thread-safe on its own.
   int64_t live_requests_ ABSL_GUARDED_BY(mu_) = 0;

@@ -5,6 +5,7 @@
 #include "common/logging.h"
 #include "common/quote.h"
 #include "common/status_macros.h"
+#include "server/request_headers.h"
 #include "server/request_id.h"
 #include "server/stop_strings.h"
 
@@ -198,25 +199,34 @@ absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
 }
 
 grpc::Status GenerationService::Run(
-    grpc::ServerContext* context, const hkv::v1::GenerateRequest& request,
-    const std::function<bool(const hkv::v1::GenerateResponse&)>& emit) {
+    grpc::ServerContext* context, const hkv::v1::GenerateRequest& request, const Caller& caller,
+    const std::function<bool(const hkv::v1::GenerateResponse&)>& emit, FinishedRequest* log) {
   absl::Time deadline = absl::FromChrono(context->deadline());
   if (deadline - absl::Now() > kNoDeadline) deadline = absl::InfiniteFuture();
   auto converted = ToEngineRequest(request, deadline, [context] { return context->IsCancelled(); });
   if (!converted.ok()) return ToGrpcStatus(converted.status());
+  // The message's request_id wins over the x-request-id header.
+  if (converted->request_id.empty()) converted->request_id = caller.header_request_id;
+  converted->tenant = caller.tenant;
   auto submitted = engine_->Submit(std::move(*converted));
   if (!submitted.ok()) return ToGrpcStatus(submitted.status());
   std::shared_ptr<RequestStream> stream = *submitted;
+  log->request_id = stream->request_id();
+  log->prompt_tokens = static_cast<int32_t>(stream->prompt_ids().size());
+  // Echoed in the initial metadata, which goes out with the first response (or the status).
+  context->AddInitialMetadata(kRequestIdHeader, stream->request_id());
   bool sent_any = false;
   while (true) {
     std::optional<StreamChunk> chunk = stream->Next(absl::Milliseconds(50));
     if (!chunk.has_value()) {
       if (context->IsCancelled()) {
         engine_->Cancel(stream->id(), FinishReason::kAborted);
+        log->finish_reason = "aborted";
         return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
       }
       if (absl::Now() > deadline) {
         engine_->Cancel(stream->id(), FinishReason::kDeadline);
+        log->finish_reason = "deadline";
         return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                             "the request's deadline passed before it finished");
       }
@@ -229,6 +239,16 @@ grpc::Status GenerationService::Run(
       return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                           "the request's deadline passed before it finished");
     }
+    if (chunk->finished) {
+      const StreamUsage& u = chunk->usage;
+      log->finish_reason = std::string(FinishReasonName(chunk->finish));
+      log->generated_tokens = u.generated_tokens;
+      log->queue_ms = u.queue_time_ms;
+      log->ttft_ms = u.time_to_first_token_ms;
+      log->kv_tokens_kept = u.kv_tokens_kept;
+      log->kv_tokens_full = u.kv_tokens_full;
+      log->preemptions = u.num_preemptions;
+    }
     hkv::v1::GenerateResponse response;
     response.set_request_id(stream->request_id());
     for (TokenId t : chunk->token_ids) response.add_token_ids(t);
@@ -239,6 +259,7 @@ grpc::Status GenerationService::Run(
     }
     if (!emit(response)) {
       engine_->Cancel(stream->id(), FinishReason::kAborted);
+      log->finish_reason = "aborted";
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
     }
     sent_any = true;
@@ -260,22 +281,73 @@ grpc::Status GenerationService::TooManyCalls() {
                    "on another replica"));
 }
 
+void GenerationService::SetApiKeys(std::shared_ptr<const ApiKeySet> keys,
+                                   std::shared_ptr<TenantLimiter> limiter) {
+  api_keys_ = keys != nullptr ? std::move(keys) : std::make_shared<const ApiKeySet>();
+  // Without keys every call has the same (empty) tenant: no per-key cap then.
+  tenant_calls_ = limiter != nullptr && api_keys_->enabled() ? std::move(limiter)
+                                                             : std::make_shared<TenantLimiter>();
+}
+
+absl::StatusOr<GenerationService::Caller> GenerationService::Identify(
+    grpc::ServerContext* context) {
+  const HeaderLookup headers = GrpcHeaders(*context);
+  Caller caller;
+  if (api_keys_ != nullptr && api_keys_->enabled()) {
+    absl::StatusOr<std::string> tenant =
+        api_keys_->Authenticate(headers(kAuthorizationHeader).value_or(""));
+    if (!tenant.ok()) {
+      engine_->mutable_metrics()->requests_unauthenticated_total++;
+      return tenant.status();
+    }
+    caller.tenant = *std::move(tenant);
+  }
+  HKV_ASSIGN_OR_RETURN(caller.header_request_id, RequestIdFromHeaders(headers));
+  caller.traceparent = TraceparentFromHeaders(headers);
+  return caller;
+}
+
+grpc::Status GenerationService::Serve(
+    grpc::ServerContext* context, const hkv::v1::GenerateRequest& request,
+    const std::function<bool(const hkv::v1::GenerateResponse&)>& emit) {
+  const absl::Time start = absl::Now();
+  // Refused before anything else: an unauthenticated call costs no slot and no engine work.
+  absl::StatusOr<Caller> caller = Identify(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  std::optional<CallLimiter::Slot> slot = calls_.TryAcquire();
+  if (!slot.has_value()) return TooManyCalls();
+  FinishedRequest log;
+  log.request_id = !request.request_id().empty() ? request.request_id() : caller->header_request_id;
+  log.tenant = caller->tenant;
+  log.traceparent = caller->traceparent;
+  log.finish_reason = "refused";
+  grpc::Status status;
+  absl::StatusOr<TenantLimiter::Slot> tenant_slot = tenant_calls_->Acquire(caller->tenant);
+  if (!tenant_slot.ok()) {
+    engine_->mutable_metrics()->requests_rejected_total++;
+    status = ToGrpcStatus(tenant_slot.status());
+  } else {
+    status = Run(context, request, *caller, emit, &log);
+  }
+  // absl and gRPC share the code numbers and names.
+  log.status = absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()));
+  log.e2e_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+  LogFinishedRequest(log);
+  return status;
+}
+
 grpc::Status GenerationService::Generate(grpc::ServerContext* context,
                                          const hkv::v1::GenerateRequest* request,
                                          grpc::ServerWriter<hkv::v1::GenerateResponse>* writer) {
-  std::optional<CallLimiter::Slot> slot = calls_.TryAcquire();
-  if (!slot.has_value()) return TooManyCalls();
-  return Run(context, *request,
-             [writer](const hkv::v1::GenerateResponse& r) { return writer->Write(r); });
+  return Serve(context, *request,
+               [writer](const hkv::v1::GenerateResponse& r) { return writer->Write(r); });
 }
 
 grpc::Status GenerationService::Complete(grpc::ServerContext* context,
                                          const hkv::v1::GenerateRequest* request,
                                          hkv::v1::GenerateResponse* response) {
-  std::optional<CallLimiter::Slot> slot = calls_.TryAcquire();
-  if (!slot.has_value()) return TooManyCalls();
   response->set_request_id(request->request_id());
-  return Run(context, *request, [response](const hkv::v1::GenerateResponse& r) {
+  return Serve(context, *request, [response](const hkv::v1::GenerateResponse& r) {
     response->set_request_id(r.request_id());
     response->mutable_token_ids()->MergeFrom(r.token_ids());
     response->mutable_text()->append(r.text());
@@ -287,18 +359,24 @@ grpc::Status GenerationService::Complete(grpc::ServerContext* context,
   });
 }
 
-grpc::Status GenerationService::Abort(grpc::ServerContext*, const hkv::v1::AbortRequest* request,
+grpc::Status GenerationService::Abort(grpc::ServerContext* context,
+                                      const hkv::v1::AbortRequest* request,
                                       hkv::v1::AbortResponse* response) {
+  absl::StatusOr<Caller> caller = Identify(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   // Server ids ("hkv-...") may be aborted: they are unguessable, so only their owner has one.
   absl::Status valid = ValidateRequestIdSyntax(request->request_id());
   if (!valid.ok()) return ToGrpcStatus(valid);
-  response->set_found(engine_->Abort(request->request_id()));
+  // With API keys, only the caller's tenant's requests are found.
+  response->set_found(engine_->Abort(request->request_id(), caller->tenant));
   return grpc::Status::OK;
 }
 
-grpc::Status GenerationService::GetModelInfo(grpc::ServerContext*,
+grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* context,
                                              const hkv::v1::GetModelInfoRequest*,
                                              hkv::v1::ModelInfo* response) {
+  absl::StatusOr<Caller> caller = Identify(context);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
   *response = info_;
   return grpc::Status::OK;
 }

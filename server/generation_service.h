@@ -11,8 +11,11 @@
 
 #include "grpcpp/grpcpp.h"
 #include "hkv/v1/generation.grpc.pb.h"
+#include "server/auth/api_keys.h"
+#include "server/auth/tenant_limiter.h"
 #include "server/call_limiter.h"
 #include "server/engine.h"
+#include "server/request_log.h"
 #include "server/server_config.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/prompt_limit.h"
@@ -45,6 +48,11 @@ class GenerationService final : public hkv::v1::Generation::Service {
   // Caps the Generate and Complete calls in flight together; past it a call gets
   // RESOURCE_EXHAUSTED at once. Set before the server starts.
   void SetMaxConcurrentCalls(int limit) { calls_.set_limit(limit); }
+  // Requires an API key of `keys` on Generate, Complete, Abort and GetModelInfo (when it holds
+  // any) and counts each tenant's Generate/Complete calls in `limiter` (null: no cap), which
+  // other front ends may share so that one per-key limit covers them all. Set before the
+  // server starts.
+  void SetApiKeys(std::shared_ptr<const ApiKeySet> keys, std::shared_ptr<TenantLimiter> limiter);
   int calls_in_flight() const { return calls_.in_flight(); }
 
   // Converts a request (tokenizing text or chat) for the engine. INVALID_ARGUMENT when bad or
@@ -55,15 +63,29 @@ class GenerationService final : public hkv::v1::Generation::Service {
                                                 const std::function<bool()>& cancelled = {}) const;
 
  private:
+  // Who calls and what its headers say; UNAUTHENTICATED (counted) without a valid key,
+  // INVALID_ARGUMENT for a bad x-request-id.
+  struct Caller {
+    std::string tenant;
+    std::string header_request_id;
+    std::string traceparent;
+  };
   // The prompt's token ids: text and chat tokenized under the byte cap (stopped by `control`),
   // token ids copied. INVALID_ARGUMENT for a missing, empty or unsupported input.
   absl::StatusOr<std::vector<TokenId>> PromptIds(const hkv::v1::GenerateRequest& request,
                                                  const EncodeControl& control) const;
   // Runs a request, calling `emit` for each chunk; returns the final status.
+  // `log` gets what the request's log line says (id, usage, finish reason).
   grpc::Status Run(grpc::ServerContext* context, const hkv::v1::GenerateRequest& request,
-                   const std::function<bool(const hkv::v1::GenerateResponse&)>& emit);
+                   const Caller& caller,
+                   const std::function<bool(const hkv::v1::GenerateResponse&)>& emit,
+                   FinishedRequest* log);
   // The refusal of a call past the concurrency limit.
   grpc::Status TooManyCalls();
+  absl::StatusOr<Caller> Identify(grpc::ServerContext* context);
+  // Generate and Complete: identifies the caller, takes its places, runs and logs the request.
+  grpc::Status Serve(grpc::ServerContext* context, const hkv::v1::GenerateRequest& request,
+                     const std::function<bool(const hkv::v1::GenerateResponse&)>& emit);
 
   Engine* engine_;
   std::shared_ptr<const Tokenizer> tokenizer_;
@@ -72,6 +94,8 @@ class GenerationService final : public hkv::v1::Generation::Service {
   // Each call holds a gRPC handler thread while it runs; GrpcServer sizes the pool to match.
   CallLimiter calls_{kDefaultMaxConcurrentStreams};
   PromptByteLimit prompt_limit_;  // Unused without a tokenizer.
+  std::shared_ptr<const ApiKeySet> api_keys_ = std::make_shared<ApiKeySet>();
+  std::shared_ptr<TenantLimiter> tenant_calls_ = std::make_shared<TenantLimiter>();
 };
 
 }  // namespace hkv

@@ -33,8 +33,10 @@ absl::StatusOr<int> GrpcServer::Start(const std::string& host, int port,
   service_->SetMaxConcurrentCalls(options.max_concurrent_streams);
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
-                           &bound_port);
+  builder.AddListeningPort(
+      absl::StrCat(host, ":", port),
+      options.credentials != nullptr ? options.credentials : grpc::InsecureServerCredentials(),
+      &bound_port);
   // gRPC sets SO_REUSEPORT by default, so a second server on the same port would start and
   // silently take part of its connections.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -54,11 +56,47 @@ absl::StatusOr<int> GrpcServer::Start(const std::string& host, int port,
     if (!probe.ok()) return probe.status();
     return absl::UnavailableError(absl::StrCat("cannot serve gRPC on ", host, ":", port));
   }
-  auto* health = server_->GetHealthCheckService();
-  health->SetServingStatus(kLivenessService, engine_->Live());
-  health->SetServingStatus(kReadinessService, engine_->Healthy());
+  if (options.health_port >= 0) {
+    absl::StatusOr<int> health = StartHealthServer(options.health_host, options.health_port);
+    if (!health.ok()) {
+      server_->Shutdown();
+      server_.reset();
+      return health.status();
+    }
+    health_port_ = *health;
+  }
+  SetServing(kLivenessService, engine_->Live());
+  SetServing(kReadinessService, engine_->Healthy());
   watchdog_ = std::thread([this] { Watch(); });
   return bound_port;
+}
+
+absl::StatusOr<int> GrpcServer::StartHealthServer(const std::string& host, int port) {
+  // Nothing but the default health service is registered: no API, no reflection, no keys.
+  grpc::ServerBuilder builder;
+  int bound = 0;
+  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(),
+                           &bound);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  grpc::ResourceQuota quota("hkv-grpc-health");
+  quota.SetMaxThreads(8);
+  builder.SetResourceQuota(quota);
+  builder.SetMaxReceiveMessageSize(4096);
+  health_server_ = builder.BuildAndStart();
+  if (health_server_ == nullptr || bound == 0) {
+    health_server_.reset();
+    absl::StatusOr<tcp::Fd> probe = ListenTcp(host, port, 1, "--health-port");
+    if (!probe.ok()) return probe.status();
+    return absl::UnavailableError(absl::StrCat("cannot serve gRPC health on ", host, ":", port));
+  }
+  return bound;
+}
+
+void GrpcServer::SetServing(const char* service, bool serving) {
+  server_->GetHealthCheckService()->SetServingStatus(service, serving);
+  if (health_server_ != nullptr) {
+    health_server_->GetHealthCheckService()->SetServingStatus(service, serving);
+  }
 }
 
 void GrpcServer::Watch() {
@@ -67,14 +105,14 @@ void GrpcServer::Watch() {
   while (!stop_watch_.load()) {
     const bool ready = engine_->Healthy() && !draining_.load();
     if (ready != last_ready) {
-      server_->GetHealthCheckService()->SetServingStatus(kReadinessService, ready);
+      SetServing(kReadinessService, ready);
       engine_->mutable_metrics()->ready = ready ? 1 : 0;
       if (!ready) HKV_LOG(WARNING) << "readiness: NOT_SERVING";
       last_ready = ready;
     }
     const bool live = engine_->Live();
     if (live != last_live) {
-      server_->GetHealthCheckService()->SetServingStatus(kLivenessService, live);
+      SetServing(kLivenessService, live);
       if (!live) {
         HKV_LOG(ERROR) << "liveness: NOT_SERVING (the engine loop "
                        << (engine_->IterationRunningFor() > absl::ZeroDuration()
@@ -91,9 +129,7 @@ void GrpcServer::Watch() {
 
 void GrpcServer::DrainAndShutdown(absl::Duration timeout) {
   draining_ = true;
-  if (server_ != nullptr) {
-    server_->GetHealthCheckService()->SetServingStatus(kReadinessService, false);
-  }
+  if (server_ != nullptr) SetServing(kReadinessService, false);
   engine_->Drain(timeout);
   Shutdown();
 }
@@ -105,6 +141,11 @@ void GrpcServer::Shutdown() {
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     server_->Wait();
     server_.reset();
+  }
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    health_server_->Wait();
+    health_server_.reset();
   }
 }
 

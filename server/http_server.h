@@ -10,18 +10,25 @@
 // reading is closed to make room, so a new scrape is always let in. No state survives a
 // connection. Handlers run on the server's thread and must be quick and non-blocking.
 //
+// TLS (optional, UseTls): each accepted socket runs an OpenSSL server session in non-blocking
+// mode on the same thread; the handshake counts against request_timeout like the head does, so
+// a client that stalls its handshake is cut off the same way. Every new connection takes the
+// TlsContextSource's current context, so rotated certificates apply without a restart.
+//
 // Threading: Start, Stop and the destructor from one owning thread; open_connections() from any.
 
 #include <atomic>
 #include <cstddef>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/tcp_socket.h"
+#include "server/tls/tls_config.h"
 
 namespace hkv {
 
@@ -47,6 +54,8 @@ class HttpGetServer {
   HttpGetServer(std::map<std::string, HttpHandler> routes, HttpServerLimits limits = {});
   ~HttpGetServer();  // Stops.
 
+  // Serves HTTPS with contexts from `tls` (which must outlive the server). Call before Start.
+  void UseTls(TlsContextSource* tls) { tls_ = tls; }
   // Binds host:port (0 picks a free port) and starts the thread; returns the bound port.
   // UNAVAILABLE when the address cannot be bound (a port in use names `flag`).
   absl::StatusOr<int> Start(const std::string& host, int port, const std::string& flag);
@@ -64,9 +73,14 @@ class HttpGetServer {
   // Sends what it can of `c`'s response; false once `c` is done (closed or failed).
   bool Flush(Connection* c);
   void Respond(Connection* c, int status, HttpResponse response, bool head_only);
+  // recv/send through TLS when on: > 0 bytes, 0 closed, -1 would block (c->want_write says
+  // for which direction), -2 failed.
+  static ssize_t Read(Connection* c, char* buf, size_t n);
+  static ssize_t Write(Connection* c, const char* buf, size_t n);
 
   const std::map<std::string, HttpHandler> routes_;
   const HttpServerLimits limits_;
+  TlsContextSource* tls_ = nullptr;  // Not owned; null: plaintext.
   tcp::Fd listener_;
   tcp::Fd wake_;  // eventfd: Stop() wakes the poll loop.
   std::atomic<bool> stop_{false};

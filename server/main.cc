@@ -19,7 +19,9 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/logging.h"
 #include "common/malloc_tuning.h"
 #include "common/paths.h"
 #include "server/cli_usage.h"
@@ -43,6 +45,9 @@ ABSL_FLAG(int32_t, world_size, 0,
 ABSL_FLAG(int32_t, rank, -1,
           "Multi-node: this node's index, 0 = the serving node (env "
           "LWS_WORKER_INDEX)");
+ABSL_FLAG(std::string, dist_token, "",
+          "Multi-node: shared secret every node must present to join (env HKV_DIST_TOKEN; "
+          "the same on every node)");
 ABSL_FLAG(bool, print_config, false, "serve: print the effective config as JSON and exit");
 // generate.
 ABSL_FLAG(std::string, prompt, "", "generate: prompt text");
@@ -101,6 +106,12 @@ std::set<std::string>& SpecifiedFlags() {
   return *flags;
 }
 
+// Every value of a repeated --api-key (absl keeps only the last), joined by commas.
+std::vector<std::string>& RepeatedApiKeys() {
+  static auto* keys = new std::vector<std::string>();
+  return *keys;
+}
+
 bool Specified(const char* name) { return SpecifiedFlags().count(name) > 0; }
 
 // Builds the server config: defaults, then --config FILE, then flags given on the command line.
@@ -118,8 +129,12 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
     c.model = DefaultModelPath();
     if (c.tokenizer.empty()) c.tokenizer = DefaultTokenizerPath();
   }
+  if (RepeatedApiKeys().size() > 1) c.api_key = absl::StrJoin(RepeatedApiKeys(), ",");
   absl::Status valid = ValidateServerConfig(c);
   if (!valid.ok()) return valid;
+  // Logging is configured before anything logs (flags are parsed only here).
+  SetMinLogSeverity(*ParseLogSeverity(c.log_level));
+  SetLogFormat(*ParseLogFormat(c.log_format));
   return c;
 }
 
@@ -178,6 +193,10 @@ int Serve() {
   auto layout = ResolveDistLayout(absl::GetFlag(FLAGS_dist_addr), absl::GetFlag(FLAGS_world_size),
                                   absl::GetFlag(FLAGS_rank));
   if (!layout.ok()) return Fail(layout.status(), "serve");
+  layout->token = absl::GetFlag(FLAGS_dist_token);
+  if (layout->token.empty() && std::getenv("HKV_DIST_TOKEN") != nullptr) {
+    layout->token = std::getenv("HKV_DIST_TOKEN");
+  }
   if (layout->world_size > 1 && layout->rank > 0) return RunFollower(*config, *layout);
   return RunServe(*config, *layout);
 }
@@ -343,6 +362,14 @@ int main(int argc, char** argv) {
     }
     std::string name = a.substr(2, end - 2);
     hkv::SpecifiedFlags().insert(name);
+    if (name == "api_key") {
+      const size_t i = &a - args.data();
+      if (end < a.size()) {
+        hkv::RepeatedApiKeys().push_back(a.substr(end + 1));
+      } else if (i + 1 < args.size()) {
+        hkv::RepeatedApiKeys().push_back(args[i + 1]);
+      }
+    }
     if (name.rfind("no", 0) == 0) hkv::SpecifiedFlags().insert(name.substr(2));
   }
   // NOTE(newcomer): absl's --help lists only flags of files named after the program (none here:

@@ -20,17 +20,20 @@ void Histogram::Observe(double value) {
   ++count_;
 }
 
-void Histogram::Render(const std::string& name, std::string* out) const {
+void Histogram::Render(const std::string& name, std::string* out, const std::string& labels) const {
   absl::MutexLock lock(&mu_);
+  const std::string prefix = labels.empty() ? "" : absl::StrCat(labels, ",");
+  const std::string braces = labels.empty() ? "" : absl::StrCat("{", labels, "}");
   absl::StrAppend(out, "# TYPE ", name, " histogram\n");
   uint64_t cumulative = 0;
   for (size_t i = 0; i < bounds_.size(); ++i) {
     cumulative += counts_[i];
-    absl::StrAppend(out, name, "_bucket{le=\"", bounds_[i], "\"} ", cumulative, "\n");
+    absl::StrAppend(out, name, "_bucket{", prefix, "le=\"", bounds_[i], "\"} ", cumulative, "\n");
   }
   cumulative += counts_.back();
-  absl::StrAppend(out, name, "_bucket{le=\"+Inf\"} ", cumulative, "\n");
-  absl::StrAppend(out, name, "_sum ", sum_, "\n", name, "_count ", count_, "\n");
+  absl::StrAppend(out, name, "_bucket{", prefix, "le=\"+Inf\"} ", cumulative, "\n");
+  absl::StrAppend(out, name, "_sum", braces, " ", sum_, "\n", name, "_count", braces, " ", count_,
+                  "\n");
 }
 
 namespace {
@@ -42,7 +45,99 @@ void Counter(std::string* out, const char* name, const char* help, int64_t value
   absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " counter\n", name, " ",
                   value, "\n");
 }
+// A label value in the text format: backslash, double quote and newline escaped.
+std::string LabelValue(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// One sample of a labelled family: `name{labels} value`.
+void Sample(std::string* out, const char* name, const char* type, const char* help,
+            const std::string& labels, double value) {
+  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, "{",
+                  labels, "} ", value, "\n");
+}
 }  // namespace
+
+void EngineMetrics::CountFinish(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStop:
+    case FinishReason::kEos:
+      finished_stop_total++;
+      break;
+    case FinishReason::kLength:
+      finished_length_total++;
+      break;
+    case FinishReason::kAborted:
+    case FinishReason::kDeadline:
+      finished_abort_total++;
+      break;
+    case FinishReason::kError:
+    case FinishReason::kNone:
+      finished_error_total++;
+      break;
+  }
+}
+
+void EngineMetrics::SetModelInfo(std::string model_name,
+                                 std::vector<std::pair<std::string, std::string>> cache_config) {
+  absl::MutexLock lock(&mu_);
+  model_name_ = std::move(model_name);
+  cache_config_ = std::move(cache_config);
+}
+
+void EngineMetrics::RenderVllm(std::string* out) const {
+  std::string model;
+  std::string cache_labels;
+  {
+    absl::MutexLock lock(&mu_);
+    model = absl::StrCat("model_name=\"", LabelValue(model_name_), "\"");
+    cache_labels = model;
+    for (const auto& [name, value] : cache_config_) {
+      absl::StrAppend(&cache_labels, ",", name, "=\"", LabelValue(value), "\"");
+    }
+  }
+  Sample(out, "vllm:num_requests_running", "gauge", "Requests being generated", model,
+         requests_running.load());
+  Sample(out, "vllm:num_requests_waiting", "gauge", "Requests queued for admission", model,
+         requests_waiting.load());
+  const int64_t total = kv_blocks_total.load();
+  Sample(out, "vllm:kv_cache_usage_perc", "gauge", "KV pool usage, 1 = full", model,
+         total > 0 ? static_cast<double>(kv_blocks_used.load()) / total : 0.0);
+  Sample(out, "vllm:num_preemptions_total", "counter", "Sequences preempted", model,
+         preemptions_total.load());
+  Sample(out, "vllm:prompt_tokens_total", "counter", "Prompt tokens prefilled", model,
+         prompt_tokens_total.load());
+  Sample(out, "vllm:generation_tokens_total", "counter", "Tokens generated", model,
+         generation_tokens_total.load());
+  absl::StrAppend(out, "# HELP vllm:request_success_total Finished requests by reason\n",
+                  "# TYPE vllm:request_success_total counter\n");
+  const std::pair<const char*, int64_t> reasons[] = {{"stop", finished_stop_total.load()},
+                                                     {"length", finished_length_total.load()},
+                                                     {"abort", finished_abort_total.load()},
+                                                     {"error", finished_error_total.load()}};
+  for (const auto& [reason, n] : reasons) {
+    absl::StrAppend(out, "vllm:request_success_total{", model, ",finished_reason=\"", reason,
+                    "\"} ", n, "\n");
+  }
+  Sample(out, "vllm:cache_config_info", "gauge", "KV cache configuration (value 1)", cache_labels,
+         1);
+  time_to_first_token_s.Render("vllm:time_to_first_token_seconds", out, model);
+  inter_token_latency_s.Render("vllm:inter_token_latency_seconds", out, model);
+  e2e_latency_s.Render("vllm:e2e_request_latency_seconds", out, model);
+  queue_time_s.Render("vllm:request_queue_time_seconds", out, model);
+}
 
 std::string EngineMetrics::Render() const {
   std::string out;
@@ -70,6 +165,8 @@ std::string EngineMetrics::Render() const {
   Counter(&out, "hkv_kv_bytes_full_total", "KV bytes a full cache would have kept",
           kv_bytes_full_total.load());
   Counter(&out, "hkv_engine_steps_total", "Engine steps run", engine_steps_total.load());
+  Counter(&out, "hkv_requests_unauthenticated_total",
+          "Calls refused for a missing or wrong API key", requests_unauthenticated_total.load());
   {
     absl::MutexLock lock(&mu_);
     absl::StrAppend(&out, "# HELP hkv_kv_blocks_used_by_layer Head-blocks in use per layer\n",
@@ -83,6 +180,7 @@ std::string EngineMetrics::Render() const {
   inter_token_latency_s.Render("hkv_inter_token_latency_seconds", &out);
   e2e_latency_s.Render("hkv_e2e_request_latency_seconds", &out);
   queue_time_s.Render("hkv_request_queue_time_seconds", &out);
+  RenderVllm(&out);
   return out;
 }
 
@@ -109,6 +207,8 @@ MetricsServer::MetricsServer(const EngineMetrics* metrics) {
 }
 
 MetricsServer::~MetricsServer() { Stop(); }
+
+void MetricsServer::UseTls(TlsContextSource* tls) { http_->UseTls(tls); }
 
 absl::Status MetricsServer::Start(const std::string& host, int port) {
   absl::StatusOr<int> bound = http_->Start(host, port, "--metrics-port");

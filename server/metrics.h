@@ -6,22 +6,26 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "common/finish_reason.h"
 
 namespace hkv {
 
 class HttpGetServer;
+class TlsContextSource;
 
 class Histogram {
  public:
   explicit Histogram(std::vector<double> bounds);
   void Observe(double value);
-  // Appends `name_bucket{le=..}`, `name_sum`, `name_count` lines.
-  void Render(const std::string& name, std::string* out) const;
+  // Appends `name_bucket{le=..}`, `name_sum`, `name_count` lines; `labels` (already rendered,
+  // e.g. `model_name="x"`, may be empty) go on every line.
+  void Render(const std::string& name, std::string* out, const std::string& labels = "") const;
 
  private:
   const std::vector<double> bounds_;
@@ -31,7 +35,9 @@ class Histogram {
   uint64_t count_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-// Every metric hkv exports. Names follow Prometheus conventions (units in the name).
+// Every metric hkv exports. Names follow Prometheus conventions (units in the name). Besides
+// hkv_*, the same values under vLLM's names (vllm:*, with a model_name label) so that
+// dashboards, autoscalers and the Gateway API Inference Extension built for vLLM read hkv.
 struct EngineMetrics {
   std::atomic<int64_t> requests_running{0};
   std::atomic<int64_t> requests_waiting{0};
@@ -46,11 +52,28 @@ struct EngineMetrics {
   std::atomic<int64_t> kv_bytes_kept_total{0};
   std::atomic<int64_t> kv_bytes_full_total{0};
   std::atomic<int64_t> engine_steps_total{0};
+  // Calls refused for a missing or wrong API key (before any engine work).
+  std::atomic<int64_t> requests_unauthenticated_total{0};
+  // Finished requests by vLLM's finished_reason: stop (a stop string, stop token or EOS),
+  // length, abort (aborted, cancelled or past the deadline), error.
+  std::atomic<int64_t> finished_stop_total{0};
+  std::atomic<int64_t> finished_length_total{0};
+  std::atomic<int64_t> finished_abort_total{0};
+  std::atomic<int64_t> finished_error_total{0};
   std::atomic<int> ready{0};
-  Histogram time_to_first_token_s{{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
+  // TTFT, e2e and queue time reach 10 minutes: long-context prefills under load take minutes.
+  Histogram time_to_first_token_s{
+      {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 600}};
   Histogram inter_token_latency_s{{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}};
-  Histogram e2e_latency_s{{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}};
-  Histogram queue_time_s{{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60}};
+  Histogram e2e_latency_s{{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 240, 480, 600}};
+  Histogram queue_time_s{{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 120, 300, 600}};
+
+  // Counts one finished request under its vLLM finished_reason.
+  void CountFinish(FinishReason reason);
+  // Sets the model_name label of the vllm:* metrics and the labels of vllm:cache_config_info
+  // (name, value pairs; values are escaped when rendered). Call before serving.
+  void SetModelInfo(std::string model_name,
+                    std::vector<std::pair<std::string, std::string>> cache_config);
 
   // The whole exposition, Prometheus text format 0.0.4.
   std::string Render() const;
@@ -59,8 +82,12 @@ struct EngineMetrics {
   std::vector<int64_t> BlocksPerLayer() const;
 
  private:
+  void RenderVllm(std::string* out) const;
+
   mutable absl::Mutex mu_;
   std::vector<int64_t> blocks_per_layer_ ABSL_GUARDED_BY(mu_);
+  std::string model_name_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<std::string, std::string>> cache_config_ ABSL_GUARDED_BY(mu_);
 };
 
 // Serves GET /metrics and /healthz (200 when ready, else 503) on a background thread, with the
@@ -69,6 +96,8 @@ class MetricsServer {
  public:
   explicit MetricsServer(const EngineMetrics* metrics);
   ~MetricsServer();
+  // Serves HTTPS with contexts from `tls` (must outlive the server). Call before Start.
+  void UseTls(TlsContextSource* tls);
   // Binds host:port (port 0 picks a free one, see port()) and starts serving. UNAVAILABLE when
   // the port is in use or the host is not a local address.
   absl::Status Start(const std::string& host, int port);

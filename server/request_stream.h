@@ -51,6 +51,9 @@ class RequestStream {
   const std::string& request_id() const { return request_id_; }
   const std::vector<TokenId>& prompt_ids() const { return prompt_ids_; }
   void set_prompt_ids(std::vector<TokenId> ids) { prompt_ids_ = std::move(ids); }
+  // The owning tenant ("" without API keys); set before the stream is shared.
+  const std::string& tenant() const { return tenant_; }
+  void set_tenant(std::string tenant) { tenant_ = std::move(tenant); }
 
   // Writer: queues a chunk. Chunks after a finished one are dropped.
   void Push(StreamChunk chunk);
@@ -66,6 +69,7 @@ class RequestStream {
   const RequestId id_;
   const std::string request_id_;
   std::vector<TokenId> prompt_ids_;  // Set before the stream is shared.
+  std::string tenant_;               // Set before the stream is shared.
   mutable absl::Mutex mu_;
   std::deque<StreamChunk> chunks_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;

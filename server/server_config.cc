@@ -1,5 +1,6 @@
 #include "server/server_config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <type_traits>
 #include <variant>
@@ -133,6 +134,28 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.http_max_connections < 1 || c.http_max_connections > 1000000) {
     return bad("http_max_connections must be in [1, 1000000]");
   }
+  if (c.tls_cert.empty() != c.tls_key.empty()) return bad("set both tls_cert and tls_key");
+  if (!c.tls_client_ca.empty() && c.tls_cert.empty()) {
+    return bad("tls_client_ca needs tls_cert and tls_key");
+  }
+  if (c.tls_reload_interval_s < 1) return bad("tls_reload_interval_s must be >= 1");
+  if (c.max_requests_per_key < 0) return bad("max_requests_per_key must be >= 0");
+  if (c.max_requests_per_key > 0 && c.api_key.empty() && c.api_key_file.empty()) {
+    return bad("max_requests_per_key needs API keys (api_key or api_key_file): the limit is per "
+               "key; use max_queue for a server-wide one");
+  }
+  if (c.health_port < 0 || c.health_port > 65535) {
+    return bad("health_port must be in [0, 65535] (0: none), got ", c.health_port);
+  }
+  if (c.health_port != 0 && c.health_port == c.port)
+    return bad("health_port must differ from port");
+  if (c.log_level != "info" && c.log_level != "warning" && c.log_level != "error") {
+    return bad("log_level must be info, warning or error, got '", c.log_level, "'");
+  }
+  if (c.log_format != "text" && c.log_format != "json") {
+    return bad("log_format must be text or json, got '", c.log_format, "'");
+  }
+  if (c.stats_interval_s < 0) return bad("stats_interval_s must be >= 0 (0: none)");
   return absl::OkStatus();
 }
 
@@ -140,6 +163,11 @@ std::string ServerConfigToJson(const ServerConfig& c) {
   nlohmann::ordered_json j;
   for (const OptionField& field : OptionFields()) {
     std::visit([&](auto member) { j[field.name] = c.*member; }, field.member);
+  }
+  // Secrets are not printed (the key file's path is), only how many keys there are.
+  if (!c.api_key.empty()) {
+    const size_t keys = std::count(c.api_key.begin(), c.api_key.end(), ',') + 1;
+    j["api_key"] = absl::StrCat("<", keys, " redacted>");
   }
   j["health"] = {{"liveness_service", kLivenessService}, {"readiness_service", kReadinessService}};
   return j.dump(2);

@@ -32,7 +32,8 @@ absl::Status ValidateServerConfig(const ServerConfig& config);
 
 // Returns one JSON object with every option (file key names, in server_options.h's order), plus
 // the health service names under "health" (not an option): the options, read back with
-// LoadServerConfigFile, give `config` again.
+// LoadServerConfigFile, give `config` again, except api_key, which is printed redacted
+// ("<N redacted>": keys are secrets).
 std::string ServerConfigToJson(const ServerConfig& config);
 
 }  // namespace hkv

@@ -174,6 +174,45 @@ TEST(ServerConfigTest, CommandLineOverridesTheFileOptionByOption) {
   EXPECT_EQ(j["max_queue"], 1024);       // Neither: the default.
 }
 
+TEST(ServerConfigTest, RepeatedApiKeysAreJoinedAndNeverPrinted) {
+  int status = 0;
+  const std::string out = RunHkv(
+      "serve --print-config --api-key=first-key-00001 --api-key second-key-00002 "
+      "--api_key=third-key-000003 --log-format=json --health-port=8081",
+      &status);
+  ASSERT_EQ(status, 0) << out;
+  const nlohmann::json j = nlohmann::json::parse(out);
+  EXPECT_EQ(j["api_key"], "<3 redacted>");
+  EXPECT_EQ(out.find("first-key"), std::string::npos) << "a key was printed";
+  EXPECT_EQ(j["log_format"], "json");
+  EXPECT_EQ(j["health_port"], 8081);
+}
+
+TEST(ServerConfigTest, SecurityOptionsAreValidated) {
+  ServerConfig c;
+  c.tls_cert = "/c.pem";
+  EXPECT_EQ(ValidateServerConfig(c).code(), absl::StatusCode::kInvalidArgument);  // no key
+  c.tls_key = "/k.pem";
+  EXPECT_TRUE(ValidateServerConfig(c).ok());
+  c = ServerConfig();
+  c.tls_client_ca = "/ca.pem";
+  EXPECT_EQ(ValidateServerConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c = ServerConfig();
+  c.health_port = c.port;
+  EXPECT_EQ(ValidateServerConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c = ServerConfig();
+  c.log_format = "xml";
+  EXPECT_EQ(ValidateServerConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c = ServerConfig();
+  c.max_requests_per_key = -1;
+  EXPECT_EQ(ValidateServerConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c = ServerConfig();
+  c.max_requests_per_key = 4;  // per key, without keys
+  EXPECT_EQ(ValidateServerConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c.api_key_file = "/keys.txt";
+  EXPECT_TRUE(ValidateServerConfig(c).ok());
+}
+
 TEST(ServerConfigTest, EveryOptionIsAServeFlag) {
   int status = 0;
   const std::string help = RunHkv("serve --help", &status);

@@ -12,7 +12,8 @@
 // the flags defined beside --model (FlagsDefinedBeside), and flags are parsed only in main.
 //
 // Flags that are not config keys (--config, --print-config, the multi-node --world-size, --rank
-// and --dist-addr, which differ per node) are written in main.cc alone.
+// and --dist-addr, which differ per node, and the --dist-token secret) are written in main.cc
+// alone. --print-config shows the api_key option redacted.
 //
 // HKV_SERVER_OPTIONS(X) calls X(type, name, default, help) once per option. Types are bool,
 // int32_t, int64_t, double or std::string; the help text is the flag's.
@@ -80,5 +81,22 @@ inline constexpr int32_t kDefaultMaxConcurrentStreams = 2048;
     "HTTP API model ids, comma-separated (default: the model directory's name)")                 \
   X(int64_t, http_max_body_bytes, 4194304, "Largest HTTP request body; more get 413")           \
   X(int32_t, http_max_connections, 8192,                                                         \
-    "Most open HTTP API connections; past it the oldest one still sending is closed")
+    "Most open HTTP API connections; past it the oldest one still sending is closed")              \
+  X(std::string, tls_cert, "", "PEM certificate chain: the API and /metrics speak TLS")          \
+  X(std::string, tls_key, "", "PEM private key of --tls-cert")                                   \
+  X(std::string, tls_client_ca, "",                                                              \
+    "PEM CA bundle: clients must present a certificate it signed (mutual TLS)")                  \
+  X(int32_t, tls_reload_interval_s, 60,                                                          \
+    "Seconds between checks of the TLS files for a rotated certificate")                         \
+  X(std::string, api_key, "",                                                                    \
+    "API keys (comma-separated, or the flag repeated): calls need authorization: Bearer KEY")    \
+  X(std::string, api_key_file, "", "File of API keys, one per line: KEY [TENANT]")               \
+  X(int32_t, max_requests_per_key, 0,                                                            \
+    "Most requests one key's tenant may have queued or running (0: no cap)")                     \
+  X(int32_t, health_port, 0,                                                                     \
+    "Plaintext gRPC port serving only grpc.health.v1, for kubelet probes (0: none)")             \
+  X(std::string, log_level, "info", "info | warning | error")                                    \
+  X(std::string, log_format, "text", "text | json (one JSON object per line)")                   \
+  X(int32_t, stats_interval_s, 10,                                                               \
+    "Seconds between stats log lines: running, waiting, pool use, tokens/s (0: none)")
 // clang-format on

@@ -77,9 +77,11 @@ pid_t StartServe(const std::string& visible, const std::vector<std::string>& ext
 struct Group {
   Group(int grpc_port, int dist_port) {
     const std::string addr = "--dist-addr=127.0.0.1:" + std::to_string(dist_port);
-    follower = StartServe("1", {addr, "--world-size=2", "--rank=1"});
+    // The nodes authenticate each other with a shared token (--dist-token).
+    const std::string token = "--dist-token=multi-node-gpu-test-token";
+    follower = StartServe("1", {addr, "--world-size=2", "--rank=1", token});
     leader = StartServe(
-        "0", {addr, "--world-size=2", "--rank=0", "--port=" + std::to_string(grpc_port)});
+        "0", {addr, "--world-size=2", "--rank=0", "--port=" + std::to_string(grpc_port), token});
   }
   ~Group() {
     for (pid_t p : {leader, follower}) {
