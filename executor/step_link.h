@@ -17,7 +17,7 @@
 namespace hkv {
 
 // 3: steps travel on a gRPC stream (StepTransport.Join), the hello is its first message.
-inline constexpr uint32_t kStepProtocolVersion = 3;
+inline constexpr uint32_t kStepProtocolVersion = 4;
 // Largest reason text sent with kError.
 inline constexpr size_t kMaxReasonBytes = 4096;
 

@@ -19,6 +19,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
+#include "common/batch.h"
 #include "common/finish_reason.h"
 #include "common/ids.h"
 #include "common/sampling_params.h"
@@ -72,6 +73,8 @@ struct Request {
 struct RequestOutput {
   RequestId id = 0;
   std::vector<TokenId> new_tokens;  // Tokens sampled this step (at most one).
+  // When sampling.logprobs >= 0: one per new token.
+  std::vector<TokenLogprobs> logprobs;
   bool finished = false;
   FinishReason reason = FinishReason::kNone;
   std::string error;  // kError only: what went wrong.

@@ -172,6 +172,7 @@ RequestOutput Scheduler::Finish(Request* r, FinishReason reason, absl::Time now)
     out.time_to_first_token = r->first_token_time - r->arrival_time;
   }
   out.num_preemptions = r->num_preemptions;
+  if (r->first_scheduled_time != absl::InfinitePast()) released_.push_back(r->id);
   r->status = RequestStatus::kFinished;
   r->finish_reason = reason;
   std::erase(running_, r);
@@ -182,6 +183,7 @@ RequestOutput Scheduler::Finish(Request* r, FinishReason reason, absl::Time now)
 
 void Scheduler::Preempt(Request* r) {
   kv_->Free(r->id);
+  released_.push_back(r->id);
   r->num_computed_tokens = 0;
   r->status = RequestStatus::kPreempted;
   ++r->num_preemptions;
@@ -293,6 +295,7 @@ Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
   b.num_layers = config.num_layers;
   b.num_kv_heads = config.num_kv_heads;
   b.block_size = config.block_size;
+  b.released = std::exchange(released_, {});
   std::vector<RequestId> ids;
   ids.reserve(planned.size());
   for (const Planned& p : planned) ids.push_back(p.request->id);
@@ -313,6 +316,11 @@ Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
     s.sample = s.start_pos + p.num_tokens == r.num_tokens();
     s.sample_step = static_cast<int32_t>(r.output.size());
     s.sampling = ToStepSampling(r.sampling);
+    s.num_prompt_tokens = r.num_prompt_tokens();
+    if (s.start_pos == 0 && r.sampling.min_tokens > 0) {
+      for (const auto& [id, reason] : r.stop_tokens) s.min_tokens_banned.push_back(id);
+      std::sort(s.min_tokens_banned.begin(), s.min_tokens_banned.end());
+    }
     s.select = p.select;
     if (p.select) {
       s.selection.window = r.plan.window;
@@ -346,6 +354,9 @@ absl::Status Scheduler::ApplyStep(Request& r, const SequenceStep& s, const Seque
     return absl::InternalError(absl::StrCat("the worker sampled no token for request ", r.id));
   }
   r.num_computed_tokens += static_cast<int32_t>(s.tokens.size());
+  if (s.sample && r.sampling.logprobs >= 0 && res->logprobs.empty()) {
+    return absl::InternalError(absl::StrCat("the worker returned no logprobs for request ", r.id));
+  }
   if (s.sample) {
     r.output.push_back(res->token);
     if (r.first_token_time == absl::InfinitePast()) r.first_token_time = now;
@@ -354,7 +365,12 @@ absl::Status Scheduler::ApplyStep(Request& r, const SequenceStep& s, const Seque
 }
 
 FinishReason Scheduler::StopReason(const Request& r) const {
-  if (auto it = r.stop_tokens.find(r.output.back()); it != r.stop_tokens.end()) return it->second;
+  // Before min_tokens the worker cannot sample a stop token (it may only when every token is
+  // one); either way it does not end the request.
+  const bool may_stop = static_cast<int32_t>(r.output.size()) > r.sampling.min_tokens;
+  if (auto it = r.stop_tokens.find(r.output.back()); may_stop && it != r.stop_tokens.end()) {
+    return it->second;
+  }
   if (static_cast<int32_t>(r.output.size()) >= r.sampling.max_tokens) return FinishReason::kLength;
   return FinishReason::kNone;
 }
@@ -388,6 +404,9 @@ std::vector<RequestOutput> Scheduler::Update(const Batch& batch, const BatchResu
       out.id = r->id;
     }
     out.new_tokens = {token};
+    if (i < result.seqs.size() && !result.seqs[i].logprobs.empty()) {
+      out.logprobs = {result.seqs[i].logprobs[0]};
+    }
     outputs.push_back(std::move(out));
   }
   return outputs;

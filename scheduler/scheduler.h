@@ -139,6 +139,9 @@ class Scheduler {
   std::vector<Request*> running_;
   std::vector<RequestId> in_flight_;  // Sequences of the last Schedule() not yet Update()d.
   std::vector<RequestOutput> aborted_;
+  // Sequences finished, aborted or preempted since the last Batch: the next one lists them in
+  // Batch::released so that workers drop their per-sequence sampling state.
+  std::vector<RequestId> released_;
   int64_t next_arrival_order_ = 0;
   int64_t num_preemptions_ = 0;
 };
