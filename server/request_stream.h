@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/batch.h"
 #include "common/finish_reason.h"
 #include "common/ids.h"
 
@@ -32,11 +33,17 @@ struct StreamUsage {
 
 struct StreamChunk {
   std::vector<TokenId> token_ids;
+  std::vector<TokenLogprobs> logprobs;  // One per token id when the request asked for them.
   std::string text;
   bool finished = false;
   FinishReason finish = FinishReason::kNone;
   absl::Status status;  // Non-OK only for a request that failed (finish == kError).
   StreamUsage usage;    // Set on the finished chunk.
+  // n > 1: the sample (0..n-1) this chunk continues; `finished` ends that sample only, and
+  // `last` (set by Push) marks the chunk that ends the stream: every sample finished, or an
+  // error that ends the call.
+  int32_t index = 0;
+  bool last = false;
 };
 
 class RequestStream {
@@ -48,8 +55,10 @@ class RequestStream {
   const std::string& request_id() const { return request_id_; }
   const std::vector<TokenId>& prompt_ids() const { return prompt_ids_; }
   void set_prompt_ids(std::vector<TokenId> ids) { prompt_ids_ = std::move(ids); }
+  int32_t num_samples() const { return num_samples_; }
+  void set_num_samples(int32_t n) { num_samples_ = n; }  // Before the stream is shared.
 
-  // Writer: queues a chunk. Chunks after a finished one are dropped.
+  // Writer: queues a chunk. Chunks after the last one (see StreamChunk::last) are dropped.
   void Push(StreamChunk chunk);
   // Reader: waits up to `timeout` for the next chunk; nullopt on timeout.
   std::optional<StreamChunk> Next(absl::Duration timeout);
@@ -59,9 +68,11 @@ class RequestStream {
   const RequestId id_;
   const std::string request_id_;
   std::vector<TokenId> prompt_ids_;  // Set before the stream is shared.
+  int32_t num_samples_ = 1;          // Set before the stream is shared.
   mutable absl::Mutex mu_;
   std::deque<StreamChunk> chunks_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  int32_t samples_finished_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace hkv

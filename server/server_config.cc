@@ -126,6 +126,7 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.max_stop_strings < 0) return bad("max_stop_strings must be >= 0");
   if (c.max_stop_bytes < 0) return bad("max_stop_bytes must be >= 0");
   if (c.max_stop_token_ids < 0) return bad("max_stop_token_ids must be >= 0");
+  if (c.max_n < 1) return bad("max_n must be >= 1");
   return absl::OkStatus();
 }
 

@@ -73,5 +73,6 @@ inline constexpr int32_t kDefaultMaxConcurrentStreams = 2048;
   X(int32_t, max_stop_bytes, 4096,                                                               \
     "Most bytes of one request's stop strings together; more get INVALID_ARGUMENT")              \
   X(int32_t, max_stop_token_ids, 256,                                                            \
-    "Most stop token ids per request; more get INVALID_ARGUMENT")
+    "Most stop token ids per request; more get INVALID_ARGUMENT")                                \
+  X(int32_t, max_n, 16, "Most samples per request (sampling.n); more get INVALID_ARGUMENT")
 // clang-format on
