@@ -232,7 +232,7 @@ TEST(StepLayoutTest, NSamplesOfAPrefillAreRowsOfTheSamePositionWithTheirOwnSeeds
 
 TEST(StepLayoutTest, SamplingExtrasListEachRowsPenalisedTokens) {
   Batch b = NewBatch();
-  AddSeq(b, 1, {4, 5, 5, 6}, 0, 4, true);  // a prompt of 2, then 5 and 6 generated
+  AddSeq(b, 1, {4, 5, 5, 6}, 0, 4, true);  // prompt 4 5, then 5 and 6 generated
   AddSeq(b, 2, {9}, 5, 6, true);           // no penalties: no history, no entries
   b.seqs[0].num_prompt_tokens = 2;
   b.seqs[0].sampling.frequency_penalty = 1.0f;
@@ -259,7 +259,7 @@ TEST(StepLayoutTest, SamplingExtrasListEachRowsPenalisedTokens) {
   for (int32_t e = x.indptr[prefill_row]; e < x.indptr[prefill_row + 1]; ++e) {
     entries[x.ids[e]] = x.counts[e];
   }
-  EXPECT_EQ(entries, (std::map<TokenId, int32_t>{{4, 0}, {5, 2}, {6, 1}, {99, -1}}));
+  EXPECT_EQ(entries, (std::map<TokenId, int32_t>{{4, 0}, {5, 1}, {6, 1}, {99, -1}}));
 }
 
 }  // namespace
