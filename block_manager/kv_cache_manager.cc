@@ -180,10 +180,11 @@ bool KvCacheManager::NeedsCopy(const BlockTable& t, int32_t new_tokens) const {
 absl::Status KvCacheManager::Fork(RequestId src, RequestId dst) {
   auto it = seqs_.find(src);
   if (it == seqs_.end() || it->second.reservation.has_value() || seqs_.contains(dst)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "Fork ", src, " -> ", dst, ": ", it == seqs_.end() ? "no such source sequence"
-                                         : seqs_.contains(dst) ? "the destination exists"
-                                                               : "the source has a reservation"));
+    return absl::InvalidArgumentError(absl::StrCat("Fork ", src, " -> ", dst, ": ",
+                                                   it == seqs_.end() ? "no such source sequence"
+                                                   : seqs_.contains(dst)
+                                                       ? "the destination exists"
+                                                       : "the source has a reservation"));
   }
   SequenceKv copy;
   copy.rows = it->second.rows;

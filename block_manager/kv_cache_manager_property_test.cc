@@ -140,7 +140,7 @@ class Harness {
     const RequestId id = next_id_++;
     const int32_t free_before = m_.num_free_blocks();
     ASSERT_TRUE(m_.Fork(it->first, id).ok());
-    EXPECT_FALSE(m_.Fork(it->first, id).ok());  // dst exists
+    EXPECT_FALSE(m_.Fork(it->first, id).ok());     // dst exists
     EXPECT_EQ(m_.num_free_blocks(), free_before);  // shared: counted once
     lengths_[id] = it->second;
     expect_[id] = expect_[it->first];

@@ -60,13 +60,13 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   HKV_RETURN_IF_ERROR(CheckRange("frequency_penalty", p.frequency_penalty, -2.0f, 2.0f));
   if (!std::isfinite(p.repetition_penalty) || p.repetition_penalty <= 0.0f ||
       p.repetition_penalty > 2.0f) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "repetition_penalty must be in (0, 2] (1 = off), got ", p.repetition_penalty));
+    return absl::InvalidArgumentError(
+        absl::StrCat("repetition_penalty must be in (0, 2] (1 = off), got ", p.repetition_penalty));
   }
   HKV_RETURN_IF_ERROR(CheckRange("min_p", p.min_p, 0.0f, 1.0f));
   if (p.min_tokens < 0 || p.min_tokens > p.max_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("min_tokens must be in [0, max_tokens = ",
-                                                   p.max_tokens, "], got ", p.min_tokens));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "min_tokens must be in [0, max_tokens = ", p.max_tokens, "], got ", p.min_tokens));
   }
   if (p.logprobs < -1 || p.logprobs > kMaxTopLogprobs) {
     return absl::InvalidArgumentError(

@@ -71,7 +71,8 @@ __device__ void BlockArgmax(const float* x, int vocab, const int* taken, int n, 
   __syncthreads();
   if (threadIdx.x == 0) {
     for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) {
-      if (s_i[w] < vocab && (best_i == vocab || s_v[w] > best || (s_v[w] == best && s_i[w] < best_i))) {
+      if (s_i[w] < vocab &&
+          (best_i == vocab || s_v[w] > best || (s_v[w] == best && s_i[w] < best_i))) {
         best = s_v[w];
         best_i = s_i[w];
       }

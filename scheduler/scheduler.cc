@@ -53,8 +53,8 @@ int64_t Scheduler::PeakBlocks(const Request& r) const {
   const int64_t m = std::max(r.sampling.max_tokens, 0);
   int64_t child = 0;
   if (!r.compresses()) {
-    child = kv_->num_rows_per_seq() * (CeilDiv(r.num_prompt_tokens() + m, bs) -
-                                       r.num_prompt_tokens() / bs);
+    child = kv_->num_rows_per_seq() *
+            (CeilDiv(r.num_prompt_tokens() + m, bs) - r.num_prompt_tokens() / bs);
   } else if (!r.plan.adaptive) {
     for (int32_t kept : r.plan.KeptTokens(r.num_prompt_tokens())) {
       child += CeilDiv(kept + m, bs) - kept / bs;

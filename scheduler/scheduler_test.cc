@@ -163,8 +163,8 @@ class FakeWorker {
   }
 
   // Hash of every row as stored in the shadow pool, as a model would "read" the cache.
-  TokenId Sample(const SequenceStep& s, uint64_t seed, const std::vector<std::vector<BlockId>>& rows,
-                 const SeqState& st) {
+  TokenId Sample(const SequenceStep& s, uint64_t seed,
+                 const std::vector<std::vector<BlockId>>& rows, const SeqState& st) {
     uint64_t h = 1469598103934665603ULL ^ (s.sample_step * 31 + seed);
     for (int32_t r = 0; r < kRows; ++r) {
       for (size_t slot = 0; slot < st.rows[r].size(); ++slot) {
@@ -182,7 +182,8 @@ class FakeWorker {
   }
   void Write(const std::vector<BlockId>& row, size_t slot, TokenId token) {
     ASSERT_LT(slot / kBlockSize, row.size());
-    EXPECT_LE(holders_[row[slot / kBlockSize]], 1) << "write into shared block " << row[slot / kBlockSize];
+    EXPECT_LE(holders_[row[slot / kBlockSize]], 1)
+        << "write into shared block " << row[slot / kBlockSize];
     blocks_[row[slot / kBlockSize]][slot % kBlockSize] = token;
   }
   TokenId Read(const std::vector<BlockId>& row, size_t slot) {
@@ -771,8 +772,8 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
     }
   }
   std::cout << preemptions << " preemptions, " << aborts << " aborts, " << deadlines
-            << " deadlines; " << compared << " outputs compared (" << compressed
-            << " compressed); " << forked << " with n > 1, " << copies_run << " block copies\n";
+            << " deadlines; " << compared << " outputs compared (" << compressed << " compressed); "
+            << forked << " with n > 1, " << copies_run << " block copies\n";
   EXPECT_GT(preemptions, 50);
   EXPECT_GT(aborts, 20);
   EXPECT_GT(deadlines, 5);

@@ -144,8 +144,9 @@ absl::Status Engine::ValidateRequest(const EngineRequest& r) const {
   }
   HKV_RETURN_IF_ERROR(ValidateSamplingParams(r.sampling));
   if (r.sampling.n > options_.max_n) {
-    return absl::InvalidArgumentError(absl::StrCat("n is ", r.sampling.n, " but this server draws at most ",
-                                                   options_.max_n, " samples per request (--max-n)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("n is ", r.sampling.n, " but this server draws at most ", options_.max_n,
+                     " samples per request (--max-n)"));
   }
   const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.sampling.max_tokens;
   if (total > m.max_seq_len) {
@@ -428,8 +429,8 @@ void Engine::PublishGauges() {
   metrics_.requests_running = scheduler_->num_running();
   metrics_.requests_waiting = scheduler_->num_waiting();
   metrics_.kv_blocks_used = kv_->num_total_blocks() - kv_->num_free_blocks();
-  metrics_.kv_blocks_used_peak = std::max(metrics_.kv_blocks_used.load(),
-                                          metrics_.kv_blocks_used_peak.load());
+  metrics_.kv_blocks_used_peak =
+      std::max(metrics_.kv_blocks_used.load(), metrics_.kv_blocks_used_peak.load());
   metrics_.preemptions_total = scheduler_->num_preemptions();
   // Per-layer usage walks every table: refresh it every 32 steps, not every step.
   if (steps_++ % 32 == 0) metrics_.SetBlocksPerLayer(kv_->BlocksPerLayer());

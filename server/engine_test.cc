@@ -328,8 +328,7 @@ TEST(EngineSamplingTest, SeededSamplesAreReproducibleAndShareThePromptsBlocks) {
   ASSERT_EQ(alone.size(), 4u);
   for (int i = 0; i < 4; ++i) EXPECT_EQ(alone[i].of[0].tokens, shared[0].of[i].tokens) << i;
   EXPECT_LT(shared_peak, separate_peak);
-  std::cout << "peak KV blocks: n = 4 " << shared_peak << ", 4 requests " << separate_peak
-            << "\n";
+  std::cout << "peak KV blocks: n = 4 " << shared_peak << ", 4 requests " << separate_peak << "\n";
 }
 
 TEST(EngineSamplingTest, LogprobsAndLimits) {

@@ -85,7 +85,8 @@ absl::Status ConvertSampling(const hkv::v1::SamplingParams& s, const StopLimits&
     return absl::InvalidArgumentError("sampling.top_logprobs needs sampling.logprobs set");
   }
   r->sampling.logprobs = s.logprobs() ? s.top_logprobs() : -1;
-  if (s.n() < 0) return absl::InvalidArgumentError(absl::StrCat("sampling.n must be >= 0, got ", s.n()));
+  if (s.n() < 0)
+    return absl::InvalidArgumentError(absl::StrCat("sampling.n must be >= 0, got ", s.n()));
   r->sampling.n = s.n() == 0 ? 1 : s.n();
   // Checked before copying: an over-limit list is refused without a second copy of it (the
   // engine checks the same limits again on what it is given).

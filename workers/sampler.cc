@@ -142,7 +142,8 @@ void SampleSequence(const SequenceStep& step, const TokenHistories& histories,
   std::vector<float> raw;
   if (p.logprobs >= 0) raw = logits;
   if (p.uses_history()) {
-    if (const TokenHistory* h = histories.Find(step.id)) ApplyPenalties(absl::MakeSpan(logits), p, *h);
+    if (const TokenHistory* h = histories.Find(step.id))
+      ApplyPenalties(absl::MakeSpan(logits), p, *h);
   }
   const int32_t samples = std::max(step.num_samples, 1);
   for (int32_t i = 0; i < samples; ++i) {

@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "absl/types/span.h"
-#include "common/ids.h"
 #include "common/batch.h"
+#include "common/ids.h"
 #include "common/sampling_params.h"
 #include "workers/token_history.h"
 

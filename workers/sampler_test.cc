@@ -74,7 +74,8 @@ std::vector<float> ReferencePenalties(std::vector<float> logits, const StepSampl
     const bool in_prompt = std::count(prompt.begin(), prompt.end(), id) > 0;
     const int count = static_cast<int>(std::count(output.begin(), output.end(), id));
     if (in_prompt || count > 0) {
-      logits[t] = logits[t] > 0 ? logits[t] / p.repetition_penalty : logits[t] * p.repetition_penalty;
+      logits[t] =
+          logits[t] > 0 ? logits[t] / p.repetition_penalty : logits[t] * p.repetition_penalty;
     }
     logits[t] -= p.frequency_penalty * count + (count > 0 ? p.presence_penalty : 0.0f);
   }

@@ -44,9 +44,9 @@ absl::Status TokenHistories::CheckFor(const SequenceStep& step) const {
   if (!step.sample || !step.sampling.uses_history()) return absl::OkStatus();
   const TokenHistory* h = Find(step.id);
   if (h == nullptr) {
-    return absl::InternalError(
-        absl::StrCat("sequence ", step.id, " samples with penalties but its history is unknown "
-                     "(its first step never reached this worker)"));
+    return absl::InternalError(absl::StrCat("sequence ", step.id,
+                                            " samples with penalties but its history is unknown "
+                                            "(its first step never reached this worker)"));
   }
   if (h->num_generated != step.sample_step) {
     return absl::InternalError(absl::StrCat("sequence ", step.id, " samples token ",

@@ -110,8 +110,10 @@ TEST(CpuWorkerTest, LogprobsAreLogSoftmaxOfTheLogitsAndPenaltiesUseTheHistory) {
   std::vector<TokenId> generated;
   for (int step = 0; step < 6; ++step) {
     BatchBuilder b(worker->config());
-    b.AddPlain(&seq, step == 0 ? std::vector<TokenId>{1, 403, 407} : std::vector<TokenId>{generated.back()},
-               true, step);
+    b.AddPlain(
+        &seq,
+        step == 0 ? std::vector<TokenId>{1, 403, 407} : std::vector<TokenId>{generated.back()},
+        true, step);
     Batch batch = b.Take();
     batch.seqs[0].num_prompt_tokens = 3;
     batch.seqs[0].sampling.logprobs = 4;
@@ -136,8 +138,8 @@ TEST(CpuWorkerTest, LogprobsAreLogSoftmaxOfTheLogitsAndPenaltiesUseTheHistory) {
     // Greedy over the logits less 5 per earlier occurrence (the frequency penalty, by hand).
     std::vector<double> penalised(l.begin(), l.end());
     for (TokenId g : generated) penalised[g] -= 5.0;
-    const TokenId want = static_cast<TokenId>(
-        std::max_element(penalised.begin(), penalised.end()) - penalised.begin());
+    const TokenId want = static_cast<TokenId>(std::max_element(penalised.begin(), penalised.end()) -
+                                              penalised.begin());
     EXPECT_EQ(res.token, want) << "step " << step;
     generated.push_back(res.token);
   }

@@ -439,8 +439,7 @@ absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& global_batch) {
   HKV_ASSIGN_OR_RETURN(const HostStep h, s.LayOut(b, &inputs));
   const k::DecodePlanOptions decode = s.DecodeOptionsFor(h);
   HKV_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.options.device));
-  HKV_RETURN_IF_ERROR(
-      s.StageExtras(BuildSamplingExtras(b, h, s.histories, s.cfg.vocab_size)));
+  HKV_RETURN_IF_ERROR(s.StageExtras(BuildSamplingExtras(b, h, s.histories, s.cfg.vocab_size)));
   HKV_RETURN_IF_ERROR(inputs->Begin(h.graph ? inputs->capacity() : s.StageBytes(h, decode)));
   HKV_ASSIGN_OR_RETURN(DeviceStep d, s.Stage(h, decode, inputs));
   HKV_RETURN_IF_ERROR(s.CopyBlocks(b));

@@ -53,7 +53,7 @@ struct DeviceStep {
 // Device addresses of a step's sampling extras (sampling_step.cc); all null without them.
 struct DeviceExtras {
   bool penalties = false;
-  int32_t top = -1;  // logprobs: the top-k computed per row (-1: none)
+  int32_t top = -1;                             // logprobs: the top-k computed per row (-1: none)
   const kernels::PenaltyRow* params = nullptr;  // [sampled rows]
   const int32_t *indptr = nullptr, *ids = nullptr, *counts = nullptr;
 };
@@ -130,7 +130,7 @@ struct CudaWorker::State {
   TokenHistories histories;  // rank 0 only: the ranks that sample
   cuda_internal::PinnedBuffer extras_host;
   DeviceBuffer extras_dev, penalised, logprob_out;
-  cuda_internal::DeviceExtras extras;  // this step's; reset by every step
+  cuda_internal::DeviceExtras extras;                    // this step's; reset by every step
   std::map<int32_t, cuda_internal::DecodeGraph> graphs;  // by padded batch size
   int64_t graph_steps = 0, eager_steps = 0, graphs_captured = 0;
   cuda_internal::StepProfile profile;

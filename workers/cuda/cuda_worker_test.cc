@@ -10,8 +10,8 @@
 #include "model/dummy_weights.h"
 #include "workers/cpu/cpu_worker.h"
 #include "workers/sampler.h"
-#include "workers/token_history.h"
 #include "workers/test_batch_builder.h"
+#include "workers/token_history.h"
 
 namespace hkv {
 namespace {

@@ -8,11 +8,10 @@ namespace hkv {
 namespace {
 
 // Appends one sampled row's penalty entries; returns whether it penalises or bans anything.
-bool AppendRow(const StepSampling& p, const TokenHistory& hist, int32_t vocab,
-               SamplingExtras* x) {
+bool AppendRow(const StepSampling& p, const TokenHistory& hist, int32_t vocab, SamplingExtras* x) {
   HostPenaltyRow row{p.presence_penalty, p.frequency_penalty, p.repetition_penalty, 0};
-  const bool penalise = p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f ||
-                        p.repetition_penalty != 1.0f;
+  const bool penalise =
+      p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f || p.repetition_penalty != 1.0f;
   if (penalise) {
     for (TokenId t : hist.seen) {
       if (t < 0 || t >= vocab) continue;

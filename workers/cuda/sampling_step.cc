@@ -71,8 +71,8 @@ absl::Status CudaWorker::State::RunLogprobs(int32_t rows) {
   auto* top_ids = reinterpret_cast<int32_t*>(lp + rows);
   float* top_lp = reinterpret_cast<float*>(top_ids + static_cast<size_t>(rows) * extras.top);
   HKV_CUDA_RETURN_IF_ERROR(k::ComputeLogprobs(logits.get<float>(), cfg.vocab_size, rows,
-                                              cfg.vocab_size, tokens.get<int32_t>(), extras.top,
-                                              lp, top_ids, top_lp, stream));
+                                              cfg.vocab_size, tokens.get<int32_t>(), extras.top, lp,
+                                              top_ids, top_lp, stream));
   return absl::OkStatus();
 }
 
