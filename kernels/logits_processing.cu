@@ -25,7 +25,9 @@ __global__ void __launch_bounds__(kPenaltyThreads)
     if (c < 0 || t < 0 || t >= vocab) continue;
     float l = x[t];
     if (p.repetition != 1.0f) l = l > 0.0f ? l / p.repetition : l * p.repetition;
-    if (c > 0) l -= p.frequency * c + p.presence;
+    // Rounded as the CPU reference computes it (no fused multiply-add).
+    if (c > 0)
+      l = __fsub_rn(l, __fadd_rn(__fmul_rn(p.frequency, static_cast<float>(c)), p.presence));
     x[t] = l;
   }
   __syncthreads();  // bans last: a banned token may also have a penalty entry

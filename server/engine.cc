@@ -143,6 +143,11 @@ absl::Status Engine::ValidateRequest(const EngineRequest& r) const {
     }
   }
   HKV_RETURN_IF_ERROR(ValidateSamplingParams(r.sampling));
+  if (r.sampling.n > options_.scheduler.max_seqs) {
+    return absl::InvalidArgumentError(absl::StrCat("n is ", r.sampling.n, " but at most ",
+                                                   options_.scheduler.max_seqs,
+                                                   " sequences run at once (--max-seqs)"));
+  }
   if (r.sampling.n > options_.max_n) {
     return absl::InvalidArgumentError(
         absl::StrCat("n is ", r.sampling.n, " but this server draws at most ", options_.max_n,
