@@ -271,10 +271,11 @@ void Engine::DrainInbox() {
   }
   for (Submitted& submitted : inbox) Admit(std::move(submitted));
   for (const Control& c : controls) {
-    auto it = active_.find(c.id);
-    if (it == active_.end()) continue;
-    // Every sample of the request (aborting one not started or already ended is a no-op).
-    for (int32_t i = 0; i < it->second->num_samples; ++i) scheduler_->Abort(c.id + i, c.reason);
+    // Every sample of the request, even once sample 0 has ended (aborting one not started or
+    // already ended is a no-op).
+    auto it = samples_.find(c.id);
+    if (it == samples_.end()) continue;
+    for (int32_t i = 0; i < it->second.n; ++i) scheduler_->Abort(c.id + i, c.reason);
   }
 }
 
@@ -303,7 +304,7 @@ void Engine::Admit(Submitted submitted) {
     --live_requests_;
     return;
   }
-  samples_left_[id] = active->num_samples;
+  samples_[id] = {active->num_samples, active->num_samples};
   for (int32_t i = 1; i < active->num_samples; ++i) {
     auto sample = std::make_unique<Active>();
     sample->stream = active->stream;
@@ -410,8 +411,8 @@ void Engine::Erase(RequestId id) {
   const RequestId request = id - it->second->index;
   const std::string client_id = it->second->stream->request_id();
   active_.erase(it);
-  if (--samples_left_[request] > 0) return;
-  samples_left_.erase(request);
+  if (--samples_[request].left > 0) return;
+  samples_.erase(request);
   absl::MutexLock lock(&mu_);
   by_client_id_.erase(client_id);
   --live_requests_;

@@ -167,9 +167,14 @@ class Engine {
   std::unique_ptr<KvCacheManager> kv_;
   std::unique_ptr<Scheduler> scheduler_;
   absl::flat_hash_map<RequestId, std::unique_ptr<Active>> active_;  // One per sample.
-  // Live Actives of each request (by the id of its sample 0): the request leaves the inbox
-  // accounting when its last sample does.
-  absl::flat_hash_map<RequestId, int32_t> samples_left_;
+  // Per live request (by the id of its sample 0): its samples, and how many still have an
+  // Active. Aborts reach every sample through it; the request leaves the inbox accounting when
+  // its last sample does.
+  struct Samples {
+    int32_t n = 1;
+    int32_t left = 1;
+  };
+  absl::flat_hash_map<RequestId, Samples> samples_;
 
   // Shared state.
   mutable absl::Mutex mu_;

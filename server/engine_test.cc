@@ -401,5 +401,28 @@ TEST(EngineSamplingTest, PenaltiesChangeGreedyOutputAndMinTokensHoldsOffEos) {
   for (size_t i = 0; i < 10; ++i) EXPECT_NE(h.tokens[i], p.tokens[2]) << i;
 }
 
+TEST(EngineSamplingTest, CancellingARequestEndsEverySample) {
+  std::unique_ptr<Engine> engine = MakeEngine();
+  ASSERT_NE(engine, nullptr);
+  EngineRequest r = Greedy(Prompt(9), 200, "group-1");
+  r.sampling.n = 3;
+  auto stream = engine->Submit(r);
+  ASSERT_TRUE(stream.ok());
+  // Before the loop starts: the abort lands before the prefill, so before the fork.
+  EXPECT_TRUE(engine->Abort("group-1"));
+  engine->Start();
+  const Samples s = CollectSamples(**stream);
+  ASSERT_TRUE(s.done);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(s.of[i].finished) << i;
+    EXPECT_EQ(s.of[i].finish, FinishReason::kAborted) << i;
+    EXPECT_TRUE(s.of[i].tokens.empty()) << i;
+  }
+  // Another request runs normally afterwards.
+  auto next = engine->Submit(Greedy(Prompt(9), 2));
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(Collect(**next).tokens.size(), 2u);
+}
+
 }  // namespace
 }  // namespace hkv
