@@ -10,7 +10,7 @@ BlockPool::BlockPool(int32_t num_blocks, int32_t num_partitions) {
   HKV_CHECK(num_blocks >= 0) << "num_blocks=" << num_blocks;
   HKV_CHECK(num_partitions >= 1 && num_blocks % num_partitions == 0)
       << num_partitions << " partitions of " << num_blocks << " blocks";
-  held_.assign(static_cast<size_t>(std::max(num_blocks, 0)), 0);
+  ref_counts_.assign(static_cast<size_t>(std::max(num_blocks, 0)), 0);
   partition_size_ = std::max(1, num_blocks / num_partitions);
   free_.resize(num_partitions);
   for (int32_t p = 0; p < num_partitions; ++p) {
@@ -32,20 +32,25 @@ std::optional<std::vector<BlockId>> BlockPool::Allocate(int32_t n, int32_t parti
   std::reverse(out.begin(), out.end());
   free.resize(free.size() - n);
   num_free_ -= n;
-  for (BlockId id : out) held_[id] = 1;
+  for (BlockId id : out) ref_counts_[id] = 1;
   return out;
 }
 
+void BlockPool::IncRef(BlockId id) {
+  HKV_CHECK(id >= 0 && id < num_total() && ref_counts_[id] >= 1) << "IncRef of free block " << id;
+  ++ref_counts_[id];
+}
+
 void BlockPool::Release(BlockId id) {
-  HKV_CHECK(id >= 0 && id < num_total() && held_[id]) << "Release of free block " << id;
-  held_[id] = 0;
+  HKV_CHECK(id >= 0 && id < num_total() && ref_counts_[id] >= 1) << "Release of free block " << id;
+  if (--ref_counts_[id] > 0) return;
   free_[partition_of(id)].push_back(id);
   ++num_free_;
 }
 
-bool BlockPool::held(BlockId id) const {
+int32_t BlockPool::ref_count(BlockId id) const {
   HKV_CHECK(id >= 0 && id < num_total()) << "block " << id << " out of range";
-  return held_[id] != 0;
+  return ref_counts_[id];
 }
 
 }  // namespace hkv

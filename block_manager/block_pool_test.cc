@@ -76,6 +76,23 @@ TEST(BlockPoolTest, NoLeakAfterEverythingIsReleased) {
   EXPECT_TRUE(pool.Allocate(16).has_value());
 }
 
+TEST(BlockPoolTest, SharedBlocksReturnWhenTheLastReferenceGoes) {
+  BlockPool pool(4);
+  const BlockId id = (*pool.Allocate(1))[0];
+  pool.IncRef(id);
+  pool.IncRef(id);
+  EXPECT_EQ(pool.ref_count(id), 3);
+  EXPECT_EQ(pool.num_free(), 3);  // held once, however many share it
+  pool.Release(id);
+  pool.Release(id);
+  EXPECT_TRUE(pool.held(id));
+  EXPECT_EQ(pool.num_free(), 3);
+  pool.Release(id);
+  EXPECT_FALSE(pool.held(id));
+  EXPECT_EQ(pool.num_free(), 4);
+  EXPECT_DEATH(pool.IncRef(id), "IncRef of free block");
+}
+
 TEST(BlockPoolDeathTest, ReleasingAFreeBlockIsAnInvariantViolation) {
   BlockPool pool(2);
   EXPECT_DEATH(pool.Release(1), "Release of free block 1");

@@ -46,7 +46,7 @@ int64_t KvCacheManager::NewBlocksNeeded(RequestId seq,
     const BlockTable& t = it->second.rows[r];
     const int32_t n = new_tokens_per_row[r];
     HKV_CHECK(n >= 0) << "negative growth " << n;
-    blocks += t.NewBlocksFor(n, config_.block_size);
+    blocks += t.NewBlocksFor(n, config_.block_size) + (NeedsCopy(t, n) ? 1 : 0);
   }
   return blocks;
 }
@@ -69,7 +69,7 @@ bool KvCacheManager::Append(RequestId seq, absl::Span<const int32_t> new_tokens_
   for (int32_t r = 0; r < rows; ++r) {
     const BlockTable& t = it == seqs_.end() ? kEmpty : it->second.rows[r];
     const int32_t n = new_tokens_per_row[r];
-    need[partition(r)] += t.NewBlocksFor(n, config_.block_size);
+    need[partition(r)] += t.NewBlocksFor(n, config_.block_size) + (NeedsCopy(t, n) ? 1 : 0);
   }
   for (int32_t p = 0; p < config_.num_partitions; ++p) {
     if (need[p] > pool_.num_free(p)) return false;
@@ -85,6 +85,16 @@ bool KvCacheManager::Append(RequestId seq, absl::Span<const int32_t> new_tokens_
   for (int32_t r = 0; r < rows; ++r) {
     BlockTable& t = it->second.rows[r];
     const int32_t n = new_tokens_per_row[r], p = partition(r);
+    if (NeedsCopy(t, n)) {
+      // The shared block stays held by its other tables until this step's copy has read it:
+      // copies run first in the step, and a block freed now is reallocated only by a later
+      // Schedule, after the step.
+      const BlockId shared = t.blocks.back();
+      const BlockId copy = fresh[p][next[p]++];
+      pending_copies_.emplace_back(shared, copy);
+      pool_.Release(shared);
+      t.blocks.back() = copy;
+    }
     const int32_t grow = t.NewBlocksFor(n, config_.block_size);
     t.blocks.insert(t.blocks.end(), fresh[p].begin() + next[p], fresh[p].begin() + next[p] + grow);
     next[p] += grow;
@@ -187,6 +197,33 @@ absl::Status KvCacheManager::Shrink(RequestId seq, absl::Span<const int32_t> kep
     t.blocks.resize(keep);
   }
   return absl::OkStatus();
+}
+
+bool KvCacheManager::NeedsCopy(const BlockTable& t, int32_t new_tokens) const {
+  if (new_tokens == 0 || t.num_tokens % config_.block_size == 0) return false;
+  return pool_.ref_count(t.blocks.back()) > 1;
+}
+
+absl::Status KvCacheManager::Fork(RequestId src, RequestId dst) {
+  auto it = seqs_.find(src);
+  if (it == seqs_.end() || it->second.reservation.has_value() || seqs_.contains(dst)) {
+    return absl::InvalidArgumentError(absl::StrCat("Fork ", src, " -> ", dst, ": ",
+                                                   it == seqs_.end() ? "no such source sequence"
+                                                   : seqs_.contains(dst)
+                                                       ? "the destination exists"
+                                                       : "the source has a reservation"));
+  }
+  SequenceKv copy;
+  copy.rows = it->second.rows;
+  for (const BlockTable& t : copy.rows) {
+    for (BlockId b : t.blocks) pool_.IncRef(b);
+  }
+  seqs_.emplace(dst, std::move(copy));
+  return absl::OkStatus();
+}
+
+std::vector<std::pair<BlockId, BlockId>> KvCacheManager::TakeBlockCopies() {
+  return std::exchange(pending_copies_, {});
 }
 
 void KvCacheManager::Free(RequestId seq) {

@@ -12,9 +12,18 @@
 //   seq 7, layer 0:  head 0  [b12][b40][b41]..   (num_tokens 35, block_size 16)
 //                    head 1  [b3]                (num_tokens 9)
 //   seq 7, layer 1:  head 0  [b7][b8]            ...
+//
+// Sharing (n > 1 samples of one prompt): Fork(src, dst) gives dst the same tables, each block's
+// reference count +1, so the prompt's blocks are held (and counted in the pool) once. Appending
+// to a row whose last block is partly filled and still shared first moves the row onto a fresh
+// copy of it (copy-on-write): the copy (src -> dst block) is queued for the next step, which
+// runs it before any KV is written (TakeBlockCopies -> Batch::block_copies). Full blocks are
+// never written again, so they stay shared until freed; a block returns to the pool when its
+// last holder frees it.
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -90,7 +99,14 @@ class KvCacheManager {
   // count, or a row asked to grow.
   absl::Status Shrink(RequestId seq, absl::Span<const int32_t> kept_per_row);
 
-  // Frees every block of `seq` (and its uncommitted reservation). No-op for an unknown id.
+  // Makes `dst` share every block of `src` (see Sharing above). INVALID_ARGUMENT when `src`
+  // is unknown or holds an uncommitted reservation, or `dst` exists.
+  absl::Status Fork(RequestId src, RequestId dst);
+  // Returns (and forgets) the block copies queued by Append since the last call, in order.
+  std::vector<std::pair<BlockId, BlockId>> TakeBlockCopies();
+
+  // Drops `seq`'s reference on each of its blocks (and frees its uncommitted reservation);
+  // a block no other sequence holds returns to the pool. No-op for an unknown id.
   void Free(RequestId seq);
 
   bool Contains(RequestId seq) const;
@@ -114,8 +130,12 @@ class KvCacheManager {
     std::optional<LayerReservation> reservation;
   };
 
+  // Whether growing `t` by `new_tokens` writes into a last block another table also holds.
+  bool NeedsCopy(const BlockTable& t, int32_t new_tokens) const;
+
   KvCacheConfig config_;
   BlockPool pool_;
+  std::vector<std::pair<BlockId, BlockId>> pending_copies_;  // src -> dst, for the next step
   absl::flat_hash_map<RequestId, SequenceKv> seqs_;
 };
 

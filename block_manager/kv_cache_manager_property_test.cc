@@ -1,5 +1,8 @@
-// Property test: random sequences of append / free / reserve / commit, with prompt
-// footprints drawn from random HeadKV plans, keep the block manager's invariants.
+// Property test: random sequences of append / free / reserve / commit / fork, with prompt
+// footprints drawn from random HeadKV plans, keep the block manager's invariants. A model of
+// the blocks' contents (every written token a unique value; queued copies applied before the
+// writes, as a step does) checks that sharing and copy-on-write never let one sequence see
+// another's tokens.
 
 #include <algorithm>
 #include <map>
@@ -34,8 +37,10 @@ class Harness {
       NewSequence();
     } else if (op < 42) {
       CommitOne();
-    } else if (op < 80) {
+    } else if (op < 72) {
       GrowOne();
+    } else if (op < 80) {
+      ForkOne();
     } else {
       FreeOne();
     }
@@ -46,12 +51,14 @@ class Harness {
     for (const auto& [id, len] : lengths_) m_.Free(id);
     for (const auto& [id, p] : pending_) m_.Free(id);
     lengths_.clear();
+    expect_.clear();
     pending_.clear();
     CheckInvariants();
     EXPECT_EQ(m_.num_free_blocks(), m_.num_total_blocks());
   }
 
   int64_t rejections() const { return rejections_; }
+  int64_t copies() const { return copies_; }
   int64_t adaptive_commits() const { return adaptive_commits_; }
 
  private:
@@ -93,6 +100,52 @@ class Harness {
     return s;
   }
 
+  // What a step does after Append: the queued copies, then the new tokens' K/V.
+  void RunCopies() {
+    for (const auto& [src, dst] : m_.TakeBlockCopies()) {
+      content_[dst] = content_[src];
+      ++copies_;
+    }
+  }
+  void WriteRows(RequestId id) {
+    std::vector<std::vector<int64_t>>& rows = expect_[id];
+    rows.resize(m_.num_rows_per_seq());
+    for (int32_t r = 0; r < m_.num_rows_per_seq(); ++r) {
+      const BlockTable& t = m_.Table(id, r / cfg_.num_kv_heads, r % cfg_.num_kv_heads);
+      for (int32_t pos = static_cast<int32_t>(rows[r].size()); pos < t.num_tokens; ++pos) {
+        std::vector<int64_t>& block = content_[t.blocks[pos / cfg_.block_size]];
+        block.resize(cfg_.block_size, -1);
+        block[pos % cfg_.block_size] = next_value_;
+        rows[r].push_back(next_value_++);
+      }
+    }
+  }
+  void CheckContents(RequestId id) const {
+    const std::vector<std::vector<int64_t>>& rows = expect_.at(id);
+    for (int32_t r = 0; r < m_.num_rows_per_seq(); ++r) {
+      const BlockTable& t = m_.Table(id, r / cfg_.num_kv_heads, r % cfg_.num_kv_heads);
+      ASSERT_EQ(static_cast<int32_t>(rows[r].size()), t.num_tokens);
+      for (int32_t pos = 0; pos < t.num_tokens; ++pos) {
+        const std::vector<int64_t>& block = content_.at(t.blocks[pos / cfg_.block_size]);
+        ASSERT_EQ(block[pos % cfg_.block_size], rows[r][pos])
+            << "sequence " << id << " row " << r << " position " << pos;
+      }
+    }
+  }
+
+  // Forks a committed sequence; the fork then holds nothing new.
+  void ForkOne() {
+    if (lengths_.empty()) return;
+    auto it = std::next(lengths_.begin(), Uniform(0, lengths_.size() - 1));
+    const RequestId id = next_id_++;
+    const int32_t free_before = m_.num_free_blocks();
+    ASSERT_TRUE(m_.Fork(it->first, id).ok());
+    EXPECT_FALSE(m_.Fork(it->first, id).ok());     // dst exists
+    EXPECT_EQ(m_.num_free_blocks(), free_before);  // shared: counted once
+    lengths_[id] = it->second;
+    expect_[id] = expect_[it->first];
+  }
+
   void NewSequence() {
     const RequestId id = next_id_++;
     const HeadBudgetPlan plan = RandomPlan();
@@ -127,6 +180,8 @@ class Harness {
       return;
     }
     lengths_[id] = kept;
+    RunCopies();
+    WriteRows(id);
   }
 
   void CommitOne() {
@@ -144,6 +199,7 @@ class Harness {
         EXPECT_EQ(State(), before);
       } else {
         lengths_[it->first] = std::vector<int32_t>(p.plan.num_layers * H, p.n);
+        WriteRows(it->first);
         pending_.erase(it);
         return;
       }
@@ -163,6 +219,7 @@ class Harness {
     ASSERT_TRUE(st.ok()) << st;
     ++adaptive_commits_;
     lengths_[it->first] = kept;
+    WriteRows(it->first);
     pending_.erase(it);
   }
 
@@ -184,6 +241,8 @@ class Harness {
     }
     EXPECT_EQ(m_.num_free_blocks(), before[0] - need);
     for (int r = 0; r < m_.num_rows_per_seq(); ++r) it->second[r] += grow[r];
+    RunCopies();
+    WriteRows(it->first);
   }
 
   void FreeOne() {
@@ -193,6 +252,7 @@ class Harness {
     if (k < lengths_.size()) {
       auto it = std::next(lengths_.begin(), k);
       m_.Free(it->first);
+      expect_.erase(it->first);
       lengths_.erase(it);
     } else {
       auto it = std::next(pending_.begin(), k - lengths_.size());
@@ -221,6 +281,7 @@ class Harness {
       EXPECT_EQ(own.size(), size_t(count)) << "a block appears twice in sequence " << id;
       EXPECT_EQ(m_.SequenceBlocks(id), count);
       held += count;
+      CheckContents(id);
     }
     for (const auto& [id, p] : pending_) {
       for (BlockId b : p.res.blocks) ++holders[b];
@@ -229,8 +290,8 @@ class Harness {
     }
     int32_t free_blocks = 0;
     for (BlockId b = 0; b < m_.num_total_blocks(); ++b) {
-      ASSERT_LE(holders[b], 1) << "block " << b << " is held twice";
-      ASSERT_EQ(m_.pool().held(b), holders[b] == 1) << "block " << b;
+      // Reference counts are exact: one per table (or reservation) listing the block.
+      ASSERT_EQ(m_.pool().ref_count(b), holders[b]) << "block " << b;
       free_blocks += holders[b] == 0;
     }
     EXPECT_EQ(m_.num_free_blocks(), free_blocks);
@@ -243,6 +304,10 @@ class Harness {
   KvCacheConfig cfg_;
   std::mt19937 rng_;
   RequestId next_id_ = 1;
+  std::map<BlockId, std::vector<int64_t>> content_;  // what each block holds (token values)
+  std::map<RequestId, std::vector<std::vector<int64_t>>> expect_;  // per row, in order
+  int64_t next_value_ = 0;
+  int64_t copies_ = 0;
   std::map<RequestId, std::vector<int32_t>> lengths_;  // committed sequences: row lengths
   std::map<RequestId, Pending> pending_;               // uncommitted adaptive reservations
   int64_t rejections_ = 0;
@@ -250,7 +315,7 @@ class Harness {
 };
 
 TEST(KvCacheManagerPropertyTest, RandomOperationsKeepInvariants) {
-  int64_t rejections = 0, commits = 0;
+  int64_t rejections = 0, commits = 0, copies = 0;
   for (uint32_t seed = 1; seed <= 24; ++seed) {
     KvCacheConfig c;
     c.block_size = seed % 3 == 0 ? 16 : 4;
@@ -262,11 +327,13 @@ TEST(KvCacheManagerPropertyTest, RandomOperationsKeepInvariants) {
     h.FreeAll();
     rejections += h.rejections();
     commits += h.adaptive_commits();
+    copies += h.copies();
   }
   // The runs must exercise both exhaustion and the adaptive path to mean anything.
   std::cout << "rejections " << rejections << " adaptive commits " << commits << "\n";
   EXPECT_GT(rejections, 100);
   EXPECT_GT(commits, 20);
+  EXPECT_GT(copies, 100);  // and copy-on-write
 }
 
 }  // namespace

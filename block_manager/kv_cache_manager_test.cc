@@ -217,5 +217,60 @@ TEST(KvCacheManagerTest, PartitionedPoolKeepsEachRowInItsRanksRange) {
   EXPECT_EQ(m.pool().num_free(1), 8);
 }
 
+TEST(KvCacheManagerTest, ForkSharesBlocksAndCopiesThePartialBlockOnWrite) {
+  // One layer, two KV heads with different lengths (a compressed prompt): head 0 ends in a
+  // partial block, head 1 exactly on a block boundary.
+  KvCacheManager m(Config(20, /*block_size=*/4, /*layers=*/1, /*heads=*/2));
+  ASSERT_TRUE(m.Append(1, std::vector<int32_t>{6, 8}));  // 2 + 2 blocks
+  EXPECT_EQ(m.num_free_blocks(), 16);
+  ASSERT_TRUE(m.Fork(1, 2).ok());
+  ASSERT_TRUE(m.Fork(1, 3).ok());
+  EXPECT_EQ(m.num_free_blocks(), 16);  // shared blocks are counted once
+  EXPECT_EQ(m.Table(2, 0, 0).blocks, m.Table(1, 0, 0).blocks);
+  EXPECT_EQ(m.pool().ref_count(m.Table(1, 0, 0).blocks[0]), 3);
+  EXPECT_EQ(m.Fork(9, 4).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.Fork(1, 2).code(), absl::StatusCode::kInvalidArgument);
+
+  // A decode token in seq 2: head 0 copies its shared partial block; head 1 starts a new one.
+  EXPECT_EQ(m.NewBlocksNeededUniform(2, 1), 2);
+  const BlockId partial = m.Table(1, 0, 0).blocks[1];
+  ASSERT_TRUE(m.AppendUniform(2, 1));
+  EXPECT_EQ(m.num_free_blocks(), 14);
+  const BlockId copy = m.Table(2, 0, 0).blocks[1];
+  EXPECT_NE(copy, partial);
+  EXPECT_EQ(m.Table(2, 0, 0).blocks[0], m.Table(1, 0, 0).blocks[0]);  // full: still shared
+  EXPECT_THAT(m.TakeBlockCopies(), ElementsAre(std::make_pair(partial, copy)));
+  EXPECT_THAT(m.TakeBlockCopies(), IsEmpty());
+  EXPECT_EQ(m.pool().ref_count(partial), 2);
+
+  // Seq 3 copies too; seq 1, the last holder, then writes its partial block in place.
+  ASSERT_TRUE(m.AppendUniform(3, 1));
+  EXPECT_EQ(m.TakeBlockCopies().size(), 1u);
+  EXPECT_EQ(m.NewBlocksNeededUniform(1, 1), 1);  // head 1's new block only
+  ASSERT_TRUE(m.AppendUniform(1, 1));
+  EXPECT_THAT(m.TakeBlockCopies(), IsEmpty());
+  EXPECT_EQ(m.Table(1, 0, 0).blocks[1], partial);
+
+  // Freeing is by reference: the shared full blocks stay until their last holder goes.
+  const BlockId full = m.Table(1, 0, 0).blocks[0];
+  m.Free(1);
+  m.Free(2);
+  EXPECT_TRUE(m.pool().held(full));
+  m.Free(3);
+  EXPECT_FALSE(m.pool().held(full));
+  EXPECT_EQ(m.num_free_blocks(), 20);
+}
+
+TEST(KvCacheManagerTest, ACopyThatDoesNotFitChangesNothing) {
+  KvCacheManager m(Config(2, /*block_size=*/4, /*layers=*/1, /*heads=*/1));
+  ASSERT_TRUE(m.Append(1, std::vector<int32_t>{3}));
+  ASSERT_TRUE(m.Fork(1, 2).ok());
+  ASSERT_TRUE(m.Append(3, std::vector<int32_t>{1}));  // the pool is now full
+  const Snapshot before = Take(m, {1, 2, 3});
+  EXPECT_FALSE(m.AppendUniform(2, 1));  // needs a block for the copy
+  EXPECT_TRUE(Take(m, {1, 2, 3}) == before);
+  EXPECT_THAT(m.TakeBlockCopies(), IsEmpty());
+}
+
 }  // namespace
 }  // namespace hkv

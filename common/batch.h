@@ -57,6 +57,15 @@ struct SequenceStep {
   bool sample = false;          // Produce a next token (decode, or the last prefill chunk).
   int32_t sample_step = 0;      // Index of the token being sampled (0 = first generated).
   StepSampling sampling;        // The request's sampler settings (its stop lists stay behind).
+  // Prompt length: tokens run at positions >= this are generated ones, which penalties count.
+  int32_t num_prompt_tokens = 0;
+  // Samples to draw from this step's logits (n > 1 at the end of a request's first prefill):
+  // sample i uses seed SampleSeed(sampling.seed, i); samples 1.. come back in extra_tokens.
+  int32_t num_samples = 1;
+  // Only when start_pos == 0 and sampling.min_tokens > 0: the tokens (EOS, stop_token_ids) that
+  // cannot be sampled before min_tokens. Sent once per prefill, kept by the worker (the step
+  // stays free of client-sized data on every later step).
+  std::vector<TokenId> min_tokens_banned;
   bool select = false;  // Compressed prefill: `selection` applies (start_pos > 0: last chunk).
   KvSelectionSpec selection;
   // Adaptive selection only (selection.capacity empty): the blocks reserved for each layer,
@@ -80,6 +89,11 @@ struct Batch {
   std::vector<int32_t> kv_len_after;   // [rows]
   // Block copies to do before the step (copy-on-write of a shared partial block): src -> dst.
   std::vector<std::pair<BlockId, BlockId>> block_copies;
+  // Sequence-state changes since the last step, for workers that keep per-sequence sampling
+  // history (penalties): `forks` (parent -> child, applied first) start a child's history as a
+  // copy of its parent's; `released` sequences (finished, aborted, preempted) drop theirs.
+  std::vector<std::pair<RequestId, RequestId>> forks;
+  std::vector<RequestId> released;
 
   int64_t num_rows() const {
     return static_cast<int64_t>(seqs.size()) * num_layers * num_kv_heads;
@@ -89,9 +103,22 @@ struct Batch {
   }
 };
 
+// Log-probabilities of one sampled token under the model's raw distribution (log_softmax of
+// the logits before penalties, temperature and cuts, as vLLM reports by default).
+struct TokenLogprobs {
+  TokenId token = -1;
+  float logprob = 0.0f;
+  // The k most likely tokens (k = sampling.logprobs), by logprob descending, lower id first.
+  std::vector<TokenId> top_ids;
+  std::vector<float> top_logprobs;
+};
+
 struct SequenceResult {
   RequestId id = 0;
   TokenId token = -1;  // Sampled token when the step asked for one, else -1.
+  std::vector<TokenId> extra_tokens;  // Samples 1 .. num_samples - 1 (see SequenceStep).
+  // When sampling.logprobs >= 0: one per sample (token, then extra_tokens).
+  std::vector<TokenLogprobs> logprobs;
   // Compressed prefill only: tokens kept per (layer, kv_head) [num_layers * num_kv_heads],
   // window included. Equals kv_len_after for static plans' one-step prefills (the plan's caps
   // for a chunked prefill's last chunk).

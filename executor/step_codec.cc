@@ -125,6 +125,15 @@ absl::StatusOr<std::vector<uint8_t>> BatchEncoder::Encode(const Batch& b) {
     w.Put(p.top_k);
     w.Put(p.top_p);
     w.Put(p.seed);
+    w.Put(p.presence_penalty);
+    w.Put(p.frequency_penalty);
+    w.Put(p.repetition_penalty);
+    w.Put(p.min_p);
+    w.Put(p.min_tokens);
+    w.Put(p.logprobs);
+    w.Put(s.num_prompt_tokens);
+    w.Put(s.num_samples);
+    w.PutVector(s.min_tokens_banned);
     w.PutBool(s.select);
     const KvSelectionSpec& k = s.selection;
     w.Put(k.window);
@@ -179,6 +188,13 @@ absl::StatusOr<std::vector<uint8_t>> BatchEncoder::Encode(const Batch& b) {
     copies.push_back(dst);
   }
   w.PutVector(copies);
+  std::vector<RequestId> forks;
+  for (const auto& [parent, child] : b.forks) {
+    forks.push_back(parent);
+    forks.push_back(child);
+  }
+  w.PutVector(forks);
+  w.PutVector(b.released);
   return w.Take();
 }
 
@@ -196,6 +212,15 @@ absl::Status ReadSequenceStep(Reader* r, SequenceStep* s) {
   HKV_RETURN_IF_ERROR(r->Get(&p.top_k));
   HKV_RETURN_IF_ERROR(r->Get(&p.top_p));
   HKV_RETURN_IF_ERROR(r->Get(&p.seed));
+  HKV_RETURN_IF_ERROR(r->Get(&p.presence_penalty));
+  HKV_RETURN_IF_ERROR(r->Get(&p.frequency_penalty));
+  HKV_RETURN_IF_ERROR(r->Get(&p.repetition_penalty));
+  HKV_RETURN_IF_ERROR(r->Get(&p.min_p));
+  HKV_RETURN_IF_ERROR(r->Get(&p.min_tokens));
+  HKV_RETURN_IF_ERROR(r->Get(&p.logprobs));
+  HKV_RETURN_IF_ERROR(r->Get(&s->num_prompt_tokens));
+  HKV_RETURN_IF_ERROR(r->Get(&s->num_samples));
+  HKV_RETURN_IF_ERROR(r->GetVector(&s->min_tokens_banned));
   HKV_RETURN_IF_ERROR(r->GetBool(&s->select));
   KvSelectionSpec& k = s->selection;
   HKV_RETURN_IF_ERROR(r->Get(&k.window));
@@ -235,6 +260,11 @@ absl::StatusOr<Batch> BatchDecoder::Decode(absl::Span<const uint8_t> bytes) {
   if (copies.size() % 2 != 0) return absl::DataLossError("step message: odd block-copy list");
   for (size_t i = 0; i < copies.size(); i += 2)
     b.block_copies.emplace_back(copies[i], copies[i + 1]);
+  std::vector<RequestId> forks;
+  HKV_RETURN_IF_ERROR(r.GetVector(&forks));
+  if (forks.size() % 2 != 0) return absl::DataLossError("step message: odd fork list");
+  for (size_t i = 0; i < forks.size(); i += 2) b.forks.emplace_back(forks[i], forks[i + 1]);
+  HKV_RETURN_IF_ERROR(r.GetVector(&b.released));
   HKV_RETURN_IF_ERROR(r.Done());
   // The shape the workers index by: rows and page table must agree, so that a bad message fails
   // here and not inside a kernel.
@@ -298,6 +328,14 @@ std::vector<uint8_t> EncodeBatchResult(const BatchResult& result) {
     w.Put(s.token);
     w.PutVector(s.kept_per_head);
     w.PutVector(s.logits);
+    w.PutVector(s.extra_tokens);
+    w.Put<uint64_t>(s.logprobs.size());
+    for (const TokenLogprobs& l : s.logprobs) {
+      w.Put(l.token);
+      w.Put(l.logprob);
+      w.PutVector(l.top_ids);
+      w.PutVector(l.top_logprobs);
+    }
   }
   return w.Take();
 }
@@ -314,6 +352,16 @@ absl::StatusOr<BatchResult> DecodeBatchResult(absl::Span<const uint8_t> bytes) {
     HKV_RETURN_IF_ERROR(r.Get(&s.token));
     HKV_RETURN_IF_ERROR(r.GetVector(&s.kept_per_head));
     HKV_RETURN_IF_ERROR(r.GetVector(&s.logits));
+    HKV_RETURN_IF_ERROR(r.GetVector(&s.extra_tokens));
+    uint64_t num_logprobs = 0;
+    HKV_RETURN_IF_ERROR(r.GetCount(/*min_bytes=*/24, &num_logprobs));
+    s.logprobs.resize(num_logprobs);
+    for (TokenLogprobs& l : s.logprobs) {
+      HKV_RETURN_IF_ERROR(r.Get(&l.token));
+      HKV_RETURN_IF_ERROR(r.Get(&l.logprob));
+      HKV_RETURN_IF_ERROR(r.GetVector(&l.top_ids));
+      HKV_RETURN_IF_ERROR(r.GetVector(&l.top_logprobs));
+    }
   }
   HKV_RETURN_IF_ERROR(r.Done());
   return out;

@@ -24,6 +24,15 @@ Batch SampleBatch() {
   plain.sampling.top_k = 40;
   plain.sampling.top_p = 0.9f;
   plain.sampling.seed = 0x123456789abcULL;
+  plain.sampling.presence_penalty = 0.5f;
+  plain.sampling.frequency_penalty = -0.25f;
+  plain.sampling.repetition_penalty = 1.3f;
+  plain.sampling.min_p = 0.05f;
+  plain.sampling.min_tokens = 6;
+  plain.sampling.logprobs = 5;
+  plain.num_prompt_tokens = 12;
+  plain.num_samples = 3;
+  plain.min_tokens_banned = {2, 9, 11};
   SequenceStep select;
   select.id = 42;
   select.tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
@@ -41,6 +50,8 @@ Batch SampleBatch() {
   b.kv_len_before = {12, 12, 12, 12, 0, 0, 0, 0};
   b.kv_len_after = {15, 15, 15, 15, 5, 6, 7, 8};
   b.block_copies = {{3, 4}, {5, 6}};
+  b.forks = {{41, 43}, {41, 44}};
+  b.released = {7, 8, 9};
   return b;
 }
 
@@ -60,6 +71,15 @@ void ExpectSame(const Batch& a, const Batch& b) {
     EXPECT_EQ(x.sampling.top_k, y.sampling.top_k);
     EXPECT_EQ(x.sampling.top_p, y.sampling.top_p);
     EXPECT_EQ(x.sampling.seed, y.sampling.seed);
+    EXPECT_EQ(x.sampling.presence_penalty, y.sampling.presence_penalty);
+    EXPECT_EQ(x.sampling.frequency_penalty, y.sampling.frequency_penalty);
+    EXPECT_EQ(x.sampling.repetition_penalty, y.sampling.repetition_penalty);
+    EXPECT_EQ(x.sampling.min_p, y.sampling.min_p);
+    EXPECT_EQ(x.sampling.min_tokens, y.sampling.min_tokens);
+    EXPECT_EQ(x.sampling.logprobs, y.sampling.logprobs);
+    EXPECT_EQ(x.num_prompt_tokens, y.num_prompt_tokens);
+    EXPECT_EQ(x.num_samples, y.num_samples);
+    EXPECT_EQ(x.min_tokens_banned, y.min_tokens_banned);
     EXPECT_EQ(x.select, y.select);
     EXPECT_EQ(x.selection.window, y.selection.window);
     EXPECT_EQ(x.selection.pool_kernel, y.selection.pool_kernel);
@@ -74,6 +94,8 @@ void ExpectSame(const Batch& a, const Batch& b) {
   EXPECT_EQ(a.kv_len_before, b.kv_len_before);
   EXPECT_EQ(a.kv_len_after, b.kv_len_after);
   EXPECT_EQ(a.block_copies, b.block_copies);
+  EXPECT_EQ(a.forks, b.forks);
+  EXPECT_EQ(a.released, b.released);
 }
 
 TEST(StepCodecTest, BatchRoundTrips) {
@@ -138,6 +160,10 @@ TEST(StepCodecTest, ResultRoundTripsAndRejectsDamage) {
   r.seqs[1].id = 8;
   r.seqs[1].kept_per_head = {1, 2, 3, 4};
   r.seqs[1].logits = {0.5f, -1.25f};
+  r.seqs[1].extra_tokens = {5, 6};
+  r.seqs[1].logprobs.resize(3);
+  r.seqs[1].logprobs[0] = {12, -0.5f, {12, 3}, {-0.5f, -1.5f}};
+  r.seqs[1].logprobs[2] = {6, -2.0f, {}, {}};
   const std::vector<uint8_t> bytes = EncodeBatchResult(r);
   auto d = DecodeBatchResult(bytes);
   ASSERT_TRUE(d.ok()) << d.status();
@@ -146,6 +172,15 @@ TEST(StepCodecTest, ResultRoundTripsAndRejectsDamage) {
   EXPECT_EQ(d->seqs[0].token, 99);
   EXPECT_EQ(d->seqs[1].kept_per_head, r.seqs[1].kept_per_head);
   EXPECT_EQ(d->seqs[1].logits, r.seqs[1].logits);
+  EXPECT_EQ(d->seqs[1].extra_tokens, r.seqs[1].extra_tokens);
+  ASSERT_EQ(d->seqs[1].logprobs.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    const TokenLogprobs &x = d->seqs[1].logprobs[i], &y = r.seqs[1].logprobs[i];
+    EXPECT_EQ(x.token, y.token);
+    EXPECT_EQ(x.logprob, y.logprob);
+    EXPECT_EQ(x.top_ids, y.top_ids);
+    EXPECT_EQ(x.top_logprobs, y.top_logprobs);
+  }
   for (size_t n = 0; n < bytes.size(); ++n) {
     EXPECT_EQ(DecodeBatchResult(absl::MakeConstSpan(bytes.data(), n)).status().code(),
               absl::StatusCode::kDataLoss);

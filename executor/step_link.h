@@ -17,7 +17,7 @@
 namespace hkv {
 
 // 3: steps travel on a gRPC stream (StepTransport.Join), the hello is its first message.
-inline constexpr uint32_t kStepProtocolVersion = 3;
+inline constexpr uint32_t kStepProtocolVersion = 4;
 // The call metadata that carries DistLayout::token from a follower to node 0.
 inline constexpr char kDistTokenHeader[] = "x-hkv-dist-token";
 // Largest reason text sent with kError.

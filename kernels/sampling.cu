@@ -107,7 +107,9 @@ __global__ void __launch_bounds__(kThreads)
       (prm.top_k > 0 && prm.top_k < vocab) ? RadixSelectKth(x, vocab, prm.top_k) : 0u;
   auto prob = [&](int i) {
     const float v = x[i];
-    return (v == v && OrderedKey(v) >= kth) ? __expf((v - mx) * inv_t) : 0.0f;
+    if (!(v == v && OrderedKey(v) >= kth)) return 0.0f;
+    const float p = __expf((v - mx) * inv_t);  // <= 1: the largest is exp(0)
+    return p >= prm.min_p ? p : 0.0f;
   };
   float z = 0.0f;
   for (int i = threadIdx.x; i < vocab; i += blockDim.x) z += prob(i);

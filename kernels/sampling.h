@@ -4,9 +4,10 @@
 //
 // Per row: temperature <= 0 -> argmax (ties -> lowest id). Otherwise p ~ softmax(logits / T);
 // top_k > 0 keeps the ids whose logit is >= the k-th largest (ties at the boundary kept);
-// top_p < 1 then keeps the smallest set of highest probabilities whose mass reaches top_p
-// (ties at the boundary kept); the token is the inverse CDF, in id order, at `uniform` (in
-// [0, 1), drawn by the caller, so runs are reproducible).
+// min_p > 0 then keeps those whose probability is >= min_p x the largest; top_p < 1 then keeps the
+// smallest set of highest probabilities whose mass reaches top_p (ties at the boundary kept); the
+// token is the inverse CDF, in id order, at `uniform` (in [0, 1), drawn by the caller, so runs are
+// reproducible).
 //
 // Thread-safety: stateless; ordered by the stream.
 
@@ -21,6 +22,7 @@ struct SamplingRow {
   int32_t top_k = 0;  // 0: off
   float top_p = 1.0f;
   float uniform = 0.0f;
+  float min_p = 0.0f;  // 0: off
 };
 
 // Samples one token per row.

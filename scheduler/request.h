@@ -19,6 +19,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
+#include "common/batch.h"
 #include "common/finish_reason.h"
 #include "common/ids.h"
 #include "common/sampling_params.h"
@@ -45,6 +46,13 @@ struct Request {
   absl::Time arrival_time = absl::InfinitePast();
   absl::Time deadline = absl::InfiniteFuture();
 
+  // n > 1 (sampling.n): the request is sample 0 and its samples 1..n-1 become requests of their
+  // own, ids id + 1 .. id + n - 1 (the engine keeps those ids free), once its prefill has sampled
+  // all n tokens from the same logits; they share its prompt's KV blocks (copy-on-write).
+  // Sample i has sample_index i and seed SampleSeed(seed, i); after the fork every sample runs,
+  // is preempted and finishes on its own.
+  int32_t sample_index = 0;
+
   // State, written by the Scheduler only.
   // Set by Add(): what each stop token ends the request with (sampling.stop_token_ids: kStop;
   // eos_ids unless ignore_eos: kEos).
@@ -54,6 +62,7 @@ struct Request {
   int32_t num_computed_tokens = 0;  // Positions whose K/V is cached (prompt, then output).
   int64_t arrival_order = 0;        // Order of Add(): FIFO, and "newest first" preemption.
   int32_t num_preemptions = 0;
+  bool forked = false;  // Sample 0 of n > 1: its samples exist (children have it set too).
   FinishReason finish_reason = FinishReason::kNone;
   absl::Time first_scheduled_time = absl::InfinitePast();
   absl::Time first_token_time = absl::InfinitePast();
@@ -64,6 +73,8 @@ struct Request {
   TokenId token_at(int32_t pos) const {
     return pos < num_prompt_tokens() ? prompt[pos] : output[pos - prompt.size()];
   }
+  // Returns the samples this request's next sampling step draws (n before the fork, else 1).
+  int32_t samples_to_draw() const { return forked || output.size() > 0 ? 1 : sampling.n; }
   // Returns whether the prompt's prefill runs compressed (its last step selects).
   bool compresses() const { return plan.compresses(num_prompt_tokens()); }
 };
@@ -71,7 +82,13 @@ struct Request {
 // What one step (or an abort or deadline) produced for a request.
 struct RequestOutput {
   RequestId id = 0;
+  int32_t sample_index = 0;  // n > 1: which sample `id` is (its parent is id - sample_index).
+  // Set when sample 0 of n > 1 ends before its samples were forked (so they never will be):
+  // samples 1..n-1 end with it, with no tokens.
+  int32_t unforked_samples = 0;
   std::vector<TokenId> new_tokens;  // Tokens sampled this step (at most one).
+  // When sampling.logprobs >= 0: one per new token.
+  std::vector<TokenLogprobs> logprobs;
   bool finished = false;
   FinishReason reason = FinishReason::kNone;
   std::string error;  // kError only: what went wrong.

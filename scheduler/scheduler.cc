@@ -54,6 +54,27 @@ int64_t Scheduler::TransientBlocks(const Request& r) const {
 }
 
 int64_t Scheduler::PeakBlocks(const Request& r) const {
+  const int64_t one = SingleSamplePeak(r);
+  if (r.sampling.n <= 1) return one;
+  // Each other sample shares the prompt's full blocks and adds, per row, its copy of the
+  // partial last block and its own max_tokens: at most its single peak less the full blocks.
+  const int32_t bs = kv_->config().block_size;
+  const int64_t m = std::max(r.sampling.max_tokens, 0);
+  int64_t child = 0;
+  if (!r.compresses()) {
+    child = kv_->num_rows_per_seq() *
+            (CeilDiv(r.num_prompt_tokens() + m, bs) - r.num_prompt_tokens() / bs);
+  } else if (!r.plan.adaptive) {
+    for (int32_t kept : r.plan.KeptTokens(r.num_prompt_tokens())) {
+      child += CeilDiv(kept + m, bs) - kept / bs;
+    }
+  } else {
+    child = one;  // Adaptive rows are known only after the prefill: bound by a whole sample.
+  }
+  return one + (r.sampling.n - 1) * child;
+}
+
+int64_t Scheduler::SingleSamplePeak(const Request& r) const {
   const int64_t n = r.num_prompt_tokens();
   const int64_t m = std::max(r.sampling.max_tokens, 0);
   const int32_t bs = kv_->config().block_size;
@@ -82,8 +103,14 @@ absl::Status Scheduler::CheckRequest(const Request& r) const {
     return absl::InvalidArgumentError(absl::StrCat("request ", r.id, " has an empty prompt"));
   }
   HKV_RETURN_IF_ERROR(ValidateSamplingParams(r.sampling));
-  if (requests_.contains(r.id)) {
-    return absl::AlreadyExistsError(absl::StrCat("request ", r.id, " is already live"));
+  for (int32_t i = 0; i < r.sampling.n; ++i) {
+    if (requests_.contains(r.id + i)) {
+      return absl::AlreadyExistsError(absl::StrCat("request ", r.id + i, " is already live"));
+    }
+  }
+  if (r.sampling.n > options_.max_seqs) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "n = ", r.sampling.n, " samples cannot run together under max_seqs ", options_.max_seqs));
   }
   const HeadBudgetPlan& p = r.plan;
   if (p.policy == KvPolicyName::kFull) return absl::OkStatus();
@@ -183,6 +210,9 @@ RequestOutput Scheduler::Finish(Request* r, FinishReason reason, absl::Time now)
     out.time_to_first_token = r->first_token_time - r->arrival_time;
   }
   out.num_preemptions = r->num_preemptions;
+  out.sample_index = r->sample_index;
+  if (r->sampling.n > 1 && !r->forked) out.unforked_samples = r->sampling.n - 1;
+  if (r->first_scheduled_time != absl::InfinitePast()) released_.push_back(r->id);
   r->status = RequestStatus::kFinished;
   r->finish_reason = reason;
   std::erase(running_, r);
@@ -193,6 +223,7 @@ RequestOutput Scheduler::Finish(Request* r, FinishReason reason, absl::Time now)
 
 void Scheduler::Preempt(Request* r) {
   kv_->Free(r->id);
+  released_.push_back(r->id);
   r->num_computed_tokens = 0;
   r->status = RequestStatus::kPreempted;
   ++r->num_preemptions;
@@ -273,13 +304,18 @@ void Scheduler::ScheduleRunning(StepPlan* step) {
 }
 
 void Scheduler::ScheduleWaiting(StepPlan* step) {
-  while (!waiting_.empty() && step->budget > 0 && num_running() < options_.max_seqs) {
+  // Seats: running sequences, and the samples an unforked n > 1 request adds after its prefill.
+  int32_t seats = 0;
+  for (const Request* r : running_) seats += r->samples_to_draw();
+  while (!waiting_.empty() && step->budget > 0 && seats < options_.max_seqs) {
     Request* r = waiting_.front();
+    if (seats + r->samples_to_draw() > options_.max_seqs) return;
     bool select = false;
     const int32_t n = StepTokens(*r, *step, &select);
     Planned p;
     if (n == 0 || !Allocate(*r, n, select, &p)) return;  // The head waits; nobody skips it.
     waiting_.erase(waiting_.begin());
+    seats += r->samples_to_draw();
     r->status = RequestStatus::kRunning;
     running_.push_back(r);
     AddToStep(std::move(p), step);
@@ -317,6 +353,8 @@ Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
   b.num_layers = config.num_layers;
   b.num_kv_heads = config.num_kv_heads;
   b.block_size = config.block_size;
+  b.released = std::exchange(released_, {});
+  b.forks = std::exchange(forks_, {});
   std::vector<RequestId> ids;
   ids.reserve(planned.size());
   for (const Planned& p : planned) ids.push_back(p.request->id);
@@ -324,6 +362,7 @@ Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
   b.kv_indptr = std::move(csr.indptr);
   b.kv_indices = std::move(csr.indices);
   b.kv_len_after = std::move(csr.num_tokens);
+  b.block_copies = kv_->TakeBlockCopies();
   b.kv_len_before.reserve(b.kv_len_after.size());
   b.seqs.reserve(planned.size());
   for (const Planned& p : planned) {
@@ -337,6 +376,12 @@ Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
     s.sample = s.start_pos + p.num_tokens == r.num_tokens();
     s.sample_step = static_cast<int32_t>(r.output.size());
     s.sampling = ToStepSampling(r.sampling);
+    s.num_prompt_tokens = r.num_prompt_tokens();
+    if (s.sample) s.num_samples = r.samples_to_draw();
+    if (s.start_pos == 0 && r.sampling.min_tokens > 0) {
+      for (const auto& [id, reason] : r.stop_tokens) s.min_tokens_banned.push_back(id);
+      std::sort(s.min_tokens_banned.begin(), s.min_tokens_banned.end());
+    }
     s.select = p.select;
     if (p.select) {
       s.selection.window = r.plan.window;
@@ -373,7 +418,15 @@ absl::Status Scheduler::ApplyStep(Request& r, const SequenceStep& s, const Seque
   if (s.sample && res->token < 0) {
     return absl::InternalError(absl::StrCat("the worker sampled no token for request ", r.id));
   }
+  if (s.sample && static_cast<int32_t>(res->extra_tokens.size()) != s.num_samples - 1) {
+    return absl::InternalError(absl::StrCat("the worker drew ", res->extra_tokens.size() + 1,
+                                            " samples for request ", r.id, ", not ",
+                                            s.num_samples));
+  }
   r.num_computed_tokens += static_cast<int32_t>(s.tokens.size());
+  if (s.sample && r.sampling.logprobs >= 0 && res->logprobs.empty()) {
+    return absl::InternalError(absl::StrCat("the worker returned no logprobs for request ", r.id));
+  }
   if (s.sample) {
     r.output.push_back(res->token);
     if (r.first_token_time == absl::InfinitePast()) r.first_token_time = now;
@@ -396,8 +449,57 @@ absl::Status Scheduler::ShrinkToKept(const Request& r, const std::vector<int32_t
   return kv_->Shrink(r.id, kept);
 }
 
+absl::Status Scheduler::ForkSamples(Request& r, const SequenceResult& res, absl::Time now,
+                                    std::vector<RequestOutput>* outputs) {
+  r.forked = true;
+  for (int32_t i = 1; i < r.sampling.n; ++i) {
+    auto c = std::make_unique<Request>();
+    c->id = r.id + i;
+    c->request_id = r.request_id;
+    c->prompt = r.prompt;
+    c->sampling = r.sampling;
+    c->sampling.seed = SampleSeed(r.sampling.seed, i);
+    c->eos_ids = r.eos_ids;
+    c->priority = r.priority;
+    c->plan = r.plan;
+    c->arrival_time = r.arrival_time;
+    c->deadline = r.deadline;
+    c->sample_index = i;
+    c->stop_tokens = r.stop_tokens;
+    c->status = RequestStatus::kRunning;
+    c->output = {res.extra_tokens[i - 1]};
+    c->num_computed_tokens = r.num_computed_tokens;
+    c->arrival_order = r.arrival_order;
+    c->forked = true;
+    c->first_scheduled_time = r.first_scheduled_time;
+    c->first_token_time = now;
+    HKV_RETURN_IF_ERROR(kv_->Fork(r.id, c->id));
+    forks_.emplace_back(r.id, c->id);
+    Request* child = c.get();
+    requests_.emplace(child->id, std::move(c));
+    running_.push_back(child);
+    const FinishReason reason = StopReason(*child);
+    RequestOutput out;
+    if (reason != FinishReason::kNone) {
+      out = Finish(child, reason, now);
+    } else {
+      out.id = child->id;
+      out.sample_index = i;
+    }
+    out.new_tokens = {res.extra_tokens[i - 1]};
+    if (static_cast<size_t>(i) < res.logprobs.size()) out.logprobs = {res.logprobs[i]};
+    outputs->push_back(std::move(out));
+  }
+  return absl::OkStatus();
+}
+
 FinishReason Scheduler::StopReason(const Request& r) const {
-  if (auto it = r.stop_tokens.find(r.output.back()); it != r.stop_tokens.end()) return it->second;
+  // Before min_tokens the worker cannot sample a stop token (it may only when every token is
+  // one); either way it does not end the request.
+  const bool may_stop = static_cast<int32_t>(r.output.size()) > r.sampling.min_tokens;
+  if (auto it = r.stop_tokens.find(r.output.back()); may_stop && it != r.stop_tokens.end()) {
+    return it->second;
+  }
   if (static_cast<int32_t>(r.output.size()) >= r.sampling.max_tokens) return FinishReason::kLength;
   return FinishReason::kNone;
 }
@@ -422,6 +524,16 @@ std::vector<RequestOutput> Scheduler::Update(const Batch& batch, const BatchResu
       continue;
     }
     if (!s.sample) continue;
+    if (s.num_samples > 1) {
+      if (const absl::Status forked = ForkSamples(*r, result.seqs[i], now, &outputs);
+          !forked.ok()) {
+        HKV_LOG(ERROR) << "request " << r->id << " failed: " << forked;
+        RequestOutput out = Finish(r, FinishReason::kError, now);
+        out.error = std::string(forked.message());
+        outputs.push_back(std::move(out));
+        continue;
+      }
+    }
     const TokenId token = r->output.back();
     const FinishReason reason = StopReason(*r);
     RequestOutput out;
@@ -431,6 +543,9 @@ std::vector<RequestOutput> Scheduler::Update(const Batch& batch, const BatchResu
       out.id = r->id;
     }
     out.new_tokens = {token};
+    if (i < result.seqs.size() && !result.seqs[i].logprobs.empty()) {
+      out.logprobs = {result.seqs[i].logprobs[0]};
+    }
     outputs.push_back(std::move(out));
   }
   return outputs;

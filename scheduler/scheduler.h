@@ -86,7 +86,9 @@ class Scheduler {
 
   // Returns the most head-blocks `request` can hold at once: its prompt as the plan keeps it
   // (the adaptive reservation bound for adakv) plus max_tokens in every row, or, when its
-  // compressed prompt prefills in chunks, the prompt's full K/V if that is more.
+  // compressed prompt prefills in chunks, the prompt's full K/V if that is more; with n > 1,
+  // plus what each other sample adds to the shared prompt (its copy of each row's partial block
+  // and its own max_tokens).
   int64_t PeakBlocks(const Request& request) const;
   // Returns whether `request`'s compressed prompt may prefill in chunks: its full K/V (the
   // transient blocks) fits the whole pool.
@@ -138,6 +140,12 @@ class Scheduler {
   void Preempt(Request* r);
   void InsertWaiting(Request* r);
   void ExpireDeadlines(absl::Time now);
+  // n > 1: after `r`'s prefill sampled all n tokens (`result`), creates samples 1..n-1 sharing
+  // its blocks and appends their outputs; an error when the result lacks them.
+  absl::Status ForkSamples(Request& r, const SequenceResult& result, absl::Time now,
+                           std::vector<RequestOutput>* outputs);
+  // Returns the most head-blocks one sample of `r` holds itself: PeakBlocks for n = 1.
+  int64_t SingleSamplePeak(const Request& r) const;
   // Applies one step's result to `r`; an error when the result does not match the step.
   absl::Status ApplyStep(Request& r, const SequenceStep& step, const SequenceResult* result,
                          absl::Time now);
@@ -154,6 +162,11 @@ class Scheduler {
   std::vector<Request*> running_;
   std::vector<RequestId> in_flight_;  // Sequences of the last Schedule() not yet Update()d.
   std::vector<RequestOutput> aborted_;
+  // Sequences finished, aborted or preempted since the last Batch: the next one lists them in
+  // Batch::released so that workers drop their per-sequence sampling state.
+  std::vector<RequestId> released_;
+  // Forks (parent -> sample) since the last Batch, for workers' per-sequence state.
+  std::vector<std::pair<RequestId, RequestId>> forks_;
   int64_t next_arrival_order_ = 0;
   int64_t num_preemptions_ = 0;
 };

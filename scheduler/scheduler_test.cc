@@ -3,7 +3,8 @@
 // Each step it checks the Batch against both (shapes, row lengths, block counts, the cached
 // contents, positions, token budget, no block in two rows) before writing the step's K/V, and
 // samples a hash of everything the sequence's rows hold. Outputs therefore depend on the cache
-// the scheduler set up, so "same output" tests catch lost, shared or stale blocks.
+// the scheduler set up, so "same output" tests catch lost, shared or stale blocks. Blocks may be
+// shared (the samples of an n > 1 request), but a step never writes a block another row holds.
 
 #include "scheduler/scheduler.h"
 
@@ -36,6 +37,8 @@ class FakeWorker {
   BatchResult Execute(const Batch& b) {
     CheckShape(b);
     for (const auto& [src, dst] : b.block_copies) blocks_[dst] = blocks_[src];
+    for (const auto& [parent, child] : b.forks) seqs_[child] = seqs_[parent];
+    for (RequestId id : b.released) released_.insert(id);
     BatchResult result;
     for (size_t i = 0; i < b.seqs.size(); ++i) {
       const SequenceStep& s = b.seqs[i];
@@ -62,7 +65,10 @@ class FakeWorker {
         RunPlain(b, i, rows, &st);
       }
       st.next_pos = s.start_pos + static_cast<int32_t>(s.tokens.size());
-      if (s.sample) out.token = Sample(s, rows, st);
+      if (s.sample) out.token = Sample(s, s.sampling.seed, rows, st);
+      for (int32_t k = 1; s.sample && k < s.num_samples; ++k) {
+        out.extra_tokens.push_back(Sample(s, SampleSeed(s.sampling.seed, k), rows, st));
+      }
       result.seqs.push_back(std::move(out));
     }
     return result;
@@ -83,8 +89,10 @@ class FakeWorker {
     ASSERT_EQ(static_cast<int64_t>(b.kv_len_after.size()), b.num_rows());
     ASSERT_EQ(b.kv_indptr.back(), static_cast<int32_t>(b.kv_indices.size()));
     EXPECT_LE(static_cast<int32_t>(b.seqs.size()), options_.max_seqs);
-    std::set<BlockId> seen;  // No block in two rows (or two reservations) of one batch.
-    for (BlockId id : b.kv_indices) EXPECT_TRUE(seen.insert(id).second) << "block " << id;
+    // A block in two rows is shared (never written, see Write); reservations are never shared.
+    holders_.clear();
+    for (BlockId id : b.kv_indices) ++holders_[id];
+    std::set<BlockId> seen(b.kv_indices.begin(), b.kv_indices.end());
     std::set<RequestId> ids;
     int32_t tokens = 0, multi = 0, multi_select = 0;
     for (const SequenceStep& s : b.seqs) {
@@ -170,9 +178,9 @@ class FakeWorker {
   }
 
   // Hash of every row as stored in the shadow pool, as a model would "read" the cache.
-  TokenId Sample(const SequenceStep& s, const std::vector<std::vector<BlockId>>& rows,
-                 const SeqState& st) {
-    uint64_t h = 1469598103934665603ULL ^ (s.sample_step * 31 + s.sampling.seed);
+  TokenId Sample(const SequenceStep& s, uint64_t seed,
+                 const std::vector<std::vector<BlockId>>& rows, const SeqState& st) {
+    uint64_t h = 1469598103934665603ULL ^ (s.sample_step * 31 + seed);
     for (int32_t r = 0; r < kRows; ++r) {
       for (size_t slot = 0; slot < st.rows[r].size(); ++slot) {
         h = (h ^ static_cast<uint64_t>(Read(rows[r], slot) + 7)) * 1099511628211ULL;
@@ -189,6 +197,8 @@ class FakeWorker {
   }
   void Write(const std::vector<BlockId>& row, size_t slot, TokenId token) {
     ASSERT_LT(slot / kBlockSize, row.size());
+    EXPECT_LE(holders_[row[slot / kBlockSize]], 1)
+        << "write into shared block " << row[slot / kBlockSize];
     blocks_[row[slot / kBlockSize]][slot % kBlockSize] = token;
   }
   TokenId Read(const std::vector<BlockId>& row, size_t slot) {
@@ -199,6 +209,10 @@ class FakeWorker {
   SchedulerOptions options_;
   std::map<BlockId, std::array<TokenId, kBlockSize>> blocks_;
   std::map<RequestId, SeqState> seqs_;
+  std::map<BlockId, int32_t> holders_;  // This step's rows holding each block.
+
+ public:
+  std::set<RequestId> released_;  // Every id a batch has released.
 };
 
 HeadBudgetPlan Plan(KvPolicyName name, int32_t budget) {
@@ -232,25 +246,28 @@ std::unique_ptr<Request> MakeRequest(RequestId id, int32_t prompt_len, int32_t m
 
 KvCacheConfig Config(int32_t blocks) { return {blocks, kBlockSize, kLayers, kHeads}; }
 
-// Checks the pool against the scheduler: exactly the running requests hold blocks, no block is
-// in two tables, and the pool's free count matches.
+// Checks the pool against the scheduler: exactly the running requests hold blocks, each block's
+// reference count is the number of tables holding it, and the pool's free count matches.
 void ExpectPoolConsistent(const Scheduler& s, const KvCacheManager& kv, RequestId max_id) {
-  std::set<BlockId> used;
+  std::map<BlockId, int32_t> used;
   int64_t held = 0;
   for (RequestId id = 0; id <= max_id; ++id) {
     const Request* r = s.Find(id);
     const bool running = r != nullptr && r->status == RequestStatus::kRunning;
     EXPECT_EQ(kv.Contains(id), running) << "request " << id;
     if (!kv.Contains(id)) continue;
-    held += kv.SequenceBlocks(id);
+    int64_t in_tables = 0;
     for (int32_t l = 0; l < kLayers; ++l) {
       for (int32_t h = 0; h < kHeads; ++h) {
-        for (BlockId b : kv.Table(id, l, h).blocks) {
-          EXPECT_TRUE(used.insert(b).second) << "block " << b << " in two tables";
-        }
+        for (BlockId b : kv.Table(id, l, h).blocks) ++used[b];
+        in_tables += kv.Table(id, l, h).blocks.size();
       }
     }
+    held += kv.SequenceBlocks(id) - in_tables;  // an uncommitted reservation
   }
+  for (const auto& [b, n] : used) EXPECT_EQ(kv.pool().ref_count(b), n) << "block " << b;
+  // Shared blocks are held once.
+  held += static_cast<int64_t>(used.size());
   EXPECT_EQ(held, kv.num_total_blocks() - kv.num_free_blocks());
 }
 
@@ -892,7 +909,8 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
   const KvPolicyName policies[] = {KvPolicyName::kFull, KvPolicyName::kSnapKv,
                                    KvPolicyName::kPyramidKv, KvPolicyName::kAdaKv,
                                    KvPolicyName::kHeadKv};
-  int64_t preemptions = 0, compared = 0, deadlines = 0, aborts = 0, compressed = 0;
+  int64_t preemptions = 0, compared = 0, deadlines = 0, aborts = 0, compressed = 0, forked = 0,
+          copies_run = 0;
   std::map<int32_t, int64_t> selects_by_chunks;  // Compressed prefills by chunks (3: 3 or more).
   for (int trial = 0; trial < 12; ++trial) {
     SCOPED_TRACE(trial);
@@ -917,9 +935,12 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
         auto r = MakeRequest(next, 1 + rng() % 60, 1 + rng() % 40,
                              Plan(policies[rng() % 5], 9 + rng() % 20), rng() % 3);
         if (rng() % 8 == 0) r->deadline = now + absl::Milliseconds(rng() % 500);
+        if (rng() % 4 == 0) r->sampling.n = 2 + rng() % 3;  // samples sharing the prompt
+        const int32_t n = r->sampling.n;
         auto copy = std::make_unique<Request>(*r);
         if (s.Add(std::move(r)).ok()) copies[next] = std::move(copy);
-        ++next;
+        next += n;
+        forked += n > 1;
       }
       if (rng() % 12 == 0) s.Abort(1 + rng() % next, FinishReason::kAborted);
       std::optional<Batch> batch = s.Schedule(now);
@@ -937,8 +958,10 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
       }
       for (RequestOutput& out : s.TakeAborted()) {
         cut_short.insert(out.id);
+        for (int32_t k = 1; k <= out.unforked_samples; ++k) cut_short.insert(out.id + k);
         (out.reason == FinishReason::kDeadline ? deadlines : aborts)++;
       }
+      if (batch.has_value()) copies_run += batch->block_copies.size();
       ExpectPoolConsistent(s, kv, next);
       EXPECT_LE(s.num_running(), o.max_seqs);
     }
@@ -946,21 +969,27 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
     preemptions += s.num_preemptions();
     // Whatever ran to the end produced what it produces alone in a roomy pool.
     for (auto& [id, copy] : copies) {
-      if (cut_short.contains(id)) continue;
+      const int32_t n = copy->sampling.n;
       KvCacheManager big(Config(4000));
       Scheduler alone(SchedulerOptions{}, &big);
       FakeWorker w2;
       copy->deadline = absl::InfiniteFuture();
-      compressed += copy->compresses();
-      ++compared;
+      const bool compresses = copy->compresses();
       ASSERT_TRUE(alone.Add(std::move(copy)).ok());
-      EXPECT_EQ(RunAll(alone, w2, big, id).tokens[id], tokens[id]) << "request " << id;
+      RunResult run = RunAll(alone, w2, big, id + n);
+      for (RequestId k = id; k < id + n; ++k) {
+        if (cut_short.contains(k)) continue;
+        compressed += compresses;
+        ++compared;
+        EXPECT_EQ(run.tokens[k], tokens[k]) << "request " << id << " sample " << k - id;
+      }
     }
   }
   std::cout << preemptions << " preemptions, " << aborts << " aborts, " << deadlines
             << " deadlines; " << compared << " outputs compared (" << compressed
             << " compressed); compressed prefills in 1 / 2 / 3+ chunks: " << selects_by_chunks[1]
-            << " / " << selects_by_chunks[2] << " / " << selects_by_chunks[3] << "\n";
+            << " / " << selects_by_chunks[2] << " / " << selects_by_chunks[3] << "; " << forked
+            << " with n > 1, " << copies_run << " block copies\n";
   EXPECT_GT(selects_by_chunks[1], 20);
   EXPECT_GT(selects_by_chunks[2], 20);
   EXPECT_GT(selects_by_chunks[3], 20);
@@ -968,6 +997,75 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
   EXPECT_GT(aborts, 20);
   EXPECT_GT(deadlines, 5);
   EXPECT_GT(compressed, 100);
+  EXPECT_GT(forked, 50);
+  EXPECT_GT(copies_run, 50);
+}
+
+TEST(SchedulerTest, SamplesShareThePromptAndCopyOnlyThePartialBlock) {
+  KvCacheManager kv(Config(1000));
+  Scheduler s(SchedulerOptions{}, &kv);
+  FakeWorker w;
+  // 10 prompt tokens: two full blocks and a partial one per row.
+  auto r = MakeRequest(10, 10, 6, Plan(KvPolicyName::kFull, 0));
+  r->sampling.n = 4;
+  r->sampling.temperature = 1.0f;
+  r->sampling.seed = 77;
+  ASSERT_TRUE(s.Add(std::move(r)).ok());
+  std::optional<Batch> prefill = s.Schedule(absl::Now());
+  ASSERT_TRUE(prefill.has_value());
+  ASSERT_EQ(prefill->seqs.size(), 1u);
+  EXPECT_EQ(prefill->seqs[0].num_samples, 4);
+  std::vector<RequestOutput> first = s.Update(*prefill, w.Execute(*prefill), absl::Now());
+  ASSERT_EQ(first.size(), 4u);
+  std::set<int32_t> indices;
+  for (const RequestOutput& o : first) {
+    indices.insert(o.sample_index);
+    EXPECT_EQ(o.id, 10 + o.sample_index);
+    EXPECT_EQ(o.new_tokens.size(), 1u);
+  }
+  EXPECT_EQ(indices, (std::set<int32_t>{0, 1, 2, 3}));
+  // The prompt's 3 blocks per row are held once, by 4 tables.
+  EXPECT_EQ(kv.num_total_blocks() - kv.num_free_blocks(), kRows * 3);
+  EXPECT_EQ(kv.pool().ref_count(kv.Table(13, 0, 0).blocks[0]), 4);
+  // The first decode: every sample but the last to write copies the partial block of each row.
+  std::optional<Batch> decode = s.Schedule(absl::Now());
+  ASSERT_TRUE(decode.has_value());
+  EXPECT_EQ(decode->seqs.size(), 4u);
+  EXPECT_EQ(decode->block_copies.size(), 3u * kRows);
+  EXPECT_EQ(decode->forks.size(), 3u);
+  for (const SequenceStep& st : decode->seqs) EXPECT_EQ(st.num_samples, 1);
+  EXPECT_EQ(kv.num_total_blocks() - kv.num_free_blocks(), kRows * (2 + 4));
+  s.Update(*decode, w.Execute(*decode), absl::Now());
+  RunResult rest = RunAll(s, w, kv, 20);
+  for (RequestId id = 10; id < 14; ++id) {
+    EXPECT_EQ(rest.finished[id].reason, FinishReason::kLength) << id;
+    EXPECT_EQ(rest.finished[id].sample_index, id - 10);
+  }
+  // The next batch tells workers to drop the samples' state.
+  ASSERT_TRUE(s.Add(MakeRequest(30, 3, 1, Plan(KvPolicyName::kFull, 0))).ok());
+  std::optional<Batch> next = s.Schedule(absl::Now());
+  ASSERT_TRUE(next.has_value());
+  std::set<RequestId> released(next->released.begin(), next->released.end());
+  EXPECT_EQ(released, (std::set<RequestId>{10, 11, 12, 13}));
+}
+
+TEST(SchedulerTest, SamplesEndWithTheirParentWhenItEndsBeforeTheFork) {
+  KvCacheManager kv(Config(1000));
+  Scheduler s(SchedulerOptions{}, &kv);
+  auto r = MakeRequest(20, 10, 6, Plan(KvPolicyName::kFull, 0));
+  r->sampling.n = 3;
+  ASSERT_TRUE(s.Add(std::move(r)).ok());
+  s.Abort(20, FinishReason::kAborted);
+  std::vector<RequestOutput> out = s.TakeAborted();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].unforked_samples, 2);
+  // Ids id + 1 .. id + n - 1 are the samples': a request there is refused while it lives.
+  auto a = MakeRequest(30, 4, 2, Plan(KvPolicyName::kFull, 0));
+  a->sampling.n = 3;
+  ASSERT_TRUE(s.Add(std::move(a)).ok());
+  auto b = MakeRequest(29, 4, 2, Plan(KvPolicyName::kFull, 0));
+  b->sampling.n = 2;  // 29, 30: 30 is live
+  EXPECT_EQ(s.Add(std::move(b)).code(), absl::StatusCode::kAlreadyExists);
 }
 
 }  // namespace

@@ -14,7 +14,9 @@
 namespace hkv {
 
 struct Engine::Active {
-  std::shared_ptr<RequestStream> stream;
+  std::shared_ptr<RequestStream> stream;  // Shared by the request's samples (n > 1).
+  int32_t index = 0;                      // Which sample; its request's id is id - index.
+  int32_t num_samples = 1;
   std::unique_ptr<OutputProcessor> output;
   int32_t prompt_tokens = 0;
   int32_t prefilled = 0;  // Prompt tokens counted in prompt_tokens_total.
@@ -147,6 +149,16 @@ absl::Status Engine::ValidateRequest(const EngineRequest& r) const {
     }
   }
   HKV_RETURN_IF_ERROR(ValidateSamplingParams(r.sampling));
+  if (r.sampling.n > options_.scheduler.max_seqs) {
+    return absl::InvalidArgumentError(absl::StrCat("n is ", r.sampling.n, " but at most ",
+                                                   options_.scheduler.max_seqs,
+                                                   " sequences run at once (--max-seqs)"));
+  }
+  if (r.sampling.n > options_.max_n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("n is ", r.sampling.n, " but this server draws at most ", options_.max_n,
+                     " samples per request (--max-n)"));
+  }
   const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.sampling.max_tokens;
   if (total > m.max_seq_len) {
     return absl::InvalidArgumentError(
@@ -173,7 +185,8 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   }
 
   auto request = std::make_unique<Request>();
-  request->id = next_id_.fetch_add(1);
+  // n ids: samples 1..n-1 of an n > 1 request take id + 1 .. id + n - 1 (scheduler/request.h).
+  request->id = next_id_.fetch_add(r.sampling.n);
   if (r.request_id.empty()) {
     HKV_ASSIGN_OR_RETURN(request->request_id, NewServerRequestId());
   } else {
@@ -182,6 +195,11 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   // The stop-string automaton is built here, on the caller's thread, not on the engine's.
   auto output =
       std::make_unique<OutputProcessor>(tokenizer_.get(), r.prompt.back(), r.sampling.stop);
+  std::vector<std::unique_ptr<OutputProcessor>> sample_outputs;
+  for (int32_t i = 1; i < r.sampling.n; ++i) {
+    sample_outputs.push_back(
+        std::make_unique<OutputProcessor>(tokenizer_.get(), r.prompt.back(), r.sampling.stop));
+  }
   request->prompt = r.prompt;
   request->sampling = std::move(r.sampling);
   if (r.seed.has_value()) {
@@ -197,6 +215,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
   auto stream = std::make_shared<RequestStream>(request->id, request->request_id);
   stream->set_prompt_ids(r.prompt);
   stream->set_tenant(r.tenant);
+  stream->set_num_samples(request->sampling.n);
 
   absl::MutexLock lock(&mu_);
   if (stopping_ || draining_) {
@@ -213,7 +232,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest r) {
         absl::StrCat("request_id ", QuoteForError(request->request_id), " is already in flight"));
   }
   ++live_requests_;
-  inbox_.push_back({std::move(request), stream, std::move(output)});
+  inbox_.push_back({std::move(request), stream, std::move(output), std::move(sample_outputs)});
   return stream;
 }
 
@@ -259,9 +278,11 @@ void Engine::DrainInbox() {
   }
   for (Submitted& submitted : inbox) Admit(std::move(submitted));
   for (const Control& c : controls) {
-    auto it = active_.find(c.id);
-    if (it == active_.end() || it->second->finished) continue;
-    scheduler_->Abort(c.id, c.reason);
+    // Every sample of the request, even once sample 0 has ended (aborting one not started or
+    // already ended is a no-op).
+    auto it = samples_.find(c.id);
+    if (it == samples_.end()) continue;
+    for (int32_t i = 0; i < it->second.n; ++i) scheduler_->Abort(c.id + i, c.reason);
   }
 }
 
@@ -274,7 +295,9 @@ void Engine::Admit(Submitted submitted) {
   active->prompt_tokens = static_cast<int32_t>(request->prompt.size());
   active->seed = request->sampling.seed;
   active->arrival = request->arrival_time;
+  active->num_samples = request->sampling.n;
   const RequestId id = request->id;
+  const uint64_t seed = request->sampling.seed;
   absl::Status status = scheduler_->Add(std::move(request));
   if (!status.ok()) {
     metrics_.requests_rejected_total++;
@@ -287,6 +310,19 @@ void Engine::Admit(Submitted submitted) {
     by_client_id_.erase(ClientKey(stream->tenant(), stream->request_id()));
     --live_requests_;
     return;
+  }
+  samples_[id] = {active->num_samples, active->num_samples};
+  for (int32_t i = 1; i < active->num_samples; ++i) {
+    auto sample = std::make_unique<Active>();
+    sample->stream = active->stream;
+    sample->prompt_tokens = active->prompt_tokens;
+    sample->arrival = active->arrival;
+    sample->num_samples = active->num_samples;
+    sample->index = i;
+    sample->seed = SampleSeed(seed, i);
+    sample->prefilled = sample->prompt_tokens;  // The prompt is prefilled (and counted) once.
+    sample->output = std::move(submitted.sample_outputs[i - 1]);
+    active_.emplace(id + i, std::move(sample));
   }
   active_.emplace(id, std::move(active));
 }
@@ -314,7 +350,7 @@ void Engine::FinishChunk(Active& a, const RequestOutput& out, bool stop_hit, abs
     chunk->status = absl::InternalError("the request failed in the worker");
   }
   StreamUsage& u = chunk->usage;
-  u.prompt_tokens = a.prompt_tokens;
+  u.prompt_tokens = a.index == 0 ? a.prompt_tokens : 0;  // n > 1: counted once, in sample 0's
   u.generated_tokens = a.generated;
   u.kv_tokens_kept = out.kv_tokens_kept;
   u.kv_tokens_full = out.kv_tokens_full;
@@ -340,11 +376,13 @@ void Engine::Deliver(const std::vector<RequestOutput>& outputs) {
     if (it == active_.end()) continue;
     Active& a = *it->second;
     StreamChunk chunk;
+    chunk.index = a.index;
     bool stop_hit = false;
     for (size_t i = 0; i < out.new_tokens.size() && !a.finished && !stop_hit; ++i) {
       const TokenId t = out.new_tokens[i];
       ObserveToken(a, now);
       chunk.token_ids.push_back(t);
+      if (i < out.logprobs.size()) chunk.logprobs.push_back(out.logprobs[i]);
       OutputProcessor::Delta delta =
           a.output->Push(t, /*last=*/out.finished && i + 1 == out.new_tokens.size());
       chunk.text += delta.text;
@@ -356,13 +394,37 @@ void Engine::Deliver(const std::vector<RequestOutput>& outputs) {
     }
     if ((out.finished || stop_hit) && !a.finished) FinishChunk(a, out, stop_hit, now, &chunk);
     if (!chunk.token_ids.empty() || chunk.finished) a.stream->Push(std::move(chunk));
-    if (out.finished) {
-      absl::MutexLock lock(&mu_);
-      by_client_id_.erase(ClientKey(a.stream->tenant(), a.stream->request_id()));
-      --live_requests_;
-      active_.erase(it);
-    }
+    if (out.unforked_samples > 0) EndUnforked(out, now);
+    if (out.finished) Erase(out.id);
   }
+}
+
+void Engine::EndUnforked(const RequestOutput& out, absl::Time now) {
+  for (int32_t k = 1; k <= out.unforked_samples; ++k) {
+    auto it = active_.find(out.id + k);
+    if (it == active_.end()) continue;
+    StreamChunk chunk;
+    chunk.index = it->second->index;
+    RequestOutput none = out;
+    none.kv_tokens_kept = none.kv_tokens_full = 0;
+    if (!it->second->finished) FinishChunk(*it->second, none, false, now, &chunk);
+    it->second->stream->Push(std::move(chunk));
+    Erase(out.id + k);
+  }
+}
+
+void Engine::Erase(RequestId id) {
+  auto it = active_.find(id);
+  if (it == active_.end()) return;
+  const RequestId request = id - it->second->index;
+  const std::string client_key =
+      ClientKey(it->second->stream->tenant(), it->second->stream->request_id());
+  active_.erase(it);
+  if (--samples_[request].left > 0) return;
+  samples_.erase(request);
+  absl::MutexLock lock(&mu_);
+  by_client_id_.erase(client_key);
+  --live_requests_;
 }
 
 void Engine::FailAll(const absl::Status& status) {
@@ -382,6 +444,8 @@ void Engine::PublishGauges() {
   metrics_.requests_running = scheduler_->num_running();
   metrics_.requests_waiting = scheduler_->num_waiting();
   metrics_.kv_blocks_used = kv_->num_total_blocks() - kv_->num_free_blocks();
+  metrics_.kv_blocks_used_peak =
+      std::max(metrics_.kv_blocks_used.load(), metrics_.kv_blocks_used_peak.load());
   metrics_.preemptions_total = scheduler_->num_preemptions();
   // Per-layer usage walks every table: refresh it every 32 steps, not every step.
   if (steps_++ % 32 == 0) metrics_.SetBlocksPerLayer(kv_->BlocksPerLayer());

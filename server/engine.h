@@ -48,6 +48,7 @@ struct EngineOptions {
   // engine not ready; longer than `liveness_timeout`, not live.
   absl::Duration stall_timeout = absl::Seconds(30);
   StopLimits stop_limits;  // Checked by Submit before a request is queued.
+  int32_t max_n = 16;      // Most samples per request (sampling.n), checked by Submit.
   absl::Duration liveness_timeout = absl::Minutes(5);
   // Fault injection (HKV_FAULT_ENGINE_STALL_MS, see fault_injection.h): the loop sleeps this
   // long once, outside Worker::Execute, after its first step. Zero in production.
@@ -129,6 +130,8 @@ class Engine {
     std::unique_ptr<Request> request;
     std::shared_ptr<RequestStream> stream;
     std::unique_ptr<OutputProcessor> output;  // Built by Submit, on the caller's thread.
+    // n > 1: samples 1..n-1's own processors (detokenizer and stop-string state).
+    std::vector<std::unique_ptr<OutputProcessor>> sample_outputs;
   };
   struct Control {
     RequestId id;
@@ -144,6 +147,10 @@ class Engine {
   void DrainInbox();
   void Admit(Submitted submitted);
   void Deliver(const std::vector<RequestOutput>& outputs);
+  // Ends samples 1..out.unforked_samples of out.id's request, which never started.
+  void EndUnforked(const RequestOutput& out, absl::Time now);
+  // Forgets the Active of `id`; the last of its request's samples frees the request_id.
+  void Erase(RequestId id);
   // Counts one generated token of `a` in the latency and token metrics.
   void ObserveToken(Active& a, absl::Time now);
   // Fills the last chunk of a request that ended (reason and usage) and counts it in metrics.
@@ -163,7 +170,15 @@ class Engine {
   // Engine-thread state.
   std::unique_ptr<KvCacheManager> kv_;
   std::unique_ptr<Scheduler> scheduler_;
-  absl::flat_hash_map<RequestId, std::unique_ptr<Active>> active_;
+  absl::flat_hash_map<RequestId, std::unique_ptr<Active>> active_;  // One per sample.
+  // Per live request (by the id of its sample 0): its samples, and how many still have an
+  // Active. Aborts reach every sample through it; the request leaves the inbox accounting when
+  // its last sample does.
+  struct Samples {
+    int32_t n = 1;
+    int32_t left = 1;
+  };
+  absl::flat_hash_map<RequestId, Samples> samples_;
 
   // Shared state.
   mutable absl::Mutex mu_;

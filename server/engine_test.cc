@@ -4,7 +4,10 @@
 
 #include "server/engine.h"
 
+#include <iostream>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -209,6 +212,216 @@ TEST(EngineTest, BadRequestsAreInvalidArgument) {
   EngineRequest policy = Greedy({1}, 4);
   policy.kv_policy = "nope";
   EXPECT_EQ(engine->Submit(policy).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace hkv
+
+namespace hkv {
+namespace {
+
+// Every sample of an n > 1 stream, read until its last chunk (or 30 s).
+struct Samples {
+  std::vector<Collected> of;
+  bool done = false;
+};
+
+Samples CollectSamples(RequestStream& stream) {
+  Samples s;
+  s.of.resize(stream.num_samples());
+  const absl::Time end = absl::Now() + absl::Seconds(30);
+  while (!s.done && absl::Now() < end) {
+    std::optional<StreamChunk> chunk = stream.Next(absl::Milliseconds(100));
+    if (!chunk.has_value()) continue;
+    EXPECT_GE(chunk->index, 0);
+    EXPECT_LT(chunk->index, stream.num_samples());
+    Collected& c = s.of[chunk->index];
+    EXPECT_FALSE(c.finished) << "sample " << chunk->index << " continues after it finished";
+    ++c.chunks;
+    c.tokens.insert(c.tokens.end(), chunk->token_ids.begin(), chunk->token_ids.end());
+    c.text += chunk->text;
+    if (chunk->finished) {
+      c.finished = true;
+      c.finish = chunk->finish;
+      c.status = chunk->status;
+      c.usage = chunk->usage;
+    }
+    s.done = chunk->last;
+  }
+  return s;
+}
+
+std::vector<TokenId> Prompt(int32_t n) {
+  std::vector<TokenId> p = {1};
+  for (int32_t i = 1; i < n; ++i) p.push_back(3 + (i * 37) % 400);
+  return p;
+}
+
+TEST(EngineSamplingTest, NGreedySamplesEqualOneGreedySample) {
+  std::unique_ptr<Engine> engine = MakeEngine();
+  ASSERT_NE(engine, nullptr);
+  engine->Start();
+  auto one = engine->Submit(Greedy(Prompt(21), 12));
+  ASSERT_TRUE(one.ok());
+  const Collected single = Collect(**one);
+  ASSERT_EQ(single.tokens.size(), 12u);
+  EngineRequest r = Greedy(Prompt(21), 12);
+  r.sampling.n = 4;
+  auto four = engine->Submit(r);
+  ASSERT_TRUE(four.ok()) << four.status();
+  const Samples s = CollectSamples(**four);
+  ASSERT_TRUE(s.done);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(s.of[i].tokens, single.tokens) << "sample " << i;
+    EXPECT_EQ(s.of[i].text, single.text) << "sample " << i;
+    EXPECT_EQ(s.of[i].finish, FinishReason::kLength);
+    EXPECT_EQ(s.of[i].usage.generated_tokens, 12);
+    // The prompt is counted once, in sample 0's usage.
+    EXPECT_EQ(s.of[i].usage.prompt_tokens, i == 0 ? 21 : 0);
+  }
+}
+
+// Runs `requests` (submitted before the loop starts, so they are admitted together) and
+// returns the most KV blocks in use at once, with each stream's samples.
+int64_t PeakBlocks(const std::vector<EngineRequest>& requests, std::vector<Samples>* out) {
+  std::unique_ptr<Engine> engine = MakeEngine();
+  EXPECT_NE(engine, nullptr);
+  if (engine == nullptr) return -1;
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (const EngineRequest& r : requests) {
+    auto s = engine->Submit(r);
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (s.ok()) streams.push_back(*s);
+  }
+  engine->Start();
+  for (auto& s : streams) out->push_back(CollectSamples(*s));
+  return engine->metrics().kv_blocks_used_peak.load();
+}
+
+TEST(EngineSamplingTest, SeededSamplesAreReproducibleAndShareThePromptsBlocks) {
+  EngineRequest r = Greedy(Prompt(70), 6);
+  r.sampling.temperature = 1.0f;
+  r.sampling.n = 4;
+  r.seed = 1234;
+  std::vector<Samples> shared, again;
+  const int64_t shared_peak = PeakBlocks({r}, &shared);
+  PeakBlocks({r}, &again);
+  ASSERT_EQ(shared.size(), 1u);
+  ASSERT_TRUE(shared[0].done);
+  std::set<std::vector<TokenId>> distinct;
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_EQ(shared[0].of[i].tokens.size(), 6u);
+    EXPECT_EQ(shared[0].of[i].tokens, again[0].of[i].tokens) << "sample " << i;
+    distinct.insert(shared[0].of[i].tokens);
+  }
+  EXPECT_GT(distinct.size(), 1u) << "samples with their own seeds differ";
+  // Four separate requests with the samples' seeds: the same tokens, four prefills' blocks.
+  std::vector<EngineRequest> separate;
+  for (int i = 0; i < 4; ++i) {
+    EngineRequest one = r;
+    one.sampling.n = 1;
+    one.seed = SampleSeed(1234, i);
+    separate.push_back(one);
+  }
+  std::vector<Samples> alone;
+  const int64_t separate_peak = PeakBlocks(separate, &alone);
+  ASSERT_EQ(alone.size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(alone[i].of[0].tokens, shared[0].of[i].tokens) << i;
+  EXPECT_LT(shared_peak, separate_peak);
+  std::cout << "peak KV blocks: n = 4 " << shared_peak << ", 4 requests " << separate_peak << "\n";
+}
+
+TEST(EngineSamplingTest, LogprobsAndLimits) {
+  std::unique_ptr<Engine> engine = MakeEngine();
+  ASSERT_NE(engine, nullptr);
+  engine->Start();
+  EngineRequest r = Greedy(Prompt(5), 5);
+  r.sampling.logprobs = 3;
+  auto stream = engine->Submit(r);
+  ASSERT_TRUE(stream.ok());
+  int32_t seen = 0;
+  for (bool last = false; !last;) {
+    std::optional<StreamChunk> c = (*stream)->Next(absl::Seconds(30));
+    ASSERT_TRUE(c.has_value());
+    ASSERT_EQ(c->logprobs.size(), c->token_ids.size());
+    for (size_t i = 0; i < c->token_ids.size(); ++i) {
+      const TokenLogprobs& l = c->logprobs[i];
+      EXPECT_EQ(l.token, c->token_ids[i]);
+      ASSERT_EQ(l.top_ids.size(), 3u);
+      EXPECT_EQ(l.top_ids[0], l.token) << "greedy samples the most likely token";
+      EXPECT_FLOAT_EQ(l.top_logprobs[0], l.logprob);
+      EXPECT_LE(l.logprob, 0.0f);
+      EXPECT_GE(l.top_logprobs[1], l.top_logprobs[2]);
+      ++seen;
+    }
+    last = c->last;
+  }
+  EXPECT_EQ(seen, 5);
+  EngineRequest too_many = Greedy(Prompt(5), 5);
+  too_many.sampling.n = 17;  // --max-n 16
+  EXPECT_EQ(engine->Submit(too_many).status().code(), absl::StatusCode::kInvalidArgument);
+  EngineRequest too_wide = Greedy(Prompt(5), 5);
+  too_wide.sampling.logprobs = kMaxTopLogprobs + 1;
+  EXPECT_EQ(engine->Submit(too_wide).status().code(), absl::StatusCode::kInvalidArgument);
+  EngineRequest bad_penalty = Greedy(Prompt(5), 5);
+  bad_penalty.sampling.presence_penalty = 2.5f;
+  EXPECT_EQ(engine->Submit(bad_penalty).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EngineSamplingTest, PenaltiesChangeGreedyOutputAndMinTokensHoldsOffEos) {
+  std::unique_ptr<Engine> engine = MakeEngine();
+  ASSERT_NE(engine, nullptr);
+  engine->Start();
+  auto plain = engine->Submit(Greedy(Prompt(3), 40));
+  ASSERT_TRUE(plain.ok());
+  const Collected p = Collect(**plain);
+  EngineRequest r = Greedy(Prompt(3), 40);
+  r.sampling.frequency_penalty = 2.0f;
+  auto penalised = engine->Submit(r);
+  ASSERT_TRUE(penalised.ok());
+  const Collected q = Collect(**penalised);
+  ASSERT_EQ(q.tokens.size(), 40u);
+  EXPECT_NE(q.tokens, p.tokens);
+  // Fewer repeats: the most frequent token occurs less often.
+  auto max_count = [](const std::vector<TokenId>& t) {
+    std::map<TokenId, int> c;
+    int m = 0;
+    for (TokenId x : t) m = std::max(m, ++c[x]);
+    return m;
+  };
+  EXPECT_LT(max_count(q.tokens), max_count(p.tokens));
+  // min_tokens: a stop token that greedy decoding hits first is not sampled before it.
+  EngineRequest stop = Greedy(Prompt(3), 40);
+  stop.sampling.stop_token_ids = {p.tokens[2]};
+  stop.sampling.min_tokens = 10;
+  auto held = engine->Submit(stop);
+  ASSERT_TRUE(held.ok());
+  const Collected h = Collect(**held);
+  ASSERT_GE(h.tokens.size(), 10u);
+  for (size_t i = 0; i < 10; ++i) EXPECT_NE(h.tokens[i], p.tokens[2]) << i;
+}
+
+TEST(EngineSamplingTest, CancellingARequestEndsEverySample) {
+  std::unique_ptr<Engine> engine = MakeEngine();
+  ASSERT_NE(engine, nullptr);
+  EngineRequest r = Greedy(Prompt(9), 200, "group-1");
+  r.sampling.n = 3;
+  auto stream = engine->Submit(r);
+  ASSERT_TRUE(stream.ok());
+  // Before the loop starts: the abort lands before the prefill, so before the fork.
+  EXPECT_TRUE(engine->Abort("group-1"));
+  engine->Start();
+  const Samples s = CollectSamples(**stream);
+  ASSERT_TRUE(s.done);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(s.of[i].finished) << i;
+    EXPECT_EQ(s.of[i].finish, FinishReason::kAborted) << i;
+    EXPECT_TRUE(s.of[i].tokens.empty()) << i;
+  }
+  // Another request runs normally afterwards.
+  auto next = engine->Submit(Greedy(Prompt(9), 2));
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(Collect(**next).tokens.size(), 2u);
 }
 
 }  // namespace

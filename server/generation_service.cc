@@ -77,6 +77,18 @@ absl::Status ConvertSampling(const hkv::v1::SamplingParams& s, const StopLimits&
   r->sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
   if (s.has_seed()) r->seed = s.seed();  // Unset: the engine draws a fresh seed.
   r->sampling.ignore_eos = s.ignore_eos();
+  r->sampling.presence_penalty = s.presence_penalty();
+  r->sampling.frequency_penalty = s.frequency_penalty();
+  r->sampling.repetition_penalty = s.repetition_penalty() == 0.0f ? 1.0f : s.repetition_penalty();
+  r->sampling.min_p = s.min_p();
+  r->sampling.min_tokens = s.min_tokens();
+  if (s.top_logprobs() != 0 && !s.logprobs()) {
+    return absl::InvalidArgumentError("sampling.top_logprobs needs sampling.logprobs set");
+  }
+  r->sampling.logprobs = s.logprobs() ? s.top_logprobs() : -1;
+  if (s.n() < 0)
+    return absl::InvalidArgumentError(absl::StrCat("sampling.n must be >= 0, got ", s.n()));
+  r->sampling.n = s.n() == 0 ? 1 : s.n();
   // Checked before copying: an over-limit list is refused without a second copy of it (the
   // engine checks the same limits again on what it is given).
   HKV_RETURN_IF_ERROR(CheckStopLimits(limits, s.stop(), s.stop_token_ids_size()));
@@ -251,7 +263,18 @@ grpc::Status GenerationService::Run(
     }
     hkv::v1::GenerateResponse response;
     response.set_request_id(stream->request_id());
+    response.set_index(chunk->index);
     for (TokenId t : chunk->token_ids) response.add_token_ids(t);
+    for (const TokenLogprobs& l : chunk->logprobs) {
+      hkv::v1::TokenLogprob* p = response.add_logprobs();
+      p->set_token_id(l.token);
+      p->set_logprob(l.logprob);
+      for (size_t k = 0; k < l.top_ids.size(); ++k) {
+        hkv::v1::TopLogprob* top = p->add_top();
+        top->set_token_id(l.top_ids[k]);
+        top->set_logprob(l.top_logprobs[k]);
+      }
+    }
     response.set_text(chunk->text);
     if (chunk->finished) {
       response.set_finish_reason(ToProto(chunk->finish));
@@ -263,12 +286,10 @@ grpc::Status GenerationService::Run(
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
     }
     sent_any = true;
-    if (chunk->finished) {
-      if (chunk->finish == FinishReason::kError && !chunk->status.ok()) {
-        return ToGrpcStatus(chunk->status);
-      }
-      return grpc::Status::OK;
+    if (chunk->finished && chunk->finish == FinishReason::kError && !chunk->status.ok()) {
+      return ToGrpcStatus(chunk->status);
     }
+    if (chunk->last) return grpc::Status::OK;  // Every sample (n > 1) has finished.
   }
 }
 
@@ -346,10 +367,16 @@ grpc::Status GenerationService::Generate(grpc::ServerContext* context,
 grpc::Status GenerationService::Complete(grpc::ServerContext* context,
                                          const hkv::v1::GenerateRequest* request,
                                          hkv::v1::GenerateResponse* response) {
+  if (request->sampling().n() > 1) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "Complete returns one sample: use Generate for sampling.n > 1 (each "
+                        "response says its sample in `index`)");
+  }
   response->set_request_id(request->request_id());
   return Serve(context, *request, [response](const hkv::v1::GenerateResponse& r) {
     response->set_request_id(r.request_id());
     response->mutable_token_ids()->MergeFrom(r.token_ids());
+    response->mutable_logprobs()->MergeFrom(r.logprobs());
     response->mutable_text()->append(r.text());
     if (r.finish_reason() != hkv::v1::FINISH_REASON_UNSPECIFIED) {
       response->set_finish_reason(r.finish_reason());

@@ -146,6 +146,8 @@ std::string EngineMetrics::Render() const {
   Gauge(&out, "hkv_requests_waiting", "Requests queued for admission", requests_waiting.load());
   Gauge(&out, "hkv_kv_blocks_used", "Head-blocks in use", kv_blocks_used.load());
   Gauge(&out, "hkv_kv_blocks_total", "Head-blocks in the pool", kv_blocks_total.load());
+  Gauge(&out, "hkv_kv_blocks_used_peak", "Most head-blocks in use at once since start",
+        kv_blocks_used_peak.load());
   const int64_t total = kv_blocks_total.load();
   Gauge(&out, "hkv_kv_pool_usage_ratio", "Fraction of the KV pool in use",
         total > 0 ? static_cast<double>(kv_blocks_used.load()) / total : 0.0);

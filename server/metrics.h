@@ -43,6 +43,7 @@ struct EngineMetrics {
   std::atomic<int64_t> requests_waiting{0};
   std::atomic<int64_t> kv_blocks_used{0};
   std::atomic<int64_t> kv_blocks_total{0};
+  std::atomic<int64_t> kv_blocks_used_peak{0};  // Most in use at once (after a step) since start.
   std::atomic<int64_t> preemptions_total{0};
   std::atomic<int64_t> prompt_tokens_total{0};
   std::atomic<int64_t> generation_tokens_total{0};

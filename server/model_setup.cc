@@ -428,6 +428,7 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested, const Di
   options.stop_limits.max_strings = config.max_stop_strings;
   options.stop_limits.max_bytes = config.max_stop_bytes;
   options.stop_limits.max_token_ids = config.max_stop_token_ids;
+  options.max_n = config.max_n;
   options.liveness_timeout = absl::Seconds(config.engine_liveness_timeout_s);
   options.fault_loop_stall = EngineLoopStallFromEnv();
   if (!config.head_scores.empty()) {

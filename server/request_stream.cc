@@ -5,7 +5,10 @@ namespace hkv {
 void RequestStream::Push(StreamChunk chunk) {
   absl::MutexLock lock(&mu_);
   if (closed_) return;
-  closed_ = chunk.finished;
+  if (chunk.finished) ++samples_finished_;
+  closed_ = samples_finished_ >= num_samples_ ||
+            (chunk.finished && chunk.finish == FinishReason::kError && !chunk.status.ok());
+  chunk.last = closed_;
   chunks_.push_back(std::move(chunk));
   if (notify_) notify_();
 }

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/batch.h"
 #include "common/finish_reason.h"
 #include "common/ids.h"
 
@@ -35,11 +36,17 @@ struct StreamUsage {
 
 struct StreamChunk {
   std::vector<TokenId> token_ids;
+  std::vector<TokenLogprobs> logprobs;  // One per token id when the request asked for them.
   std::string text;
   bool finished = false;
   FinishReason finish = FinishReason::kNone;
   absl::Status status;  // Non-OK only for a request that failed (finish == kError).
   StreamUsage usage;    // Set on the finished chunk.
+  // n > 1: the sample (0..n-1) this chunk continues; `finished` ends that sample only, and
+  // `last` (set by Push) marks the chunk that ends the stream: every sample finished, or an
+  // error that ends the call.
+  int32_t index = 0;
+  bool last = false;
 };
 
 class RequestStream {
@@ -54,8 +61,10 @@ class RequestStream {
   // The owning tenant ("" without API keys); set before the stream is shared.
   const std::string& tenant() const { return tenant_; }
   void set_tenant(std::string tenant) { tenant_ = std::move(tenant); }
+  int32_t num_samples() const { return num_samples_; }
+  void set_num_samples(int32_t n) { num_samples_ = n; }  // Before the stream is shared.
 
-  // Writer: queues a chunk. Chunks after a finished one are dropped.
+  // Writer: queues a chunk. Chunks after the last one (see StreamChunk::last) are dropped.
   void Push(StreamChunk chunk);
   // Reader: waits up to `timeout` for the next chunk; nullopt on timeout.
   std::optional<StreamChunk> Next(absl::Duration timeout);
@@ -70,10 +79,12 @@ class RequestStream {
   const std::string request_id_;
   std::vector<TokenId> prompt_ids_;  // Set before the stream is shared.
   std::string tenant_;               // Set before the stream is shared.
+  int32_t num_samples_ = 1;          // Set before the stream is shared.
   mutable absl::Mutex mu_;
   std::deque<StreamChunk> chunks_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   std::function<void()> notify_ ABSL_GUARDED_BY(mu_);
+  int32_t samples_finished_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace hkv

@@ -156,6 +156,7 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
     return bad("log_format must be text or json, got '", c.log_format, "'");
   }
   if (c.stats_interval_s < 0) return bad("stats_interval_s must be >= 0 (0: none)");
+  if (c.max_n < 1) return bad("max_n must be >= 1");
   return absl::OkStatus();
 }
 

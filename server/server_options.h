@@ -98,5 +98,6 @@ inline constexpr int32_t kDefaultMaxConcurrentStreams = 2048;
   X(std::string, log_level, "info", "info | warning | error")                                    \
   X(std::string, log_format, "text", "text | json (one JSON object per line)")                   \
   X(int32_t, stats_interval_s, 10,                                                               \
-    "Seconds between stats log lines: running, waiting, pool use, tokens/s (0: none)")
+    "Seconds between stats log lines: running, waiting, pool use, tokens/s (0: none)")             \
+  X(int32_t, max_n, 16, "Most samples per request (sampling.n); more get INVALID_ARGUMENT")
 // clang-format on

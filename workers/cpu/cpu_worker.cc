@@ -81,6 +81,10 @@ absl::Status CpuWorker::CheckBatch(const Batch& b) const {
 
 absl::StatusOr<BatchResult> CpuWorker::Execute(const Batch& batch) {
   HKV_RETURN_IF_ERROR(CheckBatch(batch));
+  // A failed step leaves its inputs in the histories; the scheduler recomputes its sequences
+  // from position 0, which starts their histories again.
+  histories_.Observe(batch);
+  for (const SequenceStep& s : batch.seqs) HKV_RETURN_IF_ERROR(histories_.CheckFor(s));
   const size_t block_floats = static_cast<size_t>(block_size_) * head_dim_;
   for (const auto& [src, dst] : batch.block_copies) {
     std::memcpy(KeySlot(dst, 0), KeySlot(src, 0), block_floats * sizeof(float));
@@ -223,8 +227,8 @@ absl::Status CpuWorker::RunSequence(const Batch& b, int64_t index, ThreadPool* p
   std::vector<float> last(dim), logits(c.vocab_size);
   RmsNorm(&x[(T - 1) * dim], w.final_norm.data(), dim, c.norm_eps, last.data());
   MatMul(last.data(), 1, dim, w.classifier(), {}, c.vocab_size, logits.data(), pool);
-  result->token = SampleToken(logits, step.sampling, step.sample_step);
-  if (return_logits_) result->logits = std::move(logits);
+  if (return_logits_) result->logits = logits;  // Raw: before penalties.
+  SampleSequence(step, histories_, logits, result);
   return absl::OkStatus();
 }
 

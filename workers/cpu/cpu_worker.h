@@ -18,6 +18,7 @@
 #include "common/batch.h"
 #include "model/model_config.h"
 #include "workers/cpu/thread_pool.h"
+#include "workers/token_history.h"
 #include "workers/worker.h"
 
 namespace hkv {
@@ -86,6 +87,7 @@ class CpuWorker : public Worker {
   std::vector<float> inv_freq_;
   ThreadPool pool_;
   bool return_logits_ = false;
+  TokenHistories histories_;  // Penalised sequences' tokens; written by Execute before sampling.
 };
 
 }  // namespace hkv

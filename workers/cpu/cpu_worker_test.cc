@@ -3,6 +3,7 @@
 
 #include "workers/cpu/cpu_worker.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <string>
@@ -101,6 +102,56 @@ TEST(CpuWorkerTest, LogitsAreFinite) {
   ASSERT_TRUE(r.ok());
   ASSERT_EQ(r->seqs[0].logits.size(), 512u);
   for (float x : r->seqs[0].logits) ASSERT_TRUE(std::isfinite(x));
+}
+
+// Logprobs are log_softmax of the worker's own logits (written out here in double), for the
+// sampled token and the top k; with penalties the token comes from the penalised logits.
+TEST(CpuWorkerTest, LogprobsAreLogSoftmaxOfTheLogitsAndPenaltiesUseTheHistory) {
+  auto worker = MakeWorker();
+  TestSeq seq{0, {}, 0};
+  std::vector<TokenId> generated;
+  for (int step = 0; step < 6; ++step) {
+    BatchBuilder b(worker->config());
+    b.AddPlain(
+        &seq,
+        step == 0 ? std::vector<TokenId>{1, 403, 407} : std::vector<TokenId>{generated.back()},
+        true, step);
+    Batch batch = b.Take();
+    batch.seqs[0].num_prompt_tokens = 3;
+    batch.seqs[0].sampling.logprobs = 4;
+    batch.seqs[0].sampling.frequency_penalty = 5.0f;
+    auto r = worker->Execute(batch);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const SequenceResult& res = r->seqs[0];
+    const std::vector<float>& l = res.logits;
+    double mx = -1e30, z = 0;
+    for (float x : l) mx = std::max<double>(mx, x);
+    for (float x : l) z += std::exp(x - mx);
+    const double log_z = mx + std::log(z);
+    ASSERT_EQ(res.logprobs.size(), 1u);
+    EXPECT_EQ(res.logprobs[0].token, res.token);
+    EXPECT_NEAR(res.logprobs[0].logprob, l[res.token] - log_z, 1e-5);
+    ASSERT_EQ(res.logprobs[0].top_ids.size(), 4u);
+    for (int k = 0; k < 4; ++k) {
+      const TokenId t = res.logprobs[0].top_ids[k];
+      EXPECT_NEAR(res.logprobs[0].top_logprobs[k], l[t] - log_z, 1e-5);
+      if (k > 0) EXPECT_GE(l[res.logprobs[0].top_ids[k - 1]], l[t]);
+    }
+    // Greedy over the logits less 5 per earlier occurrence (the frequency penalty, by hand).
+    std::vector<double> penalised(l.begin(), l.end());
+    for (TokenId g : generated) penalised[g] -= 5.0;
+    const TokenId want = static_cast<TokenId>(std::max_element(penalised.begin(), penalised.end()) -
+                                              penalised.begin());
+    EXPECT_EQ(res.token, want) << "step " << step;
+    generated.push_back(res.token);
+  }
+  // The history is rebuilt from the steps' tokens: a step whose count disagrees is refused.
+  BatchBuilder b(worker->config());
+  b.AddPlain(&seq, {generated.back()}, true, 99);
+  Batch wrong = b.Take();
+  wrong.seqs[0].num_prompt_tokens = 3;
+  wrong.seqs[0].sampling.frequency_penalty = 1.0f;
+  EXPECT_EQ(worker->Execute(wrong).status().code(), absl::StatusCode::kInternal);
 }
 
 TEST(CpuWorkerTest, ChunkedPrefillEqualsOneShot) {

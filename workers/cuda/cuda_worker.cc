@@ -273,7 +273,8 @@ absl::Status CudaWorker::State::CheckBatch(const Batch& b) const {
 absl::StatusOr<HostStep> CudaWorker::State::LayOut(const Batch& b, StepInputs** inputs) {
   bool all_decode = !b.seqs.empty();
   for (const SequenceStep& st : b.seqs) {
-    all_decode = all_decode && !st.select && st.tokens.size() == 1;
+    // Sampling extras (penalties, logprobs) run eagerly: their inputs change size every step.
+    all_decode = all_decode && !st.select && st.tokens.size() == 1 && !NeedsSamplingExtras(st);
   }
   const int32_t graph_batch =
       all_decode ? GraphBatchFor(static_cast<int32_t>(b.seqs.size()), options.cuda_graph_max_batch)
@@ -342,10 +343,15 @@ absl::Status CudaWorker::State::CopyOut(const HostStep& h) {
   const size_t ns = h.sample_rows.size();
   const size_t kept_n = static_cast<size_t>(h.num_kept_seqs()) * cfg.num_layers * cfg.num_kv_heads;
   const size_t logit_n = return_logits ? ns * cfg.vocab_size : 0;
-  HKV_RETURN_IF_ERROR(host_out.Reserve((ns + kept_n + logit_n) * 4 + 3 * kAlign));
+  const size_t lp_bytes = LogprobBytes(static_cast<int32_t>(ns));
+  HKV_RETURN_IF_ERROR(host_out.Reserve((ns + kept_n + logit_n) * 4 + lp_bytes + 3 * kAlign));
   auto* out_tokens = reinterpret_cast<int32_t*>(host_out.get());
   auto* out_kept = out_tokens + ns;
   auto* out_logits = reinterpret_cast<float*>(out_kept + kept_n);
+  if (lp_bytes > 0) {
+    HKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out_logits + logit_n, logprob_out.get(), lp_bytes,
+                                             cudaMemcpyDeviceToHost, stream));
+  }
   if (ns > 0) {
     HKV_CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(out_tokens, tokens.get(), ns * 4, cudaMemcpyDeviceToHost, stream));
@@ -403,11 +409,17 @@ BatchResult CudaWorker::State::Unpack(const Batch& b, const HostStep& h) const {
     const int32_t bi = h.order[h.sample_seq[i]];
     if (!b.seqs[bi].sample) continue;
     SequenceResult& r = result.seqs[bi];
+    if (h.sample_index[i] > 0) {  // n > 1: the same sequence's later samples
+      r.extra_tokens.push_back(out_tokens[i]);
+      continue;
+    }
     r.token = out_tokens[i];
     if (return_logits) {
       r.logits.assign(out_logits + i * vocab, out_logits + (i + 1) * vocab);
     }
   }
+  const float* out_logprobs = out_logits + (return_logits ? ns * vocab : 0);
+  UnpackLogprobs(b, h, reinterpret_cast<const char*>(out_logprobs), &result);
   for (int32_t j = 0; j < h.num_kept_seqs(); ++j) {
     const int32_t k2 =
         j < h.num_select ? h.num_decode + h.num_prefill + j : h.paged_select[j - h.num_select];
@@ -427,10 +439,15 @@ absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& global_batch) {
   }
   const Batch& b = sliced ? local : global_batch;
   HKV_RETURN_IF_ERROR(s.CheckBatch(b));
+  if (s.options.tp.rank == 0) {  // Only rank 0 samples (step_layout.h).
+    s.histories.Observe(b);
+    for (const SequenceStep& st : b.seqs) HKV_RETURN_IF_ERROR(s.histories.CheckFor(st));
+  }
   StepInputs* inputs = nullptr;
   HKV_ASSIGN_OR_RETURN(const HostStep h, s.LayOut(b, &inputs));
   const k::DecodePlanOptions decode = s.DecodeOptionsFor(h);
   HKV_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.options.device));
+  HKV_RETURN_IF_ERROR(s.StageExtras(BuildSamplingExtras(b, h, s.histories, s.cfg.vocab_size)));
   HKV_RETURN_IF_ERROR(inputs->Begin(h.graph ? inputs->capacity() : s.StageBytes(h, decode)));
   HKV_ASSIGN_OR_RETURN(DeviceStep d, s.Stage(h, decode, inputs));
   HKV_RETURN_IF_ERROR(s.CopyBlocks(b));

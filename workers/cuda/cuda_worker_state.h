@@ -20,12 +20,15 @@
 #include "common/batch.h"
 #include "kernels/decode_attention.h"
 #include "kernels/dtype.h"
+#include "kernels/logits_processing.h"
 #include "kernels/sampling.h"
 #include "model/model_config.h"
 #include "workers/cuda/cuda_buffers.h"
 #include "workers/cuda/cuda_worker.h"
 #include "workers/cuda/rank_view.h"
+#include "workers/cuda/sampling_extras.h"
 #include "workers/cuda/step_layout.h"
+#include "workers/token_history.h"
 
 namespace hkv {
 namespace cuda_internal {
@@ -45,6 +48,14 @@ struct DeviceStep {
   const int64_t* slots = nullptr;
   const kernels::SamplingRow* sample_rows = nullptr;
   std::vector<kernels::DecodePlan> plans;  // per layer, when the step decodes
+};
+
+// Device addresses of a step's sampling extras (sampling_step.cc); all null without them.
+struct DeviceExtras {
+  bool penalties = false;
+  int32_t top = -1;                             // logprobs: the top-k computed per row (-1: none)
+  const kernels::PenaltyRow* params = nullptr;  // [sampled rows]
+  const int32_t *indptr = nullptr, *ids = nullptr, *counts = nullptr;
 };
 
 // Optional per-step timing (HKV_STEP_PROFILE=1): host time to build and stage a step, GPU time
@@ -115,6 +126,11 @@ struct CudaWorker::State {
       decode_ws, select_ws, kept, kept_index, select_caps;
   cuda_internal::StepInputs eager_inputs, graph_inputs;
   cuda_internal::PinnedBuffer host_out;                  // sampled tokens, kept counts, logits
+  // Sampling extras (eager steps only): the penalty lists, penalised logits, logprob outputs.
+  TokenHistories histories;  // rank 0 only: the ranks that sample
+  cuda_internal::PinnedBuffer extras_host;
+  DeviceBuffer extras_dev, penalised, logprob_out;
+  cuda_internal::DeviceExtras extras;                    // this step's; reset by every step
   std::map<int32_t, cuda_internal::DecodeGraph> graphs;  // by padded batch size
   int64_t graph_steps = 0, eager_steps = 0, graphs_captured = 0;
   cuda_internal::StepProfile profile;
@@ -184,6 +200,14 @@ struct CudaWorker::State {
                          int32_t layer);
   absl::Status LayerMlp(const HostStep& h, int32_t layer);
   absl::Status SampleStep(const HostStep& h, const cuda_internal::DeviceStep& d);
+  // sampling_step.cc: uploads the step's extras (sets `extras`), runs the penalties on a copy of
+  // the logits (returns the logits to sample from), the logprobs after sampling, and reads
+  // them back.
+  absl::Status StageExtras(const SamplingExtras& x);
+  absl::StatusOr<const float*> PenalisedLogits(int32_t rows);
+  absl::Status RunLogprobs(int32_t rows);
+  size_t LogprobBytes(int32_t rows) const;
+  void UnpackLogprobs(const Batch& b, const HostStep& h, const char* out, BatchResult* r) const;
   // decode_graphs.cc: captures (on first use per size and buffer epoch) and replays.
   absl::Status RunGraph(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d);
 };

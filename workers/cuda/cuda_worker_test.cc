@@ -11,7 +11,9 @@
 #include "gtest/gtest.h"
 #include "model/dummy_weights.h"
 #include "workers/cpu/cpu_worker.h"
+#include "workers/sampler.h"
 #include "workers/test_batch_builder.h"
+#include "workers/token_history.h"
 
 namespace hkv {
 namespace {
@@ -382,6 +384,59 @@ TEST_F(CudaWorkerTest, RejectsMalformedBatches) {
   Batch bad = b.Take();
   bad.kv_indices[0] = 1 << 30;
   EXPECT_EQ(gpu_->Execute(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Penalties (with their history kept by the worker), min_tokens bans, n samples of a prefill,
+// and logprobs: the CUDA worker's answers equal the CPU sampler's on the logits it returned.
+TEST_F(CudaWorkerTest, PenalisedSamplingAndLogprobsMatchTheCpuSamplerOnItsLogits) {
+  const ModelConfig& cfg = model_->config;
+  const std::vector<TokenId> prompt = Prompt(40, 5);
+  StepSampling p;
+  p.presence_penalty = 0.8f;
+  p.frequency_penalty = 0.4f;
+  p.repetition_penalty = 1.3f;
+  p.min_tokens = 3;
+  p.logprobs = 5;
+  TokenHistories reference;
+  TestSeq seq{5, {}, 0};
+  TokenId next = 0;
+  for (int step = 0; step < 10; ++step) {
+    BatchBuilder b(cfg);
+    b.AddPlain(&seq, step == 0 ? prompt : std::vector<TokenId>{next}, true, step);
+    Batch batch = b.Take();
+    SequenceStep& st = batch.seqs[0];
+    st.sampling = p;
+    st.num_prompt_tokens = static_cast<int32_t>(prompt.size());
+    if (step == 0) {
+      st.min_tokens_banned = {prompt[0], prompt[1], 7};
+      st.num_samples = 3;
+    }
+    auto g = gpu_->Execute(batch);
+    ASSERT_TRUE(g.ok()) << g.status();
+    reference.Observe(batch);
+    const SequenceResult& got = g->seqs[0];
+    std::vector<float> logits = got.logits;  // raw, as the kernels saw them
+    ASSERT_EQ(logits.size(), static_cast<size_t>(cfg.vocab_size));
+    SequenceResult want;
+    SampleSequence(st, reference, logits, &want);
+    EXPECT_EQ(got.token, want.token) << "step " << step;
+    EXPECT_EQ(got.extra_tokens, want.extra_tokens) << "step " << step;
+    ASSERT_EQ(got.logprobs.size(), want.logprobs.size()) << "step " << step;
+    for (size_t i = 0; i < want.logprobs.size(); ++i) {
+      EXPECT_EQ(got.logprobs[i].token, want.logprobs[i].token);
+      EXPECT_NEAR(got.logprobs[i].logprob, want.logprobs[i].logprob, 1e-3);
+      EXPECT_EQ(got.logprobs[i].top_ids, want.logprobs[i].top_ids);
+      ASSERT_EQ(got.logprobs[i].top_logprobs.size(), 5u);
+      for (int k = 0; k < 5; ++k) {
+        EXPECT_NEAR(got.logprobs[i].top_logprobs[k], want.logprobs[i].top_logprobs[k], 1e-3);
+      }
+    }
+    if (step < 3) {
+      EXPECT_NE(got.token, prompt[0]);
+      EXPECT_NE(got.token, 7);
+    }
+    next = got.token;
+  }
 }
 
 }  // namespace

@@ -266,9 +266,10 @@ absl::Status CudaWorker::State::SampleStep(const HostStep& h, const DeviceStep& 
   HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, x, dim, head.get(), dim,
                                                logits.get(), c.vocab_size, true, ns, c.vocab_size,
                                                dim));
-  HKV_CUDA_RETURN_IF_ERROR(k::SampleTokens(logits.get<float>(), c.vocab_size, ns, c.vocab_size,
+  HKV_ASSIGN_OR_RETURN(const float* sample_from, PenalisedLogits(ns));
+  HKV_CUDA_RETURN_IF_ERROR(k::SampleTokens(sample_from, c.vocab_size, ns, c.vocab_size,
                                            d.sample_rows, tokens.get<int32_t>(), stream));
-  return absl::OkStatus();
+  return RunLogprobs(ns);
 }
 
 // Launches the whole step on the stream: no host sync, no allocation (so it can be captured).

@@ -74,6 +74,8 @@ absl::StatusOr<Batch> RankView(const Batch& g, const RankSlice& s) {
   out.num_kv_heads = hl;
   out.block_size = g.block_size;
   out.seqs = g.seqs;
+  out.forks = g.forks;  // Per-sequence sampling state is the same on every rank.
+  out.released = g.released;
   HKV_RETURN_IF_ERROR(SliceCaps(s, hl, out.seqs));
   HKV_RETURN_IF_ERROR(SliceRows(g, s, hl, out));
   for (const auto& [src, dst] : g.block_copies) {

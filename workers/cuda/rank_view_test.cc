@@ -55,6 +55,8 @@ void CheckRanks(int32_t ranks, const std::vector<int32_t>& head_of_slot) {
   for (int32_t r = 0; r < ranks; ++r) next_id[r] = r * kPart;
   Batch g = FullBatch(rank_of_head, &next_id);
   g.block_copies = {{5, 6}, {kPart + 7, kPart + 8}};
+  g.forks = {{1, 2}};
+  g.released = {9};
   int64_t rows_seen = 0;
   for (int32_t rank = 0; rank < ranks; ++rank) {
     SCOPED_TRACE(testing::Message() << ranks << " ranks, rank " << rank);
@@ -99,6 +101,9 @@ void CheckRanks(int32_t ranks, const std::vector<int32_t>& head_of_slot) {
     } else {
       EXPECT_TRUE(local->block_copies.empty());
     }
+    // Sequence-state changes reach every rank as they are.
+    EXPECT_EQ(local->forks, g.forks);
+    EXPECT_EQ(local->released, g.released);
   }
   EXPECT_EQ(rows_seen, g.num_rows());  // every global row belongs to exactly one rank
 }

@@ -200,19 +200,27 @@ void FillSampleRows(const Batch& b, const StepLayoutShape& shape, HostStep& h) {
     if (padding) {
       h.sample_rows.push_back(HostSamplingRow{});
       h.sample_seq.push_back(-1);
+      h.sample_index.push_back(0);
       h.sample_token.push_back(k2);
       continue;
     }
     const SequenceStep& st = b.seqs[h.order[k2]];  // padding exists only in graph steps
     if (!st.sample && !h.graph) continue;
-    HostSamplingRow row;
-    row.temperature = st.sampling.temperature;
-    row.top_k = st.sampling.top_k;
-    row.top_p = st.sampling.top_p;
-    row.uniform = static_cast<float>(SampleUniform(st.sampling.seed, st.sample_step));
-    h.sample_rows.push_back(row);
-    h.sample_seq.push_back(st.sample ? k2 : -1);
-    h.sample_token.push_back(h.token_start[k2] + static_cast<int32_t>(st.tokens.size()) - 1);
+    // n > 1 at the end of a prefill: one row per sample, each with its own seed.
+    const int32_t samples = st.sample ? std::max(st.num_samples, 1) : 1;
+    for (int32_t i = 0; i < samples; ++i) {
+      HostSamplingRow row;
+      row.temperature = st.sampling.temperature;
+      row.top_k = st.sampling.top_k;
+      row.top_p = st.sampling.top_p;
+      row.uniform =
+          static_cast<float>(SampleUniform(SampleSeed(st.sampling.seed, i), st.sample_step));
+      row.min_p = st.sampling.min_p;
+      h.sample_rows.push_back(row);
+      h.sample_seq.push_back(st.sample ? k2 : -1);
+      h.sample_index.push_back(i);
+      h.sample_token.push_back(h.token_start[k2] + static_cast<int32_t>(st.tokens.size()) - 1);
+    }
   }
 }
 

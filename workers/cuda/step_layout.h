@@ -38,6 +38,7 @@ struct HostSamplingRow {
   int32_t top_k = 0;  // 0: off
   float top_p = 1.0f;
   float uniform = 0.0f;
+  float min_p = 0.0f;
 };
 
 // One step as the host builds it (see the header comment for the arrays).
@@ -57,7 +58,9 @@ struct HostStep {
   std::vector<int64_t> slots;   // [L, total, H]
   bool shared_indices = false;  // indices_a is the batch's kv_indices
   const std::vector<BlockId>* batch_indices = nullptr;
-  std::vector<int32_t> sample_seq, sample_token;
+  // Per sampled row: internal sequence (-1: padding), which of its samples (SequenceStep::
+  // num_samples), and the token row whose hidden state it reads.
+  std::vector<int32_t> sample_seq, sample_index, sample_token;
   std::vector<HostSamplingRow> sample_rows;
   // Chunked compressed prefills' last chunks: internal index (a plain prefill), and the prompt
   // length its rows hold after the step.

@@ -1,10 +1,12 @@
 #include "workers/cuda/step_layout.h"
 
+#include <map>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "headkv/selection.h"
+#include "workers/cuda/sampling_extras.h"
 #include "workers/sampler.h"
 
 namespace hkv {
@@ -313,6 +315,56 @@ TEST(StepLayoutTest, AdaptiveLastChunkCarriesTheLayerSplit) {
   // A budget per layer is required.
   b.seqs[0].selection.layer_budget.pop_back();
   EXPECT_EQ(BuildHostStep(b, kShape, 0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(StepLayoutTest, NSamplesOfAPrefillAreRowsOfTheSamePositionWithTheirOwnSeeds) {
+  Batch b = NewBatch();
+  AddSeq(b, 1, {42}, 5, 6, true);
+  AddSeq(b, 2, {7, 8, 9}, 0, 3, true);
+  b.seqs[1].num_samples = 3;
+  b.seqs[1].sampling.min_p = 0.1f;
+  const auto h = BuildHostStep(b, kShape, 0);
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_THAT(h->sample_seq, ElementsAre(0, 1, 1, 1));
+  EXPECT_THAT(h->sample_index, ElementsAre(0, 0, 1, 2));
+  EXPECT_THAT(h->sample_token, ElementsAre(0, 3, 3, 3));
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(h->sample_rows[1 + i].uniform,
+              static_cast<float>(SampleUniform(SampleSeed(11, i), 3)));
+    EXPECT_EQ(h->sample_rows[1 + i].min_p, 0.1f);
+  }
+}
+
+TEST(StepLayoutTest, SamplingExtrasListEachRowsPenalisedTokens) {
+  Batch b = NewBatch();
+  AddSeq(b, 1, {4, 5, 5, 6}, 0, 4, true);  // prompt 4 5, then 5 and 6 generated
+  AddSeq(b, 2, {9}, 5, 6, true);           // no penalties: no history, no entries
+  b.seqs[0].num_prompt_tokens = 2;
+  b.seqs[0].sampling.frequency_penalty = 1.0f;
+  b.seqs[0].sampling.min_tokens = 5;
+  b.seqs[0].min_tokens_banned = {99, 200};  // 200 is outside the vocabulary
+  b.seqs[0].sample_step = 2;
+  b.seqs[1].sampling.logprobs = 4;
+  EXPECT_TRUE(NeedsSamplingExtras(b.seqs[0]));
+  EXPECT_TRUE(NeedsSamplingExtras(b.seqs[1]));
+  TokenHistories histories;
+  histories.Observe(b);
+  const auto h = BuildHostStep(b, kShape, 0);
+  ASSERT_TRUE(h.ok()) << h.status();
+  const SamplingExtras x = BuildSamplingExtras(b, *h, histories, kShape.vocab_size);
+  EXPECT_TRUE(x.penalties);
+  EXPECT_EQ(x.top, 4);
+  ASSERT_EQ(x.params.size(), h->sample_rows.size());
+  // Internal order: the decode (seq 2) first, then the prefill (seq 1).
+  const int32_t prefill_row = h->order[h->sample_seq[0]] == 0 ? 0 : 1;
+  const int32_t decode_row = 1 - prefill_row;
+  EXPECT_EQ(x.indptr[decode_row + 1] - x.indptr[decode_row], 0);
+  EXPECT_EQ(x.params[prefill_row].ban, 1);
+  std::map<TokenId, int32_t> entries;
+  for (int32_t e = x.indptr[prefill_row]; e < x.indptr[prefill_row + 1]; ++e) {
+    entries[x.ids[e]] = x.counts[e];
+  }
+  EXPECT_EQ(entries, (std::map<TokenId, int32_t>{{4, 0}, {5, 1}, {6, 1}, {99, -1}}));
 }
 
 }  // namespace
