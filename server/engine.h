@@ -48,6 +48,9 @@ struct EngineOptions {
   // engine not ready; longer than `liveness_timeout`, not live.
   absl::Duration stall_timeout = absl::Seconds(30);
   StopLimits stop_limits;  // Checked by Submit before a request is queued.
+  // What the APIs give requests that leave temperature / top_k / top_p unset (the model's
+  // generation_config.json). Read by the API layers when they build an EngineRequest.
+  SamplingDefaults sampling_defaults;
   absl::Duration liveness_timeout = absl::Minutes(5);
   // Fault injection (HKV_FAULT_ENGINE_STALL_MS, see fault_injection.h): the loop sleeps this
   // long once, outside Worker::Execute, after its first step. Zero in production.

@@ -33,6 +33,9 @@ inline constexpr int32_t kDefaultMaxConcurrentStreams = 2048;
     "llama2.c checkpoint (.bin) or Hugging Face model directory "                                \
     "(default: the embedded stories260K)")                                                       \
   X(std::string, tokenizer, "", "Tokenizer path (default: beside the model)")                    \
+  X(std::string, chat_template, "",                                                              \
+    "Jinja chat template file, used instead of the model's own (chat_template.jinja or "         \
+    "tokenizer_config.json)")                                                                    \
   X(bool, dummy_weights, false,                                                                  \
     "Random weights for --model's config.json (a Hugging Face model directory)")                 \
   X(std::string, host, "0.0.0.0", "Address to listen on")                                        \
