@@ -25,9 +25,9 @@ TEST(GenerationConfigTest, FieldsBecomeTheDefaultsAndAbsentOnesKeepTheBuiltIns) 
 }
 
 TEST(GenerationConfigTest, OutOfRangeValuesNameTheField) {
-  for (const char* bad : {R"({"temperature": -1})", R"({"temperature": "hot"})", R"({"top_p": 0})",
-                          R"({"top_p": 1.5})", R"({"top_k": -5})", R"({"top_k": 2.5})", "[1]",
-                          "not json"}) {
+  for (const char* bad :
+       {R"({"temperature": -1})", R"({"temperature": "hot"})", R"({"top_p": 0})",
+        R"({"top_p": 1.5})", R"({"top_k": -5})", R"({"top_k": 2.5})", "[1]", "not json"}) {
     SCOPED_TRACE(bad);
     EXPECT_EQ(ParseSamplingDefaults(bad).status().code(), absl::StatusCode::kInvalidArgument);
   }

@@ -50,9 +50,9 @@ std::string Dirname(const std::string& path) {
 void WarnAboutSpecialTokens(const LoadedModel& loaded) {
   if (loaded.tokenizer == nullptr || loaded.chat == nullptr) return;
   const ChatSpecialTokens& t = loaded.chat->tokens();
-  for (const auto& [name, text] : {std::pair<const char*, const std::optional<std::string>&>(
-                                       "bos_token", t.bos_token),
-                                   {"eos_token", t.eos_token}}) {
+  for (const auto& [name, text] :
+       {std::pair<const char*, const std::optional<std::string>&>("bos_token", t.bos_token),
+        {"eos_token", t.eos_token}}) {
     if (!text.has_value() || text->empty()) continue;
     auto ids = loaded.tokenizer->TryEncode(*text, /*add_bos=*/false, EncodeControl());
     if (ids.ok() && ids->size() != 1) {
@@ -189,7 +189,9 @@ absl::StatusOr<LoadedModel> LoadModelAndTokenizerImpl(const std::string& model_p
   out.tokenizer = std::move(tok);
   out.model = std::move(shared);
   // A llama2.c checkpoint has no chat template of its own; --chat-template gives it one.
-  if (!chat_template.empty()) HKV_RETURN_IF_ERROR(LoadChat(Dirname(model_path), chat_template, &out));
+  if (!chat_template.empty()) {
+    HKV_RETURN_IF_ERROR(LoadChat(Dirname(model_path), chat_template, &out));
+  }
   return out;
 }
 

@@ -30,7 +30,8 @@ class ModelDir {
     char tmpl[] = "/tmp/chat_and_defaults_test_XXXXXX";
     dir_ = mkdtemp(tmpl);
     char cwd[4096];
-    const std::string src = std::string(getcwd(cwd, sizeof(cwd)) ? cwd : ".") + "/tests/data/hf/qwen2";
+    const std::string src =
+        std::string(getcwd(cwd, sizeof(cwd)) ? cwd : ".") + "/tests/data/hf/qwen2";
     for (const char* f : {"config.json", "model.safetensors"}) {
       EXPECT_EQ(symlink((src + "/" + f).c_str(), (dir_ + "/" + f).c_str()), 0) << f;
     }

@@ -61,7 +61,9 @@ class ChatTemplate {
  private:
   ChatTemplate(jinja::Template t, ChatSpecialTokens tokens, std::string origin,
                const jinja::RenderLimits& limits)
-      : template_(std::move(t)), tokens_(std::move(tokens)), origin_(std::move(origin)),
+      : template_(std::move(t)),
+        tokens_(std::move(tokens)),
+        origin_(std::move(origin)),
         limits_(limits) {}
 
   jinja::Template template_;

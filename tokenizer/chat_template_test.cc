@@ -19,8 +19,8 @@ namespace hkv {
 namespace {
 
 constexpr char kTemplates[] = "tests/data/chat_templates";
-constexpr const char* kFamilies[] = {"gemma2", "llama3",       "llama3_1", "mistral_nemo",
-                                     "mistral_v0_2", "phi3", "qwen2_5",  "zephyr"};
+constexpr const char* kFamilies[] = {"gemma2",       "llama3", "llama3_1", "mistral_nemo",
+                                     "mistral_v0_2", "phi3",   "qwen2_5",  "zephyr"};
 
 TEST(ChatTemplateGoldenTest, EveryFamilyRendersAsTransformersDoes) {
   std::ifstream in(std::string(kTemplates) + "/goldens.json");
@@ -38,8 +38,7 @@ TEST(ChatTemplateGoldenTest, EveryFamilyRendersAsTransformersDoes) {
         messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
       }
       for (bool gen : {false, true}) {
-        const std::string key =
-            absl::StrCat(family, "/", conv.key(), "/", gen ? "gen" : "nogen");
+        const std::string key = absl::StrCat(family, "/", conv.key(), "/", gen ? "gen" : "nogen");
         SCOPED_TRACE(key);
         ASSERT_TRUE(renders.contains(key));
         const nlohmann::json& want = renders[key];
@@ -100,7 +99,8 @@ TEST_F(ChatTemplateDirTest, NamedTemplateListAndAddedTokenObjects) {
   })");
   auto chat = LoadChatTemplate(dir_);
   ASSERT_TRUE(chat.ok()) << chat.status();
-  EXPECT_EQ(*(*chat)->Apply({{"user", "x"}, {"assistant", "y"}}, false), "<B>user:x<E>assistant:y<E>");
+  EXPECT_EQ(*(*chat)->Apply({{"user", "x"}, {"assistant", "y"}}, false),
+            "<B>user:x<E>assistant:y<E>");
 }
 
 TEST_F(ChatTemplateDirTest, JinjaFileWinsAndAnOverrideWinsOverBoth) {

@@ -8,11 +8,11 @@
 // Thread-safe: pure functions of their arguments and the budget.
 
 #include <string>
-#include "absl/strings/string_view.h"
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "tokenizer/jinja/limits.h"
 #include "tokenizer/jinja/value.h"
 

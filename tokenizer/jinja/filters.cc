@@ -136,8 +136,7 @@ absl::StatusOr<Value> JoinFilter(const Value& input, const CallArgs& args, Rende
   return Value::String(std::move(out));
 }
 
-absl::StatusOr<Value> TojsonFilter(const Value& input, const CallArgs& args,
-                                   RenderBudget* budget) {
+absl::StatusOr<Value> TojsonFilter(const Value& input, const CallArgs& args, RenderBudget* budget) {
   JsonOptions o;
   if (const Value* indent = args.Get("indent", 0); indent != nullptr && !indent->is_none()) {
     if (!indent->is_number()) return TypeError("tojson indent must be an integer");

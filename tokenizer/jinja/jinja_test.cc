@@ -69,7 +69,8 @@ TEST(JinjaTest, RaiseExceptionCarriesTheTemplatesMessage) {
 }
 
 TEST(JinjaTest, UndefinedMisuseNamesTheVariable) {
-  auto out = Render("{{ messages[0].content.strip() }}", ValueDict{{{"messages", Value::List({})}}});
+  auto out =
+      Render("{{ messages[0].content.strip() }}", ValueDict{{{"messages", Value::List({})}}});
   ASSERT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(out.status().message().find("no element 0"), std::string::npos) << out.status();
   out = Render("{{ nope.x }}");
@@ -110,9 +111,10 @@ TEST(JinjaTest, HugeOutputIsRefused) {
 TEST(JinjaTest, LongLoopsStopAtTheStepLimit) {
   RenderLimits limits;
   limits.max_steps = 100000;
-  auto out = Render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
-                    "{% endfor %}",
-                    {}, limits);
+  auto out = Render(
+      "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+      "{% endfor %}",
+      {}, limits);
   EXPECT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted) << out.status();
   out = Render("{{ range(100001) | length }}");
   EXPECT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted) << out.status();
@@ -156,7 +158,8 @@ TEST(JinjaTest, OneTemplateRendersFromManyThreadsAtOnce) {
   std::vector<std::string> outs(4);
   for (int i = 0; i < 4; ++i) {
     threads.emplace_back([&, i] {
-      ValueDict vars{{{"messages", Value::List({Value::String("a"), Value::String(std::to_string(i))})}}};
+      ValueDict vars{
+          {{"messages", Value::List({Value::String("a"), Value::String(std::to_string(i))})}}};
       for (int k = 0; k < 200; ++k) outs[i] = *t->Render(vars);
     });
   }

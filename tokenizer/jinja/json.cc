@@ -14,13 +14,27 @@ void AppendJsonString(const std::string& s, bool ensure_ascii, std::string* out)
   for (size_t i = 0; i < s.size(); ++i) {
     const unsigned char c = s[i];
     switch (c) {
-      case '"': *out += "\\\""; break;
-      case '\\': *out += "\\\\"; break;
-      case '\n': *out += "\\n"; break;
-      case '\r': *out += "\\r"; break;
-      case '\t': *out += "\\t"; break;
-      case '\b': *out += "\\b"; break;
-      case '\f': *out += "\\f"; break;
+      case '"':
+        *out += "\\\"";
+        break;
+      case '\\':
+        *out += "\\\\";
+        break;
+      case '\n':
+        *out += "\\n";
+        break;
+      case '\r':
+        *out += "\\r";
+        break;
+      case '\t':
+        *out += "\\t";
+        break;
+      case '\b':
+        *out += "\\b";
+        break;
+      case '\f':
+        *out += "\\f";
+        break;
       default:
         if (c < 0x20 || (ensure_ascii && c >= 0x7f)) {
           if (c >= 0x80) {
@@ -74,8 +88,9 @@ class Writer {
         return absl::OkStatus();
       case ValueKind::kFloat: {
         const double f = v.as_float();
-        out_ += std::isnan(f) ? "NaN" : std::isinf(f) ? (f > 0 ? "Infinity" : "-Infinity")
-                                                      : FloatRepr(f);
+        out_ += std::isnan(f)   ? "NaN"
+                : std::isinf(f) ? (f > 0 ? "Infinity" : "-Infinity")
+                                : FloatRepr(f);
         return absl::OkStatus();
       }
       case ValueKind::kString:

@@ -9,7 +9,9 @@
 namespace hkv::jinja {
 namespace {
 
-bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+bool IsSpace(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
 
 std::string Normalize(absl::string_view source) {
   std::string out;
@@ -121,7 +123,8 @@ class Lexer {
   }
 
   absl::Status Error(absl::string_view what) const {
-    return absl::InvalidArgumentError(absl::StrCat("template syntax error, line ", line_, ": ", what));
+    return absl::InvalidArgumentError(
+        absl::StrCat("template syntax error, line ", line_, ": ", what));
   }
 
   absl::Status SkipComment(bool* strip_next, bool* trim_newline) {
@@ -165,7 +168,8 @@ class Lexer {
     const char c = src_[pos_];
     if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
       size_t e = pos_;
-      while (e < src_.size() && (std::isalnum(static_cast<unsigned char>(src_[e])) || src_[e] == '_')) {
+      while (e < src_.size() &&
+             (std::isalnum(static_cast<unsigned char>(src_[e])) || src_[e] == '_')) {
         ++e;
       }
       Emit(TokenType::kName, src_.substr(pos_, e - pos_));
@@ -195,8 +199,10 @@ class Lexer {
   absl::Status LexNumber() {
     size_t e = pos_;
     bool is_float = false;
-    while (e < src_.size() && (std::isdigit(static_cast<unsigned char>(src_[e])) || src_[e] == '_')) ++e;
-    if (e + 1 < src_.size() && src_[e] == '.' && std::isdigit(static_cast<unsigned char>(src_[e + 1]))) {
+    while (e < src_.size() && (std::isdigit(static_cast<unsigned char>(src_[e])) || src_[e] == '_'))
+      ++e;
+    if (e + 1 < src_.size() && src_[e] == '.' &&
+        std::isdigit(static_cast<unsigned char>(src_[e + 1]))) {
       is_float = true;
       ++e;
       while (e < src_.size() && std::isdigit(static_cast<unsigned char>(src_[e]))) ++e;
@@ -243,17 +249,41 @@ class Lexer {
       }
       const char n = src_[++i];
       switch (n) {
-        case 'n': out += '\n'; break;
-        case 't': out += '\t'; break;
-        case 'r': out += '\r'; break;
-        case 'a': out += '\a'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'v': out += '\v'; break;
-        case '0': out += '\0'; break;
-        case '\\': case '\'': case '"': out += n; break;
-        case '\n': line_++; break;
-        case 'x': case 'u': case 'U': {
+        case 'n':
+          out += '\n';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 'a':
+          out += '\a';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'v':
+          out += '\v';
+          break;
+        case '0':
+          out += '\0';
+          break;
+        case '\\':
+        case '\'':
+        case '"':
+          out += n;
+          break;
+        case '\n':
+          line_++;
+          break;
+        case 'x':
+        case 'u':
+        case 'U': {
           const size_t len = n == 'x' ? 2 : n == 'u' ? 4 : 8;
           if (i + len >= src_.size()) return Error("truncated escape in string");
           const std::string hex = src_.substr(i + 1, len);

@@ -13,10 +13,10 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace hkv::jinja {
 
@@ -27,10 +27,10 @@ enum class TokenType {
   kBlockBegin,  // {%
   kBlockEnd,    // %}
   kName,
-  kString,      // Escapes already decoded.
+  kString,  // Escapes already decoded.
   kInt,
   kFloat,
-  kOperator,    // + - * / // % ** ~ == != < > <= >= = . , : | ( ) [ ] { }
+  kOperator,  // + - * / // % ** ~ == != < > <= >= = . , : | ( ) [ ] { }
   kEnd,
 };
 

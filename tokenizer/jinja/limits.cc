@@ -25,8 +25,8 @@ absl::Status RenderBudget::Bytes(int64_t n) {
   if (absl::Status s = CheckSize(n); !s.ok()) return s;
   work_bytes_ += n;
   if (work_bytes_ > limits_.max_work_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "chat template built more than ", limits_.max_work_bytes, " bytes of strings"));
+    return absl::ResourceExhaustedError(absl::StrCat("chat template built more than ",
+                                                     limits_.max_work_bytes, " bytes of strings"));
   }
   return absl::OkStatus();
 }

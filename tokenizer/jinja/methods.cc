@@ -27,8 +27,8 @@ absl::StatusOr<bool> AffixTest(const std::string& s, const Value& affix, bool pr
   return false;
 }
 
-absl::StatusOr<Value> StringMethod(const std::string& s, absl::string_view name,
-                                   const CallArgs& a, RenderBudget* budget) {
+absl::StatusOr<Value> StringMethod(const std::string& s, absl::string_view name, const CallArgs& a,
+                                   RenderBudget* budget) {
   if (name == "strip" || name == "lstrip" || name == "rstrip") {
     return Value::String(PyStrip(s, OptStrArg(a, 0), name != "rstrip", name != "lstrip"));
   }
@@ -51,9 +51,11 @@ absl::StatusOr<Value> StringMethod(const std::string& s, absl::string_view name,
     const Value* sep = a.Get("sep", 0);
     std::optional<std::string> sep_str;
     if (sep != nullptr && !sep->is_none()) sep_str = ToPythonStr(*sep);
-    if (sep_str.has_value() && sep_str->empty()) return absl::InvalidArgumentError("empty separator");
+    if (sep_str.has_value() && sep_str->empty())
+      return absl::InvalidArgumentError("empty separator");
     ValueList out;
-    for (std::string& part : PySplit(s, sep_str, maxsplit)) out.push_back(Value::String(std::move(part)));
+    for (std::string& part : PySplit(s, sep_str, maxsplit))
+      out.push_back(Value::String(std::move(part)));
     if (absl::Status st = budget->Step(static_cast<int64_t>(out.size())); !st.ok()) return st;
     return Value::List(std::move(out));
   }
@@ -73,7 +75,8 @@ absl::StatusOr<Value> StringMethod(const std::string& s, absl::string_view name,
       if (!(*items)[i].is_string()) return absl::InvalidArgumentError("join needs strings");
       if (i > 0) out += s;
       out += (*items)[i].str();
-      if (absl::Status st = budget->CheckSize(static_cast<int64_t>(out.size())); !st.ok()) return st;
+      if (absl::Status st = budget->CheckSize(static_cast<int64_t>(out.size())); !st.ok())
+        return st;
     }
     if (absl::Status st = budget->Bytes(static_cast<int64_t>(out.size())); !st.ok()) return st;
     return Value::String(std::move(out));
@@ -118,7 +121,8 @@ absl::StatusOr<Value> DictMethod(const Value& d, absl::string_view name, const C
 
 absl::StatusOr<Value> Range(const CallArgs& a, RenderBudget* budget) {
   int64_t bounds[3] = {0, 0, 1};
-  if (a.args.empty() || a.args.size() > 3) return absl::InvalidArgumentError("range needs 1 to 3 arguments");
+  if (a.args.empty() || a.args.size() > 3)
+    return absl::InvalidArgumentError("range needs 1 to 3 arguments");
   for (const Value& v : a.args) {
     if (v.kind() != ValueKind::kInt && v.kind() != ValueKind::kBool) {
       return absl::InvalidArgumentError("range arguments must be integers");
@@ -131,12 +135,13 @@ absl::StatusOr<Value> Range(const CallArgs& a, RenderBudget* budget) {
   }
   if (bounds[2] == 0) return absl::InvalidArgumentError("range() arg 3 must not be zero");
   const long double len =
-      bounds[2] > 0 ? (static_cast<long double>(bounds[1]) - bounds[0] + bounds[2] - 1) / bounds[2]
-                    : (static_cast<long double>(bounds[0]) - bounds[1] - bounds[2] - 1) / -bounds[2];
+      bounds[2] > 0
+          ? (static_cast<long double>(bounds[1]) - bounds[0] + bounds[2] - 1) / bounds[2]
+          : (static_cast<long double>(bounds[0]) - bounds[1] - bounds[2] - 1) / -bounds[2];
   if (len > budget->limits().max_range) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "Range too big. The sandbox blocks ranges larger than MAX_RANGE (",
-        budget->limits().max_range, ")."));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("Range too big. The sandbox blocks ranges larger than MAX_RANGE (",
+                     budget->limits().max_range, ")."));
   }
   ValueList out;
   for (int64_t i = bounds[0]; bounds[2] > 0 ? i < bounds[1] : i > bounds[1]; i += bounds[2]) {
@@ -157,8 +162,8 @@ absl::StatusOr<Value> CallMethod(const Value& obj, absl::string_view name, const
 }
 
 const std::vector<std::string>& BuiltinNames() {
-  static const auto* names = new std::vector<std::string>{
-      "range", "namespace", "dict", "raise_exception", "strftime_now"};
+  static const auto* names =
+      new std::vector<std::string>{"range", "namespace", "dict", "raise_exception", "strftime_now"};
   return *names;
 }
 
@@ -173,7 +178,8 @@ absl::StatusOr<Value> CallBuiltin(absl::string_view name, const CallArgs& args,
   if (name == "namespace" || name == "dict") {
     ValueDict d;
     if (!args.args.empty()) {
-      if (!args.args[0].is_dict()) return absl::InvalidArgumentError(absl::StrCat(name, " takes a mapping"));
+      if (!args.args[0].is_dict())
+        return absl::InvalidArgumentError(absl::StrCat(name, " takes a mapping"));
       d = args.args[0].dict();
     }
     for (const auto& [k, v] : args.kwargs) d.Set(k, v);

@@ -1,10 +1,10 @@
 #include "tokenizer/jinja/parser.h"
 
 #include <initializer_list>
-#include "absl/strings/string_view.h"
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace hkv::jinja {
 namespace {
@@ -66,7 +66,8 @@ class Parser {
 
   // Parses statements until a block tag named in `ends` (consumed up to its name; `*end` says
   // which) or the end of the template (only when `ends` is empty).
-  absl::Status ParseBody(std::initializer_list<absl::string_view> ends, Body* body, std::string* end) {
+  absl::Status ParseBody(std::initializer_list<absl::string_view> ends, Body* body,
+                         std::string* end) {
     DepthGuard g(&depth_);
     if (depth_ > kMaxParseDepth) return Error("blocks nested too deeply");
     while (true) {
@@ -135,8 +136,8 @@ class Parser {
       if (absl::Status st = ExpectBlockEnd(); !st.ok()) return st;
       return s;
     }
-    return absl::InvalidArgumentError(absl::StrCat("template syntax error, line ", line,
-                                                   ": unsupported tag '", name, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("template syntax error, line ", line, ": unsupported tag '", name, "'"));
   }
 
   absl::StatusOr<std::unique_ptr<Stmt>> ParseIf(int line) {
@@ -150,7 +151,8 @@ class Parser {
       if (absl::Status st = ExpectBlockEnd(); !st.ok()) return st;
       s->bodies.emplace_back();
       std::string end;
-      if (absl::Status st = ParseBody({"elif", "else", "endif"}, &s->bodies.back(), &end); !st.ok()) {
+      if (absl::Status st = ParseBody({"elif", "else", "endif"}, &s->bodies.back(), &end);
+          !st.ok()) {
         return st;
       }
       if (end == "elif") continue;
@@ -319,8 +321,12 @@ class Parser {
     }
   }
 
-  absl::StatusOr<ExprPtr> ParseOr() { return BinaryChain(&Parser::ParseAnd, {"or"}, ExprKind::kOr, true); }
-  absl::StatusOr<ExprPtr> ParseAnd() { return BinaryChain(&Parser::ParseNot, {"and"}, ExprKind::kAnd, true); }
+  absl::StatusOr<ExprPtr> ParseOr() {
+    return BinaryChain(&Parser::ParseAnd, {"or"}, ExprKind::kOr, true);
+  }
+  absl::StatusOr<ExprPtr> ParseAnd() {
+    return BinaryChain(&Parser::ParseNot, {"and"}, ExprKind::kAnd, true);
+  }
   absl::StatusOr<ExprPtr> ParseNot() {
     if (!IsName("not")) return ParseCompare();
     DepthGuard g(&depth_);
@@ -340,8 +346,8 @@ class Parser {
     while (true) {
       std::string op;
       if (Peek().type == TokenType::kOperator &&
-          (Peek().text == "==" || Peek().text == "!=" || Peek().text == "<" ||
-           Peek().text == ">" || Peek().text == "<=" || Peek().text == ">=")) {
+          (Peek().text == "==" || Peek().text == "!=" || Peek().text == "<" || Peek().text == ">" ||
+           Peek().text == "<=" || Peek().text == ">=")) {
         op = Next().text;
       } else if (IsName("in")) {
         op = "in";
@@ -423,8 +429,8 @@ class Parser {
       case TokenType::kInt:
       case TokenType::kFloat: {
         ExprPtr e = Make(ExprKind::kLiteral);
-        e->value = tok.type == TokenType::kInt ? Value::Int(tok.int_value)
-                                               : Value::Float(tok.float_value);
+        e->value =
+            tok.type == TokenType::kInt ? Value::Int(tok.int_value) : Value::Float(tok.float_value);
         ++pos_;
         return e;
       }

@@ -25,7 +25,9 @@ absl::Status OperandError(const std::string& op, const Value& a, const Value& b)
                                                  a.TypeName(), "' and '", b.TypeName(), "'"));
 }
 
-bool IsIntLike(const Value& v) { return v.kind() == ValueKind::kInt || v.kind() == ValueKind::kBool; }
+bool IsIntLike(const Value& v) {
+  return v.kind() == ValueKind::kInt || v.kind() == ValueKind::kBool;
+}
 
 absl::StatusOr<Value> Arithmetic(const std::string& op, const Value& a, const Value& b) {
   if (IsIntLike(a) && IsIntLike(b)) {
@@ -79,7 +81,8 @@ absl::StatusOr<int> Compare(const Value& a, const Value& b, const std::string& o
     const double x = a.ToDouble(), y = b.ToDouble();
     return x < y ? -1 : x > y ? 1 : 0;
   }
-  if (a.is_string() && b.is_string()) return a.str().compare(b.str()) < 0 ? -1 : a.str() == b.str() ? 0 : 1;
+  if (a.is_string() && b.is_string())
+    return a.str().compare(b.str()) < 0 ? -1 : a.str() == b.str() ? 0 : 1;
   if (a.is_list() && b.is_list()) {
     const ValueList &x = a.list(), &y = b.list();
     for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
@@ -211,9 +214,9 @@ absl::Status Renderer::ExecFor(const Stmt& s, std::string* out) {
     auto parts = Iterate(item);
     if (!parts.ok()) return parts.status();
     if (parts->size() != s.targets.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          parts->size() < s.targets.size() ? "not enough" : "too many", " values to unpack (expected ",
-          s.targets.size(), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(parts->size() < s.targets.size() ? "not enough" : "too many",
+                       " values to unpack (expected ", s.targets.size(), ")"));
     }
     for (size_t i = 0; i < parts->size(); ++i) (*scope)[s.targets[i]] = (*parts)[i];
     return absl::OkStatus();
@@ -317,8 +320,8 @@ absl::StatusOr<Value> Renderer::CallMacro(const MacroStmt& m, const CallArgs& ar
       if (!d.ok()) return d.status();
       scope[m.params[i]] = std::move(*d);
     } else {
-      scope[m.params[i]] = Value::Undefined(
-          absl::StrCat("parameter '", m.params[i], "' was not provided"));
+      scope[m.params[i]] =
+          Value::Undefined(absl::StrCat("parameter '", m.params[i], "' was not provided"));
     }
   }
   scopes_.push_back(std::move(scope));
@@ -385,7 +388,8 @@ absl::StatusOr<Value> Renderer::EvalBinary(const std::string& op, const Value& a
     out.insert(out.end(), b.list().begin(), b.list().end());
     return Value::List(std::move(out));
   }
-  if (op == "*" && (IsIntLike(a) || IsIntLike(b)) && (a.is_string() || b.is_string() || a.is_list() || b.is_list())) {
+  if (op == "*" && (IsIntLike(a) || IsIntLike(b)) &&
+      (a.is_string() || b.is_string() || a.is_list() || b.is_list())) {
     const Value& seq = IsIntLike(a) ? b : a;
     const int64_t times = std::max<int64_t>(0, (IsIntLike(a) ? a : b).as_int());
     const int64_t unit = seq.is_string() ? static_cast<int64_t>(seq.str().size())

@@ -10,9 +10,9 @@
 
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "tokenizer/jinja/ast.h"
 #include "tokenizer/jinja/limits.h"
 #include "tokenizer/jinja/value.h"
