@@ -111,6 +111,12 @@ CASES = {
     "set_attr_on_dict": ("{% set d = {} %}{% set d.x = 1 %}", {}),
     "generation_tag": ("a{% generation %}b{{ 1 }}{% endgeneration %}c", {}),
     "strftime": ("{{ strftime_now('%Y') | length }}", {}),
+    # Shapes newer templates use (Qwen3, DeepSeek-R1, Llama-3.2): reversed walks, think-tag
+    # splitting, content parts, tool-call JSON.
+    "qwen3_like": ("{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}{%- if ns.multi_step_tool and message.role == 'user' and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}{%- set ns.multi_step_tool = false %}{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}{{ ns.last_query_index }}|{%- for m in messages %}{%- if '</think>' in m.content %}{{ (m.content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n')) }}/{{ m.content.split('</think>')[-1].lstrip('\\n') }}{%- else %}{{ m.content }}{%- endif %};{%- endfor %}", {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nA1"}, {"role": "user", "content": "<tool_response>r</tool_response>"}]}),
+    "content_parts": ("{%- for m in messages %}{%- if m.content is string %}{{ m.content }}{%- else %}{%- for p in m.content | selectattr('type', 'equalto', 'text') %}{{ p.text }}{%- endfor %}{%- endif %}|{%- endfor %}", {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe"}]}, {"role": "user", "content": "plain"}]}),
+    "tool_calls_json": ("{%- for tc in m.tool_calls %}{{ tc.function.name }}({{ tc.function.arguments | tojson }}){% if tc.id is defined %}#{{ tc.id }}{% endif %}{%- endfor %}{{ m.get('missing', {}) | length }}{{ m.tool_calls[0].function.arguments.items() | list }}", {"m": {"tool_calls": [{"function": {"name": "f", "arguments": {"x": 1, "y": "é"}}}, {"id": "c1", "function": {"name": "g", "arguments": {}}}]}}),
+    "defaults_and_none": ("{{ x | default(none) is none }} {{ y | default('a', true) }} {{ (z or {}).get('k', 'dflt') }} {{ false is false }} {{ 1 is not defined }}", {"y": ""}),
     "range_forms": ("{{ range(3) | list }} {{ range(1, 4) | list }} {{ range(10, 0, -3) | list }}", {}),
 }
 
