@@ -47,6 +47,10 @@ absl::StatusOr<Value> CallMethod(const Value& obj, absl::string_view name, const
 // A global function (Value::Builtin). raise_exception's error carries the template's message.
 absl::StatusOr<Value> CallBuiltin(absl::string_view name, const CallArgs& args,
                                   RenderBudget* budget);
+// Whether a filter or test of that name exists (the parser refuses unknown ones, as Jinja does
+// when it compiles a template).
+bool IsFilter(absl::string_view name);
+bool IsTest(absl::string_view name);
 // The names of the global functions, for the renderer's initial scope.
 const std::vector<std::string>& BuiltinNames();
 

@@ -215,6 +215,31 @@ absl::StatusOr<Value> FirstLast(const Value& input, bool first) {
 
 }  // namespace
 
+bool IsFilter(absl::string_view name) {
+  static const char* const kNames[] = {
+      "abs",    "capitalize", "count",      "d",          "default", "first",   "float",
+      "indent", "int",        "items",      "join",       "last",    "length",  "list",
+      "lower",  "map",        "reject",     "rejectattr", "replace", "reverse", "safe",
+      "select", "selectattr", "string",     "title",      "tojson",  "trim",    "upper"};
+  for (const char* n : kNames) {
+    if (name == n) return true;
+  }
+  return false;
+}
+
+bool IsTest(absl::string_view name) {
+  static const char* const kNames[] = {
+      "defined", "undefined", "none",    "string", "mapping",  "boolean", "true",   "false",
+      "number",  "integer",   "float",   "iterable", "sequence", "callable", "equalto", "eq",
+      "==",      "sameas",    "ne",      "!=",     "lower",    "upper",   "in",     "odd",
+      "even",    "divisibleby", "lt",    "gt",     "le",       "ge",      "<",      ">",
+      "<=",      ">="};
+  for (const char* n : kNames) {
+    if (name == n) return true;
+  }
+  return false;
+}
+
 absl::StatusOr<Value> ApplyFilter(absl::string_view name, const Value& input, const CallArgs& args,
                                   RenderBudget* budget) {
   if (absl::Status s = budget->Step(); !s.ok()) return s;

@@ -80,7 +80,8 @@ TEST(JinjaTest, UndefinedMisuseNamesTheVariable) {
 TEST(JinjaTest, SyntaxErrorsNameTheLine) {
   for (const char* bad : {"{{ 1 + }}", "{% if x %}no end", "{% for x in %}{% endfor %}",
                           "{{ 'unclosed }}", "{% frobnicate %}", "{# open", "{{ x", "{% endif %}",
-                          "{{ a b }}", "{{ x[1:2:3:4] }}", "{% set %}", "{{ @ }}"}) {
+                          "{{ a b }}", "{{ x[1:2:3:4] }}", "{% set %}", "{{ @ }}",
+                          "{% if false %}{{ x | frobnicate }}{% endif %}", "{{ x is shiny }}"}) {
     SCOPED_TRACE(bad);
     auto t = Template::Parse(bad);
     ASSERT_FALSE(t.ok());

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "tokenizer/jinja/builtins.h"
 #include "absl/strings/string_view.h"
 
 namespace hkv::jinja {
@@ -590,6 +591,7 @@ class Parser {
         ++pos_;
         auto n = ExpectName();
         if (!n.ok()) return n.status();
+        if (!IsFilter(*n)) return Error(absl::StrCat("no filter named '", *n, "'"));
         auto f = ParseCall(std::move(node), ExprKind::kFilter, *n);
         if (!f.ok()) return f;
         node = std::move(*f);
@@ -602,6 +604,7 @@ class Parser {
         }
         auto n = ExpectName();
         if (!n.ok()) return n.status();
+        if (!IsTest(*n)) return Error(absl::StrCat("no test named '", *n, "'"));
         ExprPtr t;
         if (IsOp("(")) {
           auto c = ParseCall(std::move(node), ExprKind::kTest, *n);
