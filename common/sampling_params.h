@@ -39,6 +39,14 @@ struct SamplingParams {
 // The most top log-probabilities a request may ask for (OpenAI's top_logprobs bound).
 inline constexpr int32_t kMaxTopLogprobs = 20;
 
+// What a request's unset temperature, top_k and top_p mean: the model's generation_config.json
+// values (model/generation_config.h), as vLLM takes them, else these built-in ones.
+struct SamplingDefaults {
+  float temperature = 0.0f;  // Greedy.
+  int32_t top_k = 0;         // Off.
+  float top_p = 1.0f;        // Off.
+};
+
 // The part of SamplingParams that a worker needs to sample one token. Fixed-size: it is copied
 // into every step (SequenceStep), so nothing whose size the client picks belongs here.
 struct StepSampling {

@@ -72,7 +72,21 @@ int RunGenerate(const GenerateOptions& options) {
   } else {
     const PromptByteLimit limit = MakePromptByteLimit(*tokenizer, engine.model_config().max_seq_len,
                                                       options.server.max_prompt_bytes);
-    auto ids = EncodePrompt(*tokenizer, options.prompt, /*add_bos=*/true, limit, EncodeControl());
+    std::string prompt = options.prompt;
+    if (options.chat) {
+      if (bundle->loaded.chat == nullptr) {
+        std::cerr << "hkv generate: this model has no chat template: pass --chat-template FILE\n";
+        return 1;
+      }
+      auto text = bundle->loaded.chat->Apply({{"user", options.prompt}}, true);
+      if (!text.ok()) {
+        std::cerr << "hkv generate: " << text.status().message() << "\n";
+        return 1;
+      }
+      prompt = std::move(*text);
+    }
+    // A chat template writes BOS itself when the model wants one.
+    auto ids = EncodePrompt(*tokenizer, prompt, /*add_bos=*/!options.chat, limit, EncodeControl());
     if (!ids.ok()) {
       std::cerr << "hkv generate: " << ids.status().message() << "\n";
       return 1;
@@ -80,6 +94,10 @@ int RunGenerate(const GenerateOptions& options) {
     request.prompt = std::move(*ids);
   }
   request.sampling = options.sampling;
+  const SamplingDefaults& defaults = engine.options().sampling_defaults;
+  request.sampling.temperature = options.temperature.value_or(defaults.temperature);
+  request.sampling.top_k = options.top_k.value_or(defaults.top_k);
+  request.sampling.top_p = options.top_p.value_or(defaults.top_p);
   request.seed = options.seed;
   request.kv_policy = options.kv_policy;
   request.kv_budget = options.kv_budget;

@@ -21,6 +21,12 @@ struct GenerateOptions {
   std::vector<int32_t> prompt_ids;  // Used instead of `prompt` when non-empty.
   bool use_prompt_ids = false;
   SamplingParams sampling;       // sampling.seed is unused: see `seed`.
+  // --temperature / --top-k / --top-p when given; unset ones take the model's defaults
+  // (generation_config.json), whatever `sampling` holds.
+  std::optional<float> temperature;
+  std::optional<int32_t> top_k;
+  std::optional<float> top_p;
+  bool chat = false;  // --prompt is one user message, rendered through the chat template.
   std::optional<uint64_t> seed;  // Unset: the engine draws one; either way it is printed.
   std::string kv_policy = "full";
   int32_t kv_budget = 128;

@@ -49,6 +49,9 @@ struct EngineOptions {
   absl::Duration stall_timeout = absl::Seconds(30);
   StopLimits stop_limits;  // Checked by Submit before a request is queued.
   int32_t max_n = 16;      // Most samples per request (sampling.n), checked by Submit.
+  // What the APIs give requests that leave temperature / top_k / top_p unset (the model's
+  // generation_config.json). Read by the API layers when they build an EngineRequest.
+  SamplingDefaults sampling_defaults;
   absl::Duration liveness_timeout = absl::Minutes(5);
   // Fault injection (HKV_FAULT_ENGINE_STALL_MS, see fault_injection.h): the loop sleeps this
   // long once, outside Worker::Execute, after its first step. Zero in production.

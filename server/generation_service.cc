@@ -55,8 +55,8 @@ constexpr size_t kMaxStatusMessageBytes = 1024;
 // A deadline further out than this is treated as none (gRPC's "infinite" is year 292277026596).
 constexpr absl::Duration kNoDeadline = absl::Hours(24 * 365);
 
-// At most as many bytes as the chat's template makes of it: every supported format adds at
-// least one byte per message (Mistral folds a system message in with "\n\n").
+// The messages' bytes, one more per message: refused past the prompt limit before the template
+// renders them (the rendered text is checked again when it is tokenized).
 int64_t ChatBytes(const hkv::v1::ChatMessages& chat) {
   int64_t bytes = 0;
   for (const auto& m : chat.messages()) bytes += m.role().size() + m.content().size() + 1;
@@ -64,17 +64,18 @@ int64_t ChatBytes(const hkv::v1::ChatMessages& chat) {
 }
 
 // Copies a request's sampling parameters into `r`, with the proto's defaults (max_tokens 0:
-// 16, top_p 0: 1); INVALID_ARGUMENT for a negative max_tokens or stop lists past `limits`.
+// 16; unset temperature / top_k / top_p: `defaults`, the model's); INVALID_ARGUMENT for a
+// negative max_tokens or stop lists past `limits`.
 absl::Status ConvertSampling(const hkv::v1::SamplingParams& s, const StopLimits& limits,
-                             EngineRequest* r) {
+                             const SamplingDefaults& defaults, EngineRequest* r) {
   if (s.max_tokens() < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("sampling.max_tokens must be >= 0 (0 = default 16), got ", s.max_tokens()));
   }
   r->sampling.max_tokens = s.max_tokens() == 0 ? 16 : s.max_tokens();
-  r->sampling.temperature = s.temperature();
-  r->sampling.top_k = s.top_k();
-  r->sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
+  r->sampling.temperature = s.has_temperature() ? s.temperature() : defaults.temperature;
+  r->sampling.top_k = s.has_top_k() ? s.top_k() : defaults.top_k;
+  r->sampling.top_p = s.has_top_p() ? s.top_p() : defaults.top_p;
   if (s.has_seed()) r->seed = s.seed();  // Unset: the engine draws a fresh seed.
   r->sampling.ignore_eos = s.ignore_eos();
   r->sampling.presence_penalty = s.presence_penalty();
@@ -146,7 +147,7 @@ absl::StatusOr<std::vector<TokenId>> GenerationService::PromptIds(
     case hkv::v1::GenerateRequest::kChat: {
       if (chat_ == nullptr) {
         return absl::InvalidArgumentError(
-            "this model has no supported chat format (Llama-3 or Mistral-Instruct): send a "
+            "this model has no chat template (serve it with --chat-template FILE): send a "
             "prompt or token ids instead");
       }
       if (request.chat().messages().empty()) {
@@ -190,7 +191,8 @@ absl::StatusOr<EngineRequest> GenerationService::ToEngineRequest(
   }
   r.request_id = request.request_id();
   HKV_ASSIGN_OR_RETURN(r.prompt, PromptIds(request, control));
-  HKV_RETURN_IF_ERROR(ConvertSampling(request.sampling(), engine_->options().stop_limits, &r));
+  HKV_RETURN_IF_ERROR(ConvertSampling(request.sampling(), engine_->options().stop_limits,
+                                      engine_->options().sampling_defaults, &r));
   if (request.kv_policy().name().size() > kMaxPolicyNameBytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "kv_policy.name ", QuoteForError(request.kv_policy().name()), " is longer than ",

@@ -53,9 +53,14 @@ ABSL_FLAG(bool, print_config, false, "serve: print the effective config as JSON 
 ABSL_FLAG(std::string, prompt, "", "generate: prompt text");
 ABSL_FLAG(std::string, prompt_ids, "", "generate: comma-separated prompt token ids");
 ABSL_FLAG(int32_t, max_tokens, 256, "generate: tokens to generate at most");
-ABSL_FLAG(double, temperature, 0.0, "generate: sampling temperature (0 = greedy)");
-ABSL_FLAG(int32_t, top_k, 0, "generate: top-k (0 = off)");
-ABSL_FLAG(double, top_p, 1.0, "generate: top-p (1 = off)");
+ABSL_FLAG(double, temperature, 0.0,
+          "generate: sampling temperature (0 = greedy; unset: the model's generation_config.json, "
+          "else 0)");
+ABSL_FLAG(int32_t, top_k, 0, "generate: top-k (0 = off; unset: the model's default, else 0)");
+ABSL_FLAG(double, top_p, 1.0, "generate: top-p (1 = off; unset: the model's default, else 1)");
+ABSL_FLAG(bool, chat, false,
+          "generate: send --prompt as one user message through the model's chat template (or "
+          "--chat-template FILE)");
 ABSL_FLAG(uint64_t, seed, 0,
           "generate: sampling seed (unset: a fresh random one, printed); bench-serve: seed of "
           "the synthetic prompts");
@@ -170,9 +175,12 @@ int Generate() {
     o.use_prompt_ids = true;
   }
   o.sampling.max_tokens = absl::GetFlag(FLAGS_max_tokens);
-  o.sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
-  o.sampling.top_k = absl::GetFlag(FLAGS_top_k);
-  o.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
+  if (Specified("temperature")) {
+    o.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+  }
+  if (Specified("top_k")) o.top_k = absl::GetFlag(FLAGS_top_k);
+  if (Specified("top_p")) o.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
+  o.chat = absl::GetFlag(FLAGS_chat);
   if (Specified("seed")) o.seed = absl::GetFlag(FLAGS_seed);
   o.sampling.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
   o.kv_policy = absl::GetFlag(FLAGS_kv_policy);
@@ -270,10 +278,10 @@ std::vector<CommandSpec> Commands() {
   const std::vector<std::string> engine = Names(
       "config model tokenizer dummy_weights device max_model_len cuda_graph_max_batch "
       "num_threads kv_pool_blocks kv_pool_gb gpu_memory_utilization block_size max_batch_tokens "
-      "max_seqs tensor_parallel_size tp_head_placement head_scores");
+      "max_seqs tensor_parallel_size tp_head_placement head_scores chat_template");
   std::vector<std::string> generate = engine;
-  for (std::string& name : Names("prompt prompt_ids max_tokens temperature top_k top_p seed "
-                                 "ignore_eos kv_policy kv_budget beta json")) {
+  for (std::string& name : Names("prompt prompt_ids chat max_tokens temperature top_k top_p "
+                                 "seed ignore_eos kv_policy kv_budget beta json")) {
     generate.push_back(std::move(name));
   }
   const std::vector<std::string> headkv_plan =

@@ -9,9 +9,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/quote.h"
 #include "common/status_macros.h"
 #include "headkv/head_scores.h"
 #include "model/dummy_weights.h"
+#include "model/generation_config.h"
 #include "model/hf_config.h"
 #include "model/hf_loader.h"
 #include "model/llama2c_loader.h"
@@ -42,10 +44,45 @@ std::string Dirname(const std::string& path) {
   return slash == std::string::npos ? "." : path.substr(0, slash);
 }
 
+// A special token the template writes as text but the vocabulary does not hold as one token
+// (tokenizer_config.json and tokenizer.json disagree) is tokenized as plain text: the model
+// then sees a prompt it was not tuned on, so say so at load. Not a refusal, as in transformers.
+void WarnAboutSpecialTokens(const LoadedModel& loaded) {
+  if (loaded.tokenizer == nullptr || loaded.chat == nullptr) return;
+  const ChatSpecialTokens& t = loaded.chat->tokens();
+  for (const auto& [name, text] :
+       {std::pair<const char*, const std::optional<std::string>&>("bos_token", t.bos_token),
+        {"eos_token", t.eos_token}}) {
+    if (!text.has_value() || text->empty()) continue;
+    auto ids = loaded.tokenizer->TryEncode(*text, /*add_bos=*/false, EncodeControl());
+    if (ids.ok() && ids->size() != 1) {
+      std::cerr << "warning: the chat template's " << name << " " << QuoteForError(*text)
+                << " is not one token of the vocabulary (" << ids->size() << " tokens)\n";
+    }
+  }
+}
+
+// Loads `out->chat` from `dir` (or the `override_path` file). A model without a template has
+// no chat; one whose template does not parse is served without chat, with a warning; an
+// explicit --chat-template that fails is an error.
+absl::Status LoadChat(const std::string& dir, const std::string& override_path, LoadedModel* out) {
+  auto chat = LoadChatTemplate(dir, override_path);
+  if (chat.ok()) {
+    out->chat = std::move(*chat);
+    WarnAboutSpecialTokens(*out);
+    return absl::OkStatus();
+  }
+  if (!override_path.empty()) return chat.status();
+  if (chat.status().code() != absl::StatusCode::kNotFound) {
+    std::cerr << "warning: serving without chat: " << chat.status().message() << "\n";
+  }
+  return absl::OkStatus();
+}
+
 // The tokenizer of a random-weights model: a llama2.c one named by `tokenizer_path`, or the
 // tokenizer.json (and chat template) of a Hugging Face directory, or none.
 absl::Status LoadDummyTokenizer(const std::string& model_path, const std::string& tokenizer_path,
-                                LoadedModel* out) {
+                                const std::string& chat_template, LoadedModel* out) {
   if (!tokenizer_path.empty()) {
     HKV_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok,
                          LoadLlama2cTokenizer(tokenizer_path, out->model->config.vocab_size));
@@ -54,8 +91,7 @@ absl::Status LoadDummyTokenizer(const std::string& model_path, const std::string
     auto tok = LoadHfTokenizer(model_path);
     if (tok.ok()) {
       out->tokenizer = std::move(*tok);
-      auto chat = LoadChatTemplate(model_path);
-      if (chat.ok()) out->chat = std::move(*chat);
+      HKV_RETURN_IF_ERROR(LoadChat(model_path, chat_template, out));
     } else if (tok.status().code() != absl::StatusCode::kNotFound) {
       return tok.status();
     }
@@ -65,16 +101,22 @@ absl::Status LoadDummyTokenizer(const std::string& model_path, const std::string
 
 absl::StatusOr<LoadedModel> LoadModelAndTokenizerImpl(const std::string& model_path,
                                                       const std::string& tokenizer_path,
-                                                      bool dummy_weights, bool dummy_on_device);
+                                                      bool dummy_weights, bool dummy_on_device,
+                                                      const std::string& chat_template);
 
 }  // namespace
 
 absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
                                                   const std::string& tokenizer_path,
                                                   bool dummy_weights, bool dummy_on_device,
-                                                  int32_t max_model_len) {
-  HKV_ASSIGN_OR_RETURN(LoadedModel out, LoadModelAndTokenizerImpl(model_path, tokenizer_path,
-                                                                  dummy_weights, dummy_on_device));
+                                                  int32_t max_model_len,
+                                                  const std::string& chat_template) {
+  HKV_ASSIGN_OR_RETURN(LoadedModel out,
+                       LoadModelAndTokenizerImpl(model_path, tokenizer_path, dummy_weights,
+                                                 dummy_on_device, chat_template));
+  if (IsDirectory(model_path)) {
+    HKV_ASSIGN_OR_RETURN(out.sampling_defaults, LoadSamplingDefaults(model_path));
+  }
   if (max_model_len > 0) {
     // The model is not shared yet: adjusting its context length in place is safe.
     std::const_pointer_cast<Model>(out.model)->config.max_seq_len = max_model_len;
@@ -94,7 +136,8 @@ namespace {
 
 absl::StatusOr<LoadedModel> LoadModelAndTokenizerImpl(const std::string& model_path,
                                                       const std::string& tokenizer_path,
-                                                      bool dummy_weights, bool dummy_on_device) {
+                                                      bool dummy_weights, bool dummy_on_device,
+                                                      const std::string& chat_template) {
   LoadedModel out;
   if (dummy_weights && dummy_on_device) {
     HKV_ASSIGN_OR_RETURN(ModelConfig config, LoadHfConfig(model_path));
@@ -103,7 +146,7 @@ absl::StatusOr<LoadedModel> LoadModelAndTokenizerImpl(const std::string& model_p
     model->config = std::move(config);
     model->device_dummy_seed = 0;
     out.model = std::move(model);
-    HKV_RETURN_IF_ERROR(LoadDummyTokenizer(model_path, tokenizer_path, &out));
+    HKV_RETURN_IF_ERROR(LoadDummyTokenizer(model_path, tokenizer_path, chat_template, &out));
     return out;
   }
   if (dummy_weights) {
@@ -121,7 +164,7 @@ absl::StatusOr<LoadedModel> LoadModelAndTokenizerImpl(const std::string& model_p
     }
     HKV_ASSIGN_OR_RETURN(Model model, MakeDummyModel(config, /*seed=*/0));
     out.model = std::make_shared<Model>(std::move(model));
-    HKV_RETURN_IF_ERROR(LoadDummyTokenizer(model_path, tokenizer_path, &out));
+    HKV_RETURN_IF_ERROR(LoadDummyTokenizer(model_path, tokenizer_path, chat_template, &out));
     return out;
   }
   if (IsDirectory(model_path)) {
@@ -131,8 +174,7 @@ absl::StatusOr<LoadedModel> LoadModelAndTokenizerImpl(const std::string& model_p
     auto tok = LoadHfTokenizer(dir);
     if (tok.ok()) {
       out.tokenizer = std::move(*tok);
-      auto chat = LoadChatTemplate(dir);
-      if (chat.ok()) out.chat = std::move(*chat);
+      HKV_RETURN_IF_ERROR(LoadChat(dir, chat_template, &out));
     } else if (tok.status().code() != absl::StatusCode::kNotFound) {
       return tok.status();
     }
@@ -146,6 +188,10 @@ absl::StatusOr<LoadedModel> LoadModelAndTokenizerImpl(const std::string& model_p
                        LoadLlama2cTokenizer(path, shared->config.vocab_size));
   out.tokenizer = std::move(tok);
   out.model = std::move(shared);
+  // A llama2.c checkpoint has no chat template of its own; --chat-template gives it one.
+  if (!chat_template.empty()) {
+    HKV_RETURN_IF_ERROR(LoadChat(Dirname(model_path), chat_template, &out));
+  }
   return out;
 }
 
@@ -401,7 +447,8 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested, const Di
   EngineBundle bundle;
   HKV_ASSIGN_OR_RETURN(bundle.loaded,
                        LoadModelAndTokenizer(config.model, config.tokenizer, config.dummy_weights,
-                                             config.device == "cuda", config.max_model_len));
+                                             config.device == "cuda", config.max_model_len,
+                                             config.chat_template));
   if (config.device == "auto") {
     config.device = ResolveDevice(config.device, bundle.loaded.model->config);
   }
@@ -429,6 +476,7 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested, const Di
   options.stop_limits.max_bytes = config.max_stop_bytes;
   options.stop_limits.max_token_ids = config.max_stop_token_ids;
   options.max_n = config.max_n;
+  options.sampling_defaults = bundle.loaded.sampling_defaults;
   options.liveness_timeout = absl::Seconds(config.engine_liveness_timeout_s);
   options.fault_loop_stall = EngineLoopStallFromEnv();
   if (!config.head_scores.empty()) {

@@ -20,7 +20,8 @@ namespace hkv {
 struct LoadedModel {
   std::shared_ptr<const Model> model;
   std::shared_ptr<const Tokenizer> tokenizer;
-  std::shared_ptr<const ChatTemplate> chat;  // Null when the model has no supported format.
+  std::shared_ptr<const ChatTemplate> chat;  // Null when the model has no chat template.
+  SamplingDefaults sampling_defaults;        // From generation_config.json, if any.
 };
 
 // Loads a llama2.c checkpoint (file) and its tokenizer (`tokenizer`, else tok512.bin beside
@@ -30,11 +31,14 @@ struct LoadedModel {
 // With `dummy_on_device` the random weights are left to the CUDA worker (Model::
 // device_dummy_seed) instead of being built on the host. `max_model_len` > 0 replaces the
 // model's context length (e.g. to serve 32k prompts with Llama-3-8B's config).
+// `chat_template`, when not empty, is a Jinja file used instead of the model's own template
+// (INVALID_ARGUMENT when it cannot be read or parsed).
 absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
                                                   const std::string& tokenizer_path,
                                                   bool dummy_weights = false,
                                                   bool dummy_on_device = false,
-                                                  int32_t max_model_len = 0);
+                                                  int32_t max_model_len = 0,
+                                                  const std::string& chat_template = "");
 
 // The device BuildEngine runs on: config.device, with "auto" meaning cuda when this build has
 // CUDA, a GPU is present and its kernels serve the model's shapes (else cpu).

@@ -63,6 +63,9 @@ inline constexpr int32_t kDefaultMaxConcurrentStreams = 2048;
   X(std::string, default_kv_policy, "full", "serve: KV policy of requests that name none")       \
   X(int32_t, default_kv_budget, 128, "serve: KV budget of requests that name none")              \
   X(std::string, head_scores, "", "HeadKV score file (for the headkv policy)")                   \
+  X(std::string, chat_template, "",                                                              \
+    "Jinja chat template file, used instead of the model's own (chat_template.jinja or "         \
+    "tokenizer_config.json)")                                                                    \
   X(int32_t, drain_timeout_s, 30, "On SIGTERM, seconds to let in-flight requests finish")        \
   X(int32_t, num_threads, 0, "CPU worker threads (0 = all cores)")                               \
   X(int32_t, engine_stall_timeout_s, 30,                                                         \

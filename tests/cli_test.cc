@@ -1,6 +1,11 @@
-// The hkv command line: `generate --json` golden output and `headkv-plan --json`.
+// The hkv command line: `generate --json` golden output, `generate --chat` and
+// `headkv-plan --json`.
+
+#include <stdlib.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <string>
 
 #include "common/paths.h"
@@ -40,6 +45,38 @@ TEST(CliTest, GenerateJsonFromBosPrintsTheGoldenIds) {
               ::testing::StartsWith("Once upon a time, there was a little girl named Lily"));
   EXPECT_GT(j["decode_tokens_per_s"].get<double>(), 0);
   EXPECT_GE(j["prefill_ms"].get<double>(), 0);
+}
+
+// `generate --chat` renders --prompt as one user message through --chat-template (a
+// llama2.c checkpoint has no template of its own); a template that does not parse fails.
+TEST(CliTest, GenerateChatThroughATemplateFile) {
+  char dir[] = "/tmp/cli_test_chat_XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string good = std::string(dir) + "/good.jinja";
+  const std::string bad = std::string(dir) + "/bad.jinja";
+  std::ofstream(good) << "{% for m in messages %}{{ m.content | trim }}{% endfor %}"
+                         "{% if add_generation_prompt %} there was{% endif %}\n";
+  std::ofstream(bad) << "{% for m in %}";
+  int status = 0;
+  std::string out = RunHkv("generate --chat --chat-template " + good +
+                               " --prompt '  Once upon a time ' --max-tokens 4 --json",
+                           &status);
+  ASSERT_EQ(status, 0) << out;
+  nlohmann::json chat = nlohmann::json::parse(out);
+  // The same text as a plain prompt (which gets BOS; the template writes none).
+  out = RunHkv("generate --prompt 'Once upon a time there was' --max-tokens 4 --json", &status);
+  ASSERT_EQ(status, 0) << out;
+  nlohmann::json plain = nlohmann::json::parse(out);
+  nlohmann::json without_bos = plain["prompt_ids"];
+  without_bos.erase(without_bos.begin());
+  EXPECT_EQ(chat["prompt_ids"], without_bos);
+  RunHkv("generate --chat --chat-template " + bad + " --prompt x --max-tokens 1", &status);
+  EXPECT_EQ(status, 1);
+  RunHkv("generate --chat --prompt x --max-tokens 1", &status);  // No template at all.
+  EXPECT_EQ(status, 1);
+  unlink(good.c_str());
+  unlink(bad.c_str());
+  rmdir(dir);
 }
 
 TEST(CliTest, GenerateWithPromptIdsAndCompression) {

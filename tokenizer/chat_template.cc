@@ -2,91 +2,158 @@
 
 #include <fstream>
 #include <sstream>
+#include <utility>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/quote.h"
 #include "nlohmann/json.hpp"
 
 namespace hkv {
 namespace {
 
-absl::Status CheckRole(const ChatMessage& m) {
-  if (m.role == "system" || m.role == "user" || m.role == "assistant") return absl::OkStatus();
+using json = nlohmann::json;
+
+// NOT_FOUND when `path` cannot be opened.
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+absl::StatusOr<json> ReadTokenizerConfig(const std::string& dir) {
+  const std::string path = dir + "/tokenizer_config.json";
+  auto text = ReadWholeFile(path);
+  if (!text.ok()) return text.status();
+  json config = json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (config.is_discarded() || !config.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a JSON object"));
+  }
+  return config;
+}
+
+// A special token as tokenizer_config.json writes it: "text" or {"content": "text", ...}.
+std::optional<std::string> TokenText(const json& config, const char* key) {
+  auto it = config.find(key);
+  if (it == config.end()) return std::nullopt;
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) {
+    return (*it)["content"].get<std::string>();
+  }
+  return std::nullopt;
+}
+
+ChatSpecialTokens TokensFrom(const json& config) {
+  ChatSpecialTokens t;
+  t.bos_token = TokenText(config, "bos_token");
+  t.eos_token = TokenText(config, "eos_token");
+  t.unk_token = TokenText(config, "unk_token");
+  t.pad_token = TokenText(config, "pad_token");
+  return t;
+}
+
+// The template in tokenizer_config.json's `chat_template`: a string, or a list of named
+// templates of which "default" is the one apply_chat_template uses without a name.
+absl::StatusOr<std::string> TemplateFromConfig(const json& config, const std::string& path) {
+  auto it = config.find("chat_template");
+  if (it == config.end() || it->is_null()) {
+    return absl::NotFoundError(absl::StrCat(path, " has no chat_template"));
+  }
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_array()) {
+    for (const json& entry : *it) {
+      if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
+          entry["template"].is_string()) {
+        return entry["template"].get<std::string>();
+      }
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": chat_template lists no template named \"default\""));
+  }
   return absl::InvalidArgumentError(
-      absl::StrCat("chat role ", QuoteForError(m.role), " is not one of system, user, assistant"));
+      absl::StrCat(path, ": chat_template is neither a string nor a list of named templates"));
 }
 
 }  // namespace
 
+jinja::RenderLimits ChatTemplate::DefaultLimits() {
+  jinja::RenderLimits l;
+  l.max_output_bytes = 16 << 20;
+  l.max_work_bytes = 256 << 20;
+  l.max_steps = 1'000'000;
+  l.max_depth = 64;
+  return l;
+}
+
+absl::StatusOr<std::shared_ptr<const ChatTemplate>> ChatTemplate::Create(
+    const std::string& source, ChatSpecialTokens tokens, std::string origin,
+    const jinja::RenderLimits& limits) {
+  auto t = jinja::Template::Parse(source);
+  if (!t.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chat template ", origin, ": ", t.status().message()));
+  }
+  return std::shared_ptr<const ChatTemplate>(
+      new ChatTemplate(std::move(*t), std::move(tokens), std::move(origin), limits));
+}
+
 absl::StatusOr<std::string> ChatTemplate::Apply(const std::vector<ChatMessage>& messages,
                                                 bool add_generation_prompt) const {
   if (messages.empty()) return absl::InvalidArgumentError("chat has no messages");
+  jinja::ValueList list;
+  list.reserve(messages.size());
   for (const ChatMessage& m : messages) {
-    absl::Status s = CheckRole(m);
-    if (!s.ok()) return s;
+    jinja::ValueDict d;
+    d.entries.reserve(2);
+    d.entries.emplace_back("role", jinja::Value::String(m.role));
+    d.entries.emplace_back("content", jinja::Value::String(m.content));
+    list.push_back(jinja::Value::Dict(std::move(d)));
   }
-  std::string out;
-  if (format_ == ChatFormat::kLlama3) {
-    out = "<|begin_of_text|>";
-    for (const ChatMessage& m : messages) {
-      absl::StrAppend(&out, "<|start_header_id|>", m.role, "<|end_header_id|>\n\n", m.content,
-                      "<|eot_id|>");
-    }
-    if (add_generation_prompt) absl::StrAppend(&out, "<|start_header_id|>assistant<|end_header_id|>\n\n");
-    return out;
+  jinja::ValueDict vars;
+  vars.Set("messages", jinja::Value::List(std::move(list)));
+  vars.Set("tools", jinja::Value::None());
+  vars.Set("documents", jinja::Value::None());
+  vars.Set("add_generation_prompt", jinja::Value::Bool(add_generation_prompt));
+  const std::pair<const char*, const std::optional<std::string>*> specials[] = {
+      {"bos_token", &tokens_.bos_token},
+      {"eos_token", &tokens_.eos_token},
+      {"unk_token", &tokens_.unk_token},
+      {"pad_token", &tokens_.pad_token}};
+  for (const auto& [name, value] : specials) {
+    if (value->has_value()) vars.Set(name, jinja::Value::String(**value));
   }
-  // Mistral-Instruct: optional system message folded into the first user turn; then strictly
-  // alternating user/assistant turns starting with user.
-  size_t first = 0;
-  std::string system;
-  if (messages[0].role == "system") {
-    system = messages[0].content + "\n\n";
-    first = 1;
-  }
-  out = "<s>";
-  for (size_t i = first; i < messages.size(); ++i) {
-    const ChatMessage& m = messages[i];
-    const bool user_turn = (i - first) % 2 == 0;
-    if (m.role != (user_turn ? "user" : "assistant")) {
+  return template_.Render(vars, limits_);
+}
+
+absl::StatusOr<ChatSpecialTokens> LoadChatSpecialTokens(const std::string& model_dir) {
+  auto config = ReadTokenizerConfig(model_dir);
+  if (config.status().code() == absl::StatusCode::kNotFound) return ChatSpecialTokens();
+  if (!config.ok()) return config.status();
+  return TokensFrom(*config);
+}
+
+absl::StatusOr<std::shared_ptr<const ChatTemplate>> LoadChatTemplate(
+    const std::string& model_dir, const std::string& override_path) {
+  auto tokens = LoadChatSpecialTokens(model_dir);
+  if (!tokens.ok()) return tokens.status();
+  if (!override_path.empty()) {
+    auto source = ReadWholeFile(override_path);
+    if (!source.ok()) {
       return absl::InvalidArgumentError(
-          "Mistral-Instruct chats must alternate user/assistant, starting with user");
+          absl::StrCat("--chat-template: ", source.status().message()));
     }
-    if (user_turn) {
-      absl::StrAppend(&out, "[INST] ", i == first ? system : "", m.content, " [/INST]");
-    } else {
-      absl::StrAppend(&out, m.content, "</s>");
-    }
+    return ChatTemplate::Create(*source, *tokens, override_path);
   }
-  return out;
-}
-
-absl::StatusOr<ChatFormat> DetectChatFormat(const std::string& t) {
-  if (absl::StrContains(t, "<|start_header_id|>") && absl::StrContains(t, "<|eot_id|>")) {
-    return ChatFormat::kLlama3;
+  const std::string jinja_path = model_dir + "/chat_template.jinja";
+  if (auto source = ReadWholeFile(jinja_path); source.ok()) {
+    return ChatTemplate::Create(*source, *tokens, jinja_path);
   }
-  if (absl::StrContains(t, "[INST]") && absl::StrContains(t, "[/INST]")) {
-    return ChatFormat::kMistralInstruct;
-  }
-  return absl::InvalidArgumentError(
-      "unsupported chat template: hkv supports the Llama-3 and Mistral-Instruct formats");
-}
-
-absl::StatusOr<std::shared_ptr<const ChatTemplate>> LoadChatTemplate(const std::string& dir) {
-  const std::string path = dir + "/tokenizer_config.json";
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("no ", path));
-  nlohmann::json config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (config.is_discarded() || !config.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, " is not a JSON object"));
-  }
-  auto it = config.find("chat_template");
-  if (it == config.end() || !it->is_string()) {
-    return absl::NotFoundError(absl::StrCat(path, " has no chat_template"));
-  }
-  auto format = DetectChatFormat(it->get<std::string>());
-  if (!format.ok()) return format.status();
-  return std::make_shared<const ChatTemplate>(*format);
+  auto config = ReadTokenizerConfig(model_dir);
+  if (!config.ok()) return config.status();
+  const std::string path = model_dir + "/tokenizer_config.json";
+  auto source = TemplateFromConfig(*config, path);
+  if (!source.ok()) return source.status();
+  return ChatTemplate::Create(*source, *tokens, path);
 }
 
 }  // namespace hkv

@@ -137,7 +137,7 @@ TEST_F(HugePromptTest, SigtermWhileItIsHandledEndsTheServerInTime) {
 }
 
 // Chat messages count towards the cap too, before they are joined: stories260K's engine (512
-// tokens of context) behind Llama-3's vocabulary and chat format, where no token stands for
+// tokens of context) behind Llama-3's vocabulary and chat template, where no token stands for
 // more than 128 bytes.
 class HugeChatTest : public ::testing::Test {
  protected:
@@ -149,9 +149,11 @@ class HugeChatTest : public ::testing::Test {
     ASSERT_TRUE(vocab.ok()) << vocab.status();
     auto tokenizer = MakeTokenizerFromGguf(*vocab);
     ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+    auto chat = LoadChatTemplate("tests/data/chat_templates/llama3");  // Meta-Llama-3's own.
+    ASSERT_TRUE(chat.ok()) << chat.status();
     service_ = std::make_unique<GenerationService>(
         bundle_.engine.get(), std::shared_ptr<const Tokenizer>(std::move(*tokenizer)),
-        std::make_shared<const ChatTemplate>(ChatFormat::kLlama3), hkv::v1::ModelInfo());
+        std::move(*chat), hkv::v1::ModelInfo());
   }
 
   absl::Status Convert(const hkv::v1::GenerateRequest& request) {
