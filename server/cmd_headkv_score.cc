@@ -2,6 +2,7 @@
 // (a probe file, or the paper's grid from a haystack and needles) and writes the published
 // score format that --head-scores reads.
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -22,6 +23,9 @@ namespace {
 
 constexpr size_t kMaxTextFileBytes = 64 << 20;  // A haystack or needles file.
 constexpr int32_t kMaxNewTokens = 1024;
+// Probes decoded together at most (also bounded by --max-seqs and the pool): the CUDA probe
+// holds one layer's rows of all of them, [probes, query heads, context] fp32.
+constexpr int32_t kMaxProbeBatch = 64;
 
 absl::StatusOr<std::string> ReadText(const std::string& path, const char* flag) {
   std::ifstream in(path, std::ios::binary);
@@ -167,6 +171,8 @@ absl::Status Run(const HeadkvScoreOptions& o) {
   }
   const ModelConfig& m = loaded.model->config;
   config.device = ResolveDevice(config.device, m);
+  // The device first: a model it cannot serve is refused before any probe is read.
+  HKV_ASSIGN_OR_RETURN(std::unique_ptr<Worker> worker, MakeWorker(config, loaded.model));
   HKV_ASSIGN_OR_RETURN(const std::vector<Probe> probes, LoadProbes(o, *loaded.tokenizer));
   std::vector<PreparedProbe> prepared;
   for (const Probe& p : probes) {
@@ -174,12 +180,15 @@ absl::Status Run(const HeadkvScoreOptions& o) {
                          PrepareProbe(p, *loaded.tokenizer, o.max_new_tokens, m.max_seq_len));
     prepared.push_back(std::move(one));
   }
-  HKV_ASSIGN_OR_RETURN(std::unique_ptr<Worker> worker, MakeWorker(config, loaded.model));
   ProbeRunOptions run;
   run.method = method;
-  run.max_seqs = config.max_seqs;
+  run.max_seqs = std::min(config.max_seqs, kMaxProbeBatch);
   run.max_step_tokens = config.max_batch_tokens;
   run.max_pool_blocks = config.kv_pool_blocks;
+  if (config.device == "cpu") {  // The host pool: --kv-pool-blocks or --kv-pool-gb, as serve's.
+    HKV_ASSIGN_OR_RETURN(const KvPoolSizing sizing, SizeKvPool(config, m, sizeof(float)));
+    run.max_pool_blocks = sizing.num_blocks;
+  }
   run.block_size = config.block_size;
   const absl::Time start = absl::Now();
   HKV_ASSIGN_OR_RETURN(const ProbeRunReport report,
