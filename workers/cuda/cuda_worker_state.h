@@ -87,6 +87,14 @@ struct DecodeGraph {
   }
 };
 
+// The attention probes of one step (attention_probes.cc): the probed decodes, in internal
+// order, and their kernel parameters [n, 4] = (q row, internal sequence, prompt_len, top_n).
+struct ProbePlan {
+  std::vector<int32_t> batch_index;
+  std::vector<int32_t> meta;
+  int32_t max_len = 0, max_top_n = 0;
+};
+
 }  // namespace cuda_internal
 
 struct CudaWorker::State {
@@ -118,6 +126,10 @@ struct CudaWorker::State {
   std::map<int32_t, cuda_internal::DecodeGraph> graphs;  // by padded batch size
   int64_t graph_steps = 0, eager_steps = 0, graphs_captured = 0;
   cuda_internal::StepProfile profile;
+  // Attention probes: the step's plan; meta, one layer's logits [n, Hq, max_len] fp32, and
+  // the top positions and weights [L, n, Hq, max_top_n].
+  cuda_internal::ProbePlan probe;
+  DeviceBuffer probe_meta, probe_ws, probe_pos, probe_w;
 
   ~State() {
     graphs.clear();
@@ -182,6 +194,11 @@ struct CudaWorker::State {
                          int32_t layer);
   absl::Status LayerMlp(const HostStep& h, int32_t layer);
   absl::Status SampleStep(const HostStep& h, const cuda_internal::DeviceStep& d);
+  // attention_probes.cc: plans and uploads the step's probes (eager steps only), runs layer
+  // l's, and downloads them after the step.
+  absl::Status PlanProbes(const Batch& b, const HostStep& h);
+  absl::Status RunProbes(int32_t layer, const kernels::PagedKvView& after);
+  absl::Status UnpackProbes(BatchResult* result);
   // decode_graphs.cc: captures (on first use per size and buffer epoch) and replays.
   absl::Status RunGraph(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d);
 };

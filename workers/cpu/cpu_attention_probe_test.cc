@@ -119,15 +119,15 @@ void CheckProbe(bool needle, int32_t n, int32_t top_n, int32_t prompt_len) {
   EXPECT_EQ(result->seqs[0].token, result->seqs[1].token);  // Probing changes nothing else.
 }
 
-TEST(AttentionProbeTest, StoriesMatchesDenseReference) { CheckProbe(false, 120, 5, 100); }
+TEST(CpuAttentionProbeTest, StoriesMatchesDenseReference) { CheckProbe(false, 120, 5, 100); }
 
-TEST(AttentionProbeTest, StoriesTopNLongerThanPromptTakesEveryPosition) {
+TEST(CpuAttentionProbeTest, StoriesTopNLongerThanPromptTakesEveryPosition) {
   CheckProbe(false, 40, 64, 30);
 }
 
-TEST(AttentionProbeTest, NeedleGqaMatchesDenseReference) { CheckProbe(true, 200, 8, 200); }
+TEST(CpuAttentionProbeTest, NeedleGqaMatchesDenseReference) { CheckProbe(true, 200, 8, 200); }
 
-TEST(AttentionProbeTest, MalformedProbesAreInvalidArgument) {
+TEST(CpuAttentionProbeTest, MalformedProbesAreInvalidArgument) {
   const ModelConfig c = Load(false)->config;
   auto probe = [&c](int32_t tokens, int32_t start, int32_t top_n, int32_t prompt_len) {
     Steps s(c, 8);
