@@ -5,6 +5,8 @@
 #include <memory>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "common/batch.h"
@@ -221,10 +223,17 @@ absl::StatusOr<PreparedProbe> PrepareProbe(const Probe& probe, const Tokenizer& 
   PreparedProbe p;
   p.id = probe.id;
   p.answer = probe.answer;
-  p.prompt = tokenizer.Encode(probe.prompt, /*add_bos=*/true);
+  // The question ends what is prefilled: appended unless the prompt already ends with it (the
+  // span lies before it either way).
+  std::string prompt = probe.prompt;
+  if (!probe.question.empty() &&
+      !absl::EndsWith(absl::StripTrailingAsciiWhitespace(prompt), probe.question)) {
+    absl::StrAppend(&prompt, " ", probe.question);
+  }
+  p.prompt = tokenizer.Encode(prompt, /*add_bos=*/true);
   std::string text;
   const std::vector<int64_t> offsets = TokenOffsets(tokenizer, p.prompt, &text);
-  if (text != probe.prompt) {
+  if (text != prompt) {
     return bad("the tokenizer does not give back the prompt's bytes, so the answer's character "
                "span cannot be mapped to tokens");
   }

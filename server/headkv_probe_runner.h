@@ -58,7 +58,8 @@ struct ProbeRunReport {
   int32_t num_accepted = 0;
 };
 
-// Tokenizes `probe` and maps its character span onto the tokens whose bytes overlap it.
+// Tokenizes `probe` (its prompt, then " " + question unless the prompt already ends with the
+// question) and maps its character span onto the tokens whose bytes overlap it.
 // INVALID_ARGUMENT when the tokenizer does not give back the prompt's bytes, the span covers
 // more than kMaxProbeTopN tokens, or prompt + new tokens exceed `max_seq_len`.
 absl::StatusOr<PreparedProbe> PrepareProbe(const Probe& probe, const Tokenizer& tokenizer,

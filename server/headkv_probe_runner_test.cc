@@ -77,6 +77,23 @@ TEST(HeadkvProbeRunnerTest, TokenSpansAreTheFixturesAnswerSpans) {
   }
 }
 
+TEST(HeadkvProbeRunnerTest, AppendsTheQuestionUnlessThePromptEndsWithIt) {
+  const LoadedModel& m = Needle();
+  auto parsed = ParseProbeFile(
+      R"({"haystack": "The sky is blue. The sea is wide.", "needle": "The code of Zoe is 275316.", )"
+      R"("depth": 0.5, "question": "Question: What is the code of Zoe? Answer:", "answer": "275316"})");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  auto p = PrepareProbe((*parsed)[0], *m.tokenizer, 0, 4096);
+  ASSERT_TRUE(p.ok()) << p.status();
+  const std::string text = m.tokenizer->Decode(absl::MakeConstSpan(p->prompt).subspan(1));
+  EXPECT_EQ(text, "The sky is blue. The code of Zoe is 275316. The sea is wide. Question: What is "
+                  "the code of Zoe? Answer:");
+  // The span is the inserted needle's tokens.
+  EXPECT_EQ(m.tokenizer->Decode(absl::MakeConstSpan(p->prompt)
+                                    .subspan(p->span.begin, p->span.size())),
+            " The code of Zoe is 275316.");
+}
+
 // The formula, with nested loops, over dense rows of each greedy step.
 struct Reference {
   std::vector<TokenId> output;
