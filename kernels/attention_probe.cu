@@ -32,8 +32,8 @@ __global__ void ProbeLogitsKernel(AttentionProbeArgs a) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int32_t j = blockIdx.x * kWarps + warp;
   if (j >= len) return;
-  const T* q = static_cast<const T*>(a.q) + meta[0] * a.q_row_stride +
-               static_cast<int64_t>(h) * kHeadDim;
+  const T* q =
+      static_cast<const T*>(a.q) + meta[0] * a.q_row_stride + static_cast<int64_t>(h) * kHeadDim;
   const int32_t block = a.kv.indices[a.kv.indptr[row] + j / a.kv.block_size];
   const T* k = static_cast<const T*>(a.kv.k_pool) + int64_t{block} * a.kv.block_stride +
                static_cast<int64_t>(j % a.kv.block_size) * kHeadDim;
@@ -108,9 +108,8 @@ size_t AttentionProbeWorkspaceBytes(int32_t num_probes, int32_t num_q_heads, int
 cudaError_t RunAttentionProbe(const AttentionProbeArgs& a, cudaStream_t stream) {
   if (a.num_probes == 0) return cudaSuccess;
   if (a.num_probes < 0 || a.max_len < 1 || a.max_top_n < 1 || a.max_top_n > kMaxProbeTopN ||
-      a.kv.num_kv_heads < 1 || a.num_q_heads % a.kv.num_kv_heads != 0 ||
-      a.q == nullptr || a.meta == nullptr || a.logits == nullptr ||
-      a.positions == nullptr || a.weights == nullptr) {
+      a.kv.num_kv_heads < 1 || a.num_q_heads % a.kv.num_kv_heads != 0 || a.q == nullptr ||
+      a.meta == nullptr || a.logits == nullptr || a.positions == nullptr || a.weights == nullptr) {
     return cudaErrorInvalidValue;
   }
   return DispatchDType(a.dtype, [&](auto t) {

@@ -49,8 +49,8 @@ TEST_P(AttentionProbeTest, MatchesReference) {
   for (int32_t& b : indices) b = perm[b];
   const std::vector<float> k = testing::RandomValues(indices.size() * bs * d, 1.0f, c.dtype, rng);
   // A sharp softmax (large q) so that the top positions stand apart.
-  const std::vector<float> q = testing::RandomValues(size_t{1} * num_seqs * hq * d, 3.0f, c.dtype,
-                                                     rng);
+  const std::vector<float> q =
+      testing::RandomValues(size_t{1} * num_seqs * hq * d, 3.0f, c.dtype, rng);
   DeviceArray<int32_t> d_indptr(indptr.size()), d_indices(indices.size()), d_last(last.size());
   DeviceArray<uint16_t> d_k(k.size()), d_q(q.size());
   HKV_CUDA_OK(d_indptr.Upload(indptr));
@@ -95,8 +95,15 @@ TEST_P(AttentionProbeTest, MatchesReference) {
   HKV_CUDA_OK(cudaDeviceSynchronize());
   const std::vector<int32_t> pos = d_pos.Download();
   const std::vector<float> w = d_w.Download();
-  ref::HostPagedKv host{indptr.data(), indices.data(), last.data(), k.data(), nullptr,
-                        static_cast<int64_t>(bs) * d, bs, hkv, d};
+  ref::HostPagedKv host;
+  host.indptr = indptr.data();
+  host.indices = indices.data();
+  host.last_len = last.data();
+  host.k_pool = k.data();
+  host.block_stride = static_cast<int64_t>(bs) * d;
+  host.block_size = bs;
+  host.num_kv_heads = hkv;
+  host.head_dim = d;
   for (int32_t p = 0; p < n; ++p) {
     for (int32_t h = 0; h < hq; ++h) {
       const int32_t s = seqs[p], top = top_n[p];

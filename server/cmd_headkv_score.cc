@@ -48,11 +48,9 @@ absl::StatusOr<std::vector<NeedleSpec>> ParseNeedles(const std::string& text) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const nlohmann::json doc = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     auto field = [&doc](const char* name) -> const nlohmann::json* {
-      return doc.is_object() && doc.contains(name) && doc[name].is_string() ? &doc[name]
-                                                                             : nullptr;
+      return doc.is_object() && doc.contains(name) && doc[name].is_string() ? &doc[name] : nullptr;
     };
-    if (field("needle") == nullptr || field("question") == nullptr ||
-        field("answer") == nullptr) {
+    if (field("needle") == nullptr || field("question") == nullptr || field("answer") == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--needles line ", line_no, ": not an object with string needle, question, answer"));
     }
@@ -105,8 +103,7 @@ void PrintReport(const HeadkvScoreOptions& o, const ModelConfig& model, const st
                                    p.metric, nlohmann::json(p.response).dump());
     }
     std::cout << absl::StrFormat("%d probes run, %d accepted, %.1f s on %s; scores in %s\n",
-                                 report.probes.size(), report.num_accepted, seconds, device,
-                                 o.out);
+                                 report.probes.size(), report.num_accepted, seconds, device, o.out);
     return;
   }
   nlohmann::ordered_json j;

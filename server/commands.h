@@ -52,8 +52,8 @@ struct HeadkvPlanOptions {
 int RunHeadkvPlan(const HeadkvPlanOptions& options);
 
 struct HeadkvScoreOptions {
-  ServerConfig server;  // model, tokenizer, device, block_size, max_seqs, max_batch_tokens.
-  std::string probes;   // JSONL probe file (headkv/probe_file.h), or the grid below.
+  ServerConfig server;   // model, tokenizer, device, block_size, max_seqs, max_batch_tokens.
+  std::string probes;    // JSONL probe file (headkv/probe_file.h), or the grid below.
   std::string haystack;  // Grid: a text file, and JSONL needles {"needle", "question", "answer"}.
   std::string needles;
   std::vector<int64_t> context_lengths;  // Grid: prompt lengths in tokens.

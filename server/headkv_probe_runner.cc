@@ -22,9 +22,9 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 struct LiveProbe {
   const PreparedProbe* probe = nullptr;
   ProbeOutcome* out = nullptr;
-  int64_t first_block = 0;     // Rows (layer, kv_head) own [first + r * per_row, ... + per_row).
+  int64_t first_block = 0;  // Rows (layer, kv_head) own [first + r * per_row, ... + per_row).
   int32_t blocks_per_row = 0;
-  int32_t pos = 0;             // Tokens whose K/V are cached.
+  int32_t pos = 0;  // Tokens whose K/V are cached.
   bool done = false;
   std::unique_ptr<R2ProbeScorer> r2;
   std::unique_ptr<RProbeScorer> r;
@@ -234,8 +234,9 @@ absl::StatusOr<PreparedProbe> PrepareProbe(const Probe& probe, const Tokenizer& 
   std::string text;
   const std::vector<int64_t> offsets = TokenOffsets(tokenizer, p.prompt, &text);
   if (text != prompt) {
-    return bad("the tokenizer does not give back the prompt's bytes, so the answer's character "
-               "span cannot be mapped to tokens");
+    return bad(
+        "the tokenizer does not give back the prompt's bytes, so the answer's character "
+        "span cannot be mapped to tokens");
   }
   // Tokens overlapping [span_begin, span_end): the first ending after the begin through the
   // last starting before the end.
@@ -249,8 +250,7 @@ absl::StatusOr<PreparedProbe> PrepareProbe(const Probe& probe, const Tokenizer& 
   }
   p.max_new_tokens = max_new_tokens > 0
                          ? max_new_tokens
-                         : std::max<int32_t>(
-                               1, tokenizer.Encode(" " + probe.answer, false).size());
+                         : std::max<int32_t>(1, tokenizer.Encode(" " + probe.answer, false).size());
   if (int64_t{n} + p.max_new_tokens > max_seq_len) {
     return bad(n, " prompt tokens + ", p.max_new_tokens, " new tokens exceed the model's context ",
                "length ", max_seq_len);

@@ -50,7 +50,7 @@ struct ProbeOutcome {
   std::string response;         // Text of `output` up to the first newline, EOS dropped.
   double metric = 0;            // QA-F1 (r2) or ROUGE-1 recall (r) against the answer.
   bool accepted = false;
-  std::vector<double> scores;   // [num_layers * num_q_heads], layer-major.
+  std::vector<double> scores;  // [num_layers * num_q_heads], layer-major.
 };
 
 struct ProbeRunReport {

@@ -86,12 +86,13 @@ TEST(HeadkvProbeRunnerTest, AppendsTheQuestionUnlessThePromptEndsWithIt) {
   auto p = PrepareProbe((*parsed)[0], *m.tokenizer, 0, 4096);
   ASSERT_TRUE(p.ok()) << p.status();
   const std::string text = m.tokenizer->Decode(absl::MakeConstSpan(p->prompt).subspan(1));
-  EXPECT_EQ(text, "The sky is blue. The code of Zoe is 275316. The sea is wide. Question: What is "
-                  "the code of Zoe? Answer:");
+  EXPECT_EQ(text,
+            "The sky is blue. The code of Zoe is 275316. The sea is wide. Question: What is "
+            "the code of Zoe? Answer:");
   // The span is the inserted needle's tokens.
-  EXPECT_EQ(m.tokenizer->Decode(absl::MakeConstSpan(p->prompt)
-                                    .subspan(p->span.begin, p->span.size())),
-            " The code of Zoe is 275316.");
+  EXPECT_EQ(
+      m.tokenizer->Decode(absl::MakeConstSpan(p->prompt).subspan(p->span.begin, p->span.size())),
+      " The code of Zoe is 275316.");
 }
 
 // The formula, with nested loops, over dense rows of each greedy step.
@@ -134,8 +135,8 @@ Reference ReferenceScores(const PreparedProbe& p) {
     }
     ref.output.push_back(next);
     tokens.push_back(next);
-    if (next == tok.eos_ids()[0] || tok.TokenBytes(tokens[tokens.size() - 2], next).find('\n') !=
-                                        std::string::npos) {
+    if (next == tok.eos_ids()[0] ||
+        tok.TokenBytes(tokens[tokens.size() - 2], next).find('\n') != std::string::npos) {
       break;
     }
   }
@@ -147,8 +148,8 @@ TEST(HeadkvProbeRunnerTest, ScoresEqualTheFormulaOverDenseRows) {
   const std::vector<nlohmann::json> fixture = FixtureProbes();
   std::vector<PreparedProbe> probes;
   for (int i : {0, 20}) {  // probe-single-1024-0, probe-fav-1024-0: needles at depth 0.
-    auto p = PrepareProbe(ShortProbe(fixture[i], 600), *m.tokenizer, 0,
-                          m.model->config.max_seq_len);
+    auto p =
+        PrepareProbe(ShortProbe(fixture[i], 600), *m.tokenizer, 0, m.model->config.max_seq_len);
     ASSERT_TRUE(p.ok()) << p.status();
     probes.push_back(std::move(*p));
   }
@@ -175,8 +176,9 @@ TEST(HeadkvProbeRunnerTest, ScoresEqualTheFormulaOverDenseRows) {
         total += want[k];
       }
       if (i == 0) EXPECT_GT(total, 0) << got.id;  // Some head retrieves the code.
-      const double metric = method == ProbeMethod::kR2 ? QaF1(got.response, probes[i].answer)
-                                                       : Rouge1Recall(got.response, probes[i].answer);
+      const double metric = method == ProbeMethod::kR2
+                                ? QaF1(got.response, probes[i].answer)
+                                : Rouge1Recall(got.response, probes[i].answer);
       EXPECT_EQ(got.metric, metric);
       EXPECT_EQ(got.accepted, metric > 0.5);
       accepted += got.accepted;
@@ -191,8 +193,8 @@ TEST(HeadkvProbeRunnerTest, BatchingAndChunkingDoNotChangeScores) {
   const std::vector<nlohmann::json> fixture = FixtureProbes();
   std::vector<PreparedProbe> probes;
   for (int i : {0, 5, 20}) {
-    auto p = PrepareProbe(ShortProbe(fixture[i], 400), *m.tokenizer, 3,
-                          m.model->config.max_seq_len);
+    auto p =
+        PrepareProbe(ShortProbe(fixture[i], 400), *m.tokenizer, 3, m.model->config.max_seq_len);
     ASSERT_TRUE(p.ok()) << p.status();
     probes.push_back(std::move(*p));
   }
@@ -221,7 +223,7 @@ TEST(HeadkvProbeRunnerTest, ProbesTheModelCannotTakeAreRefused) {
   const LoadedModel& m = Needle();
   Probe p = ShortProbe(FixtureProbes()[0], 300);
   EXPECT_EQ(PrepareProbe(p, *m.tokenizer, 0, 20).status().code(),
-            absl::StatusCode::kInvalidArgument);  // Past the context length.
+            absl::StatusCode::kInvalidArgument);      // Past the context length.
   Probe wide = ShortProbe(FixtureProbes()[0], 2000);  // Over 256 tokens.
   wide.span_begin = 0;
   wide.span_end = static_cast<int64_t>(wide.prompt.size());

@@ -79,7 +79,7 @@ TEST_F(HeadkvScoreTest, ScoresFixtureProbesIntoAFileThatHeadkvPlanReads) {
       Write("probes.jsonl", FixtureLines({"probe-single-1024-0", "probe-fav-1024-25"}));
   const std::string out = dir_ + "/scores.json";
   const HkvRun run = Hkv("headkv-score --model " + Needle() + " --device cpu --probes " + probes +
-                      " --method r2 --out " + out + " --json");
+                         " --method r2 --out " + out + " --json");
   ASSERT_EQ(run.status, 0) << run.out;
   const nlohmann::json j = LastJson(run.out);
   EXPECT_EQ(j["probes_run"], 2);
@@ -122,15 +122,15 @@ TEST_F(HeadkvScoreTest, BuildsTheGridFromAHaystackAndNeedles) {
   const std::string prompt = probe["prompt"].get<std::string>();
   const std::string haystack = prompt.substr(36, prompt.rfind(" Question:") - 36);
   const std::string h = Write("haystack.txt", haystack);
-  const std::string n = Write("needles.jsonl",
-                              R"({"needle": "The secret code of Zoe is 275316.", )"
-                              R"("question": "Question: What is the secret code of Zoe? Answer:", )"
-                              R"("answer": "275316"})"
-                              "\n");
+  const std::string n =
+      Write("needles.jsonl", R"({"needle": "The secret code of Zoe is 275316.", )"
+                             R"("question": "Question: What is the secret code of Zoe? Answer:", )"
+                             R"("answer": "275316"})"
+                             "\n");
   const std::string out = dir_ + "/grid.json";
-  const HkvRun run = Hkv("headkv-score --model " + Needle() + " --device cpu --haystack " + h +
-                      " --needles " + n + " --context-lengths 160 --depths 0,1 --out " + out +
-                      " --json");
+  const HkvRun run =
+      Hkv("headkv-score --model " + Needle() + " --device cpu --haystack " + h + " --needles " + n +
+          " --context-lengths 160 --depths 0,1 --out " + out + " --json");
   ASSERT_EQ(run.status, 0) << run.out;
   const nlohmann::json j = LastJson(run.out);
   EXPECT_EQ(j["probes_run"], 2);

@@ -137,7 +137,7 @@ TEST(CpuAttentionProbeTest, MalformedProbesAreInvalidArgument) {
     return ValidateProbes(s.b).code();
   };
   EXPECT_EQ(probe(1, 10, 4, 10), absl::StatusCode::kOk);
-  EXPECT_EQ(probe(1, 10, 4, 11), absl::StatusCode::kOk);  // The probed token itself.
+  EXPECT_EQ(probe(1, 10, 4, 11), absl::StatusCode::kOk);               // The probed token itself.
   EXPECT_EQ(probe(2, 10, 4, 10), absl::StatusCode::kInvalidArgument);  // Not one decode.
   EXPECT_EQ(probe(1, 10, 4, 12), absl::StatusCode::kInvalidArgument);  // Past the row.
   EXPECT_EQ(probe(1, 10, 4, 0), absl::StatusCode::kInvalidArgument);

@@ -203,9 +203,8 @@ absl::Status CpuWorker::RunSequence(const Batch& b, int64_t index, ThreadPool* p
       HKV_RETURN_IF_ERROR(SelectAndStore(b, index, l, &q[(T - w_len) * q_size], k.data(),
                                          v.data(), T, result));
     } else {
-      HKV_RETURN_IF_ERROR(
-          StoreAndAttend(b, index, l, q.data(), k.data(), v.data(), scores.data(), attn.data(),
-                         result));
+      HKV_RETURN_IF_ERROR(StoreAndAttend(b, index, l, q.data(), k.data(), v.data(), scores.data(),
+                                         attn.data(), result));
     }
     MatMul(attn.data(), T, q_size, lw.wo, {}, dim, o.data(), pool);
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];

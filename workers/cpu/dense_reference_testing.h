@@ -36,7 +36,8 @@ inline DenseStep DenseForward(const Model& model, const std::vector<TokenId>& to
   Rows rows(c.num_layers, std::vector<std::vector<double>>(c.num_heads));
   for (int32_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
-    for (int32_t t = 0; t < n; ++t) RmsNorm(&x[t * dim], lw.attn_norm.data(), dim, c.norm_eps, &xb[t * dim]);
+    for (int32_t t = 0; t < n; ++t)
+      RmsNorm(&x[t * dim], lw.attn_norm.data(), dim, c.norm_eps, &xb[t * dim]);
     MatMul(xb.data(), n, dim, lw.wq, lw.bq, c.q_size(), q.data(), nullptr);
     MatMul(xb.data(), n, dim, lw.wk, lw.bk, c.kv_size(), k.data(), nullptr);
     MatMul(xb.data(), n, dim, lw.wv, lw.bv, c.kv_size(), v.data(), nullptr);
@@ -69,7 +70,8 @@ inline DenseStep DenseForward(const Model& model, const std::vector<TokenId>& to
     }
     MatMul(att.data(), n, c.q_size(), lw.wo, {}, dim, o.data(), nullptr);
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
-    for (int32_t t = 0; t < n; ++t) RmsNorm(&x[t * dim], lw.ffn_norm.data(), dim, c.norm_eps, &xb[t * dim]);
+    for (int32_t t = 0; t < n; ++t)
+      RmsNorm(&x[t * dim], lw.ffn_norm.data(), dim, c.norm_eps, &xb[t * dim]);
     MatMul(xb.data(), n, dim, lw.w_gate, {}, c.hidden_dim, h1.data(), nullptr);
     MatMul(xb.data(), n, dim, lw.w_up, {}, c.hidden_dim, h3.data(), nullptr);
     for (size_t i = 0; i < h1.size(); ++i) h1[i] = h1[i] / (1.0f + std::exp(-h1[i])) * h3[i];

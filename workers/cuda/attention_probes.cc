@@ -12,7 +12,8 @@
 namespace hkv {
 
 namespace k = ::hkv::kernels;
-static_assert(k::kMaxProbeTopN == ::hkv::kMaxProbeTopN, "the kernel serves every probe a batch asks");
+static_assert(k::kMaxProbeTopN == ::hkv::kMaxProbeTopN,
+              "the kernel serves every probe a batch asks");
 
 // Picks the probed decodes of `b` and uploads their parameters; clears the plan otherwise.
 absl::Status CudaWorker::State::PlanProbes(const Batch& b, const HostStep& h) {
@@ -57,7 +58,7 @@ absl::Status CudaWorker::State::RunProbes(int32_t l, const k::PagedKvView& after
   a.q = qkv.get();
   a.q_row_stride = cfg.q_size() + 2 * cfg.kv_size();
   a.kv = after;
-  a.kv.row_offset = l * H;  // after's rows are (seq, layer, kv_head)
+  a.kv.row_offset = l * H;             // after's rows are (seq, layer, kv_head)
   a.meta = probe_meta.get<int32_t>();  // [n, 4]: see PlanProbes
   a.num_probes = n;
   a.num_q_heads = cfg.num_heads;

@@ -87,7 +87,8 @@ TEST(CudaAttentionProbeTest, MatchesTheCpuWorkerWithinBf16Tolerance) {
   CpuWorker cpu(model, static_cast<int32_t>(blocks), kBlock, 4);
   std::unique_ptr<CudaWorker> gpu = Gpu(model, blocks);
   ASSERT_NE(gpu, nullptr);
-  const std::vector<TokenId> a = RandomTokens(n, c.vocab_size, 3), b = RandomTokens(n, c.vocab_size, 4);
+  const std::vector<TokenId> a = RandomTokens(n, c.vocab_size, 3),
+                             b = RandomTokens(n, c.vocab_size, 4);
   Steps prefill(c, per_row);
   prefill.Add(0, {a.begin(), a.end() - 1}, 0, 0, 0);
   prefill.Add(1, {b.begin(), b.end() - 1}, 0, 0, 0);
