@@ -28,15 +28,18 @@ constexpr int32_t kMaxNewTokens = 1024;
 constexpr int32_t kMaxProbeBatch = 64;
 
 absl::StatusOr<std::string> ReadText(const std::string& path, const char* flag) {
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (text.str().size() > kMaxTextFileBytes) {
+  const std::streamoff size = in.tellg();  // Checked before reading: the file may be huge.
+  if (size < 0 || static_cast<size_t>(size) > kMaxTextFileBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat(flag, ": ", path, " is over ", kMaxTextFileBytes, " bytes"));
   }
-  return text.str();
+  in.seekg(0);
+  std::string text(static_cast<size_t>(size), '\0');
+  in.read(text.data(), size);
+  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
+  return text;
 }
 
 // Needles file: JSONL of {"needle", "question", "answer"}, the answer inside the needle.
