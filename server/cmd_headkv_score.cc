@@ -165,7 +165,7 @@ absl::Status Run(const HeadkvScoreOptions& o) {
   ServerConfig config = o.server;
   HKV_ASSIGN_OR_RETURN(LoadedModel loaded,
                        LoadModelAndTokenizer(config.model, config.tokenizer, config.dummy_weights,
-                                             /*dummy_on_device=*/false, config.max_model_len));
+                                             config.device == "cuda", config.max_model_len));
   if (loaded.tokenizer == nullptr) {
     return absl::InvalidArgumentError("this model has no tokenizer; probes are text");
   }
