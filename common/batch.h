@@ -37,6 +37,10 @@
 
 namespace hkv {
 
+// The most prompt positions a step may ask per (layer, query head) in an attention probe: the
+// reply is num_layers x num_q_heads x top_n pairs per sequence, never the whole attention row.
+inline constexpr int32_t kMaxProbeTopN = 256;
+
 // How a compressed prefill chooses tokens; mirrors headkv's policies without depending on them.
 struct KvSelectionSpec {
   int32_t window = 8;        // Last `window` prompt tokens are always kept.
@@ -75,6 +79,14 @@ struct SequenceStep {
   // sequence are empty with kv_len_before = kv_len_after = 0.
   std::vector<int32_t> layer_block_indptr;  // [num_layers + 1]
   std::vector<BlockId> layer_blocks;
+  // Attention probe (hkv headkv-score): when probe_top_n > 0, on a one-token step over full-KV
+  // rows (kv_len_after = start_pos + 1, position j of the row = token j), the worker reports
+  // for every (layer, query head) the min(probe_top_n, probe_prompt_len) prompt positions
+  // [0, probe_prompt_len) of highest softmax weight (the softmax over the whole row), highest
+  // first, ties to the lower position (SequenceResult::probe_*). 0: no probe (the usual case).
+  // REQUIRES when set: probe_top_n <= kMaxProbeTopN, 1 <= probe_prompt_len <= start_pos + 1.
+  int32_t probe_top_n = 0;
+  int32_t probe_prompt_len = 0;
 };
 
 struct Batch {
@@ -126,6 +138,10 @@ struct SequenceResult {
   // Logits of the sampled position [vocab]; filled only by a worker asked to keep them (tests
   // and numerical checks).
   std::vector<float> logits;
+  // Attention probe only (SequenceStep::probe_top_n > 0): [num_layers, num_q_heads, k], k =
+  // min(probe_top_n, probe_prompt_len), layer-major, each row's positions by falling weight.
+  std::vector<int32_t> probe_positions;
+  std::vector<float> probe_weights;
 };
 
 struct BatchResult {

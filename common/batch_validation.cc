@@ -51,6 +51,31 @@ absl::Status ValidateRowLengths(const Batch& b) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateProbes(const Batch& b) {
+  const int64_t rows_per_seq = static_cast<int64_t>(b.num_layers) * b.num_kv_heads;
+  for (size_t i = 0; i < b.seqs.size(); ++i) {
+    const SequenceStep& s = b.seqs[i];
+    if (s.probe_top_n == 0) continue;
+    if (s.probe_top_n < 0 || s.probe_top_n > kMaxProbeTopN) {
+      return Malformed("sequence ", s.id, " asks probe_top_n ", s.probe_top_n, " outside [1, ",
+                       kMaxProbeTopN, "]");
+    }
+    if (s.tokens.size() != 1 || s.select) {
+      return Malformed("sequence ", s.id, " probes attention on a step that is not one decode");
+    }
+    if (s.probe_prompt_len < 1 || s.probe_prompt_len > s.start_pos + 1) {
+      return Malformed("sequence ", s.id, " probes ", s.probe_prompt_len,
+                       " prompt positions at position ", s.start_pos);
+    }
+    for (int64_t r = i * rows_per_seq; r < (i + 1) * rows_per_seq; ++r) {
+      if (b.kv_len_before[r] != s.start_pos || b.kv_len_after[r] != s.start_pos + 1) {
+        return Malformed("sequence ", s.id, " probes attention over a compressed row ", r);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateBlockIds(const Batch& b, int64_t num_blocks) {
   BlockId lo = 0, hi = 0;  // min/max: a loop the compiler vectorizes (millions of ids)
   for (BlockId id : b.kv_indices) {

@@ -24,6 +24,12 @@ absl::Status ValidateBatchShape(const Batch& batch);
 // block_size, with block_size > 0. REQUIRES: ValidateBatchShape(batch) is OK.
 absl::Status ValidateRowLengths(const Batch& batch);
 
+// Each sequence's attention probe (SequenceStep::probe_*) is off, or well formed: top_n in
+// [1, kMaxProbeTopN], a one-token plain step, 1 <= probe_prompt_len <= start_pos + 1, every row
+// of the sequence full (kv_len_before = start_pos, kv_len_after = start_pos + 1).
+// REQUIRES: ValidateBatchShape(batch) is OK.
+absl::Status ValidateProbes(const Batch& batch);
+
 // Every block id of the page table, of the block copies and of the adaptive reservations
 // (SequenceStep::layer_blocks) lies in [0, num_blocks).
 absl::Status ValidateBlockIds(const Batch& batch, int64_t num_blocks);

@@ -53,6 +53,21 @@ int32_t ArgMax(absl::Span<const float> row) {
   return best;
 }
 
+// INVALID_ARGUMENT unless `layer` is in range and the probe arrays are [num_q_heads, k >= 1]
+// with finite weights; returns k.
+absl::StatusOr<int32_t> TopNWidth(int32_t layer, int32_t num_layers, int32_t num_q_heads,
+                                  absl::Span<const int32_t> positions,
+                                  absl::Span<const float> weights) {
+  if (positions.size() != weights.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("probe has ", positions.size(),
+                                                   " positions but ", weights.size(), " weights"));
+  }
+  HKV_ASSIGN_OR_RETURN(const int32_t k,
+                       PromptLen(layer, num_layers, num_q_heads, positions.size()));
+  HKV_RETURN_IF_ERROR(CheckFinite(weights));
+  return k;
+}
+
 }  // namespace
 
 R2ProbeScorer::R2ProbeScorer(int32_t num_layers, int32_t num_q_heads, AnswerSpan span)
@@ -86,6 +101,23 @@ absl::Status R2ProbeScorer::AddStep(int32_t layer, absl::Span<const float> rows)
   return absl::OkStatus();
 }
 
+absl::Status R2ProbeScorer::AddTopN(int32_t layer, absl::Span<const int32_t> positions,
+                                    absl::Span<const float> weights) {
+  HKV_ASSIGN_OR_RETURN(const int32_t k,
+                       TopNWidth(layer, num_layers_, num_q_heads_, positions, weights));
+  const int32_t n = span_.size();
+  const int32_t top = std::min(n, k);
+  for (int32_t h = 0; h < num_q_heads_; ++h) {
+    double sum = 0.0;
+    for (int32_t i = 0; i < top; ++i) {
+      const size_t at = static_cast<size_t>(h) * k + i;
+      if (positions[at] >= span_.begin && positions[at] < span_.end) sum += weights[at];
+    }
+    scores_[static_cast<size_t>(layer) * num_q_heads_ + h] += sum / n;
+  }
+  return absl::OkStatus();
+}
+
 RProbeScorer::RProbeScorer(int32_t num_layers, int32_t num_q_heads, AnswerSpan span,
                            std::vector<int32_t> prompt_ids)
     : num_layers_(num_layers),
@@ -108,6 +140,23 @@ absl::Status RProbeScorer::AddStep(int32_t layer, absl::Span<const float> rows, 
   }
   for (int32_t h = 0; h < num_q_heads_; ++h) {
     const int32_t p = ArgMax(rows.subspan(static_cast<size_t>(h) * prompt_len, prompt_len));
+    if (p >= span_.begin && p < span_.end && prompt_ids_[p] == token) {
+      scores_[static_cast<size_t>(layer) * num_q_heads_ + h] += 1.0 / span_.size();
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RProbeScorer::AddTopN(int32_t layer, absl::Span<const int32_t> positions,
+                                   absl::Span<const float> weights, int32_t token) {
+  HKV_ASSIGN_OR_RETURN(const int32_t k,
+                       TopNWidth(layer, num_layers_, num_q_heads_, positions, weights));
+  for (int32_t h = 0; h < num_q_heads_; ++h) {
+    const int32_t p = positions[static_cast<size_t>(h) * k];
+    if (p < 0 || p >= static_cast<int32_t>(prompt_ids_.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("probe position ", p, " is outside the ",
+                                                     prompt_ids_.size(), " prompt tokens"));
+    }
     if (p >= span_.begin && p < span_.end && prompt_ids_[p] == token) {
       scores_[static_cast<size_t>(layer) * num_q_heads_ + h] += 1.0 / span_.size();
     }

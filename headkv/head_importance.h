@@ -44,6 +44,13 @@ class R2ProbeScorer {
   // row count that is not num_q_heads x prompt_len (>= 1). A span past the prompt keeps N.
   absl::Status AddStep(int32_t layer, absl::Span<const float> rows);
 
+  // Adds one decode step of `layer` from a worker's attention probe (common/batch.h): per query
+  // head its k top prompt positions by falling weight and their weights, [num_q_heads, k],
+  // k >= 1; the first min(k, N) count (k = min(N, prompt_len) gives AddStep's result).
+  // INVALID_ARGUMENT for a bad layer, mismatched or ragged arrays, or a non-finite weight.
+  absl::Status AddTopN(int32_t layer, absl::Span<const int32_t> positions,
+                       absl::Span<const float> weights);
+
   // The accumulated scores, [num_layers * num_q_heads] layer-major.
   const std::vector<double>& scores() const { return scores_; }
 
@@ -64,6 +71,12 @@ class RProbeScorer {
   // Adds one decode step of `layer` that generated `token`. INVALID_ARGUMENT as for R2, and when
   // prompt_len differs from the number of prompt ids.
   absl::Status AddStep(int32_t layer, absl::Span<const float> rows, int32_t token);
+
+  // As AddStep from a worker's probe ([num_q_heads, k] positions by falling weight; the first
+  // of each head is its top-1). INVALID_ARGUMENT as R2ProbeScorer::AddTopN, and for a top
+  // position outside the prompt ids.
+  absl::Status AddTopN(int32_t layer, absl::Span<const int32_t> positions,
+                       absl::Span<const float> weights, int32_t token);
 
   const std::vector<double>& scores() const { return scores_; }
 

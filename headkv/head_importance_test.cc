@@ -156,5 +156,65 @@ TEST(HeadScoreTableTest, RejectsBadProbes) {
   EXPECT_THAT(t.Means(), ElementsAre(0.0, 0.0));
 }
 
+// The top-N form a worker returns gives AddStep's result: random rows (with ties), each row's
+// top min(N, len) positions by falling weight, ties to the lower position.
+TEST(ProbeTopNTest, AddTopNEqualsAddStepOnTheSameRows) {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> coarse(0, 5);
+  const int32_t layers = 2, heads = 3;
+  for (int trial = 0; trial < 40; ++trial) {
+    const int32_t len = 2 + trial % 13;
+    const int32_t begin = static_cast<int32_t>(rng() % (len - 1));
+    const AnswerSpan span{begin, begin + 1 + static_cast<int32_t>(rng() % (len - begin))};
+    std::vector<int32_t> ids(len);
+    for (int32_t& id : ids) id = static_cast<int32_t>(rng() % 3);
+    R2ProbeScorer full(layers, heads, span), top(layers, heads, span);
+    RProbeScorer r_full(layers, heads, span, ids), r_top(layers, heads, span, ids);
+    for (int32_t l = 0; l < layers; ++l) {
+      std::vector<float> rows(heads * len);
+      for (float& w : rows) w = coarse(rng) / 5.0f;
+      const int32_t k = std::min(span.size(), len);
+      std::vector<int32_t> pos(heads * k);
+      std::vector<float> weights(heads * k);
+      for (int32_t h = 0; h < heads; ++h) {
+        std::vector<int32_t> order(len);
+        for (int32_t p = 0; p < len; ++p) order[p] = p;
+        std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+          return rows[h * len + a] > rows[h * len + b];
+        });
+        for (int32_t i = 0; i < k; ++i) {
+          pos[h * k + i] = order[i];
+          weights[h * k + i] = rows[h * len + order[i]];
+        }
+      }
+      const int32_t token = static_cast<int32_t>(rng() % 3);
+      ASSERT_TRUE(full.AddStep(l, rows).ok());
+      ASSERT_TRUE(top.AddTopN(l, pos, weights).ok());
+      ASSERT_TRUE(r_full.AddStep(l, rows, token).ok());
+      ASSERT_TRUE(r_top.AddTopN(l, pos, weights, token).ok());
+    }
+    for (size_t i = 0; i < full.scores().size(); ++i) {
+      EXPECT_DOUBLE_EQ(top.scores()[i], full.scores()[i]) << trial;
+      EXPECT_DOUBLE_EQ(r_top.scores()[i], r_full.scores()[i]) << trial;
+    }
+  }
+}
+
+TEST(ProbeTopNTest, RejectsBadProbes) {
+  R2ProbeScorer s(1, 2, {0, 2});
+  EXPECT_EQ(s.AddTopN(0, std::vector<int32_t>{0, 1, 0}, std::vector<float>{1, 1, 1}).code(),
+            absl::StatusCode::kInvalidArgument);  // Not 2 x k.
+  EXPECT_EQ(s.AddTopN(0, std::vector<int32_t>{0, 1}, std::vector<float>{1}).code(),
+            absl::StatusCode::kInvalidArgument);  // Mismatched arrays.
+  EXPECT_EQ(s.AddTopN(1, std::vector<int32_t>{0, 1}, std::vector<float>{1, 1}).code(),
+            absl::StatusCode::kInvalidArgument);  // No layer 1.
+  EXPECT_EQ(s.AddTopN(0, std::vector<int32_t>{0, 1}, std::vector<float>{NAN, 1}).code(),
+            absl::StatusCode::kInvalidArgument);
+  RProbeScorer r(1, 1, {0, 1}, {5, 6});
+  EXPECT_THAT(r.AddTopN(0, std::vector<int32_t>{7}, std::vector<float>{1}, 5).message(),
+              HasSubstr("outside the 2 prompt tokens"));
+  EXPECT_THAT(s.scores(), ElementsAre(0.0, 0.0));
+}
+
 }  // namespace
 }  // namespace hkv

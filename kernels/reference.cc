@@ -232,4 +232,29 @@ void MatmulRowMajor(const float* a, const float* w, float* c, int32_t m, int32_t
   }
 }
 
+void AttentionProbe(const float* q, const HostPagedKv& kv, int64_t row, int32_t prompt_len,
+                    int32_t top_n, float scale, int32_t* positions, float* weights) {
+  const int64_t len = RowLength(kv, row);
+  std::vector<double> p(len);
+  double mx = -std::numeric_limits<double>::infinity(), sum = 0;
+  for (int64_t t = 0; t < len; ++t) {
+    const float* k = TokenPtr(kv, kv.k_pool, row, t);
+    double s = 0;
+    for (int32_t i = 0; i < kv.head_dim; ++i) s += static_cast<double>(q[i]) * k[i];
+    p[t] = s * scale;
+    mx = std::max(mx, p[t]);
+  }
+  for (double& e : p) sum += (e = std::exp(e - mx));
+  std::vector<bool> taken(prompt_len, false);
+  for (int32_t r = 0; r < top_n; ++r) {  // Plain selection: the best not yet taken.
+    int32_t best = -1;
+    for (int32_t t = 0; t < prompt_len; ++t) {
+      if (!taken[t] && (best < 0 || p[t] > p[best])) best = t;
+    }
+    taken[best] = true;
+    positions[r] = best;
+    weights[r] = static_cast<float>(p[best] / sum);
+  }
+}
+
 }  // namespace hkv::kernels::ref

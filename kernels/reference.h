@@ -64,4 +64,11 @@ void MatmulRowMajor(const float* a, const float* w, float* c, int32_t m, int32_t
 std::vector<double> SamplingDistribution(const float* logits, int32_t vocab, float temperature,
                                          int32_t top_k, float top_p);
 
+// Attention probe of one query row (attention_probe.h): softmax(q . k_j * scale) over the
+// whole of row `row` (fp64), then the top_n positions of [0, prompt_len) by falling weight,
+// ties to the lower position, and their weights. REQUIRES: 1 <= top_n <= prompt_len <= the
+// row's length.
+void AttentionProbe(const float* q, const HostPagedKv& kv, int64_t row, int32_t prompt_len,
+                    int32_t top_n, float scale, int32_t* positions, float* weights);
+
 }  // namespace hkv::kernels::ref

@@ -79,5 +79,26 @@ TEST(ReferenceTest, RmsNormRopeAndSampling) {
   EXPECT_DOUBLE_EQ(topp[1] + topp[3], 1.0);  // the tie at the boundary is kept
 }
 
+TEST(ReferenceTest, AttentionProbeRanksThePromptUnderTheWholeRowsSoftmax) {
+  // One row of 4 tokens (head_dim 1) in blocks {1, 0} of 2: keys 0, 2, 1, 2 in token order.
+  const int32_t indptr[] = {0, 2}, indices[] = {1, 0}, last_len[] = {2};
+  const float k_pool[] = {1, 2, 0, 2};  // block 0 = tokens 2, 3; block 1 = tokens 0, 1
+  HostPagedKv kv{indptr, indices, last_len, k_pool, nullptr, 2, 2, 1, 1};
+  const float q = 1.0f;
+  const double total = 1 + 2 * std::exp(2.0) + std::exp(1.0);  // over all 4 tokens
+  int32_t pos[3];
+  float w[3];
+  AttentionProbe(&q, kv, 0, /*prompt_len=*/3, /*top_n=*/3, 1.0f, pos, w);
+  EXPECT_EQ(pos[0], 1);
+  EXPECT_EQ(pos[1], 2);
+  EXPECT_EQ(pos[2], 0);
+  EXPECT_FLOAT_EQ(w[0], std::exp(2.0) / total);
+  EXPECT_FLOAT_EQ(w[1], std::exp(1.0) / total);
+  EXPECT_FLOAT_EQ(w[2], 1 / total);
+  AttentionProbe(&q, kv, 0, /*prompt_len=*/4, /*top_n=*/2, 1.0f, pos, w);
+  EXPECT_EQ(pos[0], 1);  // a tie with token 3 goes to the lower position
+  EXPECT_EQ(pos[1], 3);
+}
+
 }  // namespace
 }  // namespace hkv::kernels::ref

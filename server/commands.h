@@ -57,6 +57,20 @@ struct HeadkvPlanOptions {
 };
 int RunHeadkvPlan(const HeadkvPlanOptions& options);
 
+struct HeadkvScoreOptions {
+  ServerConfig server;   // model, tokenizer, device, block_size, max_seqs, max_batch_tokens.
+  std::string probes;    // JSONL probe file (headkv/probe_file.h), or the grid below.
+  std::string haystack;  // Grid: a text file, and JSONL needles {"needle", "question", "answer"}.
+  std::string needles;
+  std::vector<int64_t> context_lengths;  // Grid: prompt lengths in tokens.
+  std::vector<double> depths;            // Grid: needle depths in [0, 1].
+  std::string method = "r2";             // r2 | r.
+  std::string out;
+  int32_t max_new_tokens = 0;  // 0: the answer's length in tokens.
+  bool json = false;
+};
+int RunHeadkvScore(const HeadkvScoreOptions& options);
+
 struct BenchServeOptions {
   std::string target = "127.0.0.1:50051";
   int32_t num_requests = 64;

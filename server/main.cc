@@ -3,6 +3,7 @@
 //   hkv generate [--model PATH] [--prompt TEXT | --prompt-ids 1,2,3] [--max-tokens N] ...
 //   hkv serve [--config FILE] [--model PATH] [--port 50051] [--http-port 8000] ...
 //   hkv headkv-plan --scores FILE --budget B [--beta X] [--kv-heads N] [--granularity G] --json
+//   hkv headkv-score --probes FILE --method r2|r --out FILE [--device D] [--json]
 //   hkv bench-serve [--target HOST:PORT] [--num-requests N] [--concurrency C | --request-rate R]
 //   hkv eval --model DIR --tasks FILE [--policies P,..] [--budgets B,..] [--head-scores F] --json
 //   hkv --help | hkv help [COMMAND] | hkv COMMAND --help      (a command's flags; exit 0)
@@ -12,6 +13,7 @@
 #include <iostream>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -74,6 +76,19 @@ ABSL_FLAG(std::string, scores, "", "headkv-plan: score file");
 ABSL_FLAG(int32_t, budget, 128, "headkv-plan: budget B");
 ABSL_FLAG(int32_t, kv_heads, 0, "headkv-plan: KV heads (kv_head granularity)");
 ABSL_FLAG(std::string, granularity, "kv_head", "headkv-plan: query_head | kv_head");
+// headkv-score.
+ABSL_FLAG(std::string, probes, "", "headkv-score: JSONL probe file");
+ABSL_FLAG(std::string, haystack, "", "headkv-score: grid haystack text file (with --needles)");
+ABSL_FLAG(std::string, needles, "",
+          "headkv-score: grid needles, JSONL {\"needle\", \"question\", \"answer\"}");
+ABSL_FLAG(std::string, context_lengths, "1024,2048,4096",
+          "headkv-score: grid prompt lengths in tokens, comma-separated");
+ABSL_FLAG(std::string, depths, "0,0.25,0.5,0.75,1",
+          "headkv-score: grid needle depths in [0, 1], comma-separated");
+ABSL_FLAG(std::string, method, "r2", "headkv-score: r2 (HeadKV) | r (retrieval heads)");
+ABSL_FLAG(std::string, out, "", "headkv-score: score file to write");
+ABSL_FLAG(int32_t, max_new_tokens, 0,
+          "headkv-score: tokens to decode per probe at most (0 = the answer's length)");
 // bench-serve.
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "bench-serve: server address");
 ABSL_FLAG(int32_t, num_requests, 64, "bench-serve: requests to send");
@@ -220,6 +235,47 @@ int HeadkvPlan() {
   return RunHeadkvPlan(o);
 }
 
+// Parses a comma-separated list of numbers for `flag`.
+template <typename T>
+absl::StatusOr<std::vector<T>> ParseList(const std::string& text, const char* flag) {
+  std::vector<T> out;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    T value;
+    bool ok;
+    if constexpr (std::is_floating_point_v<T>) {
+      ok = absl::SimpleAtod(part, &value);
+    } else {
+      ok = absl::SimpleAtoi(part, &value);
+    }
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": '", part, "' is not a number"));
+    }
+    out.push_back(value);
+  }
+  return out;
+}
+
+int HeadkvScore() {
+  auto config = ConfigFromFlags();
+  if (!config.ok()) return Fail(config.status(), "headkv-score");
+  HeadkvScoreOptions o;
+  o.server = *config;
+  o.probes = absl::GetFlag(FLAGS_probes);
+  o.haystack = absl::GetFlag(FLAGS_haystack);
+  o.needles = absl::GetFlag(FLAGS_needles);
+  auto lengths = ParseList<int64_t>(absl::GetFlag(FLAGS_context_lengths), "--context-lengths");
+  if (!lengths.ok()) return Fail(lengths.status(), "headkv-score");
+  auto depths = ParseList<double>(absl::GetFlag(FLAGS_depths), "--depths");
+  if (!depths.ok()) return Fail(depths.status(), "headkv-score");
+  o.context_lengths = *lengths;
+  o.depths = *depths;
+  o.method = absl::GetFlag(FLAGS_method);
+  o.out = absl::GetFlag(FLAGS_out);
+  o.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  o.json = absl::GetFlag(FLAGS_json);
+  return RunHeadkvScore(o);
+}
+
 int BenchServe() {
   BenchServeOptions o;
   o.target = absl::GetFlag(FLAGS_target);
@@ -286,6 +342,11 @@ std::vector<CommandSpec> Commands() {
   }
   const std::vector<std::string> headkv_plan =
       Names("scores budget beta kv_heads granularity json");
+  std::vector<std::string> headkv_score = engine;
+  for (std::string& name : Names("probes haystack needles context_lengths depths method out "
+                                 "max_new_tokens json")) {
+    headkv_score.push_back(std::move(name));
+  }
   const std::vector<std::string> bench_serve = Names(
       "target num_requests concurrency request_rate input_len output_len range_ratio "
       "prompts_file kv_policy kv_budget seed slo_ttft_ms slo_tpot_ms json json_out backend "
@@ -301,7 +362,8 @@ std::vector<CommandSpec> Commands() {
     const auto claimed = [&flag](const std::vector<std::string>& list) {
       return std::find(list.begin(), list.end(), flag) != list.end();
     };
-    if (!claimed(generate) && !claimed(headkv_plan) && !claimed(bench_serve) && !claimed(eval)) {
+    if (!claimed(generate) && !claimed(headkv_plan) && !claimed(headkv_score) &&
+        !claimed(bench_serve) && !claimed(eval)) {
       serve.push_back(flag);
     }
   }
@@ -315,6 +377,9 @@ std::vector<CommandSpec> Commands() {
        serve, &Serve},
       {"headkv-plan", "--scores FILE --budget B [flags]",
        "Prints the HeadKV per-head budgets of a score file.", headkv_plan, &HeadkvPlan},
+      {"headkv-score", "--probes FILE | --haystack FILE --needles FILE, --out FILE [flags]",
+       "Estimates HeadKV head scores (R2 or R) from needle probes; writes the score file.",
+       headkv_score, &HeadkvScore},
       {"bench-serve",
        "[--target HOST:PORT] [--num-requests N] [--concurrency C | --request-rate R]",
        "Load-tests a running server: throughput and TTFT / TPOT / ITL / e2e percentiles.",

@@ -1,6 +1,7 @@
 #include "workers/cpu/cpu_ops.h"
 
 #include <cmath>
+#include <numeric>
 
 namespace hkv {
 
@@ -46,6 +47,21 @@ void ApplyRope(float* vec, int32_t num_heads, int32_t head_dim, int32_t pos,
       v[a] = x0 * c - x1 * s;
       v[b] = x0 * s + x1 * c;
     }
+  }
+}
+
+void ProbeTopN(const float* exp_scores, int32_t len, int32_t prompt_len, int32_t k,
+               int32_t* positions, float* weights) {
+  float total = 0.0f;  // The same sum, in the same order, as Attend's.
+  for (int32_t j = 0; j < len; ++j) total += exp_scores[j];
+  std::vector<int32_t> order(prompt_len);
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+    return exp_scores[a] != exp_scores[b] ? exp_scores[a] > exp_scores[b] : a < b;
+  });
+  for (int32_t i = 0; i < k; ++i) {
+    positions[i] = order[i];
+    weights[i] = exp_scores[order[i]] / total;
   }
 }
 

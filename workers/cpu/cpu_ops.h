@@ -53,4 +53,11 @@ void Attend(const float* q, int32_t d, int32_t len, KeyFn key, ValueFn value, fl
   }
 }
 
+// Attention probe of one row: `exp_scores[0..len)` are exp(s_j - max) as Attend leaves them;
+// writes the `k` positions of [0, prompt_len) with the highest weight exp_scores[j] / sum, by
+// falling weight, ties to the lower position, and their weights. REQUIRES: 1 <= k <=
+// prompt_len <= len.
+void ProbeTopN(const float* exp_scores, int32_t len, int32_t prompt_len, int32_t k,
+               int32_t* positions, float* weights);
+
 }  // namespace hkv

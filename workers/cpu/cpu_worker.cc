@@ -56,6 +56,7 @@ absl::Status CpuWorker::CheckBatch(const Batch& b) const {
   HKV_RETURN_IF_ERROR(ValidateBatchShape(b));
   HKV_RETURN_IF_ERROR(ValidateBlockIds(b, num_blocks_));
   HKV_RETURN_IF_ERROR(ValidateRowLengths(b));
+  HKV_RETURN_IF_ERROR(ValidateProbes(b));
   for (const SequenceStep& s : b.seqs) {
     if (s.tokens.empty()) return bad("sequence ", s.id, " has no tokens");
     for (TokenId t : s.tokens) {
@@ -112,7 +113,9 @@ absl::StatusOr<BatchResult> CpuWorker::Execute(const Batch& batch) {
 // Plain rows of layer `layer`: appends the step's K/V to each KV head's blocks, then attends
 // every query head of its group over the row (the paged cache, the new tokens included).
 absl::Status CpuWorker::StoreAndAttend(const Batch& b, int64_t index, int32_t layer, const float* q,
-                                       const float* k, const float* v, float* scores, float* attn) {
+                                       const float* k, const float* v, float* scores, float* attn,
+                                       SequenceResult* result) {
+  const SequenceStep& step = b.seqs[index];
   const ModelConfig& c = model_->config;
   const int32_t T = static_cast<int32_t>(b.seqs[index].tokens.size());
   const int32_t q_size = c.q_size(), kv_size = c.kv_size(), d = head_dim_;
@@ -140,6 +143,12 @@ absl::Status CpuWorker::StoreAndAttend(const Batch& b, int64_t index, int32_t la
             [&](int32_t j) { return ValueSlot(blocks[j / block_size_], j % block_size_); }, scores,
             &attn[t * q_size + hq * d]);
       }
+      if (step.probe_top_n > 0) {  // One token (ValidateProbes): scores = exp(s - max) of its row.
+        const int32_t k_top = std::min(step.probe_top_n, step.probe_prompt_len);
+        const size_t at = (static_cast<size_t>(layer) * c.num_heads + hq) * k_top;
+        ProbeTopN(scores, base + 1, step.probe_prompt_len, k_top, &result->probe_positions[at],
+                  &result->probe_weights[at]);
+      }
     }
   }
   return absl::OkStatus();
@@ -155,6 +164,12 @@ absl::Status CpuWorker::RunSequence(const Batch& b, int64_t index, ThreadPool* p
   const int32_t group = c.group_size();
   result->id = step.id;
   if (step.select) result->kept_per_head.assign(c.num_layers * c.num_kv_heads, 0);
+  if (step.probe_top_n > 0) {
+    const size_t n = static_cast<size_t>(c.num_layers) * c.num_heads *
+                     std::min(step.probe_top_n, step.probe_prompt_len);
+    result->probe_positions.assign(n, -1);
+    result->probe_weights.assign(n, 0.0f);
+  }
 
   std::vector<float> x(static_cast<size_t>(T) * dim), xb(x.size()), attn(static_cast<size_t>(T) * q_size);
   std::vector<float> q(attn.size()), k(static_cast<size_t>(T) * kv_size), v(k.size());
@@ -206,8 +221,8 @@ absl::Status CpuWorker::RunSequence(const Batch& b, int64_t index, ThreadPool* p
       HKV_RETURN_IF_ERROR(SelectAndStore(b, index, l, &q[(T - w_len) * q_size], k.data(),
                                          v.data(), T, result));
     } else {
-      HKV_RETURN_IF_ERROR(
-          StoreAndAttend(b, index, l, q.data(), k.data(), v.data(), scores.data(), attn.data()));
+      HKV_RETURN_IF_ERROR(StoreAndAttend(b, index, l, q.data(), k.data(), v.data(), scores.data(),
+                                         attn.data(), result));
     }
     MatMul(attn.data(), T, q_size, lw.wo, {}, dim, o.data(), pool);
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];

@@ -54,9 +54,11 @@ class CpuWorker : public Worker {
   absl::Status RunSequence(const Batch& batch, int64_t index, ThreadPool* pool,
                            SequenceResult* result);
   // Plain rows of layer `layer`: stores the step's K/V and attends over each row.
-  // q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim]; attn like q.
+  // q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim]; attn like q. A probing
+  // sequence also gets this layer's top positions in result->probe_*.
   absl::Status StoreAndAttend(const Batch& batch, int64_t index, int32_t layer, const float* q,
-                              const float* k, const float* v, float* scores, float* attn);
+                              const float* k, const float* v, float* scores, float* attn,
+                              SequenceResult* result);
   // Selects each head's tokens of layer `layer` from the scratch K/V and writes them to the
   // pool. q_window: [w, num_heads, head_dim]; k, v: [n, num_kv_heads, head_dim].
   absl::Status SelectAndStore(const Batch& batch, int64_t index, int32_t layer,

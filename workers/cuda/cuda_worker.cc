@@ -262,6 +262,7 @@ absl::Status CudaWorker::State::CheckBatch(const Batch& b) const {
   }
   HKV_RETURN_IF_ERROR(ValidateBatchShape(b));
   HKV_RETURN_IF_ERROR(ValidateBlockIds(b, num_blocks));
+  HKV_RETURN_IF_ERROR(ValidateProbes(b));
   for (const SequenceStep& st : b.seqs) {
     if (st.tokens.empty()) return absl::InvalidArgumentError("a sequence has no tokens");
   }
@@ -274,7 +275,9 @@ absl::StatusOr<HostStep> CudaWorker::State::LayOut(const Batch& b, StepInputs** 
   bool all_decode = !b.seqs.empty();
   for (const SequenceStep& st : b.seqs) {
     // Sampling extras (penalties, logprobs) run eagerly: their inputs change size every step.
-    all_decode = all_decode && !st.select && st.tokens.size() == 1 && !NeedsSamplingExtras(st);
+    // Probed decodes too: the graphs stay those of plain decode.
+    all_decode = all_decode && !st.select && st.tokens.size() == 1 && !NeedsSamplingExtras(st) &&
+                 st.probe_top_n == 0;
   }
   const int32_t graph_batch =
       all_decode ? GraphBatchFor(static_cast<int32_t>(b.seqs.size()), options.cuda_graph_max_batch)
@@ -326,6 +329,7 @@ absl::Status CudaWorker::State::Launch(const Batch& b, const HostStep& h,
     HKV_RETURN_IF_ERROR(decode_ws.Reserve(k::DecodeWorkspaceBytes(decode)));
     for (k::DecodePlan& p : d.plans) p.workspace = decode_ws.get();
   }
+  HKV_RETURN_IF_ERROR(PlanProbes(b, h));
   if (h.graph) {
     HKV_RETURN_IF_ERROR(RunGraph(b, h, d));
     ++graph_steps;
@@ -457,7 +461,9 @@ absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& global_batch) {
   HKV_RETURN_IF_ERROR(s.Launch(b, h, decode, d, inputs));
   HKV_RETURN_IF_ERROR(s.CopyOut(h));
   HKV_RETURN_IF_ERROR(s.RecordProfile(b, h, host_us));
-  return s.Unpack(b, h);
+  BatchResult result = s.Unpack(b, h);
+  HKV_RETURN_IF_ERROR(s.UnpackProbes(&result));
+  return result;
 }
 
 }  // namespace hkv

@@ -98,6 +98,14 @@ struct DecodeGraph {
   }
 };
 
+// The attention probes of one step (attention_probes.cc): the probed decodes, in internal
+// order, and their kernel parameters [n, 4] = (q row, internal sequence, prompt_len, top_n).
+struct ProbePlan {
+  std::vector<int32_t> batch_index;
+  std::vector<int32_t> meta;
+  int32_t max_len = 0, max_top_n = 0;
+};
+
 }  // namespace cuda_internal
 
 struct CudaWorker::State {
@@ -134,6 +142,10 @@ struct CudaWorker::State {
   std::map<int32_t, cuda_internal::DecodeGraph> graphs;  // by padded batch size
   int64_t graph_steps = 0, eager_steps = 0, graphs_captured = 0;
   cuda_internal::StepProfile profile;
+  // Attention probes: the step's plan; meta, one layer's logits [n, Hq, max_len] fp32, and
+  // the top positions and weights [L, n, Hq, max_top_n].
+  cuda_internal::ProbePlan probe;
+  DeviceBuffer probe_meta, probe_ws, probe_pos, probe_w;
 
   ~State() {
     graphs.clear();
@@ -208,6 +220,11 @@ struct CudaWorker::State {
   absl::Status RunLogprobs(int32_t rows);
   size_t LogprobBytes(int32_t rows) const;
   void UnpackLogprobs(const Batch& b, const HostStep& h, const char* out, BatchResult* r) const;
+  // attention_probes.cc: plans and uploads the step's probes (eager steps only), runs layer
+  // l's, and downloads them after the step.
+  absl::Status PlanProbes(const Batch& b, const HostStep& h);
+  absl::Status RunProbes(int32_t layer, const kernels::PagedKvView& after);
+  absl::Status UnpackProbes(BatchResult* result);
   // decode_graphs.cc: captures (on first use per size and buffer epoch) and replays.
   absl::Status RunGraph(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d);
 };

@@ -196,6 +196,7 @@ absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     HKV_CUDA_RETURN_IF_ERROR(k::RunDecodeAttention(
         d.plans[l], after, kDType, q, qkv_w, attn.get<uint16_t>(), c.q_size(), scale, stream));
+    HKV_RETURN_IF_ERROR(RunProbes(l, after));  // Nothing unless the step asked (eager only).
   }
   if (h.num_prefill > 0) {
     k::PagedKvView prefix = after;
