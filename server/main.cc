@@ -88,7 +88,8 @@ ABSL_FLAG(std::string, depths, "0,0.25,0.5,0.75,1",
 ABSL_FLAG(std::string, method, "r2", "headkv-score: r2 (HeadKV) | r (retrieval heads)");
 ABSL_FLAG(std::string, out, "", "headkv-score: score file to write");
 ABSL_FLAG(int32_t, max_new_tokens, 0,
-          "headkv-score: tokens to decode per probe at most (0 = the answer's length)");
+          "headkv-score: tokens to decode per probe at most (0 = the answer's length); eval: "
+          "tokens generated per question at most (0 = 32)");
 // bench-serve.
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "bench-serve: server address");
 ABSL_FLAG(int32_t, num_requests, 64, "bench-serve: requests to send");
@@ -107,7 +108,6 @@ ABSL_FLAG(std::string, tasks, "", "eval: tasks file (JSONL: id, prompt, answer, 
 ABSL_FLAG(std::string, policies, "full,snapkv,pyramidkv,adakv,headkv",
           "eval: comma-separated KV policies (full runs once; headkv needs --head-scores)");
 ABSL_FLAG(std::string, budgets, "16,32,64,128", "eval: comma-separated budgets B per policy");
-ABSL_FLAG(int32_t, max_new_tokens, 32, "eval: tokens generated per question at most (greedy)");
 ABSL_FLAG(std::string, answer_stop, "",
           "eval: a stop string besides newline and EOS ('.' for tests/data/needle)");
 ABSL_FLAG(std::string, backend, "hkv",
@@ -317,7 +317,7 @@ int Eval() {
     o.budgets.push_back(b);
   }
   o.beta = absl::GetFlag(FLAGS_beta);
-  o.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  if (const int32_t n = absl::GetFlag(FLAGS_max_new_tokens); n != 0) o.max_new_tokens = n;
   o.answer_stop = absl::GetFlag(FLAGS_answer_stop);
   o.json = absl::GetFlag(FLAGS_json);
   return RunEval(o);

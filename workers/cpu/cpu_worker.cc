@@ -200,8 +200,8 @@ absl::Status CpuWorker::RunSequence(const Batch& b, int64_t index, ThreadPool* p
     if (step.select && step.start_pos > 0) {
       // Last chunk of a chunked compressed prefill: the rows hold the earlier chunks; store
       // this one and attend like a plain chunk, then select over the whole rows in place.
-      HKV_RETURN_IF_ERROR(
-          StoreAndAttend(b, index, l, q.data(), k.data(), v.data(), scores.data(), attn.data()));
+      HKV_RETURN_IF_ERROR(StoreAndAttend(b, index, l, q.data(), k.data(), v.data(), scores.data(),
+                                         attn.data(), result));
       const int32_t w_len = step.selection.window;
       HKV_RETURN_IF_ERROR(SelectInPlace(b, index, l, &q[(T - w_len) * q_size], result));
     } else if (step.select) {
