@@ -389,10 +389,11 @@ void Engine::Deliver(const std::vector<RequestOutput>& outputs) {
       stop_hit = delta.stop_hit;
     }
     if (stop_hit && !out.finished) {
+      // The stream closes with the abort's output, which TakeAborted() hands over at the top of
+      // the next loop iteration: only that output knows the KV usage before the blocks go.
       scheduler_->Abort(out.id, FinishReason::kStop);
-      // The scheduler reports the abort later; close the stream now with reason stop.
     }
-    if ((out.finished || stop_hit) && !a.finished) FinishChunk(a, out, stop_hit, now, &chunk);
+    if (out.finished && !a.finished) FinishChunk(a, out, stop_hit, now, &chunk);
     if (!chunk.token_ids.empty() || chunk.finished) a.stream->Push(std::move(chunk));
     if (out.unforked_samples > 0) EndUnforked(out, now);
     if (out.finished) Erase(out.id);

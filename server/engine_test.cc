@@ -127,6 +127,11 @@ TEST(EngineTest, StopTokenAndStopStringEndWithStop) {
   const Collected s = Collect(**string_stream);
   EXPECT_EQ(s.finish, FinishReason::kStop);
   EXPECT_EQ(s.text.find(by_string.sampling.stop[0]), std::string::npos) << "stop text is cut";
+  // A stop string ends the request mid-run, yet its usage still says what it held.
+  EXPECT_GT(s.usage.generated_tokens, 0);
+  EXPECT_EQ(s.usage.kv_tokens_full, s.usage.kv_tokens_kept);
+  EXPECT_GT(s.usage.kv_tokens_kept, 0);
+  EXPECT_GT(s.usage.kv_bytes_kept, 0);
 }
 
 TEST(EngineTest, AbortByClientIdEndsAborted) {
