@@ -162,7 +162,9 @@ class ToEngineRequestsTest : public ::testing::Test {
     serving_.prompt_limit = MakePromptByteLimit(*tokenizer_, 512, 0);
   }
   std::unique_ptr<Tokenizer> tokenizer_;
-  ChatTemplate llama3_{ChatFormat::kLlama3};
+  // The real Llama-3 template (tests run from the source root).
+  std::shared_ptr<const ChatTemplate> llama3_ =
+      LoadChatTemplate("tests/data/chat_templates/llama3").value();
   OpenAiServing serving_;
 };
 
@@ -206,12 +208,12 @@ TEST_F(ToEngineRequestsTest, RefusesWhatTheServerCannotDo) {
 }
 
 TEST_F(ToEngineRequestsTest, ChatRendersThroughTheTemplate) {
-  serving_.chat = &llama3_;
+  serving_.chat = llama3_.get();
   auto chat = Chat(R"({"messages": [{"role": "user", "content": "hi"}]})");
   ASSERT_TRUE(chat.ok());
   auto text = RenderChat(chat->messages, true, serving_);
   ASSERT_TRUE(text.ok()) << text.status();
-  EXPECT_EQ(*text, *llama3_.Apply(chat->messages, true));
+  EXPECT_EQ(*text, *llama3_->Apply(chat->messages, true));
   auto requests = ToEngineRequests(*chat, serving_, {});
   ASSERT_TRUE(requests.ok()) << requests.status();
   ASSERT_EQ(requests->size(), 1u);
