@@ -129,9 +129,7 @@ std::optional<HttpReply> OpenAiApi::CheckHeaders(const HttpRequest& request,
     caller->tenant = *std::move(tenant);
   }
   absl::StatusOr<std::string> id = RequestIdFromHeaders(headers);
-  if (!id.ok()) {
-    return StatusReply(400, absl::StrCat("X-Request-Id: ", id.status().message()));
-  }
+  if (!id.ok()) return OpenAiErrorReply(id.status(), /*at_submit=*/false);
   caller->request_id = *std::move(id);
   caller->traceparent = TraceparentFromHeaders(headers);
   return std::nullopt;
@@ -243,8 +241,8 @@ HttpReply OpenAiApi::Generate(const HttpRequest& http, const HttpCaller& caller,
   for (auto& s : streams) s->SetNotify(wake);
   auto source = std::make_unique<OpenAiReply>(engine_, std::move(info), request->stream,
                                               request->include_usage, std::move(streams));
-  source->Attach({{"X-Request-Id", log.request_id}}, std::move(log), start,
-                 *std::move(tenant_slot));
+  HttpHeaders headers = {{"X-Request-Id", log.request_id}};
+  source->Attach(std::move(headers), std::move(log), start, *std::move(tenant_slot));
   HttpReply reply;
   reply.source = std::move(source);
   return reply;

@@ -36,7 +36,7 @@ void OpenAiReply::Log() {
   log.queue_ms = first.queue_time_ms;
   log.ttft_ms = first.time_to_first_token_ms;
   for (const Choice& c : choices_) {
-    log.prompt_tokens += c.usage.prompt_tokens;
+    log.prompt_tokens += static_cast<int32_t>(c.stream->prompt_ids().size());
     log.generated_tokens += c.usage.generated_tokens;
     log.kv_tokens_kept += c.usage.kv_tokens_kept;
     log.kv_tokens_full += c.usage.kv_tokens_full;
