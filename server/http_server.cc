@@ -119,6 +119,7 @@ void HttpGetServer::Stop() {
 }
 
 void HttpGetServer::Run() {
+  BlockSigpipeOnThisThread();
   std::map<int, Connection> conns;  // By file descriptor.
   std::vector<pollfd> fds;
   while (!stop_.load()) {

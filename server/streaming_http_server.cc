@@ -311,6 +311,7 @@ void StreamingHttpServer::Stop() {
 }
 
 void StreamingHttpServer::Run() {
+  BlockSigpipeOnThisThread();
   std::vector<pollfd> fds;
   std::vector<uint64_t> serials;
   std::vector<uint64_t> ready;

@@ -1,12 +1,21 @@
 #include "server/tls/tls_socket.h"
 
 #include <openssl/err.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
 
 namespace hkv {
+
+void BlockSigpipeOnThisThread() {
+  sigset_t pipe;
+  sigemptyset(&pipe);
+  sigaddset(&pipe, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
+}
 
 bool TlsSocket::Begin(int fd, TlsContextSource* tls) {
   fd_ = fd;

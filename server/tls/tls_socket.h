@@ -22,6 +22,11 @@
 
 namespace hkv {
 
+// Blocks SIGPIPE on the calling thread, for the poll threads that own TlsSockets: OpenSSL
+// writes with write(2), not send(MSG_NOSIGNAL), so a peer that closed mid-handshake or
+// mid-reply would otherwise kill the process; blocked, the write fails with EPIPE instead.
+void BlockSigpipeOnThisThread();
+
 class TlsSocket {
  public:
   TlsSocket() = default;
