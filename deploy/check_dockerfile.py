@@ -16,7 +16,7 @@ Rules (hadolint ids where one exists):
   ld-path        ENV LD_LIBRARY_PATH never drops the base image's value
   model          CMD's --model lies under a path the final stage COPYs into the image
   context        Dockerfile.dockerignore keeps .git and local build trees out of the context
-  ports          EXPOSE lists exactly the server's default gRPC and metrics ports
+  ports          EXPOSE lists exactly the server's default gRPC, metrics and HTTP API ports
                  (`hkv serve --print-config`)
 Usage: check_dockerfile.py --hkv build/bin/hkv [Dockerfile]
 Exits 0 when every rule holds, 1 naming each broken rule otherwise.
@@ -170,7 +170,7 @@ def main():
     exposed = sorted(int(p.split("/")[0]) for k, a in final if k == "EXPOSE" for p in a.split())
     cfg = server_defaults(args.hkv, errors)
     if cfg is not None:
-        want = sorted([cfg["port"], cfg["metrics_port"]])
+        want = sorted([cfg["port"], cfg["metrics_port"], cfg["http_port"]])
         if exposed != want:
             errors.append(f"ports: EXPOSE {exposed} != the server's default ports {want}")
     if errors:

@@ -5,7 +5,8 @@ Static part, for every overlay: renders it with `kubectl kustomize`, lints sourc
 with yamllint, runs `hkv serve --print-config --config <the overlay's ConfigMap file>` and checks
   - every container's args are flags the binary accepts (print-config with the same args);
   - container ports, Service ports, probe ports and the Prometheus annotation match the
-    server's port / metrics_port, and metrics listen on every interface (metrics_host);
+    server's port / metrics_port / http_port (the OpenAI-compatible API), and metrics listen on
+    every interface (metrics_host);
   - probes are native gRPC probes: liveness on the liveness service (""), startup and readiness
     on the readiness service ("hkv.v1.Generation"), the startup probe allowing >= 10 min;
   - terminationGracePeriodSeconds exceeds drain_timeout_s;
@@ -23,8 +24,9 @@ with yamllint, runs `hkv serve --print-config --config <the overlay's ConfigMap 
     read-only, every probe targets the plaintext health_port (a declared containerPort), and
     Prometheus is told to scrape over HTTPS;
   - multi-node: a NetworkPolicy admits the group's pods on every port and others only on the
-    API and metrics ports, and every node reads HKV_DIST_TOKEN from the same Secret;
-  - deploy/k8s/gateway renders; its InferencePool selects the serving pods and its endpoint
+    API (gRPC and HTTP) and metrics ports, and every node reads HKV_DIST_TOKEN from the same Secret;
+  - deploy/k8s/gateway renders; its InferencePool selects the serving pods, targets their HTTP
+    API port (http_port), and its endpoint
     picker names queue and KV-cache metrics the server exports; every PromQL expression of
     deploy/grafana/hkv-dashboard.json names only exported metrics.
 Live part (the cpu overlay, unless --no-live): starts `hkv serve` with that overlay's config on
@@ -235,6 +237,10 @@ def check_pod(hkv, overlay, where, spec, meta, serving, cm, cfg, gpus_expected):
           f"{where}: grpc containerPort {ports.get('grpc')} != server port {pod_cfg['port']}")
     check(ports.get("metrics") == pod_cfg["metrics_port"],
           f"{where}: metrics containerPort {ports.get('metrics')} != {pod_cfg['metrics_port']}")
+    if pod_cfg["http_port"] > 0:
+        check(ports.get("http") == pod_cfg["http_port"],
+              f"{where}: http containerPort {ports.get('http')} != http_port "
+              f"{pod_cfg['http_port']}")
     check(pod_cfg["metrics_host"] in ("0.0.0.0", "::"),
           f"{where}: metrics_host {pod_cfg['metrics_host']} is not every interface: Prometheus "
           f"scrapes the pod IP")
@@ -306,9 +312,10 @@ def check_multi_node_security(docs, cfg):
         elif any(src.get("podSelector", {}).get("matchLabels") == group for src in sources):
             group_admitted = group_admitted or "ports" not in rule
     check(group_admitted, "multi-node: the group's pods are not admitted on every port (NCCL)")
-    check(open_ports == {cfg["port"], cfg["metrics_port"]},
+    api_ports = {cfg["port"], cfg["metrics_port"]} | ({cfg["http_port"]} - {0})
+    check(open_ports == api_ports,
           f"multi-node: others are admitted on {sorted(open_ports)}, expected only the API and "
-          f"metrics ports {[cfg['port'], cfg['metrics_port']]}")
+          f"metrics ports {sorted(api_ports)}")
     secrets = []
     for role in ("leaderTemplate", "workerTemplate"):
         c = next(c for c in lws["spec"]["leaderWorkerTemplate"][role]["spec"]["containers"]
@@ -331,7 +338,7 @@ def promql_metrics(expr):
     return {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
 
 
-def check_gateway_and_dashboard(serving_labels, families):
+def check_gateway_and_dashboard(serving_labels, http_port, families):
     _, docs = render_dir(os.path.join(HERE, "k8s/gateway"), "gateway")
     kinds = {}
     for d in docs:
@@ -341,6 +348,10 @@ def check_gateway_and_dashboard(serving_labels, families):
         sel = pool[0]["spec"].get("selector", {})
         check(serving_labels and all(selects(sel, labels) for labels in serving_labels),
               f"gateway: the InferencePool selector {sel} does not select the serving pods")
+        target = pool[0]["spec"].get("targetPortNumber")
+        check(http_port and target == http_port,
+              f"gateway: the InferencePool targets port {target}, not the pods' HTTP API port "
+              f"{http_port}")
         ext = pool[0]["spec"].get("extensionRef", {}).get("name")
         check(any(d["metadata"]["name"] == ext for d in kinds.get("Deployment", [])),
               f"gateway: extensionRef {ext} names no endpoint-picker Deployment")
@@ -437,6 +448,10 @@ def check_overlay(hkv, overlay, exported):
           f"{overlay}: Service grpc port mismatch")
     check(sports.get("metrics", {}).get("port") == cfg["metrics_port"],
           f"{overlay}: Service metrics port mismatch")
+    if cfg["http_port"] > 0:
+        check(sports.get("http", {}).get("port") == cfg["http_port"],
+              f"{overlay}: Service http port {sports.get('http', {}).get('port')} != http_port "
+              f"{cfg['http_port']}")
     check(all(selects(svc.get("spec", {}).get("selector"), labels) for labels in serving_labels),
           f"{overlay}: the Service does not select the serving pods")
     pdb = kinds.get("PodDisruptionBudget", [])
@@ -461,7 +476,8 @@ def check_overlay(hkv, overlay, exported):
             hpa_metrics.add(name)
             check(name in exported, f"{overlay}: HPA metric {name} is not a gauge hkv exports")
     return {"cm_text": cm_text, "spec": templates[0][1] if templates else {},
-            "hpa_metrics": hpa_metrics, "serving_labels": serving_labels}
+            "hpa_metrics": hpa_metrics, "serving_labels": serving_labels,
+            "http_port": cfg["http_port"]}
 
 
 def check_dockerfile_model_dir():
@@ -581,7 +597,8 @@ def main():
     check(len(IMAGES) == 1, f"overlays run different images: {sorted(IMAGES)}")
     families = exported_families()
     serving = (results.get("cpu") or {}).get("serving_labels", [])
-    used = check_gateway_and_dashboard(serving, families)
+    http_port = (results.get("cpu") or {}).get("http_port", 0)
+    used = check_gateway_and_dashboard(serving, http_port, families)
     if results.get("cpu"):
         results["cpu"]["dashboard_metrics"] = used | {"vllm:num_requests_waiting",
                                                       "vllm:kv_cache_usage_perc"}

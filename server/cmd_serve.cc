@@ -135,16 +135,17 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
   stats.Start();
 
   MetricsServer metrics(&engine.metrics());
-  std::unique_ptr<TlsContextSource> metrics_tls;
+  // The OpenSSL servers' (metrics and the HTTP API) contexts, from the same files as gRPC's;
+  // new connections get rotated certificates too.
+  std::unique_ptr<TlsContextSource> openssl_tls;
   if (tls.enabled()) {
-    // The same files as the API; new scrapes get rotated certificates too.
     auto source = TlsContextSource::Create(tls);
     if (!source.ok()) {
       std::cerr << "hkv serve: " << source.status().message() << "\n";
       return 1;
     }
-    metrics_tls = *std::move(source);
-    metrics.UseTls(metrics_tls.get());
+    openssl_tls = *std::move(source);
+    metrics.UseTls(openssl_tls.get());
   }
   if (config.metrics_port > 0) {
     absl::Status s = metrics.Start(config.metrics_host, config.metrics_port);
@@ -161,7 +162,8 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
   const size_t num_keys = keys->size();
   // Shared with any other front end, so that one per-key limit covers them all.
   auto tenant_limiter = std::make_shared<TenantLimiter>(config.max_requests_per_key);
-  service->SetApiKeys(std::make_shared<const ApiKeySet>(*std::move(keys)), tenant_limiter);
+  auto api_keys = std::make_shared<const ApiKeySet>(*std::move(keys));
+  service->SetApiKeys(api_keys, tenant_limiter);
   GrpcServer server(&engine, std::move(service));
   GrpcServerOptions server_options;
   server_options.max_concurrent_streams = config.max_concurrent_streams;
@@ -185,19 +187,24 @@ int RunServe(const ServerConfig& config, const DistLayout& layout) {
   // replies cancel engine requests when their clients leave.
   OpenAiApi api(&engine, bundle->loaded.tokenizer, bundle->loaded.chat,
                 OpenAiApiOptionsFrom(config));
+  api.SetApiKeys(api_keys, tenant_limiter);
   StreamingHttpServer http(
       [&api](const HttpRequest& r, const std::function<void()>& wake) {
         return api.Handle(r, wake);
       },
       HttpLimitsFrom(config));
+  if (openssl_tls != nullptr) http.UseTls(openssl_tls.get());
   if (config.http_port > 0) {
     auto http_port = http.Start(config.host, config.http_port, "--http-port");
     if (!http_port.ok()) {
       std::cerr << "hkv serve: " << http_port.status().message() << "\n";
       return 1;
     }
-    HKV_LOG(INFO) << "serving the OpenAI-compatible API on http://" << config.host << ":"
-                  << *http_port << "/v1 as " << ServedModelNames(config)[0];
+    HKV_LOG(INFO) << "serving the OpenAI-compatible API on "
+                  << (tls.enabled() ? "https://" : "http://") << config.host << ":" << *http_port
+                  << "/v1 as " << ServedModelNames(config)[0]
+                  << (tls.mutual() ? " (mutual TLS)" : "")
+                  << (num_keys > 0 ? absl::StrCat(", ", num_keys, " API keys") : std::string());
     std::cout << "hkv serve: http on " << config.host << ":" << *http_port << std::endl;
   }
   std::cout << "hkv serve: listening on " << config.host << ":" << *port << std::endl;

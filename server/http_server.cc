@@ -1,7 +1,5 @@
 #include "server/http_server.h"
 
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -19,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "common/logging.h"
 #include "server/listen_socket.h"
+#include "server/tls/tls_socket.h"
 
 namespace hkv {
 namespace {
@@ -81,14 +80,9 @@ int Ms(absl::Duration d) {
 
 struct HttpGetServer::Connection {
   enum class State { kReading, kWriting, kLingering };
-  struct SslFree {
-    void operator()(SSL* ssl) const { SSL_free(ssl); }
-  };
-  // Declared before `ssl`, destroyed after it: the session is freed before its socket closes.
+  // Declared before `io`, destroyed after it: the session is freed before its socket closes.
   tcp::Fd fd;
-  std::shared_ptr<SSL_CTX> ctx;  // Keeps the context of this connection alive across reloads.
-  std::unique_ptr<SSL, SslFree> ssl;
-  bool want_write = false;  // TLS: the session waits for the socket to take bytes.
+  TlsSocket io;
   State state = State::kReading;
   absl::Time accepted;
   absl::Time deadline;
@@ -125,6 +119,7 @@ void HttpGetServer::Stop() {
 }
 
 void HttpGetServer::Run() {
+  BlockSigpipeOnThisThread();
   std::map<int, Connection> conns;  // By file descriptor.
   std::vector<pollfd> fds;
   while (!stop_.load()) {
@@ -136,7 +131,7 @@ void HttpGetServer::Run() {
     if (!accepting) next = std::min(next, accept_paused_until_);
     for (const auto& [fd, c] : conns) {
       const short events =
-          c.state == Connection::State::kWriting || c.want_write ? POLLOUT : POLLIN;
+          c.state == Connection::State::kWriting || c.io.want_write() ? POLLOUT : POLLIN;
       fds.push_back({fd, events, 0});
       next = std::min(next, c.deadline);
     }
@@ -164,7 +159,7 @@ void HttpGetServer::Run() {
         ++it;
         continue;
       }
-      if (it->second.state == Connection::State::kReading && it->second.ssl == nullptr) {
+      if (it->second.state == Connection::State::kReading && !it->second.io.tls()) {
         SendAndForget(it->first, 408);
       }
       it = conns.erase(it);
@@ -199,30 +194,21 @@ void HttpGetServer::AcceptAll(std::map<int, Connection>* conns) {
         tcp::CloseFd(fd);
         continue;
       }
-      if (oldest->second.ssl == nullptr) SendAndForget(oldest->first, 503);
+      if (!oldest->second.io.tls()) SendAndForget(oldest->first, 503);
       conns->erase(oldest);
     }
     Connection& c = (*conns)[fd];
     c.fd = tcp::Fd(fd);
     c.accepted = now;
     c.deadline = now + limits_.request_timeout;
-    if (tls_ != nullptr) {
-      c.ctx = tls_->Current();
-      c.ssl.reset(SSL_new(c.ctx.get()));
-      if (c.ssl == nullptr || SSL_set_fd(c.ssl.get(), fd) != 1) {
-        ERR_clear_error();
-        conns->erase(fd);
-        continue;
-      }
-      SSL_set_accept_state(c.ssl.get());
-    }
+    if (!c.io.Begin(fd, tls_)) conns->erase(fd);
   }
 }
 
 void HttpGetServer::OnReadable(Connection* c) {
   char buf[4096];
   while (true) {
-    const ssize_t n = Read(c, buf, sizeof(buf));
+    const ssize_t n = c->io.Read(buf, sizeof(buf));
     if (n == -1) return;
     if (n <= 0) {  // The client closed (or reset) the connection.
       c->fd.Reset();
@@ -262,77 +248,14 @@ void HttpGetServer::Respond(Connection* c, int status, HttpResponse response, bo
   c->deadline = absl::Now() + limits_.write_timeout;
 }
 
-namespace {
-
-// What a failed SSL_read / SSL_write means for the poll loop: -1 retry when the socket is ready
-// (sets `want_write`), 0 closed cleanly, -2 failed.
-ssize_t SslResult(SSL* ssl, int ret, bool* want_write) {
-  const int error = SSL_get_error(ssl, ret);
-  ERR_clear_error();
-  switch (error) {
-    case SSL_ERROR_WANT_READ:
-      *want_write = false;
-      return -1;
-    case SSL_ERROR_WANT_WRITE:
-      *want_write = true;
-      return -1;
-    case SSL_ERROR_ZERO_RETURN:
-      return 0;
-    case SSL_ERROR_SYSCALL:
-      if (errno == EINTR || errno == EAGAIN) return -1;
-      return -2;
-    default:
-      return -2;  // a failed handshake (wrong protocol, no client certificate, ...)
-  }
-}
-
-}  // namespace
-
-ssize_t HttpGetServer::Read(Connection* c, char* buf, size_t n) {
-  if (c->ssl != nullptr) {
-    const int ret = SSL_read(c->ssl.get(), buf, static_cast<int>(n));
-    if (ret > 0) {
-      c->want_write = false;
-      return ret;
-    }
-    return SslResult(c->ssl.get(), ret, &c->want_write);
-  }
-  while (true) {
-    const ssize_t got = ::recv(c->fd.get(), buf, n, 0);
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return -1;
-    return got < 0 ? -2 : got;
-  }
-}
-
-ssize_t HttpGetServer::Write(Connection* c, const char* buf, size_t n) {
-  if (c->ssl != nullptr) {
-    const int ret = SSL_write(c->ssl.get(), buf, static_cast<int>(std::min<size_t>(n, 1 << 20)));
-    if (ret > 0) return ret;
-    // A write that wants to read (renegotiation) still polls for POLLOUT: the state is kWriting.
-    bool want_write = true;
-    return SslResult(c->ssl.get(), ret, &want_write);
-  }
-  while (true) {
-    const ssize_t sent = ::send(c->fd.get(), buf, n, MSG_NOSIGNAL);
-    if (sent < 0 && errno == EINTR) continue;
-    if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return -1;
-    return sent < 0 ? -2 : sent;
-  }
-}
-
 bool HttpGetServer::Flush(Connection* c) {
   while (c->sent < c->out.size()) {
-    const ssize_t n = Write(c, c->out.data() + c->sent, c->out.size() - c->sent);
+    const ssize_t n = c->io.Write(c->out.data() + c->sent, c->out.size() - c->sent);
     if (n == -1) return true;
     if (n <= 0) return false;
     c->sent += static_cast<size_t>(n);
   }
-  if (c->ssl != nullptr) {
-    SSL_shutdown(c->ssl.get());  // close_notify, best effort; not waiting for the peer's
-    ERR_clear_error();
-  }
-  ::shutdown(c->fd.get(), SHUT_WR);
+  c->io.ShutdownWrite();
   c->out.clear();
   c->state = Connection::State::kLingering;
   c->deadline = std::min(c->deadline, absl::Now() + kLinger);

@@ -73,10 +73,6 @@ class HttpGetServer {
   // Sends what it can of `c`'s response; false once `c` is done (closed or failed).
   bool Flush(Connection* c);
   void Respond(Connection* c, int status, HttpResponse response, bool head_only);
-  // recv/send through TLS when on: > 0 bytes, 0 closed, -1 would block (c->want_write says
-  // for which direction), -2 failed.
-  static ssize_t Read(Connection* c, char* buf, size_t n);
-  static ssize_t Write(Connection* c, const char* buf, size_t n);
 
   const std::map<std::string, HttpHandler> routes_;
   const HttpServerLimits limits_;

@@ -88,18 +88,66 @@ OpenAiApi::OpenAiApi(Engine* engine, std::shared_ptr<const Tokenizer> tokenizer,
   }
 }
 
-std::optional<HttpReply> OpenAiApi::CheckHeaders(const HttpRequest&) const { return std::nullopt; }
+HeaderLookup HttpRequestHeaders(const HttpRequest& request) {
+  return [&request](std::string_view name) -> std::optional<std::string_view> {
+    for (const auto& [n, v] : request.headers) {
+      if (n == name) return std::string_view(v);
+    }
+    return std::nullopt;
+  };
+}
+
+void OpenAiApi::SetApiKeys(std::shared_ptr<const ApiKeySet> keys,
+                           std::shared_ptr<TenantLimiter> limiter) {
+  api_keys_ = keys != nullptr ? std::move(keys) : std::make_shared<const ApiKeySet>();
+  // Without keys every request has the same (empty) tenant: no per-key cap then.
+  tenant_requests_ = limiter != nullptr && api_keys_->enabled() ? std::move(limiter)
+                                                                : std::make_shared<TenantLimiter>();
+}
+
+std::optional<HttpReply> OpenAiApi::CheckHeaders(const HttpRequest& request,
+                                                 HttpCaller* caller) const {
+  const HeaderLookup headers = HttpRequestHeaders(request);
+  // Probes and scrapers carry no key, as on gRPC's side (its health service and the metrics
+  // port need none).
+  const bool open =
+      request.path == "/health" || request.path == "/healthz" || request.path == "/metrics";
+  if (api_keys_->enabled() && !open) {
+    absl::StatusOr<std::string> tenant =
+        api_keys_->Authenticate(headers(kAuthorizationHeader).value_or(""));
+    if (!tenant.ok()) {
+      engine_->mutable_metrics()->requests_unauthenticated_total++;
+      HttpReply reply;
+      reply.status = 401;
+      reply.headers.emplace_back("WWW-Authenticate", "Bearer");
+      reply.body = RenderError(401,
+                               "Incorrect or missing API key: send `Authorization: Bearer KEY` "
+                               "with a key this server accepts (--api-key, --api-key-file)",
+                               "invalid_api_key");
+      return reply;
+    }
+    caller->tenant = *std::move(tenant);
+  }
+  absl::StatusOr<std::string> id = RequestIdFromHeaders(headers);
+  if (!id.ok()) return OpenAiErrorReply(id.status(), /*at_submit=*/false);
+  caller->request_id = *std::move(id);
+  caller->traceparent = TraceparentFromHeaders(headers);
+  return std::nullopt;
+}
 
 HttpReply OpenAiApi::Handle(const HttpRequest& request, const std::function<void()>& wake) const {
-  if (std::optional<HttpReply> refused = CheckHeaders(request)) return std::move(*refused);
+  HttpCaller caller;
+  if (std::optional<HttpReply> refused = CheckHeaders(request, &caller)) {
+    return std::move(*refused);
+  }
   const std::string& path = request.path;
   const std::string& method = request.method;
   const bool get = method == "GET" || method == "HEAD";
   if (path == "/v1/completions" && method == "POST") {
-    return Generate(request, OpenAiEndpoint::kCompletions, wake);
+    return Generate(request, caller, OpenAiEndpoint::kCompletions, wake);
   }
   if (path == "/v1/chat/completions" && method == "POST") {
-    return Generate(request, OpenAiEndpoint::kChat, wake);
+    return Generate(request, caller, OpenAiEndpoint::kChat, wake);
   }
   if (path == "/v1/models" && get) return Models();
   if (path == "/tokenize" && method == "POST") return Tokenize(request);
@@ -138,23 +186,52 @@ absl::Status OpenAiApi::CheckModel(const std::string& model) const {
                                           QuoteForError(options_.served_model_names[0])));
 }
 
-HttpReply OpenAiApi::Generate(const HttpRequest& http, OpenAiEndpoint endpoint,
-                              const std::function<void()>& wake) const {
+HttpReply OpenAiApi::Generate(const HttpRequest& http, const HttpCaller& caller,
+                              OpenAiEndpoint endpoint, const std::function<void()>& wake) const {
+  const absl::Time start = absl::Now();
+  FinishedRequest log;
+  log.request_id = caller.request_id;
+  log.tenant = caller.tenant;
+  log.traceparent = caller.traceparent;
+  // A request refused before it runs still gets its line (as gRPC's do).
+  auto refuse = [&log, &start, &caller](const absl::Status& status, bool at_submit) {
+    log.finish_reason = "refused";
+    log.status = absl::StatusCodeToString(status.code());
+    log.e2e_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+    LogFinishedRequest(log);
+    HttpReply reply = OpenAiErrorReply(status, at_submit);
+    if (!caller.request_id.empty()) reply.headers.emplace_back("X-Request-Id", caller.request_id);
+    return reply;
+  };
+  absl::StatusOr<TenantLimiter::Slot> tenant_slot = tenant_requests_->Acquire(caller.tenant);
+  if (!tenant_slot.ok()) {
+    engine_->mutable_metrics()->requests_rejected_total++;
+    return refuse(tenant_slot.status(), /*at_submit=*/true);
+  }
   absl::StatusOr<OpenAiRequest> request = ParseOpenAiRequest(http.body, endpoint, options_.limits);
-  if (!request.ok()) return OpenAiErrorReply(request.status(), false);
-  if (absl::Status s = CheckModel(request->model); !s.ok()) return OpenAiErrorReply(s, false);
+  if (!request.ok()) return refuse(request.status(), false);
+  if (absl::Status s = CheckModel(request->model); !s.ok()) return refuse(s, false);
   absl::StatusOr<std::vector<EngineRequest>> converted =
       ToEngineRequests(*request, serving_, EncodeControl{});
-  if (!converted.ok()) return OpenAiErrorReply(converted.status(), false);
+  if (!converted.ok()) return refuse(converted.status(), false);
+  for (size_t i = 0; i < converted->size(); ++i) {
+    EngineRequest& r = (*converted)[i];
+    r.tenant = caller.tenant;
+    // One id per prompt of a batch: the client's for the first, then "ID-1", "ID-2", ...
+    if (!caller.request_id.empty()) {
+      r.request_id = i == 0 ? caller.request_id : absl::StrCat(caller.request_id, "-", i);
+    }
+  }
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (EngineRequest& r : *converted) {
     absl::StatusOr<std::shared_ptr<RequestStream>> stream = engine_->Submit(std::move(r));
     if (!stream.ok()) {
       for (auto& s : streams) engine_->Cancel(s->id(), FinishReason::kAborted);
-      return OpenAiErrorReply(stream.status(), /*at_submit=*/true);
+      return refuse(stream.status(), /*at_submit=*/true);
     }
     streams.push_back(std::move(*stream));
   }
+  log.request_id = streams[0]->request_id();
   OpenAiReplyInfo info;
   info.endpoint = endpoint;
   info.id = absl::StrCat(endpoint == OpenAiEndpoint::kChat ? "chatcmpl-" : "cmpl-",
@@ -162,9 +239,12 @@ HttpReply OpenAiApi::Generate(const HttpRequest& http, OpenAiEndpoint endpoint,
   info.created = UnixNow();
   info.model = request->model.empty() ? options_.served_model_names[0] : request->model;
   for (auto& s : streams) s->SetNotify(wake);
+  auto source = std::make_unique<OpenAiReply>(engine_, std::move(info), request->stream,
+                                              request->include_usage, std::move(streams));
+  HttpHeaders headers = {{"X-Request-Id", log.request_id}};
+  source->Attach(std::move(headers), std::move(log), start, *std::move(tenant_slot));
   HttpReply reply;
-  reply.source = std::make_unique<OpenAiReply>(engine_, std::move(info), request->stream,
-                                               request->include_usage, std::move(streams));
+  reply.source = std::move(source);
   return reply;
 }
 

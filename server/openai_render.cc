@@ -92,14 +92,15 @@ std::string RenderUsageChunk(const OpenAiReplyInfo& info, const OpenAiUsage& usa
 
 std::string SseEvent(const std::string& json) { return "data: " + json + "\n\n"; }
 
-std::string RenderError(int http_status, const std::string& message) {
+std::string RenderError(int http_status, const std::string& message, const std::string& code) {
   const char* type = "invalid_request_error";
   if (http_status == 404) type = "not_found_error";
   if (http_status == 429) type = "rate_limit_error";
   if (http_status >= 500) type = http_status == 503 ? "service_unavailable" : "server_error";
+  Json code_json = http_status;
+  if (!code.empty()) code_json = code;
   return Dump(
-      {{"error",
-        {{"message", message}, {"type", type}, {"param", nullptr}, {"code", http_status}}}});
+      {{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", code_json}}}});
 }
 
 int HttpStatusOf(const absl::Status& status, bool at_submit) {

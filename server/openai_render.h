@@ -55,8 +55,9 @@ std::string RenderUsageChunk(const OpenAiReplyInfo& info, const OpenAiUsage& usa
 std::string SseEvent(const std::string& json);
 inline constexpr char kSseDone[] = "data: [DONE]\n\n";
 
-// An OpenAI error object {"error": {message, type, param, code}}.
-std::string RenderError(int http_status, const std::string& message);
+// An OpenAI error object {"error": {message, type, param, code}}; `code` is the HTTP status
+// unless a string code is given (OpenAI's "invalid_api_key").
+std::string RenderError(int http_status, const std::string& message, const std::string& code = "");
 
 // The HTTP status of a failed request: 400 bad request, 404 not found (an unknown model),
 // 429 (RESOURCE_EXHAUSTED when `at_submit`: the queue is full), 503 (UNAVAILABLE: draining or

@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "absl/status/status.h"
+#include "absl/time/clock.h"
 #include "common/logging.h"
 
 namespace hkv {
@@ -15,6 +17,39 @@ OpenAiReply::OpenAiReply(Engine* engine, OpenAiReplyInfo info, bool stream, bool
     c.stream = std::move(s);
     choices_.push_back(std::move(c));
   }
+}
+
+OpenAiReply::~OpenAiReply() { Log(); }
+
+void OpenAiReply::Attach(HttpHeaders headers, FinishedRequest log, absl::Time start,
+                         std::optional<TenantLimiter::Slot> tenant_slot) {
+  headers_ = std::move(headers);
+  log_ = std::move(log);
+  start_ = start;
+  if (tenant_slot.has_value()) tenant_slot_.emplace(*std::move(tenant_slot));
+}
+
+void OpenAiReply::Log() {
+  if (!log_.has_value()) return;
+  FinishedRequest& log = *log_;
+  const StreamUsage& first = choices_[0].usage;
+  log.queue_ms = first.queue_time_ms;
+  log.ttft_ms = first.time_to_first_token_ms;
+  for (const Choice& c : choices_) {
+    log.prompt_tokens += static_cast<int32_t>(c.stream->prompt_ids().size());
+    log.generated_tokens += c.usage.generated_tokens;
+    log.kv_tokens_kept += c.usage.kv_tokens_kept;
+    log.kv_tokens_full += c.usage.kv_tokens_full;
+    log.preemptions += c.usage.num_preemptions;
+  }
+  absl::StatusCode code = error_.code();
+  if (!ended_ && error_.ok()) code = absl::StatusCode::kCancelled;  // The client left.
+  const FinishReason finish = ended_ || !error_.ok() ? choices_[0].finish : FinishReason::kAborted;
+  log.finish_reason = std::string(FinishReasonName(finish));
+  log.status = absl::StatusCodeToString(code);
+  log.e2e_ms = absl::ToDoubleMilliseconds(absl::Now() - start_);
+  LogFinishedRequest(log);
+  log_.reset();
 }
 
 void OpenAiReply::Poll(HttpReplyWriter* writer) {
@@ -40,7 +75,7 @@ void OpenAiReply::Poll(HttpReplyWriter* writer) {
 void OpenAiReply::StartStream(HttpReplyWriter* writer) {
   if (started_) return;
   started_ = true;
-  writer->Start(200, "text/event-stream", {});
+  writer->Start(200, "text/event-stream", headers_);
   if (info_.endpoint != OpenAiEndpoint::kChat) return;
   for (size_t i = 0; i < choices_.size(); ++i) {
     writer->Write(SseEvent(RenderChunk(info_, static_cast<int>(i), "", FinishReason::kNone,
@@ -87,11 +122,13 @@ void OpenAiReply::Fail(HttpReplyWriter* writer) {
     writer->Write(SseEvent(RenderError(status, message)));
     writer->Write(kSseDone);
     writer->Finish();
+    ended_ = true;
     return;
   }
-  HttpHeaders headers;
+  HttpHeaders headers = headers_;
   if (status == 503) headers.emplace_back("Retry-After", "1");
   writer->Respond(status, "application/json", std::move(headers), RenderError(status, message));
+  ended_ = true;
 }
 
 void OpenAiReply::Complete(HttpReplyWriter* writer) {
@@ -104,13 +141,15 @@ void OpenAiReply::Complete(HttpReplyWriter* writer) {
     if (include_usage_) writer->Write(SseEvent(RenderUsageChunk(info_, usage)));
     writer->Write(kSseDone);
     writer->Finish();
+    ended_ = true;
     return;
   }
   std::vector<OpenAiChoice> choices;
   for (size_t i = 0; i < choices_.size(); ++i) {
     choices.push_back({static_cast<int>(i), std::move(choices_[i].text), choices_[i].finish});
   }
-  writer->Respond(200, "application/json", {}, RenderResponse(info_, choices, usage));
+  writer->Respond(200, "application/json", headers_, RenderResponse(info_, choices, usage));
+  ended_ = true;
 }
 
 void OpenAiReply::Abandon() { CancelRunning(); }

@@ -10,11 +10,15 @@
 // Threading: built on a handler thread, then used by the StreamingHttpServer thread alone.
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/time/time.h"
+#include "server/auth/tenant_limiter.h"
 #include "server/engine.h"
 #include "server/openai_render.h"
+#include "server/request_log.h"
 #include "server/request_stream.h"
 #include "server/streaming_http_server.h"
 
@@ -25,6 +29,14 @@ class OpenAiReply : public HttpReplySource {
   // REQUIRES: `streams` is not empty; `engine` outlives this object.
   OpenAiReply(Engine* engine, OpenAiReplyInfo info, bool stream, bool include_usage,
               std::vector<std::shared_ptr<RequestStream>> streams);
+  // Logs the request's line when the reply ends (finished, failed or abandoned).
+  ~OpenAiReply() override;
+
+  // Sends `headers` (X-Request-Id) with the response, holds `tenant_slot` (the caller's place
+  // under --max-requests-per-key) until the reply ends, and completes `log` (which has the ids)
+  // with the choices' usage for LogFinishedRequest then; `start` is when the request arrived.
+  void Attach(HttpHeaders headers, FinishedRequest log, absl::Time start,
+              std::optional<TenantLimiter::Slot> tenant_slot);
 
   void Poll(HttpReplyWriter* writer) override;
   void Abandon() override;
@@ -45,6 +57,7 @@ class OpenAiReply : public HttpReplySource {
   void CancelRunning();
   void Fail(HttpReplyWriter* writer);
   void Complete(HttpReplyWriter* writer);
+  void Log();
 
   Engine* const engine_;
   const OpenAiReplyInfo info_;
@@ -52,7 +65,12 @@ class OpenAiReply : public HttpReplySource {
   const bool include_usage_;
   std::vector<Choice> choices_;
   bool started_ = false;
-  absl::Status error_;  // The first choice's failure.
+  bool ended_ = false;   // A whole response or the stream's end was written.
+  absl::Status error_;   // The first choice's failure.
+  HttpHeaders headers_;  // Sent with the response's head.
+  std::optional<FinishedRequest> log_;
+  absl::Time start_;
+  std::optional<TenantLimiter::Slot> tenant_slot_;
 };
 
 }  // namespace hkv

@@ -23,6 +23,7 @@
 #include "common/logging.h"
 #include "nlohmann/json.hpp"
 #include "server/listen_socket.h"
+#include "server/tls/tls_socket.h"
 
 namespace hkv {
 namespace {
@@ -207,7 +208,9 @@ class StreamingHttpServer::HandlerPool {
 struct StreamingHttpServer::Connection {
   enum class State { kReading, kHandling, kReplying, kLingering };
   uint64_t serial = 0;
+  // Declared before `io`, destroyed after it: a TLS session is freed before its socket closes.
   tcp::Fd fd;
+  TlsSocket io;
   State state = State::kReading;
   absl::Time accepted;
   absl::Time deadline = absl::InfiniteFuture();
@@ -308,6 +311,7 @@ void StreamingHttpServer::Stop() {
 }
 
 void StreamingHttpServer::Run() {
+  BlockSigpipeOnThisThread();
   std::vector<pollfd> fds;
   std::vector<uint64_t> serials;
   std::vector<uint64_t> ready;
@@ -322,7 +326,7 @@ void StreamingHttpServer::Run() {
     if (!accepting) next = std::min(next, accept_paused_until_);
     for (const auto& [serial, c] : conns_) {
       short events = POLLIN | POLLRDHUP;
-      if (c->unsent() > 0) events |= POLLOUT;
+      if (c->unsent() > 0 || c->io.want_write()) events |= POLLOUT;
       fds.push_back({c->fd.get(), events, 0});
       serials.push_back(serial);
       next = std::min(next, c->deadline);
@@ -336,7 +340,11 @@ void StreamingHttpServer::Run() {
       auto it = conns_.find(serials[i - 2]);
       if (it == conns_.end()) continue;
       Connection* c = it->second.get();
-      if (fds[i].revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR)) OnReadable(c);
+      // A TLS session may need the socket writable to go on reading (its handshake).
+      if ((fds[i].revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR)) ||
+          ((fds[i].revents & POLLOUT) && c->io.want_write() && c->unsent() == 0)) {
+        OnReadable(c);
+      }
       if (c->fd.valid() && c->unsent() > 0 && !Flush(c)) c->fd.Reset();
       if (!c->fd.valid()) {
         c->Abandon();
@@ -401,6 +409,10 @@ void StreamingHttpServer::AcceptAll() {
         if (oldest == conns_.end() || it->second->accepted < oldest->second->accepted) oldest = it;
       }
       if (oldest == conns_.end()) {
+        if (tls_ != nullptr) {  // No session to say it in.
+          tcp::CloseFd(fd);
+          continue;
+        }
         const std::string busy = Head(503, "application/json", {{"Retry-After", "1"}}) +
                                  "Content-Length: 0\r\nConnection: close\r\n\r\n";
         [[maybe_unused]] ssize_t n =
@@ -415,6 +427,8 @@ void StreamingHttpServer::AcceptAll() {
     auto c = std::make_unique<Connection>();
     c->serial = next_serial_++;
     c->fd = tcp::Fd(fd);
+    // The handshake happens in the first reads, under the same deadline as the head.
+    if (!c->io.Begin(fd, tls_)) continue;
     c->request_bytes = &request_bytes_;
     c->accepted = now;
     c->deadline = now + limits_.request_timeout;
@@ -425,10 +439,9 @@ void StreamingHttpServer::AcceptAll() {
 void StreamingHttpServer::OnReadable(Connection* c) {
   char buf[16384];
   while (c->fd.valid()) {
-    const ssize_t n = ::recv(c->fd.get(), buf, sizeof(buf), 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    if (n <= 0) {  // The client closed (or reset) the connection: its request is abandoned.
+    const ssize_t n = c->io.Read(buf, sizeof(buf));
+    if (n == -1) return;
+    if (n <= 0) {  // The client closed (or reset) the connection, or its handshake failed.
       c->fd.Reset();
       return;
     }
@@ -486,9 +499,7 @@ void StreamingHttpServer::OnReadable(Connection* c) {
       }
       c->body_bytes = static_cast<size_t>(body);
       if (body > 0 && absl::EqualsIgnoreCase(c->request.Header("expect"), "100-continue")) {
-        static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        [[maybe_unused]] ssize_t w =
-            ::send(c->fd.get(), kContinue, sizeof(kContinue) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        c->out += "HTTP/1.1 100 Continue\r\n\r\n";  // Flushed once this read is done.
       }
     }
     if (c->in.size() >= c->head_end + c->body_bytes) {
@@ -547,9 +558,8 @@ bool StreamingHttpServer::Flush(Connection* c) {
   const absl::Time now = absl::Now();
   bool progress = false;
   while (c->unsent() > 0) {
-    const ssize_t n = ::send(c->fd.get(), c->out.data() + c->sent, c->unsent(), MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    const ssize_t n = c->io.Write(c->out.data() + c->sent, c->unsent());
+    if (n == -1) break;
     if (n <= 0) return false;
     c->sent += static_cast<size_t>(n);
     progress = true;
@@ -563,7 +573,7 @@ bool StreamingHttpServer::Flush(Connection* c) {
   }
   if (c->state == Connection::State::kLingering) return true;
   if (c->finished && c->unsent() == 0) {
-    ::shutdown(c->fd.get(), SHUT_WR);
+    c->io.ShutdownWrite();
     c->state = Connection::State::kLingering;
     c->deadline = now + kLinger;
     return true;

@@ -16,6 +16,12 @@
 // Abandon()ed, which cancels the engine request. Replies are never buffered past
 // max_buffered_bytes per connection: a client that stops reading stops its source being polled.
 //
+// TLS (optional, UseTls): each accepted socket runs a non-blocking OpenSSL server session
+// (server/tls/tls_socket.h) on the server thread; the handshake counts against request_timeout
+// like the head does, and a failed one (no client certificate from the client CA under mTLS)
+// just closes the connection. New connections take the TlsContextSource's current context, so
+// rotated certificates apply without a restart.
+//
 // Threading: Start, Stop and the destructor from one owning thread. Handlers run on pool threads
 // (concurrently); an HttpReplySource is used by the server thread alone once it is handed over,
 // and its wake function may be called from any thread.
@@ -34,6 +40,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/tcp_socket.h"
+#include "server/tls/tls_config.h"
 
 namespace hkv {
 
@@ -109,6 +116,8 @@ class StreamingHttpServer {
   StreamingHttpServer(HttpRouteHandler handler, StreamingHttpLimits limits = {});
   ~StreamingHttpServer();  // Stops.
 
+  // Serves HTTPS with contexts from `tls` (which must outlive the server). Call before Start.
+  void UseTls(TlsContextSource* tls) { tls_ = tls; }
   // Binds host:port (0 picks a free port), starts the threads; returns the bound port.
   // UNAVAILABLE when the address cannot be bound (a port in use names `flag`).
   absl::StatusOr<int> Start(const std::string& host, int port, const std::string& flag);
@@ -135,6 +144,7 @@ class StreamingHttpServer {
 
   const HttpRouteHandler handler_;
   const StreamingHttpLimits limits_;
+  TlsContextSource* tls_ = nullptr;  // Not owned; null: plaintext.
   std::shared_ptr<Mailbox> mailbox_;
   std::unique_ptr<HandlerPool> pool_;
   tcp::Fd listener_;

@@ -38,8 +38,10 @@ PY
 free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 http_port=$(free_port)
 log="$work/serve.log"
+api_key="sdk-test-key-0123456789"
 "$hkv" serve --model="$model" --host=127.0.0.1 --port=0 --metrics-port=0 \
-  --http-port="$http_port" --kv-pool-blocks=4096 --num-threads=1 >"$log" 2>&1 &
+  --http-port="$http_port" --kv-pool-blocks=4096 --num-threads=1 --api-key="$api_key" \
+  >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 300); do
@@ -48,4 +50,4 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 grep -q "listening" "$log" || { cat "$log"; exit 1; }
-node "$work/openai_sdk_test.mjs" "http://127.0.0.1:$http_port/v1" needle-chat
+node "$work/openai_sdk_test.mjs" "http://127.0.0.1:$http_port/v1" needle-chat "$api_key"

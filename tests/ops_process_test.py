@@ -5,7 +5,8 @@ would: grpcio's own TLS client and urllib's HTTPS, certificates made here with o
 Checks: the API answers only TLS; a call without a key or with a wrong one is UNAUTHENTICATED;
 keys from the flag (repeated) and from the file both work; x-request-id comes back in the
 initial metadata and in the responses; the plaintext health port answers SERVING; /metrics is
-HTTPS with vLLM names; every stderr log line is one JSON object; the finished request's line
+HTTPS with vLLM names; the OpenAI-compatible HTTP API speaks HTTPS, needs a key (401
+invalid_api_key) and echoes X-Request-Id; every stderr log line is one JSON object; the finished request's line
 carries its id, tenant, traceparent and usage; a periodic stats line appears; SIGTERM exits 0.
 Usage: ops_process_test.py HKV_BINARY   (exit 77: skipped, no grpcio or openssl)
 """
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 try:
@@ -77,6 +79,32 @@ def health(port, service="hkv.v1.Generation"):
         channel.close()
 
 
+def check_http_api(http_port, context):
+    """The OpenAI-compatible API over HTTPS: a key needed (401 invalid_api_key without), the
+    request id echoed and in the response id, /health open."""
+    url = f"https://localhost:{http_port}"
+    body = json.dumps({"prompt": "Once upon a time", "max_tokens": 5, "ignore_eos": True})
+    for key in (None, "wrong-key-0000000001"):
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(f"{url}/v1/completions", data=body.encode(), headers=headers)
+        try:
+            urllib.request.urlopen(req, context=context, timeout=10)
+            failures.append(f"HTTP completion with key {key!r} was served")
+        except urllib.error.HTTPError as e:
+            check(e.code == 401, f"HTTP key {key!r}: {e.code} instead of 401")
+            check(json.loads(e.read())["error"]["code"] == "invalid_api_key", "no invalid_api_key")
+    req = urllib.request.Request(f"{url}/v1/completions", data=body.encode(), headers={
+        "Content-Type": "application/json", "Authorization": "Bearer file-key-000000001",
+        "X-Request-Id": "py-http-1", "traceparent": TRACEPARENT})
+    with urllib.request.urlopen(req, context=context, timeout=30) as r:
+        check(r.headers.get("X-Request-Id") == "py-http-1", "HTTP X-Request-Id not echoed")
+        check(json.loads(r.read())["id"] == "cmpl-py-http-1", "HTTP response id")
+    with urllib.request.urlopen(f"{url}/health", context=context, timeout=10) as r:
+        check(r.status == 200, "HTTPS /health needs a key")
+
+
 def main():
     hkv = sys.argv[1]
     pb2, pb2_grpc = python_client.load_stubs()
@@ -84,12 +112,13 @@ def main():
     make_certs(d)
     with open(f"{d}/keys.txt", "w") as f:
         f.write("# tenant keys\nfile-key-000000001 team-a\n")
-    port, mport, hport = free_port(), free_port(), free_port()
+    port, mport, hport, http_port = free_port(), free_port(), free_port(), free_port()
     log_path = f"{d}/serve.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
         [hkv, "serve", "--host=127.0.0.1", f"--port={port}", "--metrics-host=127.0.0.1",
-         f"--metrics-port={mport}", f"--health-port={hport}", f"--tls-cert={d}/server.pem",
+         f"--metrics-port={mport}", f"--health-port={hport}", f"--http-port={http_port}",
+         f"--tls-cert={d}/server.pem",
          f"--tls-key={d}/server.key", f"--api-key-file={d}/keys.txt",
          "--api-key=flag-key-000000001", "--api-key", "flag-key-000000002",
          "--log-format=json", "--stats-interval-s=1", "--kv-pool-blocks=2048",
@@ -140,6 +169,7 @@ def main():
                                       timeout=10).read().decode()
         check('vllm:num_requests_running{model_name="' in body, "no vllm:num_requests_running")
         check('vllm:request_success_total{model_name="' in body, "no vllm:request_success_total")
+        check_http_api(http_port, context)
         deadline = time.time() + 10
         while time.time() < deadline and '"msg":"stats"' not in open(log_path).read():
             time.sleep(0.2)
@@ -169,6 +199,12 @@ def main():
         for key in ("queue_ms", "ttft_ms", "e2e_ms", "kv_tokens_kept", "kv_tokens_full",
                     "preemptions"):
             check(isinstance(r.get(key), (int, float)), f"{key} missing or not a number")
+    mine = [r for r in finished if r.get("request_id") == "py-http-1"]
+    if check(len(mine) == 1, f"{len(mine)} finished-request lines for py-http-1"):
+        r = mine[0]
+        check(r.get("tenant") == "team-a" and r.get("traceparent") == TRACEPARENT,
+              f"HTTP request line: tenant {r.get('tenant')}, traceparent {r.get('traceparent')}")
+        check(r.get("generated_tokens") == 5 and r.get("status") == "OK", "HTTP token counts")
     stats = [r for r in records if r.get("msg") == "stats"]
     check(stats and all(k in stats[0] for k in ("running", "waiting", "kv_pool_used",
                                                 "generation_tokens_per_s")), "no stats line")

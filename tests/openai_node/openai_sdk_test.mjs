@@ -1,12 +1,14 @@
 // The official `openai` npm package against `hkv serve --http-port`: models, completions and
 // chat, streamed and not, errors as the SDK's typed exceptions, and a client that aborts a
-// stream (its request must end and its KV blocks be freed). Usage: node openai_sdk_test.mjs
-// BASE_URL MODEL. Exits non-zero on the first failed check.
+// stream (its request must end and its KV blocks be freed), the API key (a wrong one is the
+// SDK's AuthenticationError) and X-Request-Id echoed back. Usage: node openai_sdk_test.mjs
+// BASE_URL MODEL API_KEY (the server runs with --api-key=API_KEY). Exits non-zero on the first
+// failed check.
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 
-const [baseURL, model] = process.argv.slice(2);
-const client = new OpenAI({ baseURL, apiKey: 'unused', maxRetries: 0, timeout: 60000 });
+const [baseURL, model, apiKey] = process.argv.slice(2);
+const client = new OpenAI({ baseURL, apiKey, maxRetries: 0, timeout: 60000 });
 const root = baseURL.replace(/\/v1\/?$/, '');
 
 async function metric(names) {
@@ -90,7 +92,8 @@ async function checkChat() {
 
   // What the template made of the messages, as /tokenize shows it.
   const tok = await (await fetch(`${root}/tokenize`, {
-    method: 'POST', body: JSON.stringify({ model, messages: params.messages }) })).json();
+    method: 'POST', headers: { Authorization: `Bearer ${apiKey}` },
+    body: JSON.stringify({ model, messages: params.messages }) })).json();
   assert.equal(tok.count, whole.usage.prompt_tokens);
   assert.ok(tok.prompt.includes('What is the key?'));
 }
@@ -104,6 +107,31 @@ async function checkErrors() {
     (e) => e instanceof OpenAI.BadRequestError && /messages/.test(e.message));
   await assert.rejects(client.completions.create({ model, prompt: 'x', temperature: 'hot' }),
     (e) => e instanceof OpenAI.BadRequestError && /temperature/.test(e.message));
+}
+
+async function checkApiKey() {
+  const stranger = new OpenAI({ baseURL, apiKey: 'wrong-key-0123456789', maxRetries: 0 });
+  await assert.rejects(stranger.completions.create({ model, prompt: 'x', max_tokens: 1 }),
+    (e) => e instanceof OpenAI.AuthenticationError && e.status === 401 &&
+      e.code === 'invalid_api_key');
+  await assert.rejects(stranger.models.list(), (e) => e instanceof OpenAI.AuthenticationError);
+  // Probes and scrapers need no key.
+  assert.equal((await fetch(`${root}/health`)).status, 200);
+  assert.equal((await fetch(`${root}/metrics`)).status, 200);
+}
+
+async function checkRequestId() {
+  const { data, response } = await client.completions
+    .create({ model, prompt: 'The key is', max_tokens: 2 }, { headers: { 'X-Request-Id': 'sdk-7' } })
+    .withResponse();
+  assert.equal(response.headers.get('x-request-id'), 'sdk-7');
+  assert.equal(data.id, 'cmpl-sdk-7');
+  const chat = await client.chat.completions
+    .create({ model, messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 })
+    .withResponse();
+  const id = chat.response.headers.get('x-request-id');
+  assert.ok(id?.startsWith('hkv-'), `generated id: ${id}`);
+  assert.equal(chat.data.id, `chatcmpl-${id}`);
 }
 
 async function checkAbortMidStream() {
@@ -124,7 +152,8 @@ async function checkAbortMidStream() {
   assert.ok((await generated()) - before < 3000, 'the aborted request ran to its end');
 }
 
-for (const check of [checkModels, checkCompletions, checkChat, checkErrors, checkAbortMidStream]) {
+for (const check of [checkModels, checkCompletions, checkChat, checkErrors, checkApiKey,
+  checkRequestId, checkAbortMidStream]) {
   await check();
   console.log(`ok ${check.name}`);
 }
