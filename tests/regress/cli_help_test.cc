@@ -67,7 +67,8 @@ std::set<std::string> ListedFlags(const std::string& help) {
   return names;
 }
 
-const char* const kCommands[] = {"generate", "serve", "headkv-plan", "bench-serve"};
+const char* const kCommands[] = {"generate",    "serve", "headkv-plan", "headkv-score",
+                                 "bench-serve", "eval"};
 
 TEST(CliHelpTest, ProgramHelpListsEveryCommandAndExitsZero) {
   for (const char* args : {"--help", "help", "-h", "--helpshort"}) {
