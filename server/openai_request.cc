@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/quote.h"
+#include "common/sampling_params.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -21,16 +22,9 @@ struct PendingFeature {
   bool (*needed)(const OpenAiRequest&);
 };
 constexpr PendingFeature kPendingFeatures[] = {
-    {"n", [](const OpenAiRequest& r) { return r.n != 1; }},
-    {"best_of", [](const OpenAiRequest& r) { return r.best_of != 1; }},
-    {"logprobs", [](const OpenAiRequest& r) { return r.logprobs; }},
-    {"top_logprobs", [](const OpenAiRequest& r) { return r.top_logprobs != 0; }},
+    // best_of candidates beyond the n returned would need server-side ranking.
+    {"best_of", [](const OpenAiRequest& r) { return r.best_of.value_or(r.n) != r.n; }},
     {"echo", [](const OpenAiRequest& r) { return r.echo; }},
-    {"presence_penalty", [](const OpenAiRequest& r) { return r.presence_penalty != 0; }},
-    {"frequency_penalty", [](const OpenAiRequest& r) { return r.frequency_penalty != 0; }},
-    {"repetition_penalty", [](const OpenAiRequest& r) { return r.repetition_penalty != 1; }},
-    {"min_p", [](const OpenAiRequest& r) { return r.min_p != 0; }},
-    {"min_tokens", [](const OpenAiRequest& r) { return r.min_tokens != 0; }},
 };
 
 absl::Status TypeError(absl::string_view field, absl::string_view expected) {
@@ -286,15 +280,37 @@ absl::Status ParseSampling(const Json& body, OpenAiRequest* r) {
   if (r->endpoint == OpenAiEndpoint::kChat) {
     HKV_RETURN_IF_ERROR(GetBool(body, "logprobs", &r->logprobs));
   } else {
+    // Completions' logprobs is the number of alternatives; present (even 0) means "on".
     std::optional<int64_t> logprobs;
     HKV_RETURN_IF_ERROR(GetInt(body, "logprobs", &logprobs));
     r->logprobs = logprobs.has_value();
+    if (logprobs.has_value()) {
+      if (r->top_logprobs != 0) {
+        return absl::InvalidArgumentError(
+            "`top_logprobs` is a chat field: completions take the count as `logprobs`");
+      }
+      r->top_logprobs = *logprobs;
+    }
+  }
+  if (r->top_logprobs < 0 || r->top_logprobs > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("`", r->endpoint == OpenAiEndpoint::kChat ? "top_logprobs" : "logprobs",
+                     "` must be in [0, ", kMaxTopLogprobs, "], got ", r->top_logprobs));
+  }
+  if (r->top_logprobs != 0 && !r->logprobs) {
+    return absl::InvalidArgumentError("`top_logprobs` needs `logprobs` set to true");
   }
   if (r->max_tokens.has_value() && *r->max_tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("`max_tokens` must be at least 1, got ", *r->max_tokens));
   }
-  if (r->n < 1) return absl::InvalidArgumentError("`n` must be at least 1");
+  if (r->n < 1 || r->n > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("`n` must be at least 1, got ", r->n));
+  }
+  if (r->min_tokens < 0 || r->min_tokens > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("`min_tokens` must be >= 0, got ", r->min_tokens));
+  }
   if (r->priority < std::numeric_limits<int32_t>::min() ||
       r->priority > std::numeric_limits<int32_t>::max()) {
     return TypeError("priority", "a 32-bit integer");
@@ -402,6 +418,14 @@ absl::StatusOr<std::vector<EngineRequest>> ToEngineRequests(const OpenAiRequest&
     r.sampling.ignore_eos = request.ignore_eos;
     r.sampling.stop = request.stop;
     r.sampling.stop_token_ids = request.stop_token_ids;
+    // Ranges are the engine's (ValidateSamplingParams names the field), as on gRPC.
+    r.sampling.presence_penalty = static_cast<float>(request.presence_penalty);
+    r.sampling.frequency_penalty = static_cast<float>(request.frequency_penalty);
+    r.sampling.repetition_penalty = static_cast<float>(request.repetition_penalty);
+    r.sampling.min_p = static_cast<float>(request.min_p);
+    r.sampling.min_tokens = static_cast<int32_t>(request.min_tokens);
+    r.sampling.logprobs = request.logprobs ? static_cast<int32_t>(request.top_logprobs) : -1;
+    r.sampling.n = static_cast<int32_t>(request.n);
     if (request.kv_policy.size() > 32) {
       return absl::InvalidArgumentError(
           absl::StrCat("kv_policy.name ", QuoteForError(request.kv_policy),

@@ -4,7 +4,7 @@
 // into EngineRequests (prompts tokenized, chats rendered by the model's ChatTemplate). Unknown
 // fields are ignored, as OpenAI does; a field of the wrong type is INVALID_ARGUMENT naming it.
 // Fields parsed but not served yet are refused by one table (kPendingFeatures in the .cc) only
-// when their value would need them (n > 1, logprobs, penalties, ...).
+// when their value would need them (echo, best_of other than n).
 //
 // Pure functions; thread-safe.
 
@@ -54,11 +54,13 @@ struct OpenAiRequest {
   std::string kv_policy;
   int64_t kv_budget = 0;
   double kv_beta = 0;
-  // Parsed but not served yet (see kPendingFeatures); defaults are what needs nothing.
-  int64_t n = 1;
-  int64_t best_of = 1;
-  bool logprobs = false;  // Chat's logprobs, or completions' logprobs present (any value).
+  int64_t n = 1;  // Samples per prompt (choices prompt_index * n + sample).
+  // Chat's logprobs, or completions' logprobs present (any value); top_logprobs is chat's
+  // top_logprobs or completions' logprobs value, in [0, kMaxTopLogprobs].
+  bool logprobs = false;
   int64_t top_logprobs = 0;
+  // Parsed but not served yet (see kPendingFeatures); defaults are what needs nothing.
+  std::optional<int64_t> best_of;
   bool echo = false;
   double presence_penalty = 0;
   double frequency_penalty = 0;
@@ -93,7 +95,7 @@ struct OpenAiServing {
 absl::StatusOr<std::string> RenderChat(const std::vector<ChatMessage>& messages,
                                        bool add_generation_prompt, const OpenAiServing& serving);
 
-// One EngineRequest per choice (one per prompt; one for a chat). Completions default to 16
+// One EngineRequest per prompt (one for a chat), each drawing `n` samples. Completions default to 16
 // tokens (OpenAI's default), chats to what is left of the context after the prompt.
 absl::StatusOr<std::vector<EngineRequest>> ToEngineRequests(const OpenAiRequest& request,
                                                             const OpenAiServing& serving,

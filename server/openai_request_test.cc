@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/paths.h"
+#include "common/sampling_params.h"
 #include "gtest/gtest.h"
 #include "tokenizer/llama2c_tokenizer.h"
 
@@ -105,18 +106,62 @@ TEST(OpenAiRequestTest, BadBodies) {
 }
 
 TEST(OpenAiRequestTest, PendingFeaturesRefusedOnlyWhenUsed) {
-  for (const char* field :
-       {R"("n": 2)", R"("best_of": 3)", R"("logprobs": 1)", R"("echo": true)",
-        R"("presence_penalty": 0.5)", R"("frequency_penalty": -1)", R"("repetition_penalty": 1.2)",
-        R"("min_p": 0.1)", R"("min_tokens": 4)", R"("top_logprobs": 2)"}) {
+  for (const char* field : {R"("best_of": 3)", R"("n": 2, "best_of": 3)", R"("echo": true)"}) {
     const std::string message =
         Refusal(Completions(std::string(R"({"prompt": "x", )") + field + "}"));
     EXPECT_NE(message.find("not supported by this server"), std::string::npos) << field;
   }
-  EXPECT_TRUE(Chat(R"({"messages": [{"role": "user", "content": "hi"}], "logprobs": false})").ok());
-  EXPECT_NE(Refusal(Chat(R"({"messages": [{"role": "user", "content": "hi"}], "logprobs": true})"))
-                .find("logprobs"),
+  EXPECT_TRUE(Completions(R"({"prompt": "x", "n": 3, "best_of": 3, "echo": false})").ok());
+}
+
+TEST(OpenAiRequestTest, SamplingFieldsParse) {
+  auto c = Completions(R"({"prompt": "x", "n": 3, "logprobs": 4, "presence_penalty": 0.5,
+      "frequency_penalty": -1, "repetition_penalty": 1.2, "min_p": 0.1, "min_tokens": 4})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->n, 3);
+  EXPECT_TRUE(c->logprobs);
+  EXPECT_EQ(c->top_logprobs, 4);
+  EXPECT_DOUBLE_EQ(c->presence_penalty, 0.5);
+  EXPECT_DOUBLE_EQ(c->frequency_penalty, -1);
+  EXPECT_DOUBLE_EQ(c->repetition_penalty, 1.2);
+  EXPECT_DOUBLE_EQ(c->min_p, 0.1);
+  EXPECT_EQ(c->min_tokens, 4);
+  auto zero = Completions(R"({"prompt": "x", "logprobs": 0})");
+  ASSERT_TRUE(zero.ok()) << zero.status();
+  EXPECT_TRUE(zero->logprobs);  // 0: the sampled token's logprob only.
+  EXPECT_EQ(zero->top_logprobs, 0);
+  EXPECT_FALSE(Completions(R"({"prompt": "x"})")->logprobs);
+
+  const std::string hi = R"({"messages": [{"role": "user", "content": "hi"}], )";
+  auto chat = Chat(hi + R"("logprobs": true, "top_logprobs": 20})");
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  EXPECT_TRUE(chat->logprobs);
+  EXPECT_EQ(chat->top_logprobs, 20);
+  EXPECT_FALSE(Chat(hi + R"("logprobs": false})")->logprobs);
+}
+
+TEST(OpenAiRequestTest, BadSamplingFieldsNameTheField) {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"("n": 0)", "`n`"},
+      {R"("n": 1e10)", "`n`"},
+      {R"("n": "2")", "`n`"},
+      {R"("min_tokens": -1)", "`min_tokens`"},
+      {R"("logprobs": 21)", "`logprobs`"},
+      {R"("logprobs": -1)", "`logprobs`"},
+      {R"("logprobs": true)", "`logprobs`"},
+      {R"("logprobs": 2, "top_logprobs": 2)", "`top_logprobs`"},
+      {R"("presence_penalty": "a")", "`presence_penalty`"},
+  };
+  for (const auto& [field, name] : cases) {
+    const std::string message =
+        Refusal(Completions(std::string(R"({"prompt": "x", )") + field + "}"));
+    EXPECT_NE(message.find(name), std::string::npos) << field << ": " << message;
+  }
+  const std::string hi = R"({"messages": [{"role": "user", "content": "hi"}], )";
+  EXPECT_NE(Refusal(Chat(hi + R"("top_logprobs": 3})")).find("`logprobs`"), std::string::npos);
+  EXPECT_NE(Refusal(Chat(hi + R"("logprobs": true, "top_logprobs": 21})")).find("top_logprobs"),
             std::string::npos);
+  EXPECT_NE(Refusal(Chat(hi + R"("logprobs": 3})")).find("`logprobs`"), std::string::npos);
 }
 
 TEST(OpenAiRequestTest, Messages) {
@@ -190,6 +235,43 @@ TEST_F(ToEngineRequestsTest, CompletionsDefaultsAndMapping) {
   ASSERT_TRUE(r.ok());
   EXPECT_FALSE((*r)[0].seed.has_value());
   EXPECT_FLOAT_EQ((*r)[0].sampling.temperature, 1.0f);  // OpenAI's default.
+}
+
+TEST_F(ToEngineRequestsTest, SamplingFieldsMapAsOnGrpc) {
+  auto parsed = Completions(R"({"prompt": ["a", "b"], "n": 3, "logprobs": 5,
+      "presence_penalty": 0.5, "frequency_penalty": -1, "repetition_penalty": 1.25,
+      "min_p": 0.125, "min_tokens": 4})");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  auto requests = ToEngineRequests(*parsed, serving_, {});
+  ASSERT_TRUE(requests.ok()) << requests.status();
+  ASSERT_EQ(requests->size(), 2u);  // One per prompt, each of n samples.
+  for (const EngineRequest& r : *requests) {
+    EXPECT_EQ(r.sampling.n, 3);
+    EXPECT_EQ(r.sampling.logprobs, 5);
+    EXPECT_FLOAT_EQ(r.sampling.presence_penalty, 0.5f);
+    EXPECT_FLOAT_EQ(r.sampling.frequency_penalty, -1.0f);
+    EXPECT_FLOAT_EQ(r.sampling.repetition_penalty, 1.25f);
+    EXPECT_FLOAT_EQ(r.sampling.min_p, 0.125f);
+    EXPECT_EQ(r.sampling.min_tokens, 4);
+    EXPECT_TRUE(ValidateSamplingParams(r.sampling).ok());
+  }
+  auto plain = ToEngineRequests(*Completions(R"({"prompt": "a"})"), serving_, {});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ((*plain)[0].sampling.n, 1);
+  EXPECT_EQ((*plain)[0].sampling.logprobs, -1);  // None asked for.
+  EXPECT_FLOAT_EQ((*plain)[0].sampling.repetition_penalty, 1.0f);
+  auto sampled_only = ToEngineRequests(*Completions(R"({"prompt": "a", "logprobs": 0})"),
+                                       serving_, {});
+  ASSERT_TRUE(sampled_only.ok());
+  EXPECT_EQ((*sampled_only)[0].sampling.logprobs, 0);
+
+  // Out-of-range values pass through to the engine's check, which names the field.
+  auto bad = ToEngineRequests(*Completions(R"({"prompt": "a", "presence_penalty": 3})"),
+                              serving_, {});
+  ASSERT_TRUE(bad.ok());
+  const absl::Status s = ValidateSamplingParams((*bad)[0].sampling);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("presence_penalty"), std::string::npos) << s;
 }
 
 TEST_F(ToEngineRequestsTest, RefusesWhatTheServerCannotDo) {

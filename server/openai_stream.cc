@@ -1,5 +1,6 @@
 #include "server/openai_stream.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -12,10 +13,10 @@ OpenAiReply::OpenAiReply(Engine* engine, OpenAiReplyInfo info, bool stream, bool
                          std::vector<std::shared_ptr<RequestStream>> streams)
     : engine_(engine), info_(std::move(info)), stream_(stream), include_usage_(include_usage) {
   HKV_CHECK(!streams.empty());
-  for (auto& s : streams) {
-    Choice c;
-    c.stream = std::move(s);
-    choices_.push_back(std::move(c));
+  streams_ = std::move(streams);
+  n_ = std::max(1, streams_[0]->num_samples());
+  for (size_t s = 0; s < streams_.size(); ++s) {
+    for (int k = 0; k < n_; ++k) choices_.push_back(Choice{.stream = static_cast<int>(s)});
   }
 }
 
@@ -35,8 +36,8 @@ void OpenAiReply::Log() {
   const StreamUsage& first = choices_[0].usage;
   log.queue_ms = first.queue_time_ms;
   log.ttft_ms = first.time_to_first_token_ms;
+  for (const auto& s : streams_) log.prompt_tokens += static_cast<int32_t>(s->prompt_ids().size());
   for (const Choice& c : choices_) {
-    log.prompt_tokens += static_cast<int32_t>(c.stream->prompt_ids().size());
     log.generated_tokens += c.usage.generated_tokens;
     log.kv_tokens_kept += c.usage.kv_tokens_kept;
     log.kv_tokens_full += c.usage.kv_tokens_full;
@@ -55,9 +56,9 @@ void OpenAiReply::Log() {
 void OpenAiReply::Poll(HttpReplyWriter* writer) {
   std::string events;  // Of this poll; the stream's head waits for its first event.
   bool all_done = true;
-  for (size_t i = 0; i < choices_.size() && error_.ok(); ++i) {
-    Drain(static_cast<int>(i), &events);
-    all_done = all_done && choices_[i].done;
+  for (size_t s = 0; s < streams_.size() && error_.ok(); ++s) {
+    Drain(static_cast<int>(s), &events);
+    all_done = all_done && StreamDone(static_cast<int>(s));
   }
   if (!stream_) {
     if (!error_.ok()) return Fail(writer);
@@ -83,11 +84,24 @@ void OpenAiReply::StartStream(HttpReplyWriter* writer) {
   }
 }
 
-void OpenAiReply::Drain(int index, std::string* events) {
-  Choice& c = choices_[index];
-  while (!c.done) {
-    std::optional<StreamChunk> chunk = c.stream->Next(absl::ZeroDuration());
+bool OpenAiReply::StreamDone(int s) const {
+  for (int k = 0; k < n_; ++k) {
+    if (!choices_[s * n_ + k].done) return false;
+  }
+  return true;
+}
+
+void OpenAiReply::Drain(int s, std::string* events) {
+  while (!StreamDone(s)) {
+    std::optional<StreamChunk> chunk = streams_[s]->Next(absl::ZeroDuration());
     if (!chunk.has_value()) return;
+    if (chunk->index < 0 || chunk->index >= n_) {
+      error_ = absl::InternalError("a stream chunk names a sample out of range");
+      return;
+    }
+    const int index = s * n_ + chunk->index;
+    Choice& c = choices_[index];
+    if (c.done) continue;  // A sample's chunks after its end (none are expected).
     if (chunk->finished) {
       c.done = true;
       c.finish = chunk->finish;
@@ -107,10 +121,10 @@ void OpenAiReply::Drain(int index, std::string* events) {
 }
 
 void OpenAiReply::CancelRunning() {
-  for (Choice& c : choices_) {
-    if (c.done) continue;
-    engine_->Cancel(c.stream->id(), FinishReason::kAborted);
-    c.done = true;
+  for (size_t s = 0; s < streams_.size(); ++s) {
+    if (StreamDone(static_cast<int>(s))) continue;
+    engine_->Cancel(streams_[s]->id(), FinishReason::kAborted);
+    for (int k = 0; k < n_; ++k) choices_[s * n_ + k].done = true;
   }
 }
 
@@ -134,6 +148,7 @@ void OpenAiReply::Fail(HttpReplyWriter* writer) {
 void OpenAiReply::Complete(HttpReplyWriter* writer) {
   OpenAiUsage usage;
   for (const Choice& c : choices_) {
+    // n > 1: only sample 0's usage counts the prompt, so it is counted once per prompt.
     usage.prompt_tokens += c.usage.prompt_tokens;
     usage.completion_tokens += c.usage.generated_tokens;
   }

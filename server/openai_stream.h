@@ -1,6 +1,7 @@
 #pragma once
 // OpenAiReply: the HTTP reply of one completions or chat request, made from its engine requests'
-// RequestStreams (one per choice) as they produce output: server-sent event chunks while they
+// RequestStreams (one per prompt, each of n samples: choice prompt_index * n + sample, as OpenAI
+// numbers them) as they produce output: server-sent event chunks while they
 // run when the client asked to stream, else one response object once all have finished. A
 // request that fails before any output (even a streamed one: its head waits for the first
 // event) is answered with its error's HTTP status; one that fails later ends its event stream
@@ -43,15 +44,16 @@ class OpenAiReply : public HttpReplySource {
 
  private:
   struct Choice {
-    std::shared_ptr<RequestStream> stream;
+    int stream = 0;  // Index into streams_; the sample is the choice's index % n_.
     std::string text;  // Non-streamed replies only.
     FinishReason finish = FinishReason::kNone;
     StreamUsage usage;
     bool done = false;
   };
-  // Moves the chunks waiting in choice `index`'s stream into the reply (`events` when
-  // streaming).
-  void Drain(int index, std::string* events);
+  // Moves the chunks waiting in stream `s` into its choices (`events` when streaming).
+  void Drain(int s, std::string* events);
+  // Whether every sample of stream `s` has ended.
+  bool StreamDone(int s) const;
   // Writes the stream's head (and a chat's role deltas) unless written.
   void StartStream(HttpReplyWriter* writer);
   void CancelRunning();
@@ -63,7 +65,9 @@ class OpenAiReply : public HttpReplySource {
   const OpenAiReplyInfo info_;
   const bool stream_;
   const bool include_usage_;
-  std::vector<Choice> choices_;
+  std::vector<std::shared_ptr<RequestStream>> streams_;
+  int n_ = 1;  // Samples per stream (every stream has the same).
+  std::vector<Choice> choices_;  // streams_.size() * n_.
   bool started_ = false;
   bool ended_ = false;   // A whole response or the stream's end was written.
   absl::Status error_;   // The first choice's failure.
