@@ -155,6 +155,112 @@ TEST_F(OpenAiHttpTest, StopStringsAndListsOfPrompts) {
   EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");  // "...named Lily" is the golden text.
 }
 
+TEST_F(OpenAiHttpTest, NGreedyChoicesAreIdenticalAndIndexedPerPrompt) {
+  const HttpResult r = Post("/v1/completions", R"({"prompt": [[1], [1, 403]], "n": 3,
+      "best_of": 3, "max_tokens": 12, "temperature": 0})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const Json j = Json::parse(r.body);
+  ASSERT_EQ(j["choices"].size(), 6u);
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(j["choices"][i]["index"], i);  // prompt_index * n + sample, as OpenAI numbers.
+    EXPECT_EQ(j["choices"][i]["finish_reason"], "length");
+    // Greedy: every sample of a prompt is that prompt's one continuation.
+    EXPECT_EQ(j["choices"][i]["text"], j["choices"][i / 3 * 3]["text"]) << i;
+  }
+  EXPECT_NE(j["choices"][0]["text"], j["choices"][3]["text"]);
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 1 + 2);  // Each prompt once, not once per sample.
+  EXPECT_EQ(j["usage"]["completion_tokens"], 6 * 12);
+  const HttpResult one = Post("/v1/completions",
+                              R"({"prompt": [1], "max_tokens": 12, "temperature": 0})");
+  ASSERT_EQ(one.status, 200) << one.body;
+  EXPECT_EQ(Json::parse(one.body)["choices"][0]["text"], j["choices"][0]["text"]);
+}
+
+TEST_F(OpenAiHttpTest, NSeededStreamCarriesEverySamplesIndex) {
+  const std::string body = R"({"prompt": "Once upon a time", "n": 2, "max_tokens": 16,
+      "temperature": 1, "seed": 7, "stream": %s, "stream_options": {"include_usage": true}})";
+  const HttpResult whole = Post("/v1/completions", absl::StrReplaceAll(body, {{"%s", "false"}}));
+  const HttpResult streamed = Post("/v1/completions", absl::StrReplaceAll(body, {{"%s", "true"}}));
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  const std::vector<std::string> events = SseData(streamed.body);
+  ASSERT_GE(events.size(), 4u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text[2];
+  int finished[2] = {0, 0};
+  for (size_t i = 0; i + 2 < events.size(); ++i) {
+    const Json e = Json::parse(events[i]);
+    ASSERT_EQ(e["choices"].size(), 1u);
+    const int index = e["choices"][0]["index"];
+    ASSERT_TRUE(index == 0 || index == 1) << events[i];
+    text[index] += e["choices"][0]["text"].get<std::string>();
+    if (!e["choices"][0]["finish_reason"].is_null()) ++finished[index];
+  }
+  EXPECT_EQ(finished[0], 1);
+  EXPECT_EQ(finished[1], 1);
+  const Json usage = Json::parse(events[events.size() - 2])["usage"];
+  EXPECT_EQ(usage["completion_tokens"], 32);
+  // Seeded: the stream and the whole reply draw the same two samples, which differ.
+  const Json j = Json::parse(whole.body);
+  ASSERT_EQ(j["choices"].size(), 2u);
+  EXPECT_EQ(text[0], j["choices"][0]["text"]);
+  EXPECT_EQ(text[1], j["choices"][1]["text"]);
+  EXPECT_NE(text[0], text[1]);
+  EXPECT_EQ(j["usage"]["prompt_tokens"], usage["prompt_tokens"]);
+}
+
+TEST_F(OpenAiHttpTest, PenaltiesAndMinTokensChangeTheOutput) {
+  const std::string greedy = R"({"prompt": [1], "max_tokens": 40, "temperature": 0)";
+  auto text = [&](const std::string& extra) {
+    const HttpResult r = Post("/v1/completions", greedy + extra + "}");
+    EXPECT_EQ(r.status, 200) << r.body;
+    return Json::parse(r.body)["choices"][0]["text"].get<std::string>();
+  };
+  const std::string plain = text("");
+  for (const char* extra : {R"(, "presence_penalty": 1.5)", R"(, "frequency_penalty": 1.5)",
+                            R"(, "repetition_penalty": 1.8)"}) {
+    const std::string penalized = text(extra);
+    EXPECT_NE(penalized, plain) << extra;
+    EXPECT_EQ(text(extra), penalized) << extra;  // Still deterministic.
+  }
+  // min_p keeps the greedy token (the top one is never below min_p x itself).
+  EXPECT_EQ(text(R"(, "min_p": 0.5)"), plain);
+  // The third golden token as a stop token ends the reply after 3 tokens; min_tokens 6 forbids
+  // it before the 6th, so the reply runs past it.
+  const std::string stop = absl::StrCat(R"(, "stop_token_ids": [)", kGoldenIds[2], "]");
+  const HttpResult early = Post("/v1/completions", greedy + stop + "}");
+  const HttpResult held = Post("/v1/completions", greedy + stop + R"(, "min_tokens": 6})");
+  ASSERT_EQ(early.status, 200) << early.body;
+  ASSERT_EQ(held.status, 200) << held.body;
+  EXPECT_EQ(Json::parse(early.body)["usage"]["completion_tokens"], 3);
+  EXPECT_GE(Json::parse(held.body)["usage"]["completion_tokens"].get<int>(), 6);
+}
+
+TEST_F(OpenAiHttpTest, BadSamplingValuesAre400NamingTheField) {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"("n": 0)", "n"},
+      {R"("n": 100000)", "n is 100000"},
+      {R"("n": 2, "best_of": 4)", "best_of"},
+      {R"("presence_penalty": 5)", "presence_penalty"},
+      {R"("frequency_penalty": -3)", "frequency_penalty"},
+      {R"("repetition_penalty": 0)", "repetition_penalty"},
+      {R"("min_p": 1.5)", "min_p"},
+      {R"("min_tokens": -2)", "min_tokens"},
+      {R"("logprobs": 50)", "logprobs"},
+  };
+  for (const auto& [field, name] : cases) {
+    const HttpResult r =
+        Post("/v1/completions", std::string(R"({"prompt": [1], "max_tokens": 2, )") + field + "}");
+    EXPECT_EQ(r.status, 400) << field << ": " << r.body;
+    const Json j = Json::parse(r.body, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << r.body;
+    EXPECT_EQ(j["error"]["type"], "invalid_request_error") << r.body;
+    EXPECT_NE(j["error"]["message"].get<std::string>().find(name), std::string::npos)
+        << field << ": " << r.body;
+  }
+  EXPECT_TRUE(server_->WaitIdle());
+}
+
 TEST_F(OpenAiHttpTest, ErrorsHaveTheirStatusesAndObjects) {
   struct Case {
     std::string method, path, body;
