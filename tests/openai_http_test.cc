@@ -270,7 +270,7 @@ TEST_F(OpenAiHttpTest, ErrorsHaveTheirStatusesAndObjects) {
       {"POST", "/v1/completions", R"({"model": "gpt-4", "prompt": "x"})", 404},
       {"POST", "/v1/completions", "{bad json", 400},
       {"POST", "/v1/completions", R"({"prompt": "x", "max_tokens": "many"})", 400},
-      {"POST", "/v1/completions", R"({"prompt": "x", "n": 2})", 400},
+      {"POST", "/v1/completions", R"({"prompt": "x", "echo": true})", 400},
       {"POST", "/v1/completions", R"({"prompt": [1, 99999]})", 400},
       {"POST", "/v1/completions", R"({"prompt": [1], "max_tokens": 100000})", 400},
       {"POST", "/v1/completions", R"({"prompt": "x", "kv_policy": {"name": "nope"}})", 400},
