@@ -1,6 +1,7 @@
 #include "server/openai_render.h"
 
 #include "nlohmann/json.hpp"
+#include "tokenizer/utf8.h"
 
 namespace hkv {
 namespace {
@@ -28,6 +29,53 @@ Json FinishJson(FinishReason finish) {
   return name == nullptr ? Json(nullptr) : Json(name);
 }
 
+Json BytesJson(const std::string& bytes) {
+  Json list = Json::array();
+  for (char ch : bytes) list.push_back(static_cast<int>(static_cast<unsigned char>(ch)));
+  return list;
+}
+
+// Completions' {tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}.
+Json CompletionLogprobs(const std::vector<OpenAiLogprob>& logprobs) {
+  Json tokens = Json::array(), values = Json::array(), tops = Json::array(),
+       offsets = Json::array();
+  for (const OpenAiLogprob& l : logprobs) {
+    tokens.push_back(SanitizeUtf8(l.bytes));
+    values.push_back(l.logprob);
+    Json top = Json::object();
+    // Two ids may render as one string: the more likely (first) one keeps the key.
+    for (const OpenAiTopLogprob& t : l.top) top.emplace(SanitizeUtf8(t.bytes), t.logprob);
+    tops.push_back(std::move(top));
+    offsets.push_back(l.text_offset);
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(values)},
+          {"top_logprobs", std::move(tops)},
+          {"text_offset", std::move(offsets)}};
+}
+
+// Chat's {content: [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}.
+Json ChatLogprobs(const std::vector<OpenAiLogprob>& logprobs) {
+  Json content = Json::array();
+  for (const OpenAiLogprob& l : logprobs) {
+    Json top = Json::array();
+    for (const OpenAiTopLogprob& t : l.top) {
+      top.push_back(
+          {{"token", SanitizeUtf8(t.bytes)}, {"logprob", t.logprob}, {"bytes", BytesJson(t.bytes)}});
+    }
+    content.push_back({{"token", SanitizeUtf8(l.bytes)},
+                       {"logprob", l.logprob},
+                       {"bytes", BytesJson(l.bytes)},
+                       {"top_logprobs", std::move(top)}});
+  }
+  return {{"content", std::move(content)}};
+}
+
+Json LogprobsJson(const OpenAiReplyInfo& info, const std::vector<OpenAiLogprob>* logprobs) {
+  if (!info.logprobs || logprobs == nullptr) return nullptr;
+  return IsChat(info) ? ChatLogprobs(*logprobs) : CompletionLogprobs(*logprobs);
+}
+
 }  // namespace
 
 const char* OpenAiFinishReason(FinishReason finish) {
@@ -52,8 +100,9 @@ std::string RenderResponse(const OpenAiReplyInfo& info, const std::vector<OpenAi
   Json j = Base(info, /*chunk=*/false);
   Json list = Json::array();
   for (const OpenAiChoice& c : choices) {
-    Json choice = {
-        {"index", c.index}, {"logprobs", nullptr}, {"finish_reason", FinishJson(c.finish)}};
+    Json choice = {{"index", c.index},
+                   {"logprobs", LogprobsJson(info, &c.logprobs)},
+                   {"finish_reason", FinishJson(c.finish)}};
     if (IsChat(info)) {
       choice["message"] = {{"role", "assistant"}, {"content", c.text}};
     } else {
@@ -67,9 +116,12 @@ std::string RenderResponse(const OpenAiReplyInfo& info, const std::vector<OpenAi
 }
 
 std::string RenderChunk(const OpenAiReplyInfo& info, int index, const std::string& text,
-                        FinishReason finish, bool role, bool null_usage) {
+                        FinishReason finish, bool role, bool null_usage,
+                        const std::vector<OpenAiLogprob>* logprobs) {
   Json j = Base(info, /*chunk=*/true);
-  Json choice = {{"index", index}, {"logprobs", nullptr}, {"finish_reason", FinishJson(finish)}};
+  Json choice = {{"index", index},
+                 {"logprobs", LogprobsJson(info, logprobs)},
+                 {"finish_reason", FinishJson(finish)}};
   if (IsChat(info)) {
     Json delta = Json::object();
     if (role) delta["role"] = "assistant";

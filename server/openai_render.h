@@ -23,6 +23,20 @@ struct OpenAiReplyInfo {
   std::string id;  // "cmpl-..." or "chatcmpl-...".
   int64_t created = 0;
   std::string model;
+  bool logprobs = false;  // The request asked for logprobs: choices carry them, else null.
+};
+
+// One generated token's log-probability and its most likely alternatives, for the reply's
+// `logprobs`. Token strings are rendered as SanitizeUtf8(bytes); chat's `bytes` are the raw ones.
+struct OpenAiTopLogprob {
+  std::string bytes;
+  float logprob = 0;
+};
+struct OpenAiLogprob {
+  std::string bytes;
+  float logprob = 0;
+  int64_t text_offset = 0;  // Completions: where the token starts in the choice's text.
+  std::vector<OpenAiTopLogprob> top;  // By logprob descending.
 };
 
 struct OpenAiUsage {
@@ -34,6 +48,7 @@ struct OpenAiChoice {
   int index = 0;
   std::string text;
   FinishReason finish = FinishReason::kNone;
+  std::vector<OpenAiLogprob> logprobs;  // Rendered when the request asked (info.logprobs).
 };
 
 // "stop" (stop string, stop token or EOS), "length", "abort"; null while running.
@@ -45,9 +60,11 @@ std::string RenderResponse(const OpenAiReplyInfo& info, const std::vector<OpenAi
 
 // One streamed chunk of choice `index`: `text` as its delta, and its finish reason once it
 // ended. `role` adds the chat delta's {"role": "assistant"}; `null_usage` adds "usage": null
-// (stream_options.include_usage asks for it on every chunk but the last).
+// (stream_options.include_usage asks for it on every chunk but the last). `logprobs` are the
+// chunk's tokens' (rendered when info.logprobs; null means none).
 std::string RenderChunk(const OpenAiReplyInfo& info, int index, const std::string& text,
-                        FinishReason finish, bool role, bool null_usage);
+                        FinishReason finish, bool role, bool null_usage,
+                        const std::vector<OpenAiLogprob>* logprobs = nullptr);
 // The last chunk under include_usage: no choices, the usage of the whole request.
 std::string RenderUsageChunk(const OpenAiReplyInfo& info, const OpenAiUsage& usage);
 

@@ -4,19 +4,30 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
+#include "tokenizer/utf8.h"
 
 namespace hkv {
 
 OpenAiReply::OpenAiReply(Engine* engine, OpenAiReplyInfo info, bool stream, bool include_usage,
-                         std::vector<std::shared_ptr<RequestStream>> streams)
-    : engine_(engine), info_(std::move(info)), stream_(stream), include_usage_(include_usage) {
+                         std::vector<std::shared_ptr<RequestStream>> streams,
+                         std::shared_ptr<const Tokenizer> tokenizer)
+    : engine_(engine),
+      tokenizer_(std::move(tokenizer)),
+      info_(std::move(info)),
+      stream_(stream),
+      include_usage_(include_usage) {
   HKV_CHECK(!streams.empty());
   streams_ = std::move(streams);
   n_ = std::max(1, streams_[0]->num_samples());
   for (size_t s = 0; s < streams_.size(); ++s) {
-    for (int k = 0; k < n_; ++k) choices_.push_back(Choice{.stream = static_cast<int>(s)});
+    const std::vector<TokenId>& prompt = streams_[s]->prompt_ids();
+    for (int k = 0; k < n_; ++k) {
+      choices_.push_back(
+          Choice{.stream = static_cast<int>(s), .prev = prompt.empty() ? -1 : prompt.back()});
+    }
   }
 }
 
@@ -111,13 +122,44 @@ void OpenAiReply::Drain(int s, std::string* events) {
         return;
       }
     }
+    std::vector<OpenAiLogprob> logprobs;
+    if (info_.logprobs) logprobs = ChunkLogprobs(*chunk, c);
     if (!stream_) {
       c.text += chunk->text;
-    } else if (!chunk->text.empty() || chunk->finished) {
-      *events += SseEvent(
-          RenderChunk(info_, index, chunk->text, c.finish, /*role=*/false, include_usage_));
+      for (OpenAiLogprob& l : logprobs) c.logprobs.push_back(std::move(l));
+    } else if (!chunk->text.empty() || chunk->finished || !logprobs.empty()) {
+      *events += SseEvent(RenderChunk(info_, index, chunk->text, c.finish, /*role=*/false,
+                                      include_usage_, &logprobs));
     }
   }
+}
+
+std::string OpenAiReply::TokenBytes(TokenId prev, TokenId id) const {
+  if (tokenizer_ == nullptr || id < 0 || id >= tokenizer_->vocab_size()) {
+    return absl::StrCat("token_id:", id);
+  }
+  return tokenizer_->TokenBytes(prev, id);
+}
+
+std::vector<OpenAiLogprob> OpenAiReply::ChunkLogprobs(const StreamChunk& chunk, Choice& c) const {
+  std::vector<OpenAiLogprob> out;
+  // One TokenLogprobs per token id (the engine's contract); stop-string trimming shortens only
+  // the text, so the logprobs of a stop string's tokens are kept.
+  const size_t n = std::min(chunk.token_ids.size(), chunk.logprobs.size());
+  for (size_t i = 0; i < n; ++i) {
+    const TokenLogprobs& l = chunk.logprobs[i];
+    OpenAiLogprob o;
+    o.bytes = TokenBytes(c.prev, l.token);
+    o.logprob = l.logprob;
+    o.text_offset = c.text_offset;
+    for (size_t k = 0; k < l.top_ids.size() && k < l.top_logprobs.size(); ++k) {
+      o.top.push_back({TokenBytes(c.prev, l.top_ids[k]), l.top_logprobs[k]});
+    }
+    c.text_offset += static_cast<int64_t>(SanitizeUtf8(o.bytes).size());
+    c.prev = l.token;
+    out.push_back(std::move(o));
+  }
+  return out;
 }
 
 void OpenAiReply::CancelRunning() {
@@ -161,7 +203,8 @@ void OpenAiReply::Complete(HttpReplyWriter* writer) {
   }
   std::vector<OpenAiChoice> choices;
   for (size_t i = 0; i < choices_.size(); ++i) {
-    choices.push_back({static_cast<int>(i), std::move(choices_[i].text), choices_[i].finish});
+    choices.push_back({static_cast<int>(i), std::move(choices_[i].text), choices_[i].finish,
+                       std::move(choices_[i].logprobs)});
   }
   writer->Respond(200, "application/json", headers_, RenderResponse(info_, choices, usage));
   ended_ = true;

@@ -22,14 +22,17 @@
 #include "server/request_log.h"
 #include "server/request_stream.h"
 #include "server/streaming_http_server.h"
+#include "tokenizer/tokenizer.h"
 
 namespace hkv {
 
 class OpenAiReply : public HttpReplySource {
  public:
-  // REQUIRES: `streams` is not empty; `engine` outlives this object.
+  // REQUIRES: `streams` is not empty; `engine` outlives this object. `tokenizer` (may be null:
+  // tokens are then rendered as "token_id:N") spells the tokens of logprobs.
   OpenAiReply(Engine* engine, OpenAiReplyInfo info, bool stream, bool include_usage,
-              std::vector<std::shared_ptr<RequestStream>> streams);
+              std::vector<std::shared_ptr<RequestStream>> streams,
+              std::shared_ptr<const Tokenizer> tokenizer = nullptr);
   // Logs the request's line when the reply ends (finished, failed or abandoned).
   ~OpenAiReply() override;
 
@@ -46,12 +49,18 @@ class OpenAiReply : public HttpReplySource {
   struct Choice {
     int stream = 0;  // Index into streams_; the sample is the choice's index % n_.
     std::string text;  // Non-streamed replies only.
+    std::vector<OpenAiLogprob> logprobs;  // Non-streamed replies only.
+    TokenId prev = -1;        // The last token so far (the prompt's at first), for TokenBytes.
+    int64_t text_offset = 0;  // Bytes of token strings so far (completions' text_offset).
     FinishReason finish = FinishReason::kNone;
     StreamUsage usage;
     bool done = false;
   };
   // Moves the chunks waiting in stream `s` into its choices (`events` when streaming).
   void Drain(int s, std::string* events);
+  // The logprobs of `chunk`'s tokens, advancing `c`'s prev and text_offset.
+  std::vector<OpenAiLogprob> ChunkLogprobs(const StreamChunk& chunk, Choice& c) const;
+  std::string TokenBytes(TokenId prev, TokenId id) const;
   // Whether every sample of stream `s` has ended.
   bool StreamDone(int s) const;
   // Writes the stream's head (and a chat's role deltas) unless written.
@@ -62,6 +71,7 @@ class OpenAiReply : public HttpReplySource {
   void Log();
 
   Engine* const engine_;
+  const std::shared_ptr<const Tokenizer> tokenizer_;
   const OpenAiReplyInfo info_;
   const bool stream_;
   const bool include_usage_;

@@ -6,7 +6,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -234,6 +236,109 @@ TEST_F(OpenAiHttpTest, PenaltiesAndMinTokensChangeTheOutput) {
   ASSERT_EQ(held.status, 200) << held.body;
   EXPECT_EQ(Json::parse(early.body)["usage"]["completion_tokens"], 3);
   EXPECT_GE(Json::parse(held.body)["usage"]["completion_tokens"].get<int>(), 6);
+}
+
+// The logprobs the engine (what gRPC renders) gives a request, one per generated token.
+std::vector<TokenLogprobs> EngineLogprobs(Engine& engine, EngineRequest r) {
+  auto stream = engine.Submit(std::move(r));
+  EXPECT_TRUE(stream.ok()) << stream.status();
+  std::vector<TokenLogprobs> out;
+  if (!stream.ok()) return out;
+  for (int i = 0; i < 1000; ++i) {
+    std::optional<StreamChunk> chunk = (*stream)->Next(absl::Seconds(10));
+    if (!chunk.has_value()) break;
+    for (TokenLogprobs& l : chunk->logprobs) out.push_back(std::move(l));
+    if (chunk->finished) break;
+  }
+  return out;
+}
+
+TEST_F(OpenAiHttpTest, CompletionLogprobsMatchTheEngineAndAreConsistent) {
+  const std::string body = R"({"prompt": [1], "max_tokens": 10, "temperature": 0,
+      "logprobs": 5, "stream": %s})";
+  const HttpResult r = Post("/v1/completions", absl::StrReplaceAll(body, {{"%s", "false"}}));
+  ASSERT_EQ(r.status, 200) << r.body;
+  const Json j = Json::parse(r.body);
+  const Json& lp = j["choices"][0]["logprobs"];
+  ASSERT_TRUE(lp.is_object()) << r.body;
+  ASSERT_EQ(lp["tokens"].size(), 10u);
+  ASSERT_EQ(lp["token_logprobs"].size(), 10u);
+  ASSERT_EQ(lp["top_logprobs"].size(), 10u);
+  ASSERT_EQ(lp["text_offset"].size(), 10u);
+  std::string joined;
+  EngineRequest same;
+  same.prompt = {1};
+  same.sampling.max_tokens = 10;
+  same.sampling.temperature = 0;
+  same.sampling.logprobs = 5;
+  const std::vector<TokenLogprobs> engine = EngineLogprobs(server_->engine(), std::move(same));
+  ASSERT_EQ(engine.size(), 10u);
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(lp["text_offset"][i], joined.size()) << i;
+    joined += lp["tokens"][i].get<std::string>();
+    const float value = lp["token_logprobs"][i].get<float>();
+    EXPECT_LE(value, 0.0f);
+    EXPECT_FLOAT_EQ(value, engine[i].logprob) << i;
+    const Json& top = lp["top_logprobs"][i];
+    ASSERT_GE(top.size(), 1u);
+    ASSERT_LE(top.size(), 5u);
+    // Greedy: the sampled token is the most likely one, and is in the top list as itself.
+    float best = -1e30f;
+    for (const auto& [token, v] : top.items()) best = std::max(best, v.get<float>());
+    EXPECT_FLOAT_EQ(best, value) << i;
+    ASSERT_TRUE(top.contains(lp["tokens"][i].get<std::string>())) << top;
+    EXPECT_FLOAT_EQ(top[lp["tokens"][i].get<std::string>()].get<float>(), value);
+    EXPECT_FLOAT_EQ(best, engine[i].top_logprobs[0]);
+  }
+  EXPECT_EQ(joined, j["choices"][0]["text"]);  // Token strings spell the text.
+
+  // Streamed: each chunk carries its own tokens' logprobs, adding up to the same lists.
+  const HttpResult streamed = Post("/v1/completions", absl::StrReplaceAll(body, {{"%s", "true"}}));
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  Json tokens = Json::array(), values = Json::array();
+  for (const std::string& e : SseData(streamed.body)) {
+    if (e == "[DONE]") continue;
+    const Json c = Json::parse(e)["choices"][0];
+    ASSERT_TRUE(c["logprobs"].is_object()) << e;
+    for (const Json& t : c["logprobs"]["tokens"]) tokens.push_back(t);
+    for (const Json& v : c["logprobs"]["token_logprobs"]) values.push_back(v);
+  }
+  EXPECT_EQ(tokens, lp["tokens"]);
+  EXPECT_EQ(values, lp["token_logprobs"]);
+
+  // logprobs: 0 is the sampled token's only; no logprobs field is null.
+  const HttpResult zero = Post("/v1/completions", R"({"prompt": [1], "max_tokens": 3,
+      "temperature": 0, "logprobs": 0})");
+  ASSERT_EQ(zero.status, 200) << zero.body;
+  const Json z = Json::parse(zero.body)["choices"][0]["logprobs"];
+  ASSERT_EQ(z["token_logprobs"].size(), 3u);
+  EXPECT_TRUE(z["top_logprobs"][0].empty());
+  const HttpResult none = Post("/v1/completions", R"({"prompt": [1], "max_tokens": 3})");
+  EXPECT_TRUE(Json::parse(none.body)["choices"][0]["logprobs"].is_null());
+}
+
+TEST_F(OpenAiHttpTest, SampledLogprobsWithNAreEachSamplesOwn) {
+  const HttpResult r = Post("/v1/completions", R"({"prompt": "Once upon a time", "n": 2,
+      "max_tokens": 8, "temperature": 1, "seed": 3, "logprobs": 3})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const Json j = Json::parse(r.body);
+  ASSERT_EQ(j["choices"].size(), 2u);
+  for (const Json& c : j["choices"]) {
+    const Json& lp = c["logprobs"];
+    ASSERT_EQ(lp["tokens"].size(), 8u) << c;
+    std::string joined;
+    for (size_t i = 0; i < 8; ++i) {
+      joined += lp["tokens"][i].get<std::string>();
+      const float value = lp["token_logprobs"][i].get<float>();
+      EXPECT_LE(value, 0.0f);
+      // Sampled, the token may be outside the top 3; inside, its entry is its logprob.
+      const std::string token = lp["tokens"][i];
+      if (lp["top_logprobs"][i].contains(token)) {
+        EXPECT_FLOAT_EQ(lp["top_logprobs"][i][token].get<float>(), value);
+      }
+    }
+    EXPECT_EQ(joined, c["text"]);
+  }
 }
 
 TEST_F(OpenAiHttpTest, BadSamplingValuesAre400NamingTheField) {
