@@ -76,6 +76,60 @@ TEST(OpenAiRenderTest, Chunks) {
   EXPECT_STREQ(kSseDone, "data: [DONE]\n\n");
 }
 
+// Two tokens: " a" with alternatives, then the first byte of a 2-byte character alone.
+std::vector<OpenAiLogprob> TwoLogprobs() {
+  return {{" a", -0.25f, 0, {{" a", -0.25f}, {" b", -1.5f}}}, {"\xC3", -2.0f, 2, {}}};
+}
+
+TEST(OpenAiRenderTest, CompletionLogprobs) {
+  OpenAiReplyInfo info = Info(OpenAiEndpoint::kCompletions);
+  info.logprobs = true;
+  const Json j = Json::parse(RenderResponse(
+      info, {{0, " a\xEF\xBF\xBD", FinishReason::kLength, TwoLogprobs()}}, {1, 2}));
+  const Json& lp = j["choices"][0]["logprobs"];
+  EXPECT_EQ(lp["tokens"], Json({" a", "\xEF\xBF\xBD"}));  // Valid UTF-8, as the text is.
+  EXPECT_EQ(lp["token_logprobs"], Json({-0.25, -2.0}));
+  EXPECT_EQ(lp["text_offset"], Json({0, 2}));
+  ASSERT_EQ(lp["top_logprobs"].size(), 2u);
+  EXPECT_EQ(lp["top_logprobs"][0], Json({{" a", -0.25}, {" b", -1.5}}));
+  EXPECT_TRUE(lp["top_logprobs"][1].empty());
+  // Not asked for: null, as OpenAI sends it.
+  info.logprobs = false;
+  const Json off = Json::parse(
+      RenderResponse(info, {{0, " a", FinishReason::kLength, TwoLogprobs()}}, {1, 2}));
+  EXPECT_TRUE(off["choices"][0]["logprobs"].is_null());
+}
+
+TEST(OpenAiRenderTest, ChatLogprobsWholeAndStreamed) {
+  OpenAiReplyInfo info = Info(OpenAiEndpoint::kChat);
+  info.logprobs = true;
+  const std::vector<OpenAiLogprob> logprobs = TwoLogprobs();
+  const Json j = Json::parse(
+      RenderResponse(info, {{0, " a\xEF\xBF\xBD", FinishReason::kStop, logprobs}}, {1, 2}));
+  const Json& content = j["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 2u);
+  EXPECT_EQ(content[0]["token"], " a");
+  EXPECT_EQ(content[0]["logprob"], -0.25);
+  EXPECT_EQ(content[0]["bytes"], Json({32, 97}));
+  ASSERT_EQ(content[0]["top_logprobs"].size(), 2u);
+  EXPECT_EQ(content[0]["top_logprobs"][1],
+            Json({{"token", " b"}, {"logprob", -1.5}, {"bytes", {32, 98}}}));
+  EXPECT_EQ(content[1]["token"], "\xEF\xBF\xBD");
+  EXPECT_EQ(content[1]["bytes"], Json({0xC3}));  // The raw byte.
+  EXPECT_TRUE(content[1]["top_logprobs"].empty());
+
+  const std::vector<OpenAiLogprob> one(logprobs.begin(), logprobs.begin() + 1);
+  const Json chunk = ParseEvent(
+      SseEvent(RenderChunk(info, 1, " a", FinishReason::kNone, false, false, &one)));
+  EXPECT_EQ(chunk["choices"][0]["index"], 1);
+  ASSERT_EQ(chunk["choices"][0]["logprobs"]["content"].size(), 1u);
+  EXPECT_EQ(chunk["choices"][0]["logprobs"]["content"][0]["token"], " a");
+  // The role chunk has no tokens: null.
+  EXPECT_TRUE(ParseEvent(SseEvent(RenderChunk(info, 0, "", FinishReason::kNone, true, false)))
+                  ["choices"][0]["logprobs"]
+                      .is_null());
+}
+
 TEST(OpenAiRenderTest, FinishReasons) {
   EXPECT_STREQ(OpenAiFinishReason(FinishReason::kLength), "length");
   EXPECT_STREQ(OpenAiFinishReason(FinishReason::kStop), "stop");
