@@ -1,5 +1,5 @@
 // The official `openai` npm package against `hkv serve --http-port`: models, completions and
-// chat, streamed and not, errors as the SDK's typed exceptions, and a client that aborts a
+// chat, streamed and not, n samples and logprobs, errors as the SDK's typed exceptions, and a client that aborts a
 // stream (its request must end and its KV blocks be freed), the API key (a wrong one is the
 // SDK's AuthenticationError) and X-Request-Id echoed back. Usage: node openai_sdk_test.mjs
 // BASE_URL MODEL API_KEY (the server runs with --api-key=API_KEY). Exits non-zero on the first
@@ -101,12 +101,61 @@ async function checkChat() {
 async function checkErrors() {
   await assert.rejects(client.completions.create({ model: 'no-such-model', prompt: 'x' }),
     (e) => e instanceof OpenAI.NotFoundError && e.status === 404);
-  await assert.rejects(client.completions.create({ model, prompt: 'x', n: 2 }),
+  await assert.rejects(client.completions.create({ model, prompt: 'x', echo: true }),
     (e) => e instanceof OpenAI.BadRequestError && /not supported/.test(e.message));
+  await assert.rejects(client.chat.completions.create({
+    model, messages: [{ role: 'user', content: 'hi' }], logprobs: true, top_logprobs: 21 }),
+  (e) => e instanceof OpenAI.BadRequestError && /top_logprobs/.test(e.message));
   await assert.rejects(client.chat.completions.create({ model, messages: 'hi' }),
     (e) => e instanceof OpenAI.BadRequestError && /messages/.test(e.message));
   await assert.rejects(client.completions.create({ model, prompt: 'x', temperature: 'hot' }),
     (e) => e instanceof OpenAI.BadRequestError && /temperature/.test(e.message));
+}
+
+// n samples and logprobs as the SDK's types read them.
+async function checkSampling() {
+  const greedy = await client.completions.create({
+    model, prompt: 'The key is', max_tokens: 6, temperature: 0, ignore_eos: true, n: 3,
+    logprobs: 2 });
+  assert.deepEqual(greedy.choices.map((c) => c.index), [0, 1, 2]);
+  for (const c of greedy.choices) {
+    assert.equal(c.text, greedy.choices[0].text);
+    assert.equal(c.logprobs.tokens.length, 6);
+    assert.equal(c.logprobs.tokens.join(''), c.text);
+    assert.equal(c.logprobs.top_logprobs[0][c.logprobs.tokens[0]], c.logprobs.token_logprobs[0]);
+  }
+  assert.equal(greedy.usage.completion_tokens, 18);
+
+  const params = {
+    model, messages: [{ role: 'user', content: 'What is the key?' }], max_tokens: 5,
+    temperature: 1, seed: 11, ignore_eos: true, n: 2, logprobs: true, top_logprobs: 3,
+    presence_penalty: 0.5, min_p: 0.05 };
+  const whole = await client.chat.completions.create(params);
+  assert.equal(whole.choices.length, 2);
+  for (const c of whole.choices) {
+    const content = c.logprobs.content;
+    assert.equal(content.length, 5);
+    assert.equal(content.map((t) => t.token).join(''), c.message.content);
+    for (const t of content) {
+      assert.ok(t.logprob <= 0);
+      assert.ok(t.top_logprobs.length <= 3 && t.top_logprobs.length >= 1);
+      assert.ok(Array.isArray(t.bytes));
+      for (let k = 1; k < t.top_logprobs.length; k++) {
+        assert.ok(t.top_logprobs[k - 1].logprob >= t.top_logprobs[k].logprob);
+      }
+    }
+  }
+  const stream = await client.chat.completions.create({ ...params, stream: true });
+  const content = ['', ''];
+  const tokens = [0, 0];
+  for await (const chunk of stream) {
+    for (const c of chunk.choices) {
+      content[c.index] += c.delta.content ?? '';
+      tokens[c.index] += c.logprobs?.content?.length ?? 0;
+    }
+  }
+  assert.deepEqual(content, whole.choices.map((c) => c.message.content));  // Seeded.
+  assert.deepEqual(tokens, [5, 5]);
 }
 
 async function checkApiKey() {
@@ -152,8 +201,8 @@ async function checkAbortMidStream() {
   assert.ok((await generated()) - before < 3000, 'the aborted request ran to its end');
 }
 
-for (const check of [checkModels, checkCompletions, checkChat, checkErrors, checkApiKey,
-  checkRequestId, checkAbortMidStream]) {
+for (const check of [checkModels, checkCompletions, checkChat, checkSampling, checkErrors,
+  checkApiKey, checkRequestId, checkAbortMidStream]) {
   await check();
   console.log(`ok ${check.name}`);
 }
