@@ -240,9 +240,9 @@ HttpReply OpenAiApi::Generate(const HttpRequest& http, const HttpCaller& caller,
   info.model = request->model.empty() ? options_.served_model_names[0] : request->model;
   info.logprobs = request->logprobs;
   for (auto& s : streams) s->SetNotify(wake);
-  auto source = std::make_unique<OpenAiReply>(engine_, std::move(info), request->stream,
-                                              request->include_usage, std::move(streams),
-                                              tokenizer_);
+  auto source =
+      std::make_unique<OpenAiReply>(engine_, std::move(info), request->stream,
+                                    request->include_usage, std::move(streams), tokenizer_);
   HttpHeaders headers = {{"X-Request-Id", log.request_id}};
   source->Attach(std::move(headers), std::move(log), start, *std::move(tenant_slot));
   HttpReply reply;

@@ -60,8 +60,9 @@ Json ChatLogprobs(const std::vector<OpenAiLogprob>& logprobs) {
   for (const OpenAiLogprob& l : logprobs) {
     Json top = Json::array();
     for (const OpenAiTopLogprob& t : l.top) {
-      top.push_back(
-          {{"token", SanitizeUtf8(t.bytes)}, {"logprob", t.logprob}, {"bytes", BytesJson(t.bytes)}});
+      top.push_back({{"token", SanitizeUtf8(t.bytes)},
+                     {"logprob", t.logprob},
+                     {"bytes", BytesJson(t.bytes)}});
     }
     content.push_back({{"token", SanitizeUtf8(l.bytes)},
                        {"logprob", l.logprob},

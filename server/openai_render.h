@@ -35,7 +35,7 @@ struct OpenAiTopLogprob {
 struct OpenAiLogprob {
   std::string bytes;
   float logprob = 0;
-  int64_t text_offset = 0;  // Completions: where the token starts in the choice's text.
+  int64_t text_offset = 0;            // Completions: where the token starts in the choice's text.
   std::vector<OpenAiTopLogprob> top;  // By logprob descending.
 };
 

@@ -84,8 +84,8 @@ std::vector<OpenAiLogprob> TwoLogprobs() {
 TEST(OpenAiRenderTest, CompletionLogprobs) {
   OpenAiReplyInfo info = Info(OpenAiEndpoint::kCompletions);
   info.logprobs = true;
-  const Json j = Json::parse(RenderResponse(
-      info, {{0, " a\xEF\xBF\xBD", FinishReason::kLength, TwoLogprobs()}}, {1, 2}));
+  const Json j = Json::parse(
+      RenderResponse(info, {{0, " a\xEF\xBF\xBD", FinishReason::kLength, TwoLogprobs()}}, {1, 2}));
   const Json& lp = j["choices"][0]["logprobs"];
   EXPECT_EQ(lp["tokens"], Json({" a", "\xEF\xBF\xBD"}));  // Valid UTF-8, as the text is.
   EXPECT_EQ(lp["token_logprobs"], Json({-0.25, -2.0}));
@@ -95,8 +95,8 @@ TEST(OpenAiRenderTest, CompletionLogprobs) {
   EXPECT_TRUE(lp["top_logprobs"][1].empty());
   // Not asked for: null, as OpenAI sends it.
   info.logprobs = false;
-  const Json off = Json::parse(
-      RenderResponse(info, {{0, " a", FinishReason::kLength, TwoLogprobs()}}, {1, 2}));
+  const Json off =
+      Json::parse(RenderResponse(info, {{0, " a", FinishReason::kLength, TwoLogprobs()}}, {1, 2}));
   EXPECT_TRUE(off["choices"][0]["logprobs"].is_null());
 }
 
@@ -119,15 +119,15 @@ TEST(OpenAiRenderTest, ChatLogprobsWholeAndStreamed) {
   EXPECT_TRUE(content[1]["top_logprobs"].empty());
 
   const std::vector<OpenAiLogprob> one(logprobs.begin(), logprobs.begin() + 1);
-  const Json chunk = ParseEvent(
-      SseEvent(RenderChunk(info, 1, " a", FinishReason::kNone, false, false, &one)));
+  const Json chunk =
+      ParseEvent(SseEvent(RenderChunk(info, 1, " a", FinishReason::kNone, false, false, &one)));
   EXPECT_EQ(chunk["choices"][0]["index"], 1);
   ASSERT_EQ(chunk["choices"][0]["logprobs"]["content"].size(), 1u);
   EXPECT_EQ(chunk["choices"][0]["logprobs"]["content"][0]["token"], " a");
   // The role chunk has no tokens: null.
-  EXPECT_TRUE(ParseEvent(SseEvent(RenderChunk(info, 0, "", FinishReason::kNone, true, false)))
-                  ["choices"][0]["logprobs"]
-                      .is_null());
+  EXPECT_TRUE(ParseEvent(SseEvent(
+      RenderChunk(info, 0, "", FinishReason::kNone, true, false)))["choices"][0]["logprobs"]
+                  .is_null());
 }
 
 TEST(OpenAiRenderTest, FinishReasons) {

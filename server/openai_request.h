@@ -95,8 +95,8 @@ struct OpenAiServing {
 absl::StatusOr<std::string> RenderChat(const std::vector<ChatMessage>& messages,
                                        bool add_generation_prompt, const OpenAiServing& serving);
 
-// One EngineRequest per prompt (one for a chat), each drawing `n` samples. Completions default to 16
-// tokens (OpenAI's default), chats to what is left of the context after the prompt.
+// One EngineRequest per prompt (one for a chat), each drawing `n` samples. Completions default to
+// 16 tokens (OpenAI's default), chats to what is left of the context after the prompt.
 absl::StatusOr<std::vector<EngineRequest>> ToEngineRequests(const OpenAiRequest& request,
                                                             const OpenAiServing& serving,
                                                             const EncodeControl& control);

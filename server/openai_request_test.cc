@@ -260,14 +260,14 @@ TEST_F(ToEngineRequestsTest, SamplingFieldsMapAsOnGrpc) {
   EXPECT_EQ((*plain)[0].sampling.n, 1);
   EXPECT_EQ((*plain)[0].sampling.logprobs, -1);  // None asked for.
   EXPECT_FLOAT_EQ((*plain)[0].sampling.repetition_penalty, 1.0f);
-  auto sampled_only = ToEngineRequests(*Completions(R"({"prompt": "a", "logprobs": 0})"),
-                                       serving_, {});
+  auto sampled_only =
+      ToEngineRequests(*Completions(R"({"prompt": "a", "logprobs": 0})"), serving_, {});
   ASSERT_TRUE(sampled_only.ok());
   EXPECT_EQ((*sampled_only)[0].sampling.logprobs, 0);
 
   // Out-of-range values pass through to the engine's check, which names the field.
-  auto bad = ToEngineRequests(*Completions(R"({"prompt": "a", "presence_penalty": 3})"),
-                              serving_, {});
+  auto bad =
+      ToEngineRequests(*Completions(R"({"prompt": "a", "presence_penalty": 3})"), serving_, {});
   ASSERT_TRUE(bad.ok());
   const absl::Status s = ValidateSamplingParams((*bad)[0].sampling);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);

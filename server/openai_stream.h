@@ -47,7 +47,7 @@ class OpenAiReply : public HttpReplySource {
 
  private:
   struct Choice {
-    int stream = 0;  // Index into streams_; the sample is the choice's index % n_.
+    int stream = 0;    // Index into streams_; the sample is the choice's index % n_.
     std::string text;  // Non-streamed replies only.
     std::vector<OpenAiLogprob> logprobs;  // Non-streamed replies only.
     TokenId prev = -1;        // The last token so far (the prompt's at first), for TokenBytes.
@@ -76,7 +76,7 @@ class OpenAiReply : public HttpReplySource {
   const bool stream_;
   const bool include_usage_;
   std::vector<std::shared_ptr<RequestStream>> streams_;
-  int n_ = 1;  // Samples per stream (every stream has the same).
+  int n_ = 1;                    // Samples per stream (every stream has the same).
   std::vector<Choice> choices_;  // streams_.size() * n_.
   bool started_ = false;
   bool ended_ = false;   // A whole response or the stream's end was written.

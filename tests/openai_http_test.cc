@@ -172,8 +172,8 @@ TEST_F(OpenAiHttpTest, NGreedyChoicesAreIdenticalAndIndexedPerPrompt) {
   EXPECT_NE(j["choices"][0]["text"], j["choices"][3]["text"]);
   EXPECT_EQ(j["usage"]["prompt_tokens"], 1 + 2);  // Each prompt once, not once per sample.
   EXPECT_EQ(j["usage"]["completion_tokens"], 6 * 12);
-  const HttpResult one = Post("/v1/completions",
-                              R"({"prompt": [1], "max_tokens": 12, "temperature": 0})");
+  const HttpResult one =
+      Post("/v1/completions", R"({"prompt": [1], "max_tokens": 12, "temperature": 0})");
   ASSERT_EQ(one.status, 200) << one.body;
   EXPECT_EQ(Json::parse(one.body)["choices"][0]["text"], j["choices"][0]["text"]);
 }
