@@ -258,6 +258,29 @@ absl::Status ParseKvPolicy(const Json& body, OpenAiRequest* r) {
   return absl::OkStatus();
 }
 
+// OpenAI fields that change what a reply means but that this server does not apply: silently
+// ignoring them (as unknown fields are) would hand back a different answer than the client
+// asked for, so a non-neutral value is a 400. Neutral values (null, {}, "", [], "none",
+// {"type": "text"}) pass.
+absl::Status RefuseUnservedFields(const Json& body) {
+  for (const char* field :
+       {"logit_bias", "suffix", "response_format", "tools", "tool_choice", "functions",
+        "function_call"}) {
+    auto it = body.find(field);
+    if (it == body.end() || it->is_null()) continue;
+    const bool neutral = (it->is_object() && it->empty()) || (it->is_array() && it->empty()) ||
+                         (it->is_string() && (it->get_ref<const std::string&>().empty() ||
+                                              *it == "none")) ||
+                         (it->is_object() && it->size() == 1 && it->contains("type") &&
+                          (*it)["type"] == "text");
+    if (!neutral) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("`", field, "` is not supported by this server"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // The sampling fields, the pending ones included.
 absl::Status ParseSampling(const Json& body, OpenAiRequest* r) {
   HKV_RETURN_IF_ERROR(GetInt(body, "max_tokens", &r->max_tokens));
@@ -352,6 +375,7 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(std::string_view body, OpenAiEn
   if (auto user = j.find("user"); user != j.end() && !user->is_null() && !user->is_string()) {
     return TypeError("user", "a string");  // Otherwise ignored.
   }
+  HKV_RETURN_IF_ERROR(RefuseUnservedFields(j));
   for (const PendingFeature& f : kPendingFeatures) {
     if (f.needed(r)) {
       return absl::InvalidArgumentError(

@@ -114,6 +114,22 @@ TEST(OpenAiRequestTest, PendingFeaturesRefusedOnlyWhenUsed) {
   EXPECT_TRUE(Completions(R"({"prompt": "x", "n": 3, "best_of": 3, "echo": false})").ok());
 }
 
+// Fields this server does not apply are refused rather than ignored, unless neutral.
+TEST(OpenAiRequestTest, UnservedFieldsAreRefusedUnlessNeutral) {
+  for (const char* field : {R"("logit_bias": {"50": 100})", R"("suffix": "end")",
+                            R"("response_format": {"type": "json_object"})",
+                            R"("tools": [{"type": "function"}])", R"("tool_choice": "auto")"}) {
+    const std::string message =
+        Refusal(Chat(std::string(R"({"messages": [{"role": "user", "content": "x"}], )") + field +
+                     "}"));
+    EXPECT_NE(message.find("is not supported by this server"), std::string::npos) << field;
+  }
+  EXPECT_TRUE(Chat(R"({"messages": [{"role": "user", "content": "x"}], "logit_bias": {},
+      "suffix": "", "response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
+      "functions": null})")
+                  .ok());
+}
+
 TEST(OpenAiRequestTest, SamplingFieldsParse) {
   auto c = Completions(R"({"prompt": "x", "n": 3, "logprobs": 4, "presence_penalty": 0.5,
       "frequency_penalty": -1, "repetition_penalty": 1.2, "min_p": 0.1, "min_tokens": 4})");
