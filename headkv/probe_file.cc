@@ -9,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "common/status_macros.h"
+#include "headkv/jsonl_lines.h"
 #include "nlohmann/json.hpp"
 
 namespace hkv {
@@ -107,25 +108,13 @@ absl::StatusOr<Probe> ParseProbeLine(std::string_view line, size_t line_number) 
 absl::StatusOr<std::vector<Probe>> ParseProbeFile(std::string_view text,
                                                   const ProbeFileLimits& limits) {
   std::vector<Probe> probes;
-  size_t line_number = 0;
-  for (absl::string_view line : absl::StrSplit(absl::string_view(text.data(), text.size()), '\n')) {
-    ++line_number;
-    if (line.find_first_not_of(" \t\r") == absl::string_view::npos) continue;
-    const std::string where = absl::StrCat("line ", line_number, ": ");
-    if (line.size() > limits.max_line_bytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, line.size(), " bytes, over the limit of ", limits.max_line_bytes));
-    }
-    if (probes.size() >= limits.max_probes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, "more than ", limits.max_probes, " probes"));
-    }
-    absl::StatusOr<Probe> probe = ParseProbeLine({line.data(), line.size()}, line_number);
-    if (!probe.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, probe.status().message()));
-    }
-    probes.push_back(*std::move(probe));
-  }
+  HKV_RETURN_IF_ERROR(ForEachJsonlLine(
+      text, limits.max_line_bytes, limits.max_probes, "probes",
+      [&probes](std::string_view line, size_t line_number) -> absl::Status {
+        HKV_ASSIGN_OR_RETURN(Probe probe, ParseProbeLine(line, line_number));
+        probes.push_back(std::move(probe));
+        return absl::OkStatus();
+      }));
   if (probes.empty()) return absl::InvalidArgumentError("the probe file holds no probes");
   return probes;
 }

@@ -10,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "common/status_macros.h"
+#include "headkv/jsonl_lines.h"
 #include "nlohmann/json.hpp"
 
 namespace hkv {
@@ -107,28 +108,16 @@ absl::StatusOr<std::vector<EvalTask>> ParseTaskFile(std::string_view text,
                                                     const TaskFileLimits& limits) {
   std::vector<EvalTask> tasks;
   absl::flat_hash_set<std::string> ids;
-  size_t line_number = 0;
-  for (absl::string_view line : absl::StrSplit(absl::string_view(text.data(), text.size()), '\n')) {
-    ++line_number;
-    if (line.find_first_not_of(" \t\r") == absl::string_view::npos) continue;
-    const std::string where = absl::StrCat("line ", line_number, ": ");
-    if (line.size() > limits.max_line_bytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, line.size(), " bytes, over the limit of ", limits.max_line_bytes));
-    }
-    if (tasks.size() >= limits.max_tasks) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, "more than ", limits.max_tasks, " tasks"));
-    }
-    absl::StatusOr<EvalTask> task = ParseTaskLine({line.data(), line.size()}, limits);
-    if (!task.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, task.status().message()));
-    }
-    if (!ids.insert(task->id).second) {
-      return absl::InvalidArgumentError(absl::StrCat(where, "duplicate id \"", task->id, "\""));
-    }
-    tasks.push_back(*std::move(task));
-  }
+  HKV_RETURN_IF_ERROR(ForEachJsonlLine(
+      text, limits.max_line_bytes, limits.max_tasks, "tasks",
+      [&](std::string_view line, size_t) -> absl::Status {
+        HKV_ASSIGN_OR_RETURN(EvalTask task, ParseTaskLine(line, limits));
+        if (!ids.insert(task.id).second) {
+          return absl::InvalidArgumentError(absl::StrCat("duplicate id \"", task.id, "\""));
+        }
+        tasks.push_back(std::move(task));
+        return absl::OkStatus();
+      }));
   if (tasks.empty()) return absl::InvalidArgumentError("the tasks file holds no tasks");
   return tasks;
 }

@@ -16,6 +16,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
+#include "server/http_status.h"
 #include "server/listen_socket.h"
 #include "server/tls/tls_socket.h"
 
@@ -31,29 +32,9 @@ constexpr int kAcceptsPerRound = 64;
 // Out of file descriptors, accepting waits this long instead of spinning on the listener.
 constexpr absl::Duration kAcceptBackoff = absl::Milliseconds(100);
 
-const char* Reason(int status) {
-  switch (status) {
-    case 200:
-      return "OK";
-    case 400:
-      return "Bad Request";
-    case 404:
-      return "Not Found";
-    case 405:
-      return "Method Not Allowed";
-    case 408:
-      return "Request Timeout";
-    case 431:
-      return "Request Header Fields Too Large";
-    case 503:
-      return "Service Unavailable";
-    default:
-      return "Error";
-  }
-}
 
 std::string Head(int status, const std::string& content_type, size_t length) {
-  return absl::StrCat("HTTP/1.1 ", status, " ", Reason(status), "\r\nContent-Type: ", content_type,
+  return absl::StrCat("HTTP/1.1 ", status, " ", HttpReasonPhrase(status), "\r\nContent-Type: ", content_type,
                       "\r\nContent-Length: ", length, "\r\nConnection: close\r\n\r\n");
 }
 
@@ -239,7 +220,7 @@ void HttpGetServer::OnReadable(Connection* c) {
 }
 
 void HttpGetServer::Respond(Connection* c, int status, HttpResponse response, bool head_only) {
-  if (status != 200 && response.body.empty()) response.body = absl::StrCat(Reason(status), "\n");
+  if (status != 200 && response.body.empty()) response.body = absl::StrCat(HttpReasonPhrase(status), "\n");
   c->out = Head(status, response.content_type, response.body.size());
   if (!head_only) c->out += response.body;
   c->in.clear();

@@ -22,6 +22,7 @@
 #include "absl/time/clock.h"
 #include "common/logging.h"
 #include "nlohmann/json.hpp"
+#include "server/http_status.h"
 #include "server/listen_socket.h"
 #include "server/tls/tls_socket.h"
 
@@ -34,43 +35,9 @@ constexpr absl::Duration kLinger = absl::Seconds(1);
 constexpr int kAcceptsPerRound = 64;
 constexpr absl::Duration kAcceptBackoff = absl::Milliseconds(100);
 
-const char* Reason(int status) {
-  switch (status) {
-    case 200:
-      return "OK";
-    case 400:
-      return "Bad Request";
-    case 401:
-      return "Unauthorized";
-    case 403:
-      return "Forbidden";
-    case 404:
-      return "Not Found";
-    case 405:
-      return "Method Not Allowed";
-    case 408:
-      return "Request Timeout";
-    case 411:
-      return "Length Required";
-    case 413:
-      return "Payload Too Large";
-    case 429:
-      return "Too Many Requests";
-    case 431:
-      return "Request Header Fields Too Large";
-    case 500:
-      return "Internal Server Error";
-    case 501:
-      return "Not Implemented";
-    case 503:
-      return "Service Unavailable";
-    default:
-      return "Error";
-  }
-}
 
 std::string Head(int status, const std::string& content_type, const HttpHeaders& headers) {
-  std::string head = absl::StrCat("HTTP/1.1 ", status, " ", Reason(status),
+  std::string head = absl::StrCat("HTTP/1.1 ", status, " ", HttpReasonPhrase(status),
                                   "\r\nContent-Type: ", content_type, "\r\n");
   for (const auto& [name, value] : headers) absl::StrAppend(&head, name, ": ", value, "\r\n");
   return head;
