@@ -34,11 +34,22 @@ absl::Status ValidateSchedulerOptions(const SchedulerOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_queue must be >= 1, got ", options.max_queue));
   }
+  const PrefillPacingOptions& pacing = options.pacing;
+  if (pacing.max_step < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("max_step must be >= 0");
+  }
+  if (!(pacing.max_prefill_share >= 0.0 && pacing.max_prefill_share < 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_prefill_share must be in [0, 1), got ", pacing.max_prefill_share));
+  }
+  if (pacing.window <= absl::ZeroDuration() || pacing.min_chunk < 1) {
+    return absl::InvalidArgumentError("pacing window must be > 0 and min_chunk >= 1");
+  }
   return absl::OkStatus();
 }
 
 Scheduler::Scheduler(const SchedulerOptions& options, KvCacheManager* kv)
-    : options_(options), kv_(kv) {
+    : options_(options), kv_(kv), pacer_(options.pacing) {
   HKV_CHECK(kv_ != nullptr) << "Scheduler needs a KvCacheManager";
   const absl::Status valid = ValidateSchedulerOptions(options);
   HKV_CHECK(valid.ok()) << valid;
@@ -235,21 +246,26 @@ void Scheduler::Preempt(Request* r) {
 int32_t Scheduler::StepTokens(const Request& r, const StepPlan& step, bool* select) const {
   const int32_t n = r.num_prompt_tokens(), done = r.num_computed_tokens;
   *select = false;
+  int32_t budget = std::max(step.budget, 0);
+  if (step.decoding && r.num_tokens() - done > 1) {  // Prefill work beside decoding streams.
+    if (!step.prefill_allowed) return 0;
+    budget = pacer_.ChunkLimit(done, step.work, budget);
+  }
   if (r.compresses() && done < n) {
     const int32_t left = n - done;
     // The prompt's rest fits: it selects this step (from scratch when it is the whole prompt,
     // else from the transient rows holding the earlier chunks).
-    *select = left <= step.budget;
+    *select = left <= budget;
     if (*select) return left;
     // A chunk that leaves the SnapKV window (and at least one token) to the last chunk.
-    const int32_t chunk = std::min(step.budget, left - r.plan.window);
+    const int32_t chunk = std::min(budget, left - r.plan.window);
     if (chunk > 0 && ChunksCompressedPrefill(r)) return chunk;
     // The rest in one step past the budget, as the step's sole multi-token sequence: a prompt
     // whose full K/V could never fit the pool, or a budget smaller than the window.
     *select = true;
     return step.has_prefill ? 0 : left;
   }
-  return std::clamp(r.num_tokens() - done, 0, std::max(step.budget, 0));
+  return std::clamp(r.num_tokens() - done, 0, budget);
 }
 
 bool Scheduler::Allocate(Request& r, int32_t num_tokens, bool select, Planned* p) {
@@ -274,6 +290,15 @@ bool Scheduler::Allocate(Request& r, int32_t num_tokens, bool select, Planned* p
 }
 
 void Scheduler::AddToStep(Planned planned, StepPlan* step) {
+  const int64_t n = planned.num_tokens;
+  if (n == 1) {
+    ++step->work.decodes;
+  } else {
+    step->work.prefill_tokens += n;
+    step->work.pairs +=
+        static_cast<double>(n) *
+        (static_cast<double>(planned.request->num_computed_tokens) + static_cast<double>(n) / 2.0);
+  }
   step->budget -= planned.num_tokens;
   step->has_prefill |= planned.num_tokens > 1;
   step->planned.push_back(std::move(planned));
@@ -334,6 +359,13 @@ std::optional<Batch> Scheduler::Schedule(absl::Time now) {
   ExpireDeadlines(now);
   StepPlan step;
   step.budget = options_.max_batch_tokens;
+  if (pacer_.enabled()) {
+    for (const Request* r : running_) {
+      step.decoding |= r->num_computed_tokens > 0 && r->num_tokens() - r->num_computed_tokens == 1;
+    }
+    step.prefill_allowed = pacer_.PrefillAllowed();
+  }
+  step_pending_ = false;  // A step without Update() is not measured.
   ScheduleRunning(&step);
   // Admitting now would take the blocks just freed for the running ones (vLLM v1 does the same).
   if (!step.preempted) ScheduleWaiting(&step);
@@ -344,6 +376,9 @@ std::optional<Batch> Scheduler::Schedule(absl::Time now) {
     }
     in_flight_.push_back(p.request->id);
   }
+  last_work_ = step.work;
+  last_schedule_time_ = now;
+  step_pending_ = pacer_.enabled();
   return BuildBatch(step.planned);
 }
 
@@ -507,6 +542,7 @@ FinishReason Scheduler::StopReason(const Request& r) const {
 std::vector<RequestOutput> Scheduler::Update(const Batch& batch, const BatchResult& result,
                                              absl::Time now) {
   in_flight_.clear();
+  if (std::exchange(step_pending_, false)) pacer_.Observe(last_work_, now - last_schedule_time_);
   std::vector<RequestOutput> outputs;
   for (size_t i = 0; i < batch.seqs.size(); ++i) {
     const SequenceStep& s = batch.seqs[i];

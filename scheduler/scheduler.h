@@ -46,6 +46,7 @@
 #include "absl/time/time.h"
 #include "block_manager/kv_cache_manager.h"
 #include "common/batch.h"
+#include "scheduler/prefill_pacer.h"
 #include "scheduler/request.h"
 
 namespace hkv {
@@ -54,9 +55,14 @@ struct SchedulerOptions {
   int32_t max_batch_tokens = 8192;  // Tokens run per step (see the compressed-prefill rule).
   int32_t max_seqs = 256;           // Running sequences at most.
   int32_t max_queue = 1024;         // Waiting requests at most; Add() refuses more.
+  // While streams decode: cut prefill chunks to a step time and cap prefill's share of the GPU
+  // (scheduler/prefill_pacer.h). Off by default.
+  PrefillPacingOptions pacing;
 };
 
-// INVALID_ARGUMENT naming the field unless max_batch_tokens, max_seqs and max_queue are >= 1.
+// INVALID_ARGUMENT naming the field unless max_batch_tokens, max_seqs and max_queue are >= 1,
+// and the pacing options are in range (max_step >= 0, max_prefill_share in [0, 1), window > 0,
+// min_chunk >= 1).
 absl::Status ValidateSchedulerOptions(const SchedulerOptions& options);
 
 class Scheduler {
@@ -121,6 +127,10 @@ class Scheduler {
     int32_t budget = 0;        // Tokens left; negative after an oversized compressed prefill.
     bool has_prefill = false;  // A multi-token step is planned.
     bool preempted = false;    // Step 2 preempted someone: admit nobody this step.
+    // Pacing: streams decode in this step, and whether it may carry prefill work.
+    bool decoding = false;
+    bool prefill_allowed = true;
+    StepWork work;  // What is planned so far, for the pacer's cost model.
     std::vector<Planned> planned;
   };
 
@@ -169,6 +179,11 @@ class Scheduler {
   std::vector<std::pair<RequestId, RequestId>> forks_;
   int64_t next_arrival_order_ = 0;
   int64_t num_preemptions_ = 0;
+  // Pacing: the last Schedule()'s work and time, measured when its Update() comes.
+  PrefillPacer pacer_;
+  StepWork last_work_;
+  absl::Time last_schedule_time_ = absl::InfinitePast();
+  bool step_pending_ = false;
 };
 
 }  // namespace hkv

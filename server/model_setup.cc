@@ -460,6 +460,8 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested, const Di
   HKV_ASSIGN_OR_RETURN(bundle.sizing, SizeWorkerPool(config, m, *worker));
   EngineOptions options;
   options.scheduler.max_batch_tokens = config.max_batch_tokens;
+  options.scheduler.pacing.max_step = absl::Milliseconds(config.max_step_ms);
+  options.scheduler.pacing.max_prefill_share = config.max_prefill_share;
   options.scheduler.max_seqs = config.max_seqs;
   options.scheduler.max_queue = config.max_queue;
   options.kv.num_blocks = static_cast<int32_t>(bundle.sizing.num_blocks);

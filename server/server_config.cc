@@ -114,6 +114,10 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
     return bad("gpu_memory_utilization must be in (0, 1]");
   }
   if (c.max_batch_tokens < 1) return bad("max_batch_tokens must be >= 1");
+  if (c.max_step_ms < 0) return bad("max_step_ms must be >= 0");
+  if (!(c.max_prefill_share >= 0 && c.max_prefill_share < 1)) {
+    return bad("max_prefill_share must be in [0, 1)");
+  }
   if (c.max_seqs < 1) return bad("max_seqs must be >= 1");
   if (c.max_queue < 1) return bad("max_queue must be >= 1");
   if (c.default_kv_budget < 1) return bad("default_kv_budget must be >= 1");

@@ -53,6 +53,11 @@ inline constexpr int32_t kDefaultMaxConcurrentStreams = 2048;
   X(double, gpu_memory_utilization, 0.9, "Share of GPU memory hkv may use")                      \
   X(int32_t, block_size, 16, "Tokens per head-block")                                            \
   X(int32_t, max_batch_tokens, 8192, "Token budget of one engine step")                          \
+  X(int32_t, max_step_ms, 0,                                                                     \
+    "While streams decode, cut prefill chunks so a step's predicted time stays under this "      \
+    "(0: off)")                                                                                  \
+  X(double, max_prefill_share, 0,                                                                \
+    "While streams decode, the most share of GPU time prefills may take, in [0, 1) (0: off)")    \
   X(int32_t, max_seqs, 256, "Most sequences running at once")                                    \
   X(int32_t, max_model_len, 0, "Longest prompt + output (0: the model's context length)")        \
   X(int64_t, max_prompt_bytes, 0,                                                                \

@@ -1,9 +1,13 @@
-// Hugging Face checkpoints against transformers itself: tests/data/hf/{llama,mistral,qwen2,llama_hd64}
-// were saved by transformers (tests/data/make_fixtures.py) with its fp32 logits; hkv's CPU
-// reference must match them (max abs error < 1e-4) and continue greedily the same way.
+// Hugging Face checkpoints against transformers itself:
+// tests/data/hf/{llama,mistral,qwen2,llama_hd64} were saved by transformers
+// (tests/data/make_fixtures.py) with its fp32 logits; hkv's CPU reference must match them (max abs
+// error < 1e-4) and continue greedily the same way.
+
+#include <unistd.h>
 
 #include <cmath>
 #include <fstream>
+#include <string>
 
 #include "common/paths.h"
 #include "gmock/gmock.h"
@@ -46,7 +50,8 @@ TEST_P(HfModelsTest, LogitsAndGreedyMatchTransformers) {
     const std::vector<float>& got = r->seqs[0].logits;
     ASSERT_EQ(got.size(), want.size());
     double max_err = 0;
-    for (size_t i = 0; i < got.size(); ++i) max_err = std::max<double>(max_err, std::fabs(got[i] - want[i]));
+    for (size_t i = 0; i < got.size(); ++i)
+      max_err = std::max<double>(max_err, std::fabs(got[i] - want[i]));
     EXPECT_LT(max_err, 1e-4) << GetParam() << " prompt of " << prompt.size();
     std::printf("%s: prompt %zu tokens, max abs logit error %.2e\n", GetParam(), prompt.size(),
                 max_err);
@@ -62,7 +67,8 @@ TEST_P(HfModelsTest, LogitsAndGreedyMatchTransformers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, HfModelsTest, ::testing::Values("llama", "mistral", "qwen2", "llama_hd64"));
+INSTANTIATE_TEST_SUITE_P(Architectures, HfModelsTest,
+                         ::testing::Values("llama", "mistral", "qwen2", "llama_hd64"));
 
 TEST(HfLoaderTest, ConfigsAreReadRight) {
   auto llama = LoadHfModel(Fixture("llama"));
@@ -80,7 +86,9 @@ TEST(HfLoaderTest, ConfigsAreReadRight) {
 
 // Copies a fixture into a temp dir so tests can break it.
 std::string CopyFixture(const std::string& name, const std::string& tag) {
-  const std::string dir = ::testing::TempDir() + "/hkv_hf_" + tag;
+  // The pid keeps concurrent runs (several checkouts on one machine) out of each other's way.
+  const std::string dir =
+      ::testing::TempDir() + "/hkv_hf_" + tag + "_" + std::to_string(::getpid());
   std::system(("rm -rf " + dir + " && cp -r " + Fixture(name) + " " + dir).c_str());
   return dir;
 }
@@ -103,28 +111,39 @@ TEST(HfLoaderTest, BrokenCheckpointsGiveClearErrors) {
   // Truncated data.
   dir = CopyFixture("llama", "trunc");
   std::system(("truncate -s 50000 " + dir + "/model.safetensors").c_str());
-  EXPECT_THAT(std::string(LoadHfModel(dir).status().message()), ::testing::HasSubstr("outside the file"));
+  EXPECT_THAT(std::string(LoadHfModel(dir).status().message()),
+              ::testing::HasSubstr("outside the file"));
   // Wrong shapes and missing tensors: a config that does not match the weights.
   dir = CopyFixture("llama", "shape");
-  std::system(("sed -i 's/\"intermediate_size\": 160/\"intermediate_size\": 128/' " + dir +
-               "/config.json").c_str());
+  std::system(
+      ("sed -i 's/\"intermediate_size\": 160/\"intermediate_size\": 128/' " + dir + "/config.json")
+          .c_str());
   s = LoadHfModel(dir).status();
   EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("expected [128, 64]"));
   dir = CopyFixture("llama", "layers");
-  std::system(("sed -i 's/\"num_hidden_layers\": 2/\"num_hidden_layers\": 3/' " + dir +
-               "/config.json").c_str());
+  std::system(
+      ("sed -i 's/\"num_hidden_layers\": 2/\"num_hidden_layers\": 3/' " + dir + "/config.json")
+          .c_str());
   s = LoadHfModel(dir).status();
-  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("model.layers.2.input_layernorm.weight"));
+  EXPECT_THAT(std::string(s.message()),
+              ::testing::HasSubstr("model.layers.2.input_layernorm.weight"));
   dir = CopyFixture("llama", "extra");
-  std::system(("sed -i 's/\"num_hidden_layers\": 2/\"num_hidden_layers\": 1/' " + dir +
-               "/config.json").c_str());
+  std::system(
+      ("sed -i 's/\"num_hidden_layers\": 2/\"num_hidden_layers\": 1/' " + dir + "/config.json")
+          .c_str());
   s = LoadHfModel(dir).status();
   EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("unexpected tensors"));
   // Unsupported architecture.
   dir = CopyFixture("llama", "arch");
   std::system(("sed -i 's/LlamaForCausalLM/GPT2LMHeadModel/' " + dir + "/config.json").c_str());
-  EXPECT_THAT(std::string(LoadHfModel(dir).status().message()), ::testing::HasSubstr("not supported"));
+  EXPECT_THAT(std::string(LoadHfModel(dir).status().message()),
+              ::testing::HasSubstr("not supported"));
   EXPECT_EQ(LoadHfModel("/nonexistent").status().code(), absl::StatusCode::kNotFound);
+  for (const char* tag : {"shard", "corrupt", "trunc", "shape", "layers", "extra", "arch"}) {
+    std::system(
+        ("rm -rf " + ::testing::TempDir() + "/hkv_hf_" + tag + "_" + std::to_string(::getpid()))
+            .c_str());
+  }
 }
 
 }  // namespace
