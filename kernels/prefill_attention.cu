@@ -8,12 +8,15 @@
 // tiles arrive by cp.async, K/V two stages deep; padded rows keep ldmatrix free of bank
 // conflicts; the causal mask is applied only on tiles crossing an m-tile's diagonal.
 // Measured on H100 (bench/README.md): 16 rows per warp gave 264 TFLOP/s at 32k, 32 rows 327.
-// TODO(kernels): a wgmma (sm_90a) path.
+// On sm_90a RunPrefillAttention prefers the wgmma kernel (prefill_attention_sm90.cu).
 
+#include <cstdlib>
+#include <string_view>
 #include <type_traits>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/prefill_attention.h"
+#include "kernels/prefill_attention_sm90.h"
 
 namespace hkv::kernels {
 namespace {
@@ -311,6 +314,15 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillAttentionKernel(KernelArgs
   }
 }
 
+// HKV_PREFILL_KERNEL=mma keeps kAuto on the mma.sync kernel (A/B runs of the engine).
+bool AutoForcedToMmaSync() {
+  static const bool forced = [] {
+    const char* v = std::getenv("HKV_PREFILL_KERNEL");
+    return v != nullptr && std::string_view(v) == "mma";
+  }();
+  return forced;
+}
+
 }  // namespace
 
 cudaError_t RunPrefillAttention(const PrefillAttentionArgs& p, cudaStream_t stream) {
@@ -319,6 +331,18 @@ cudaError_t RunPrefillAttention(const PrefillAttentionArgs& p, cudaStream_t stre
     return cudaErrorInvalidValue;
   }
   if (p.num_seqs == 0 || p.max_q_len == 0) return cudaSuccess;
+  if (p.prefix != nullptr) {
+    const PagedKvView& v = *p.prefix;
+    if (v.head_dim != p.head_dim || v.num_kv_heads != p.num_kv_heads || v.block_size < 1 ||
+        (v.block_size & (v.block_size - 1)) != 0) {
+      return cudaErrorInvalidValue;
+    }
+  }
+  if (p.kernel == PrefillKernel::kWgmma ||
+      (p.kernel == PrefillKernel::kAuto && !AutoForcedToMmaSync())) {
+    if (PrefillAttentionSm90Supported(p)) return RunPrefillAttentionSm90(p, stream);
+    if (p.kernel == PrefillKernel::kWgmma) return cudaErrorNotSupported;
+  }
   KernelArgs a{};
   a.q = p.q;
   a.k = p.k;
@@ -333,10 +357,6 @@ cudaError_t RunPrefillAttention(const PrefillAttentionArgs& p, cudaStream_t stre
   a.scale_log2 = p.scale * 1.4426950408889634f;
   if (p.prefix != nullptr) {
     const PagedKvView& v = *p.prefix;
-    if (v.head_dim != p.head_dim || v.num_kv_heads != p.num_kv_heads || v.block_size < 1 ||
-        (v.block_size & (v.block_size - 1)) != 0) {
-      return cudaErrorInvalidValue;
-    }
     a.indptr = v.indptr;
     a.indices = v.indices;
     a.last_len = v.last_len;
