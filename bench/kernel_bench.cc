@@ -4,8 +4,9 @@
 //
 //   kernel_bench decode  <batch> <context>      uniform lengths (every head full)
 //   kernel_bench decode_lens <file>             one row length per line, rows (seq, kv_head)
-//   kernel_bench prefill <tokens> [auto|mma|wgmma]  causal prefill, one sequence; the kernel
-//                                               (auto: wgmma on sm_90, else mma.sync)
+//   kernel_bench prefill <tokens> [KERNEL]      causal prefill, one sequence; KERNEL: auto (the
+//                                               default: wgmma on sm_90, else mma.sync), wgmma,
+//                                               wgmma_serial or mma
 //   kernel_bench select  <tokens> <cap>         fused selection, every head keeps cap + 8
 //   kernel_bench linear  <m> <n> <k>            skinny linear layer: hkv Gemv vs cuBLAS
 //
@@ -170,9 +171,10 @@ int Prefill(int32_t n, const std::string& kernel) {
   a.head_dim = kD;
   a.scale = 1.0f / std::sqrt(static_cast<float>(kD));
   a.total_q = n;
-  a.kernel = kernel == "mma"     ? PrefillKernel::kMmaSync
-             : kernel == "wgmma" ? PrefillKernel::kWgmma
-                                 : PrefillKernel::kAuto;
+  a.kernel = kernel == "mma"            ? PrefillKernel::kMmaSync
+             : kernel == "wgmma"        ? PrefillKernel::kWgmma
+             : kernel == "wgmma_serial" ? PrefillKernel::kWgmmaSerial
+                                        : PrefillKernel::kAuto;
   const double ms = MedianMs(2, 10, [&](int) { CHECK_CUDA(RunPrefillAttention(a, nullptr)); });
   const double flops = 4.0 * kD * kHq * (static_cast<double>(n) * (n + 1) / 2);
   std::printf(
@@ -312,7 +314,8 @@ int main(int argc, char** argv) {
     return Select(std::atoi(argv[2]), std::atoi(argv[3]), true);
   }
   std::fprintf(stderr,
-               "usage: kernel_bench decode B L | decode_lens FILE | prefill N [auto|mma|wgmma] | "
+               "usage: kernel_bench decode B L | decode_lens FILE | prefill N "
+               "[auto|mma|wgmma|wgmma_serial] | "
                "select N CAP | "
                "adaselect N CAP\n");
   return 2;

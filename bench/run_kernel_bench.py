@@ -7,9 +7,9 @@ prints one table: Llama-3-8B attention (32 q heads, 8 kv heads, head_dim 128, bf
 
 Rows: decode with uniform lengths vs torch SDPA (enable_gqa) on dense K/V, decode with HeadKV
 per-head lengths (R2 scores, kv-head granularity, B = 128 and 1024, plus decoded tokens),
-causal prefill vs SDPA's flash backend (the engine's default kernel, then the wgmma and mma.sync
-kernels forced), and selection's share of prefill at 32k. `--only prefill` runs just the
-prefill rows.
+causal prefill vs SDPA's flash backend (the engine's default kernel, then the wgmma kernel,
+its serial schedule and the mma.sync kernel forced), and selection's share of prefill at 32k.
+`--only prefill` runs just the prefill and selection rows.
 Bandwidth = bytes of K/V read / time; prefill TFLOP/s counts the causal half (4*d*H*n(n+1)/2).
 """
 import argparse
@@ -150,8 +150,8 @@ def main():
         t_ms, note = torch_prefill(n)
         flops = 4.0 * D * HQ * n * (n + 1) / 2
         t_tf = flops / t_ms / 1e9
-        # auto = what the engine runs (wgmma on sm_90); then both kernels forced.
-        for kernel in ("auto", "wgmma", "mma"):
+        # auto = what the engine runs (wgmma on sm_90); then each kernel forced.
+        for kernel in ("auto", "wgmma", "wgmma_serial", "mma"):
             try:
                 r = ours(args.bin, "prefill", n, kernel)
             except subprocess.CalledProcessError as e:  # wgmma on a GPU without sm_90a
@@ -160,6 +160,7 @@ def main():
             if kernel == "auto":
                 prefill_ms[n] = (r["ms"], t_ms)
             label = {"auto": "prefill causal", "wgmma": "prefill (wgmma)",
+                     "wgmma_serial": "prefill (wgmma serial)",
                      "mma": "prefill (mma.sync)"}[kernel]
             rows.append((label, f"{n} tokens", f"{r['ms']:.3f}", f"{r['tflops']:.0f} TFLOP/s",
                          f"{t_ms:.3f}", f"{t_tf:.0f} TFLOP/s ({note})",

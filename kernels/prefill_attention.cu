@@ -338,10 +338,11 @@ cudaError_t RunPrefillAttention(const PrefillAttentionArgs& p, cudaStream_t stre
       return cudaErrorInvalidValue;
     }
   }
-  if (p.kernel == PrefillKernel::kWgmma ||
-      (p.kernel == PrefillKernel::kAuto && !AutoForcedToMmaSync())) {
+  const bool forced_wgmma =
+      p.kernel == PrefillKernel::kWgmma || p.kernel == PrefillKernel::kWgmmaSerial;
+  if (forced_wgmma || (p.kernel == PrefillKernel::kAuto && !AutoForcedToMmaSync())) {
     if (PrefillAttentionSm90Supported(p)) return RunPrefillAttentionSm90(p, stream);
-    if (p.kernel == PrefillKernel::kWgmma) return cudaErrorNotSupported;
+    if (forced_wgmma) return cudaErrorNotSupported;
   }
   KernelArgs a{};
   a.q = p.q;

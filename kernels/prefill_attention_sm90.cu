@@ -1,6 +1,6 @@
 // Causal GQA prefill attention for Hopper (sm_90a); see prefill_attention_sm90.h.
 //
-// NOTE(kernels): FlashAttention-3's structure without its inter-warpgroup ping-pong. A CTA of
+// NOTE(kernels): FlashAttention-3's structure. A CTA of
 // 3 warpgroups owns 128 queries of one query head:
 //   warpgroup 0 (producer, 40 registers): one thread issues TMA loads of the Q tile and of
 //     each dense K/V tile (128 keys, 128-byte swizzle) into a 2-stage ring; tiles of the paged
@@ -9,9 +9,12 @@
 //   warpgroups 1, 2 (consumers, 232 registers): 64 query rows each. Per key tile: S = Q K^T
 //     by wgmma from shared memory (both K-major), online softmax in fp32 on the accumulator
 //     registers (log2 domain), then O += P V by wgmma with P from registers and V read
-//     transposed (MN-major) from shared memory; then the stage is released.
+//     transposed (MN-major) from shared memory. The default (pipelined) schedule overlaps S of
+//     tile t with P V of tile t-1 and alternates the two warpgroups' MMAs (ping-pong);
+//     PrefillKernel::kWgmmaSerial runs S, softmax, P V one after the other.
 //   mbarriers: k_full / v_full per stage (TMA transaction bytes, or one arrive after the
-//   gather), empty per stage (256 consumer arrivals), q_full once.
+//   gather), k_empty / v_empty per stage (256 consumer arrivals: K is released as soon as S
+//   is done, V after P V), q_full once.
 // Key tiles: first the prefix tiles (positions 0..P-1, masked only past P), then the chunk's
 // dense tiles; with 128-row query tiles and 128-key tiles only the last dense tile crosses the
 // diagonal, so it alone is masked. Output goes from registers straight to global memory.
@@ -59,7 +62,7 @@ struct Smem {
   static constexpr int kK = kQ + kQBytes;               // + stage * kTileBytes
   static constexpr int kV = kK + kStages * kTileBytes;  // + stage * kTileBytes
   static constexpr int kBars = kV + kStages * kTileBytes;
-  static constexpr int kTotal = kBars + 64 + 1024;  // barriers, alignment slack
+  static constexpr int kTotal = kBars + 128 + 1024;  // 9 barriers, alignment slack
 };
 
 #if defined(HKV_SM90_DEVICE)
@@ -105,7 +108,109 @@ __device__ __forceinline__ void MmaPV(float* o, const uint32_t* pa, uint64_t db)
 
 #endif  // HKV_SM90_DEVICE
 
+// Consumer state and steps of one warpgroup (64 query rows); see the NOTE at the top.
 template <typename T, int D>
+struct Consumer {
+  static constexpr int kNo = D / 2;  // O accumulators per thread
+  float o[kNo];
+  float s[64];               // S (then P in fp32) of one 64 x 128 tile
+  uint32_t pa[kBN / 16][4];  // P as A-fragments, one per 16 keys
+  float m[2], l[2];          // running max (scaled log2 domain), partial row sums
+  int row0, tig;             // tile rows row0 (rr = 0) and row0 + 8 (rr = 1); column pair
+  uint32_t sq;               // this warpgroup's 64 rows of the Q tile
+
+#if defined(HKV_SM90_DEVICE)
+  // Issues S = Q K^T of the tile in stage `sk` (one commit group).
+  __device__ __forceinline__ void IssueQK(uint32_t sk) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t koff = (kk % 4) * 32;  // 16 columns within the 64-column half
+      const uint64_t da = sm90::Desc128B(sq + (kk / 4) * kBM * 128 + koff, 16, 1024);
+      const uint64_t db = sm90::Desc128B(sk + (kk / 4) * kBN * 128 + koff, 16, 1024);
+      MmaQK<T>(s, da, db, kk > 0 ? 1 : 0);
+    }
+    sm90::WgmmaCommit();
+  }
+  // Issues O += P V of the tile in stage `sv` (one commit group).
+  __device__ __forceinline__ void IssuePV(uint32_t sv) {
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      // 16 keys of V: rows 16 kk .., both 64-column halves (lbo = one half).
+      MmaPV<T, D>(o, pa[kk], sm90::Desc128B(sv + kk * 16 * 128, kBN * 128, 1024));
+    }
+    sm90::WgmmaCommit();
+  }
+  // Masks S (key columns >= limit, or past the diagonal when `diagonal`), then the online
+  // softmax: s becomes P, l is rescaled and accumulated; returns O's rescale in corr.
+  __device__ __forceinline__ void Softmax(int limit, bool diagonal, float scale_log2, float* corr) {
+    if (limit < kBN) {
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (j * 8 + tig * 2 + (e & 1) >= limit) s[j * 4 + e] = -INFINITY;
+        }
+      }
+    }
+    if (diagonal) {
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (j * 8 + tig * 2 + (e & 1) > row0 + (e >> 1) * 8) s[j * 4 + e] = -INFINITY;
+        }
+      }
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[j * 4], s[j * 4 + 1]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[j * 4 + 2], s[j * 4 + 3]));
+    }
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {  // a row lives in the 4 threads of a quad
+      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
+      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
+      const float mn = fmaxf(m[rr], mx[rr] * scale_log2);
+      corr[rr] = FastExp2(m[rr] - mn);
+      m[rr] = mn;
+      l[rr] *= corr[rr];
+    }
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[j * 4 + e] = FastExp2(fmaf(s[j * 4 + e], scale_log2, -m[e >> 1]));
+        l[e >> 1] += s[j * 4 + e];
+      }
+    }
+  }
+  __device__ __forceinline__ void PackP() {
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      pa[kk][0] = PackPair<T>(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = PackPair<T>(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = PackPair<T>(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = PackPair<T>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  }
+  __device__ __forceinline__ void RescaleO(const float* corr) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[4 * n + 0] *= corr[0];
+      o[4 * n + 1] *= corr[0];
+      o[4 * n + 2] *= corr[1];
+      o[4 * n + 3] *= corr[1];
+    }
+  }
+#endif  // HKV_SM90_DEVICE
+};
+
+// kPipelined: FlashAttention-3's intra-warpgroup overlap (S of tile t is computed while P V of
+// tile t-1 runs) and inter-warpgroup ping-pong (named barriers 2 and 3 make the two consumer
+// warpgroups take turns issuing their MMAs, so one's softmax hides behind the other's MMAs).
+// Without it each tile is S, softmax, P V in turn (the simpler reference schedule).
+template <typename T, int D, bool kPipelined>
 __global__ void __launch_bounds__(kThreads, 1)
     PrefillAttentionSm90Kernel(const __grid_constant__ CUtensorMap tm_q,
                                const __grid_constant__ CUtensorMap tm_k,
@@ -118,10 +223,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kChunks = D / 8;   // 16-byte chunks of a row
   extern __shared__ unsigned char smem_raw[];
   const uint32_t base = (sm90::SmemAddr(smem_raw) + 1023u) & ~1023u;
+  // mbarriers, 8 bytes each; the per-stage ones at + 8 * stage.
   const uint32_t q_full = base + L::kBars;
-  const uint32_t k_full = q_full + 8;            // + 8 * stage
-  const uint32_t v_full = k_full + 8 * kStages;  // + 8 * stage
-  const uint32_t empty = v_full + 8 * kStages;   // + 8 * stage
+  const uint32_t k_full = q_full + 8;
+  const uint32_t v_full = k_full + 8 * kStages;
+  const uint32_t k_empty = v_full + 8 * kStages;
+  const uint32_t v_empty = k_empty + 8 * kStages;
 
   const int seq = blockIdx.z, h = blockIdx.y;
   const int q_begin = a.cu_seqlens[seq];
@@ -146,7 +253,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int s = 0; s < kStages; ++s) {
       sm90::BarInit(k_full + 8 * s, 1);
       sm90::BarInit(v_full + 8 * s, 1);
-      sm90::BarInit(empty + 8 * s, 2 * 128);
+      sm90::BarInit(k_empty + 8 * s, 2 * 128);
+      sm90::BarInit(v_empty + 8 * s, 2 * 128);
     }
     sm90::BarInitFence();
   }
@@ -173,10 +281,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int t = 0; t < my_tiles; ++t) {
       const int stage = t % kStages;
       const uint32_t phase = (t / kStages) & 1;
-      sm90::BarWait(empty + 8 * stage, phase ^ 1);
       const uint32_t sk = base + L::kK + stage * L::kTileBytes;
       const uint32_t sv = base + L::kV + stage * L::kTileBytes;
+      sm90::BarWait(k_empty + 8 * stage, phase ^ 1);
       if (t < prefix_tiles) {
+        sm90::BarWait(v_empty + 8 * stage, phase ^ 1);
         for (int c = pt; c < kBN * kChunks; c += 128) {
           const int key = c / kChunks, ch = c % kChunks, p = t * kBN + key;
           const bool valid = p < prefix;
@@ -203,6 +312,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int hf = 0; hf < kHalves; ++hf) {
           sm90::TmaLoad2d(sk + hf * kBN * 128, &tm_k, kvh * D + hf * 64, row, k_full + 8 * stage);
         }
+        sm90::BarWait(v_empty + 8 * stage, phase ^ 1);
         sm90::BarArriveExpectTx(v_full + 8 * stage, L::kTileBytes);
 #pragma unroll
         for (int hf = 0; hf < kHalves; ++hf) {
@@ -218,127 +328,102 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int cw = wg - 1;                  // consumer warpgroup: query rows 64 cw .. 64 cw + 63
   const int ct = threadIdx.x - 128 * wg;  // thread within the warpgroup
   const int warp = ct / 32, lane = ct % 32;
-  const int g = lane / 4, tig = lane % 4;
-  const int row0 = cw * 64 + warp * 16 + g;  // tile rows row0 (rr = 0) and row0 + 8 (rr = 1)
-  constexpr int kNo = D / 2;                 // O accumulators per thread
-  float o[kNo];
+  Consumer<T, D> c;
+  c.row0 = cw * 64 + warp * 16 + lane / 4;
+  c.tig = lane % 4;
+  c.sq = base + L::kQ + cw * 64 * 128;
+  c.m[0] = c.m[1] = -1e30f;
+  c.l[0] = c.l[1] = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kNo; ++i) o[i] = 0.0f;
-  float m[2] = {-1e30f, -1e30f};  // running max, scaled log2 domain
-  float l[2] = {0.0f, 0.0f};      // this thread's partial row sums
-  const uint32_t sq = base + L::kQ + cw * 64 * 128;
+  for (int i = 0; i < Consumer<T, D>::kNo; ++i) c.o[i] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 64; ++i) c.s[i] = 0.0f;
+  auto stage_k = [&](int t) { return base + L::kK + (t % kStages) * L::kTileBytes; };
+  auto stage_v = [&](int t) { return base + L::kV + (t % kStages) * L::kTileBytes; };
+  auto parity = [&](int t) { return static_cast<uint32_t>((t / kStages) & 1); };
+  // Key columns of tile t that exist (the prefix's last tile is partial) / diagonal tile.
+  auto limit = [&](int t) { return t == prefix_tiles - 1 ? prefix - t * kBN : kBN; };
+  float corr[2];
 
   sm90::BarWait(q_full, 0);
-  for (int t = 0; t < num_tiles; ++t) {
-    const int stage = t % kStages;
-    const uint32_t phase = (t / kStages) & 1;
-    const uint32_t sk = base + L::kK + stage * L::kTileBytes;
-    const uint32_t sv = base + L::kV + stage * L::kTileBytes;
-    float s[64];
-#pragma unroll
-    for (int i = 0; i < 64; ++i) s[i] = 0.0f;
-    sm90::BarWait(k_full + 8 * stage, phase);
-    sm90::FenceRegs<64>(s);
+  if constexpr (!kPipelined) {
+    for (int t = 0; t < num_tiles; ++t) {
+      sm90::BarWait(k_full + 8 * (t % kStages), parity(t));
+      sm90::FenceRegs<64>(c.s);
+      sm90::WgmmaFence();
+      c.IssueQK(stage_k(t));
+      sm90::WgmmaWait<0>();
+      sm90::FenceRegs<64>(c.s);
+      sm90::BarArrive(k_empty + 8 * (t % kStages));
+      c.Softmax(limit(t), t == num_tiles - 1, a.scale_log2, corr);
+      c.PackP();
+      c.RescaleO(corr);
+      sm90::BarWait(v_full + 8 * (t % kStages), parity(t));
+      sm90::FenceRegs<Consumer<T, D>::kNo>(c.o);
+      sm90::WgmmaFence();
+      c.IssuePV(stage_v(t));
+      sm90::WgmmaWait<0>();
+      sm90::FenceRegs<Consumer<T, D>::kNo>(c.o);
+      sm90::BarArrive(v_empty + 8 * (t % kStages));
+    }
+  } else {
+    const int my_bar = 2 + cw, other_bar = 3 - cw;
+    if (cw == 1) sm90::NamedBarrierArrive(other_bar, 256);  // warpgroup 0 goes first
+    // Tile 0: S, softmax, P (O is zero, its rescale is moot).
+    sm90::BarWait(k_full, parity(0));
+    sm90::FenceRegs<64>(c.s);
     sm90::WgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t koff = (kk % 4) * 32;  // 16 columns within the half
-      const uint64_t da = sm90::Desc128B(sq + (kk / 4) * kBM * 128 + koff, 16, 1024);
-      const uint64_t db = sm90::Desc128B(sk + (kk / 4) * kBN * 128 + koff, 16, 1024);
-      MmaQK<T>(s, da, db, 1);
-    }
-    sm90::WgmmaCommit();
+    c.IssueQK(stage_k(0));
     sm90::WgmmaWait<0>();
-    sm90::FenceRegs<64>(s);
-
-    // Masks: past the prefix in its last tile; the causal diagonal in the last dense tile.
-    if (t == prefix_tiles - 1 && prefix % kBN != 0) {
-      const int limit = prefix - t * kBN;
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (j * 8 + tig * 2 + (e & 1) >= limit) s[j * 4 + e] = -INFINITY;
-        }
-      }
-    } else if (t == num_tiles - 1) {
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (j * 8 + tig * 2 + (e & 1) > row0 + (e >> 1) * 8) s[j * 4 + e] = -INFINITY;
-        }
-      }
+    sm90::FenceRegs<64>(c.s);
+    sm90::BarArrive(k_empty);
+    c.Softmax(limit(0), num_tiles == 1, a.scale_log2, corr);
+    c.PackP();
+    for (int t = 1; t < num_tiles; ++t) {
+      sm90::BarWait(k_full + 8 * (t % kStages), parity(t));
+      sm90::BarWait(v_full + 8 * ((t - 1) % kStages), parity(t - 1));
+      sm90::NamedBarrierSync(my_bar, 256);
+      sm90::FenceRegs<64>(c.s);
+      sm90::FenceRegs<Consumer<T, D>::kNo>(c.o);
+      sm90::WgmmaFence();
+      c.IssueQK(stage_k(t));      // S(t) ...
+      c.IssuePV(stage_v(t - 1));  // ... and O += P(t-1) V(t-1) behind it
+      sm90::NamedBarrierArrive(other_bar, 256);
+      sm90::WgmmaWait<1>();  // S(t) done
+      sm90::FenceRegs<64>(c.s);
+      sm90::BarArrive(k_empty + 8 * (t % kStages));
+      c.Softmax(limit(t), t == num_tiles - 1, a.scale_log2, corr);
+      sm90::WgmmaWait<0>();  // P(t-1) V(t-1) done: pa and the V stage are free
+      sm90::FenceRegs<Consumer<T, D>::kNo>(c.o);
+      sm90::BarArrive(v_empty + 8 * ((t - 1) % kStages));
+      c.RescaleO(corr);
+      c.PackP();
     }
-    // Online softmax: rows are shared by the 4 threads of a quad.
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      mx[0] = fmaxf(mx[0], fmaxf(s[j * 4], s[j * 4 + 1]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[j * 4 + 2], s[j * 4 + 3]));
-    }
-    float corr[2];
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
-      mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
-      const float mn = fmaxf(m[rr], mx[rr] * a.scale_log2);
-      corr[rr] = FastExp2(m[rr] - mn);
-      m[rr] = mn;
-      l[rr] *= corr[rr];
-    }
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[j * 4 + e] = FastExp2(fmaf(s[j * 4 + e], a.scale_log2, -m[e >> 1]));
-        l[e >> 1] += s[j * 4 + e];
-      }
-    }
-    uint32_t pa[kBN / 16][4];  // P as A-fragments, one per 16 keys
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      pa[kk][0] = PackPair<T>(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = PackPair<T>(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = PackPair<T>(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = PackPair<T>(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      o[4 * n + 0] *= corr[0];
-      o[4 * n + 1] *= corr[0];
-      o[4 * n + 2] *= corr[1];
-      o[4 * n + 3] *= corr[1];
-    }
-    sm90::BarWait(v_full + 8 * stage, phase);
-    sm90::FenceRegs<kNo>(o);
+    const int last = num_tiles - 1;
+    sm90::BarWait(v_full + 8 * (last % kStages), parity(last));
+    sm90::FenceRegs<Consumer<T, D>::kNo>(c.o);
     sm90::WgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      // 16 keys of V: rows 16 kk .., both 64-column halves (lbo = one half).
-      const uint64_t db = sm90::Desc128B(sv + kk * 16 * 128, kBN * 128, 1024);
-      MmaPV<T, D>(o, pa[kk], db);
-    }
-    sm90::WgmmaCommit();
+    c.IssuePV(stage_v(last));
     sm90::WgmmaWait<0>();
-    sm90::FenceRegs<kNo>(o);
-    sm90::BarArrive(empty + 8 * stage);
+    sm90::FenceRegs<Consumer<T, D>::kNo>(c.o);
+    sm90::BarArrive(v_empty + 8 * (last % kStages));
+    if (cw == 0) sm90::NamedBarrierSync(my_bar, 256);  // matches warpgroup 1's last arrive
   }
 
-  T* out = static_cast<T*>(a.out) + static_cast<int64_t>(h) * D + tig * 2;
+  T* out = static_cast<T*>(a.out) + static_cast<int64_t>(h) * D + c.tig * 2;
 #pragma unroll
   for (int rr = 0; rr < 2; ++rr) {
-    float sum = l[rr];
+    float sum = c.l[rr];
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int row = tile_q + row0 + rr * 8;
+    const int row = tile_q + c.row0 + rr * 8;
     if (row >= nq) continue;
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     T* orow = out + static_cast<int64_t>(q_begin + row) * a.out_stride;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       *reinterpret_cast<uint32_t*>(orow + n * 8) =
-          PackPair<T>(o[4 * n + rr * 2] * inv, o[4 * n + rr * 2 + 1] * inv);
+          PackPair<T>(c.o[4 * n + rr * 2] * inv, c.o[4 * n + rr * 2 + 1] * inv);
     }
   }
 #endif  // HKV_SM90_DEVICE
@@ -396,7 +481,8 @@ bool DeviceHasSm90a() {
     if (cudaGetDeviceCount(&n) != cudaSuccess) return;
     cudaFuncAttributes attr{};
     const bool built =
-        cudaFuncGetAttributes(&attr, PrefillAttentionSm90Kernel<__nv_bfloat16, 128>) == cudaSuccess;
+        cudaFuncGetAttributes(&attr, PrefillAttentionSm90Kernel<__nv_bfloat16, 128, true>) ==
+        cudaSuccess;
     for (int d = 0; d < n && d < 64; ++d) {
       int major = 0, minor = 0;
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d);
@@ -448,15 +534,18 @@ cudaError_t RunPrefillAttentionSm90(const PrefillAttentionArgs& p, cudaStream_t 
     a.block_shift = __builtin_ctz(static_cast<unsigned>(v.block_size));
   }
   const dim3 grid((p.max_q_len + kBM - 1) / kBM, p.num_q_heads, p.num_seqs);
+  const bool pipelined = p.kernel != PrefillKernel::kWgmmaSerial;
   return DispatchDType(p.dtype, [&](auto t) {
     using T = decltype(t);
     return DispatchHeadDim(p.head_dim, [&](auto hd) {
       constexpr int D = decltype(hd)::value;
       constexpr int kSmem = Smem<D>::kTotal;
-      cudaError_t e = cudaFuncSetAttribute(PrefillAttentionSm90Kernel<T, D>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+      auto* kernel = pipelined ? PrefillAttentionSm90Kernel<T, D, true>
+                               : PrefillAttentionSm90Kernel<T, D, false>;
+      cudaError_t e =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       if (e != cudaSuccess) return e;
-      PrefillAttentionSm90Kernel<T, D><<<grid, kThreads, kSmem, stream>>>(tq, tk, tv, a);
+      kernel<<<grid, kThreads, kSmem, stream>>>(tq, tk, tv, a);
       return cudaGetLastError();
     });
   });

@@ -1,4 +1,5 @@
-// The Hopper (wgmma) prefill attention kernel vs the CPU reference and vs the mma.sync kernel,
+// The Hopper (wgmma) prefill attention kernel, both schedules (serial, pipelined), vs the CPU
+// reference and vs the mma.sync kernel,
 // on ragged chunks around the 64/128 tile edges, GQA groups 1/4/8, head_dim 64/128, with and
 // without a paged prefix. Cases run small first; a failure prints the first mismatching
 // (seq, row, head, col) with both values, so one run locates a layout or masking bug.
@@ -190,10 +191,7 @@ TEST_P(PrefillAttentionSm90Test, MatchesReferenceAndMmaSync) {
   const Case& c = GetParam();
   Inputs in;
   ASSERT_NO_FATAL_FAILURE(MakeInputs(c, &in));
-  std::vector<float> got, mma;
-  const cudaError_t e = RunKernel(c, in, PrefillKernel::kWgmma, &got);
-  if (e == cudaErrorNotSupported) GTEST_SKIP() << "the wgmma kernel needs an sm_90 GPU";
-  ASSERT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
+  std::vector<float> mma;
   ASSERT_EQ(RunKernel(c, in, PrefillKernel::kMmaSync, &mma), cudaSuccess);
   const int32_t hkv = c.num_kv_heads, hq = hkv * c.group, d = c.head_dim;
   const double atol = c.dtype == DType::kBf16 ? 2e-2 : 4e-3, rtol = 2e-2;
@@ -206,22 +204,36 @@ TEST_P(PrefillAttentionSm90Test, MatchesReferenceAndMmaSync) {
                               kBlock,
                               hkv,
                               d};
-  for (int32_t s = 0; s < static_cast<int32_t>(c.chunk.size()); ++s) {
-    // Causality: the reference of the first `rows` queries is the chunk cut to `rows`.
+  // The CPU reference per sequence (causality: the first `rows` queries' reference is the
+  // chunk cut to `rows`).
+  std::vector<std::vector<float>> expect(c.chunk.size());
+  for (size_t s = 0; s < c.chunk.size(); ++s) {
     const int32_t rows = std::min(c.chunk[s], c.cpu_rows);
     const size_t qo = static_cast<size_t>(in.cu[s]) * hq * d,
                  ko = static_cast<size_t>(in.cu[s]) * hkv * d;
-    std::vector<float> expect(static_cast<size_t>(rows) * hq * d);
+    expect[s].resize(static_cast<size_t>(rows) * hq * d);
     ref::PrefillAttention(in.q.data() + qo, in.k.data() + ko, in.v.data() + ko, rows, hq, hkv, d,
-                          c.prefix.empty() ? nullptr : &host, s,
-                          1.0f / std::sqrt(static_cast<float>(d)), expect.data());
-    const std::string cpu = FirstMismatch(c, in, s, rows, got, expect, 0, atol, rtol);
-    EXPECT_EQ(cpu, "") << "wgmma vs CPU reference";
-    const std::vector<float> g(got.begin() + qo, got.begin() + qo + expect.size());
-    EXPECT_LT(testing::RelError(g, expect), testing::Tolerance(c.dtype)) << "seq " << s;
-    const std::string vs_mma = FirstMismatch(c, in, s, c.chunk[s], got, mma, qo, atol, rtol);
-    EXPECT_EQ(vs_mma, "") << "wgmma vs mma.sync kernel";
-    if (!cpu.empty() || !vs_mma.empty()) break;  // the first failing sequence is enough
+                          c.prefix.empty() ? nullptr : &host, static_cast<int32_t>(s),
+                          1.0f / std::sqrt(static_cast<float>(d)), expect[s].data());
+  }
+  // The serial schedule first: a failure only in the pipelined one points at the pipeline.
+  for (const PrefillKernel kernel : {PrefillKernel::kWgmmaSerial, PrefillKernel::kWgmma}) {
+    SCOPED_TRACE(kernel == PrefillKernel::kWgmma ? "wgmma (pipelined)" : "wgmma (serial)");
+    std::vector<float> got;
+    const cudaError_t e = RunKernel(c, in, kernel, &got);
+    if (e == cudaErrorNotSupported) GTEST_SKIP() << "the wgmma kernel needs an sm_90 GPU";
+    ASSERT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
+    for (int32_t s = 0; s < static_cast<int32_t>(c.chunk.size()); ++s) {
+      const int32_t rows = std::min(c.chunk[s], c.cpu_rows);
+      const size_t qo = static_cast<size_t>(in.cu[s]) * hq * d;
+      const std::string cpu = FirstMismatch(c, in, s, rows, got, expect[s], 0, atol, rtol);
+      EXPECT_EQ(cpu, "") << "vs CPU reference";
+      const std::vector<float> g(got.begin() + qo, got.begin() + qo + expect[s].size());
+      EXPECT_LT(testing::RelError(g, expect[s]), testing::Tolerance(c.dtype)) << "seq " << s;
+      const std::string vs_mma = FirstMismatch(c, in, s, c.chunk[s], got, mma, qo, atol, rtol);
+      EXPECT_EQ(vs_mma, "") << "vs the mma.sync kernel";
+      if (!cpu.empty() || !vs_mma.empty()) break;  // the first failing sequence is enough
+    }
   }
 }
 

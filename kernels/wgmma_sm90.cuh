@@ -127,9 +127,13 @@ __device__ __forceinline__ void CpAsyncWaitAll() {
 __device__ __forceinline__ void FenceProxyAsync() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
-// Named barrier over `threads` threads (a subset of the CTA).
+// Named barrier over `threads` threads (a subset of the CTA): Sync waits for all of them,
+// Arrive counts this thread without waiting.
 __device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 // wgmma wrappers, m64nNk16, fp32 accumulators d[N / 2] in the standard layout: thread t of
