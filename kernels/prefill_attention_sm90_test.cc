@@ -8,12 +8,16 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ostream>
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/prefill_attention.h"
@@ -150,7 +154,18 @@ cudaError_t RunKernel(const Case& c, Inputs& in, PrefillKernel kernel, std::vect
   a.total_q = total;
   a.kernel = kernel;
   if ((e = RunPrefillAttention(a, nullptr)) != cudaSuccess) return e;
-  if ((e = cudaDeviceSynchronize()) != cudaSuccess) return e;
+  // A pipeline bug (barrier phase, byte count) hangs rather than fails: say so and stop.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while ((e = cudaStreamQuery(nullptr)) == cudaErrorNotReady) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::fprintf(stderr, "HANG: %s kernel %d did not finish in 30 s\n", c.name,
+                   static_cast<int>(kernel));
+      std::fflush(stderr);
+      std::_Exit(3);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (e != cudaSuccess) return e;
   *out = testing::FromStorage(dout.Download(), c.dtype);
   return cudaSuccess;
 }
