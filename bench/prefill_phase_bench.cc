@@ -3,10 +3,12 @@
 // Llama-3-8B shape (32 layers, dim 4096, 32 q / 8 kv heads of 128, MLP 14336, vocab 128256,
 // bf16, random weights) and times every phase with CUDA events, summed over the layers.
 // Prints a table: ms per phase, share of the total, and TFLOP/s of each GEMM and of attention
-// against this GPU's measured dense bf16 GEMM peak (an 8192^3 cuBLAS GEMM).
+// against this GPU's measured dense bf16 GEMM peak (an 8192^3 cuBLAS GEMM), and for each GEMM
+// shape the best of cuBLASLt's heuristic algorithms (what tuning the algorithm would give).
 //
-//   prefill_phase_bench [tokens 32768] [chunk = tokens] [policy full|headkv] [kernel
-//   auto|mma|wgmma]
+//   prefill_phase_bench [TOKENS] [CHUNK] [POLICY] [KERNEL]
+//     TOKENS 32768, CHUNK = TOKENS, POLICY full | headkv, KERNEL auto | mma | wgmma |
+//     wgmma_serial (the prefill attention kernel)
 //
 // chunk < tokens prefills in chunks as the scheduler does for the full policy: chunk i attends
 // to the previous chunks' K/V in the paged pool (16-token pages). headkv (one chunk only, as
@@ -14,6 +16,7 @@
 // keeps 120 + 8 tokens per head (HeadKV-128) instead of the KV writes.
 // The calls and their arguments mirror forward.cc; keep them in step when it changes.
 
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -142,6 +145,68 @@ double GemmPeakTflops(cublasHandle_t h, cudaStream_t stream) {
   CHECK_CUDA(cudaFree(w));
   CHECK_CUDA(cudaFree(c));
   return 2.0 * n * n * static_cast<double>(n) / t[t.size() / 2] / 1e9;
+}
+
+// The best cuBLASLt algorithm (of the heuristic's first 8) for c[m, n] = a[m, k] w[n, k]^T,
+// row-major bf16, fp32 accumulation (the worker's GEMM, which goes through cublasGemmEx):
+// TFLOP/s of the fastest, median of 5 calls each. Shows what a tuned algorithm choice would
+// gain over the default one.
+double LtBestTflops(cublasLtHandle_t lt, cudaStream_t stream, int32_t m, int32_t n, int32_t k) {
+  void* a = Random(static_cast<size_t>(m) * k, 21);
+  void* w = Random(static_cast<size_t>(n) * k, 22);
+  void *c, *ws;
+  size_t ws_bytes = 64 << 20;
+  CHECK_CUDA(cudaMalloc(&c, static_cast<size_t>(m) * n * 2));
+  CHECK_CUDA(cudaMalloc(&ws, ws_bytes));
+  cublasLtMatmulDesc_t op;
+  CHECK_CUBLAS(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  // Column-major view: C^T [n, m] = (W^T)^T [n, k] x A^T [k, m].
+  cublasLtMatrixLayout_t la, lb, lc;
+  CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, k, n, k));
+  CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, m, k));
+  CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, n, m, n));
+  cublasLtMatmulPreference_t pref;
+  CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+  CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                    &ws_bytes, sizeof(ws_bytes)));
+  cublasLtMatmulHeuristicResult_t res[8];
+  int found = 0;
+  CHECK_CUBLAS(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 8, res, &found));
+  const float alpha = 1.0f, beta = 0.0f;
+  cudaEvent_t e0, e1;
+  CHECK_CUDA(cudaEventCreate(&e0));
+  CHECK_CUDA(cudaEventCreate(&e1));
+  double best_ms = 1e30;
+  for (int i = 0; i < found; ++i) {
+    std::vector<float> t;
+    for (int r = 0; r < 6; ++r) {
+      CHECK_CUDA(cudaEventRecord(e0, stream));
+      if (cublasLtMatmul(lt, op, &alpha, w, la, a, lb, &beta, c, lc, c, lc, &res[i].algo, ws,
+                         ws_bytes, stream) != CUBLAS_STATUS_SUCCESS) {
+        break;
+      }
+      CHECK_CUDA(cudaEventRecord(e1, stream));
+      CHECK_CUDA(cudaEventSynchronize(e1));
+      float ms = 0;
+      CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+      if (r > 0) t.push_back(ms);  // the first call warms up
+    }
+    if (t.empty()) continue;
+    std::sort(t.begin(), t.end());
+    best_ms = std::min<double>(best_ms, t[t.size() / 2]);
+  }
+  CHECK_CUDA(cudaEventDestroy(e0));
+  CHECK_CUDA(cudaEventDestroy(e1));
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatrixLayoutDestroy(la);
+  cublasLtMatrixLayoutDestroy(lb);
+  cublasLtMatrixLayoutDestroy(lc);
+  cublasLtMatmulDescDestroy(op);
+  for (void* p : {a, w, c, ws}) CHECK_CUDA(cudaFree(p));
+  return 2.0 * m * static_cast<double>(n) * k / best_ms / 1e9;
 }
 
 int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel) {
@@ -351,20 +416,38 @@ int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel) {
   };
   std::printf("# prefill of %d tokens in chunks of %d, policy %s, attention kernel %s\n", tokens,
               chunk, headkv ? "headkv-128" : "full",
-              kernel == PrefillKernel::kMmaSync ? "mma"
-              : kernel == PrefillKernel::kWgmma ? "wgmma"
-                                                : "auto");
+              kernel == PrefillKernel::kMmaSync       ? "mma"
+              : kernel == PrefillKernel::kWgmma       ? "wgmma"
+              : kernel == PrefillKernel::kWgmmaSerial ? "wgmma_serial"
+                                                      : "auto");
   std::printf("# measured dense bf16 GEMM peak (cuBLAS 8192^3): %.0f TFLOP/s\n\n", peak);
-  std::printf("| phase | ms | share | TFLOP/s | of GEMM peak |\n|---|---|---|---|---|\n");
+  // GEMM shapes per chunk (m rows): the best cuBLASLt algorithm for comparison.
+  cublasLtHandle_t lt;
+  CHECK_CUBLAS(cublasLtCreate(&lt));
+  const std::map<std::string, std::pair<int32_t, int32_t>> shapes = {
+      {"qkv_proj", {kQkvW, kDim}},
+      {"o_proj", {kDim, kQSize}},
+      {"gate_up_proj", {2 * kHidden, kDim}},
+      {"down_proj", {kDim, kHidden}}};
+  std::map<std::string, double> lt_best;
+  for (const auto& [name, nk] : shapes) {
+    lt_best[name] = LtBestTflops(lt, stream, chunk, nk.first, nk.second);
+  }
+  cublasLtDestroy(lt);
+  std::printf(
+      "| phase | ms | share | TFLOP/s | of GEMM peak | best cuBLASLt algo TFLOP/s |\n"
+      "|---|---|---|---|---|---|\n");
   for (const auto& name : ph.order()) {
     const double t = ms.at(name);
     const auto f = flops.find(name);
     if (f != flops.end()) {
       const double tf = f->second / t / 1e9;
-      std::printf("| %s | %.2f | %.1f%% | %.0f | %.0f%% |\n", name.c_str(), t, 100 * t / total, tf,
-                  100 * tf / peak);
+      const auto b = lt_best.find(name);
+      std::printf("| %s | %.2f | %.1f%% | %.0f | %.0f%% | %s |\n", name.c_str(), t, 100 * t / total,
+                  tf, 100 * tf / peak,
+                  b == lt_best.end() ? "-" : std::to_string(static_cast<int>(b->second)).c_str());
     } else {
-      std::printf("| %s | %.2f | %.1f%% | - | - |\n", name.c_str(), t, 100 * t / total);
+      std::printf("| %s | %.2f | %.1f%% | - | - | - |\n", name.c_str(), t, 100 * t / total);
     }
   }
   double gemm_ms = 0, gemm_flops = 0;
@@ -372,7 +455,7 @@ int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel) {
     gemm_ms += ms.at(g);
     gemm_flops += flops.at(g);
   }
-  std::printf("| **total** | **%.2f** | 100%% | - | - |\n", total);
+  std::printf("| **total** | **%.2f** | 100%% | - | - | - |\n", total);
   std::printf(
       "\n{\"kind\": \"prefill_phases\", \"tokens\": %d, \"chunk\": %d, \"total_ms\": %.2f, "
       "\"gemm_ms\": %.2f, \"gemm_tflops\": %.1f, \"attention_ms\": %.2f, \"peak_tflops\": "
@@ -392,14 +475,16 @@ int main(int argc, char** argv) {
   const std::string kernel = argc > 4 ? argv[4] : "auto";
   if (tokens < 16 || chunk < 1 || chunk > tokens || (policy != "full" && policy != "headkv") ||
       (policy == "headkv" && chunk != tokens) ||
-      (kernel != "auto" && kernel != "mma" && kernel != "wgmma")) {
+      (kernel != "auto" && kernel != "mma" && kernel != "wgmma" && kernel != "wgmma_serial")) {
     std::fprintf(stderr,
-                 "usage: prefill_phase_bench [tokens] [chunk] [full|headkv] [auto|mma|wgmma]\n"
+                 "usage: prefill_phase_bench [tokens] [chunk] [full|headkv] "
+                 "[auto|mma|wgmma|wgmma_serial]\n"
                  "       (headkv prefills in one chunk)\n");
     return 2;
   }
   return Run(tokens, chunk, policy == "headkv",
-             kernel == "mma"     ? PrefillKernel::kMmaSync
-             : kernel == "wgmma" ? PrefillKernel::kWgmma
-                                 : PrefillKernel::kAuto);
+             kernel == "mma"            ? PrefillKernel::kMmaSync
+             : kernel == "wgmma"        ? PrefillKernel::kWgmma
+             : kernel == "wgmma_serial" ? PrefillKernel::kWgmmaSerial
+                                        : PrefillKernel::kAuto);
 }
