@@ -179,13 +179,17 @@ cudaError_t RunKernel(const Case& c, Inputs& in, PrefillKernel kernel, std::vect
 }
 
 // "" when every element of rows [0, rows) of sequence s agrees within atol + rtol |want|;
-// else the first mismatch as (seq, row, head, col), both values, and the mismatch count.
+// else the first mismatch as (seq, row, head, col) with both values, the mismatch count, and
+// where the bad elements fall: by 8-column chunk (a swizzle or descriptor error shows as whole
+// chunks), by row mod 16 (a fragment-layout error) and by 128-row tile (a pipeline error: one
+// stage or tile index), which tells a layout bug from a masking or pipeline one in one run.
 std::string FirstMismatch(const Case& c, const Inputs& in, int32_t s, int32_t rows,
                           const std::vector<float>& got, const std::vector<float>& want,
                           size_t want_offset, double atol, double rtol) {
   const int32_t hq = c.num_kv_heads * c.group, d = c.head_dim;
   const size_t base = static_cast<size_t>(in.cu[s]) * hq * d;
   int64_t bad = 0;
+  std::vector<int64_t> by_chunk(d / 8), by_row16(16), by_tile((rows + 127) / 128);
   std::ostringstream first;
   for (int32_t r = 0; r < rows; ++r) {
     for (int32_t h = 0; h < hq; ++h) {
@@ -198,12 +202,22 @@ std::string FirstMismatch(const Case& c, const Inputs& in, int32_t s, int32_t ro
                   << (c.prefix.empty() ? 0 : c.prefix[s]) << ") row " << r << " head " << h
                   << " col " << x << ": got " << g << " want " << w;
           }
+          ++by_chunk[x / 8];
+          ++by_row16[r % 16];
+          ++by_tile[r / 128];
         }
       }
     }
   }
   if (bad == 0) return "";
-  first << " (" << bad << " of " << static_cast<int64_t>(rows) * hq * d << " elements off)";
+  auto list = [](const std::vector<int64_t>& v) {
+    std::ostringstream o;
+    for (size_t i = 0; i < v.size(); ++i) o << (i ? " " : "") << v[i];
+    return o.str();
+  };
+  first << " (" << bad << " of " << static_cast<int64_t>(rows) * hq * d
+        << " elements off; by 8-col chunk [" << list(by_chunk) << "], by row mod 16 ["
+        << list(by_row16) << "], by 128-row tile [" << list(by_tile) << "])";
   return first.str();
 }
 
