@@ -26,7 +26,8 @@ namespace hkv::kernels {
 // strides), else the mma.sync kernel. kWgmma fails with cudaErrorNotSupported where it cannot
 // run; kMmaSync is the reference (and the only kernel before sm_90). The environment variable
 // HKV_PREFILL_KERNEL=mma turns kAuto into kMmaSync (engine A/B runs).
-// kWgmmaSerial: the wgmma kernel without its MMA/softmax overlap (diagnosis and the bench).
+// kWgmmaSerial: the wgmma kernel without its MMA/softmax overlap and with every paged-prefix
+// tile gathered by cp.async (no page TMA): the simpler path, for diagnosis and the bench.
 enum class PrefillKernel : int8_t { kAuto, kMmaSync, kWgmma, kWgmmaSerial };
 
 struct PrefillAttentionArgs {

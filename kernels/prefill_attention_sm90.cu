@@ -3,9 +3,11 @@
 // NOTE(kernels): FlashAttention-3's structure. A CTA of
 // 3 warpgroups owns 128 queries of one query head:
 //   warpgroup 0 (producer, 40 registers): one thread issues TMA loads of the Q tile and of
-//     each dense K/V tile (128 keys, 128-byte swizzle) into a 2-stage ring; tiles of the paged
-//     prefix are gathered by all 128 producer threads with cp.async into the same swizzled
-//     layout (pages of 16 tokens do not fit a TMA box), zero-filling past the prefix.
+//     each dense K/V tile (128 keys, 128-byte swizzle) into a 2-stage ring. Paged-prefix tiles
+//     wholly inside the prefix come by TMA too, one box per page; the partial last one (and
+//     every prefix tile under kWgmmaSerial) is gathered by all 128 producer threads with
+//     cp.async into the same swizzled layout, zero-filling past the prefix (the pool's rows
+//     there may hold anything).
 //   warpgroups 1, 2 (consumers, 232 registers): 64 query rows each. Per key tile: S = Q K^T
 //     by wgmma from shared memory (both K-major), online softmax in fp32 on the accumulator
 //     registers (log2 domain), then O += P V by wgmma with P from registers and V read
@@ -51,6 +53,9 @@ struct Sm90Args {
   const void* v_pool;
   int64_t block_stride;
   int32_t block_shift;
+  // Prefix tiles wholly inside the prefix come by TMA, one box per page (tm_kp / tm_vp);
+  // else (and always for the partial last one) by the cp.async gather.
+  int32_t page_tma;
 };
 
 // Shared memory plan (bytes from a 1024-aligned base).
@@ -214,7 +219,9 @@ template <typename T, int D, bool kPipelined>
 __global__ void __launch_bounds__(kThreads, 1)
     PrefillAttentionSm90Kernel(const __grid_constant__ CUtensorMap tm_q,
                                const __grid_constant__ CUtensorMap tm_k,
-                               const __grid_constant__ CUtensorMap tm_v, const Sm90Args a) {
+                               const __grid_constant__ CUtensorMap tm_v,
+                               const __grid_constant__ CUtensorMap tm_kp,
+                               const __grid_constant__ CUtensorMap tm_vp, const Sm90Args a) {
 #if defined(HKV_SM90_DEVICE)
   using L = Smem<D>;
   constexpr int kProducerRegs = 40;  // 128 x 40 + 256 x 232 <= 64K registers
@@ -284,7 +291,32 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint32_t sk = base + L::kK + stage * L::kTileBytes;
       const uint32_t sv = base + L::kV + stage * L::kTileBytes;
       sm90::BarWait(k_empty + 8 * stage, phase ^ 1);
-      if (t < prefix_tiles) {
+      const bool by_pages = a.page_tma != 0 && (t + 1) * kBN <= prefix;
+      if (by_pages) {  // a whole prefix tile: one TMA box per page and half (thread 0)
+        if (pt == 0) {
+          const int pages = kBN >> a.block_shift, page_bytes = 128 << a.block_shift;
+          const int32_t* tile_blocks = blocks + ((t * kBN) >> a.block_shift);
+          sm90::BarArriveExpectTx(k_full + 8 * stage, L::kTileBytes);
+          for (int j = 0; j < pages; ++j) {
+            const int32_t b = tile_blocks[j];
+#pragma unroll
+            for (int hf = 0; hf < kHalves; ++hf) {
+              sm90::TmaLoad3d(sk + hf * kBN * 128 + j * page_bytes, &tm_kp, hf * 64, 0, b,
+                              k_full + 8 * stage);
+            }
+          }
+          sm90::BarWait(v_empty + 8 * stage, phase ^ 1);
+          sm90::BarArriveExpectTx(v_full + 8 * stage, L::kTileBytes);
+          for (int j = 0; j < pages; ++j) {
+            const int32_t b = tile_blocks[j];
+#pragma unroll
+            for (int hf = 0; hf < kHalves; ++hf) {
+              sm90::TmaLoad3d(sv + hf * kBN * 128 + j * page_bytes, &tm_vp, hf * 64, 0, b,
+                              v_full + 8 * stage);
+            }
+          }
+        }
+      } else if (t < prefix_tiles) {
         sm90::BarWait(v_empty + 8 * stage, phase ^ 1);
         for (int c = pt; c < kBN * kChunks; c += 128) {
           const int key = c / kChunks, ch = c % kChunks, p = t * kBN + key;
@@ -468,6 +500,29 @@ bool MakeMap(CUtensorMap* map, DType dtype, const void* ptr, int64_t cols, int64
   return r == CUDA_SUCCESS;
 }
 
+// 3-D map over a paged pool [blocks, block_size, head_dim] (blocks at block_stride elements):
+// boxes of one page (block_size rows x 64 columns), 128-byte swizzle. The block count is not
+// known on the host; the bound is a ceiling the kernel never reaches (it reads only listed
+// blocks), not a check.
+bool MakePoolMap(CUtensorMap* map, DType dtype, const void* pool, int32_t head_dim,
+                 int32_t block_size, int64_t block_stride) {
+  EncodeTiledFn fn = EncodeTiled();
+  if (fn == nullptr) return false;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(head_dim),
+                              static_cast<cuuint64_t>(block_size), cuuint64_t{1} << 24};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(head_dim) * 2,
+                                 static_cast<cuuint64_t>(block_stride) * 2};
+  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(block_size), 1};
+  const cuuint32_t elem[3] = {1, 1, 1};
+  const CUresult r =
+      fn(map,
+         dtype == DType::kBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+         3, const_cast<void*>(pool), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Whether the current device runs this kernel's sm_90a code (not the sm_80 PTX).
@@ -533,6 +588,17 @@ cudaError_t RunPrefillAttentionSm90(const PrefillAttentionArgs& p, cudaStream_t 
     a.block_stride = v.block_stride;
     a.block_shift = __builtin_ctz(static_cast<unsigned>(v.block_size));
   }
+  // Whole prefix tiles by TMA (the pipelined kernel; the serial one keeps the gather, so the
+  // two differ there too): pages of 8..128 rows keep each page's box on 1024-byte atoms.
+  CUtensorMap tkp = tk, tvp = tv;  // unused placeholders without a prefix
+  if (p.prefix != nullptr && p.kernel != PrefillKernel::kWgmmaSerial && p.prefix->block_size >= 8 &&
+      p.prefix->block_size <= kBN &&
+      MakePoolMap(&tkp, p.dtype, p.prefix->k_pool, p.head_dim, p.prefix->block_size,
+                  p.prefix->block_stride) &&
+      MakePoolMap(&tvp, p.dtype, p.prefix->v_pool, p.head_dim, p.prefix->block_size,
+                  p.prefix->block_stride)) {
+    a.page_tma = 1;
+  }
   const dim3 grid((p.max_q_len + kBM - 1) / kBM, p.num_q_heads, p.num_seqs);
   const bool pipelined = p.kernel != PrefillKernel::kWgmmaSerial;
   return DispatchDType(p.dtype, [&](auto t) {
@@ -545,7 +611,7 @@ cudaError_t RunPrefillAttentionSm90(const PrefillAttentionArgs& p, cudaStream_t 
       cudaError_t e =
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       if (e != cudaSuccess) return e;
-      kernel<<<grid, kThreads, kSmem, stream>>>(tq, tk, tv, a);
+      kernel<<<grid, kThreads, kSmem, stream>>>(tq, tk, tv, tkp, tvp, a);
       return cudaGetLastError();
     });
   });

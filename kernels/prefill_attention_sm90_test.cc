@@ -262,9 +262,11 @@ TEST_P(PrefillAttentionSm90Test, MatchesReferenceAndMmaSync) {
                           c.prefix.empty() ? nullptr : &host, static_cast<int32_t>(s),
                           1.0f / std::sqrt(static_cast<float>(d)), expect[s].data());
   }
-  // The serial schedule first: a failure only in the pipelined one points at the pipeline.
+  // The serial schedule first (its prefix tiles all come by the cp.async gather): a failure
+  // only in the pipelined one points at the pipeline or, in prefix cases, the page TMA.
   for (const PrefillKernel kernel : {PrefillKernel::kWgmmaSerial, PrefillKernel::kWgmma}) {
-    SCOPED_TRACE(kernel == PrefillKernel::kWgmma ? "wgmma (pipelined)" : "wgmma (serial)");
+    SCOPED_TRACE(kernel == PrefillKernel::kWgmma ? "wgmma (pipelined, prefix pages by TMA)"
+                                                 : "wgmma (serial, prefix by cp.async gather)");
     std::vector<float> got;
     const cudaError_t e = RunKernel(c, in, kernel, &got);
     if (e == cudaErrorNotSupported && !IsSm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
