@@ -111,8 +111,22 @@ void MakeInputs(const Case& c, Inputs* in) {
   ASSERT_EQ(in->dq.Upload(testing::ToStorage(in->q, c.dtype)), cudaSuccess);
   ASSERT_EQ(in->dk.Upload(testing::ToStorage(in->k, c.dtype)), cudaSuccess);
   ASSERT_EQ(in->dv.Upload(testing::ToStorage(in->v, c.dtype)), cudaSuccess);
-  ASSERT_EQ(in->dkp.Upload(testing::ToStorage(in->kp, c.dtype)), cudaSuccess);
-  ASSERT_EQ(in->dvp.Upload(testing::ToStorage(in->vp, c.dtype)), cudaSuccess);
+  // The slots past each row's length in its last block hold NaN, as a reused pool may hold
+  // anything there: a kernel that reads them unmasked (or multiplies them by P = 0) fails.
+  std::vector<uint16_t> kps = testing::ToStorage(in->kp, c.dtype),
+                        vps = testing::ToStorage(in->vp, c.dtype);
+  const uint16_t nan = c.dtype == DType::kBf16 ? 0x7fc0 : 0x7e00;
+  for (size_t r = 0; r + 1 < in->indptr.size(); ++r) {
+    if (in->indptr[r + 1] == in->indptr[r]) continue;
+    const size_t blk = static_cast<size_t>(in->indices[in->indptr[r + 1] - 1]);
+    for (int32_t slot = in->last[r]; slot < kBlock; ++slot) {
+      for (int32_t x = 0; x < d; ++x) {
+        kps[(blk * kBlock + slot) * d + x] = vps[(blk * kBlock + slot) * d + x] = nan;
+      }
+    }
+  }
+  ASSERT_EQ(in->dkp.Upload(kps), cudaSuccess);
+  ASSERT_EQ(in->dvp.Upload(vps), cudaSuccess);
   ASSERT_EQ(in->dcu.Upload(in->cu), cudaSuccess);
   ASSERT_EQ(in->dind.Upload(dev_indptr), cudaSuccess);
   ASSERT_EQ(in->didx.Upload(dev_indices), cudaSuccess);
