@@ -21,11 +21,11 @@
 
 namespace hkv::kernels {
 
-// Which kernel RunPrefillAttention runs. kAuto: the wgmma kernel on sm_90 GPUs when
-// PrefillAttentionSm90Supported-style checks pass (total_q set, 16-byte aligned pointers and
-// strides), else the mma.sync kernel. kWgmma fails with cudaErrorNotSupported where it cannot
-// run; kMmaSync is the reference (and the only kernel before sm_90). The environment variable
-// HKV_PREFILL_KERNEL=mma turns kAuto into kMmaSync (engine A/B runs).
+// Which kernel RunPrefillAttention runs. kAuto: the mma.sync kernel, for now: the wgmma kernel
+// (sm_90a, prefill_attention_sm90.cu) has not yet run on a GPU, and kAuto moves to it (on sm_90
+// GPUs, where PrefillAttentionSm90Supported's checks pass: total_q set, 16-byte aligned pointers
+// and strides) once its GPU test passes. kWgmma fails with cudaErrorNotSupported where it cannot
+// run; kMmaSync is the reference (and the only kernel before sm_90).
 // kWgmmaSerial: the wgmma kernel without its MMA/softmax overlap and with every paged-prefix
 // tile gathered by cp.async (no page TMA): the simpler path, for diagnosis and the bench.
 enum class PrefillKernel : int8_t { kAuto, kMmaSync, kWgmma, kWgmmaSerial };
