@@ -4,7 +4,9 @@
 //
 //   kernel_bench decode  <batch> <context>      uniform lengths (every head full)
 //   kernel_bench decode_lens <file>             one row length per line, rows (seq, kv_head)
-//   kernel_bench prefill <tokens>               causal prefill, one sequence
+//   kernel_bench prefill <tokens> [KERNEL]      causal prefill, one sequence; KERNEL: auto (the
+//                                               default: wgmma on sm_90, else mma.sync), wgmma,
+//                                               wgmma_serial or mma
 //   kernel_bench select  <tokens> <cap>         fused selection, every head keeps cap + 8
 //   kernel_bench linear  <m> <n> <k>            skinny linear layer: hkv Gemv vs cuBLAS
 //
@@ -144,7 +146,7 @@ int Decode(const std::vector<int64_t>& lens, const char* label) {
   return 0;
 }
 
-int Prefill(int32_t n) {
+int Prefill(int32_t n, const std::string& kernel) {
   void* q = RandomDevice(static_cast<size_t>(n) * kHq * kD, 5);
   void* k = RandomDevice(static_cast<size_t>(n) * kHkv * kD, 6);
   void* v = RandomDevice(static_cast<size_t>(n) * kHkv * kD, 7);
@@ -168,10 +170,17 @@ int Prefill(int32_t n) {
   a.num_kv_heads = kHkv;
   a.head_dim = kD;
   a.scale = 1.0f / std::sqrt(static_cast<float>(kD));
+  a.total_q = n;
+  a.kernel = kernel == "mma"            ? PrefillKernel::kMmaSync
+             : kernel == "wgmma"        ? PrefillKernel::kWgmma
+             : kernel == "wgmma_serial" ? PrefillKernel::kWgmmaSerial
+                                        : PrefillKernel::kAuto;
   const double ms = MedianMs(2, 10, [&](int) { CHECK_CUDA(RunPrefillAttention(a, nullptr)); });
   const double flops = 4.0 * kD * kHq * (static_cast<double>(n) * (n + 1) / 2);
-  std::printf("{\"kind\": \"prefill\", \"tokens\": %d, \"ms\": %.4f, \"tflops\": %.2f}\n", n, ms,
-              flops / ms / 1e9);
+  std::printf(
+      "{\"kind\": \"prefill\", \"kernel\": \"%s\", \"tokens\": %d, \"ms\": %.4f, "
+      "\"tflops\": %.2f}\n",
+      kernel.c_str(), n, ms, flops / ms / 1e9);
   return 0;
 }
 
@@ -186,8 +195,8 @@ int Select(int32_t n, int32_t cap, bool adaptive) {
   const int32_t reserved =
       static_cast<int32_t>((total + kHkv * (kWindow + kBlock - 1)) / kBlock);  // adaptive bound
   const int32_t nb = (kept + kBlock - 1) / kBlock;
-  std::vector<int32_t> indptr{0}, indices(std::max<size_t>(static_cast<size_t>(nb) * kHkv,
-                                                           static_cast<size_t>(reserved))),
+  std::vector<int32_t> indptr{0},
+      indices(std::max<size_t>(static_cast<size_t>(nb) * kHkv, static_cast<size_t>(reserved))),
       caps(kHkv, cap);
   std::iota(indices.begin(), indices.end(), 0);
   for (int32_t h = 0; h < kHkv; ++h) indptr.push_back((h + 1) * nb);
@@ -297,13 +306,17 @@ int main(int argc, char** argv) {
   if (mode == "linear" && argc == 5) {
     return hkv::kernels::Linear(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]));
   }
-  if (mode == "prefill" && argc == 3) return Prefill(std::atoi(argv[2]));
+  if (mode == "prefill" && (argc == 3 || argc == 4)) {
+    return Prefill(std::atoi(argv[2]), argc == 4 ? argv[3] : "auto");
+  }
   if (mode == "select" && argc == 4) return Select(std::atoi(argv[2]), std::atoi(argv[3]), false);
   if (mode == "adaselect" && argc == 4) {
     return Select(std::atoi(argv[2]), std::atoi(argv[3]), true);
   }
   std::fprintf(stderr,
-               "usage: kernel_bench decode B L | decode_lens FILE | prefill N | select N CAP | "
+               "usage: kernel_bench decode B L | decode_lens FILE | prefill N "
+               "[auto|mma|wgmma|wgmma_serial] | "
+               "select N CAP | "
                "adaselect N CAP\n");
   return 2;
 }

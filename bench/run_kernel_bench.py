@@ -7,7 +7,9 @@ prints one table: Llama-3-8B attention (32 q heads, 8 kv heads, head_dim 128, bf
 
 Rows: decode with uniform lengths vs torch SDPA (enable_gqa) on dense K/V, decode with HeadKV
 per-head lengths (R2 scores, kv-head granularity, B = 128 and 1024, plus decoded tokens),
-causal prefill vs SDPA's flash backend, and selection's share of prefill at 32k.
+causal prefill vs SDPA's flash backend (the engine's default kernel, then the wgmma kernel,
+its serial schedule and the mma.sync kernel forced), and selection's share of prefill at 32k.
+`--only prefill` runs just the prefill and selection rows.
 Bandwidth = bytes of K/V read / time; prefill TFLOP/s counts the causal half (4*d*H*n(n+1)/2).
 """
 import argparse
@@ -105,15 +107,19 @@ def headkv_caps(path, budget):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
-    ap.add_argument("--scores", required=True)
+    ap.add_argument("--scores", default="")
     ap.add_argument("--json-out", default="")
+    ap.add_argument("--only", choices=["all", "prefill"], default="all")
     args = ap.parse_args()
+    if args.only == "all" and not args.scores:
+        ap.error("--scores is needed for the HeadKV decode rows (or --only prefill)")
     props = torch.cuda.get_device_properties(0)
     rows = []
     print(f"# GPU: {props.name}, torch {torch.__version__}", flush=True)
 
     uniform = []
-    for batch, ctx in [(1, 131072), (16, 4096), (64, 4096), (16, 32768)]:
+    decode_shapes = [(1, 131072), (16, 4096), (64, 4096), (16, 32768)]
+    for batch, ctx in [] if args.only == "prefill" else decode_shapes:
         r = ours(args.bin, "decode", batch, ctx)
         t_ms = torch_decode(batch, ctx)
         t_bw = r["bytes"] / t_ms / 1e9
@@ -121,9 +127,9 @@ def main():
         rows.append(("decode uniform", f"{batch}x{ctx}", f"{r['ms']:.3f}", f"{r['tbps']:.2f} TB/s",
                      f"{t_ms:.3f}", f"{t_bw:.2f} TB/s", f"{r['tbps'] / t_bw:.2f}"))
         print(rows[-1], flush=True)
-    uni_bw = statistics.mean(uniform)
+    uni_bw = statistics.mean(uniform) if uniform else 0.0
 
-    for budget in (128, 1024):
+    for budget in () if args.only == "prefill" else (128, 1024):
         caps = headkv_caps(args.scores, budget)
         for batch in (1, 8, 32, 128, 256):
             lens = []
@@ -141,14 +147,25 @@ def main():
 
     prefill_ms = {}
     for n in (4096, 16384, 32768):
-        r = ours(args.bin, "prefill", n)
         t_ms, note = torch_prefill(n)
         flops = 4.0 * D * HQ * n * (n + 1) / 2
         t_tf = flops / t_ms / 1e9
-        prefill_ms[n] = (r["ms"], t_ms)
-        rows.append(("prefill causal", f"{n} tokens", f"{r['ms']:.3f}", f"{r['tflops']:.0f} TFLOP/s",
-                     f"{t_ms:.3f}", f"{t_tf:.0f} TFLOP/s ({note})", f"{r['tflops'] / t_tf:.2f}"))
-        print(rows[-1], flush=True)
+        # auto = what the engine runs (wgmma on sm_90); then each kernel forced.
+        for kernel in ("auto", "wgmma", "wgmma_serial", "mma"):
+            try:
+                r = ours(args.bin, "prefill", n, kernel)
+            except subprocess.CalledProcessError as e:  # wgmma on a GPU without sm_90a
+                print(f"prefill {n} {kernel}: {e.stderr.strip()}", flush=True)
+                continue
+            if kernel == "auto":
+                prefill_ms[n] = (r["ms"], t_ms)
+            label = {"auto": "prefill causal", "wgmma": "prefill (wgmma)",
+                     "wgmma_serial": "prefill (wgmma serial)",
+                     "mma": "prefill (mma.sync)"}[kernel]
+            rows.append((label, f"{n} tokens", f"{r['ms']:.3f}", f"{r['tflops']:.0f} TFLOP/s",
+                         f"{t_ms:.3f}", f"{t_tf:.0f} TFLOP/s ({note})",
+                         f"{r['tflops'] / t_tf:.2f}"))
+            print(rows[-1], flush=True)
 
     r = ours(args.bin, "select", 32768, 1016)
     ours_ms, torch_ms = prefill_ms[32768]

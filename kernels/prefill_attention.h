@@ -1,8 +1,9 @@
 #pragma once
 // Causal prefill attention with GQA over one layer: the queries of a prefill chunk attend to
 // the chunk's own K/V (a dense scratch) and, for chunked prefill, to the K/V that earlier
-// chunks left in the sequence's paged rows. Tensor cores (mma.sync m16n8k16), fp32 softmax.
-// Host-only declarations; kernels in prefill_attention.cu.
+// chunks left in the sequence's paged rows. Tensor cores (wgmma + TMA on sm_90a,
+// prefill_attention_sm90.cu; mma.sync m16n8k16 elsewhere), fp32 softmax. Host-only declarations;
+// kernels in prefill_attention.cu.
 //
 //   sequence s: queries q[cu_seqlens[s] .. cu_seqlens[s+1]) (chunk-local index i)
 //   keys seen by query i of head h (kv head h / group):
@@ -19,6 +20,15 @@
 #include "kernels/paged_kv.h"
 
 namespace hkv::kernels {
+
+// Which kernel RunPrefillAttention runs. kAuto: the mma.sync kernel, for now: the wgmma kernel
+// (sm_90a, prefill_attention_sm90.cu) has not yet run on a GPU, and kAuto moves to it (on sm_90
+// GPUs, where PrefillAttentionSm90Supported's checks pass: total_q set, 16-byte aligned pointers
+// and strides) once its GPU test passes. kWgmma fails with cudaErrorNotSupported where it cannot
+// run; kMmaSync is the reference (and the only kernel before sm_90).
+// kWgmmaSerial: the wgmma kernel without its MMA/softmax overlap and with every paged-prefix
+// tile gathered by cp.async (no page TMA): the simpler path, for diagnosis and the bench.
+enum class PrefillKernel : int8_t { kAuto, kMmaSync, kWgmma, kWgmmaSerial };
 
 struct PrefillAttentionArgs {
   DType dtype = DType::kBf16;
@@ -38,11 +48,15 @@ struct PrefillAttentionArgs {
   float scale = 0.0f;
   // Optional earlier-chunk K/V: CSR rows prefix->Row(seq, kv_head), same num_kv_heads/head_dim.
   const PagedKvView* prefix = nullptr;
+  // Rows addressable from q / k / v (>= cu_seqlens[num_seqs]): the wgmma kernel's TMA bounds.
+  // 0 (unknown) keeps kAuto on the mma.sync kernel.
+  int32_t total_q = 0;
+  PrefillKernel kernel = PrefillKernel::kAuto;
 };
 
 // Runs causal prefill attention. Returns cudaErrorInvalidValue for unsupported shapes.
 // REQUIRES: the prefix page table is well formed (last_len in 1..block_size on non-empty rows).
-// Grid: (ceil(max_q_len / 128), num_q_heads, num_seqs) Block: (128).
+// Grid: (ceil(max_q_len / 128), num_q_heads, num_seqs); block 128 (mma.sync) or 384 (wgmma).
 cudaError_t RunPrefillAttention(const PrefillAttentionArgs& args, cudaStream_t stream);
 
 }  // namespace hkv::kernels

@@ -62,6 +62,7 @@ absl::Status CudaWorker::State::RunPrefill(const HostStep& h, int32_t k0, int32_
   a.head_dim = c.head_dim;
   a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   a.prefix = prefix;
+  a.total_q = h.total - static_cast<int32_t>(first);  // rows of qkv from `first` (TMA bounds)
   HKV_CUDA_RETURN_IF_ERROR(k::RunPrefillAttention(a, stream));
   return absl::OkStatus();
 }
