@@ -298,7 +298,8 @@ absl::Status RunAll(const EvalOptions& o, Engine& engine, const std::vector<Eval
       if (Drain(flight[i], i == 0 ? absl::Milliseconds(20) : absl::ZeroDuration(), records)) {
         flight.erase(flight.begin() + i);
         // Progress on stderr at every tenth (long CPU runs), never into --json's stdout.
-        if (++done * 10 / records.size() != (done - 1) * 10 / records.size()) {
+        ++done;
+        if (done * 10 / records.size() != (done - 1) * 10 / records.size()) {
           std::cerr << absl::StrFormat("hkv eval: %d of %d requests done\n", done, records.size());
         }
       } else {
