@@ -34,6 +34,20 @@ or time and are recorded in train_log.json, and GPU kernels are not bit-exact, s
 a similar checkpoint, not the same bytes. `--init DIR --start-phase 4 [--fav-style older-one]`
 fine-tunes a checkpoint on a fav-weighted mix (the attempt the README reports).
 
+`--init DIR --start-phase 5` is the reasoning curriculum for `fav`, from a checkpoint that
+already retrieves (the committed one). Its schedule runs on the fraction f of the time budget
+(phase5_schedule): T=256 batches (80% until f = 0.5, then 50%) of fav blocks with the relation
+first as in the eval prompts, each followed by one question: the name lookup alone ("Who is the
+older one?" -> " Theo."), the second hop alone ("What is the favourite thing of Theo?"), or the
+eval's question, before which a hint sentence ("Theo is the older one.") states the first hop,
+with probability 1 - f / 0.45 (none after f = 0.45); 30% of the dense documents keep single,
+multi, key-value and copy practice. The rest are long documents (512-2048 until f = 0.35, then
+1024-4096; half fav, 30% of those with the relation and favourite sentences apart). An auxiliary
+loss (--aux-weight, annealed to 0 between f = 0.7 and 0.85) pushes one head of layer >= 3
+(--aux-head, auto: the one with the most attention on the two colour words) to attend, from
+the position that predicts a fav answer, to the asked person's colour word. The eval and probe
+prompts do not change. `--tiny` is a CPU smoke test of the same code path.
+
 Stages (each writes into OUT, normally tests/data/needle):
 
     python3 tests/data/make_needle_model.py tokenizer OUT   # stdlib + regex: tokenizer files
@@ -408,6 +422,10 @@ class Doc:
     def __init__(self, tok):
         self.tok, self.ids, self.w, self.q = tok, [tok.bos], [0.0], [0]
         self.nq = 0
+        # Phase 5's attention supervision: (query position, right position, wrong position):
+        # the position that predicts a fav answer's first token, and the colour tokens of the
+        # asked person's and the other person's favourite sentences.
+        self.aux = []
 
     def add(self, pieces, w=0.0, qid=0):
         for p in pieces:
@@ -515,8 +533,18 @@ def doc_fav_local(tok, rng, T):
         a = fav_answer(tx if older else ty, x if older else y)
         if len(d) + n_tokens(tok, block + q + a) + 1 > T:
             break
+        start = len(d)
         d.add(block)
         d.add(q)
+        right, wrong = (sx, sy) if older else (sy, sx)
+        at = {}
+        for p in [rel] + favs:  # the first occurrence of each part's pieces in the block
+            for i in range(len(block) - len(p) + 1):
+                if block[i:i + len(p)] == p:
+                    at[id(p)] = start + n_tokens(tok, block[:i])
+                    break
+        d.aux.append((len(d) - 1, at[id(right)] + colour_offset(tok, right),
+                      at[id(wrong)] + colour_offset(tok, wrong)))
         d.answer(a)
     return d
 
@@ -540,6 +568,64 @@ def doc_multi_short(tok, rng, T):
         if len(d) + n_tokens(tok, q + a) + 1 > T:
             break
         d.add(q)
+        d.answer(a)
+    return d
+
+
+def who_question(older):
+    return [" Question", ":", " Who", " is", " the", " older" if older else " younger", " one",
+            "?", " Answer", ":"]
+
+
+def direct_fav_question(name):
+    return [" Question", ":", " What", " is", " the", " favourite", " thing", " of", " " + name,
+            "?", " Answer", ":"]
+
+
+def colour_offset(tok, sentence):
+    """Tokens of a favourite sentence before its colour word (" The favourite thing of X is")."""
+    return n_tokens(tok, sentence[:6])
+
+
+def doc_fav_curriculum(tok, rng, T, hint_p, who_p, direct_p):
+    """Phase 5's dense reasoning documents: fav blocks (relation first, as in the eval prompts,
+    in 85%), each followed by one question: the name lookup alone ("Who is the older one?" ->
+    " Theo."), the second hop alone ("What is the favourite thing of Theo?"), or the eval's
+    two-hop question, before which a hint sentence ("Theo is the older one.") makes the first
+    hop explicit with probability hint_p (annealed to 0 by the schedule)."""
+    d = Doc(tok)
+    while True:
+        x, y = sample_names(rng, 2)
+        rel, favs, sx, sy, tx, ty = fav_block(rng, x, y)
+        parts = [rel] + favs if rng.random() < 0.85 else favs[:1] + [rel] + favs[1:]
+        older = rng.random() < 0.5
+        name, other = (x, y) if older else (y, x)
+        right, wrong = (sx, sy) if older else (sy, sx)
+        u = rng.random()
+        kind = "who" if u < who_p else ("direct" if u < who_p + direct_p else "fav")
+        if kind == "who":
+            q, a = who_question(older), [" " + name, "."]
+        elif kind == "direct":
+            name = rng.choice([x, y])
+            q, a = direct_fav_question(name), fav_answer(tx if name == x else ty, name)
+        else:
+            q, a = fav_question(older), fav_answer(tx if older else ty, name)
+            if rng.random() < hint_p:
+                q = [" " + name, " is", " the", " older" if older else " younger", " one",
+                     "."] + q
+        fill = [pool_sentence(tok, rng)[0] if rng.random() < 0.25 else [] for _ in parts]
+        need = sum(n_tokens(tok, p) + n_tokens(tok, f) for p, f in zip(parts, fill))
+        if len(d) + need + n_tokens(tok, q + a) + 1 > T:
+            break
+        pos = {}
+        for p, f in zip(parts, fill):
+            pos[id(p)] = len(d)
+            d.add(p)
+            d.add(f)
+        d.add(q)
+        if kind == "fav":
+            d.aux.append((len(d) - 1, pos[id(right)] + colour_offset(tok, right),
+                          pos[id(wrong)] + colour_offset(tok, wrong)))
         d.answer(a)
     return d
 
@@ -580,8 +666,10 @@ def place(sents, needles):
     return out, spans
 
 
-def doc_long(tok, rng, T, fav=0.4):
-    """An eval-like long document with several questions at the end (training)."""
+def doc_long(tok, rng, T, fav=0.4, split=0.0):
+    """An eval-like long document with several questions at the end (training). With
+    probability `split` a fav needle's relation sentence and its favourite sentences are placed
+    apart (the relation first), so the fav hop is trained at several distances."""
     kind = rng.choices(["single", "multi", "fav"], [0.6 * (1 - fav), 0.4 * (1 - fav), fav])[0]
     k = rng.randint(2, 6)
     names = sample_names(rng, k + 2)
@@ -591,9 +679,22 @@ def doc_long(tok, rng, T, fav=0.4):
     if kind == "fav":
         x, y = names[k], names[k + 1]
         rel, favs, sx, sy, tx, ty = fav_block(rng, x, y)
-        needles.append((rng.random(), tok.pieces_ids(rel + favs[0] + favs[1])))
+        if split > 0 and rng.random() < split:  # (no draw at split 0: phases 2-4 unchanged)
+            d0, d1 = sorted([rng.random(), rng.random()])
+            needles.append((d0, tok.pieces_ids(rel)))
+            needles.append((d1, tok.pieces_ids(favs[0] + favs[1])))
+            lead = 0
+        else:
+            needles.append((rng.random(), tok.pieces_ids(rel + favs[0] + favs[1])))
+            lead = n_tokens(tok, rel)
         older = rng.random() < 0.5
+        right, wrong = (sx, sy) if older else (sy, sx)
+        fav_needle = len(needles) - 1
+        first = n_tokens(tok, favs[0])
+        off_r = lead + (0 if favs[0] is right else first) + colour_offset(tok, right)
+        off_w = lead + (0 if favs[0] is wrong else first) + colour_offset(tok, wrong)
         qa.append((fav_question(older), fav_answer(tx if older else ty, x if older else y)))
+        fav_qa = qa[-1]
     order = list(range(k))
     rng.shuffle(order)
     if kind == "multi":
@@ -607,11 +708,15 @@ def doc_long(tok, rng, T, fav=0.4):
     fixed = sum(len(p) for _, p in needles) + sum(
         n_tokens(tok, q) + n_tokens(tok, a) for q, a in qa) + 2
     sents = haystack(tok, rng, T - fixed, train=True)
-    body, _ = place(sents, needles)
+    body, spans = place(sents, needles)
     d = Doc(tok)
     d.add_ids(body)
-    for q, a in qa:
+    for item in qa:
+        q, a = item
         d.add(q)
+        if kind == "fav" and item is fav_qa:
+            s0 = 1 + spans[fav_needle][0]  # after BOS
+            d.aux.append((len(d) - 1, s0 + off_r, s0 + off_w))
         d.answer(a)
     d.end()
     return d
@@ -852,7 +957,10 @@ def build_model(torch, vocab, layers, inter):
                         std = 0.02 / math.sqrt(2 * layers)
                     nn.init.normal_(p, 0.0, std)
 
-        def hidden(self, ids, attn_out=None):
+        def hidden(self, ids, attn_out=None, aux=None):
+            """aux (phase 5): {"b", "t": LongTensor [M], "heads": [(layer, head)], "out": {}}:
+            fills out[(layer, head)] with the log-softmax attention rows [M, T] of those
+            query positions, computed next to SDPA for these heads only."""
             B, T = ids.shape
             x = self.model.embed_tokens(ids)
             cos = self.cos[:T].to(x.dtype)
@@ -869,6 +977,15 @@ def build_model(torch, vocab, layers, inter):
                 rep = HEADS // KV_HEADS
                 k = k.repeat_interleave(rep, dim=1)
                 v = v.repeat_interleave(rep, dim=1)
+                if aux is not None:
+                    for (al, ah) in aux["heads"]:
+                        if al != li:
+                            continue
+                        qs = q[aux["b"], ah, aux["t"]].float()  # [M, D]
+                        ks = k[aux["b"], ah].float()  # [M, T, D]
+                        sc = (ks @ qs[:, :, None])[:, :, 0] / math.sqrt(HEAD_DIM)
+                        future = torch.arange(T, device=ids.device)[None, :] > aux["t"][:, None]
+                        aux["out"][(al, ah)] = sc.masked_fill(future, float("-inf")).log_softmax(-1)
                 if sdpa is not None and attn_out is None:
                     o = sdpa(q, k, v, is_causal=True)
                 else:
@@ -947,8 +1064,42 @@ def write_config(out, tok, layers, inter):
 # ----------------------------------------------------------------------------- training
 
 
-def batch_for(tok, rng, phase, pool, tokens=32768):
+def phase5_schedule(f):
+    """Phase 5 (the reasoning curriculum) at progress f in [0, 1] of its time budget."""
+    return {
+        "dense": 0.8 if f < 0.5 else 0.5,          # share of T=256 batches
+        "hint": max(0.0, 1.0 - f / 0.45),          # explicit first hop before the question
+        "who": 0.35 if f < 0.5 else 0.15,          # name lookup alone
+        "direct": 0.2 if f < 0.5 else 0.1,         # second hop alone
+        "aux": 1.0 if f < 0.7 else max(0.0, 1.0 - (f - 0.7) / 0.15),  # x --aux-weight
+        "long_T": [1024, 2048, 4096] if f >= 0.35 else [512, 1024, 2048],
+    }
+
+
+def batch_for_phase5(tok, rng, pool, tokens, f, max_T):
+    sch = phase5_schedule(f)
+    if rng.random() < sch["dense"]:
+        T = 256
+        docs = []
+        for _ in range(tokens // T):
+            kind = rng.choices(["rep", "mqar", "qa", "multi", "favc"],
+                               [0.05, 0.05, 0.1, 0.1, 0.7])[0]
+            docs.append({"rep": lambda: doc_repeat(tok, rng, T, pool),
+                         "mqar": lambda: doc_mqar(tok, rng, T),
+                         "qa": lambda: doc_qa(tok, rng, T),
+                         "multi": lambda: doc_multi_short(tok, rng, T),
+                         "favc": lambda: doc_fav_curriculum(tok, rng, T, sch["hint"], sch["who"],
+                                                            sch["direct"])}[kind]())
+        return T, docs
+    Ts = [t for t in sch["long_T"] if t <= max_T] or [max_T]
+    T = rng.choice(Ts)
+    return T, [doc_long(tok, rng, T, fav=0.5, split=0.3) for _ in range(max(1, tokens // T))]
+
+
+def batch_for(tok, rng, phase, pool, tokens=32768, progress=0.0, max_T=MAX_POS):
     """(T, docs) for one step of `tokens` tokens."""
+    if phase == 5:
+        return batch_for_phase5(tok, rng, pool, tokens, progress, max_T)
     dense = phase == 1 or rng.random() < {2: 0.25, 3: 0.15, 4: 0.35}[phase]
     if dense:
         T = 256
@@ -985,6 +1136,12 @@ def tensors(torch, tok, T, docs):
     # position p-1 predicts token p
     sel = (w[:, 1:] > 0).reshape(-1).nonzero().squeeze(1)
     return ids, w, q, sel
+
+
+def aux_tensor(torch, T, docs):
+    """[M, 4] (doc, query position, right colour position, wrong colour position)."""
+    rows = [(i, a, r, x) for i, d in enumerate(docs) for (a, r, x) in d.aux if max(a, r, x) < T]
+    return torch.tensor(rows, dtype=torch.long).reshape(-1, 4)
 
 
 def run_train(args):
@@ -1052,6 +1209,7 @@ def run_train(args):
     import torch.multiprocessing as tmp
     ctx = tmp.get_context("fork")
     phase_v, stop = ctx.Value("i", args.start_phase), ctx.Event()
+    prog_v = ctx.Value("i", 0)  # phase 5: per-mille of the time budget spent (its schedule)
     nw = args.workers
     queues = [ctx.Queue(maxsize=4) for _ in range(nw)]
     pool_sentence(tok, random.Random(0))
@@ -1062,11 +1220,13 @@ def run_train(args):
         while not stop.is_set():
             ph = phase_v.value
             rng = random.Random("%d-%d-%d" % (seed, s, ph))
-            T, docs = batch_for(tok, rng, ph, pool, args.tokens_per_step)
+            T, docs = batch_for(tok, rng, ph, pool, args.tokens_per_step, prog_v.value / 1000.0,
+                                args.max_T)
             ids, w, q, sel = tensors(torch, tok, T, docs)
+            aux = aux_tensor(torch, T, docs)
             while not stop.is_set():
                 try:
-                    queues[wid].put((s, ph, T, ids, w, sel), timeout=0.5)
+                    queues[wid].put((s, ph, T, ids, w, sel, aux), timeout=0.5)
                     break
                 except queue.Full:
                     pass
@@ -1086,17 +1246,27 @@ def run_train(args):
                              {"params": other, "weight_decay": 0.0}], **opt_kw)
     log = {"variant": args.variant, "config": v, "params": nparam, "curve": [], "phases": [],
            "init": args.init, "start_phase": args.start_phase, "lr": args.lr or v["lr"]}
+    aux_head = None
+    if args.start_phase == 5 and args.aux_weight > 0:
+        aux_head = pick_aux_head(torch, model, tok, dev, amp, args.aux_head, args.aux_min_layer,
+                                 log)
     t0 = time.time()
     step, phase_start = 0, t0
     warm = args.warmup
-    losses = []
+    losses, aux_losses = [], []
     try:
         while True:
             el = time.time() - t0
             if el > budget:
                 break
-            s, ph, T, ids, w, sel = queues[step % nw].get(timeout=120)
+            prog_v.value = int(1000 * min(1.0, el / budget))
+            s, ph, T, ids, w, sel, aux = queues[step % nw].get(timeout=120)
             assert s == step
+            spec = None
+            aux_w = args.aux_weight * phase5_schedule(el / budget)["aux"] if ph == 5 else 0.0
+            if aux_head is not None and aux_w > 0 and aux.shape[0] > 0:
+                aux = aux.to(dev)
+                spec = {"b": aux[:, 0], "t": aux[:, 1], "heads": [aux_head], "out": {}}
             ids = ids.to(dev, non_blocking=True)
             w = w.to(dev, non_blocking=True)
             sel = sel.to(dev, non_blocking=True)
@@ -1106,13 +1276,18 @@ def run_train(args):
             for g in opt.param_groups:
                 g["lr"] = lr
             with torch.autocast(**amp) if amp else _null():
-                h = model.hidden(ids)
+                h = model.hidden(ids, aux=spec)
                 hs = h[:, :-1].reshape(-1, HIDDEN).index_select(0, sel)
                 logit = model.logits(hs).float()
             tgt = ids[:, 1:].reshape(-1).index_select(0, sel)
             ww = w[:, 1:].reshape(-1).index_select(0, sel)
             loss = (torch.nn.functional.cross_entropy(logit, tgt, reduction="none") * ww).sum() / \
                 ww.sum()
+            if spec is not None:  # attention of the supervised head on the right colour token
+                lp = spec["out"][aux_head]
+                aux_nll = -lp.gather(1, aux[:, 2:3]).mean()
+                aux_losses.append(aux_nll.detach())
+                loss = loss + aux_w * aux_nll
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -1126,6 +1301,9 @@ def run_train(args):
                 el = time.time() - t0
                 r.update({"step": step, "t": round(el, 1), "phase": state["phase"], "loss": round(lv, 4),
                           "lr": lr})
+                if aux_losses:
+                    r["aux_nll"] = round(float(torch.stack(aux_losses).mean()), 4)
+                    aux_losses = []
                 log["curve"].append(r)
                 print("[%s] " % args.variant + " ".join(
                     "%s=%s" % (k, ("%.3f" % x) if isinstance(x, float) else x) for k, x in r.items()),
@@ -1152,6 +1330,64 @@ def run_train(args):
     log["train_seconds"] = round(time.time() - t0, 1)
     print("[%s] trained %d steps in %.0f s" % (args.variant, step, time.time() - t0), flush=True)
     finish(args, torch, tok, model, v, log)
+
+
+def pick_aux_head(torch, model, tok, dev, amp, choice, min_layer, log):
+    """The (layer, head) phase 5 supervises: --aux-head L-H, or the head of layers >= min_layer
+    that already puts the most attention, at the position predicting a fav answer, on the two
+    colour tokens; it is then taught which one. (In the committed checkpoint the copy is done by
+    layer-0 heads 0-4 and 0-7, ~98% and ~72% of their attention on the two colours, about half
+    each: a layer-0 key is the token and its position only, so it cannot tell the older
+    person's colour from the other. A later head's keys can carry that.)"""
+    if choice != "auto":
+        l, h = (int(x) for x in choice.split("-"))
+        log["aux_head"] = {"head": [l, h], "how": "given"}
+        return (l, h)
+    rng = random.Random("aux-head")
+    docs = [doc_fav_local(tok, rng, 256) for _ in range(32)]
+    ids, _, _, _ = tensors(torch, tok, 256, docs)
+    aux = aux_tensor(torch, 256, docs).to(dev)
+    layers = len(model.model.layers)
+    spec = {"b": aux[:, 0], "t": aux[:, 1], "out": {},
+            "heads": [(l, h) for l in range(min_layer, layers) for h in range(HEADS)]}
+    model.to(dev).eval()
+    with torch.no_grad(), (torch.autocast(**amp) if amp else _null()):
+        model.hidden(ids.to(dev), aux=spec)
+    model.train()
+    mass = {}
+    for key, lp in spec["out"].items():
+        p = lp.float().exp()
+        right = p.gather(1, aux[:, 2:3]).mean().item()
+        wrong = p.gather(1, aux[:, 3:4]).mean().item()
+        mass[key] = (right + wrong, right, wrong)
+    best = max(mass, key=lambda k: mass[k][0])
+    top = sorted(mass, key=lambda k: -mass[k][0])[:5]
+    log["aux_head"] = {"head": list(best), "how": "auto",
+                       "top5": [[k[0], k[1], round(mass[k][1], 3), round(mass[k][2], 3)]
+                                for k in top]}
+    print("aux head %d-%d (attention on right / wrong colour: %s)" % (
+        best[0], best[1], ", ".join("%d-%d %.2f/%.2f" % (k[0], k[1], mass[k][1], mass[k][2])
+                                    for k in top)), flush=True)
+    return best
+
+
+def print_table(log):
+    """The exact-match table (eval and stat sets) by family and length."""
+    em = log["exact_match"]
+    cols = sorted({k.split("/", 1)[0] + "/" + k.split("/")[2] for k in em},
+                  key=lambda c: (c.split("/")[0], int(c.split("/")[1])))
+    print("family  " + " ".join("%12s" % c for c in cols))
+    for fam in FAMILIES + ["all"]:
+        cells = []
+        for c in cols:
+            name, L = c.split("/")
+            if fam == "all":
+                got = [em[k] for k in em if k.startswith(name + "/") and k.endswith("/" + L)]
+                a, b = sum(g[0] for g in got), sum(g[1] for g in got)
+            else:
+                a, b = em.get("%s/%s/%s" % (name, fam, L), [0, 0])[:2]
+            cells.append("%12s" % ("%d/%d %3.0f%%" % (a, b, 100.0 * a / b) if b else "-"))
+        print("%-7s " % fam + " ".join(cells), flush=True)
 
 
 class _null:
@@ -1221,6 +1457,7 @@ def finish(args, torch, tok, model, v, log):
     with open(os.path.join(out, "train_log.json"), "w") as f:
         json.dump(log, f, indent=1)
     print("[%s] exact match: %s" % (args.variant, json.dumps(log["exact_match"])), flush=True)
+    print_table(log)
 
 
 def cross_check(torch, tok, model, out, recs, log, dev):
@@ -1282,8 +1519,18 @@ def main():
     ap.add_argument("--long-lengths", default="1024,2048,4096")
     ap.add_argument("--tokens-per-step", type=int, default=32768)
     ap.add_argument("--init", default=None, help="start from DIR/model.safetensors")
-    ap.add_argument("--start-phase", type=int, default=1, choices=[1, 2, 3, 4],
-                    help="4: the fav-weighted fine-tuning mix (with --init)")
+    ap.add_argument("--start-phase", type=int, default=1, choices=[1, 2, 3, 4, 5],
+                    help="4: the fav-weighted fine-tuning mix; 5: the reasoning curriculum "
+                         "(name lookup, explicit then implicit first hop, attention supervision; "
+                         "with --init)")
+    ap.add_argument("--aux-weight", type=float, default=0.3,
+                    help="phase 5: weight of the attention supervision (0: off)")
+    ap.add_argument("--aux-head", default="auto", help="phase 5: supervised head L-H, or auto")
+    ap.add_argument("--aux-min-layer", type=int, default=3,
+                    help="phase 5, --aux-head auto: the lowest layer to pick the head from")
+    ap.add_argument("--max-T", type=int, default=MAX_POS, help="longest training document")
+    ap.add_argument("--tiny", action="store_true",
+                    help="CPU smoke test: 1k tokens a step, documents <= 512, quick evaluation")
     ap.add_argument("--lr", type=float, default=None, help="peak LR (default: the variant's)")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--fav-style", default="older-than", choices=["older-than", "older-one"],
@@ -1299,6 +1546,9 @@ def main():
     FAV_STYLE[0] = args.fav_style
     FAV_ANSWER[0] = args.fav_answer
     ARGS_TOK_DIR[0] = args.tok_dir
+    if args.tiny:
+        args.tokens_per_step, args.max_T, args.long_lengths = 1024, 512, "512"
+        args.eval_every, args.quick, args.workers = min(args.eval_every, 10), True, 1
     args.long_lengths = [int(x) for x in args.long_lengths.split(",")]
     if args.stage == "tokenizer":
         write_tokenizer(args.out)
