@@ -1,9 +1,14 @@
 // Host overhead of one engine step, without a GPU: the real Engine, Scheduler and
 // KvCacheManager at Llama-3-8B's shape (32 layers x 8 KV heads = 256 page-table rows per
 // sequence) driving a worker that does no math. Prints, per (batch, context, policy), the
-// engine's time per decode step outside the worker: what a GPU step must add to its own time.
+// engine's time per decode step outside the worker (what a GPU step must add to its own time),
+// and the CUDA worker's host work on the same steps, which is host code run here on the real
+// batches: BuildHostStep (workers/cuda/step_layout.h), the per-layer decode plans (CUDA builds
+// only: the planner lives in kernels/decode_attention.cu) and the copy of the step's arrays
+// into the staging buffer (what StepInputs::Put does before the one upload). `export` is
+// KvCacheManager::ExportCsr of the same rows on its own, a part of the engine's time.
 //
-//   engine_host_bench [--config DIR] [--scores FILE]
+//   engine_host_bench [--config DIR] [--scores FILE] [--batch N]
 // Single-threaded engine as in `hkv serve`; numbers are the median over the steady decode.
 
 #include <algorithm>
@@ -15,31 +20,159 @@
 #include <string>
 #include <vector>
 
+#include "block_manager/kv_cache_manager.h"
+#include "block_manager/page_table_mirror.h"
 #include "common/malloc_tuning.h"
 #include "headkv/head_scores.h"
 #include "model/hf_config.h"
 #include "server/engine.h"
+#include "workers/cuda/step_layout.h"
 #include "workers/worker.h"
+#ifdef HKV_WITH_CUDA
+#include "kernels/decode_attention.h"
+#endif
 
 namespace hkv {
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
+double Us(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::micro>(b - a).count();
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// The H200's SM count: the decode plans are sized for it (the planner never asks the device).
+constexpr int32_t kPlanSms = 132;
+#ifdef HKV_WITH_CUDA
+constexpr bool kPlanned = true;
+#else
+constexpr bool kPlanned = false;  // the planner is CUDA code: its column reads n/a
+#endif
+
+// The CUDA worker's host work on one step, as CudaWorker::State::LayOut and Stage do it:
+// the layout, the per-layer decode plans and the copy of every array into one staging buffer.
+struct WorkerHostTimes {
+  double layout_us = 0, plan_us = 0, staging_us = 0;
+};
+
+template <typename T>
+void Stage(const std::vector<T>& v, std::vector<char>& buf, size_t& used) {
+  if (v.empty()) return;
+  std::memcpy(buf.data() + used, v.data(), v.size() * sizeof(T));
+  used += (v.size() * sizeof(T) + 255) / 256 * 256;
+}
+
+template <typename T>
+size_t Bytes(const std::vector<T>& v) {
+  return (v.size() * sizeof(T) + 255) / 256 * 256;
+}
+
+absl::StatusOr<WorkerHostTimes> TimeWorkerHost(const Batch& b, const ModelConfig& config,
+                                               std::vector<char>& staging) {
+  WorkerHostTimes t;
+  StepLayoutShape shape;
+  shape.num_layers = config.num_layers;
+  shape.num_kv_heads = config.num_kv_heads;
+  shape.vocab_size = config.vocab_size;
+  shape.block_size = b.block_size;
+  const auto t0 = Clock::now();
+  auto h = BuildHostStep(b, shape, GraphBatchFor(static_cast<int32_t>(b.seqs.size()), 256));
+  if (!h.ok()) return h.status();
+  const auto t1 = Clock::now();
+  t.layout_us = Us(t0, t1);
+#ifdef HKV_WITH_CUDA
+  // CudaWorker::State::Stage's planning loop: a plan per layer, rebased when the lengths equal
+  // the last planned layer's.
+  namespace k = ::hkv::kernels;
+  const int32_t L = config.num_layers, H = config.num_kv_heads;
+  k::DecodePlanOptions o;
+  o.max_rows = std::max(1, h->num_decode * H);
+  o.max_work_items = o.max_rows + (h->graph ? std::min(1024, 4 * kPlanSms) : 1024);
+  o.group_size = config.num_heads / H;
+  o.head_dim = config.head_dim;
+  o.num_sms = kPlanSms;
+  o.fixed_grid = h->graph;
+  std::vector<int32_t> meta(k::DecodeMetaInts(o) * L);
+  std::vector<k::DecodePlan> plans(L);
+  std::vector<int32_t> row_ids(static_cast<size_t>(h->real_decode) * H);
+  int32_t base = -1;
+  for (int32_t l = 0; l < L; ++l) {
+    for (int32_t s = 0; s < h->real_decode; ++s) {
+      for (int32_t hh = 0; hh < H; ++hh) row_ids[s * H + hh] = s * L * H + l * H + hh;
+    }
+    int32_t* m = meta.data() + k::DecodeMetaInts(o) * l;
+    if (base >= 0 && k::RebaseDecodePlan(plans[base], meta.data() + k::DecodeMetaInts(o) * base,
+                                         h->indptr_a.data(), h->last_a.data(), b.block_size,
+                                         row_ids.data(), m)) {
+      continue;
+    }
+    if (k::BuildDecodePlan(o, h->indptr_a.data(), h->last_a.data(), h->real_decode * H,
+                           b.block_size, row_ids.data(), m, &plans[l]) != cudaSuccess) {
+      return absl::InternalError("decode plan failed");
+    }
+    base = l;
+  }
+#endif
+  const auto t2 = Clock::now();
+  t.plan_us = Us(t1, t2);
+  const std::vector<BlockId>& indices_a = h->shared_indices ? *h->batch_indices : h->indices_a;
+  const size_t bytes = Bytes(h->ids) + Bytes(h->pos) + Bytes(h->sample_rows) +
+                       Bytes(h->sample_token) + Bytes(h->slots) + Bytes(h->last_a) +
+                       Bytes(h->indptr_a) + Bytes(h->last_b) + Bytes(h->indptr_b) +
+                       Bytes(h->cu_prefill) + Bytes(h->cu_select) + Bytes(h->caps) +
+                       Bytes(h->indices_b) + Bytes(indices_a) + Bytes(h->ada_blocks);
+  if (staging.size() < bytes) staging.resize(bytes);
+  size_t used = 0;
+  Stage(h->ids, staging, used);
+  Stage(h->pos, staging, used);
+  Stage(h->sample_rows, staging, used);
+  Stage(h->sample_token, staging, used);
+  Stage(h->slots, staging, used);
+  Stage(h->last_a, staging, used);
+  Stage(h->indptr_a, staging, used);
+  Stage(h->last_b, staging, used);
+  Stage(h->indptr_b, staging, used);
+  Stage(h->cu_prefill, staging, used);
+  Stage(h->cu_select, staging, used);
+  Stage(h->caps, staging, used);
+  Stage(h->indices_b, staging, used);
+  Stage(indices_a, staging, used);
+  Stage(h->ada_blocks, staging, used);
+  t.staging_us = Us(t2, Clock::now());
+  return t;
+}
+
 // Returns token 7 for every sampled sequence and the plan's counts for compressions; records
-// the time between the end of one Execute and the start of the next (the engine's host time).
+// the time between the end of one Execute and the start of the next (the engine's host time),
+// and the CUDA worker's host work on the steady steps (not counted in that gap).
 class NullWorker : public Worker {
  public:
   NullWorker(ModelConfig config, int32_t batch) : config_(std::move(config)), batch_(batch) {}
   const ModelConfig& config() const override { return config_; }
   std::string name() const override { return "null"; }
   absl::StatusOr<BatchResult> Execute(const Batch& b) override {
-    const auto now = std::chrono::steady_clock::now();
+    const auto now = Clock::now();
     bool decode_only = true;
     for (const SequenceStep& s : b.seqs) decode_only = decode_only && s.tokens.size() == 1;
     // Steady state only: every sequence of the batch decoding.
     if (decode_only && last_end_.has_value() && static_cast<int32_t>(b.seqs.size()) == batch_) {
-      gaps_us_.push_back(std::chrono::duration<double, std::micro>(now - *last_end_).count());
+      gaps_us_.push_back(Us(*last_end_, now));
       rows_ = b.num_rows();
       indices_ = static_cast<int64_t>(b.kv_indices.size());
+      auto t = TimeWorkerHost(b, config_, staging_);
+      if (!t.ok()) {
+        std::fprintf(stderr, "worker host work: %s\n", std::string(t.status().message()).c_str());
+        return t.status();
+      }
+      layout_us_.push_back(t->layout_us);
+      plan_us_.push_back(t->plan_us);
+      staging_us_.push_back(t->staging_us);
     }
     BatchResult r;
     r.seqs.resize(b.seqs.size());
@@ -48,32 +181,87 @@ class NullWorker : public Worker {
       r.seqs[i].id = s.id;
       if (s.sample) r.seqs[i].token = 7;
       if (s.select) {
-        const int32_t n = static_cast<int32_t>(s.tokens.size());
+        // The prompt's length: a chunked compressed prefill's last chunk selects over all of it.
+        const int32_t n = s.start_pos + static_cast<int32_t>(s.tokens.size());
         for (int32_t cap : s.selection.capacity) {
           r.seqs[i].kept_per_head.push_back(std::min(cap, n - s.selection.window) +
                                             s.selection.window);
         }
       }
     }
-    last_end_ = std::chrono::steady_clock::now();
+    last_end_ = Clock::now();
     return r;
   }
-  double MedianGapUs() {
-    if (gaps_us_.empty()) return 0;
-    std::sort(gaps_us_.begin(), gaps_us_.end());
-    return gaps_us_[gaps_us_.size() / 2];
-  }
   int64_t rows_ = 0, indices_ = 0;
+  std::vector<double> gaps_us_, layout_us_, plan_us_, staging_us_;
 
  private:
   ModelConfig config_;
   int32_t batch_;
-  std::optional<std::chrono::steady_clock::time_point> last_end_;
-  std::vector<double> gaps_us_;
+  std::optional<Clock::time_point> last_end_;
+  std::vector<char> staging_;
+};
+
+// The page-table export of one decode step on its own, both ways: KvCacheManager::ExportCsr
+// of `batch` sequences holding `tokens` in every row, and ExportDelta + PageTableMirror::Apply
+// over 64 decode steps (each row takes a new block every block_size steps), per step.
+struct ExportTimes {
+  double csr_us = -1, delta_us = -1, delta_mean_us = -1, changed_rows = 0, tail_blocks = 0;
+};
+
+ExportTimes TimeExport(const ModelConfig& config, int32_t batch, int32_t tokens) {
+  ExportTimes out;
+  KvCacheConfig c;
+  c.num_blocks = 8 << 20;
+  c.block_size = 16;
+  c.num_layers = config.num_layers;
+  c.num_kv_heads = config.num_kv_heads;
+  KvCacheManager kv(c);
+  std::vector<RequestId> ids;
+  for (int32_t i = 0; i < batch; ++i) {
+    ids.push_back(i + 1);
+    if (!kv.AppendUniform(i + 1, tokens)) return out;
+  }
+  std::vector<double> us;
+  for (int rep = 0; rep < 15; ++rep) {
+    const auto t0 = Clock::now();
+    KvCsr csr = kv.ExportCsr(ids);
+    us.push_back(Us(t0, Clock::now()));
+    if (csr.indptr.size() != ids.size() * kv.num_rows_per_seq() + 1) return out;
+  }
+  out.csr_us = Median(us);
+  PageTableMirror mirror;
+  if (!mirror.Apply(kv.ExportDelta(ids)).ok()) return out;
+  constexpr int kSteps = 64;
+  std::vector<double> delta_us;
+  for (int step = 0; step < kSteps; ++step) {
+    for (RequestId id : ids) {
+      if (!kv.AppendUniform(id, 1)) return out;
+    }
+    const auto t0 = Clock::now();
+    const PageTableDelta d = kv.ExportDelta(ids);
+    if (!mirror.Apply(d).ok()) return out;
+    delta_us.push_back(Us(t0, Clock::now()));
+    out.changed_rows += static_cast<double>(d.num_changed_rows()) / kSteps;
+    out.tail_blocks += static_cast<double>(d.num_tail_blocks()) / kSteps;
+  }
+  // The sequences' lengths are aligned: every 16th step adds a block to every row, the others
+  // none. The median is a step without new blocks; the mean spreads the block steps.
+  out.delta_us = Median(delta_us);
+  double sum = 0;
+  for (double v : delta_us) sum += v;
+  out.delta_mean_us = sum / kSteps;
+  return out;
+}
+
+struct ExportRow {
+  int32_t batch, context;
+  ExportTimes times;
 };
 
 void Run(const ModelConfig& config, std::shared_ptr<const HeadScores> scores, int32_t batch,
-         int32_t context, const std::string& policy, int32_t budget) {
+         int32_t context, const std::string& policy, int32_t budget,
+         std::vector<ExportRow>* exports) {
   auto worker = std::make_unique<NullWorker>(config, batch);
   NullWorker* w = worker.get();
   EngineOptions o;
@@ -107,10 +295,17 @@ void Run(const ModelConfig& config, std::shared_ptr<const HeadScores> scores, in
     }
   }
   engine.Stop();
-  std::printf("| %d | %d | %s | %lld | %lld | %.0f |\n", batch, context,
+  const double engine_us = Median(w->gaps_us_), layout = Median(w->layout_us_),
+               plan = Median(w->plan_us_), staging = Median(w->staging_us_);
+  std::printf("| %d | %d | %s | %lld | %lld | %.0f | %.0f | %s | %.0f | %.0f |\n", batch, context,
               policy == "full" ? "full" : (policy + " B=" + std::to_string(budget)).c_str(),
-              static_cast<long long>(w->rows_), static_cast<long long>(w->indices_),
-              w->MedianGapUs());
+              static_cast<long long>(w->rows_), static_cast<long long>(w->indices_), engine_us,
+              layout, kPlanned ? std::to_string(static_cast<int>(plan)).c_str() : "n/a", staging,
+              engine_us + layout + plan + staging);
+  if (policy == "full") {
+    const ExportTimes e = TimeExport(config, batch, context + 32);
+    exports->push_back({batch, context, e});
+  }
 }
 
 }  // namespace
@@ -136,14 +331,25 @@ int main(int argc, char** argv) {
   if (auto s = hkv::LoadHeadScores(scores_path); s.ok()) {
     scores = std::make_shared<const hkv::HeadScores>(std::move(*s));
   }
-  std::printf("| batch | context | policy | page rows | page indices | host us/step |\n");
-  std::printf("|---|---|---|---|---|---|\n");
+  std::printf(
+      "| batch | context | policy | page rows | page indices | engine us/step | worker layout "
+      "us | worker plan us | worker staging us | host total us |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  std::vector<hkv::ExportRow> exports;  // printed after the main table
   for (int32_t batch : {1, 64, 256}) {
     for (int32_t context : {512, 4096}) {
       if (batch * context > 256 * 4096 || (only_batch > 0 && batch != only_batch)) continue;
-      hkv::Run(*config, scores, batch, context, "full", 0);
-      if (scores != nullptr) hkv::Run(*config, scores, batch, context, "headkv", 128);
+      hkv::Run(*config, scores, batch, context, "full", 0, &exports);
+      if (scores != nullptr) hkv::Run(*config, scores, batch, context, "headkv", 128, &exports);
     }
+  }
+  std::printf(
+      "\n| batch | context | full CSR export us | delta export + mirror us, median / mean "
+      "| changed rows/step | new blocks/step |\n|---|---|---|---|---|---|\n");
+  for (const auto& r : exports) {
+    std::printf("| %d | %d | %.0f | %.1f / %.1f | %.0f | %.0f |\n", r.batch, r.context,
+                r.times.csr_us, r.times.delta_us, r.times.delta_mean_us, r.times.changed_rows,
+                r.times.tail_blocks);
   }
   return 0;
 }

@@ -82,9 +82,21 @@ bool KvCacheManager::Append(RequestId seq, absl::Span<const int32_t> new_tokens_
     it = seqs_.emplace(seq, SequenceKv{}).first;
     it->second.rows.resize(rows);
   }
+  SequenceKv& kv = it->second;
+  bool uniform = true;
+  for (int32_t r = 1; r < rows && uniform; ++r) {
+    uniform = new_tokens_per_row[r] == new_tokens_per_row[0];
+  }
+  if (kv.exported && uniform) kv.grow_all += new_tokens_per_row[0];
   for (int32_t r = 0; r < rows; ++r) {
-    BlockTable& t = it->second.rows[r];
+    BlockTable& t = kv.rows[r];
     const int32_t n = new_tokens_per_row[r], p = partition(r);
+    if (kv.exported && n > 0 &&
+        (!uniform || NeedsCopy(t, n) || t.NewBlocksFor(n, config_.block_size) > 0)) {
+      // A copy-on-write replaces the last block; growth appends after the current ones.
+      const int32_t held = static_cast<int32_t>(t.blocks.size());
+      MarkRowChanged(kv, r, NeedsCopy(t, n) ? held - 1 : held);
+    }
     if (NeedsCopy(t, n)) {
       // The shared block stays held by its other tables until this step's copy has read it:
       // copies run first in the step, and a block freed now is reallocated only by a later
@@ -161,6 +173,7 @@ absl::Status KvCacheManager::CommitAdaptive(RequestId seq, absl::Span<const int3
     int32_t next = res.indptr[l];
     for (int32_t h = 0; h < heads; ++h) {
       BlockTable& t = it->second.rows[l * heads + h];
+      if (it->second.exported) MarkRowChanged(it->second, l * heads + h, 0);
       t.num_tokens = kept_per_row[l * heads + h];
       const int32_t nb = BlockTable::BlocksFor(t.num_tokens, config_.block_size);
       t.blocks.assign(res.blocks.begin() + next, res.blocks.begin() + next + nb);
@@ -191,8 +204,11 @@ absl::Status KvCacheManager::Shrink(RequestId seq, absl::Span<const int32_t> kep
   }
   for (int32_t r = 0; r < num_rows_per_seq(); ++r) {
     BlockTable& t = rows[r];
+    const size_t keep = BlockTable::BlocksFor(kept_per_row[r], config_.block_size);
+    if (it->second.exported && kept_per_row[r] != t.num_tokens) {
+      MarkRowChanged(it->second, r, static_cast<int32_t>(keep));
+    }
     t.num_tokens = kept_per_row[r];
-    const size_t keep = BlockTable::BlocksFor(t.num_tokens, config_.block_size);
     for (size_t b = keep; b < t.blocks.size(); ++b) pool_.Release(t.blocks[b]);
     t.blocks.resize(keep);
   }
@@ -213,7 +229,7 @@ absl::Status KvCacheManager::Fork(RequestId src, RequestId dst) {
                                                        ? "the destination exists"
                                                        : "the source has a reservation"));
   }
-  SequenceKv copy;
+  SequenceKv copy;  // A new sequence for the receiver: exported afresh.
   copy.rows = it->second.rows;
   for (const BlockTable& t : copy.rows) {
     for (BlockId b : t.blocks) pool_.IncRef(b);
@@ -235,6 +251,7 @@ void KvCacheManager::Free(RequestId seq) {
   if (it->second.reservation.has_value()) {
     for (BlockId b : it->second.reservation->blocks) pool_.Release(b);
   }
+  MarkDropped(it->second, seq);
   seqs_.erase(it);
 }
 

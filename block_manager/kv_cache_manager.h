@@ -33,6 +33,7 @@
 #include "block_manager/block_table.h"
 #include "common/batch.h"
 #include "common/ids.h"
+#include "common/page_table_delta.h"
 
 namespace hkv {
 
@@ -51,9 +52,9 @@ struct KvCacheConfig {
 
 // The CSR view of some rows, in the layout of common/batch.h.
 struct KvCsr {
-  std::vector<int32_t> indptr;    // [rows + 1]
-  std::vector<BlockId> indices;   // [indptr.back()]
-  std::vector<int32_t> last_len;  // [rows] tokens in each row's last block (0 for empty rows)
+  std::vector<int32_t> indptr;      // [rows + 1]
+  std::vector<BlockId> indices;     // [indptr.back()]
+  std::vector<int32_t> last_len;    // [rows] tokens in each row's last block (0 for empty rows)
   std::vector<int32_t> num_tokens;  // [rows]
 };
 
@@ -88,7 +89,7 @@ class KvCacheManager {
     std::vector<BlockId> blocks;
   };
   std::optional<LayerReservation> ReserveLayers(RequestId seq,
-                                               absl::Span<const int32_t> blocks_per_layer);
+                                                absl::Span<const int32_t> blocks_per_layer);
   // Splits the reservation: head h of layer l takes the next ceil(kept/block_size) blocks of
   // its layer, in head order, and holds kept_per_row[l*H+h] tokens; unused blocks are freed.
   // INVALID_ARGUMENT (nothing changed) if the counts do not fit the reservation.
@@ -118,6 +119,13 @@ class KvCacheManager {
   // CSR rows (seq, layer, kv_head) for `seqs` in order, as common/batch.h lays them out.
   KvCsr ExportCsr(absl::Span<const RequestId> seqs) const;
 
+  // The changes of `seqs`' rows since each one's last ExportDelta (all its rows for a sequence
+  // not exported yet), and the exported sequences freed since the last call; see
+  // common/page_table_delta.h. A receiver that applies every delta in order holds, for each
+  // sequence of the last delta, exactly ExportCsr's rows. Costs O(changed rows + sequences),
+  // not O(blocks). The tracking is one stream: a single receiver (the engine's workers).
+  PageTableDelta ExportDelta(absl::Span<const RequestId> seqs);
+
   int32_t num_free_blocks() const { return pool_.num_free(); }
   int32_t num_total_blocks() const { return pool_.num_total(); }
   // Blocks held by each layer, over all sequences [num_layers].
@@ -128,14 +136,27 @@ class KvCacheManager {
   struct SequenceKv {
     std::vector<BlockTable> rows;  // [num_layers * num_kv_heads]
     std::optional<LayerReservation> reservation;
+    // ExportDelta's tracking: whether the receiver holds this sequence; tokens every row grew
+    // by since its last export; rows changed otherwise, each with the leading blocks the
+    // receiver still holds right (dirty_keep[r] = -1: row r unchanged). Unused (and empty)
+    // until the sequence's first ExportDelta.
+    bool exported = false;
+    int32_t grow_all = 0;
+    std::vector<int32_t> dirty_keep;
+    std::vector<int32_t> dirty_rows;
   };
 
   // Whether growing `t` by `new_tokens` writes into a last block another table also holds.
   bool NeedsCopy(const BlockTable& t, int32_t new_tokens) const;
+  // Records that row r of `kv` changed past its first `keep` blocks (or in length only).
+  static void MarkRowChanged(SequenceKv& kv, int32_t r, int32_t keep);
+  // Records that `seq` is gone, for the receiver, if it was ever exported.
+  void MarkDropped(const SequenceKv& kv, RequestId seq);
 
   KvCacheConfig config_;
   BlockPool pool_;
   std::vector<std::pair<BlockId, BlockId>> pending_copies_;  // src -> dst, for the next step
+  std::vector<RequestId> dropped_;  // exported sequences freed since the last ExportDelta
   absl::flat_hash_map<RequestId, SequenceKv> seqs_;
 };
 

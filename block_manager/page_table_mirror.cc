@@ -1,0 +1,79 @@
+#include "block_manager/page_table_mirror.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+
+namespace hkv {
+
+absl::Status PageTableMirror::Apply(const PageTableDelta& d) {
+  if (d.block_size < 1 || d.num_rows_per_seq < 1 ||
+      (block_size_ != 0 && d.block_size != block_size_)) {
+    return absl::DataLossError("page-table delta of another shape");
+  }
+  block_size_ = d.block_size;
+  for (RequestId id : d.dropped) seqs_.erase(id);
+  for (const SequenceTableDelta& s : d.seqs) {
+    const size_t changed = s.rows.size();
+    if (s.keep.size() != changed || s.num_tokens.size() != changed ||
+        s.tail_indptr.size() != changed + 1 || s.tail_indptr[0] != 0 ||
+        s.tail_indptr.back() != static_cast<int64_t>(s.tail_blocks.size())) {
+      return absl::DataLossError(absl::StrCat("malformed delta of sequence ", s.id));
+    }
+    auto it = seqs_.find(s.id);
+    if (s.fresh) {
+      it = seqs_.insert_or_assign(s.id, std::vector<BlockTable>(d.num_rows_per_seq)).first;
+    } else if (it == seqs_.end()) {
+      return absl::DataLossError(absl::StrCat("delta of unknown sequence ", s.id));
+    }
+    std::vector<BlockTable>& rows = it->second;
+    if (static_cast<int32_t>(rows.size()) != d.num_rows_per_seq) {
+      return absl::DataLossError("page-table delta of another shape");
+    }
+    if (s.grow_all != 0) {
+      for (BlockTable& t : rows) t.num_tokens += s.grow_all;
+    }
+    for (size_t j = 0; j < changed; ++j) {
+      const int32_t r = s.rows[j];
+      if (r < 0 || r >= d.num_rows_per_seq || s.keep[j] < 0 ||
+          s.keep[j] > static_cast<int32_t>(rows[r].blocks.size()) ||
+          s.tail_indptr[j + 1] < s.tail_indptr[j]) {
+        return absl::DataLossError(absl::StrCat("delta row ", r, " of sequence ", s.id));
+      }
+      BlockTable& t = rows[r];
+      t.blocks.resize(s.keep[j]);
+      t.blocks.insert(t.blocks.end(), s.tail_blocks.begin() + s.tail_indptr[j],
+                      s.tail_blocks.begin() + s.tail_indptr[j + 1]);
+      t.num_tokens = s.num_tokens[j];
+    }
+    // Rows that only grew must still fit their blocks (a lost delta shows here).
+    for (const BlockTable& t : rows) {
+      if (t.num_tokens < 0 || BlockTable::BlocksFor(t.num_tokens, block_size_) !=
+                                  static_cast<int32_t>(t.blocks.size())) {
+        return absl::DataLossError(absl::StrCat("sequence ", s.id, " lost a page-table change"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+const std::vector<BlockTable>& PageTableMirror::Rows(RequestId seq) const {
+  auto it = seqs_.find(seq);
+  HKV_CHECK(it != seqs_.end()) << "mirror holds no sequence " << seq;
+  return it->second;
+}
+
+KvCsr PageTableMirror::Csr(absl::Span<const RequestId> seqs) const {
+  KvCsr csr;
+  csr.indptr.push_back(0);
+  for (RequestId seq : seqs) {
+    for (const BlockTable& t : Rows(seq)) {
+      csr.indices.insert(csr.indices.end(), t.blocks.begin(), t.blocks.end());
+      csr.indptr.push_back(static_cast<int32_t>(csr.indices.size()));
+      csr.last_len.push_back(t.last_len(block_size_));
+      csr.num_tokens.push_back(t.num_tokens);
+    }
+  }
+  return csr;
+}
+
+}  // namespace hkv
