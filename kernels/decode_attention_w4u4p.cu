@@ -1,0 +1,13 @@
+// Decode attention variant: 4 warps per CTA, 4 K and V loads in flight per lane, and the next
+// iteration's loads issued before this one's math.
+
+#include "kernels/decode_attention_kernel.cuh"
+
+namespace hkv::kernels::decode {
+
+cudaError_t LaunchDecodeW4U4P(DType dtype, int head_dim, int group, int grid, DecodeArgs a,
+                              cudaStream_t stream) {
+  return LaunchDecodeVariant<4, 4, true>(dtype, head_dim, group, grid, a, stream);
+}
+
+}  // namespace hkv::kernels::decode
