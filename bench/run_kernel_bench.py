@@ -93,19 +93,25 @@ def print_table(head, rows):
 
 
 def sweep(args):
-    """Every decode variant on the uniform and HeadKV (B=128) shapes: 88 short runs, about 2 minutes."""
+    """Every decode variant on the uniform and HeadKV (B=128) shapes: 100 runs, ~2 minutes."""
     runs = []  # (shape, flags, result)
     torch_bw = {}
     for batch, ctx in UNIFORM:
         t_ms = torch_decode(batch, ctx)
         shape = f"uniform {batch}x{ctx}"
+        configs = []
         for threads, loads, prefetch in KERNELS:
-            for cps in ((2, 4) if threads == 128 else (2,)):
-                flags = kernel_flags(threads, loads, prefetch) + ["--ctas-per-sm", cps]
-                r = ours(args.bin, "decode", batch, ctx, *flags)
-                torch_bw[shape] = r["bytes"] / t_ms / 1e9
-                runs.append((shape, flags, r))
-                print(shape, flags, f"{r['tbps']:.2f} TB/s", flush=True)
+            cpss = (3, 4) if prefetch and threads == 128 else (2, 4) if threads == 128 else (2,)
+            configs += [kernel_flags(threads, loads, prefetch) + ["--ctas-per-sm", c] for c in cpss]
+        if ctx >= 32768:  # long rows: fixed split sizes against the planner's choice
+            for prefetch in (False, True):
+                configs += [kernel_flags(128, 4, prefetch) + ["--split", n]
+                            for n in (1024, 2048, 4096)]
+        for flags in configs:
+            r = ours(args.bin, "decode", batch, ctx, *flags)
+            torch_bw[shape] = r["bytes"] / t_ms / 1e9
+            runs.append((shape, flags, r))
+            print(shape, flags, f"{r['tbps']:.2f} TB/s", flush=True)
     caps = headkv_caps(args.scores, 128)
     for batch in (1, 8, 32, 128):
         lens = headkv_lens(caps, batch)
@@ -234,7 +240,8 @@ def main():
             r = ours_lens(args.bin, lens, dflags)
             rows.append((f"decode HeadKV B={budget}", f"batch {batch} (len {min(lens)}..{max(lens)})",
                          f"{r['ms']:.4f}", f"{r['tbps']:.2f} TB/s", "-", "-",
-                         f"{r['tbps'] / uni_bw:.2f} of uniform, {r['ms_chain'] * 1000:.1f} us chained"))
+                         f"{r['tbps'] / uni_bw:.2f} of uniform, "
+                         f"{r['ms_chain'] * 1000:.1f} us chained"))
             print(rows[-1], flush=True)
 
     if args.decode_only:

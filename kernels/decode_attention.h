@@ -110,7 +110,7 @@ bool RebaseDecodePlan(const DecodePlan& planned, const int32_t* planned_meta,
 // be captured in a CUDA graph together with the attention calls and replayed after the tables
 // change. `device_num_rows` (optional, device) overrides num_rows (then the capacity, at most
 // max_rows) at run time. The split rule is the host planner's with the makespan estimated by
-// its large-list bound (max(longest item, cost / slots)); with options.split_tokens both
+// its large-list bound (decode_plan.h: MakespanBound); with options.split_tokens both
 // planners give the same splits, hence bit-identical outputs. Items are in row order (the host
 // planner sorts them longest first). A malformed row (last_len outside 1..block_size) is
 // planned empty and counted in word 2 of the work list; a split_tokens that would need more

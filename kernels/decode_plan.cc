@@ -56,14 +56,14 @@ int64_t ChooseChunk(const std::vector<int64_t>& lens, int64_t total, int64_t lon
       std::sort(costs.begin(), costs.end(), std::greater<int64_t>());
       t = Makespan(costs, slots);
     } else {
-      // Many items (large batches, planned every layer of every step): the LPT bound is close
-      // to the simulation and costs O(items) instead of O(items log slots).
+      // Many items (large batches, planned every layer of every step): an O(items) estimate
+      // instead of the O(items log slots) simulation; the device planner uses it always.
       int64_t sum = 0, biggest = 0;
       for (int64_t c : costs) {
         sum += c;
         biggest = std::max(biggest, c);
       }
-      t = std::max(static_cast<double>(biggest), static_cast<double>(sum) / slots);
+      t = decode::MakespanBound(static_cast<int64_t>(costs.size()), sum, biggest, slots);
     }
     t *= 1.0 + 1e-3 * decode::ChunkFactor(f);  // prefer fewer splits on ties
     if (t < best_time) {

@@ -83,6 +83,19 @@ HKV_HD inline int64_t CandidateChunk(int f, int64_t total, int slots, int64_t mi
   return chunk > min_chunk ? chunk : min_chunk;
 }
 
+// Estimated makespan (token-equivalents) of `items` items of total `cost`, the longest
+// `biggest`, on `slots` CTA slots, for lists too long to simulate: the largest of the longest
+// item, the even share, and whole waves of the mean item. The wave term matters for equal
+// items (uniform rows): a list of 4.1 waves takes 5, its last wave with few CTAs in flight.
+HKV_HD inline double MakespanBound(int64_t items, int64_t cost, int64_t biggest, int slots) {
+  if (items <= 0) return 0.0;
+  const double share = static_cast<double>(cost) / slots;
+  const double waves = static_cast<double>((items + slots - 1) / slots) *
+                       (static_cast<double>(cost) / static_cast<double>(items));
+  double t = share > waves ? share : waves;
+  return t > static_cast<double>(biggest) ? t : static_cast<double>(biggest);
+}
+
 // The CTAs that run `items` work items: one item each while they fit in one wave (latency),
 // else `slots` CTAs (or items / items_per_cta) that each run a contiguous run of items.
 HKV_HD inline int32_t NumCtas(const DecodePlanOptions& o, int32_t items, int slots) {

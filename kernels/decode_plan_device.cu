@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kPlanThreads) PlanDecodeKernel(PlanArgs p) {
   longest = BlockReduce64<true>(longest, s_red);
   bad = BlockReduce64<false>(bad, s_red);
 
-  // The split chunk: the host planner's candidates, scored by max(longest item, cost / slots).
+  // The split chunk: the host planner's candidates, scored by its estimate for long lists.
   int64_t chunk = 0;
   if (o.split_tokens > 0) {
     int64_t items = 0;
@@ -143,8 +143,7 @@ __global__ void __launch_bounds__(kPlanThreads) PlanDecodeKernel(PlanArgs p) {
       cost = BlockReduce64<false>(cost, s_red);
       biggest = BlockReduce64<true>(biggest, s_red) + decode::kItemOverheadTokens;
       if (items > o.max_work_items) continue;
-      double t = static_cast<double>(cost) / p.slots;
-      t = t > static_cast<double>(biggest) ? t : static_cast<double>(biggest);
+      double t = decode::MakespanBound(items, cost, biggest, p.slots);
       t *= 1.0 + 1e-3 * decode::ChunkFactor(f);  // prefer fewer splits on ties
       if (t < best_time) {
         best_time = t;
