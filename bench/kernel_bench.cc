@@ -2,10 +2,8 @@
 // 8 KV heads, head_dim 128, bf16) and prints one JSON object per run on stdout.
 // bench/run_kernel_bench.py runs it next to PyTorch on the same shapes and prints the table.
 //
-//   kernel_bench decode  <batch> <context> [tuning]  uniform lengths (every head full)
-//   kernel_bench decode_lens <file> [tuning]         one row length per line, rows (seq, kv_head)
-//     tuning: --threads 128|256 --loads 4|8 --items-per-cta N --min-split N --split N
-//             --ctas-per-sm N --prefetch --device-plan (plan options, decode_attention.h)
+//   kernel_bench decode  <batch> <context>      uniform lengths (every head full)
+//   kernel_bench decode_lens <file>             one row length per line, rows (seq, kv_head)
 //   kernel_bench prefill <tokens>               causal prefill, one sequence
 //   kernel_bench select  <tokens> <cap>         fused selection, every head keeps cap + 8
 //   kernel_bench linear  <m> <n> <k>            skinny linear layer: hkv Gemv vs cuBLAS
@@ -81,46 +79,7 @@ double MedianMs(int warmup, int reps, const std::function<void(int)>& fn) {
   return t[t.size() / 2];
 }
 
-// Decode variant flags (bench only: the engine keeps the defaults).
-struct DecodeFlags {
-  DecodePlanOptions tune;
-  bool device_plan = false;
-};
-
-// Parses the tuning flags in argv[first..]; returns false on an unknown flag.
-bool ParseDecodeFlags(int argc, char** argv, int first, DecodeFlags* f) {
-  for (int i = first; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--device-plan") {
-      f->device_plan = true;
-      continue;
-    }
-    if (a == "--prefetch") {
-      f->tune.prefetch = true;
-      continue;
-    }
-    if (i + 1 >= argc) return false;
-    const int32_t v = std::atoi(argv[++i]);
-    if (a == "--threads") {
-      f->tune.cta_threads = v;
-    } else if (a == "--loads") {
-      f->tune.loads_in_flight = v;
-    } else if (a == "--items-per-cta") {
-      f->tune.items_per_cta = v;
-    } else if (a == "--min-split") {
-      f->tune.min_split_tokens = v;
-    } else if (a == "--split") {
-      f->tune.split_tokens = v;
-    } else if (a == "--ctas-per-sm") {
-      f->tune.ctas_per_sm = v;
-    } else {
-      return false;
-    }
-  }
-  return true;
-}
-
-int Decode(const std::vector<int64_t>& lens, const char* label, const DecodeFlags& flags) {
+int Decode(const std::vector<int64_t>& lens, const char* label) {
   const int32_t rows = static_cast<int32_t>(lens.size()), seqs = rows / kHkv;
   std::vector<int32_t> indptr{0}, indices, last;
   int64_t blocks = 0, tokens = 0;
@@ -151,7 +110,7 @@ int Decode(const std::vector<int64_t>& lens, const char* label, const DecodeFlag
   CHECK_CUDA(cudaMemcpy(d_indptr, indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(d_indices, indices.data(), indices.size() * 4, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(d_last, last.data(), last.size() * 4, cudaMemcpyHostToDevice));
-  DecodePlanOptions opt = flags.tune;
+  DecodePlanOptions opt;
   opt.max_rows = rows;
   opt.max_work_items = std::max(rows * 2, 8192);
   opt.group_size = kHq / kHkv;
@@ -159,22 +118,8 @@ int Decode(const std::vector<int64_t>& lens, const char* label, const DecodeFlag
   void* ws = nullptr;
   CHECK_CUDA(cudaMalloc(&ws, DecodeWorkspaceBytes(opt)));
   DecodePlan plan;
-  int32_t ctas = 0, items = 0, chunk = 0;
-  if (flags.device_plan) {
-    CHECK_CUDA(
-        PlanDecodeAttentionOnDevice(opt, d_indptr, d_last, rows, kBlock, ws, nullptr, &plan));
-    int32_t header[4];
-    CHECK_CUDA(cudaMemcpy(header, ws, sizeof(header), cudaMemcpyDeviceToHost));
-    items = header[0];
-    ctas = header[1];
-    chunk = header[3];
-  } else {
-    CHECK_CUDA(
-        PlanDecodeAttention(opt, indptr.data(), last.data(), rows, kBlock, ws, nullptr, &plan));
-    items = plan.num_work_items;
-    ctas = plan.num_ctas;
-    chunk = plan.chunk_tokens;
-  }
+  CHECK_CUDA(
+      PlanDecodeAttention(opt, indptr.data(), last.data(), rows, kBlock, ws, nullptr, &plan));
   auto run = [&](int i) {
     const size_t off = static_cast<size_t>(i % copies) * pool_elems * 2;
     const PagedKvView view{d_indptr,
@@ -190,27 +135,12 @@ int Decode(const std::vector<int64_t>& lens, const char* label, const DecodeFlag
                                   1.0f / std::sqrt(static_cast<float>(kD)), nullptr));
   };
   const double ms = MedianMs(copies + 3, 50, run);
-  // Calls back to back, as the layers of a decode step issue them: launch latency overlaps
-  // the previous call (and programmatic dependent launch lets the next one start early).
-  constexpr int kChain = 32;
-  const double chain_ms = MedianMs(2, 10,
-                                   [&](int i) {
-                                     for (int j = 0; j < kChain; ++j) run(i * kChain + j);
-                                   }) /
-                          kChain;
   const int64_t longest = *std::max_element(lens.begin(), lens.end());
   std::printf(
       "{\"kind\": \"%s\", \"batch\": %d, \"rows\": %d, \"tokens\": %lld, \"max_len\": %lld, "
-      "\"bytes\": %lld, \"ms\": %.5f, \"tbps\": %.4f, \"ms_chain\": %.5f, \"work_items\": %d, "
-      "\"ctas\": %d, "
-      "\"chunk\": %d, \"threads\": %d, \"loads\": %d, \"items_per_cta\": %d, "
-      "\"prefetch\": %s, \"min_split\": %d, \"split\": %d, \"ctas_per_sm\": %d, "
-      "\"device_plan\": %s}\n",
+      "\"bytes\": %lld, \"ms\": %.5f, \"tbps\": %.4f, \"work_items\": %d, \"chunk\": %d}\n",
       label, seqs, rows, static_cast<long long>(tokens), static_cast<long long>(longest),
-      static_cast<long long>(bytes), ms, bytes / ms / 1e9, chain_ms, items, ctas, chunk,
-      opt.cta_threads, opt.loads_in_flight, opt.items_per_cta, opt.prefetch ? "true" : "false",
-      opt.min_split_tokens, opt.split_tokens, opt.ctas_per_sm,
-      flags.device_plan ? "true" : "false");
+      static_cast<long long>(bytes), ms, bytes / ms / 1e9, plan.num_work_items, plan.chunk_tokens);
   return 0;
 }
 
@@ -256,8 +186,8 @@ int Select(int32_t n, int32_t cap, bool adaptive) {
   const int32_t reserved =
       static_cast<int32_t>((total + kHkv * (kWindow + kBlock - 1)) / kBlock);  // adaptive bound
   const int32_t nb = (kept + kBlock - 1) / kBlock;
-  std::vector<int32_t> indptr{0},
-      indices(std::max<size_t>(static_cast<size_t>(nb) * kHkv, static_cast<size_t>(reserved))),
+  std::vector<int32_t> indptr{0}, indices(std::max<size_t>(static_cast<size_t>(nb) * kHkv,
+                                                           static_cast<size_t>(reserved))),
       caps(kHkv, cap);
   std::iota(indices.begin(), indices.end(), 0);
   for (int32_t h = 0; h < kHkv; ++h) indptr.push_back((h + 1) * nb);
@@ -349,13 +279,12 @@ int Linear(int32_t m, int32_t n, int32_t k) {
 int main(int argc, char** argv) {
   using namespace hkv::kernels;
   const std::string mode = argc > 1 ? argv[1] : "";
-  DecodeFlags flags;
-  if (mode == "decode" && argc >= 4 && ParseDecodeFlags(argc, argv, 4, &flags)) {
+  if (mode == "decode" && argc == 4) {
     const int32_t batch = std::atoi(argv[2]);
     const int64_t ctx = std::atoll(argv[3]);
-    return Decode(std::vector<int64_t>(static_cast<size_t>(batch) * kHkv, ctx), "decode", flags);
+    return Decode(std::vector<int64_t>(static_cast<size_t>(batch) * kHkv, ctx), "decode");
   }
-  if (mode == "decode_lens" && argc >= 3 && ParseDecodeFlags(argc, argv, 3, &flags)) {
+  if (mode == "decode_lens" && argc == 3) {
     std::ifstream f(argv[2]);
     std::vector<int64_t> lens;
     for (int64_t x; f >> x;) lens.push_back(x);
@@ -363,7 +292,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s: need a multiple of %d lengths\n", argv[2], kHkv);
       return 2;
     }
-    return Decode(lens, "decode_lens", flags);
+    return Decode(lens, "decode_lens");
   }
   if (mode == "linear" && argc == 5) {
     return hkv::kernels::Linear(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]));
@@ -374,9 +303,7 @@ int main(int argc, char** argv) {
     return Select(std::atoi(argv[2]), std::atoi(argv[3]), true);
   }
   std::fprintf(stderr,
-               "usage: kernel_bench decode B L [tuning] | decode_lens FILE [tuning] | prefill N | "
-               "select N CAP | adaselect N CAP\n"
-               "  tuning: --threads 128|256 --loads 4|8 --items-per-cta N --min-split N --split N "
-               "--ctas-per-sm N --prefetch --device-plan\n");
+               "usage: kernel_bench decode B L | decode_lens FILE | prefill N | select N CAP | "
+               "adaselect N CAP\n");
   return 2;
 }

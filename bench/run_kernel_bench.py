@@ -9,13 +9,6 @@ Rows: decode with uniform lengths vs torch SDPA (enable_gqa) on dense K/V, decod
 per-head lengths (R2 scores, kv-head granularity, B = 128 and 1024, plus decoded tokens),
 causal prefill vs SDPA's flash backend, and selection's share of prefill at 32k.
 Bandwidth = bytes of K/V read / time; prefill TFLOP/s counts the causal half (4*d*H*n(n+1)/2).
-
-  python3 bench/run_kernel_bench.py --bin build/bin/kernel_bench --scores ... --sweep
-
---sweep: decode rows only; every decode kernel variant (--threads, --loads, --ctas-per-sm,
---min-split, --items-per-cta of kernel_bench) on the uniform and HeadKV B=128 shapes, then one
-table of all runs and the best variant per shape. --decode-flags "..." passes flags to every
-decode run of the main table (e.g. the best variant of a sweep).
 """
 import argparse
 import json
@@ -53,103 +46,6 @@ def median_ms(fn, warmup=5, reps=50):
 def ours(binary, *args):
     out = subprocess.run([binary, *map(str, args)], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def ours_lens(binary, lens, flags=()):
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write("\n".join(map(str, lens)))
-        name = f.name
-    try:
-        return ours(binary, "decode_lens", name, *flags)
-    finally:
-        os.unlink(name)
-
-
-def headkv_lens(caps, batch):
-    lens = []
-    for s in range(batch):
-        lens += [c + W + DECODED for c in caps[s % L]]
-    return lens
-
-
-UNIFORM = [(1, 131072), (16, 4096), (64, 4096), (16, 32768)]
-# (threads per CTA, loads in flight, prefetch of the next iteration's loads)
-KERNELS = [(128, 4, False), (128, 8, False), (256, 4, False), (256, 8, False), (128, 4, True),
-           (256, 4, True)]
-
-
-def kernel_flags(threads, loads, prefetch):
-    return ["--threads", threads, "--loads", loads] + (["--prefetch"] if prefetch else [])
-
-
-def print_table(head, rows):
-    widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
-    fmt = "| " + " | ".join("{:<%d}" % w for w in widths) + " |"
-    print()
-    print(fmt.format(*head))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(fmt.format(*r))
-
-
-def sweep(args):
-    """Every decode variant on the uniform and HeadKV (B=128) shapes: 100 runs, ~2 minutes."""
-    runs = []  # (shape, flags, result)
-    torch_bw = {}
-    for batch, ctx in UNIFORM:
-        t_ms = torch_decode(batch, ctx)
-        shape = f"uniform {batch}x{ctx}"
-        configs = []
-        for threads, loads, prefetch in KERNELS:
-            cpss = (3, 4) if prefetch and threads == 128 else (2, 4) if threads == 128 else (2,)
-            configs += [kernel_flags(threads, loads, prefetch) + ["--ctas-per-sm", c] for c in cpss]
-        if ctx >= 32768:  # long rows: fixed split sizes against the planner's choice
-            for prefetch in (False, True):
-                configs += [kernel_flags(128, 4, prefetch) + ["--split", n]
-                            for n in (1024, 2048, 4096)]
-        for flags in configs:
-            r = ours(args.bin, "decode", batch, ctx, *flags)
-            torch_bw[shape] = r["bytes"] / t_ms / 1e9
-            runs.append((shape, flags, r))
-            print(shape, flags, f"{r['tbps']:.2f} TB/s", flush=True)
-    caps = headkv_caps(args.scores, 128)
-    for batch in (1, 8, 32, 128):
-        lens = headkv_lens(caps, batch)
-        shape = f"HeadKV B=128 batch {batch}"
-        for threads, loads, prefetch in KERNELS:
-            # Latency-bound batches try shorter splits; larger ones one item per CTA.
-            for min_split in ((64, 128) if batch < 32 else (128,)):
-                for items in ((0, 1) if batch >= 32 else (0,)):
-                    flags = kernel_flags(threads, loads, prefetch) + [
-                        "--min-split", min_split, "--items-per-cta", items]
-                    r = ours_lens(args.bin, lens, flags)
-                    runs.append((shape, flags, r))
-                    print(shape, flags, f"{r['ms'] * 1000:.1f} us", flush=True)
-        r = ours_lens(args.bin, lens, ["--device-plan"])
-        runs.append((shape, ["--device-plan"], r))
-    rows = []
-    for shape, flags, r in runs:
-        ref = f"{r['tbps'] / torch_bw[shape]:.2f}x torch" if shape in torch_bw else "-"
-        rows.append((shape, " ".join(map(str, flags)), f"{r['ms'] * 1000:.1f}",
-                     f"{r['ms_chain'] * 1000:.1f}", f"{r['tbps']:.2f}", r["work_items"], r["ctas"],
-                     r["chunk"], ref))
-    print_table(("shape", "flags", "us", "chained us", "TB/s", "items", "ctas", "chunk",
-                 "vs torch"), rows)
-    best = {}
-    for shape, flags, r in runs:
-        if shape not in best or r["ms"] < best[shape][1]["ms"]:
-            best[shape] = (flags, r)
-    uni_bw = statistics.mean(best[s][1]["tbps"] for s in torch_bw)
-    rows = [(shape, " ".join(map(str, f)), f"{r['ms'] * 1000:.1f}", f"{r['ms_chain'] * 1000:.1f}",
-             f"{r['tbps']:.2f}",
-             f"{r['tbps'] / torch_bw[shape]:.2f}x torch" if shape in torch_bw
-             else f"{r['tbps'] / uni_bw:.2f} of uniform")
-            for shape, (f, r) in best.items()]
-    print_table(("shape", "best flags", "us", "chained us", "TB/s", "vs torch / uniform"), rows)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump([(s, list(map(str, fl)), r) for s, fl, r in runs], f, indent=1)
-    return 0
 
 
 def torch_decode(batch, ctx):
@@ -211,20 +107,14 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--scores", required=True)
     ap.add_argument("--json-out", default="")
-    ap.add_argument("--sweep", action="store_true", help="decode variants only (see above)")
-    ap.add_argument("--decode-flags", default="", help="kernel_bench flags of every decode run")
-    ap.add_argument("--decode-only", action="store_true", help="skip prefill and selection")
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
     rows = []
     print(f"# GPU: {props.name}, torch {torch.__version__}", flush=True)
-    if args.sweep:
-        return sweep(args)
-    dflags = args.decode_flags.split()
 
     uniform = []
-    for batch, ctx in UNIFORM:
-        r = ours(args.bin, "decode", batch, ctx, *dflags)
+    for batch, ctx in [(1, 131072), (16, 4096), (64, 4096), (16, 32768)]:
+        r = ours(args.bin, "decode", batch, ctx)
         t_ms = torch_decode(batch, ctx)
         t_bw = r["bytes"] / t_ms / 1e9
         uniform.append(r["tbps"])
@@ -236,17 +126,18 @@ def main():
     for budget in (128, 1024):
         caps = headkv_caps(args.scores, budget)
         for batch in (1, 8, 32, 128, 256):
-            lens = headkv_lens(caps, batch)
-            r = ours_lens(args.bin, lens, dflags)
+            lens = []
+            for s in range(batch):
+                lens += [c + W + DECODED for c in caps[s % L]]
+            with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+                f.write("\n".join(map(str, lens)))
+                name = f.name
+            r = ours(args.bin, "decode_lens", name)
+            os.unlink(name)
             rows.append((f"decode HeadKV B={budget}", f"batch {batch} (len {min(lens)}..{max(lens)})",
                          f"{r['ms']:.4f}", f"{r['tbps']:.2f} TB/s", "-", "-",
-                         f"{r['tbps'] / uni_bw:.2f} of uniform, "
-                         f"{r['ms_chain'] * 1000:.1f} us chained"))
+                         f"{r['tbps'] / uni_bw:.2f} of uniform"))
             print(rows[-1], flush=True)
-
-    if args.decode_only:
-        print_table(("row", "shape", "hkv ms", "hkv", "torch ms", "torch", "ratio"), rows)
-        return 0
 
     prefill_ms = {}
     for n in (4096, 16384, 32768):
@@ -266,7 +157,14 @@ def main():
                  f"{100 * r['ms'] / (r['ms'] + torch_ms):.1f}% of torch prefill attn", "-"))
     print(rows[-1], flush=True)
 
-    print_table(("row", "shape", "hkv ms", "hkv", "torch ms", "torch", "ratio"), rows)
+    head = ("row", "shape", "hkv ms", "hkv", "torch ms", "torch", "ratio")
+    widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+    fmt = "| " + " | ".join("{:<%d}" % w for w in widths) + " |"
+    print()
+    print(fmt.format(*head))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print(fmt.format(*r))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(rows, f, indent=1)

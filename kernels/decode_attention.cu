@@ -1,31 +1,501 @@
-// RunDecodeAttention: picks the kernel variant of the plan's options and launches it (one
-// kernel per call). The kernel is in decode_attention_kernel.cuh, the planners in
-// decode_plan.cc (host) and decode_plan_device.cu (GPU).
+// Paged per-head decode attention with GQA and split-K; see decode_attention.h.
+//
+// NOTE(kernels): one CTA = 4 warps over one work item. A warp reads 16-byte K/V vectors; the
+// kHeadDim/8 lanes of a "subgroup" hold one token, so a warp load covers 2 (d=128) or 4 (d=64)
+// consecutive tokens, and kUnroll loads of K and V are in flight before any math. Each lane
+// keeps the online-softmax state (m, l, acc[8]) of every query head of the group for its 8
+// dims, so K/V bytes are read exactly once per group.
 
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <queue>
+
+#include "kernels/cuda_common.cuh"
 #include "kernels/decode_attention.h"
-#include "kernels/decode_attention_kernel.cuh"
-#include "kernels/decode_plan.h"
 
 namespace hkv::kernels {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+#ifndef HKV_DECODE_UNROLL
+#define HKV_DECODE_UNROLL 4  // 16-byte K and V loads in flight per lane per iteration
+#endif
+constexpr int kUnroll = HKV_DECODE_UNROLL;
+constexpr int kMetaHeader = 2;  // num_work, num_merge_rows
+constexpr int kCtasPerSm = 4;
+
+// Offsets (in int32) of the arrays inside the workspace meta block.
+struct MetaLayout {
+  int64_t work_row, work_begin, work_end, work_slot, work_first_block, row_split_begin,
+      row_num_splits, merge_row, total;
+  explicit MetaLayout(const DecodePlanOptions& o) {
+    work_row = kMetaHeader;
+    work_begin = work_row + o.max_work_items;
+    work_end = work_begin + o.max_work_items;
+    work_slot = work_end + o.max_work_items;
+    work_first_block = work_slot + o.max_work_items;
+    row_split_begin = work_first_block + o.max_work_items;
+    row_num_splits = row_split_begin + o.max_rows;
+    merge_row = row_num_splits + o.max_rows;
+    total = (merge_row + o.max_rows + 63) / 64 * 64;
+  }
+};
+
+struct DecodeArgs {
+  const int32_t* meta;
+  MetaLayout layout{DecodePlanOptions{}};
+  float* partial_o;    // [max_work, group, head_dim]
+  float* partial_lse;  // [max_work, group] (log2 domain)
+  const int32_t* indices;
+  const void* k_pool;
+  const void* v_pool;
+  int64_t block_stride;
+  int32_t block_shift;
+  int32_t num_kv_heads;
+  int32_t group;
+  const void* q;
+  int64_t q_seq_stride;
+  void* out;
+  int64_t out_seq_stride;
+  float scale_log2;
+};
+
+template <typename T, int kHeadDim, int kGroup>
+__global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) {
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
+  constexpr int kLanes = kHeadDim / 8;  // lanes per token
+  constexpr int kSubs = 32 / kLanes;    // tokens per warp load
+  constexpr int kTokPerWarp = kSubs * kUnroll;
+  constexpr int kTokPerIter = kTokPerWarp * kWarps;
+  __shared__ float s_m[kWarps][kGroup], s_l[kWarps][kGroup];
+  __shared__ float s_acc[kWarps][kGroup][kHeadDim];
+
+  // The work fields are read before the bounds check (blockIdx.x < max_work_items always) so
+  // the loads do not wait for each other.
+  const int w = blockIdx.x;
+  const MetaLayout& L = a.layout;
+  const int num_work = a.meta[0];
+  const int row = a.meta[L.work_row + w];
+  const int tb = a.meta[L.work_begin + w], te = a.meta[L.work_end + w];
+  const int first_block = a.meta[L.work_first_block + w];
+  if (w >= num_work) return;
+  const int seq = row / a.num_kv_heads, kvh = row % a.num_kv_heads;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sub = lane / kLanes, li = lane % kLanes;
+
+  float q[kGroup][8];
+#pragma unroll
+  for (int g = 0; g < kGroup; ++g) {
+    if (g < a.group) {
+      const T* qp = static_cast<const T*>(a.q) + seq * a.q_seq_stride +
+                    static_cast<int64_t>(kvh * a.group + g) * kHeadDim + li * 8;
+      Unpack8<T>(LoadNc16(qp), q[g]);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) q[g][i] *= a.scale_log2;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) q[g][i] = 0.0f;
+    }
+  }
+  float m[kGroup], l[kGroup], acc[kGroup][8];
+#pragma unroll
+  for (int g = 0; g < kGroup; ++g) {
+    m[g] = -1e30f;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
+  }
+  const int32_t* blocks = a.indices + first_block;
+  const T* kp = static_cast<const T*>(a.k_pool);
+  const T* vp = static_cast<const T*>(a.v_pool);
+  const int mask = (1 << a.block_shift) - 1;
+
+  // Block ids are fetched one iteration ahead so their latency overlaps the K/V loads.
+  int blk[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int t = tb + warp * kTokPerWarp + u * kSubs + sub;
+    blk[u] = t < te ? blocks[t >> a.block_shift] : 0;
+  }
+  for (int base = tb + warp * kTokPerWarp; base < te; base += kTokPerIter) {
+    uint4 kr[kUnroll], vr[kUnroll];
+    int cur[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      cur[u] = blk[u];
+      const int t = base + kTokPerIter + u * kSubs + sub;
+      blk[u] = t < te ? blocks[t >> a.block_shift] : 0;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = base + u * kSubs + sub;
+      if (t < te) {
+        const int64_t off =
+            static_cast<int64_t>(cur[u]) * a.block_stride + (t & mask) * kHeadDim + li * 8;
+        kr[u] = LoadNc16(kp + off);
+        vr[u] = LoadNc16(vp + off);
+      } else {
+        kr[u] = make_uint4(0, 0, 0, 0);
+        vr[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    float s[kUnroll][kGroup];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float kf[8];
+      Unpack8<T>(kr[u], kf);
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        float d = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) d = fmaf(q[g][i], kf[i], d);
+        s[u][g] = d;
+      }
+    }
+#pragma unroll
+    for (int o = kLanes / 2; o > 0; o >>= 1) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], o);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (base + u * kSubs + sub >= te) {
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g) s[u][g] = -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) mx = fmaxf(mx, s[u][g]);
+      const float corr = exp2f(m[g] - mx);
+      m[g] = mx;
+      l[g] *= corr;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[g][i] *= corr;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float vf[8];
+      Unpack8<T>(vr[u], vf);
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        const float p = exp2f(s[u][g] - m[g]);
+        l[g] += p;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(p, vf[i], acc[g][i]);
+      }
+    }
+  }
+
+  // Merge the subgroups of the warp (lanes holding the same dims).
+#pragma unroll
+  for (int o = kLanes; o < 32; o <<= 1) {
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+      const float mn = fmaxf(m[g], mo);
+      const float c1 = exp2f(m[g] - mn), c2 = exp2f(mo - mn);
+      l[g] = l[g] * c1 + lo * c2;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float ao = __shfl_xor_sync(0xffffffffu, acc[g][i], o);
+        acc[g][i] = acc[g][i] * c1 + ao * c2;
+      }
+      m[g] = mn;
+    }
+  }
+  if (sub == 0) {
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s_acc[warp][g][li * 8 + i] = acc[g][i];
+      if (li == 0) {
+        s_m[warp][g] = m[g];
+        s_l[warp][g] = l[g];
+      }
+    }
+  }
+  __syncthreads();
+  const int nsplit = a.meta[L.row_num_splits + row];
+  const int slot = a.meta[L.work_slot + w];
+  for (int idx = threadIdx.x; idx < a.group * kHeadDim; idx += kThreads) {
+    const int g = idx / kHeadDim, d = idx % kHeadDim;
+    float mx = -1e30f;
+#pragma unroll
+    for (int x = 0; x < kWarps; ++x) mx = fmaxf(mx, s_m[x][g]);
+    float sum = 0.0f, o = 0.0f;
+#pragma unroll
+    for (int x = 0; x < kWarps; ++x) {
+      const float c = exp2f(s_m[x][g] - mx);
+      sum += s_l[x][g] * c;
+      o += s_acc[x][g][d] * c;
+    }
+    const float val = sum > 0.0f ? o / sum : 0.0f;
+    if (nsplit <= 1) {
+      T* op = static_cast<T*>(a.out) + seq * a.out_seq_stride +
+              static_cast<int64_t>(kvh * a.group + g) * kHeadDim + d;
+      *op = FromFloat<T>(val);
+    } else {
+      a.partial_o[(static_cast<int64_t>(slot) * a.group + g) * kHeadDim + d] = val;
+      if (d == 0) a.partial_lse[slot * a.group + g] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
+    }
+  }
+}
+
+// Combines the partials of split rows in one online pass per (row, head, dim).
+// Grid: (rows that were split, group) Block: (head_dim).
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kHeadDim) DecodeMergeKernel(DecodeArgs a) {
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
+  const int g = blockIdx.y, d = threadIdx.x;
+  if (static_cast<int>(blockIdx.x) >= a.meta[1]) return;
+  const MetaLayout& L = a.layout;
+  const int row = a.meta[L.merge_row + blockIdx.x];
+  const int ns = a.meta[L.row_num_splits + row];
+  const int begin = a.meta[L.row_split_begin + row];
+  const int seq = row / a.num_kv_heads, kvh = row % a.num_kv_heads;
+  float m = -INFINITY, sum = 0.0f, o = 0.0f;
+#pragma unroll 8
+  for (int i = 0; i < ns; ++i) {
+    const int s = begin + i;
+    const float lse = a.partial_lse[s * a.group + g];
+    const float x = a.partial_o[(static_cast<int64_t>(s) * a.group + g) * kHeadDim + d];
+    if (lse == -INFINITY) continue;
+    const float mn = fmaxf(m, lse);
+    const float c_old = exp2f(m - mn), c_new = exp2f(lse - mn);
+    sum = sum * c_old + c_new;
+    o = o * c_old + c_new * x;
+    m = mn;
+  }
+  T* op = static_cast<T*>(a.out) + seq * a.out_seq_stride +
+          static_cast<int64_t>(kvh * a.group + g) * kHeadDim + d;
+  *op = FromFloat<T>(sum > 0.0f ? o / sum : 0.0f);
+}
+
+int GroupBucket(int group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
+
+// Simulated makespan of the work list on `slots` CTA slots, items issued in order.
+double Makespan(const std::vector<int64_t>& costs, int slots) {
+  std::priority_queue<double, std::vector<double>, std::greater<double>> free_at;
+  for (int i = 0; i < slots; ++i) free_at.push(0.0);
+  double end = 0.0;
+  for (int64_t c : costs) {
+    const double t = free_at.top() + static_cast<double>(c);
+    free_at.pop();
+    free_at.push(t);
+    end = std::max(end, t);
+  }
+  return end;
+}
+
+constexpr int64_t kItemOverheadTokens = 48;  // fixed cost of a CTA, in token-equivalents
+constexpr int64_t kChunkAlign = 64;
+#ifndef HKV_DECODE_MIN_CHUNK
+#define HKV_DECODE_MIN_CHUNK 128
+#endif
+constexpr int64_t kMinChunk = HKV_DECODE_MIN_CHUNK;  // tokens; shorter splits cost a merge
+constexpr int64_t kSimulateMaxItems = 2048;          // above this, ChooseChunk uses the LPT bound
+
+// Start of split i of ns over len tokens, aligned down to kChunkAlign tokens.
+int64_t SplitBegin(int64_t len, int64_t i, int64_t ns) {
+  return i == 0 ? 0 : i >= ns ? len : (len * i / ns) / kChunkAlign * kChunkAlign;
+}
+
+// Splits of each row for chunk size `chunk` (0 = no split).
+int64_t SplitsFor(int64_t len, int64_t chunk) {
+  return chunk <= 0 || len <= chunk ? 1 : (len + chunk - 1) / chunk;
+}
+
+// Picks the split chunk (0 = no split): among a few candidates, the one whose work list has
+// the smallest simulated makespan on `slots` CTA slots in LPT order.
+int64_t ChooseChunk(const std::vector<int64_t>& lens, int64_t total, int64_t longest, int slots,
+                    int64_t max_work_items) {
+  // Fast path: no row is longer than an even share of the GPU, so splitting cannot help.
+  if (longest * slots <= total) return 0;
+  int64_t best_chunk = 0;
+  double best_time = 1e300;
+  const double factors[] = {0.0, 1.0, 2.0, 4.0, 8.0};
+  for (double f : factors) {
+    int64_t chunk = 0;
+    if (f > 0.0) {
+      chunk = static_cast<int64_t>(std::ceil(static_cast<double>(total) / (slots * f)));
+      chunk = std::max<int64_t>(kMinChunk, (chunk + kChunkAlign - 1) / kChunkAlign * kChunkAlign);
+    }
+    std::vector<int64_t> costs;
+    for (int64_t len : lens) {
+      const int64_t ns = SplitsFor(len, chunk);
+      for (int64_t i = 0; i < ns; ++i) {
+        costs.push_back(SplitBegin(len, i + 1, ns) - SplitBegin(len, i, ns) + kItemOverheadTokens);
+      }
+    }
+    if (static_cast<int64_t>(costs.size()) > max_work_items) continue;
+    double t = 0.0;
+    if (static_cast<int64_t>(costs.size()) <= kSimulateMaxItems) {
+      std::sort(costs.begin(), costs.end(), std::greater<int64_t>());
+      t = Makespan(costs, slots);
+    } else {
+      // Many items (large batches, planned every layer of every step): the LPT bound is close
+      // to the simulation and costs O(items) instead of O(items log slots).
+      int64_t sum = 0, biggest = 0;
+      for (int64_t c : costs) {
+        sum += c;
+        biggest = std::max(biggest, c);
+      }
+      t = std::max(static_cast<double>(biggest), static_cast<double>(sum) / slots);
+    }
+    t *= 1.0 + 1e-3 * f;  // prefer fewer splits on ties
+    if (t < best_time) {
+      best_time = t;
+      best_chunk = chunk;
+    }
+  }
+  return best_chunk;
+}
+
+}  // namespace
+
+size_t DecodeWorkspaceBytes(const DecodePlanOptions& o) {
+  const MetaLayout L(o);
+  const size_t floats = static_cast<size_t>(o.max_work_items) * o.group_size * (o.head_dim + 1);
+  return static_cast<size_t>(L.total) * sizeof(int32_t) + floats * sizeof(float);
+}
+
+size_t DecodeMetaInts(const DecodePlanOptions& o) { return MetaLayout(o).total; }
+
+cudaError_t PlanDecodeAttention(const DecodePlanOptions& o, const int32_t* host_indptr,
+                                const int32_t* host_last_len, int32_t num_rows, int32_t block_size,
+                                void* workspace, cudaStream_t stream, DecodePlan* plan,
+                                const int32_t* host_row_ids) {
+  if (plan == nullptr || workspace == nullptr) return cudaErrorInvalidValue;
+  std::vector<int32_t> meta(DecodeMetaInts(o));
+  const cudaError_t e = BuildDecodePlan(o, host_indptr, host_last_len, num_rows, block_size,
+                                        host_row_ids, meta.data(), plan);
+  if (e != cudaSuccess) return e;
+  plan->host_meta = std::move(meta);
+  plan->workspace = workspace;
+  plan->device_meta = nullptr;
+  return cudaMemcpyAsync(workspace, plan->host_meta.data(),
+                         plan->host_meta.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream);
+}
+
+cudaError_t BuildDecodePlan(const DecodePlanOptions& o, const int32_t* host_indptr,
+                            const int32_t* host_last_len, int32_t num_rows, int32_t block_size,
+                            const int32_t* host_row_ids, int32_t* meta, DecodePlan* plan) {
+  if (plan == nullptr || meta == nullptr || o.group_size < 1 || o.group_size > 8 ||
+      (o.head_dim != 64 && o.head_dim != 128) || o.max_rows < 1 || o.max_work_items < o.max_rows ||
+      num_rows < 0 || num_rows > o.max_rows || block_size < 1 ||
+      (block_size & (block_size - 1)) != 0) {
+    return cudaErrorInvalidValue;
+  }
+  int num_sms = o.num_sms;
+  if (num_sms <= 0) {
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e != cudaSuccess) return e;
+  }
+  std::vector<int64_t> lens(num_rows);
+  std::vector<int32_t> first_block(num_rows);
+  int64_t total = 0, longest = 0;
+  for (int r = 0; r < num_rows; ++r) {
+    const int32_t csr = host_row_ids != nullptr ? host_row_ids[r] : r;
+    const int32_t blocks = csr < 0 ? -1 : host_indptr[csr + 1] - host_indptr[csr];
+    if (blocks < 0 || (blocks > 0 && (host_last_len[csr] < 1 || host_last_len[csr] > block_size))) {
+      return cudaErrorInvalidValue;  // malformed page table
+    }
+    lens[r] = PagedRowLength(host_indptr, host_last_len, csr, block_size);
+    first_block[r] = host_indptr[csr];
+    total += lens[r];
+    longest = std::max(longest, lens[r]);
+  }
+  const int slots = num_sms * kCtasPerSm;
+  const int64_t best_chunk = ChooseChunk(lens, total, longest, slots, o.max_work_items);
+  // Work items: (row, begin, end, slot); slots of a row are contiguous for the merge.
+  struct Item {
+    int32_t row, begin, end, slot;
+  };
+  std::vector<Item> items;
+  const MetaLayout L(o);
+  std::fill(meta, meta + L.total, 0);
+  for (int r = 0; r < num_rows; ++r) {
+    const int64_t ns = SplitsFor(lens[r], best_chunk);
+    meta[L.row_split_begin + r] = static_cast<int32_t>(items.size());
+    meta[L.row_num_splits + r] = static_cast<int32_t>(ns);
+    for (int64_t i = 0; i < ns; ++i) {
+      const int64_t b = SplitBegin(lens[r], i, ns), e = SplitBegin(lens[r], i + 1, ns);
+      items.push_back({r, static_cast<int32_t>(b), static_cast<int32_t>(e),
+                       static_cast<int32_t>(items.size())});
+    }
+  }
+  std::stable_sort(items.begin(), items.end(),
+                   [](const Item& x, const Item& y) { return x.end - x.begin > y.end - y.begin; });
+  int32_t num_merge = 0;
+  for (int r = 0; r < num_rows; ++r) {
+    if (meta[L.row_num_splits + r] > 1) meta[L.merge_row + num_merge++] = r;
+  }
+  meta[0] = static_cast<int32_t>(items.size());
+  meta[1] = num_merge;
+  plan->num_merge_rows = num_merge;
+  for (size_t i = 0; i < items.size(); ++i) {
+    meta[L.work_row + i] = items[i].row;
+    meta[L.work_begin + i] = items[i].begin;
+    meta[L.work_end + i] = items[i].end;
+    meta[L.work_slot + i] = items[i].slot;
+    meta[L.work_first_block + i] = first_block[items[i].row];
+  }
+  plan->options = o;
+  plan->num_rows = num_rows;
+  plan->num_work_items = static_cast<int32_t>(items.size());
+  plan->chunk_tokens = static_cast<int32_t>(best_chunk > 0 ? best_chunk : longest);
+  plan->row_lengths = std::move(lens);
+  return cudaSuccess;
+}
+
+bool RebaseDecodePlan(const DecodePlan& planned, const int32_t* planned_meta,
+                      const int32_t* host_indptr, const int32_t* host_last_len, int32_t block_size,
+                      const int32_t* host_row_ids, int32_t* meta) {
+  const int32_t rows = planned.num_rows;
+  if (static_cast<int32_t>(planned.row_lengths.size()) != rows) return false;
+  for (int32_t r = 0; r < rows; ++r) {
+    const int32_t csr = host_row_ids != nullptr ? host_row_ids[r] : r;
+    if (PagedRowLength(host_indptr, host_last_len, csr, block_size) != planned.row_lengths[r]) {
+      return false;
+    }
+  }
+  const MetaLayout L(planned.options);
+  std::copy(planned_meta, planned_meta + L.total, meta);
+  for (int32_t i = 0; i < planned.num_work_items; ++i) {
+    const int32_t r = meta[L.work_row + i];
+    meta[L.work_first_block + i] = host_indptr[host_row_ids != nullptr ? host_row_ids[r] : r];
+  }
+  return true;
+}
 
 cudaError_t RunDecodeAttention(const DecodePlan& plan, const PagedKvView& kv, DType dtype,
                                const void* q, int64_t q_seq_stride, void* out,
                                int64_t out_seq_stride, float scale, cudaStream_t stream) {
   const DecodePlanOptions& o = plan.options;
-  if (!ValidDecodeOptions(o) || kv.head_dim != o.head_dim || kv.num_kv_heads < 1 ||
-      kv.block_size < 1 || (kv.block_size & (kv.block_size - 1)) != 0 ||
-      plan.workspace == nullptr) {
+  if (kv.head_dim != o.head_dim || kv.num_kv_heads < 1 || kv.block_size < 1 ||
+      (kv.block_size & (kv.block_size - 1)) != 0 || plan.workspace == nullptr) {
     return cudaErrorInvalidValue;
   }
-  const int grid = o.fixed_grid || plan.device_planned ? o.max_work_items : plan.num_ctas;
-  if (grid == 0) return cudaSuccess;
-  decode::DecodeArgs a;
-  a.layout = decode::MetaLayout(o);
+  const int work_grid = o.fixed_grid ? o.max_work_items : plan.num_work_items;
+  const int merge_grid = o.fixed_grid ? o.max_rows : plan.num_merge_rows;
+  if (work_grid == 0) return cudaSuccess;
+  DecodeArgs a;
+  a.layout = MetaLayout(o);
   a.meta =
       plan.device_meta != nullptr ? plan.device_meta : static_cast<const int32_t*>(plan.workspace);
-  // The counters are the one part of the work list the kernel writes; the list is device
-  // memory of the caller (a staging buffer or the workspace), const only to the planner's API.
-  a.arrivals = const_cast<int32_t*>(a.meta) + a.layout.row_arrivals;
   a.partial_o = reinterpret_cast<float*>(static_cast<int32_t*>(plan.workspace) + a.layout.total);
   a.partial_lse = a.partial_o + static_cast<int64_t>(o.max_work_items) * o.group_size * o.head_dim;
   a.indices = kv.indices;
@@ -40,18 +510,30 @@ cudaError_t RunDecodeAttention(const DecodePlan& plan, const PagedKvView& kv, DT
   a.out = out;
   a.out_seq_stride = out_seq_stride;
   a.scale_log2 = scale * 1.4426950408889634f;
-  const bool wide = o.cta_threads == 256;
-  const bool deep = o.loads_in_flight == 8;
-  if (o.prefetch) {
-    return wide ? decode::LaunchDecodeW8U4P(dtype, o.head_dim, o.group_size, grid, a, stream)
-                : decode::LaunchDecodeW4U4P(dtype, o.head_dim, o.group_size, grid, a, stream);
-  }
-  if (wide) {
-    return deep ? decode::LaunchDecodeW8U8(dtype, o.head_dim, o.group_size, grid, a, stream)
-                : decode::LaunchDecodeW8U4(dtype, o.head_dim, o.group_size, grid, a, stream);
-  }
-  return deep ? decode::LaunchDecodeW4U8(dtype, o.head_dim, o.group_size, grid, a, stream)
-              : decode::LaunchDecodeW4U4(dtype, o.head_dim, o.group_size, grid, a, stream);
+  return DispatchDType(dtype, [&](auto t) {
+    using T = decltype(t);
+    return DispatchHeadDim(o.head_dim, [&](auto hd) {
+      constexpr int D = decltype(hd)::value;
+      auto launch = [&](auto kernel) {
+        cudaError_t e = LaunchOverlapped(kernel, dim3(work_grid), dim3(kThreads), 0, stream, a);
+        if (e == cudaSuccess && merge_grid > 0) {
+          e = LaunchOverlapped(DecodeMergeKernel<T, D>, dim3(merge_grid, o.group_size), dim3(D), 0,
+                               stream, a);
+        }
+        return e;
+      };
+      switch (GroupBucket(o.group_size)) {
+        case 1:
+          return launch(DecodeAttentionKernel<T, D, 1>);
+        case 2:
+          return launch(DecodeAttentionKernel<T, D, 2>);
+        case 4:
+          return launch(DecodeAttentionKernel<T, D, 4>);
+        default:
+          return launch(DecodeAttentionKernel<T, D, 8>);
+      }
+    });
+  });
 }
 
 }  // namespace hkv::kernels

@@ -11,13 +11,7 @@
 //
 //   work item = (row, token range): one CTA reads that K/V range ONCE for all query heads of
 //   the row's GQA group and writes either the final output (row not split) or a partial
-//   (output, log-sum-exp); the CTA that finishes a split row's last item merges its partials
-//   (a per-row arrival counter in the work list, back at zero after every call), so a call is
-//   one kernel. A CTA runs a contiguous run of items: one item each while they fit in one
-//   wave, cost-balanced runs of many short items beyond that.
-//
-// The work list can also be built on the GPU (PlanDecodeAttentionOnDevice) from device page
-// tables, with the same split rule; the host planner is its reference.
+//   (output, log-sum-exp) that the merge kernel combines.
 //
 // Thread-safety: the plan is plain data; calls on one stream are ordered by the stream.
 
@@ -39,14 +33,6 @@ struct DecodePlanOptions {
   int32_t head_dim = 128;      // 64 or 128
   int32_t num_sms = 0;         // 0: read from the current device
   bool fixed_grid = false;     // launch max_work_items CTAs (CUDA-graph replay of any plan)
-  // Tuning; 0 keeps the default. The kernel bench sweeps them (bench/run_kernel_bench.py).
-  int32_t cta_threads = 0;       // threads per CTA: 128 (default) or 256
-  int32_t loads_in_flight = 0;   // 16-byte K and V loads per lane before the math: 4 (default), 8
-  bool prefetch = false;         // issue the next K/V loads before the math (loads_in_flight 4)
-  int32_t items_per_cta = 0;     // work items per CTA; default: one while they fit in a wave
-  int32_t min_split_tokens = 0;  // shortest split of a row (default 128)
-  int32_t split_tokens = 0;      // split every row into chunks of this many tokens (no search)
-  int32_t ctas_per_sm = 0;       // CTA slots per SM that the planner fills (default 4)
 };
 
 struct DecodePlan {
@@ -54,11 +40,7 @@ struct DecodePlan {
   int32_t num_rows = 0;
   int32_t num_work_items = 0;
   int32_t num_merge_rows = 0;  // rows split over several work items
-  int32_t num_ctas = 0;        // CTAs that run the items (without fixed_grid: the grid)
   int32_t chunk_tokens = 0;
-  // Built by PlanDecodeAttentionOnDevice: the counts above live on the device only, and
-  // RunDecodeAttention launches the fixed grid.
-  bool device_planned = false;
   void* workspace = nullptr;         // device; DecodeWorkspaceBytes(options) bytes
   std::vector<int32_t> host_meta;    // the work list as copied to the device (PlanDecodeAttention)
   std::vector<int64_t> row_lengths;  // tokens of each planned row (RebaseDecodePlan compares)
@@ -81,8 +63,8 @@ size_t DecodeMetaInts(const DecodePlanOptions& options);
 // into `indices` and its length: re-plan whenever they change (once per step); the device
 // indices array (PagedKvView::indices) must follow the host indptr given here.
 // Returns cudaErrorInvalidValue for bad options (group, head_dim, capacities, block_size not a
-// power of two, tuning values), num_rows > max_rows, or a malformed page table (decreasing
-// indptr, last_len outside 1..block_size on a non-empty row).
+// power of two), num_rows > max_rows, or a malformed page table (decreasing indptr, last_len
+// outside 1..block_size on a non-empty row).
 cudaError_t PlanDecodeAttention(const DecodePlanOptions& options, const int32_t* host_indptr,
                                 const int32_t* host_last_len, int32_t num_rows, int32_t block_size,
                                 void* workspace, cudaStream_t stream, DecodePlan* plan,
@@ -104,32 +86,12 @@ bool RebaseDecodePlan(const DecodePlan& planned, const int32_t* planned_meta,
                       const int32_t* host_indptr, const int32_t* host_last_len, int32_t block_size,
                       const int32_t* host_row_ids, int32_t* host_meta_out);
 
-// Builds the work list on the GPU from DEVICE copies of indptr, last_len and (optional) row
-// ids, into `workspace` (its first DecodeMetaInts(options) words): one single-CTA kernel on
-// `stream`, no host read of the page table, a launch shape fixed by the capacities, so it can
-// be captured in a CUDA graph together with the attention calls and replayed after the tables
-// change. `device_num_rows` (optional, device) overrides num_rows (then the capacity, at most
-// max_rows) at run time. The split rule is the host planner's with the makespan estimated by
-// its large-list bound (decode_plan.h: MakespanBound); with options.split_tokens both
-// planners give the same splits, hence bit-identical outputs. Items are in row order (the host
-// planner sorts them longest first). A malformed row (last_len outside 1..block_size) is
-// planned empty and counted in word 2 of the work list; a split_tokens that would need more
-// than max_work_items items plans no splits (the host planner refuses it). Fills `plan` with
-// device_planned = true. Returns cudaErrorInvalidValue for bad options or num_rows > max_rows.
-cudaError_t PlanDecodeAttentionOnDevice(const DecodePlanOptions& options,
-                                        const int32_t* device_indptr,
-                                        const int32_t* device_last_len, int32_t num_rows,
-                                        int32_t block_size, void* workspace, cudaStream_t stream,
-                                        DecodePlan* plan, const int32_t* device_row_ids = nullptr,
-                                        const int32_t* device_num_rows = nullptr);
-
 // Computes out = softmax(q K^T * scale) V per query head over its kv head's paged row.
 // Uses kv.indices and the pools (indptr/last_len were consumed by the plan).
 //   q:   device [num_seqs, num_kv_heads * group_size, head_dim], seq stride q_seq_stride elems
 //   out: device [num_seqs, num_kv_heads * group_size, head_dim], seq stride out_seq_stride
 // num_seqs = plan.num_rows / kv.num_kv_heads. Rows of length 0 give zeros.
-// Grid: (CTAs; max_work_items with fixed_grid) Block: (cta_threads). One kernel: the work
-// list's arrival counters are written during the call and are zero again when it ends.
+// Grid: (work items) Block: (128); then merge Grid: (rows, group) Block: (head_dim).
 cudaError_t RunDecodeAttention(const DecodePlan& plan, const PagedKvView& kv, DType dtype,
                                const void* q, int64_t q_seq_stride, void* out,
                                int64_t out_seq_stride, float scale, cudaStream_t stream);

@@ -11,10 +11,10 @@
 #include <random>
 #include <vector>
 
-#include "kernels/decode_attention.h"
-#include "kernels/decode_plan.h"
-#include "kernels/decode_test_util.h"
 #include "kernels/reference.h"
+#include "kernels/single_launch_decode_attention.h"
+#include "kernels/single_launch_decode_plan.h"
+#include "kernels/single_launch_decode_test_util.h"
 #include "kernels/test_util.h"
 
 namespace hkv::kernels {
@@ -41,9 +41,9 @@ void MakeTable(const std::vector<int64_t>& lens, int32_t bs, std::vector<int32_t
 // Checks the invariants of a work list: every row's tokens covered once by its items, whose
 // slots are contiguous from row_split_begin in token order; CTA runs contiguous and covering
 // every item; counters zero.
-void ExpectWellFormed(const DecodePlanOptions& o, const std::vector<int32_t>& meta,
+void ExpectWellFormed(const SingleLaunchDecodeOptions& o, const std::vector<int32_t>& meta,
                       const std::vector<int64_t>& lens) {
-  const decode::MetaLayout L(o);
+  const single_launch_decode::MetaLayout L(o);
   const int32_t items = meta[0], ctas = meta[1];
   ASSERT_LE(items, o.max_work_items);
   ASSERT_LE(ctas, items);
@@ -74,7 +74,7 @@ void ExpectWellFormed(const DecodePlanOptions& o, const std::vector<int32_t>& me
 }
 
 // Host only: the planner's CTA runs and splits, default and tuned.
-TEST(DecodePlanShapeTest, CtaRunsAndSplitsCoverEveryRow) {
+TEST(SingleLaunchDecodePlanShapeTest, CtaRunsAndSplitsCoverEveryRow) {
   std::mt19937 rng(5);
   std::uniform_int_distribution<int64_t> short_len(0, 400);
   std::vector<int64_t> lens(32 * 8);
@@ -84,17 +84,17 @@ TEST(DecodePlanShapeTest, CtaRunsAndSplitsCoverEveryRow) {
   MakeTable(lens, 16, &indptr, &last);
   for (int32_t items_per_cta : {0, 1, 3}) {
     for (int32_t split : {0, 64}) {
-      DecodePlanOptions o;
+      SingleLaunchDecodeOptions o;
       o.max_rows = static_cast<int32_t>(lens.size());
       o.max_work_items = 4096;
       o.group_size = 4;
       o.num_sms = 4;  // 16 CTA slots: items outnumber them, so CTAs run several
       o.items_per_cta = items_per_cta;
       o.split_tokens = split;
-      std::vector<int32_t> meta(DecodeMetaInts(o));
-      DecodePlan plan;
-      ASSERT_EQ(BuildDecodePlan(o, indptr.data(), last.data(), o.max_rows, 16, nullptr, meta.data(),
-                                &plan),
+      std::vector<int32_t> meta(SingleLaunchDecodeMetaInts(o));
+      SingleLaunchDecodePlan plan;
+      ASSERT_EQ(BuildSingleLaunchDecodePlan(o, indptr.data(), last.data(), o.max_rows, 16, nullptr,
+                                            meta.data(), &plan),
                 cudaSuccess);
       ExpectWellFormed(o, meta, lens);
       EXPECT_EQ(meta[0], plan.num_work_items);
@@ -102,19 +102,19 @@ TEST(DecodePlanShapeTest, CtaRunsAndSplitsCoverEveryRow) {
       if (items_per_cta == 1) EXPECT_EQ(plan.num_ctas, plan.num_work_items);
       if (items_per_cta == 0) EXPECT_EQ(plan.num_ctas, 16);
       if (split > 0) {
-        const decode::MetaLayout L(o);
+        const single_launch_decode::MetaLayout L(o);
         for (size_t r = 0; r < lens.size(); ++r) {
-          EXPECT_EQ(meta[L.row_num_splits + r], decode::SplitsFor(lens[r], split));
+          EXPECT_EQ(meta[L.row_num_splits + r], single_launch_decode::SplitsFor(lens[r], split));
         }
       }
     }
   }
 }
 
-class DecodeShortRowsTest : public ::testing::TestWithParam<Case> {};
+class SingleLaunchDecodeShortRowsTest : public ::testing::TestWithParam<Case> {};
 
 // Batch 1 of HeadKV-like rows (tens to hundreds of tokens), as the latency-bound call sees.
-TEST_P(DecodeShortRowsTest, BatchOneShortRaggedRows) {
+TEST_P(SingleLaunchDecodeShortRowsTest, BatchOneShortRaggedRows) {
   HKV_REQUIRE_GPU();
   std::mt19937 rng(31 + GetParam().group);
   const std::vector<int64_t> lens{72, 23, 310, 129, 96, 1, 255, 64};
@@ -122,7 +122,7 @@ TEST_P(DecodeShortRowsTest, BatchOneShortRaggedRows) {
 }
 
 // Batch 32 of short rows: many CTAs, several items each when the defaults group them.
-TEST_P(DecodeShortRowsTest, Batch32ShortRaggedRows) {
+TEST_P(SingleLaunchDecodeShortRowsTest, Batch32ShortRaggedRows) {
   HKV_REQUIRE_GPU();
   std::mt19937 rng(77 + GetParam().group);
   std::uniform_int_distribution<int64_t> len(8, 400);
@@ -148,18 +148,19 @@ std::string CaseName(const ::testing::TestParamInfo<Case>& i) {
          "_g" + std::to_string(i.param.group) + "_bs" + std::to_string(i.param.block_size);
 }
 
-INSTANTIATE_TEST_SUITE_P(All, DecodeShortRowsTest, ::testing::ValuesIn(ShortCases()), CaseName);
+INSTANTIATE_TEST_SUITE_P(All, SingleLaunchDecodeShortRowsTest, ::testing::ValuesIn(ShortCases()),
+                         CaseName);
 
 struct Variant {
   int32_t threads, loads, items_per_cta, split;
   bool prefetch = false;
 };
 
-class DecodeVariantTest : public ::testing::TestWithParam<Variant> {};
+class SingleLaunchDecodeVariantTest : public ::testing::TestWithParam<Variant> {};
 
 // Every kernel variant and CTA grouping, rows split over many items, run twice on one plan
 // (the arrival counters must be back at zero for the second run).
-TEST_P(DecodeVariantTest, MatchesReference) {
+TEST_P(SingleLaunchDecodeVariantTest, MatchesReference) {
   HKV_REQUIRE_GPU();
   const Variant& v = GetParam();
   DecodeSetup setup;
@@ -195,7 +196,7 @@ std::vector<Variant> Variants() {
   return out;
 }
 
-INSTANTIATE_TEST_SUITE_P(All, DecodeVariantTest, ::testing::ValuesIn(Variants()),
+INSTANTIATE_TEST_SUITE_P(All, SingleLaunchDecodeVariantTest, ::testing::ValuesIn(Variants()),
                          [](const ::testing::TestParamInfo<Variant>& i) {
                            return "t" + std::to_string(i.param.threads) + "_l" +
                                   std::to_string(i.param.loads) + "_i" +
@@ -203,7 +204,7 @@ INSTANTIATE_TEST_SUITE_P(All, DecodeVariantTest, ::testing::ValuesIn(Variants())
                                   std::to_string(i.param.split) + (i.param.prefetch ? "_p" : "");
                          });
 
-TEST(DecodeEmptyRowsTest, AllAndSomeRowsEmpty) {
+TEST(SingleLaunchDecodeEmptyRowsTest, AllAndSomeRowsEmpty) {
   HKV_REQUIRE_GPU();
   std::mt19937 rng(3);
   const Case c{DType::kBf16, 128, 4, 16};
@@ -217,7 +218,7 @@ TEST(DecodeEmptyRowsTest, AllAndSomeRowsEmpty) {
 
 // The device planner with a fixed split gives the host plan's splits: bit-identical outputs,
 // and the same items per row.
-TEST(DecodeDevicePlanTest, FixedSplitMatchesHostPlanBitForBit) {
+TEST(SingleLaunchDecodeDevicePlanTest, FixedSplitMatchesHostPlanBitForBit) {
   HKV_REQUIRE_GPU();
   const Case c{DType::kBf16, 128, 4, 16};
   const std::vector<int64_t> lens{1, 7, 300, 5000, 0, 33, 129, 64, 20000, 17, 0, 4097};
@@ -233,7 +234,7 @@ TEST(DecodeDevicePlanTest, FixedSplitMatchesHostPlanBitForBit) {
 }
 
 // Automatic splits on the device: long, short, many and empty rows against the reference.
-TEST(DecodeDevicePlanTest, AutomaticSplitsMatchReference) {
+TEST(SingleLaunchDecodeDevicePlanTest, AutomaticSplitsMatchReference) {
   HKV_REQUIRE_GPU();
   DecodeSetup device;
   device.device_plan = true;
@@ -248,31 +249,32 @@ TEST(DecodeDevicePlanTest, AutomaticSplitsMatchReference) {
 
 // The device work list against the host one: same item count and splits per row, and a
 // malformed row planned empty and counted.
-TEST(DecodeDevicePlanTest, WorkListMatchesHostPlanner) {
+TEST(SingleLaunchDecodeDevicePlanTest, WorkListMatchesHostPlanner) {
   HKV_REQUIRE_GPU();
   std::vector<int64_t> lens{5000, 3, 0, 700, 12000, 64, 1, 999};
   std::vector<int32_t> indptr, last;
   MakeTable(lens, 16, &indptr, &last);
-  DecodePlanOptions o;
+  SingleLaunchDecodeOptions o;
   o.max_rows = 8;
   o.max_work_items = 512;
   o.group_size = 4;
   o.split_tokens = 256;
-  std::vector<int32_t> host(DecodeMetaInts(o));
-  DecodePlan hp, dp;
-  ASSERT_EQ(BuildDecodePlan(o, indptr.data(), last.data(), 8, 16, nullptr, host.data(), &hp),
-            cudaSuccess);
+  std::vector<int32_t> host(SingleLaunchDecodeMetaInts(o));
+  SingleLaunchDecodePlan hp, dp;
+  ASSERT_EQ(
+      BuildSingleLaunchDecodePlan(o, indptr.data(), last.data(), 8, 16, nullptr, host.data(), &hp),
+      cudaSuccess);
   DeviceArray<int32_t> d_indptr(indptr.size()), d_last(last.size());
   HKV_CUDA_OK(d_indptr.Upload(indptr));
   HKV_CUDA_OK(d_last.Upload(last));
-  DeviceArray<char> ws(DecodeWorkspaceBytes(o));
-  HKV_CUDA_OK(
-      PlanDecodeAttentionOnDevice(o, d_indptr.get(), d_last.get(), 8, 16, ws.get(), nullptr, &dp));
+  DeviceArray<char> ws(SingleLaunchDecodeWorkspaceBytes(o));
+  HKV_CUDA_OK(PlanSingleLaunchDecodeAttentionOnDevice(o, d_indptr.get(), d_last.get(), 8, 16,
+                                                      ws.get(), nullptr, &dp));
   HKV_CUDA_OK(cudaDeviceSynchronize());
-  std::vector<int32_t> dev(DecodeMetaInts(o));
+  std::vector<int32_t> dev(SingleLaunchDecodeMetaInts(o));
   HKV_CUDA_OK(cudaMemcpy(dev.data(), ws.get(), dev.size() * 4, cudaMemcpyDeviceToHost));
   ExpectWellFormed(o, dev, lens);
-  const decode::MetaLayout L(o);
+  const single_launch_decode::MetaLayout L(o);
   EXPECT_EQ(dev[0], host[0]);
   EXPECT_EQ(dev[2], 0);
   for (int32_t r = 0; r < 8; ++r) {
@@ -280,8 +282,8 @@ TEST(DecodeDevicePlanTest, WorkListMatchesHostPlanner) {
   }
   last[1] = 17;  // > block size: malformed
   HKV_CUDA_OK(d_last.Upload(last));
-  HKV_CUDA_OK(
-      PlanDecodeAttentionOnDevice(o, d_indptr.get(), d_last.get(), 8, 16, ws.get(), nullptr, &dp));
+  HKV_CUDA_OK(PlanSingleLaunchDecodeAttentionOnDevice(o, d_indptr.get(), d_last.get(), 8, 16,
+                                                      ws.get(), nullptr, &dp));
   HKV_CUDA_OK(cudaMemcpy(dev.data(), ws.get(), dev.size() * 4, cudaMemcpyDeviceToHost));
   EXPECT_EQ(dev[2], 1);
   EXPECT_EQ(dev[L.row_num_splits + 1], 1);
@@ -290,7 +292,7 @@ TEST(DecodeDevicePlanTest, WorkListMatchesHostPlanner) {
 // One graph holds the device planner and the attention call; the page tables change on the
 // device (new lengths and blocks, row ids and row count from device memory) and the replay
 // follows them.
-TEST(DecodeDevicePlanTest, GraphReplayAfterTablesChange) {
+TEST(SingleLaunchDecodeDevicePlanTest, GraphReplayAfterTablesChange) {
   HKV_REQUIRE_GPU();
   const Case c{DType::kBf16, 128, 4, 16};
   const int32_t hkv = 2, seqs = 4, rows = hkv * seqs, hq = hkv * c.group, d = c.head_dim;
@@ -305,7 +307,7 @@ TEST(DecodeDevicePlanTest, GraphReplayAfterTablesChange) {
   DeviceArray<uint16_t> d_q(q.size()), d_out(q.size());
   HKV_CUDA_OK(d_q.Upload(testing::ToStorage(q, c.dtype)));
   DeviceArray<int32_t> d_ids(rows), d_rows(1);
-  DecodePlanOptions opt;
+  SingleLaunchDecodeOptions opt;
   opt.max_rows = rows;
   opt.max_work_items = 1024;
   opt.group_size = c.group;
@@ -313,7 +315,7 @@ TEST(DecodeDevicePlanTest, GraphReplayAfterTablesChange) {
   int dev = 0;
   HKV_CUDA_OK(cudaGetDevice(&dev));
   HKV_CUDA_OK(cudaDeviceGetAttribute(&opt.num_sms, cudaDevAttrMultiProcessorCount, dev));
-  DeviceArray<char> ws(DecodeWorkspaceBytes(opt));
+  DeviceArray<char> ws(SingleLaunchDecodeWorkspaceBytes(opt));
   cudaStream_t stream;
   HKV_CUDA_OK(cudaStreamCreate(&stream));
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
@@ -337,13 +339,13 @@ TEST(DecodeDevicePlanTest, GraphReplayAfterTablesChange) {
     HKV_CUDA_OK(d_rows.Upload({rows}));
     if (round == 0) {
       cudaGraph_t graph;
-      DecodePlan plan;
+      SingleLaunchDecodePlan plan;
       HKV_CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-      HKV_CUDA_OK(PlanDecodeAttentionOnDevice(opt, cache.d_indptr.get(), cache.d_last_len.get(),
-                                              rows, c.block_size, ws.get(), stream, &plan,
-                                              d_ids.get(), d_rows.get()));
-      HKV_CUDA_OK(RunDecodeAttention(plan, cache.View(), c.dtype, d_q.get(), hq * d, d_out.get(),
-                                     hq * d, scale, stream));
+      HKV_CUDA_OK(PlanSingleLaunchDecodeAttentionOnDevice(
+          opt, cache.d_indptr.get(), cache.d_last_len.get(), rows, c.block_size, ws.get(), stream,
+          &plan, d_ids.get(), d_rows.get()));
+      HKV_CUDA_OK(RunSingleLaunchDecodeAttention(plan, cache.View(), c.dtype, d_q.get(), hq * d,
+                                                 d_out.get(), hq * d, scale, stream));
       HKV_CUDA_OK(cudaStreamEndCapture(stream, &graph));
       HKV_CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
       HKV_CUDA_OK(cudaGraphDestroy(graph));

@@ -1,19 +1,20 @@
-// Host planner of paged decode attention: BuildDecodePlan / PlanDecodeAttention /
-// RebaseDecodePlan (see decode_attention.h; the work list layout is in decode_plan.h).
+// Host planner of paged decode attention: BuildSingleLaunchDecodePlan /
+// PlanSingleLaunchDecodeAttention / RebaseSingleLaunchDecodePlan (see
+// single_launch_decode_attention.h; the work list layout is in single_launch_decode_plan.h).
 
-#include "kernels/decode_plan.h"
+#include "kernels/single_launch_decode_plan.h"
 
 #include <algorithm>
 #include <cmath>
 #include <queue>
 #include <vector>
 
-#include "kernels/decode_attention.h"
+#include "kernels/single_launch_decode_attention.h"
 
 namespace hkv::kernels {
 namespace {
 
-using decode::MetaLayout;
+using single_launch_decode::MetaLayout;
 
 constexpr int64_t kSimulateMaxItems = 2048;  // above this, ChooseChunk uses the LPT bound
 
@@ -34,20 +35,22 @@ double Makespan(const std::vector<int64_t>& costs, int slots) {
 // Picks the split chunk (0 = no split): among a few candidates, the one whose work list has
 // the smallest simulated makespan on `slots` CTA slots in LPT order.
 int64_t ChooseChunk(const std::vector<int64_t>& lens, int64_t total, int64_t longest, int slots,
-                    const DecodePlanOptions& o) {
+                    const SingleLaunchDecodeOptions& o) {
   if (o.split_tokens > 0) return o.split_tokens;
   // Fast path: no row is longer than an even share of the GPU, so splitting cannot help.
   if (longest * slots <= total) return 0;
   int64_t best_chunk = 0;
   double best_time = 1e300;
-  for (int f = 0; f < decode::kNumChunkFactors; ++f) {
-    const int64_t chunk = decode::CandidateChunk(f, total, slots, decode::MinChunk(o));
+  for (int f = 0; f < single_launch_decode::kNumChunkFactors; ++f) {
+    const int64_t chunk =
+        single_launch_decode::CandidateChunk(f, total, slots, single_launch_decode::MinChunk(o));
     std::vector<int64_t> costs;
     for (int64_t len : lens) {
-      const int64_t ns = decode::SplitsFor(len, chunk);
+      const int64_t ns = single_launch_decode::SplitsFor(len, chunk);
       for (int64_t i = 0; i < ns; ++i) {
-        costs.push_back(decode::SplitBegin(len, i + 1, ns) - decode::SplitBegin(len, i, ns) +
-                        decode::kItemOverheadTokens);
+        costs.push_back(single_launch_decode::SplitBegin(len, i + 1, ns) -
+                        single_launch_decode::SplitBegin(len, i, ns) +
+                        single_launch_decode::kItemOverheadTokens);
       }
     }
     if (static_cast<int64_t>(costs.size()) > o.max_work_items) continue;
@@ -63,9 +66,10 @@ int64_t ChooseChunk(const std::vector<int64_t>& lens, int64_t total, int64_t lon
         sum += c;
         biggest = std::max(biggest, c);
       }
-      t = decode::MakespanBound(static_cast<int64_t>(costs.size()), sum, biggest, slots);
+      t = single_launch_decode::MakespanBound(static_cast<int64_t>(costs.size()), sum, biggest,
+                                              slots);
     }
-    t *= 1.0 + 1e-3 * decode::ChunkFactor(f);  // prefer fewer splits on ties
+    t *= 1.0 + 1e-3 * single_launch_decode::ChunkFactor(f);  // prefer fewer splits on ties
     if (t < best_time) {
       best_time = t;
       best_chunk = chunk;
@@ -76,7 +80,7 @@ int64_t ChooseChunk(const std::vector<int64_t>& lens, int64_t total, int64_t lon
 
 }  // namespace
 
-bool ValidDecodeOptions(const DecodePlanOptions& o) {
+bool ValidSingleLaunchDecodeOptions(const SingleLaunchDecodeOptions& o) {
   return o.group_size >= 1 && o.group_size <= 8 && (o.head_dim == 64 || o.head_dim == 128) &&
          o.max_rows >= 1 && o.max_work_items >= o.max_rows &&
          (o.cta_threads == 0 || o.cta_threads == 128 || o.cta_threads == 256) &&
@@ -86,22 +90,26 @@ bool ValidDecodeOptions(const DecodePlanOptions& o) {
          o.ctas_per_sm <= 64;
 }
 
-size_t DecodeWorkspaceBytes(const DecodePlanOptions& o) {
+size_t SingleLaunchDecodeWorkspaceBytes(const SingleLaunchDecodeOptions& o) {
   const MetaLayout L(o);
   const size_t floats = static_cast<size_t>(o.max_work_items) * o.group_size * (o.head_dim + 1);
   return static_cast<size_t>(L.total) * sizeof(int32_t) + floats * sizeof(float);
 }
 
-size_t DecodeMetaInts(const DecodePlanOptions& o) { return MetaLayout(o).total; }
+size_t SingleLaunchDecodeMetaInts(const SingleLaunchDecodeOptions& o) {
+  return MetaLayout(o).total;
+}
 
-cudaError_t PlanDecodeAttention(const DecodePlanOptions& o, const int32_t* host_indptr,
-                                const int32_t* host_last_len, int32_t num_rows, int32_t block_size,
-                                void* workspace, cudaStream_t stream, DecodePlan* plan,
-                                const int32_t* host_row_ids) {
+cudaError_t PlanSingleLaunchDecodeAttention(const SingleLaunchDecodeOptions& o,
+                                            const int32_t* host_indptr,
+                                            const int32_t* host_last_len, int32_t num_rows,
+                                            int32_t block_size, void* workspace,
+                                            cudaStream_t stream, SingleLaunchDecodePlan* plan,
+                                            const int32_t* host_row_ids) {
   if (plan == nullptr || workspace == nullptr) return cudaErrorInvalidValue;
-  std::vector<int32_t> meta(DecodeMetaInts(o));
-  const cudaError_t e = BuildDecodePlan(o, host_indptr, host_last_len, num_rows, block_size,
-                                        host_row_ids, meta.data(), plan);
+  std::vector<int32_t> meta(SingleLaunchDecodeMetaInts(o));
+  const cudaError_t e = BuildSingleLaunchDecodePlan(o, host_indptr, host_last_len, num_rows,
+                                                    block_size, host_row_ids, meta.data(), plan);
   if (e != cudaSuccess) return e;
   plan->host_meta = std::move(meta);
   plan->workspace = workspace;
@@ -110,10 +118,12 @@ cudaError_t PlanDecodeAttention(const DecodePlanOptions& o, const int32_t* host_
                          plan->host_meta.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream);
 }
 
-cudaError_t BuildDecodePlan(const DecodePlanOptions& o, const int32_t* host_indptr,
-                            const int32_t* host_last_len, int32_t num_rows, int32_t block_size,
-                            const int32_t* host_row_ids, int32_t* meta, DecodePlan* plan) {
-  if (plan == nullptr || meta == nullptr || !ValidDecodeOptions(o) || num_rows < 0 ||
+cudaError_t BuildSingleLaunchDecodePlan(const SingleLaunchDecodeOptions& o,
+                                        const int32_t* host_indptr, const int32_t* host_last_len,
+                                        int32_t num_rows, int32_t block_size,
+                                        const int32_t* host_row_ids, int32_t* meta,
+                                        SingleLaunchDecodePlan* plan) {
+  if (plan == nullptr || meta == nullptr || !ValidSingleLaunchDecodeOptions(o) || num_rows < 0 ||
       num_rows > o.max_rows || block_size < 1 || (block_size & (block_size - 1)) != 0) {
     return cudaErrorInvalidValue;
   }
@@ -138,7 +148,7 @@ cudaError_t BuildDecodePlan(const DecodePlanOptions& o, const int32_t* host_indp
     total += lens[r];
     longest = std::max(longest, lens[r]);
   }
-  const int slots = decode::CtaSlots(o, num_sms);
+  const int slots = single_launch_decode::CtaSlots(o, num_sms);
   const int64_t best_chunk = ChooseChunk(lens, total, longest, slots, o);
   // Work items: (row, begin, end, slot); slots of a row are contiguous for the merge.
   struct Item {
@@ -149,7 +159,7 @@ cudaError_t BuildDecodePlan(const DecodePlanOptions& o, const int32_t* host_indp
   std::fill(meta, meta + L.total, 0);
   int32_t num_merge = 0;
   for (int r = 0; r < num_rows; ++r) {
-    const int64_t ns = decode::SplitsFor(lens[r], best_chunk);
+    const int64_t ns = single_launch_decode::SplitsFor(lens[r], best_chunk);
     if (static_cast<int64_t>(items.size()) + ns > o.max_work_items) {
       return cudaErrorInvalidValue;  // a fixed split_tokens that needs more items than planned
     }
@@ -157,8 +167,8 @@ cudaError_t BuildDecodePlan(const DecodePlanOptions& o, const int32_t* host_indp
     meta[L.row_num_splits + r] = static_cast<int32_t>(ns);
     num_merge += ns > 1 ? 1 : 0;
     for (int64_t i = 0; i < ns; ++i) {
-      const int64_t b = decode::SplitBegin(lens[r], i, ns);
-      const int64_t e = decode::SplitBegin(lens[r], i + 1, ns);
+      const int64_t b = single_launch_decode::SplitBegin(lens[r], i, ns);
+      const int64_t e = single_launch_decode::SplitBegin(lens[r], i + 1, ns);
       items.push_back({r, static_cast<int32_t>(b), static_cast<int32_t>(e),
                        static_cast<int32_t>(items.size())});
     }
@@ -167,9 +177,10 @@ cudaError_t BuildDecodePlan(const DecodePlanOptions& o, const int32_t* host_indp
   std::stable_sort(items.begin(), items.end(),
                    [](const Item& x, const Item& y) { return x.end - x.begin > y.end - y.begin; });
   const int32_t num_items = static_cast<int32_t>(items.size());
-  const int32_t ctas = decode::NumCtas(o, num_items, slots);
+  const int32_t ctas = single_launch_decode::NumCtas(o, num_items, slots);
   int64_t total_cost = 0;
-  for (const Item& it : items) total_cost += it.end - it.begin + decode::kItemOverheadTokens;
+  for (const Item& it : items)
+    total_cost += it.end - it.begin + single_launch_decode::kItemOverheadTokens;
   meta[0] = num_items;
   meta[1] = ctas;
   meta[3] = static_cast<int32_t>(best_chunk);
@@ -181,12 +192,12 @@ cudaError_t BuildDecodePlan(const DecodePlanOptions& o, const int32_t* host_indp
     meta[L.work_end + i] = it.end;
     meta[L.work_slot + i] = it.slot;
     meta[L.work_first_block + i] = first_block[it.row];
-    const int64_t cost = it.end - it.begin + decode::kItemOverheadTokens;
+    const int64_t cost = it.end - it.begin + single_launch_decode::kItemOverheadTokens;
     if (ctas == num_items) {
       meta[L.cta_begin + i] = i;
     } else {
-      const int64_t c1 = decode::FirstCtaAt(prefix + cost, total_cost, ctas);
-      for (int64_t c = decode::FirstCtaAt(prefix, total_cost, ctas); c < c1; ++c) {
+      const int64_t c1 = single_launch_decode::FirstCtaAt(prefix + cost, total_cost, ctas);
+      for (int64_t c = single_launch_decode::FirstCtaAt(prefix, total_cost, ctas); c < c1; ++c) {
         meta[L.cta_begin + c] = i;
       }
     }
@@ -204,9 +215,10 @@ cudaError_t BuildDecodePlan(const DecodePlanOptions& o, const int32_t* host_indp
   return cudaSuccess;
 }
 
-bool RebaseDecodePlan(const DecodePlan& planned, const int32_t* planned_meta,
-                      const int32_t* host_indptr, const int32_t* host_last_len, int32_t block_size,
-                      const int32_t* host_row_ids, int32_t* meta) {
+bool RebaseSingleLaunchDecodePlan(const SingleLaunchDecodePlan& planned,
+                                  const int32_t* planned_meta, const int32_t* host_indptr,
+                                  const int32_t* host_last_len, int32_t block_size,
+                                  const int32_t* host_row_ids, int32_t* meta) {
   const int32_t rows = planned.num_rows;
   if (planned.device_planned) return false;  // its work list is on the device only
   if (static_cast<int32_t>(planned.row_lengths.size()) != rows) return false;

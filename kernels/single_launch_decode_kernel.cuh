@@ -1,8 +1,8 @@
 #pragma once
-// The paged decode attention kernel (see decode_attention.h), templated on the variant:
-// kWarps warps per CTA, kUnroll 16-byte K and V loads per lane per iteration, and kPrefetch
-// (the next iteration's loads issued before this one's math). Included by the
-// decode_attention_w*.cu files, one variant each, so the instantiations compile in parallel.
+// The paged decode attention kernel (see single_launch_decode_attention.h), templated on the
+// variant: kWarps warps per CTA, kUnroll 16-byte K and V loads per lane per iteration, and
+// kPrefetch (the next iteration's loads issued before this one's math). Included by the
+// single_launch_decode_w*.cu files, one variant each, so the instantiations compile in parallel.
 //
 // NOTE(kernels): the kHeadDim/8 lanes of a "subgroup" hold one token, so a warp load covers
 // 2 (d=128) or 4 (d=64) consecutive tokens, and kUnroll loads of K and V are in flight before
@@ -18,14 +18,14 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda_common.cuh"
-#include "kernels/decode_plan.h"
+#include "kernels/single_launch_decode_plan.h"
 
-namespace hkv::kernels::decode {
+namespace hkv::kernels::single_launch_decode {
 
-struct DecodeArgs {
+struct SingleLaunchDecodeArgs {
   const int32_t* meta;
   int32_t* arrivals;  // meta + row_arrivals (the work list is device memory the caller owns)
-  MetaLayout layout{DecodePlanOptions{}};
+  MetaLayout layout{SingleLaunchDecodeOptions{}};
   float* partial_o;    // [max_work, group, head_dim]
   float* partial_lse;  // [max_work, group] (log2 domain)
   const int32_t* indices;
@@ -43,7 +43,7 @@ struct DecodeArgs {
 };
 
 template <typename T, int kHeadDim, int kGroup, int kWarps, int kUnroll, bool kPrefetch>
-__global__ void __launch_bounds__(kWarps * 32) DecodeAttentionKernel(DecodeArgs a) {
+__global__ void __launch_bounds__(kWarps * 32) SingleLaunchDecodeKernel(SingleLaunchDecodeArgs a) {
   WaitForPriorGrid();
   AllowDependentsIfSmallGrid();
   constexpr int kThreads = kWarps * 32;
@@ -293,8 +293,8 @@ __global__ void __launch_bounds__(kWarps * 32) DecodeAttentionKernel(DecodeArgs 
 
 // Launches one variant for `group` (bucketed to 1, 2, 4 or 8 query heads per kv head).
 template <int kWarps, int kUnroll, bool kPrefetch>
-cudaError_t LaunchDecodeVariant(DType dtype, int head_dim, int group, int grid, DecodeArgs a,
-                                cudaStream_t stream) {
+cudaError_t LaunchSingleLaunchDecodeVariant(DType dtype, int head_dim, int group, int grid,
+                                            SingleLaunchDecodeArgs a, cudaStream_t stream) {
   return DispatchDType(dtype, [&](auto t) {
     using T = decltype(t);
     return DispatchHeadDim(head_dim, [&](auto hd) {
@@ -302,26 +302,26 @@ cudaError_t LaunchDecodeVariant(DType dtype, int head_dim, int group, int grid, 
       auto launch = [&](auto kernel) {
         return LaunchOverlapped(kernel, dim3(grid), dim3(kWarps * 32), 0, stream, a);
       };
-      if (group <= 1) return launch(DecodeAttentionKernel<T, D, 1, kWarps, kUnroll, kPrefetch>);
-      if (group <= 2) return launch(DecodeAttentionKernel<T, D, 2, kWarps, kUnroll, kPrefetch>);
-      if (group <= 4) return launch(DecodeAttentionKernel<T, D, 4, kWarps, kUnroll, kPrefetch>);
-      return launch(DecodeAttentionKernel<T, D, 8, kWarps, kUnroll, kPrefetch>);
+      if (group <= 1) return launch(SingleLaunchDecodeKernel<T, D, 1, kWarps, kUnroll, kPrefetch>);
+      if (group <= 2) return launch(SingleLaunchDecodeKernel<T, D, 2, kWarps, kUnroll, kPrefetch>);
+      if (group <= 4) return launch(SingleLaunchDecodeKernel<T, D, 4, kWarps, kUnroll, kPrefetch>);
+      return launch(SingleLaunchDecodeKernel<T, D, 8, kWarps, kUnroll, kPrefetch>);
     });
   });
 }
 
-// One declaration per variant file (decode_attention_w<warps>u<unroll>.cu).
-cudaError_t LaunchDecodeW4U4(DType dtype, int head_dim, int group, int grid, DecodeArgs a,
-                             cudaStream_t stream);
-cudaError_t LaunchDecodeW4U8(DType dtype, int head_dim, int group, int grid, DecodeArgs a,
-                             cudaStream_t stream);
-cudaError_t LaunchDecodeW8U4(DType dtype, int head_dim, int group, int grid, DecodeArgs a,
-                             cudaStream_t stream);
-cudaError_t LaunchDecodeW8U8(DType dtype, int head_dim, int group, int grid, DecodeArgs a,
-                             cudaStream_t stream);
-cudaError_t LaunchDecodeW4U4P(DType dtype, int head_dim, int group, int grid, DecodeArgs a,
-                              cudaStream_t stream);
-cudaError_t LaunchDecodeW8U4P(DType dtype, int head_dim, int group, int grid, DecodeArgs a,
-                              cudaStream_t stream);
+// One declaration per variant file (single_launch_decode_w<warps>u<unroll>[p].cu).
+cudaError_t LaunchSingleLaunchDecodeW4U4(DType dtype, int head_dim, int group, int grid,
+                                         SingleLaunchDecodeArgs a, cudaStream_t stream);
+cudaError_t LaunchSingleLaunchDecodeW4U8(DType dtype, int head_dim, int group, int grid,
+                                         SingleLaunchDecodeArgs a, cudaStream_t stream);
+cudaError_t LaunchSingleLaunchDecodeW8U4(DType dtype, int head_dim, int group, int grid,
+                                         SingleLaunchDecodeArgs a, cudaStream_t stream);
+cudaError_t LaunchSingleLaunchDecodeW8U8(DType dtype, int head_dim, int group, int grid,
+                                         SingleLaunchDecodeArgs a, cudaStream_t stream);
+cudaError_t LaunchSingleLaunchDecodeW4U4P(DType dtype, int head_dim, int group, int grid,
+                                          SingleLaunchDecodeArgs a, cudaStream_t stream);
+cudaError_t LaunchSingleLaunchDecodeW8U4P(DType dtype, int head_dim, int group, int grid,
+                                          SingleLaunchDecodeArgs a, cudaStream_t stream);
 
-}  // namespace hkv::kernels::decode
+}  // namespace hkv::kernels::single_launch_decode

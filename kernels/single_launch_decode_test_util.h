@@ -11,8 +11,8 @@
 #include <random>
 #include <vector>
 
-#include "kernels/decode_attention.h"
 #include "kernels/reference.h"
+#include "kernels/single_launch_decode_attention.h"
 #include "kernels/test_util.h"
 
 namespace hkv::kernels::testing {
@@ -77,7 +77,7 @@ struct Case {
 // How CheckDecode plans and runs: tuning options on top of the defaults, which planner, and
 // how many times the same plan runs (every run is checked: the arrival counters must reset).
 struct DecodeSetup {
-  DecodePlanOptions tune;  // cta_threads .. ctas_per_sm, max_work_items (0 = 4096)
+  SingleLaunchDecodeOptions tune;  // cta_threads .. ctas_per_sm, max_work_items (0 = 4096)
   bool device_plan = false;
   int32_t repeats = 1;
   bool expect_split = false;  // some row must be split over several items (host plan)
@@ -98,19 +98,20 @@ inline std::vector<uint16_t> CheckDecode(const Case& c, const std::vector<int64_
   DeviceArray<uint16_t> d_q(q.size()), d_out(q.size());
   EXPECT_EQ(d_q.Upload(ToStorage(q, c.dtype)), cudaSuccess);
 
-  DecodePlanOptions opt = setup.tune;
+  SingleLaunchDecodeOptions opt = setup.tune;
   opt.max_rows = num_rows;
   if (opt.max_work_items == 0) opt.max_work_items = 4096;
   opt.group_size = c.group;
   opt.head_dim = d;
-  DeviceArray<char> ws(DecodeWorkspaceBytes(opt));
-  DecodePlan plan;
+  DeviceArray<char> ws(SingleLaunchDecodeWorkspaceBytes(opt));
+  SingleLaunchDecodePlan plan;
   cudaError_t e =
       setup.device_plan
-          ? PlanDecodeAttentionOnDevice(opt, cache.d_indptr.get(), cache.d_last_len.get(), num_rows,
-                                        c.block_size, ws.get(), nullptr, &plan)
-          : PlanDecodeAttention(opt, cache.indptr.data(), cache.last_len.data(), num_rows,
-                                c.block_size, ws.get(), nullptr, &plan);
+          ? PlanSingleLaunchDecodeAttentionOnDevice(opt, cache.d_indptr.get(),
+                                                    cache.d_last_len.get(), num_rows, c.block_size,
+                                                    ws.get(), nullptr, &plan)
+          : PlanSingleLaunchDecodeAttention(opt, cache.indptr.data(), cache.last_len.data(),
+                                            num_rows, c.block_size, ws.get(), nullptr, &plan);
   EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
   if (e != cudaSuccess) return {};
   if (setup.expect_split) EXPECT_GT(plan.num_merge_rows, 0);
@@ -120,8 +121,9 @@ inline std::vector<uint16_t> CheckDecode(const Case& c, const std::vector<int64_
   std::vector<uint16_t> bits;
   for (int32_t rep = 0; rep < setup.repeats; ++rep) {
     EXPECT_EQ(d_out.Fill(0xff), cudaSuccess);  // NaN poison: every element must be written
-    e = RunDecodeAttention(plan, cache.View(), c.dtype, d_q.get(), static_cast<int64_t>(hq) * d,
-                           d_out.get(), static_cast<int64_t>(hq) * d, scale, nullptr);
+    e = RunSingleLaunchDecodeAttention(plan, cache.View(), c.dtype, d_q.get(),
+                                       static_cast<int64_t>(hq) * d, d_out.get(),
+                                       static_cast<int64_t>(hq) * d, scale, nullptr);
     EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     bits = d_out.Download();

@@ -1,10 +1,10 @@
 #pragma once
 // Internal to the decode attention kernels: the layout of a decode work list and the split
-// rules that the host planner (decode_plan.cc) and the device planner (decode_plan_device.cu)
-// share, so that both cut a row at the same tokens. Host and device inline functions; include
-// it from .cc and .cu files of kernels/ only.
+// rules that the host planner (single_launch_decode_plan.cc) and the device planner
+// (single_launch_decode_plan_device.cu) share, so that both cut a row at the same tokens. Host and
+// device inline functions; include it from .cc and .cu files of kernels/ only.
 //
-// Work list (int32 words, DecodeMetaInts of the options):
+// Work list (int32 words, SingleLaunchDecodeMetaInts of the options):
 //   [0] work items   [1] CTAs that run them   [2] malformed rows (device planner)   [3] chunk
 //   work_row/begin/end/slot/first_block [max_work_items]: item i reads tokens [begin, end) of
 //       logical row work_row, whose blocks start at indices[first_block]; partial slot `slot`
@@ -17,7 +17,7 @@
 
 #include <cstdint>
 
-#include "kernels/decode_attention.h"
+#include "kernels/single_launch_decode_attention.h"
 
 #if defined(__CUDACC__)
 #define HKV_HD __host__ __device__
@@ -25,7 +25,7 @@
 #define HKV_HD
 #endif
 
-namespace hkv::kernels::decode {
+namespace hkv::kernels::single_launch_decode {
 
 constexpr int kMetaHeader = 4;
 constexpr int kDefaultCtasPerSm = 4;
@@ -41,7 +41,7 @@ HKV_HD inline double ChunkFactor(int i) {
 struct MetaLayout {
   int64_t work_row, work_begin, work_end, work_slot, work_first_block, row_split_begin,
       row_num_splits, cta_begin, row_arrivals, total;
-  HKV_HD explicit MetaLayout(const DecodePlanOptions& o) {
+  HKV_HD explicit MetaLayout(const SingleLaunchDecodeOptions& o) {
     work_row = kMetaHeader;
     work_begin = work_row + o.max_work_items;
     work_end = work_begin + o.max_work_items;
@@ -65,11 +65,11 @@ HKV_HD inline int64_t SplitsFor(int64_t len, int64_t chunk) {
   return chunk <= 0 || len <= chunk ? 1 : (len + chunk - 1) / chunk;
 }
 
-HKV_HD inline int64_t MinChunk(const DecodePlanOptions& o) {
+HKV_HD inline int64_t MinChunk(const SingleLaunchDecodeOptions& o) {
   return o.min_split_tokens > 0 ? o.min_split_tokens : kDefaultMinChunk;
 }
 
-HKV_HD inline int CtaSlots(const DecodePlanOptions& o, int num_sms) {
+HKV_HD inline int CtaSlots(const SingleLaunchDecodeOptions& o, int num_sms) {
   return num_sms * (o.ctas_per_sm > 0 ? o.ctas_per_sm : kDefaultCtasPerSm);
 }
 
@@ -98,7 +98,7 @@ HKV_HD inline double MakespanBound(int64_t items, int64_t cost, int64_t biggest,
 
 // The CTAs that run `items` work items: one item each while they fit in one wave (latency),
 // else `slots` CTAs (or items / items_per_cta) that each run a contiguous run of items.
-HKV_HD inline int32_t NumCtas(const DecodePlanOptions& o, int32_t items, int slots) {
+HKV_HD inline int32_t NumCtas(const SingleLaunchDecodeOptions& o, int32_t items, int slots) {
   if (items <= 0) return 0;
   if (o.items_per_cta > 0) return (items + o.items_per_cta - 1) / o.items_per_cta;
   return items <= slots ? items : slots;
@@ -111,9 +111,10 @@ HKV_HD inline int64_t FirstCtaAt(int64_t prefix, int64_t total_cost, int32_t cta
   return total_cost <= 0 ? 0 : (prefix * ctas + total_cost - 1) / total_cost;
 }
 
-}  // namespace hkv::kernels::decode
+}  // namespace hkv::kernels::single_launch_decode
 
 namespace hkv::kernels {
-// True for options every planner and RunDecodeAttention accept (decode_plan.cc).
-bool ValidDecodeOptions(const DecodePlanOptions& o);
+// True for options every planner and RunSingleLaunchDecodeAttention accept
+// (single_launch_decode_plan.cc).
+bool ValidSingleLaunchDecodeOptions(const SingleLaunchDecodeOptions& o);
 }  // namespace hkv::kernels

@@ -1,25 +1,26 @@
-// PlanDecodeAttentionOnDevice: the decode work list built by one CTA on the GPU from device
-// page tables (see decode_attention.h; layout and split rules in decode_plan.h, shared with
-// the host planner in decode_plan.cc, which is the reference).
+// PlanSingleLaunchDecodeAttentionOnDevice: the decode work list built by one CTA on the GPU from
+// device page tables (see single_launch_decode_attention.h; layout and split rules in
+// single_launch_decode_plan.h, shared with the host planner in single_launch_decode_plan.cc, which
+// is the reference).
 //
 // NOTE(kernels): each of the 1024 threads owns a contiguous run of rows, so one block-wide
 // exclusive scan of (items, cost) per thread gives every row its first item and cost prefix
-// in row order; the CTA assignment then needs no second pass (decode::FirstCtaAt).
+// in row order; the CTA assignment then needs no second pass (single_launch_decode::FirstCtaAt).
 
 #include "kernels/cuda_common.cuh"
-#include "kernels/decode_attention.h"
-#include "kernels/decode_plan.h"
+#include "kernels/single_launch_decode_attention.h"
+#include "kernels/single_launch_decode_plan.h"
 
 namespace hkv::kernels {
 namespace {
 
-using decode::MetaLayout;
+using single_launch_decode::MetaLayout;
 
 constexpr int kPlanThreads = 1024;
 constexpr int kPlanWarps = kPlanThreads / 32;
 
 struct PlanArgs {
-  DecodePlanOptions o;
+  SingleLaunchDecodeOptions o;
   const int32_t* indptr;
   const int32_t* last_len;
   const int32_t* row_ids;   // may be null
@@ -66,11 +67,11 @@ __device__ int64_t BlockExclusiveSum64(int64_t v, int64_t* s, int64_t* total) {
   return before + x - v;
 }
 
-__global__ void __launch_bounds__(kPlanThreads) PlanDecodeKernel(PlanArgs p) {
+__global__ void __launch_bounds__(kPlanThreads) PlanSingleLaunchDecodeKernel(PlanArgs p) {
   WaitForPriorGrid();
   AllowDependentsIfSmallGrid();
   __shared__ int64_t s_red[kPlanWarps];
-  const DecodePlanOptions& o = p.o;
+  const SingleLaunchDecodeOptions& o = p.o;
   const MetaLayout L(o);
   int32_t rows = p.host_rows;
   if (p.num_rows != nullptr) rows = min(max(*p.num_rows, 0), o.max_rows);
@@ -118,33 +119,35 @@ __global__ void __launch_bounds__(kPlanThreads) PlanDecodeKernel(PlanArgs p) {
     for (int r = r0; r < r1; ++r) {
       int32_t first;
       bool is_bad;
-      items += decode::SplitsFor(row_of(r, &first, &is_bad), o.split_tokens);
+      items += single_launch_decode::SplitsFor(row_of(r, &first, &is_bad), o.split_tokens);
     }
     items = BlockReduce64<false>(items, s_red);
     chunk = items <= o.max_work_items ? o.split_tokens : 0;  // else no split: always fits
   } else if (longest * p.slots > total) {
     double best_time = 1e300;
-    for (int f = 0; f < decode::kNumChunkFactors; ++f) {
-      const int64_t cand = decode::CandidateChunk(f, total, p.slots, decode::MinChunk(o));
+    for (int f = 0; f < single_launch_decode::kNumChunkFactors; ++f) {
+      const int64_t cand = single_launch_decode::CandidateChunk(f, total, p.slots,
+                                                                single_launch_decode::MinChunk(o));
       int64_t items = 0, cost = 0, biggest = 0;
       for (int r = r0; r < r1; ++r) {
         int32_t first;
         bool is_bad;
         const int64_t len = row_of(r, &first, &is_bad);
-        const int64_t ns = decode::SplitsFor(len, cand);
+        const int64_t ns = single_launch_decode::SplitsFor(len, cand);
         items += ns;
-        cost += len + ns * decode::kItemOverheadTokens;
+        cost += len + ns * single_launch_decode::kItemOverheadTokens;
         for (int64_t i = 0; i < ns; ++i) {
-          const int64_t c = decode::SplitBegin(len, i + 1, ns) - decode::SplitBegin(len, i, ns);
+          const int64_t c = single_launch_decode::SplitBegin(len, i + 1, ns) -
+                            single_launch_decode::SplitBegin(len, i, ns);
           biggest = c > biggest ? c : biggest;
         }
       }
       items = BlockReduce64<false>(items, s_red);
       cost = BlockReduce64<false>(cost, s_red);
-      biggest = BlockReduce64<true>(biggest, s_red) + decode::kItemOverheadTokens;
+      biggest = BlockReduce64<true>(biggest, s_red) + single_launch_decode::kItemOverheadTokens;
       if (items > o.max_work_items) continue;
-      double t = decode::MakespanBound(items, cost, biggest, p.slots);
-      t *= 1.0 + 1e-3 * decode::ChunkFactor(f);  // prefer fewer splits on ties
+      double t = single_launch_decode::MakespanBound(items, cost, biggest, p.slots);
+      t *= 1.0 + 1e-3 * single_launch_decode::ChunkFactor(f);  // prefer fewer splits on ties
       if (t < best_time) {
         best_time = t;
         chunk = cand;
@@ -158,36 +161,37 @@ __global__ void __launch_bounds__(kPlanThreads) PlanDecodeKernel(PlanArgs p) {
     int32_t first;
     bool is_bad;
     const int64_t len = row_of(r, &first, &is_bad);
-    const int64_t ns = decode::SplitsFor(len, chunk);
+    const int64_t ns = single_launch_decode::SplitsFor(len, chunk);
     my_items += ns;
-    my_cost += len + ns * decode::kItemOverheadTokens;
+    my_cost += len + ns * single_launch_decode::kItemOverheadTokens;
   }
   int64_t num_items = 0, total_cost = 0;
   int64_t item = BlockExclusiveSum64(my_items, s_red, &num_items);
   int64_t prefix = BlockExclusiveSum64(my_cost, s_red, &total_cost);
-  const int32_t ctas = decode::NumCtas(o, static_cast<int32_t>(num_items), p.slots);
+  const int32_t ctas = single_launch_decode::NumCtas(o, static_cast<int32_t>(num_items), p.slots);
   int32_t* meta = p.meta;
   for (int r = r0; r < r1; ++r) {
     int32_t first;
     bool is_bad;
     const int64_t len = row_of(r, &first, &is_bad);
-    const int64_t ns = decode::SplitsFor(len, chunk);
+    const int64_t ns = single_launch_decode::SplitsFor(len, chunk);
     meta[L.row_split_begin + r] = static_cast<int32_t>(item);
     meta[L.row_num_splits + r] = static_cast<int32_t>(ns);
     meta[L.row_arrivals + r] = 0;
     for (int64_t i = 0; i < ns; ++i, ++item) {
-      const int64_t b = decode::SplitBegin(len, i, ns), e = decode::SplitBegin(len, i + 1, ns);
+      const int64_t b = single_launch_decode::SplitBegin(len, i, ns),
+                    e = single_launch_decode::SplitBegin(len, i + 1, ns);
       meta[L.work_row + item] = r;
       meta[L.work_begin + item] = static_cast<int32_t>(b);
       meta[L.work_end + item] = static_cast<int32_t>(e);
       meta[L.work_slot + item] = static_cast<int32_t>(item);
       meta[L.work_first_block + item] = first;
-      const int64_t cost = e - b + decode::kItemOverheadTokens;
+      const int64_t cost = e - b + single_launch_decode::kItemOverheadTokens;
       if (ctas == num_items) {
         meta[L.cta_begin + item] = static_cast<int32_t>(item);
       } else {
-        const int64_t c1 = decode::FirstCtaAt(prefix + cost, total_cost, ctas);
-        for (int64_t c = decode::FirstCtaAt(prefix, total_cost, ctas); c < c1; ++c) {
+        const int64_t c1 = single_launch_decode::FirstCtaAt(prefix + cost, total_cost, ctas);
+        for (int64_t c = single_launch_decode::FirstCtaAt(prefix, total_cost, ctas); c < c1; ++c) {
           meta[L.cta_begin + c] = static_cast<int32_t>(item);
         }
       }
@@ -205,13 +209,13 @@ __global__ void __launch_bounds__(kPlanThreads) PlanDecodeKernel(PlanArgs p) {
 
 }  // namespace
 
-cudaError_t PlanDecodeAttentionOnDevice(const DecodePlanOptions& o, const int32_t* device_indptr,
-                                        const int32_t* device_last_len, int32_t num_rows,
-                                        int32_t block_size, void* workspace, cudaStream_t stream,
-                                        DecodePlan* plan, const int32_t* device_row_ids,
-                                        const int32_t* device_num_rows) {
+cudaError_t PlanSingleLaunchDecodeAttentionOnDevice(
+    const SingleLaunchDecodeOptions& o, const int32_t* device_indptr,
+    const int32_t* device_last_len, int32_t num_rows, int32_t block_size, void* workspace,
+    cudaStream_t stream, SingleLaunchDecodePlan* plan, const int32_t* device_row_ids,
+    const int32_t* device_num_rows) {
   if (plan == nullptr || workspace == nullptr || device_indptr == nullptr ||
-      device_last_len == nullptr || !ValidDecodeOptions(o) || num_rows < 0 ||
+      device_last_len == nullptr || !ValidSingleLaunchDecodeOptions(o) || num_rows < 0 ||
       num_rows > o.max_rows || block_size < 1 || (block_size & (block_size - 1)) != 0) {
     return cudaErrorInvalidValue;
   }
@@ -230,10 +234,10 @@ cudaError_t PlanDecodeAttentionOnDevice(const DecodePlanOptions& o, const int32_
   p.num_rows = device_num_rows;
   p.host_rows = num_rows;
   p.block_size = block_size;
-  p.slots = decode::CtaSlots(o, num_sms);
+  p.slots = single_launch_decode::CtaSlots(o, num_sms);
   p.meta = static_cast<int32_t*>(workspace);
   const cudaError_t e =
-      LaunchOverlapped(PlanDecodeKernel, dim3(1), dim3(kPlanThreads), 0, stream, p);
+      LaunchOverlapped(PlanSingleLaunchDecodeKernel, dim3(1), dim3(kPlanThreads), 0, stream, p);
   if (e != cudaSuccess) return e;
   plan->options = o;
   plan->num_rows = num_rows;
