@@ -16,7 +16,8 @@
 # Environment: DECODE_STREAMS (8), DECODE_OUT (3000 tokens each: they must outlast the long
 # prompts), LONG_PROMPTS (2), LONG_LEN (32768), ARRIVE_S (3), SERVE_MODEL_ARGS (the model and
 # device flags of `hkv serve`; e.g. "--device cpu" with LONG_LEN=300 DECODE_OUT=60 smoke-tests
-# the script on stories260K without a GPU).
+# the script on stories260K without a GPU), SERVE_EXTRA_ARGS (more `hkv serve` flags, e.g.
+# "--max-step-ms 100 --max-prefill-share 0.35" for prefill pacing).
 # Each run appends a row to OUT_DIR/<phase>.md and its raw numbers to OUT_DIR/<phase>.jsonl.
 set -euo pipefail
 bin="$1"; scores="$2"; out="$3"; phase="${4:-scenario}"
@@ -33,7 +34,7 @@ start_server() {  # max_batch_tokens
   "$bin/hkv" serve ${SERVE_MODEL_ARGS:---model "$cfg" --dummy-weights --device cuda} \
     --host 127.0.0.1 --port $port \
     --metrics-port 0 --head-scores "$scores" --max-seqs 256 --max-model-len $((long_len + 256)) \
-    --max-batch-tokens "$1" > "$out/serve_$1.log" 2>&1 &
+    --max-batch-tokens "$1" ${SERVE_EXTRA_ARGS:-} > "$out/serve_$1.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1200); do
     grep -q listening "$out/serve_$1.log" && break
