@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Packs a CUDA build for a GPU machine that lacks gRPC, Protobuf, Abseil and friends into
 # OUT/bundle.tar.xz: the named binaries (stripped) in bin/, the shared libraries they need from
-# the system (not glibc, not CUDA) in lib/, and the repository data the tests and the default
-# model read (models/stories260K, tests/data) beside them. There: export LD_LIBRARY_PATH=DIR/lib;
+# the system (not glibc, not CUDA) in lib/, and the repository data the tests, the default
+# model and the benchmarks read (models/stories260K, tests/data, bench/configs) beside them. There: export LD_LIBRARY_PATH=DIR/lib;
 # the binaries find the data beside their bin/ from any working directory (common/paths.h), or
 # wherever HKV_SOURCE_DIR points.
 # Usage: bench/pack_gpu_bundle.sh BUILD_DIR OUT_DIR binary...
@@ -11,7 +11,7 @@ build="$1"; out="$2"; shift 2
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$out" "$stage/bin" "$stage/lib" "$stage/models" "$stage/tests"
+mkdir -p "$out" "$stage/bin" "$stage/lib" "$stage/models" "$stage/tests" "$stage/bench"
 for b in "$@"; do
   cp "$build/bin/$b" "$stage/bin/"
   strip "$stage/bin/$b"
@@ -21,8 +21,9 @@ for b in "$@"; do
 done
 cp -r "$repo/models/stories260K" "$stage/models/"
 cp -r "$repo/tests/data" "$stage/tests/"
+cp -r "$repo/bench/configs" "$stage/bench/"
 du -sh "$stage"
 # One compressed file (the device tool carries at most 64 MiB): unpack there with
 #   mkdir -p /tmp/hkv && tar xJf OUT/bundle.tar.xz -C /tmp/hkv
-tar cJf "$out/bundle.tar.xz" -C "$stage" bin lib models tests
+tar cJf "$out/bundle.tar.xz" -C "$stage" bin lib models tests bench
 du -sh "$out/bundle.tar.xz"
