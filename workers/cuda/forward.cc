@@ -197,8 +197,9 @@ absl::Status CudaWorker::State::RunPagedSelect(const Batch& b, const HostStep& h
   return absl::OkStatus();
 }
 
-// Layer l up to the attention output: norm (adding the previous layer's output), q/k/v, RoPE,
-// KV appends, then decode, prefill and selection attention into `attn`.
+// Layer l up to the attention output: norm (adding the previous layer's output, unless the
+// fused products already did), q/k/v, RoPE and KV appends, then decode, prefill and selection
+// attention into `attn`.
 absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h,
                                                const DeviceStep& d, int32_t l,
                                                const k::PagedKvView& after, bool fused) {
@@ -267,7 +268,7 @@ absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h
 }
 
 // Layer l from the attention output: o_proj, norm, SwiGLU MLP, down_proj (row-parallel ones
-// summed over the ranks), leaving the layer's output in `tmp`.
+// summed over the ranks), leaving the layer's output in `tmp` (fused: added to `res`).
 absl::Status CudaWorker::State::LayerMlp(const HostStep& h, int32_t l, bool fused) {
   const ModelConfig& c = cfg;
   const int32_t dim = c.dim, hid = c.hidden_dim, total = h.total;
