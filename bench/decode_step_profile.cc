@@ -9,9 +9,10 @@
 //   decode_step_profile [--config DIR] [--batch 1,64] [--context 1024] [--steps 50]
 //                       [--mode both|fused|unfused] [--gemv_cols QKV,O,GATE_UP,DOWN]
 //
-// --gemv_cols sets HKV_GEMV_COLS (the fused products' columns per warp: 1, 2 or 4 each) before
-// the worker starts. Phase times come from events between kernels (workers/cuda/phase_timer.h)
-// and add up to more than an unprofiled eager step. CUDA builds only.
+// --mode picks the workers: one with CudaWorkerOptions::fused_decode off (the default kernels)
+// and/or one with it on. --gemv_cols sets the fused worker's options.fused_gemv_cols (the fused
+// products' columns per warp: 1, 2 or 4 each). Phase times come from events between kernels
+// (workers/cuda/phase_timer.h) and add up to more than an unprofiled eager step. CUDA builds only.
 
 #include <cuda_runtime.h>
 
@@ -42,7 +43,8 @@ struct Flags {
   int32_t context = 1024;
   int32_t steps = 50;
   std::string mode = "both";
-  std::string gemv_cols;
+  std::string gemv_cols;  // as given, for the header line
+  FusedGemvCols cols;
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -66,6 +68,14 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       if (v != "both" && v != "fused" && v != "unfused") return false;
     } else if (k == "--gemv_cols") {
       f->gemv_cols = v;
+      std::vector<int32_t> c;
+      for (absl::string_view x : absl::StrSplit(v, ',')) {
+        int32_t n = 0;
+        if (!absl::SimpleAtoi(x, &n) || (n != 1 && n != 2 && n != 4)) return false;
+        c.push_back(n);
+      }
+      if (c.size() != 4) return false;
+      f->cols = {c[0], c[1], c[2], c[3]};
     } else {
       return false;
     }
@@ -148,7 +158,6 @@ double PhaseBytes(const std::string& name, const ModelConfig& c, double kv_bytes
 absl::Status Profile(CudaWorker& w, const ModelConfig& c, const Flags& f, int32_t batch, bool fused,
                      double copy_bw) {
   const Batch b = DecodeBatch(c, batch, f.context, 16);
-  w.set_fused_decode(fused);
   w.set_phase_profile(false);
   w.set_graphs_enabled(true);
   HKV_ASSIGN_OR_RETURN(const double graph_us, TimeSteps(w, b, f.steps));
@@ -193,7 +202,6 @@ absl::Status Profile(CudaWorker& w, const ModelConfig& c, const Flags& f, int32_
 }
 
 absl::Status Run(const Flags& f) {
-  if (!f.gemv_cols.empty()) setenv("HKV_GEMV_COLS", f.gemv_cols.c_str(), 1);
   const std::string dir =
       f.config.empty() ? SourceDir() + "/bench/configs/Meta-Llama-3-8B-Instruct" : f.config;
   HKV_ASSIGN_OR_RETURN(ModelConfig config, LoadHfConfig(dir));
@@ -208,20 +216,24 @@ absl::Status Run(const Flags& f) {
   o.num_blocks = blocks_per_row * config.num_layers * config.num_kv_heads * max_batch;
   o.max_seqs = std::max(max_batch, 256);
   o.cuda_graph_max_batch = std::max(max_batch, 256);
+  o.fused_gemv_cols = f.cols;
   const double copy_bw = CopyBandwidth();
-  HKV_ASSIGN_OR_RETURN(std::unique_ptr<CudaWorker> w, CudaWorker::Create(model, o));
   int dev = 0;
   cudaDeviceProp prop;
   cudaGetDevice(&dev);
   cudaGetDeviceProperties(&prop, dev);
   int driver = 0;
   cudaDriverGetVersion(&driver);
-  std::printf("## decode_step_profile: %s, %s (%d SMs), driver API %d, HKV_GEMV_COLS=%s\n",
+  std::printf("## decode_step_profile: %s, %s (%d SMs), driver API %d, gemv_cols=%s\n",
               config.name.c_str(), prop.name, prop.multiProcessorCount, driver,
-              std::getenv("HKV_GEMV_COLS") != nullptr ? std::getenv("HKV_GEMV_COLS") : "default");
-  for (int32_t batch : f.batches) {
-    if (f.mode != "fused") HKV_RETURN_IF_ERROR(Profile(*w, config, f, batch, false, copy_bw));
-    if (f.mode != "unfused") HKV_RETURN_IF_ERROR(Profile(*w, config, f, batch, true, copy_bw));
+              f.gemv_cols.empty() ? "default" : f.gemv_cols.c_str());
+  for (const bool fused : {false, true}) {
+    if (f.mode == (fused ? "unfused" : "fused")) continue;
+    o.fused_decode = fused;  // one worker per kernel set, as a server would start it
+    HKV_ASSIGN_OR_RETURN(std::unique_ptr<CudaWorker> w, CudaWorker::Create(model, o));
+    for (int32_t batch : f.batches) {
+      HKV_RETURN_IF_ERROR(Profile(*w, config, f, batch, fused, copy_bw));
+    }
   }
   return absl::OkStatus();
 }

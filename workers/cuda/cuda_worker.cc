@@ -86,7 +86,6 @@ std::string CudaWorker::name() const { return absl::StrCat("cuda:", state_->opti
 int64_t CudaWorker::num_blocks() const { return state_->num_blocks; }
 const std::string& CudaWorker::sizing() const { return state_->sizing; }
 void CudaWorker::set_return_logits(bool on) { state_->return_logits = on; }
-void CudaWorker::set_fused_decode(bool on) { state_->fused_decode = on; }
 void CudaWorker::set_graphs_enabled(bool on) { state_->graphs_enabled = on; }
 void CudaWorker::set_phase_profile(bool on) { state_->phases.Enable(on); }
 std::vector<CudaWorker::PhaseTime> CudaWorker::phase_profile() const {
@@ -156,10 +155,6 @@ absl::Status CudaWorker::State::InitDevice() {
     profile.on = true;
     HKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&profile.start));
     HKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&profile.stop));
-  }
-  // HKV_FUSED_DECODE=0: the unfused decode kernels, for engine-level before/after runs.
-  if (const char* p = std::getenv("HKV_FUSED_DECODE"); p != nullptr && p[0] == '0') {
-    fused_decode = false;
   }
   return absl::OkStatus();
 }

@@ -68,9 +68,6 @@ class CudaWorker : public Worker {
   // The memory arithmetic of Create (weights, pool, free memory), for the start-up log.
   const std::string& sizing() const;
   void set_return_logits(bool on);
-  // Decode steps of up to 4 sequences run the fused layer kernels (kernels/gemv_fused.h,
-  // kernels/rope_kv_append.h); off, the unfused ones (comparisons, benchmarks). On by default.
-  void set_fused_decode(bool on);
   // Off: every step runs eagerly, none replays a CUDA graph (benchmarks). On by default.
   void set_graphs_enabled(bool on);
   // Opt-in GPU time per phase of the forward pass (workers/cuda/phase_timer.h); steps run

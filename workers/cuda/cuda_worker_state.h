@@ -144,9 +144,8 @@ struct CudaWorker::State {
   int64_t graph_steps = 0, eager_steps = 0, graphs_captured = 0;
   cuda_internal::StepProfile profile;
   cuda_internal::PhaseTimer phases;  // opt-in per-phase timing (eager steps only)
-  // Decode steps of <= kFusedGemvMaxRows tokens run the fused layer kernels (FusedDecode);
-  // false: the unfused ones, for comparisons. Graphs: replay decode steps where possible.
-  bool fused_decode = true;
+  // false: every step runs eagerly (benchmarks, tests). The kernel set (fused or not) is
+  // options.fused_decode, fixed for the worker's life, so graphs need not key on it.
   bool graphs_enabled = true;
   // Attention probes: the step's plan; meta, one layer's logits [n, Hq, max_len] fp32, and
   // the top positions and weights [L, n, Hq, max_top_n].
@@ -170,7 +169,7 @@ struct CudaWorker::State {
                                   &decode_ws, &cublas_ws}) {
       e = e * 1000003 + b->generation();
     }
-    return e * 2 + (fused_decode ? 1 : 0);  // a graph holds one of the two kernel sets
+    return e;
   }
   StepLayoutShape shape() const {
     return {cfg.num_layers, cfg.num_kv_heads, cfg.vocab_size, options.block_size, options.tp.rank};
@@ -208,9 +207,9 @@ struct CudaWorker::State {
   // forward.cc: launches the whole step on the stream (no host sync, no allocation).
   absl::Status Forward(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d);
   kernels::PagedKvView KvViewAfter(const cuda_internal::DeviceStep& d) const;
-  // Whether step h runs the fused decode kernels: then each layer adds its attention and MLP
-  // outputs to `res` in the products' epilogues (tmp unused), else the layer's output is left
-  // in `tmp` for the next norm to add.
+  // Whether step h runs the fused decode kernels (options.fused_decode, one GPU, 1-4 tokens):
+  // then each layer adds its attention and MLP outputs to `res` in the products' epilogues
+  // (tmp unused), else the layer's output is left in `tmp` for the next norm to add.
   bool FusedDecode(const HostStep& h) const;
   absl::Status LayerAttention(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
                               int32_t layer, const kernels::PagedKvView& after, bool fused);

@@ -338,18 +338,19 @@ TEST_F(CudaWorkerTest, DecodeGraphsMatchEagerSteps) {
 }
 
 TEST_F(CudaWorkerTest, FusedDecodeMatchesTheUnfusedKernels) {
-  // A second GPU worker on the unfused kernels: decode steps of 1 and 3 sequences (fused on
-  // gpu_, graphs and eager) give the same tokens and logits within bf16 rounding, and both
-  // stay within the tolerance of the CPU reference. Then the phase profile of an eager step
-  // names each kernel set's phases once per layer.
+  // A second GPU worker with options.fused_decode on: its prefill (RopeKvAppend) and decode
+  // steps of 1 and 3 sequences (graphs, then eager) give the same tokens and logits as gpu_
+  // (the default, unfused kernels) within bf16 rounding, and stay within the tolerance of the
+  // CPU reference. Then the phase profile of an eager step names each kernel set's phases
+  // once per layer.
   CudaWorkerOptions o;
   o.block_size = kBlockSize;
   o.num_blocks = 16 * model_->config.num_layers * model_->config.num_kv_heads * kBlocksPerRow;
   o.activation_reserve_bytes = 256 << 20;
-  auto unfused = CudaWorker::Create(model_, o);
-  ASSERT_TRUE(unfused.ok()) << unfused.status();
-  (*unfused)->set_return_logits(true);
-  (*unfused)->set_fused_decode(false);
+  o.fused_decode = true;
+  auto fused = CudaWorker::Create(model_, o);
+  ASSERT_TRUE(fused.ok()) << fused.status();
+  (*fused)->set_return_logits(true);
   const ModelConfig& cfg = model_->config;
   std::vector<TestSeq> seqs;
   for (int i = 0; i < 3; ++i) seqs.push_back(TestSeq{20 + i, {}, 0});
@@ -359,26 +360,31 @@ TEST_F(CudaWorkerTest, FusedDecodeMatchesTheUnfusedKernels) {
   const Batch pb = prefill.Take();
   BatchResult c, g;
   RunBoth(pb, &c, &g);
-  ASSERT_TRUE((*unfused)->Execute(pb).ok());
-  for (int i = 0; i < 3; ++i) next[i] = c.seqs[i].token;
+  auto fp = (*fused)->Execute(pb);
+  ASSERT_TRUE(fp.ok()) << fp.status();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_LT(RelativeError(fp->seqs[i].logits, g.seqs[i].logits), 1e-2) << "prefill seq " << i;
+    next[i] = c.seqs[i].token;
+  }
   for (int step = 1; step < 9; ++step) {
     const int n = step % 2 == 1 ? 1 : 3;
-    gpu_->set_graphs_enabled(step < 5);  // graph replays, then eager steps
+    (*fused)->set_graphs_enabled(step < 5);  // graph replays, then eager steps
     BatchBuilder d(cfg);
     for (int i = 0; i < n; ++i) d.AddPlain(&seqs[i], {next[i]}, true, step);
     const Batch db = d.Take();
     RunBoth(db, &c, &g);
-    auto u = (*unfused)->Execute(db);
-    ASSERT_TRUE(u.ok()) << u.status();
+    auto f = (*fused)->Execute(db);
+    ASSERT_TRUE(f.ok()) << f.status();
     for (int i = 0; i < n; ++i) {
-      if (testing::ClearGreedyMargin(u->seqs[i].logits, 1e-2)) {
-        EXPECT_EQ(u->seqs[i].token, g.seqs[i].token) << "step " << step << " seq " << i;
+      if (testing::ClearGreedyMargin(g.seqs[i].logits, 1e-2)) {
+        EXPECT_EQ(f->seqs[i].token, g.seqs[i].token) << "step " << step << " seq " << i;
       }
-      EXPECT_LT(RelativeError(g.seqs[i].logits, u->seqs[i].logits), 1e-2);
+      EXPECT_LT(RelativeError(f->seqs[i].logits, g.seqs[i].logits), 1e-2);
+      EXPECT_LT(RelativeError(f->seqs[i].logits, c.seqs[i].logits), kTolerance);
       next[i] = c.seqs[i].token;
     }
   }
-  EXPECT_GT(gpu_->graph_steps(), 0);
+  EXPECT_GT((*fused)->graph_steps(), 0);
   BatchBuilder d(cfg);
   d.AddPlain(&seqs[0], {next[0]}, true, 9);
   const Batch profiled = d.Take();
@@ -400,17 +406,21 @@ TEST_F(CudaWorkerTest, FusedDecodeMatchesTheUnfusedKernels) {
     }
     return 0.0;
   };
-  gpu_->set_graphs_enabled(true);
-  const auto fused_phases = profile(*gpu_);
-  const auto unfused_phases = profile(**unfused);
+  (*fused)->set_graphs_enabled(true);
+  const auto fused_phases = profile(**fused);
+  const auto unfused_phases = profile(*gpu_);
   const double L = cfg.num_layers;
   EXPECT_EQ(calls(fused_phases, "attn_norm+qkv"), L);
+  EXPECT_EQ(calls(fused_phases, "rope+kv_append"), L);
   EXPECT_EQ(calls(fused_phases, "ffn_norm+gate_up+swiglu"), L);
   EXPECT_EQ(calls(fused_phases, "down_proj+residual"), L);
   EXPECT_EQ(calls(fused_phases, "attn_norm"), 0);
+  EXPECT_EQ(calls(fused_phases, "rope"), 0);
   EXPECT_EQ(calls(unfused_phases, "attn_norm"), L);
   EXPECT_EQ(calls(unfused_phases, "ffn_norm"), L);
-  EXPECT_EQ(calls(unfused_phases, "rope+kv_append"), L);
+  EXPECT_EQ(calls(unfused_phases, "rope"), L);
+  EXPECT_EQ(calls(unfused_phases, "kv_append"), L);
+  EXPECT_EQ(calls(unfused_phases, "rope+kv_append"), 0);
   EXPECT_EQ(calls(unfused_phases, "lm_head"), 1);
 }
 

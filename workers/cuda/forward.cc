@@ -1,11 +1,10 @@
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 
 #include "kernels/decode_attention.h"
 #include "kernels/gemm.h"
 #include "kernels/gemv.h"
 #include "kernels/gemv_fused.h"
+#include "kernels/kv_append.h"
 #include "kernels/kv_select.h"
 #include "kernels/layer_ops.h"
 #include "kernels/prefill_attention.h"
@@ -22,31 +21,10 @@ using cuda_internal::DeviceBuffer;
 using cuda_internal::DeviceStep;
 using cuda_internal::kDType;
 
-// Output columns per warp of the fused decode products (gemv_fused.h), one per weight:
-// HKV_GEMV_COLS="qkv,o,gate_up,down" (each 1, 2 or 4), read once, so a benchmark run can pick
-// the variant; default 2,1,2,1 (the norm prologue amortised over two columns; o and down at one
-// column keep 512 CTAs on their 4096 outputs).
-struct FusedCols {
-  int32_t qkv = 2, o = 1, gate_up = 2, down = 1;
-};
-
-const FusedCols& Cols() {
-  static const FusedCols cols = [] {
-    FusedCols c;
-    const char* v = std::getenv("HKV_GEMV_COLS");
-    FusedCols p;
-    if (v != nullptr && std::sscanf(v, "%d,%d,%d,%d", &p.qkv, &p.o, &p.gate_up, &p.down) == 4) {
-      c = p;
-    }
-    return c;
-  }();
-  return cols;
-}
-
 }  // namespace
 
 bool CudaWorker::State::FusedDecode(const HostStep& h) const {
-  return fused_decode && options.tp.size == 1 && h.total <= k::kGemvPreferredRows &&
+  return options.fused_decode && options.tp.size == 1 && h.total <= k::kGemvPreferredRows &&
          k::FusedGemvApplies(kDType, h.total, cfg.dim, /*norm_prologue=*/true);
 }
 
@@ -198,7 +176,8 @@ absl::Status CudaWorker::State::RunPagedSelect(const Batch& b, const HostStep& h
 }
 
 // Layer l up to the attention output: norm (adding the previous layer's output, unless the
-// fused products already did), q/k/v, RoPE and KV appends, then decode, prefill and selection
+// fused products already did), q/k/v, RoPE and KV appends (one kernel when
+// options.fused_decode is on, prefill steps included), then decode, prefill and selection
 // attention into `attn`.
 absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h,
                                                const DeviceStep& d, int32_t l,
@@ -214,7 +193,7 @@ absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h
     phases.Mark("attn_norm+qkv", stream);
     HKV_CUDA_RETURN_IF_ERROR(k::RmsNormGemv(kDType, res.get(), dim, w.attn_norm.get(), c.norm_eps,
                                             w.wqkv.get(), dim, q, qkv_w, total, qkv_w, dim,
-                                            Cols().qkv, stream));
+                                            options.fused_gemv_cols.qkv, stream));
   } else {
     phases.Mark("attn_norm", stream);
     HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, l == 0 ? res.get() : tmp.get(),
@@ -225,23 +204,35 @@ absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h
                                                  w.wqkv.get(), dim, q, qkv_w, false, total, qkv_w,
                                                  dim));
   }
-  // RoPE of every token, and the K/V writes of the plain ones, in one kernel.
-  phases.Mark("rope+kv_append", stream);
-  k::RopeKvAppendArgs ra;
-  ra.dtype = kDType;
-  ra.qkv = q;
-  ra.stride = qkv_w;
-  ra.k_offset = c.q_size();
-  ra.v_offset = c.q_size() + c.kv_size();
-  ra.num_q_heads = c.num_heads;
-  ra.pos = d.pos;
-  ra.tokens = total;
-  ra.theta = c.rope_theta;
-  ra.inv_freq = inv_freq.get<float>();
-  ra.style = rope;
-  ra.slots = d.slots + static_cast<size_t>(l) * total * H;
-  ra.append_tokens = h.plain_tokens;
-  HKV_CUDA_RETURN_IF_ERROR(k::RopeKvAppend(ra, after, stream));
+  if (options.fused_decode) {
+    // RoPE of every token, and the K/V writes of the plain ones, in one kernel.
+    phases.Mark("rope+kv_append", stream);
+    k::RopeKvAppendArgs ra;
+    ra.dtype = kDType;
+    ra.qkv = q;
+    ra.stride = qkv_w;
+    ra.k_offset = c.q_size();
+    ra.v_offset = c.q_size() + c.kv_size();
+    ra.num_q_heads = c.num_heads;
+    ra.pos = d.pos;
+    ra.tokens = total;
+    ra.theta = c.rope_theta;
+    ra.inv_freq = inv_freq.get<float>();
+    ra.style = rope;
+    ra.slots = d.slots + static_cast<size_t>(l) * total * H;
+    ra.append_tokens = h.plain_tokens;
+    HKV_CUDA_RETURN_IF_ERROR(k::RopeKvAppend(ra, after, stream));
+  } else {
+    phases.Mark("rope", stream);
+    HKV_CUDA_RETURN_IF_ERROR(k::Rope(kDType, q, qkv_w, c.num_heads, q + c.q_size(), qkv_w, H, d.pos,
+                                     total, hd, c.rope_theta, inv_freq.get<float>(), rope, stream));
+    if (h.plain_tokens > 0) {
+      phases.Mark("kv_append", stream);
+      HKV_CUDA_RETURN_IF_ERROR(
+          k::AppendKvSlots(kDType, after, q + c.q_size(), q + c.q_size() + c.kv_size(), qkv_w,
+                           d.slots + static_cast<size_t>(l) * total * H, h.plain_tokens, stream));
+    }
+  }
   if (h.num_decode > 0) {
     phases.Mark("decode_attention", stream);
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
@@ -277,15 +268,15 @@ absl::Status CudaWorker::State::LayerMlp(const HostStep& h, int32_t l, bool fuse
     phases.Mark("o_proj+residual", stream);
     HKV_CUDA_RETURN_IF_ERROR(k::GemvAddResidual(kDType, attn.get(), c.q_size(), w.wo.get(),
                                                 c.q_size(), res.get(), dim, total, dim, c.q_size(),
-                                                Cols().o, stream));
+                                                options.fused_gemv_cols.o, stream));
     phases.Mark("ffn_norm+gate_up+swiglu", stream);
-    HKV_CUDA_RETURN_IF_ERROR(k::RmsNormGemvSwiGlu(kDType, res.get(), dim, w.ffn_norm.get(),
-                                                  c.norm_eps, w.w_gate_up.get(), dim, hidden.get(),
-                                                  hid, total, hid, dim, Cols().gate_up, stream));
+    HKV_CUDA_RETURN_IF_ERROR(k::RmsNormGemvSwiGlu(
+        kDType, res.get(), dim, w.ffn_norm.get(), c.norm_eps, w.w_gate_up.get(), dim, hidden.get(),
+        hid, total, hid, dim, options.fused_gemv_cols.gate_up, stream));
     phases.Mark("down_proj+residual", stream);
     HKV_CUDA_RETURN_IF_ERROR(k::GemvAddResidual(kDType, hidden.get(), hid, w.w_down.get(), hid,
-                                                res.get(), dim, total, dim, hid, Cols().down,
-                                                stream));
+                                                res.get(), dim, total, dim, hid,
+                                                options.fused_gemv_cols.down, stream));
     return absl::OkStatus();
   }
   phases.Mark("o_proj", stream);
