@@ -9,6 +9,9 @@
 //                                               wgmma_serial or mma
 //   kernel_bench select  <tokens> <cap>         fused selection, every head keeps cap + 8
 //   kernel_bench linear  <m> <n> <k>            skinny linear layer: hkv Gemv vs cuBLAS
+//   kernel_bench fused   <qkv|o|gate_up|down> <m> <cols>   a fused decode product
+//                                               (gemv_fused.h, Llama-3-8B shape, cols per warp)
+//                                               vs the unfused kernels it replaces
 //
 // Timing: CUDA events around each call, median of the repetitions, after warm-up. Small
 // caches are replicated and rotated so the timed reads come from HBM, not L2.
@@ -29,7 +32,9 @@
 #include "kernels/decode_attention.h"
 #include "kernels/gemm.h"
 #include "kernels/gemv.h"
+#include "kernels/gemv_fused.h"
 #include "kernels/kv_select.h"
+#include "kernels/layer_ops.h"
 #include "kernels/prefill_attention.h"
 
 namespace hkv::kernels {
@@ -283,6 +288,61 @@ int Linear(int32_t m, int32_t n, int32_t k) {
   cublasDestroy(h);
   return 0;
 }
+
+// One fused decode product on Llama-3-8B's shape (gemv_fused.h) against the kernels it
+// replaces: qkv = RmsNorm + Gemv, gate_up = RmsNorm + GemvSwiGlu, o / down = Gemv (whose
+// residual add the next RmsNorm did). Weights rotated over >= 1 GB as in Linear.
+int Fused(const std::string& kind, int32_t m, int32_t cols) {
+  const int32_t dim = 4096, hid = 14336;
+  int32_t n = 0, k = dim, rows = 0;  // rows: weight rows read
+  if (kind == "qkv") n = rows = (kHq + 2 * kHkv) * kD;
+  if (kind == "o") n = rows = kHq * kD;
+  if (kind == "gate_up") n = hid, rows = 2 * hid;
+  if (kind == "down") n = rows = dim, k = hid;
+  if (n == 0 || !FusedGemvApplies(DType::kBf16, m, k, kind == "qkv" || kind == "gate_up")) {
+    std::fprintf(stderr, "fused: unknown kind %s or unsupported m %d\n", kind.c_str(), m);
+    return 2;
+  }
+  const size_t wn = static_cast<size_t>(rows) * k;
+  const int copies = static_cast<int>(std::max<size_t>(1, (1ULL << 30) / (wn * 2) + 1));
+  std::vector<void*> ws;
+  for (int i = 0; i < copies; ++i) ws.push_back(RandomDevice(wn, 7 + i));
+  void* x = RandomDevice(static_cast<size_t>(m) * k, 3);
+  void* norm_w = RandomDevice(k, 4);
+  void* xb = RandomDevice(static_cast<size_t>(m) * k, 5);
+  void* out = RandomDevice(static_cast<size_t>(m) * n, 6);
+  const float eps = 1e-5f;
+  const DType t = DType::kBf16;
+  const double fused_ms = MedianMs(5, 30, [&](int i) {
+    void* w = ws[i % copies];
+    if (kind == "qkv") {
+      CHECK_CUDA(RmsNormGemv(t, x, k, norm_w, eps, w, k, out, n, m, n, k, cols, nullptr));
+    } else if (kind == "gate_up") {
+      CHECK_CUDA(RmsNormGemvSwiGlu(t, x, k, norm_w, eps, w, k, out, n, m, n, k, cols, nullptr));
+    } else {
+      CHECK_CUDA(GemvAddResidual(t, x, k, w, k, out, n, m, n, k, cols, nullptr));
+    }
+  });
+  const double unfused_ms = MedianMs(5, 30, [&](int i) {
+    void* w = ws[i % copies];
+    if (kind == "qkv" || kind == "gate_up") {
+      CHECK_CUDA(RmsNorm(t, x, nullptr, norm_w, xb, m, k, eps, nullptr));
+      CHECK_CUDA(kind == "qkv" ? Gemv(t, xb, k, w, k, out, n, false, m, n, k, nullptr)
+                               : GemvSwiGlu(t, xb, k, w, k, out, n, m, n, k, nullptr));
+    } else {
+      CHECK_CUDA(Gemv(t, x, k, w, k, out, n, false, m, n, k, nullptr));
+    }
+  });
+  const double bytes = 2.0 * wn;
+  std::printf(
+      "{\"kind\": \"fused_%s\", \"m\": %d, \"cols\": %d, \"n\": %d, \"k\": %d, "
+      "\"fused_ms\": %.4f, \"unfused_ms\": %.4f, \"fused_tbps\": %.3f, "
+      "\"unfused_tbps\": %.3f}\n",
+      kind.c_str(), m, cols, n, k, fused_ms, unfused_ms, bytes / fused_ms / 1e9,
+      bytes / unfused_ms / 1e9);
+  return 0;
+}
+
 }  // namespace hkv::kernels
 
 int main(int argc, char** argv) {
@@ -309,14 +369,16 @@ int main(int argc, char** argv) {
   if (mode == "prefill" && (argc == 3 || argc == 4)) {
     return Prefill(std::atoi(argv[2]), argc == 4 ? argv[3] : "auto");
   }
+  if (mode == "fused" && argc == 5) {
+    return hkv::kernels::Fused(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
+  }
   if (mode == "select" && argc == 4) return Select(std::atoi(argv[2]), std::atoi(argv[3]), false);
   if (mode == "adaselect" && argc == 4) {
     return Select(std::atoi(argv[2]), std::atoi(argv[3]), true);
   }
   std::fprintf(stderr,
                "usage: kernel_bench decode B L | decode_lens FILE | prefill N "
-               "[auto|mma|wgmma|wgmma_serial] | "
-               "select N CAP | "
-               "adaselect N CAP\n");
+               "[auto|mma|wgmma|wgmma_serial] | select N CAP | adaselect N CAP | linear M N K | "
+               "fused qkv|o|gate_up|down M COLS\n");
   return 2;
 }

@@ -1,72 +1,14 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/gemm.h"
+#include "kernels/gemv.cuh"
 #include "kernels/gemv.h"
 
 namespace hkv::kernels {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kUnroll = 8;  // 16-byte weight loads in flight per lane
-
-// acc[r][m] += dot(w row r, a row m) for the R weight rows rows[r], over k elements. Each lane
-// keeps kUnroll 16-byte weight loads in flight, split over the R rows.
-template <typename T, int M, int R>
-__device__ __forceinline__ void DotRows(const T* __restrict__ a, int64_t lda, const T* const* rows,
-                                        int k, int lane, float (&acc)[R][M]) {
-  constexpr int kStep = 32 * 8;  // elements per warp per load
-  constexpr int kPer = kUnroll / R;
-  int base = lane * 8;
-  for (; base + (kPer - 1) * kStep < k; base += kPer * kStep) {
-    uint4 wv[R][kPer];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-#pragma unroll
-      for (int u = 0; u < kPer; ++u) {
-        wv[r][u] = __ldcs(reinterpret_cast<const uint4*>(rows[r] + base + u * kStep));
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kPer; ++u) {
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        float af[8];
-        Unpack8<T>(__ldg(reinterpret_cast<const uint4*>(a + m * lda + base + u * kStep)), af);
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          float wf[8];
-          Unpack8<T>(wv[r][u], wf);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) acc[r][m] = fmaf(wf[i], af[i], acc[r][m]);
-        }
-      }
-    }
-  }
-  for (; base < k; base += kStep) {
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      float af[8];
-      Unpack8<T>(__ldg(reinterpret_cast<const uint4*>(a + m * lda + base)), af);
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        float wf[8];
-        Unpack8<T>(__ldcs(reinterpret_cast<const uint4*>(rows[r] + base)), wf);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[r][m] = fmaf(wf[i], af[i], acc[r][m]);
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-#pragma unroll
-      for (int off = 16; off > 0; off /= 2) {
-        acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], off);
-      }
-    }
-  }
-}
+using gemv_internal::DotRows;
+using gemv_internal::kThreads;
+using gemv_internal::kWarps;
 
 template <typename T, int M, bool kFp32Out>
 __global__ void __launch_bounds__(kThreads)

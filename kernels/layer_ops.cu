@@ -5,9 +5,12 @@
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/layer_ops.h"
+#include "kernels/rope.cuh"
 
 namespace hkv::kernels {
 namespace {
+
+using rope_internal::RopeHead;
 
 template <typename T>
 __global__ void RmsNormKernel(const T* x, T* residual, const T* weight, T* out, int dim,
@@ -39,22 +42,6 @@ __global__ void RmsNormKernel(const T* x, T* residual, const T* weight, T* out, 
     Unpack8<T>(LoadNc16(weight + c), w);
     for (int i = 0; i < 8; ++i) f[i] = f[i] * inv * w[i];
     *reinterpret_cast<uint4*>(out + row * dim + c) = Pack8<T>(f);
-  }
-}
-
-template <typename T>
-__device__ void RopeHead(T* x, int head_dim, float posf, float theta, const float* inv_freq,
-                         bool interleaved, int lane_base, int stride) {
-  const int half = head_dim / 2;
-  for (int i = lane_base; i < half; i += stride) {
-    const float freq =
-        inv_freq != nullptr ? inv_freq[i] : powf(theta, -2.0f * i / static_cast<float>(head_dim));
-    float s, c;
-    sincosf(posf * freq, &s, &c);
-    const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-    const float xa = ToFloat<T>(x[a]), xb = ToFloat<T>(x[b]);
-    x[a] = FromFloat<T>(xa * c - xb * s);
-    x[b] = FromFloat<T>(xb * c + xa * s);
   }
 }
 

@@ -86,6 +86,15 @@ std::string CudaWorker::name() const { return absl::StrCat("cuda:", state_->opti
 int64_t CudaWorker::num_blocks() const { return state_->num_blocks; }
 const std::string& CudaWorker::sizing() const { return state_->sizing; }
 void CudaWorker::set_return_logits(bool on) { state_->return_logits = on; }
+void CudaWorker::set_graphs_enabled(bool on) { state_->graphs_enabled = on; }
+void CudaWorker::set_phase_profile(bool on) { state_->phases.Enable(on); }
+std::vector<CudaWorker::PhaseTime> CudaWorker::phase_profile() const {
+  const cuda_internal::PhaseTimer& t = state_->phases;
+  std::vector<PhaseTime> out;
+  const double steps = std::max<int64_t>(t.steps(), 1);
+  for (const auto& p : t.phases()) out.push_back({p.name, p.calls / steps, p.us / steps});
+  return out;
+}
 int64_t CudaWorker::graph_steps() const { return state_->graph_steps; }
 int64_t CudaWorker::eager_steps() const { return state_->eager_steps; }
 int64_t CudaWorker::graphs_captured() const { return state_->graphs_captured; }
@@ -279,6 +288,8 @@ absl::StatusOr<HostStep> CudaWorker::State::LayOut(const Batch& b, StepInputs** 
     all_decode = all_decode && !st.select && st.tokens.size() == 1 && !NeedsSamplingExtras(st) &&
                  st.probe_top_n == 0;
   }
+  // Phase profiles time eager steps only (events cannot be timed inside a graph).
+  all_decode = all_decode && graphs_enabled && !phases.on();
   const int32_t graph_batch =
       all_decode ? GraphBatchFor(static_cast<int32_t>(b.seqs.size()), options.cuda_graph_max_batch)
                  : 0;
@@ -461,6 +472,7 @@ absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& global_batch) {
   HKV_RETURN_IF_ERROR(s.Launch(b, h, decode, d, inputs));
   HKV_RETURN_IF_ERROR(s.CopyOut(h));
   HKV_RETURN_IF_ERROR(s.RecordProfile(b, h, host_us));
+  HKV_CUDA_RETURN_IF_ERROR(s.phases.Collect());
   BatchResult result = s.Unpack(b, h);
   HKV_RETURN_IF_ERROR(s.UnpackProbes(&result));
   return result;

@@ -68,6 +68,18 @@ class CudaWorker : public Worker {
   // The memory arithmetic of Create (weights, pool, free memory), for the start-up log.
   const std::string& sizing() const;
   void set_return_logits(bool on);
+  // Off: every step runs eagerly, none replays a CUDA graph (benchmarks). On by default.
+  void set_graphs_enabled(bool on);
+  // Opt-in GPU time per phase of the forward pass (workers/cuda/phase_timer.h); steps run
+  // eagerly while it is on. Turning it on clears the totals. Off by default (no cost).
+  void set_phase_profile(bool on);
+  struct PhaseTime {
+    std::string name;
+    double calls_per_step = 0;
+    double us_per_step = 0;
+  };
+  // The profiled steps' phases, in launch order, averaged over the steps.
+  std::vector<PhaseTime> phase_profile() const;
   // Steps run by graph replay / eagerly, and graphs captured (for tests and the start-up log).
   int64_t graph_steps() const;
   int64_t eager_steps() const;

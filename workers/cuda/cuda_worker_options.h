@@ -29,6 +29,15 @@ struct CudaTensorParallel {
   const std::atomic<bool>* cancel = nullptr;
 };
 
+// Output columns per warp (1, 2 or 4) of each fused decode product (kernels/gemv_fused.h).
+// More columns share one norm prologue and input read; fewer give more CTAs per product.
+struct FusedGemvCols {
+  int32_t qkv = 2;
+  int32_t o = 1;  // 1: 512 CTAs on Llama's 4096 outputs, one wave
+  int32_t gate_up = 2;
+  int32_t down = 1;
+};
+
 struct CudaWorkerOptions {
   int32_t device = 0;
   int32_t block_size = 16;
@@ -39,6 +48,13 @@ struct CudaWorkerOptions {
   int32_t max_seqs = 256;              // Sequences of the largest step (decode workspace).
   int32_t cuda_graph_max_batch = 256;  // Largest decode batch replayed as a graph; 0: eager.
   CudaTensorParallel tp;
+  // The fused decode layers (workers/cuda/README.md): decode steps of 1-4 tokens on one GPU
+  // run RmsNormGemv, GemvAddResidual and RmsNormGemvSwiGlu with the residual stream kept in
+  // `res`, and every step runs RoPE and the K/V append as one kernel (RopeKvAppend). Off by
+  // default until the kernels' GPU tests have passed; off, the worker launches the unfused
+  // kernels (RmsNorm, Gemv/cuBLAS, Rope, AppendKvSlots).
+  bool fused_decode = false;
+  FusedGemvCols fused_gemv_cols;  // read only when fused_decode is on
 };
 
 }  // namespace hkv

@@ -25,6 +25,7 @@
 #include "model/model_config.h"
 #include "workers/cuda/cuda_buffers.h"
 #include "workers/cuda/cuda_worker.h"
+#include "workers/cuda/phase_timer.h"
 #include "workers/cuda/rank_view.h"
 #include "workers/cuda/sampling_extras.h"
 #include "workers/cuda/step_layout.h"
@@ -133,7 +134,7 @@ struct CudaWorker::State {
   DeviceBuffer cublas_ws, res, xb, qkv, attn, tmp, gate_up, hidden, sample_x, logits, tokens,
       decode_ws, select_ws, kept, kept_index, select_caps;
   cuda_internal::StepInputs eager_inputs, graph_inputs;
-  cuda_internal::PinnedBuffer host_out;                  // sampled tokens, kept counts, logits
+  cuda_internal::PinnedBuffer host_out;  // sampled tokens, kept counts, logits
   // Sampling extras (eager steps only): the penalty lists, penalised logits, logprob outputs.
   TokenHistories histories;  // rank 0 only: the ranks that sample
   cuda_internal::PinnedBuffer extras_host;
@@ -142,6 +143,10 @@ struct CudaWorker::State {
   std::map<int32_t, cuda_internal::DecodeGraph> graphs;  // by padded batch size
   int64_t graph_steps = 0, eager_steps = 0, graphs_captured = 0;
   cuda_internal::StepProfile profile;
+  cuda_internal::PhaseTimer phases;  // opt-in per-phase timing (eager steps only)
+  // false: every step runs eagerly (benchmarks, tests). The kernel set (fused or not) is
+  // options.fused_decode, fixed for the worker's life, so graphs need not key on it.
+  bool graphs_enabled = true;
   // Attention probes: the step's plan; meta, one layer's logits [n, Hq, max_len] fp32, and
   // the top positions and weights [L, n, Hq, max_top_n].
   cuda_internal::ProbePlan probe;
@@ -202,16 +207,20 @@ struct CudaWorker::State {
   // forward.cc: launches the whole step on the stream (no host sync, no allocation).
   absl::Status Forward(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d);
   kernels::PagedKvView KvViewAfter(const cuda_internal::DeviceStep& d) const;
+  // Whether step h runs the fused decode kernels (options.fused_decode, one GPU, 1-4 tokens):
+  // then each layer adds its attention and MLP outputs to `res` in the products' epilogues
+  // (tmp unused), else the layer's output is left in `tmp` for the next norm to add.
+  bool FusedDecode(const HostStep& h) const;
   absl::Status LayerAttention(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
-                              int32_t layer, const kernels::PagedKvView& after);
+                              int32_t layer, const kernels::PagedKvView& after, bool fused);
   absl::Status RunPrefill(const HostStep& h, int32_t k0, int32_t count, const int32_t* cu,
                           int32_t max_len, const kernels::PagedKvView* prefix);
   absl::Status RunPagedSelect(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
                               int32_t l);
   absl::Status RunSelect(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
                          int32_t layer);
-  absl::Status LayerMlp(const HostStep& h, int32_t layer);
-  absl::Status SampleStep(const HostStep& h, const cuda_internal::DeviceStep& d);
+  absl::Status LayerMlp(const HostStep& h, int32_t layer, bool fused);
+  absl::Status SampleStep(const HostStep& h, const cuda_internal::DeviceStep& d, bool fused);
   // sampling_step.cc: uploads the step's extras (sets `extras`), runs the penalties on a copy of
   // the logits (returns the logits to sample from), the logprobs after sampling, and reads
   // them back.

@@ -19,9 +19,9 @@ namespace hkv {
 namespace {
 
 using testing::BatchBuilder;
-using testing::RelativeError;
 using testing::kBlockSize;
 using testing::kBlocksPerRow;
+using testing::RelativeError;
 using testing::TestSeq;
 
 constexpr double kTolerance = 3e-2;  // Relative L2 error of bf16 logits vs fp32.
@@ -50,8 +50,8 @@ class CudaWorkerTest : public ::testing::Test {
     auto model = MakeDummyModel(SmallConfig(), 7);
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = std::make_shared<const Model>(std::move(*model));
-    const int32_t blocks = 16 * model_->config.num_layers * model_->config.num_kv_heads *
-                           kBlocksPerRow;
+    const int32_t blocks =
+        16 * model_->config.num_layers * model_->config.num_kv_heads * kBlocksPerRow;
     cpu_ = std::make_unique<CpuWorker>(model_, blocks, kBlockSize, 4);
     cpu_->set_return_logits(true);
     CudaWorkerOptions o;
@@ -335,6 +335,93 @@ TEST_F(CudaWorkerTest, DecodeGraphsMatchEagerSteps) {
   EXPECT_EQ(gpu_->graphs_captured(), 2);
   EXPECT_EQ((*eager)->graph_steps(), 0);
   EXPECT_EQ((*eager)->eager_steps(), 10);
+}
+
+TEST_F(CudaWorkerTest, FusedDecodeMatchesTheUnfusedKernels) {
+  // A second GPU worker with options.fused_decode on: its prefill (RopeKvAppend) and decode
+  // steps of 1 and 3 sequences (graphs, then eager) give the same tokens and logits as gpu_
+  // (the default, unfused kernels) within bf16 rounding, and stay within the tolerance of the
+  // CPU reference. Then the phase profile of an eager step names each kernel set's phases
+  // once per layer.
+  CudaWorkerOptions o;
+  o.block_size = kBlockSize;
+  o.num_blocks = 16 * model_->config.num_layers * model_->config.num_kv_heads * kBlocksPerRow;
+  o.activation_reserve_bytes = 256 << 20;
+  o.fused_decode = true;
+  auto fused = CudaWorker::Create(model_, o);
+  ASSERT_TRUE(fused.ok()) << fused.status();
+  (*fused)->set_return_logits(true);
+  const ModelConfig& cfg = model_->config;
+  std::vector<TestSeq> seqs;
+  for (int i = 0; i < 3; ++i) seqs.push_back(TestSeq{20 + i, {}, 0});
+  std::vector<TokenId> next(3);
+  BatchBuilder prefill(cfg);
+  for (int i = 0; i < 3; ++i) prefill.AddPlain(&seqs[i], Prompt(20 + 7 * i, 20 + i), true, 0);
+  const Batch pb = prefill.Take();
+  BatchResult c, g;
+  RunBoth(pb, &c, &g);
+  auto fp = (*fused)->Execute(pb);
+  ASSERT_TRUE(fp.ok()) << fp.status();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_LT(RelativeError(fp->seqs[i].logits, g.seqs[i].logits), 1e-2) << "prefill seq " << i;
+    next[i] = c.seqs[i].token;
+  }
+  for (int step = 1; step < 9; ++step) {
+    const int n = step % 2 == 1 ? 1 : 3;
+    (*fused)->set_graphs_enabled(step < 5);  // graph replays, then eager steps
+    BatchBuilder d(cfg);
+    for (int i = 0; i < n; ++i) d.AddPlain(&seqs[i], {next[i]}, true, step);
+    const Batch db = d.Take();
+    RunBoth(db, &c, &g);
+    auto f = (*fused)->Execute(db);
+    ASSERT_TRUE(f.ok()) << f.status();
+    for (int i = 0; i < n; ++i) {
+      if (testing::ClearGreedyMargin(g.seqs[i].logits, 1e-2)) {
+        EXPECT_EQ(f->seqs[i].token, g.seqs[i].token) << "step " << step << " seq " << i;
+      }
+      EXPECT_LT(RelativeError(f->seqs[i].logits, g.seqs[i].logits), 1e-2);
+      EXPECT_LT(RelativeError(f->seqs[i].logits, c.seqs[i].logits), kTolerance);
+      next[i] = c.seqs[i].token;
+    }
+  }
+  EXPECT_GT((*fused)->graph_steps(), 0);
+  BatchBuilder d(cfg);
+  d.AddPlain(&seqs[0], {next[0]}, true, 9);
+  const Batch profiled = d.Take();
+  auto profile = [&](CudaWorker& w) {
+    w.set_phase_profile(true);
+    const int64_t graphs = w.graph_steps();
+    EXPECT_TRUE(w.Execute(profiled).ok());
+    EXPECT_EQ(w.graph_steps(), graphs);  // profiled steps run eagerly
+    std::vector<CudaWorker::PhaseTime> p = w.phase_profile();
+    w.set_phase_profile(false);
+    return p;
+  };
+  auto calls = [](const std::vector<CudaWorker::PhaseTime>& p, const std::string& name) {
+    for (const auto& x : p) {
+      if (x.name == name) {
+        EXPECT_GT(x.us_per_step, 0) << name;
+        return x.calls_per_step;
+      }
+    }
+    return 0.0;
+  };
+  (*fused)->set_graphs_enabled(true);
+  const auto fused_phases = profile(**fused);
+  const auto unfused_phases = profile(*gpu_);
+  const double L = cfg.num_layers;
+  EXPECT_EQ(calls(fused_phases, "attn_norm+qkv"), L);
+  EXPECT_EQ(calls(fused_phases, "rope+kv_append"), L);
+  EXPECT_EQ(calls(fused_phases, "ffn_norm+gate_up+swiglu"), L);
+  EXPECT_EQ(calls(fused_phases, "down_proj+residual"), L);
+  EXPECT_EQ(calls(fused_phases, "attn_norm"), 0);
+  EXPECT_EQ(calls(fused_phases, "rope"), 0);
+  EXPECT_EQ(calls(unfused_phases, "attn_norm"), L);
+  EXPECT_EQ(calls(unfused_phases, "ffn_norm"), L);
+  EXPECT_EQ(calls(unfused_phases, "rope"), L);
+  EXPECT_EQ(calls(unfused_phases, "kv_append"), L);
+  EXPECT_EQ(calls(unfused_phases, "rope+kv_append"), 0);
+  EXPECT_EQ(calls(unfused_phases, "lm_head"), 1);
 }
 
 TEST(CudaWorkerDummyTest, RandomWeightsOnTheDeviceAreDeterministic) {

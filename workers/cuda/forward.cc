@@ -3,10 +3,12 @@
 #include "kernels/decode_attention.h"
 #include "kernels/gemm.h"
 #include "kernels/gemv.h"
+#include "kernels/gemv_fused.h"
 #include "kernels/kv_append.h"
 #include "kernels/kv_select.h"
 #include "kernels/layer_ops.h"
 #include "kernels/prefill_attention.h"
+#include "kernels/rope_kv_append.h"
 #include "kernels/sampling.h"
 #include "workers/cuda/cuda_worker_state.h"
 #include "workers/nccl_communicator.h"
@@ -20,6 +22,11 @@ using cuda_internal::DeviceStep;
 using cuda_internal::kDType;
 
 }  // namespace
+
+bool CudaWorker::State::FusedDecode(const HostStep& h) const {
+  return options.fused_decode && options.tp.size == 1 && h.total <= k::kGemvPreferredRows &&
+         k::FusedGemvApplies(kDType, h.total, cfg.dim, /*norm_prologue=*/true);
+}
 
 // The page table after the step (decode attention, KV appends, selection destinations).
 k::PagedKvView CudaWorker::State::KvViewAfter(const DeviceStep& d) const {
@@ -169,11 +176,13 @@ absl::Status CudaWorker::State::RunPagedSelect(const Batch& b, const HostStep& h
   return absl::OkStatus();
 }
 
-// Layer l up to the attention output: norm (adding the previous layer's output), q/k/v, RoPE,
-// KV appends, then decode, prefill and selection attention into `attn`.
+// Layer l up to the attention output: norm (adding the previous layer's output, unless the
+// fused products already did), q/k/v, RoPE and KV appends (one kernel when
+// options.fused_decode is on, prefill steps included), then decode, prefill and selection
+// attention into `attn`.
 absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h,
                                                const DeviceStep& d, int32_t l,
-                                               const k::PagedKvView& after) {
+                                               const k::PagedKvView& after, bool fused) {
   const ModelConfig& c = cfg;
   const int32_t H = c.num_kv_heads, hd = c.head_dim, dim = c.dim, total = h.total;
   const int32_t qkv_w = c.q_size() + 2 * c.kv_size();
@@ -181,25 +190,59 @@ absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h
       c.rope_style == RopeStyle::kHalf ? k::RopeStyle::kRotateHalf : k::RopeStyle::kInterleaved;
   const cuda_internal::LayerBuffers& w = layers[l];
   auto* q = qkv.get<uint16_t>();
-  HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, l == 0 ? res.get() : tmp.get(),
-                                      l == 0 ? nullptr : res.get(), w.attn_norm.get(), xb.get(),
-                                      total, dim, c.norm_eps, stream));
-  HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, xb.get(), dim, w.wqkv.get(),
-                                               dim, q, qkv_w, false, total, qkv_w, dim));
-  HKV_CUDA_RETURN_IF_ERROR(k::Rope(kDType, q, qkv_w, c.num_heads, q + c.q_size(), qkv_w, H, d.pos,
-                                   total, hd, c.rope_theta, inv_freq.get<float>(), rope, stream));
-  if (h.plain_tokens > 0) {
-    HKV_CUDA_RETURN_IF_ERROR(
-        k::AppendKvSlots(kDType, after, q + c.q_size(), q + c.q_size() + c.kv_size(), qkv_w,
-                         d.slots + static_cast<size_t>(l) * total * H, h.plain_tokens, stream));
+  if (fused) {  // res already holds the previous layer's output
+    phases.Mark("attn_norm+qkv", stream);
+    HKV_CUDA_RETURN_IF_ERROR(k::RmsNormGemv(kDType, res.get(), dim, w.attn_norm.get(), c.norm_eps,
+                                            w.wqkv.get(), dim, q, qkv_w, total, qkv_w, dim,
+                                            options.fused_gemv_cols.qkv, stream));
+  } else {
+    phases.Mark("attn_norm", stream);
+    HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, l == 0 ? res.get() : tmp.get(),
+                                        l == 0 ? nullptr : res.get(), w.attn_norm.get(), xb.get(),
+                                        total, dim, c.norm_eps, stream));
+    phases.Mark("qkv", stream);
+    HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, xb.get(), dim,
+                                                 w.wqkv.get(), dim, q, qkv_w, false, total, qkv_w,
+                                                 dim));
+  }
+  if (options.fused_decode) {
+    // RoPE of every token, and the K/V writes of the plain ones, in one kernel.
+    phases.Mark("rope+kv_append", stream);
+    k::RopeKvAppendArgs ra;
+    ra.dtype = kDType;
+    ra.qkv = q;
+    ra.stride = qkv_w;
+    ra.k_offset = c.q_size();
+    ra.v_offset = c.q_size() + c.kv_size();
+    ra.num_q_heads = c.num_heads;
+    ra.pos = d.pos;
+    ra.tokens = total;
+    ra.theta = c.rope_theta;
+    ra.inv_freq = inv_freq.get<float>();
+    ra.style = rope;
+    ra.slots = d.slots + static_cast<size_t>(l) * total * H;
+    ra.append_tokens = h.plain_tokens;
+    HKV_CUDA_RETURN_IF_ERROR(k::RopeKvAppend(ra, after, stream));
+  } else {
+    phases.Mark("rope", stream);
+    HKV_CUDA_RETURN_IF_ERROR(k::Rope(kDType, q, qkv_w, c.num_heads, q + c.q_size(), qkv_w, H, d.pos,
+                                     total, hd, c.rope_theta, inv_freq.get<float>(), rope, stream));
+    if (h.plain_tokens > 0) {
+      phases.Mark("kv_append", stream);
+      HKV_CUDA_RETURN_IF_ERROR(
+          k::AppendKvSlots(kDType, after, q + c.q_size(), q + c.q_size() + c.kv_size(), qkv_w,
+                           d.slots + static_cast<size_t>(l) * total * H, h.plain_tokens, stream));
+    }
   }
   if (h.num_decode > 0) {
+    phases.Mark("decode_attention", stream);
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     HKV_CUDA_RETURN_IF_ERROR(k::RunDecodeAttention(
         d.plans[l], after, kDType, q, qkv_w, attn.get<uint16_t>(), c.q_size(), scale, stream));
     HKV_RETURN_IF_ERROR(RunProbes(l, after));  // Nothing unless the step asked (eager only).
   }
   if (h.num_prefill > 0) {
+    phases.Mark("prefill_attention", stream);
     k::PagedKvView prefix = after;
     prefix.indptr = d.indptr_b;
     prefix.indices = d.indices_b;
@@ -209,25 +252,47 @@ absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h
         RunPrefill(h, h.num_decode, h.num_prefill, d.cu_prefill, h.max_prefill, &prefix));
     if (!h.paged_select.empty()) HKV_RETURN_IF_ERROR(RunPagedSelect(b, h, d, l));
   }
-  if (h.num_select > 0) HKV_RETURN_IF_ERROR(RunSelect(b, h, d, l));
+  if (h.num_select > 0) {
+    phases.Mark("select", stream);
+    HKV_RETURN_IF_ERROR(RunSelect(b, h, d, l));
+  }
   return absl::OkStatus();
 }
 
 // Layer l from the attention output: o_proj, norm, SwiGLU MLP, down_proj (row-parallel ones
-// summed over the ranks), leaving the layer's output in `tmp`.
-absl::Status CudaWorker::State::LayerMlp(const HostStep& h, int32_t l) {
+// summed over the ranks), leaving the layer's output in `tmp` (fused: added to `res`).
+absl::Status CudaWorker::State::LayerMlp(const HostStep& h, int32_t l, bool fused) {
   const ModelConfig& c = cfg;
   const int32_t dim = c.dim, hid = c.hidden_dim, total = h.total;
   const cuda_internal::LayerBuffers& w = layers[l];
+  if (fused) {  // both residual adds in the products' epilogues; the layer's output is in res
+    phases.Mark("o_proj+residual", stream);
+    HKV_CUDA_RETURN_IF_ERROR(k::GemvAddResidual(kDType, attn.get(), c.q_size(), w.wo.get(),
+                                                c.q_size(), res.get(), dim, total, dim, c.q_size(),
+                                                options.fused_gemv_cols.o, stream));
+    phases.Mark("ffn_norm+gate_up+swiglu", stream);
+    HKV_CUDA_RETURN_IF_ERROR(k::RmsNormGemvSwiGlu(
+        kDType, res.get(), dim, w.ffn_norm.get(), c.norm_eps, w.w_gate_up.get(), dim, hidden.get(),
+        hid, total, hid, dim, options.fused_gemv_cols.gate_up, stream));
+    phases.Mark("down_proj+residual", stream);
+    HKV_CUDA_RETURN_IF_ERROR(k::GemvAddResidual(kDType, hidden.get(), hid, w.w_down.get(), hid,
+                                                res.get(), dim, total, dim, hid,
+                                                options.fused_gemv_cols.down, stream));
+    return absl::OkStatus();
+  }
+  phases.Mark("o_proj", stream);
   HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, attn.get(), c.q_size(),
                                                w.wo.get(), c.q_size(), tmp.get(), dim, false, total,
                                                dim, c.q_size()));
   if (options.tp.size > 1) {  // row-parallel o_proj: sum the ranks' partial outputs
+    phases.Mark("all_reduce", stream);
     HKV_RETURN_IF_ERROR(
         options.tp.comm->AllReduceSum(tmp.get(), int64_t{total} * dim, kDType, stream));
   }
+  phases.Mark("ffn_norm", stream);
   HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, tmp.get(), res.get(), w.ffn_norm.get(), xb.get(),
                                       total, dim, c.norm_eps, stream));
+  phases.Mark("gate_up+swiglu", stream);
   if (total <= k::kGemvPreferredRows) {
     // Decode: gate_up and SwiGLU in one pass over the weights.
     HKV_CUDA_RETURN_IF_ERROR(k::GemvSwiGlu(kDType, xb.get(), dim, w.w_gate_up.get(), dim,
@@ -239,10 +304,12 @@ absl::Status CudaWorker::State::LayerMlp(const HostStep& h, int32_t l) {
     HKV_CUDA_RETURN_IF_ERROR(k::SwiGlu(kDType, gate_up.get(), gate_up.get<uint16_t>() + hid,
                                        2 * hid, hidden.get(), total, hid, stream));
   }
+  phases.Mark("down_proj", stream);
   HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, hidden.get(), hid,
                                                w.w_down.get(), hid, tmp.get(), dim, false, total,
                                                dim, hid));
   if (options.tp.size > 1) {  // row-parallel down_proj
+    phases.Mark("all_reduce", stream);
     HKV_RETURN_IF_ERROR(
         options.tp.comm->AllReduceSum(tmp.get(), int64_t{total} * dim, kDType, stream));
   }
@@ -250,10 +317,12 @@ absl::Status CudaWorker::State::LayerMlp(const HostStep& h, int32_t l) {
 }
 
 // Final norm, then the LM head and sampling of the sampled rows.
-absl::Status CudaWorker::State::SampleStep(const HostStep& h, const DeviceStep& d) {
+absl::Status CudaWorker::State::SampleStep(const HostStep& h, const DeviceStep& d, bool fused) {
   const ModelConfig& c = cfg;
   const int32_t dim = c.dim, total = h.total;
-  HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, tmp.get(), res.get(), final_norm.get(), xb.get(),
+  phases.Mark("final_norm", stream);
+  HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, fused ? res.get() : tmp.get(),
+                                      fused ? nullptr : res.get(), final_norm.get(), xb.get(),
                                       total, dim, c.norm_eps, stream));
   const int32_t ns = static_cast<int32_t>(h.sample_rows.size());
   if (ns == 0) return absl::OkStatus();
@@ -265,9 +334,11 @@ absl::Status CudaWorker::State::SampleStep(const HostStep& h, const DeviceStep& 
     x = sample_x.get();
   }
   const DeviceBuffer& head = lm_head.bytes() > 0 ? lm_head : embedding;
+  phases.Mark("lm_head", stream);
   HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, x, dim, head.get(), dim,
                                                logits.get(), c.vocab_size, true, ns, c.vocab_size,
                                                dim));
+  phases.Mark("sample", stream);
   HKV_ASSIGN_OR_RETURN(const float* sample_from, PenalisedLogits(ns));
   HKV_CUDA_RETURN_IF_ERROR(k::SampleTokens(sample_from, c.vocab_size, ns, c.vocab_size,
                                            d.sample_rows, tokens.get<int32_t>(), stream));
@@ -277,13 +348,18 @@ absl::Status CudaWorker::State::SampleStep(const HostStep& h, const DeviceStep& 
 // Launches the whole step on the stream: no host sync, no allocation (so it can be captured).
 absl::Status CudaWorker::State::Forward(const Batch& b, const HostStep& h, const DeviceStep& d) {
   const k::PagedKvView after = KvViewAfter(d);
+  const bool fused = FusedDecode(h);
+  phases.BeginStep();
+  phases.Mark("embedding", stream);
   HKV_CUDA_RETURN_IF_ERROR(k::EmbeddingLookup(kDType, embedding.get(), cfg.vocab_size, cfg.dim,
                                               d.ids, h.total, res.get(), stream));
   for (int32_t l = 0; l < cfg.num_layers; ++l) {
-    HKV_RETURN_IF_ERROR(LayerAttention(b, h, d, l, after));
-    HKV_RETURN_IF_ERROR(LayerMlp(h, l));
+    HKV_RETURN_IF_ERROR(LayerAttention(b, h, d, l, after, fused));
+    HKV_RETURN_IF_ERROR(LayerMlp(h, l, fused));
   }
-  return SampleStep(h, d);
+  HKV_RETURN_IF_ERROR(SampleStep(h, d, fused));
+  phases.Mark("end", stream);
+  return absl::OkStatus();
 }
 
 }  // namespace hkv

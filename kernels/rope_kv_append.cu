@@ -1,0 +1,94 @@
+// Fused RoPE + paged K/V write; see rope_kv_append.h.
+
+#include "kernels/cuda_common.cuh"
+#include "kernels/rope.cuh"
+#include "kernels/rope_kv_append.h"
+
+namespace hkv::kernels {
+namespace {
+
+using rope_internal::RopeHead;
+
+struct Params {
+  void* qkv;
+  int64_t stride, k_offset, v_offset;
+  int hq, hk, head_dim;
+  const int32_t* pos;
+  float theta;
+  const float* inv_freq;
+  bool interleaved;
+  const int64_t* slots;
+  int append_tokens;
+  uint4* k_pool;  // 16-byte chunks
+  uint4* v_pool;
+  int64_t block_stride_chunks;
+  int block_size;
+};
+
+template <typename T>
+__global__ void RopeKvAppendKernel(Params p) {
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
+  const int64_t t = blockIdx.x;
+  T* q = static_cast<T*>(p.qkv) + t * p.stride;
+  T* k = q + p.k_offset;
+  const float posf = static_cast<float>(p.pos[t]);
+  const int half = p.head_dim / 2;
+  // The Rope kernel's loop: one (head, pair) per thread step, q heads then k heads.
+  for (int idx = threadIdx.x; idx < (p.hq + p.hk) * half; idx += blockDim.x) {
+    const int h = idx / half, i = idx % half;
+    T* x = h < p.hq ? q + static_cast<int64_t>(h) * p.head_dim
+                    : k + static_cast<int64_t>(h - p.hq) * p.head_dim;
+    RopeHead<T>(x, p.head_dim, posf, p.theta, p.inv_freq, p.interleaved, i, half);
+  }
+  if (t >= p.append_tokens) return;  // the whole block
+  __syncthreads();                   // the rotated k is in global memory, visible to the block
+  const int chunks = p.head_dim / 8;
+  const uint4* kc = reinterpret_cast<const uint4*>(k);
+  const uint4* vc = reinterpret_cast<const uint4*>(q + p.v_offset);
+  for (int idx = threadIdx.x; idx < p.hk * chunks; idx += blockDim.x) {
+    const int h = idx / chunks, c = idx % chunks;
+    const int64_t slot = p.slots[t * p.hk + h];
+    if (slot < 0) continue;
+    const int64_t dst =
+        (slot / p.block_size) * p.block_stride_chunks + (slot % p.block_size) * chunks + c;
+    p.k_pool[dst] = kc[idx];
+    p.v_pool[dst] = vc[idx];
+  }
+}
+
+}  // namespace
+
+cudaError_t RopeKvAppend(const RopeKvAppendArgs& a, const PagedKvView& kv, cudaStream_t stream) {
+  if (a.tokens < 0 || a.append_tokens < 0 || a.append_tokens > a.tokens || kv.head_dim <= 0 ||
+      kv.head_dim % 8 != 0 || kv.block_stride % 8 != 0 || a.stride % 8 != 0 ||
+      a.k_offset % 8 != 0 || a.v_offset % 8 != 0 || kv.num_kv_heads < 1 || kv.block_size < 1 ||
+      a.num_q_heads < 0 || (a.append_tokens > 0 && a.slots == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  if (a.tokens == 0) return cudaSuccess;
+  Params p;
+  p.qkv = a.qkv;
+  p.stride = a.stride;
+  p.k_offset = a.k_offset;
+  p.v_offset = a.v_offset;
+  p.hq = a.num_q_heads;
+  p.hk = kv.num_kv_heads;
+  p.head_dim = kv.head_dim;
+  p.pos = a.pos;
+  p.theta = a.theta;
+  p.inv_freq = a.inv_freq;
+  p.interleaved = a.style == RopeStyle::kInterleaved;
+  p.slots = a.slots;
+  p.append_tokens = a.append_tokens;
+  p.k_pool = static_cast<uint4*>(const_cast<void*>(kv.k_pool));
+  p.v_pool = static_cast<uint4*>(const_cast<void*>(kv.v_pool));
+  p.block_stride_chunks = kv.block_stride / 8;
+  p.block_size = kv.block_size;
+  return DispatchDType(a.dtype, [&](auto t) {
+    using T = decltype(t);
+    return LaunchOverlapped(RopeKvAppendKernel<T>, dim3(a.tokens), dim3(128), 0, stream, p);
+  });
+}
+
+}  // namespace hkv::kernels
