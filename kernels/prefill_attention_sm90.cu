@@ -590,7 +590,9 @@ cudaError_t RunPrefillAttentionSm90(const PrefillAttentionArgs& p, cudaStream_t 
   }
   // Whole prefix tiles by TMA (the pipelined kernel; the serial one keeps the gather, so the
   // two differ there too): pages of 8..128 rows keep each page's box on 1024-byte atoms.
-  CUtensorMap tkp = tk, tvp = tv;  // unused placeholders without a prefix
+  // The kernel takes the pool maps either way; without page TMA they stay copies of the dense
+  // maps and the kernel never reads them (page_tma = 0).
+  CUtensorMap tkp = tk, tvp = tv;
   if (p.prefix != nullptr && p.kernel != PrefillKernel::kWgmmaSerial && p.prefix->block_size >= 8 &&
       p.prefix->block_size <= kBN &&
       MakePoolMap(&tkp, p.dtype, p.prefix->k_pool, p.head_dim, p.prefix->block_size,
