@@ -22,9 +22,10 @@
 namespace hkv::kernels {
 
 // Which kernel RunPrefillAttention runs. kAuto: the mma.sync kernel, for now: the wgmma kernel
-// (sm_90a, prefill_attention_sm90.cu) has not yet run on a GPU, and kAuto moves to it (on sm_90
-// GPUs, where PrefillAttentionSm90Supported's checks pass: total_q set, 16-byte aligned pointers
-// and strides) once its GPU test passes. kWgmma fails with cudaErrorNotSupported where it cannot
+// (sm_90a, prefill_attention_sm90.cu) passes its GPU test on the H200 but its speed is not yet
+// measured, and kAuto moves to it (on sm_90 GPUs, where PrefillAttentionSm90Supported's checks
+// pass: total_q set, 16-byte aligned pointers and strides) once `kernel_bench prefill` shows
+// it faster. kWgmma fails with cudaErrorNotSupported where it cannot
 // run; kMmaSync is the reference (and the only kernel before sm_90).
 // kWgmmaSerial: the wgmma kernel without its MMA/softmax overlap and with every paged-prefix
 // tile gathered by cp.async (no page TMA): the simpler path, for diagnosis and the bench.

@@ -34,6 +34,15 @@
 namespace hkv {
 namespace {
 
+#ifdef HKV_WITH_CUDA
+// --cuda-prefill-kernel, already checked by ValidateServerConfig.
+CudaPrefillKernel PrefillKernelOf(const ServerConfig& config) {
+  if (config.cuda_prefill_kernel == "mma") return CudaPrefillKernel::kMmaSync;
+  if (config.cuda_prefill_kernel == "wgmma") return CudaPrefillKernel::kWgmma;
+  return CudaPrefillKernel::kAuto;
+}
+#endif
+
 bool IsDirectory(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
@@ -253,6 +262,8 @@ absl::StatusOr<std::unique_ptr<Worker>> MakeWorker(const ServerConfig& config,
   options.max_step_tokens = std::max(config.max_batch_tokens, model->config.max_seq_len);
   options.max_seqs = config.max_seqs;
   options.cuda_graph_max_batch = std::min(config.cuda_graph_max_batch, config.max_seqs);
+  options.prefill_kernel = PrefillKernelOf(config);
+  options.fused_decode = config.cuda_fused_decode;
   HKV_ASSIGN_OR_RETURN(std::unique_ptr<CudaWorker> worker,
                        CudaWorker::Create(std::move(model), options));
   std::cerr << worker->sizing() << "\n";
@@ -328,6 +339,8 @@ absl::StatusOr<TensorParallelOptions> LocalRankOptions(const ServerConfig& confi
   o.base.max_step_tokens = std::max(config.max_batch_tokens, m.max_seq_len);
   o.base.max_seqs = config.max_seqs;
   o.base.cuda_graph_max_batch = std::min(config.cuda_graph_max_batch, config.max_seqs);
+  o.base.prefill_kernel = PrefillKernelOf(config);
+  o.base.fused_decode = config.cuda_fused_decode;
   for (int32_t r = 0; r < local_ranks; ++r) o.devices.push_back(r);
   return o;
 }

@@ -100,6 +100,11 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.max_model_len < 0) return bad("max_model_len must be >= 0 (0: the model's)");
   if (c.max_prompt_bytes < 0) return bad("max_prompt_bytes must be >= 0 (0: from the context)");
   if (c.cuda_graph_max_batch < 0) return bad("cuda_graph_max_batch must be >= 0");
+  if (c.cuda_prefill_kernel != "auto" && c.cuda_prefill_kernel != "mma" &&
+      c.cuda_prefill_kernel != "wgmma") {
+    return bad("cuda_prefill_kernel must be 'auto', 'mma' or 'wgmma', got '",
+               c.cuda_prefill_kernel, "'");
+  }
   if (c.tensor_parallel_size < 1) return bad("tensor_parallel_size must be >= 1");
   if (c.tp_head_placement != "balanced" && c.tp_head_placement != "contiguous") {
     return bad("tp_head_placement must be 'balanced' or 'contiguous', got '", c.tp_head_placement,

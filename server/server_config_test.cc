@@ -213,6 +213,22 @@ TEST(ServerConfigTest, SecurityOptionsAreValidated) {
   EXPECT_TRUE(ValidateServerConfig(c).ok());
 }
 
+TEST(ServerConfigTest, PrefillKernelIsOneOfTheKernels) {
+  ServerConfig c;
+  for (const char* kernel : {"auto", "mma", "wgmma"}) {
+    c.cuda_prefill_kernel = kernel;
+    EXPECT_TRUE(ValidateServerConfig(c).ok()) << kernel;
+  }
+  c.cuda_prefill_kernel = "fa3";
+  const absl::Status s = ValidateServerConfig(c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("cuda_prefill_kernel must be 'auto', 'mma' or 'wgmma', got 'fa3'"),
+            absl::string_view::npos)
+      << s;
+  EXPECT_EQ(ServerConfig().cuda_prefill_kernel, "auto");
+  EXPECT_FALSE(ServerConfig().cuda_fused_decode);
+}
+
 TEST(ServerConfigTest, EveryOptionIsAServeFlag) {
   int status = 0;
   const std::string help = RunHkv("serve --help", &status);

@@ -64,6 +64,10 @@ inline constexpr int32_t kDefaultMaxConcurrentStreams = 2048;
     "Longest text prompt in bytes, refused before tokenizing (0: context x the longest "         \
     "token's bytes)")                                                                            \
   X(int32_t, cuda_graph_max_batch, 256, "Largest decode batch run as a CUDA graph (0: eager)")   \
+  X(std::string, cuda_prefill_kernel, "auto",                                                    \
+    "Prefill attention kernel: auto (mma today) | mma | wgmma (Hopper wgmma + TMA; sm_90 only)") \
+  X(bool, cuda_fused_decode, false,                                                              \
+    "Fused decode layers on one GPU (RMSNorm + GEMV, RoPE + KV append in one kernel each)")      \
   X(int32_t, max_queue, 1024, "Most requests waiting; more get RESOURCE_EXHAUSTED")              \
   X(std::string, default_kv_policy, "full", "serve: KV policy of requests that name none")       \
   X(int32_t, default_kv_budget, 128, "serve: KV budget of requests that name none")              \

@@ -35,7 +35,8 @@ a similar checkpoint, not the same bytes. `--init DIR --start-phase 4 [--fav-sty
 fine-tunes a checkpoint on a fav-weighted mix (the attempt the README reports).
 
 `--init DIR --start-phase 5` is the reasoning curriculum for `fav`, from a checkpoint that
-already retrieves (the committed one). Its schedule runs on the fraction f of the time budget
+already retrieves (stage 1: the phases 1-3 run of variant C); the committed fixture is its
+output with --aux-weight 1.0 (0 and 0.3 left fav at chance, see the fixture's README). Its schedule runs on the fraction f of the time budget
 (phase5_schedule): T=256 batches (80% until f = 0.5, then 50%) of fav blocks with the relation
 first as in the eval prompts, each followed by one question: the name lookup alone ("Who is the
 older one?" -> " Theo."), the second hop alone ("What is the favourite thing of Theo?"), or the
@@ -1523,8 +1524,8 @@ def main():
                     help="4: the fav-weighted fine-tuning mix; 5: the reasoning curriculum "
                          "(name lookup, explicit then implicit first hop, attention supervision; "
                          "with --init)")
-    ap.add_argument("--aux-weight", type=float, default=0.3,
-                    help="phase 5: weight of the attention supervision (0: off)")
+    ap.add_argument("--aux-weight", type=float, default=1.0,
+                    help="phase 5: weight of the attention supervision (0: off; 1.0 taught fav)")
     ap.add_argument("--aux-head", default="auto", help="phase 5: supervised head L-H, or auto")
     ap.add_argument("--aux-min-layer", type=int, default=3,
                     help="phase 5, --aux-head auto: the lowest layer to pick the head from")

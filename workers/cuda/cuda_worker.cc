@@ -145,6 +145,16 @@ absl::Status CudaWorker::State::InitDevice() {
   HKV_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
   HKV_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, options.device));
+  if (options.prefill_kernel == CudaPrefillKernel::kWgmma) {
+    int major = 0;
+    HKV_CUDA_RETURN_IF_ERROR(
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, options.device));
+    if (major != 9) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the wgmma prefill kernel needs an sm_90 GPU (H100/H200); device ", options.device,
+          " is sm_", major, "x: use the mma prefill kernel"));
+    }
+  }
   HKV_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   HKV_CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas));
   HKV_CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas, stream));

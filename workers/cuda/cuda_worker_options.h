@@ -38,6 +38,14 @@ struct FusedGemvCols {
   int32_t down = 1;
 };
 
+// Which prefill attention kernel the worker runs (kernels/prefill_attention.h).
+//   kAuto: the kernels' own choice (mma.sync today; see PrefillKernel::kAuto).
+//   kMmaSync: the mma.sync kernel (sm_80 and up), the reference.
+//   kWgmma: the Hopper wgmma + TMA kernel wherever its checks pass for a step's chunk (16-byte
+//     aligned pointers and strides), mma.sync for the rest; CudaWorker::Create refuses it on a
+//     GPU that is not sm_90.
+enum class CudaPrefillKernel : int8_t { kAuto, kMmaSync, kWgmma };
+
 struct CudaWorkerOptions {
   int32_t device = 0;
   int32_t block_size = 16;
@@ -55,6 +63,7 @@ struct CudaWorkerOptions {
   // kernels (RmsNorm, Gemv/cuBLAS, Rope, AppendKvSlots).
   bool fused_decode = false;
   FusedGemvCols fused_gemv_cols;  // read only when fused_decode is on
+  CudaPrefillKernel prefill_kernel = CudaPrefillKernel::kAuto;
 };
 
 }  // namespace hkv

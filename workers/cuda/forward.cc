@@ -8,6 +8,7 @@
 #include "kernels/kv_select.h"
 #include "kernels/layer_ops.h"
 #include "kernels/prefill_attention.h"
+#include "kernels/prefill_attention_sm90.h"
 #include "kernels/rope_kv_append.h"
 #include "kernels/sampling.h"
 #include "workers/cuda/cuda_worker_state.h"
@@ -70,7 +71,25 @@ absl::Status CudaWorker::State::RunPrefill(const HostStep& h, int32_t k0, int32_
   a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   a.prefix = prefix;
   a.total_q = h.total - static_cast<int32_t>(first);  // rows of qkv from `first` (TMA bounds)
-  HKV_CUDA_RETURN_IF_ERROR(k::RunPrefillAttention(a, stream));
+  switch (options.prefill_kernel) {
+    case CudaPrefillKernel::kAuto:
+      a.kernel = k::PrefillKernel::kAuto;
+      break;
+    case CudaPrefillKernel::kMmaSync:
+      a.kernel = k::PrefillKernel::kMmaSync;
+      break;
+    case CudaPrefillKernel::kWgmma:  // Create checked the GPU; the chunk's shape is checked here.
+      a.kernel = k::PrefillAttentionSm90Supported(a) ? k::PrefillKernel::kWgmma
+                                                     : k::PrefillKernel::kMmaSync;
+      break;
+  }
+  cudaError_t e = k::RunPrefillAttention(a, stream);
+  if (e == cudaErrorNotSupported && a.kernel == k::PrefillKernel::kWgmma) {
+    // The TMA descriptors could not be made for this chunk; nothing was launched.
+    a.kernel = k::PrefillKernel::kMmaSync;
+    e = k::RunPrefillAttention(a, stream);
+  }
+  HKV_CUDA_RETURN_IF_ERROR(e);
   return absl::OkStatus();
 }
 
