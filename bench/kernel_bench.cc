@@ -2,8 +2,19 @@
 // 8 KV heads, head_dim 128, bf16) and prints one JSON object per run on stdout.
 // bench/run_kernel_bench.py runs it next to PyTorch on the same shapes and prints the table.
 //
-//   kernel_bench decode  <batch> <context>      uniform lengths (every head full)
-//   kernel_bench decode_lens <file>             one row length per line, rows (seq, kv_head)
+//   kernel_bench decode  <batch> <context> [FLAGS]   uniform lengths (every head full)
+//   kernel_bench decode_lens <file> [FLAGS]          one row length per line, rows (seq, kv_head)
+//     FLAGS (bench only; the engine runs decode_attention.h with its defaults):
+//       --kernel decode_attention|single_launch   decode_attention.h (default) or
+//                                                 single_launch_decode_attention.h; with the
+//                                                 latter, its SingleLaunchDecodeOptions:
+//       --variant w4u4|w4u4p|w4u8|w8u4|w8u4p|w8u8  cta_threads, loads_in_flight, prefetch at once
+//       --threads 128|256, --loads 4|8, --prefetch  cta_threads, loads_in_flight, prefetch
+//       --items-per-cta N, --min-split N, --split N  items_per_cta, min_split_tokens, split_tokens
+//       --ctas-per-sm N                             ctas_per_sm (0..64)
+//       --device-plan                               the GPU planner,
+//                                                 PlanSingleLaunchDecodeAttentionOnDevice
+//     N = 0 keeps the kernel's default, as in the options struct.
 //   kernel_bench prefill <tokens> [KERNEL]      causal prefill, one sequence; KERNEL: auto (the
 //                                               default: wgmma on sm_90, else mma.sync), wgmma,
 //                                               wgmma_serial or mma
@@ -14,14 +25,22 @@
 //                                               vs the unfused kernels it replaces
 //
 // Timing: CUDA events around each call, median of the repetitions, after warm-up. Small
-// caches are replicated and rotated so the timed reads come from HBM, not L2.
+// caches are replicated and rotated so the timed reads come from HBM, not L2. Decode rows also
+// give ms_chain: the per-call time of 32 calls issued back to back, as a step's layers issue
+// them (launch latency overlaps the previous call).
+//
+// Arguments are checked before any CUDA call: bad ones print the usage and exit 2; without a
+// CUDA device it says so and exits 1.
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <numeric>
@@ -36,6 +55,7 @@
 #include "kernels/kv_select.h"
 #include "kernels/layer_ops.h"
 #include "kernels/prefill_attention.h"
+#include "kernels/single_launch_decode_attention.h"
 
 namespace hkv::kernels {
 namespace {
@@ -86,7 +106,129 @@ double MedianMs(int warmup, int reps, const std::function<void(int)>& fn) {
   return t[t.size() / 2];
 }
 
-int Decode(const std::vector<int64_t>& lens, const char* label) {
+// Which decode kernel a decode row times, and the single-launch kernel's tuning (bench only:
+// the engine runs decode_attention.h with its defaults).
+struct DecodeFlags {
+  bool single_launch = false;      // --kernel single_launch
+  SingleLaunchDecodeOptions tune;  // the tuning fields only; capacities are set by Decode
+  bool device_plan = false;
+};
+
+// The single-launch variants (single_launch_decode_*.cu): warps per CTA, loads, prefetch.
+struct DecodeVariant {
+  const char* name;
+  int32_t threads, loads;
+  bool prefetch;
+};
+constexpr DecodeVariant kDecodeVariants[] = {
+    {"w4u4", 128, 4, false}, {"w4u4p", 128, 4, true}, {"w4u8", 128, 8, false},
+    {"w8u4", 256, 4, false}, {"w8u4p", 256, 4, true}, {"w8u8", 256, 8, false},
+};
+
+// The variant that RunSingleLaunchDecodeAttention launches for `o` (0 = its default).
+const char* VariantName(const SingleLaunchDecodeOptions& o) {
+  const int32_t threads = o.cta_threads == 256 ? 256 : 128;
+  const int32_t loads = o.loads_in_flight == 8 ? 8 : 4;
+  for (const DecodeVariant& v : kDecodeVariants) {
+    if (v.threads == threads && v.loads == loads && v.prefetch == o.prefetch) return v.name;
+  }
+  return "?";
+}
+
+// Parses a whole decimal integer in [lo, hi]; false for anything else ("", "12x", "-3" < lo).
+bool ParseInt(const char* s, int64_t lo, int64_t hi, int64_t* out) {
+  if (s == nullptr || *s == '\0') return false;
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(s, &end, 10);
+  if (errno != 0 || *end != '\0' || v < lo || v > hi) return false;
+  *out = v;
+  return true;
+}
+
+// Parses the decode flags in argv[first..] into *f. Returns "" or what is wrong.
+std::string ParseDecodeFlags(int argc, char** argv, int first, DecodeFlags* f) {
+  bool variant = false, threads = false, loads = false, prefetch = false, tuned = false;
+  for (int i = first; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--device-plan" || a == "--prefetch") {
+      (a == "--prefetch" ? f->tune.prefetch : f->device_plan) = true;
+      prefetch = prefetch || a == "--prefetch";
+      tuned = true;
+      continue;
+    }
+    if (a != "--kernel" && a != "--variant" && a != "--threads" && a != "--loads" &&
+        a != "--items-per-cta" && a != "--min-split" && a != "--split" && a != "--ctas-per-sm") {
+      return "unknown decode flag '" + a + "'";
+    }
+    if (i + 1 >= argc) return a + " needs a value";
+    const char* value = argv[++i];
+    if (a == "--kernel") {
+      if (std::strcmp(value, "single_launch") != 0 && std::strcmp(value, "decode_attention") != 0) {
+        return "--kernel: expected decode_attention or single_launch, got '" + std::string(value) +
+               "'";
+      }
+      f->single_launch = std::strcmp(value, "single_launch") == 0;
+      continue;
+    }
+    tuned = true;
+    if (a == "--variant") {
+      const DecodeVariant* found = nullptr;
+      for (const DecodeVariant& v : kDecodeVariants) {
+        if (std::strcmp(value, v.name) == 0) found = &v;
+      }
+      if (found == nullptr) {
+        return "--variant: expected w4u4, w4u4p, w4u8, w8u4, w8u4p or w8u8, got '" +
+               std::string(value) + "'";
+      }
+      f->tune.cta_threads = found->threads;
+      f->tune.loads_in_flight = found->loads;
+      f->tune.prefetch = found->prefetch;
+      variant = true;
+      continue;
+    }
+    int64_t v = 0;
+    if (a == "--threads") {
+      if (!ParseInt(value, 128, 256, &v) || (v != 128 && v != 256)) {
+        return "--threads: expected 128 or 256, got '" + std::string(value) + "'";
+      }
+      f->tune.cta_threads = static_cast<int32_t>(v);
+      threads = true;
+    } else if (a == "--loads") {
+      if (!ParseInt(value, 4, 8, &v) || (v != 4 && v != 8)) {
+        return "--loads: expected 4 or 8, got '" + std::string(value) + "'";
+      }
+      f->tune.loads_in_flight = static_cast<int32_t>(v);
+      loads = true;
+    } else if (a == "--ctas-per-sm") {
+      if (!ParseInt(value, 0, 64, &v)) {
+        return "--ctas-per-sm: expected an integer 0..64 (0: default 4), got '" +
+               std::string(value) + "'";
+      }
+      f->tune.ctas_per_sm = static_cast<int32_t>(v);
+    } else {
+      if (!ParseInt(value, 0, INT32_MAX, &v)) {
+        return a + ": expected a non-negative integer (0: default), got '" + std::string(value) +
+               "'";
+      }
+      (a == "--items-per-cta" ? f->tune.items_per_cta
+       : a == "--min-split"   ? f->tune.min_split_tokens
+                              : f->tune.split_tokens) = static_cast<int32_t>(v);
+    }
+  }
+  if (tuned && !f->single_launch) {
+    return "the tuning flags apply to --kernel single_launch only";
+  }
+  if (variant && (threads || loads || prefetch)) {
+    return "--variant sets --threads, --loads and --prefetch; give either";
+  }
+  if (f->tune.prefetch && f->tune.loads_in_flight == 8) {
+    return "--prefetch needs 4 loads in flight (there is no w4u8p or w8u8p variant)";
+  }
+  return "";
+}
+
+int Decode(const std::vector<int64_t>& lens, const char* label, const DecodeFlags& flags) {
   const int32_t rows = static_cast<int32_t>(lens.size()), seqs = rows / kHkv;
   std::vector<int32_t> indptr{0}, indices, last;
   int64_t blocks = 0, tokens = 0;
@@ -117,16 +259,87 @@ int Decode(const std::vector<int64_t>& lens, const char* label) {
   CHECK_CUDA(cudaMemcpy(d_indptr, indptr.data(), indptr.size() * 4, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(d_indices, indices.data(), indices.size() * 4, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(d_last, last.data(), last.size() * 4, cudaMemcpyHostToDevice));
-  DecodePlanOptions opt;
-  opt.max_rows = rows;
-  opt.max_work_items = std::max(rows * 2, 8192);
-  opt.group_size = kHq / kHkv;
-  opt.head_dim = kD;
-  void* ws = nullptr;
-  CHECK_CUDA(cudaMalloc(&ws, DecodeWorkspaceBytes(opt)));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(kD));
+  int32_t items = 0, chunk = 0;
+  std::string plan_json;  // the single-launch kernel's extra fields
+  std::function<void(const PagedKvView&)> call;
   DecodePlan plan;
-  CHECK_CUDA(
-      PlanDecodeAttention(opt, indptr.data(), last.data(), rows, kBlock, ws, nullptr, &plan));
+  SingleLaunchDecodePlan sl_plan;
+  if (!flags.single_launch) {
+    DecodePlanOptions opt;
+    opt.max_rows = rows;
+    opt.max_work_items = std::max(rows * 2, 8192);
+    opt.group_size = kHq / kHkv;
+    opt.head_dim = kD;
+    void* ws = nullptr;
+    CHECK_CUDA(cudaMalloc(&ws, DecodeWorkspaceBytes(opt)));
+    CHECK_CUDA(
+        PlanDecodeAttention(opt, indptr.data(), last.data(), rows, kBlock, ws, nullptr, &plan));
+    items = plan.num_work_items;
+    chunk = plan.chunk_tokens;
+    call = [&](const PagedKvView& view) {
+      CHECK_CUDA(
+          RunDecodeAttention(plan, view, DType::kBf16, q, kHq * kD, out, kHq * kD, scale, nullptr));
+    };
+  } else {
+    SingleLaunchDecodeOptions opt = flags.tune;
+    opt.max_rows = rows;
+    // Room for every item of a fixed --split (the host planner refuses a list that overflows).
+    int64_t split_items = 0;
+    for (int64_t len : lens) {
+      split_items += opt.split_tokens > 0 && len > opt.split_tokens
+                         ? (len + opt.split_tokens - 1) / opt.split_tokens
+                         : 1;
+    }
+    if (split_items > (1 << 22)) {
+      std::fprintf(stderr, "--split %d: %lld work items, more than this bench allocates (2^22)\n",
+                   opt.split_tokens, static_cast<long long>(split_items));
+      return 2;
+    }
+    opt.max_work_items = static_cast<int32_t>(std::max<int64_t>({rows * 2, 8192, split_items}));
+    opt.group_size = kHq / kHkv;
+    opt.head_dim = kD;
+    void* ws = nullptr;
+    CHECK_CUDA(cudaMalloc(&ws, SingleLaunchDecodeWorkspaceBytes(opt)));
+    int32_t ctas = 0;
+    if (flags.device_plan) {
+      CHECK_CUDA(PlanSingleLaunchDecodeAttentionOnDevice(opt, d_indptr, d_last, rows, kBlock, ws,
+                                                         nullptr, &sl_plan));
+      // The counts live on the device: words 0..3 of the work list (single_launch_decode_plan.h).
+      int32_t header[4];
+      CHECK_CUDA(cudaMemcpy(header, ws, sizeof(header), cudaMemcpyDeviceToHost));
+      if (header[2] != 0) {
+        std::fprintf(stderr, "device planner: %d malformed rows\n", header[2]);
+        return 1;
+      }
+      items = header[0];
+      ctas = header[1];
+      chunk = header[3] > 0 ? header[3]
+                            : static_cast<int32_t>(
+                                  *std::max_element(lens.begin(), lens.end()));  // as the host plan
+    } else {
+      CHECK_CUDA(PlanSingleLaunchDecodeAttention(opt, indptr.data(), last.data(), rows, kBlock, ws,
+                                                 nullptr, &sl_plan));
+      items = sl_plan.num_work_items;
+      ctas = sl_plan.num_ctas;
+      chunk = sl_plan.chunk_tokens;
+    }
+    const int32_t grid = sl_plan.device_planned ? opt.max_work_items : sl_plan.num_ctas;
+    char buf[512];
+    std::snprintf(buf, sizeof(buf),
+                  ", \"kernel\": \"single_launch\", \"variant\": \"%s\", \"ctas\": %d, "
+                  "\"grid\": %d, \"threads\": %d, \"loads\": %d, \"prefetch\": %s, "
+                  "\"items_per_cta\": %d, \"min_split\": %d, \"split\": %d, \"ctas_per_sm\": %d, "
+                  "\"device_plan\": %s",
+                  VariantName(opt), ctas, grid, opt.cta_threads, opt.loads_in_flight,
+                  opt.prefetch ? "true" : "false", opt.items_per_cta, opt.min_split_tokens,
+                  opt.split_tokens, opt.ctas_per_sm, flags.device_plan ? "true" : "false");
+    plan_json = buf;
+    call = [&](const PagedKvView& view) {
+      CHECK_CUDA(RunSingleLaunchDecodeAttention(sl_plan, view, DType::kBf16, q, kHq * kD, out,
+                                                kHq * kD, scale, nullptr));
+    };
+  }
   auto run = [&](int i) {
     const size_t off = static_cast<size_t>(i % copies) * pool_elems * 2;
     const PagedKvView view{d_indptr,
@@ -138,16 +351,25 @@ int Decode(const std::vector<int64_t>& lens, const char* label) {
                            kBlock,
                            kHkv,
                            kD};
-    CHECK_CUDA(RunDecodeAttention(plan, view, DType::kBf16, q, kHq * kD, out, kHq * kD,
-                                  1.0f / std::sqrt(static_cast<float>(kD)), nullptr));
+    call(view);
   };
   const double ms = MedianMs(copies + 3, 50, run);
+  // Calls back to back, as the layers of a decode step issue them: launch latency overlaps
+  // the previous call.
+  constexpr int kChain = 32;
+  const double chain_ms = MedianMs(2, 10,
+                                   [&](int i) {
+                                     for (int j = 0; j < kChain; ++j) run(i * kChain + j);
+                                   }) /
+                          kChain;
   const int64_t longest = *std::max_element(lens.begin(), lens.end());
   std::printf(
       "{\"kind\": \"%s\", \"batch\": %d, \"rows\": %d, \"tokens\": %lld, \"max_len\": %lld, "
-      "\"bytes\": %lld, \"ms\": %.5f, \"tbps\": %.4f, \"work_items\": %d, \"chunk\": %d}\n",
+      "\"bytes\": %lld, \"ms\": %.5f, \"tbps\": %.4f, \"ms_chain\": %.5f, \"work_items\": %d, "
+      "\"chunk\": %d%s}\n",
       label, seqs, rows, static_cast<long long>(tokens), static_cast<long long>(longest),
-      static_cast<long long>(bytes), ms, bytes / ms / 1e9, plan.num_work_items, plan.chunk_tokens);
+      static_cast<long long>(bytes), ms, bytes / ms / 1e9, chain_ms, items, chunk,
+      plan_json.c_str());
   return 0;
 }
 
@@ -345,40 +567,76 @@ int Fused(const std::string& kind, int32_t m, int32_t cols) {
 
 }  // namespace hkv::kernels
 
+namespace {
+
+constexpr char kUsage[] =
+    "usage: kernel_bench decode B L [decode flags] | decode_lens FILE [decode flags] | prefill N "
+    "[auto|mma|wgmma|wgmma_serial] | select N CAP | adaselect N CAP | linear M N K | "
+    "fused qkv|o|gate_up|down M COLS\n"
+    "  decode flags: --kernel decode_attention|single_launch (default decode_attention); with\n"
+    "    single_launch: --variant w4u4|w4u4p|w4u8|w8u4|w8u4p|w8u8 | --threads 128|256\n"
+    "    --loads 4|8 --prefetch; --items-per-cta N --min-split N --split N (N >= 0, 0: default)\n"
+    "    --ctas-per-sm N (0..64, 0: default 4) --device-plan\n";
+
+int Usage(const std::string& error) {
+  if (!error.empty()) std::fprintf(stderr, "kernel_bench: %s\n", error.c_str());
+  std::fputs(kUsage, stderr);
+  return 2;
+}
+
+// False, saying why, when there is no CUDA device to run on.
+bool HaveGpu() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    std::fprintf(stderr, "kernel_bench: no CUDA device (%s)\n",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace hkv::kernels;
   const std::string mode = argc > 1 ? argv[1] : "";
-  if (mode == "decode" && argc == 4) {
-    const int32_t batch = std::atoi(argv[2]);
-    const int64_t ctx = std::atoll(argv[3]);
-    return Decode(std::vector<int64_t>(static_cast<size_t>(batch) * kHkv, ctx), "decode");
-  }
-  if (mode == "decode_lens" && argc == 3) {
-    std::ifstream f(argv[2]);
+  if ((mode == "decode" && argc >= 4) || (mode == "decode_lens" && argc >= 3)) {
+    DecodeFlags flags;
+    const std::string error = ParseDecodeFlags(argc, argv, mode == "decode" ? 4 : 3, &flags);
+    if (!error.empty()) return Usage(error);
     std::vector<int64_t> lens;
-    for (int64_t x; f >> x;) lens.push_back(x);
-    if (lens.empty() || lens.size() % kHkv != 0) {
-      std::fprintf(stderr, "%s: need a multiple of %d lengths\n", argv[2], kHkv);
-      return 2;
+    if (mode == "decode") {
+      int64_t batch = 0, ctx = 0;
+      if (!ParseInt(argv[2], 1, 1 << 20, &batch) || !ParseInt(argv[3], 1, INT32_MAX, &ctx) ||
+          batch * kHkv * ((ctx + kBlock - 1) / kBlock) > INT32_MAX) {
+        return Usage("decode: B and L must be positive integers (B * 8 * L / 16 pages < 2^31)");
+      }
+      lens.assign(static_cast<size_t>(batch) * kHkv, ctx);
+    } else {
+      std::ifstream f(argv[2]);
+      if (!f) return Usage(std::string("decode_lens: cannot read ") + argv[2]);
+      for (int64_t x; f >> x;) lens.push_back(x);
+      if (lens.empty() || lens.size() % kHkv != 0 || !f.eof() ||
+          *std::min_element(lens.begin(), lens.end()) < 0) {
+        std::fprintf(stderr, "%s: need a multiple of %d lengths >= 0\n", argv[2], kHkv);
+        return 2;
+      }
     }
-    return Decode(lens, "decode_lens");
+    if (!HaveGpu()) return 1;
+    return Decode(lens, mode.c_str(), flags);
   }
-  if (mode == "linear" && argc == 5) {
+  const bool known =
+      (mode == "linear" && argc == 5) || (mode == "prefill" && (argc == 3 || argc == 4)) ||
+      (mode == "fused" && argc == 5) || ((mode == "select" || mode == "adaselect") && argc == 4);
+  if (!known) return Usage(mode.empty() ? "" : "bad arguments for '" + mode + "'");
+  if (!HaveGpu()) return 1;
+  if (mode == "linear") {
     return hkv::kernels::Linear(std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]));
   }
-  if (mode == "prefill" && (argc == 3 || argc == 4)) {
-    return Prefill(std::atoi(argv[2]), argc == 4 ? argv[3] : "auto");
-  }
-  if (mode == "fused" && argc == 5) {
+  if (mode == "prefill") return Prefill(std::atoi(argv[2]), argc == 4 ? argv[3] : "auto");
+  if (mode == "fused") {
     return hkv::kernels::Fused(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
   }
-  if (mode == "select" && argc == 4) return Select(std::atoi(argv[2]), std::atoi(argv[3]), false);
-  if (mode == "adaselect" && argc == 4) {
-    return Select(std::atoi(argv[2]), std::atoi(argv[3]), true);
-  }
-  std::fprintf(stderr,
-               "usage: kernel_bench decode B L | decode_lens FILE | prefill N "
-               "[auto|mma|wgmma|wgmma_serial] | select N CAP | adaselect N CAP | linear M N K | "
-               "fused qkv|o|gate_up|down M COLS\n");
-  return 2;
+  return Select(std::atoi(argv[2]), std::atoi(argv[3]), mode == "adaselect");
 }
