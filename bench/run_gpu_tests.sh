@@ -2,6 +2,7 @@
 # Runs the GPU test binaries of an unpacked bundle (bench/pack_gpu_bundle.sh) on the GPU machine,
 # one after another, and ends with one line per binary (passed / failed / skipped counts).
 # Usage: bench/run_gpu_tests.sh DIR [binary...]   (default: every *_test in DIR/bin)
+# HKV_TEST_TIMEOUT=S stops a binary after S seconds (exit 124 in the table; default: no limit).
 set -uo pipefail
 dir="$1"; shift
 export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -13,7 +14,11 @@ summary=()
 failed=0
 for t in "$@"; do
   log="$(mktemp)"
-  "$dir/bin/$t" --gtest_brief=1 >"$log" 2>&1
+  if [ "${HKV_TEST_TIMEOUT:-0}" -gt 0 ]; then
+    timeout "$HKV_TEST_TIMEOUT" "$dir/bin/$t" --gtest_brief=1 >"$log" 2>&1
+  else
+    "$dir/bin/$t" --gtest_brief=1 >"$log" 2>&1
+  fi
   rc=$?
   pass=$(grep -oE '\[  PASSED  \] [0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
   skip=$(grep -oE '\[  SKIPPED \] [0-9]+' "$log" | grep -oE '[0-9]+$' | head -1 || echo 0)
