@@ -8,11 +8,12 @@
 
 #include "absl/status/statusor.h"
 #include "executor/dist_bootstrap.h"
+#include "model/model_config.h"
 #include "server/engine.h"
 #include "server/server_config.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
-#include "model/model_config.h"
+#include "workers/cuda/cuda_worker_options.h"
 #include "workers/worker.h"
 
 namespace hkv {
@@ -33,12 +34,13 @@ struct LoadedModel {
 // model's context length (e.g. to serve 32k prompts with Llama-3-8B's config).
 // `chat_template`, when not empty, is a Jinja file used instead of the model's own template
 // (INVALID_ARGUMENT when it cannot be read or parsed).
-absl::StatusOr<LoadedModel> LoadModelAndTokenizer(const std::string& model_path,
-                                                  const std::string& tokenizer_path,
-                                                  bool dummy_weights = false,
-                                                  bool dummy_on_device = false,
-                                                  int32_t max_model_len = 0,
-                                                  const std::string& chat_template = "");
+absl::StatusOr<LoadedModel> LoadModelAndTokenizer(
+    const std::string& model_path, const std::string& tokenizer_path, bool dummy_weights = false,
+    bool dummy_on_device = false, int32_t max_model_len = 0, const std::string& chat_template = "");
+
+// The options every CUDA worker of `config` starts from (one GPU, or each tensor-parallel
+// rank's base): pool, step sizes, CUDA graphs and the kernel choices. Host only.
+CudaWorkerOptions CudaWorkerOptionsFor(const ServerConfig& config, const ModelConfig& model);
 
 // The device BuildEngine runs on: config.device, with "auto" meaning cuda when this build has
 // CUDA, a GPU is present and its kernels serve the model's shapes (else cpu).
