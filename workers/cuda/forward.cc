@@ -8,7 +8,6 @@
 #include "kernels/kv_select.h"
 #include "kernels/layer_ops.h"
 #include "kernels/prefill_attention.h"
-#include "kernels/prefill_attention_sm90.h"
 #include "kernels/rope_kv_append.h"
 #include "kernels/sampling.h"
 #include "workers/cuda/cuda_worker_state.h"
@@ -78,14 +77,14 @@ absl::Status CudaWorker::State::RunPrefill(const HostStep& h, int32_t k0, int32_
     case CudaPrefillKernel::kMmaSync:
       a.kernel = k::PrefillKernel::kMmaSync;
       break;
-    case CudaPrefillKernel::kWgmma:  // Create checked the GPU; the chunk's shape is checked here.
-      a.kernel = k::PrefillAttentionSm90Supported(a) ? k::PrefillKernel::kWgmma
-                                                     : k::PrefillKernel::kMmaSync;
+    case CudaPrefillKernel::kWgmma:  // Create checked the GPU.
+      a.kernel = k::PrefillKernel::kWgmma;
       break;
   }
   cudaError_t e = k::RunPrefillAttention(a, stream);
   if (e == cudaErrorNotSupported && a.kernel == k::PrefillKernel::kWgmma) {
-    // The TMA descriptors could not be made for this chunk; nothing was launched.
+    // The wgmma kernel refused this chunk (alignment, or no TMA descriptor) and launched
+    // nothing: run it on the mma.sync kernel.
     a.kernel = k::PrefillKernel::kMmaSync;
     e = k::RunPrefillAttention(a, stream);
   }
