@@ -22,7 +22,8 @@ for t in "$@"; do
   rc=$?
   pass=$(grep -oE '\[  PASSED  \] [0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
   skip=$(grep -oE '\[  SKIPPED \] [0-9]+' "$log" | grep -oE '[0-9]+$' | head -1 || echo 0)
-  fail=$(grep -oE '[0-9]+ FAILED TEST' "$log" | grep -oE '^[0-9]+' || echo 0)
+  # One "[  FAILED  ] Suite.Name (N ms)" line per failed test (--gtest_brief prints no count).
+  fail=$(grep -E '^\[  FAILED  \] [^ ]+ \([0-9]+ ms\)' "$log" | sort -u | wc -l)
   if [ "$rc" -ne 0 ]; then
     failed=1
     tail -40 "$log"

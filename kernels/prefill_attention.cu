@@ -8,7 +8,7 @@
 // tiles arrive by cp.async, K/V two stages deep; padded rows keep ldmatrix free of bank
 // conflicts; the causal mask is applied only on tiles crossing an m-tile's diagonal.
 // Measured on H100 (bench/README.md): 16 rows per warp gave 264 TFLOP/s at 32k, 32 rows 327.
-// The wgmma kernel (prefill_attention_sm90.cu) runs when a caller asks for it; see kAuto.
+// On sm_90 kAuto runs the wgmma kernel (prefill_attention_sm90.cu) instead; see kAuto.
 
 #include <type_traits>
 
@@ -327,11 +327,16 @@ cudaError_t RunPrefillAttention(const PrefillAttentionArgs& p, cudaStream_t stre
       return cudaErrorInvalidValue;
     }
   }
-  // NOTE: kAuto stays on the mma.sync kernel until the wgmma kernel (correct on the H200: its
-  // GPU test passes) is measured faster; then kAuto prefers it where supported.
   if (p.kernel == PrefillKernel::kWgmma || p.kernel == PrefillKernel::kWgmmaSerial) {
     if (PrefillAttentionSm90Supported(p)) return RunPrefillAttentionSm90(p, stream);
     return cudaErrorNotSupported;
+  }
+  // kAuto: the wgmma kernel where it can run (1.8-2.1x the mma.sync kernel on the H200 at
+  // 4k-32k, bench/README.md), else the mma.sync kernel. RunPrefillAttentionSm90 refuses (with
+  // cudaErrorNotSupported, launching nothing) only when a TMA descriptor cannot be built.
+  if (p.kernel == PrefillKernel::kAuto && PrefillAttentionSm90Supported(p)) {
+    const cudaError_t e = RunPrefillAttentionSm90(p, stream);
+    if (e != cudaErrorNotSupported) return e;
   }
   KernelArgs a{};
   a.q = p.q;

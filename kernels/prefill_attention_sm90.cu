@@ -283,41 +283,48 @@ __global__ void __launch_bounds__(kThreads, 1)
     const T* kp = static_cast<const T*>(a.k_pool);
     const T* vp = static_cast<const T*>(a.v_pool);
     const int bmask = (1 << a.block_shift) - 1;
-    // Threads other than 0 only help with the prefix tiles, which come first.
+    // Thread 0 alone waits on the empty barriers and issues every TMA load; threads 1..127 only
+    // help gather (cp.async) prefix tiles, which come first, and learn that a gathered tile's
+    // stage is free from thread 0 through named barrier 1. Invariant: only a thread that walks
+    // every tile in order waits on an mbarrier parity, so a wait is never more than one phase
+    // behind. (A helper that waited on the empty barriers of TMA-loaded tiles could fall two
+    // phases behind while thread 0 and the consumers ran on, see the parity it waits for
+    // again, and never leave: the CTA, and the kernel, would hang.)
     const int my_tiles = pt == 0 ? num_tiles : prefix_tiles;
     for (int t = 0; t < my_tiles; ++t) {
       const int stage = t % kStages;
       const uint32_t phase = (t / kStages) & 1;
       const uint32_t sk = base + L::kK + stage * L::kTileBytes;
       const uint32_t sv = base + L::kV + stage * L::kTileBytes;
-      sm90::BarWait(k_empty + 8 * stage, phase ^ 1);
       const bool by_pages = a.page_tma != 0 && (t + 1) * kBN <= prefix;
+      const bool gathered = !by_pages && t < prefix_tiles;
+      if (pt != 0 && !gathered) continue;
+      if (pt == 0) sm90::BarWait(k_empty + 8 * stage, phase ^ 1);
       if (by_pages) {  // a whole prefix tile: one TMA box per page and half (thread 0)
-        if (pt == 0) {
-          const int pages = kBN >> a.block_shift, page_bytes = 128 << a.block_shift;
-          const int32_t* tile_blocks = blocks + ((t * kBN) >> a.block_shift);
-          sm90::BarArriveExpectTx(k_full + 8 * stage, L::kTileBytes);
-          for (int j = 0; j < pages; ++j) {
-            const int32_t b = tile_blocks[j];
+        const int pages = kBN >> a.block_shift, page_bytes = 128 << a.block_shift;
+        const int32_t* tile_blocks = blocks + ((t * kBN) >> a.block_shift);
+        sm90::BarArriveExpectTx(k_full + 8 * stage, L::kTileBytes);
+        for (int j = 0; j < pages; ++j) {
+          const int32_t b = tile_blocks[j];
 #pragma unroll
-            for (int hf = 0; hf < kHalves; ++hf) {
-              sm90::TmaLoad3d(sk + hf * kBN * 128 + j * page_bytes, &tm_kp, hf * 64, 0, b,
-                              k_full + 8 * stage);
-            }
-          }
-          sm90::BarWait(v_empty + 8 * stage, phase ^ 1);
-          sm90::BarArriveExpectTx(v_full + 8 * stage, L::kTileBytes);
-          for (int j = 0; j < pages; ++j) {
-            const int32_t b = tile_blocks[j];
-#pragma unroll
-            for (int hf = 0; hf < kHalves; ++hf) {
-              sm90::TmaLoad3d(sv + hf * kBN * 128 + j * page_bytes, &tm_vp, hf * 64, 0, b,
-                              v_full + 8 * stage);
-            }
+          for (int hf = 0; hf < kHalves; ++hf) {
+            sm90::TmaLoad3d(sk + hf * kBN * 128 + j * page_bytes, &tm_kp, hf * 64, 0, b,
+                            k_full + 8 * stage);
           }
         }
-      } else if (t < prefix_tiles) {
         sm90::BarWait(v_empty + 8 * stage, phase ^ 1);
+        sm90::BarArriveExpectTx(v_full + 8 * stage, L::kTileBytes);
+        for (int j = 0; j < pages; ++j) {
+          const int32_t b = tile_blocks[j];
+#pragma unroll
+          for (int hf = 0; hf < kHalves; ++hf) {
+            sm90::TmaLoad3d(sv + hf * kBN * 128 + j * page_bytes, &tm_vp, hf * 64, 0, b,
+                            v_full + 8 * stage);
+          }
+        }
+      } else if (gathered) {
+        if (pt == 0) sm90::BarWait(v_empty + 8 * stage, phase ^ 1);
+        sm90::NamedBarrierSyncDivergent(1, 128);  // thread 0 saw the stage's K and V free
         for (int c = pt; c < kBN * kChunks; c += 128) {
           const int key = c / kChunks, ch = c % kChunks, p = t * kBN + key;
           const bool valid = p < prefix;
@@ -332,7 +339,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         sm90::CpAsyncWaitAll();
         sm90::FenceProxyAsync();
-        sm90::NamedBarrierSync(1, 128);
+        sm90::NamedBarrierSyncDivergent(1, 128);
         if (pt == 0) {
           sm90::BarArrive(k_full + 8 * stage);
           sm90::BarArrive(v_full + 8 * stage);

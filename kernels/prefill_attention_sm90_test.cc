@@ -345,18 +345,47 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"d3_fp16_d128_g1_long_prefix", DType::kFp16, 128, 1, 2, {4096, 1000}, {250, 0}, 256}),
     CaseName);
 
-// kAuto stays on the mma.sync kernel until this file's tests have passed on a Hopper GPU (see
-// prefill_attention.h): same bits as kMmaSync.
-TEST(PrefillAttentionSm90DispatchTest, AutoStaysOnMmaSyncForNow) {
+// kAuto runs the wgmma kernel where it can (an sm_90 GPU): same bits as kWgmma; elsewhere the
+// mma.sync kernel's.
+TEST(PrefillAttentionSm90DispatchTest, AutoRunsTheWgmmaKernelWhereItCan) {
   HKV_REQUIRE_GPU();
   const Case c{"auto", DType::kBf16, 128, 4, 2, {100, 300}, {}, 0};
   Inputs in;
   ASSERT_NO_FATAL_FAILURE(MakeInputs(c, &in));
-  std::vector<float> mma, autod;
-  ASSERT_EQ(RunKernel(c, in, PrefillKernel::kMmaSync, &mma), cudaSuccess);
+  std::vector<float> want, autod;
+  const PrefillKernel expected = IsSm90() ? PrefillKernel::kWgmma : PrefillKernel::kMmaSync;
+  ASSERT_EQ(RunKernel(c, in, expected, &want), cudaSuccess);
   ASSERT_EQ(RunKernel(c, in, PrefillKernel::kAuto, &autod), cudaSuccess);
-  ASSERT_EQ(mma.size(), autod.size());
-  EXPECT_EQ(0, std::memcmp(mma.data(), autod.data(), mma.size() * sizeof(float)));
+  ASSERT_EQ(want.size(), autod.size());
+  EXPECT_EQ(0, std::memcmp(want.data(), autod.data(), want.size() * sizeof(float)));
+}
+
+// The engine's chunked prefill at Llama-3-8B's attention shape (8 KV heads, 4 queries each,
+// head_dim 128): chunks of 1,024 after prefixes of 8,192 tokens (whole pages, every prefix tile
+// by TMA) and 8,200 (a gathered partial tile), launched many times. A producer thread that
+// waited on an mbarrier phase it could fall behind hung the kernel now and then here, never in
+// one launch of the cases above. Every launch must finish (RunKernel stops the process after
+// 30 s) and give the same bits as the first.
+TEST(PrefillAttentionSm90DispatchTest, RepeatedChunksAfterLongPrefixesFinish) {
+  HKV_REQUIRE_GPU();
+  if (!IsSm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
+  const Case c{"chunks", DType::kBf16, 128, 4, 8, {1024, 1024}, {8192, 8200}, 0};
+  Inputs in;
+  ASSERT_NO_FATAL_FAILURE(MakeInputs(c, &in));
+  std::vector<float> first, out;
+  ASSERT_EQ(RunKernel(c, in, PrefillKernel::kWgmma, &first), cudaSuccess);
+  for (int i = 0; i < 60; ++i) {
+    ASSERT_EQ(RunKernel(c, in, PrefillKernel::kWgmma, &out), cudaSuccess) << "launch " << i;
+    ASSERT_EQ(0, std::memcmp(first.data(), out.data(), out.size() * sizeof(float)))
+        << "launch " << i;
+  }
+  std::vector<float> mma;
+  ASSERT_EQ(RunKernel(c, in, PrefillKernel::kMmaSync, &mma), cudaSuccess);
+  double worst = 0.0;
+  for (size_t x = 0; x < mma.size(); ++x) {
+    worst = std::max(worst, static_cast<double>(std::fabs(mma[x] - first[x])));
+  }
+  EXPECT_LT(worst, 2e-2) << "wgmma vs mma.sync, max abs difference";
 }
 
 }  // namespace

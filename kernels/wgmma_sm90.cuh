@@ -142,6 +142,11 @@ __device__ __forceinline__ void FenceProxyAsync() {
 __device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// The same without `.aligned`: for threads of a warp that reach it on divergent paths (the
+// producer warp, whose thread 0 runs ahead issuing TMA loads while its other lanes wait).
+__device__ __forceinline__ void NamedBarrierSyncDivergent(int id, int threads) {
+  asm volatile("barrier.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 __device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }

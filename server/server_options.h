@@ -65,7 +65,7 @@ inline constexpr int32_t kDefaultMaxConcurrentStreams = 2048;
     "token's bytes)")                                                                            \
   X(int32_t, cuda_graph_max_batch, 256, "Largest decode batch run as a CUDA graph (0: eager)")   \
   X(std::string, cuda_prefill_kernel, "auto",                                                    \
-    "Prefill attention kernel: auto (mma today) | mma | wgmma (Hopper wgmma + TMA; sm_90 only)") \
+    "Prefill attention kernel: auto (wgmma on sm_90, else mma) | mma | wgmma (sm_90 only)")      \
   X(bool, cuda_fused_decode, false,                                                              \
     "Fused decode layers on one GPU (RMSNorm + GEMV, RoPE + KV append in one kernel each)")      \
   X(int32_t, max_queue, 1024, "Most requests waiting; more get RESOURCE_EXHAUSTED")              \

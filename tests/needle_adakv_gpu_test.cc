@@ -139,7 +139,25 @@ std::map<std::string, nlohmann::json> EvalRecords(const std::string& dir) {
   return out;
 }
 
-TEST(NeedleAdaKvGpuTest, CudaAdaKvMatchesTheCpuWorker) {
+// The CPU's and the GPU's two best tokens and their logits: tells a bf16 near-tie from a
+// different kept set (which moves the whole distribution) when a step disagrees.
+std::string TopTwo(const std::vector<float>& logits) {
+  if (logits.size() < 2) return "-";
+  std::vector<int> idx(logits.size());
+  for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int>(i);
+  std::partial_sort(idx.begin(), idx.begin() + 2, idx.end(),
+                    [&](int a, int b) { return logits[a] > logits[b]; });
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), "%d (%.3f), %d (%.3f)", idx[0], logits[idx[0]], idx[1],
+                logits[idx[1]]);
+  return buf;
+}
+
+// Each prefill attention kernel the worker can run (kAuto: the wgmma kernel on an H100/H200),
+// so that a disagreement names the kernel it comes with.
+class NeedleAdaKvGpuTest : public ::testing::TestWithParam<CudaPrefillKernel> {};
+
+TEST_P(NeedleAdaKvGpuTest, CudaAdaKvMatchesTheCpuWorker) {
   if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   const std::string dir = SourceDir() + "/tests/data/needle";
   auto model = LoadHfModel(dir);
@@ -154,6 +172,7 @@ TEST(NeedleAdaKvGpuTest, CudaAdaKvMatchesTheCpuWorker) {
   o.activation_reserve_bytes = 256 << 20;
   o.max_step_tokens = 4096;
   o.max_seqs = 4;
+  o.prefill_kernel = GetParam();
   auto gpu = CudaWorker::Create(shared, o);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   (*gpu)->set_return_logits(true);
@@ -200,11 +219,14 @@ TEST(NeedleAdaKvGpuTest, CudaAdaKvMatchesTheCpuWorker) {
       // Greedy along the CPU's path.
       for (int32_t step = 0; step < 8; ++step) {
         const std::vector<float>& want = rc->seqs[0].logits;
+        const std::string tops =
+            "cpu top-2 " + TopTwo(want) + "; gpu top-2 " + TopTwo(rg->seqs[0].logits);
         if (same_counts) {  // Else the kept sets differ by design: only the tokens compare.
-          EXPECT_LT(RelativeError(rg->seqs[0].logits, want), 2 * kTolerance) << "step " << step;
+          EXPECT_LT(RelativeError(rg->seqs[0].logits, want), 2 * kTolerance)
+              << "step " << step << ": " << tops;
         }
         if (ClearGreedyMargin(want, kTolerance)) {
-          EXPECT_EQ(rg->seqs[0].token, rc->seqs[0].token) << "step " << step;
+          EXPECT_EQ(rg->seqs[0].token, rc->seqs[0].token) << "step " << step << ": " << tops;
           ++compared;
         }
         ++steps;
@@ -223,6 +245,13 @@ TEST(NeedleAdaKvGpuTest, CudaAdaKvMatchesTheCpuWorker) {
       static_cast<long long>(compared), static_cast<long long>(steps));
   EXPECT_GT(compared, 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(PrefillKernels, NeedleAdaKvGpuTest,
+                         ::testing::Values(CudaPrefillKernel::kMmaSync, CudaPrefillKernel::kAuto),
+                         [](const ::testing::TestParamInfo<CudaPrefillKernel>& i) {
+                           return i.param == CudaPrefillKernel::kMmaSync ? std::string("mma")
+                                                                         : std::string("auto");
+                         });
 
 }  // namespace
 }  // namespace hkv

@@ -39,7 +39,7 @@ struct FusedGemvCols {
 };
 
 // Which prefill attention kernel the worker runs (kernels/prefill_attention.h).
-//   kAuto: the kernels' own choice (mma.sync today; see PrefillKernel::kAuto).
+//   kAuto: the kernels' own choice (wgmma on sm_90, else mma.sync; see PrefillKernel::kAuto).
 //   kMmaSync: the mma.sync kernel (sm_80 and up), the reference.
 //   kWgmma: the Hopper wgmma + TMA kernel wherever its checks pass for a step's chunk (16-byte
 //     aligned pointers and strides), mma.sync for the rest; CudaWorker::Create refuses it on a

@@ -353,7 +353,8 @@ TEST_F(CudaWorkerTest, FusedDecodeMatchesTheUnfusedKernels) {
   (*fused)->set_return_logits(true);
   const ModelConfig& cfg = model_->config;
   std::vector<TestSeq> seqs;
-  for (int i = 0; i < 3; ++i) seqs.push_back(TestSeq{20 + i, {}, 0});
+  // Slots 5..7: the pool holds 16 slots' blocks (a slot of 16 or more is outside it).
+  for (int i = 0; i < 3; ++i) seqs.push_back(TestSeq{5 + i, {}, 0});
   std::vector<TokenId> next(3);
   BatchBuilder prefill(cfg);
   for (int i = 0; i < 3; ++i) prefill.AddPlain(&seqs[i], Prompt(20 + 7 * i, 20 + i), true, 0);
