@@ -8,8 +8,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <numeric>
-#include <queue>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/decode_attention.h"
@@ -285,17 +285,20 @@ __global__ void __launch_bounds__(kHeadDim) DecodeMergeKernel(DecodeArgs a) {
 int GroupBucket(int group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
 
 // Simulated makespan of the work list on `slots` CTA slots, items issued in order.
+// REQUIRES: costs sorted in descending order (LPT), so the first `slots` items each start at 0
+// on a slot of their own and the slot that frees first is always the heap's top.
 double Makespan(const std::vector<int64_t>& costs, int slots) {
-  std::priority_queue<double, std::vector<double>, std::greater<double>> free_at;
-  for (int i = 0; i < slots; ++i) free_at.push(0.0);
-  double end = 0.0;
-  for (int64_t c : costs) {
-    const double t = free_at.top() + static_cast<double>(c);
-    free_at.pop();
-    free_at.push(t);
-    end = std::max(end, t);
+  const size_t first = std::min(costs.size(), static_cast<size_t>(std::max(slots, 1)));
+  std::vector<int64_t> free_at(costs.begin(), costs.begin() + first);  // a min-heap below
+  std::make_heap(free_at.begin(), free_at.end(), std::greater<int64_t>());
+  int64_t end = costs.empty() ? 0 : costs.front();
+  for (size_t i = first; i < costs.size(); ++i) {
+    std::pop_heap(free_at.begin(), free_at.end(), std::greater<int64_t>());
+    free_at.back() += costs[i];
+    end = std::max(end, free_at.back());
+    std::push_heap(free_at.begin(), free_at.end(), std::greater<int64_t>());
   }
-  return end;
+  return static_cast<double>(end);
 }
 
 constexpr int64_t kItemOverheadTokens = 48;  // fixed cost of a CTA, in token-equivalents
@@ -317,7 +320,11 @@ int64_t SplitsFor(int64_t len, int64_t chunk) {
 }
 
 // Picks the split chunk (0 = no split): among a few candidates, the one whose work list has
-// the smallest simulated makespan on `slots` CTA slots in LPT order.
+// the smallest simulated makespan on `slots` CTA slots in LPT order. Runs on the host for every
+// layer of every decode step whose rows differ from the previous layer's (HeadKV's ragged rows:
+// all of them), so it avoids work that cannot change the answer: candidates that round to the
+// same chunk are evaluated once, and a list of no more items than slots needs no simulation
+// (each item gets its own slot: the makespan is the largest item).
 int64_t ChooseChunk(const std::vector<int64_t>& lens, int64_t total, int64_t longest, int slots,
                     int64_t max_work_items) {
   // Fast path: no row is longer than an even share of the GPU, so splitting cannot help.
@@ -325,33 +332,50 @@ int64_t ChooseChunk(const std::vector<int64_t>& lens, int64_t total, int64_t lon
   int64_t best_chunk = 0;
   double best_time = 1e300;
   const double factors[] = {0.0, 1.0, 2.0, 4.0, 8.0};
+  int64_t tried[std::size(factors)];
+  int num_tried = 0;
+  std::vector<int64_t> costs;
   for (double f : factors) {
     int64_t chunk = 0;
     if (f > 0.0) {
       chunk = static_cast<int64_t>(std::ceil(static_cast<double>(total) / (slots * f)));
       chunk = std::max<int64_t>(kMinChunk, (chunk + kChunkAlign - 1) / kChunkAlign * kChunkAlign);
+      // A chunk no shorter than the longest row splits nothing: the same list as chunk 0.
+      if (chunk >= longest) chunk = 0;
     }
-    std::vector<int64_t> costs;
-    for (int64_t len : lens) {
-      const int64_t ns = SplitsFor(len, chunk);
-      for (int64_t i = 0; i < ns; ++i) {
-        costs.push_back(SplitBegin(len, i + 1, ns) - SplitBegin(len, i, ns) + kItemOverheadTokens);
-      }
-    }
-    if (static_cast<int64_t>(costs.size()) > max_work_items) continue;
+    if (std::find(tried, tried + num_tried, chunk) != tried + num_tried) continue;
+    tried[num_tried++] = chunk;
+    int64_t items = 0;
+    for (int64_t len : lens) items += SplitsFor(len, chunk);
+    if (items > max_work_items) continue;
     double t = 0.0;
-    if (static_cast<int64_t>(costs.size()) <= kSimulateMaxItems) {
+    if (items <= slots || items > kSimulateMaxItems) {
+      // One item per slot: the largest item. Many items (large batches): the LPT bound, close
+      // to the simulation, in O(items) instead of O(items log slots).
+      int64_t sum = 0, biggest = 0;
+      for (int64_t len : lens) {
+        const int64_t ns = SplitsFor(len, chunk);
+        for (int64_t i = 0; i < ns; ++i) {
+          const int64_t c =
+              SplitBegin(len, i + 1, ns) - SplitBegin(len, i, ns) + kItemOverheadTokens;
+          sum += c;
+          biggest = std::max(biggest, c);
+        }
+      }
+      t = items <= slots ? static_cast<double>(biggest)
+                         : std::max(static_cast<double>(biggest), static_cast<double>(sum) / slots);
+    } else {
+      costs.clear();
+      costs.reserve(static_cast<size_t>(items));
+      for (int64_t len : lens) {
+        const int64_t ns = SplitsFor(len, chunk);
+        for (int64_t i = 0; i < ns; ++i) {
+          costs.push_back(SplitBegin(len, i + 1, ns) - SplitBegin(len, i, ns) +
+                          kItemOverheadTokens);
+        }
+      }
       std::sort(costs.begin(), costs.end(), std::greater<int64_t>());
       t = Makespan(costs, slots);
-    } else {
-      // Many items (large batches, planned every layer of every step): the LPT bound is close
-      // to the simulation and costs O(items) instead of O(items log slots).
-      int64_t sum = 0, biggest = 0;
-      for (int64_t c : costs) {
-        sum += c;
-        biggest = std::max(biggest, c);
-      }
-      t = std::max(static_cast<double>(biggest), static_cast<double>(sum) / slots);
     }
     t *= 1.0 + 1e-3 * f;  // prefer fewer splits on ties
     if (t < best_time) {
@@ -437,8 +461,24 @@ cudaError_t BuildDecodePlan(const DecodePlanOptions& o, const int32_t* host_indp
                        static_cast<int32_t>(items.size())});
     }
   }
-  std::stable_sort(items.begin(), items.end(),
-                   [](const Item& x, const Item& y) { return x.end - x.begin > y.end - y.begin; });
+  // Longest items first, ties in row order (a stable sort by length, descending). Items are
+  // at most the longest row long, so where that is short next to the item count (HeadKV's
+  // ragged rows, large batches: thousands of items every layer of every step) a counting sort
+  // gives the same order in O(items + longest).
+  int32_t max_item = 0;
+  for (const Item& it : items) max_item = std::max(max_item, it.end - it.begin);
+  if (static_cast<size_t>(max_item) <= 4 * items.size()) {
+    std::vector<int32_t> start(static_cast<size_t>(max_item) + 2, 0);
+    for (const Item& it : items) ++start[max_item - (it.end - it.begin) + 1];
+    for (size_t k = 1; k < start.size(); ++k) start[k] += start[k - 1];
+    std::vector<Item> sorted(items.size());
+    for (const Item& it : items) sorted[start[max_item - (it.end - it.begin)]++] = it;
+    items.swap(sorted);
+  } else {
+    std::stable_sort(items.begin(), items.end(), [](const Item& x, const Item& y) {
+      return x.end - x.begin > y.end - y.begin;
+    });
+  }
   int32_t num_merge = 0;
   for (int r = 0; r < num_rows; ++r) {
     if (meta[L.row_num_splits + r] > 1) meta[L.merge_row + num_merge++] = r;

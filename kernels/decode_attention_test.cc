@@ -9,6 +9,8 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/reference.h"
@@ -211,13 +213,13 @@ TEST(DecodeAttentionPlanTest, RebaseEqualsAFreshPlanForRowsOfTheSameLengths) {
   std::vector<int32_t> meta0(DecodeMetaInts(opt)), fresh(DecodeMetaInts(opt)),
       rebased(DecodeMetaInts(opt));
   DecodePlan p0, p1;
-  ASSERT_EQ(BuildDecodePlan(opt, indptr.data(), last.data(), 3, 16, layer0.data(), meta0.data(),
-                            &p0),
-            cudaSuccess);
+  ASSERT_EQ(
+      BuildDecodePlan(opt, indptr.data(), last.data(), 3, 16, layer0.data(), meta0.data(), &p0),
+      cudaSuccess);
   ASSERT_GT(p0.num_work_items, 3);  // the 40-block row was split
-  ASSERT_EQ(BuildDecodePlan(opt, indptr.data(), last.data(), 3, 16, layer1.data(), fresh.data(),
-                            &p1),
-            cudaSuccess);
+  ASSERT_EQ(
+      BuildDecodePlan(opt, indptr.data(), last.data(), 3, 16, layer1.data(), fresh.data(), &p1),
+      cudaSuccess);
   ASSERT_TRUE(RebaseDecodePlan(p0, meta0.data(), indptr.data(), last.data(), 16, layer1.data(),
                                rebased.data()));
   EXPECT_EQ(rebased, fresh);
@@ -226,6 +228,89 @@ TEST(DecodeAttentionPlanTest, RebaseEqualsAFreshPlanForRowsOfTheSameLengths) {
   EXPECT_FALSE(RebaseDecodePlan(p0, meta0.data(), indptr.data(), other_last.data(), 16,
                                 layer1.data(), untouched.data()));
   EXPECT_EQ(untouched, std::vector<int32_t>(DecodeMetaInts(opt), -7));
+}
+
+// Host only: HeadKV-like ragged rows (thousands of rows of 70-800 tokens and a few long ones,
+// the planner's counting-sort and simulated-makespan paths). The work list's layout is
+// kernels/decode_attention.cu's MetaLayout: header (num_work, num_merge), then work_row,
+// work_begin, work_end, work_slot, work_first_block (max_work_items each), row_split_begin,
+// row_num_splits, merge_row (max_rows each). Every row is covered by its splits, in order and
+// without gaps; items run longest first, ties in row order; split rows are the merge rows.
+TEST(DecodeAttentionPlanTest, WorkListCoversEveryRowLongestFirst) {
+  std::mt19937 rng(11);
+  for (int32_t rows : {1, 40, 512, 2048}) {
+    SCOPED_TRACE("rows " + std::to_string(rows));
+    DecodePlanOptions opt;
+    opt.max_rows = rows;
+    opt.max_work_items = rows + 1024;
+    opt.group_size = 4;
+    opt.head_dim = 128;
+    opt.num_sms = 132;
+    std::vector<int32_t> indptr{0}, last;
+    std::vector<int64_t> want_len;
+    for (int32_t r = 0; r < rows; ++r) {
+      int64_t len = 70 + static_cast<int64_t>(rng() % 731);
+      if (r % 97 == 5) len = 4000 + rng() % 9000;
+      const int32_t blocks = static_cast<int32_t>((len + 15) / 16);
+      indptr.push_back(indptr.back() + blocks);
+      last.push_back(static_cast<int32_t>(len - 16 * (blocks - 1)));
+      want_len.push_back(len);
+    }
+    std::vector<int32_t> meta(DecodeMetaInts(opt));
+    DecodePlan plan;
+    ASSERT_EQ(
+        BuildDecodePlan(opt, indptr.data(), last.data(), rows, 16, nullptr, meta.data(), &plan),
+        cudaSuccess);
+    const int64_t W = opt.max_work_items, R = opt.max_rows;
+    const int64_t work_row = 2, work_begin = work_row + W, work_end = work_begin + W,
+                  work_slot = work_end + W, work_first = work_slot + W,
+                  split_begin = work_first + W, num_splits = split_begin + R,
+                  merge_row = num_splits + R;
+    const int32_t items = meta[0];
+    ASSERT_EQ(items, plan.num_work_items);
+    ASSERT_GE(items, rows);
+    ASSERT_LE(items, W);
+    // Each row's splits, by slot: contiguous from 0 to the row's length.
+    std::vector<std::vector<std::pair<int32_t, int32_t>>> by_row(rows);
+    std::vector<int32_t> slot_seen(items, 0);
+    for (int32_t i = 0; i < items; ++i) {
+      const int32_t r = meta[work_row + i], b = meta[work_begin + i], e = meta[work_end + i];
+      ASSERT_GE(r, 0);
+      ASSERT_LT(r, rows);
+      ASSERT_LT(b, e) << "item " << i;
+      EXPECT_EQ(meta[work_first + i], indptr[r]);
+      const int32_t slot = meta[work_slot + i];
+      ASSERT_GE(slot, meta[split_begin + r]);
+      ASSERT_LT(slot, meta[split_begin + r] + meta[num_splits + r]);
+      ++slot_seen[slot];
+      by_row[r].push_back({b, e});
+      if (i > 0) {
+        const int32_t prev = meta[work_end + i - 1] - meta[work_begin + i - 1];
+        ASSERT_GE(prev, e - b) << "items must run longest first (item " << i << ")";
+        if (prev == e - b) {
+          ASSERT_LE(meta[work_row + i - 1], r) << "ties keep row order (item " << i << ")";
+        }
+      }
+    }
+    EXPECT_EQ(slot_seen, std::vector<int32_t>(items, 1));
+    int32_t merges = 0;
+    for (int32_t r = 0; r < rows; ++r) {
+      std::sort(by_row[r].begin(), by_row[r].end());
+      ASSERT_EQ(static_cast<int32_t>(by_row[r].size()), meta[num_splits + r]);
+      int32_t at = 0;
+      for (const auto& [b, e] : by_row[r]) {
+        ASSERT_EQ(b, at) << "row " << r;
+        at = e;
+      }
+      EXPECT_EQ(at, want_len[r]) << "row " << r;
+      if (meta[num_splits + r] > 1) {
+        ASSERT_LT(merges, meta[1]);
+        EXPECT_EQ(meta[merge_row + merges], r);
+        ++merges;
+      }
+    }
+    EXPECT_EQ(merges, meta[1]);
+  }
 }
 
 // One batch-wide CSR with rows (seq, layer, kv_head), as in common/batch.h: each layer is
