@@ -8,11 +8,15 @@
 //
 //   decode_step_profile [--config DIR] [--batch 1,64] [--context 1024] [--steps 50]
 //                       [--mode both|fused|unfused] [--gemv_cols QKV,O,GATE_UP,DOWN]
+//                       [--headkv SCORES_JSON] [--budget 128]
 //
 // --mode picks the workers: one with CudaWorkerOptions::fused_decode off (the default kernels)
 // and/or one with it on. --gemv_cols sets the fused worker's options.fused_gemv_cols (the fused
 // products' columns per warp: 1, 2 or 4 each). Phase times come from events between kernels
 // (workers/cuda/phase_timer.h) and add up to more than an unprofiled eager step. CUDA builds only.
+// --headkv gives every row the length a HeadKV-B plan of those scores keeps of a `context`-token
+// prompt (KeptTokens: cap + window per (layer, KV head)) instead of `context`: the ragged rows
+// whose layers differ, so the worker plans decode attention per layer as a HeadKV decode does.
 
 #include <cuda_runtime.h>
 
@@ -30,6 +34,9 @@
 #include "common/batch.h"
 #include "common/paths.h"
 #include "common/status_macros.h"
+#include "headkv/head_budget_planner.h"
+#include "headkv/head_scores.h"
+#include "headkv/kv_policy.h"
 #include "model/hf_config.h"
 #include "model/model_config.h"
 #include "workers/cuda/cuda_worker.h"
@@ -45,6 +52,8 @@ struct Flags {
   std::string mode = "both";
   std::string gemv_cols;  // as given, for the header line
   FusedGemvCols cols;
+  std::string headkv_scores;  // empty: full KV, every row `context` tokens
+  int32_t budget = 128;
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -66,6 +75,10 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     } else if (k == "--mode") {
       f->mode = v;
       if (v != "both" && v != "fused" && v != "unfused") return false;
+    } else if (k == "--headkv") {
+      f->headkv_scores = v;
+    } else if (k == "--budget") {
+      if (!absl::SimpleAtoi(v, &f->budget) || f->budget < 9) return false;
     } else if (k == "--gemv_cols") {
       f->gemv_cols = v;
       std::vector<int32_t> c;
@@ -83,14 +96,16 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
   return argc % 2 == 1;
 }
 
-// A decode step of `batch` sequences, each with `context` tokens cached in every row.
-Batch DecodeBatch(const ModelConfig& c, int32_t batch, int32_t context, int32_t block_size) {
+// A decode step of `batch` sequences; row r of each holds row_len[r] cached tokens
+// (r = layer * num_kv_heads + head).
+Batch DecodeBatch(const ModelConfig& c, int32_t batch, const std::vector<int32_t>& row_len,
+                  int32_t block_size) {
   Batch b;
   b.num_layers = c.num_layers;
   b.num_kv_heads = c.num_kv_heads;
   b.block_size = block_size;
   b.kv_indptr = {0};
-  const int32_t blocks = (context + 1 + block_size - 1) / block_size;
+  const int32_t context = *std::max_element(row_len.begin(), row_len.end());
   int32_t next = 0;
   for (int32_t s = 0; s < batch; ++s) {
     SequenceStep st;
@@ -101,10 +116,11 @@ Batch DecodeBatch(const ModelConfig& c, int32_t batch, int32_t context, int32_t 
     st.num_prompt_tokens = context;
     b.seqs.push_back(st);
     for (int64_t r = 0; r < static_cast<int64_t>(c.num_layers) * c.num_kv_heads; ++r) {
+      const int32_t blocks = (row_len[r] + 1 + block_size - 1) / block_size;
       for (int32_t i = 0; i < blocks; ++i) b.kv_indices.push_back(next++);
       b.kv_indptr.push_back(static_cast<int32_t>(b.kv_indices.size()));
-      b.kv_len_before.push_back(context);
-      b.kv_len_after.push_back(context + 1);
+      b.kv_len_before.push_back(row_len[r]);
+      b.kv_len_after.push_back(row_len[r] + 1);
     }
   }
   return b;
@@ -155,9 +171,10 @@ double PhaseBytes(const std::string& name, const ModelConfig& c, double kv_bytes
   return 0;
 }
 
-absl::Status Profile(CudaWorker& w, const ModelConfig& c, const Flags& f, int32_t batch, bool fused,
+absl::Status Profile(CudaWorker& w, const ModelConfig& c, const Flags& f,
+                     const std::vector<int32_t>& row_len, int32_t batch, bool fused,
                      double copy_bw) {
-  const Batch b = DecodeBatch(c, batch, f.context, 16);
+  const Batch b = DecodeBatch(c, batch, row_len, 16);
   w.set_phase_profile(false);
   w.set_graphs_enabled(true);
   HKV_ASSIGN_OR_RETURN(const double graph_us, TimeSteps(w, b, f.steps));
@@ -175,12 +192,16 @@ absl::Status Profile(CudaWorker& w, const ModelConfig& c, const Flags& f, int32_
           (static_cast<double>(c.dim) * (c.q_size() + 2.0 * c.kv_size()) +
            static_cast<double>(c.q_size()) * c.dim + 3.0 * c.hidden_dim * c.dim) +
       2.0 * c.vocab_size * c.dim;
-  const double kv = 2.0 * 2.0 * batch * L * c.num_kv_heads * (f.context + 1.0) * c.head_dim;
+  double row_tokens = 0;  // over one sequence's rows, the decode token included
+  for (int32_t n : row_len) row_tokens += n + 1.0;
+  const double kv = 2.0 * 2.0 * batch * row_tokens * c.head_dim;
   const double bound_us = (weights + kv) / copy_bw * 1e6;
   double total = 0;
   for (const auto& p : phases) total += p.us_per_step;
-  std::printf("\n### batch %d, context %d, %s kernels\n\n", batch, f.context,
-              fused ? "fused" : "unfused");
+  std::printf(
+      "\n### batch %d, context %d, %s, %s kernels\n\n", batch, f.context,
+      f.headkv_scores.empty() ? "full KV" : ("HeadKV B=" + std::to_string(f.budget)).c_str(),
+      fused ? "fused" : "unfused");
   std::printf(
       "Step: graph %.1f us (%.1f tok/s per sequence, %.0f%% of the bound), eager %.1f us; "
       "bound %.1f us = %.2f GB / %.2f TB/s copy bandwidth. Profiled eager phases sum to %.1f "
@@ -210,10 +231,23 @@ absl::Status Run(const Flags& f) {
   model->config = config;
   model->device_dummy_seed = 0;
   const int32_t max_batch = *std::max_element(f.batches.begin(), f.batches.end());
-  const int64_t blocks_per_row = (f.context + 1 + 15) / 16;
+  std::vector<int32_t> row_len(static_cast<size_t>(config.num_layers) * config.num_kv_heads,
+                               f.context);
+  if (!f.headkv_scores.empty()) {
+    HKV_ASSIGN_OR_RETURN(HeadScores scores, LoadHeadScores(f.headkv_scores));
+    KvPolicy policy;
+    policy.name = KvPolicyName::kHeadKv;
+    policy.budget = f.budget;
+    policy.scores = std::make_shared<const HeadScores>(std::move(scores));
+    HKV_ASSIGN_OR_RETURN(const HeadBudgetPlan plan,
+                         HeadBudgetPlanner::Plan(policy, config.num_layers, config.num_kv_heads));
+    row_len = plan.KeptTokens(f.context);
+  }
+  int64_t blocks_per_seq = 0;
+  for (int32_t n : row_len) blocks_per_seq += (n + 1 + 15) / 16;
   CudaWorkerOptions o;
   o.block_size = 16;
-  o.num_blocks = blocks_per_row * config.num_layers * config.num_kv_heads * max_batch;
+  o.num_blocks = blocks_per_seq * max_batch;
   o.max_seqs = std::max(max_batch, 256);
   o.cuda_graph_max_batch = std::max(max_batch, 256);
   o.fused_gemv_cols = f.cols;
@@ -232,7 +266,7 @@ absl::Status Run(const Flags& f) {
     o.fused_decode = fused;  // one worker per kernel set, as a server would start it
     HKV_ASSIGN_OR_RETURN(std::unique_ptr<CudaWorker> w, CudaWorker::Create(model, o));
     for (int32_t batch : f.batches) {
-      HKV_RETURN_IF_ERROR(Profile(*w, config, f, batch, fused, copy_bw));
+      HKV_RETURN_IF_ERROR(Profile(*w, config, f, row_len, batch, fused, copy_bw));
     }
   }
   return absl::OkStatus();
@@ -246,7 +280,8 @@ int main(int argc, char** argv) {
   if (!hkv::ParseFlags(argc, argv, &f)) {
     std::fprintf(stderr,
                  "usage: decode_step_profile [--config DIR] [--batch 1,64] [--context 1024] "
-                 "[--steps 50] [--mode both|fused|unfused] [--gemv_cols QKV,O,GATE_UP,DOWN]\n");
+                 "[--steps 50] [--mode both|fused|unfused] [--gemv_cols QKV,O,GATE_UP,DOWN] "
+                 "[--headkv SCORES_JSON] [--budget 128]\n");
     return 2;
   }
   const absl::Status s = hkv::Run(f);

@@ -13,9 +13,12 @@
 #              32k HeadKV prefill with each prefill kernel.
 #     sweep    run_kernel_bench.py --sweep: the single-launch decode variants and their flags.
 #     fused    bench/gpu_fused_decode.sh: the decode step's per-kernel table, unfused and fused.
+#     headkv   decode_step_profile at batch 64 and 256, context 512, full KV then HeadKV B=128
+#              rows (per-layer plans): where HeadKV's short-context decode step loses to full.
 #     long     bench/gpu_long_prompt_bench.sh scenario: decode streams while 32k prompts arrive,
-#              with prefill pacing (--max-step-ms 100 --max-prefill-share 0.35), then again with
-#              the wgmma prefill kernel (SERVE_EXTRA_ARGS adds more hkv serve flags).
+#              with prefill pacing (--max-step-ms 100 --max-prefill-share 0.35), with the default
+#              prefill kernel (auto: wgmma on sm_90), then with mma.sync (SERVE_EXTRA_ARGS adds
+#              more hkv serve flags). About 200 s each.
 #
 # Example (on the GPU machine, the bundle carried in .dev/b1):
 #   mkdir -p /tmp/hkv && tar xJf .dev/b1/bundle.tar.xz -C /tmp/hkv
@@ -57,15 +60,21 @@ case "$phase" in
   fused)
     bash "$here/gpu_fused_decode.sh" "$dir"
     ;;
+  headkv)
+    "$dir/bin/decode_step_profile" --batch 64,256 --context 512 --steps 30 --mode unfused
+    "$dir/bin/decode_step_profile" --batch 64,256 --context 512 --steps 30 --mode unfused \
+      --headkv "$scores" --budget 128
+    ;;
   long)
     pacing="--max-step-ms 100 --max-prefill-share 0.35"
-    SERVE_EXTRA_ARGS="$pacing ${SERVE_EXTRA_ARGS:-}" \
-      bash "$here/gpu_long_prompt_bench.sh" "$dir/bin" "$scores" "$out/$phase/mma" scenario 8192
-    SERVE_EXTRA_ARGS="$pacing --cuda-prefill-kernel wgmma ${SERVE_EXTRA_ARGS:-}" \
-      bash "$here/gpu_long_prompt_bench.sh" "$dir/bin" "$scores" "$out/$phase/wgmma" scenario 8192
+    for kernel in auto mma; do
+      SERVE_EXTRA_ARGS="$pacing --cuda-prefill-kernel $kernel ${SERVE_EXTRA_ARGS:-}" \
+        bash "$here/gpu_long_prompt_bench.sh" "$dir/bin" "$scores" "$out/$phase/$kernel" \
+        scenario 8192
+    done
     ;;
   *)
-    echo "unknown phase '$phase' (tests, kernels, sweep, fused, long)"
+    echo "unknown phase '$phase' (tests, kernels, sweep, fused, headkv, long)"
     exit 2
     ;;
 esac
