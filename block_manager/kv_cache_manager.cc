@@ -66,10 +66,18 @@ bool KvCacheManager::Append(RequestId seq, absl::Span<const int32_t> new_tokens_
   };
   static const BlockTable kEmpty;
   std::vector<int32_t> need(config_.num_partitions, 0);
+  // Per row, once (each is a lookup of the last block's count in the pool, a cache miss at
+  // batch 256 x 256 rows): whether its shared last block is copied first, and its new blocks.
+  // Releasing one row's shared block below never changes another row's answer: the rows of a
+  // sequence hold distinct blocks (forks share blocks across sequences only).
+  std::vector<uint8_t> copy(rows);
+  std::vector<int32_t> grow(rows);
   for (int32_t r = 0; r < rows; ++r) {
     const BlockTable& t = it == seqs_.end() ? kEmpty : it->second.rows[r];
     const int32_t n = new_tokens_per_row[r];
-    need[partition(r)] += t.NewBlocksFor(n, config_.block_size) + (NeedsCopy(t, n) ? 1 : 0);
+    copy[r] = NeedsCopy(t, n) ? 1 : 0;
+    grow[r] = t.NewBlocksFor(n, config_.block_size);
+    need[partition(r)] += grow[r] + copy[r];
   }
   for (int32_t p = 0; p < config_.num_partitions; ++p) {
     if (need[p] > pool_.num_free(p)) return false;
@@ -91,13 +99,12 @@ bool KvCacheManager::Append(RequestId seq, absl::Span<const int32_t> new_tokens_
   for (int32_t r = 0; r < rows; ++r) {
     BlockTable& t = kv.rows[r];
     const int32_t n = new_tokens_per_row[r], p = partition(r);
-    if (kv.exported && n > 0 &&
-        (!uniform || NeedsCopy(t, n) || t.NewBlocksFor(n, config_.block_size) > 0)) {
+    if (kv.exported && n > 0 && (!uniform || copy[r] || grow[r] > 0)) {
       // A copy-on-write replaces the last block; growth appends after the current ones.
       const int32_t held = static_cast<int32_t>(t.blocks.size());
-      MarkRowChanged(kv, r, NeedsCopy(t, n) ? held - 1 : held);
+      MarkRowChanged(kv, r, copy[r] ? held - 1 : held);
     }
-    if (NeedsCopy(t, n)) {
+    if (copy[r]) {
       // The shared block stays held by its other tables until this step's copy has read it:
       // copies run first in the step, and a block freed now is reallocated only by a later
       // Schedule, after the step.
@@ -107,9 +114,9 @@ bool KvCacheManager::Append(RequestId seq, absl::Span<const int32_t> new_tokens_
       pool_.Release(shared);
       t.blocks.back() = copy;
     }
-    const int32_t grow = t.NewBlocksFor(n, config_.block_size);
-    t.blocks.insert(t.blocks.end(), fresh[p].begin() + next[p], fresh[p].begin() + next[p] + grow);
-    next[p] += grow;
+    t.blocks.insert(t.blocks.end(), fresh[p].begin() + next[p],
+                    fresh[p].begin() + next[p] + grow[r]);
+    next[p] += grow[r];
     t.num_tokens += n;
   }
   for (int32_t p = 0; p < config_.num_partitions; ++p) HKV_CHECK(next[p] == fresh[p].size());
