@@ -348,32 +348,30 @@ int64_t ChooseChunk(const std::vector<int64_t>& lens, int64_t total, int64_t lon
     int64_t items = 0;
     for (int64_t len : lens) items += SplitsFor(len, chunk);
     if (items > max_work_items) continue;
+    // Calls f(cost) for every work item of this chunk, in row order.
+    auto for_each_cost = [&](auto&& f) {
+      for (int64_t len : lens) {
+        const int64_t ns = SplitsFor(len, chunk);
+        for (int64_t i = 0; i < ns; ++i) {
+          f(SplitBegin(len, i + 1, ns) - SplitBegin(len, i, ns) + kItemOverheadTokens);
+        }
+      }
+    };
     double t = 0.0;
     if (items <= slots || items > kSimulateMaxItems) {
       // One item per slot: the largest item. Many items (large batches): the LPT bound, close
       // to the simulation, in O(items) instead of O(items log slots).
       int64_t sum = 0, biggest = 0;
-      for (int64_t len : lens) {
-        const int64_t ns = SplitsFor(len, chunk);
-        for (int64_t i = 0; i < ns; ++i) {
-          const int64_t c =
-              SplitBegin(len, i + 1, ns) - SplitBegin(len, i, ns) + kItemOverheadTokens;
-          sum += c;
-          biggest = std::max(biggest, c);
-        }
-      }
+      for_each_cost([&](int64_t c) {
+        sum += c;
+        biggest = std::max(biggest, c);
+      });
       t = items <= slots ? static_cast<double>(biggest)
                          : std::max(static_cast<double>(biggest), static_cast<double>(sum) / slots);
     } else {
       costs.clear();
       costs.reserve(static_cast<size_t>(items));
-      for (int64_t len : lens) {
-        const int64_t ns = SplitsFor(len, chunk);
-        for (int64_t i = 0; i < ns; ++i) {
-          costs.push_back(SplitBegin(len, i + 1, ns) - SplitBegin(len, i, ns) +
-                          kItemOverheadTokens);
-        }
-      }
+      for_each_cost([&](int64_t c) { costs.push_back(c); });
       std::sort(costs.begin(), costs.end(), std::greater<int64_t>());
       t = Makespan(costs, slots);
     }

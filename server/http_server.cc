@@ -16,6 +16,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
+#include "server/http_head_end.h"
 #include "server/http_status.h"
 #include "server/listen_socket.h"
 #include "server/tls/tls_socket.h"
@@ -32,25 +33,16 @@ constexpr int kAcceptsPerRound = 64;
 // Out of file descriptors, accepting waits this long instead of spinning on the listener.
 constexpr absl::Duration kAcceptBackoff = absl::Milliseconds(100);
 
-
 std::string Head(int status, const std::string& content_type, size_t length) {
-  return absl::StrCat("HTTP/1.1 ", status, " ", HttpReasonPhrase(status), "\r\nContent-Type: ", content_type,
-                      "\r\nContent-Length: ", length, "\r\nConnection: close\r\n\r\n");
+  return absl::StrCat("HTTP/1.1 ", status, " ", HttpReasonPhrase(status),
+                      "\r\nContent-Type: ", content_type, "\r\nContent-Length: ", length,
+                      "\r\nConnection: close\r\n\r\n");
 }
 
 // One best-effort send on a socket about to be closed (its client is being turned away).
 void SendAndForget(int fd, int status) {
   const std::string text = Head(status, "text/plain", 0);
   [[maybe_unused]] ssize_t n = ::send(fd, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-}
-
-// End of the request head (the blank line), or npos; a bare LF line end is accepted too.
-size_t HeadEnd(const std::string& in, size_t from) {
-  from = from >= 3 ? from - 3 : 0;
-  const size_t crlf = in.find("\r\n\r\n", from);
-  if (crlf != std::string::npos) return crlf + 4;
-  const size_t lf = in.find("\n\n", from);
-  return lf == std::string::npos ? std::string::npos : lf + 2;
 }
 
 int Ms(absl::Duration d) {
@@ -198,7 +190,7 @@ void HttpGetServer::OnReadable(Connection* c) {
     if (c->state == Connection::State::kLingering) continue;
     const size_t before = c->in.size();
     c->in.append(buf, static_cast<size_t>(n));
-    const size_t end = HeadEnd(c->in, before);
+    const size_t end = HttpHeadEnd(c->in, before);
     if (end == std::string::npos) {
       if (c->in.size() > limits_.max_header_bytes) return Respond(c, 431, {}, false);
       continue;
@@ -220,7 +212,8 @@ void HttpGetServer::OnReadable(Connection* c) {
 }
 
 void HttpGetServer::Respond(Connection* c, int status, HttpResponse response, bool head_only) {
-  if (status != 200 && response.body.empty()) response.body = absl::StrCat(HttpReasonPhrase(status), "\n");
+  if (status != 200 && response.body.empty())
+    response.body = absl::StrCat(HttpReasonPhrase(status), "\n");
   c->out = Head(status, response.content_type, response.body.size());
   if (!head_only) c->out += response.body;
   c->in.clear();

@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "server/http_head_end.h"
 #include "server/streaming_http_connection.h"
 #include "server/streaming_http_handler_pool.h"
 #include "server/streaming_http_server.h"
@@ -21,14 +22,6 @@ namespace {
 // After the reply is sent, how long leftovers are read and dropped before the socket closes
 // (closing with unread input resets the connection and can lose the reply on the client side).
 constexpr absl::Duration kLinger = absl::Seconds(1);
-
-size_t HeadEnd(const std::string& in, size_t from) {
-  from = from >= 3 ? from - 3 : 0;
-  const size_t crlf = in.find("\r\n\r\n", from);
-  if (crlf != std::string::npos) return crlf + 4;
-  const size_t lf = in.find("\n\n", from);
-  return lf == std::string::npos ? std::string::npos : lf + 2;
-}
 
 }  // namespace
 
@@ -50,7 +43,7 @@ void StreamingHttpServer::OnReadable(Connection* c) {
     const size_t before = c->in.size();
     c->in.append(buf, static_cast<size_t>(n));
     if (c->head_end == 0) {
-      const size_t end = HeadEnd(c->in, before);
+      const size_t end = HttpHeadEnd(c->in, before);
       if (end == std::string::npos) {
         if (c->in.size() > limits_.max_header_bytes) {
           return FixedReply(c, 431, "the request head is too large");
