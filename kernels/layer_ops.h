@@ -31,7 +31,8 @@ enum class RopeStyle {
 //   q: device [tokens, num_q_heads, head_dim], token stride q_stride
 //   k: device [tokens, num_kv_heads, head_dim], token stride k_stride (k may be null)
 //   pos: device [tokens]; inv_freq: device [head_dim / 2] or null.
-// Grid: (tokens) Block: (128).
+// Grid: (tokens, heads in blocks of about 128 rotations) Block: (128); head_dim % 16 != 0 or
+// unaligned rows: (tokens) Block: (128), scalar accesses.
 cudaError_t Rope(DType dtype, void* q, int64_t q_stride, int32_t num_q_heads, void* k,
                  int64_t k_stride, int32_t num_kv_heads, const int32_t* pos, int32_t tokens,
                  int32_t head_dim, float theta, const float* inv_freq, RopeStyle style,

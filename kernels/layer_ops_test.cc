@@ -58,31 +58,80 @@ TEST_P(LayerOpsTest, RmsNormWithAndWithoutResidual) {
 TEST_P(LayerOpsTest, RopeBothPairings) {
   HKV_REQUIRE_GPU();
   const DType t = GetParam();
-  const int32_t tokens = 7, hq = 4, hk = 2, d = 128;
+  const int32_t tokens = 7;
   std::vector<int32_t> pos{0, 1, 2, 100, 4095, 70000, 131071};
   DeviceArray<int32_t> dpos(pos.size());
   HKV_CUDA_OK(dpos.Upload(pos));
-  std::vector<float> inv(d / 2);
-  for (int32_t i = 0; i < d / 2; ++i) inv[i] = 0.5f * std::pow(500000.0f, -2.0f * i / d);
-  DeviceArray<float> dinv(inv.size());
-  HKV_CUDA_OK(dinv.Upload(inv));
-  for (bool interleaved : {false, true}) {
-    for (bool table : {false, true}) {
-      auto q = testing::RandomValues(tokens * hq * d, 1.0f, t, rng_);
-      auto k = testing::RandomValues(tokens * hk * d, 1.0f, t, rng_);
-      auto dq = Dev(q), dk = Dev(k);
-      HKV_CUDA_OK(Rope(t, dq.get(), hq * d, hq, dk.get(), hk * d, hk, dpos.get(), tokens, d,
-                       500000.0f, table ? dinv.get() : nullptr,
-                       interleaved ? RopeStyle::kInterleaved : RopeStyle::kRotateHalf, nullptr));
-      ref::Rope(q.data(), tokens, hq, d, pos.data(), 500000.0f, table ? inv.data() : nullptr,
-                interleaved);
-      ref::Rope(k.data(), tokens, hk, d, pos.data(), 500000.0f, table ? inv.data() : nullptr,
-                interleaved);
-      // fp32 angles at position 131071 carry ~1e-2 rad of error, as in every fp32 RoPE.
-      EXPECT_LT(testing::RelError(Host(dq), q), 2 * testing::Tolerance(t)) << interleaved;
-      EXPECT_LT(testing::RelError(Host(dk), k), 2 * testing::Tolerance(t)) << interleaved;
+  struct Shape {
+    int32_t hq, hk, d;
+  };
+  // Heads in one block and over several (vector kernel), and a head_dim the vector kernel
+  // cannot take (40: pairs not a multiple of 8).
+  for (const Shape& sh : {Shape{4, 2, 128}, Shape{32, 8, 128}, Shape{12, 4, 64}, Shape{3, 1, 40}}) {
+    const int32_t hq = sh.hq, hk = sh.hk, d = sh.d;
+    std::vector<float> inv(d / 2);
+    for (int32_t i = 0; i < d / 2; ++i) inv[i] = 0.5f * std::pow(500000.0f, -2.0f * i / d);
+    DeviceArray<float> dinv(inv.size());
+    HKV_CUDA_OK(dinv.Upload(inv));
+    for (bool interleaved : {false, true}) {
+      for (bool table : {false, true}) {
+        auto q = testing::RandomValues(tokens * hq * d, 1.0f, t, rng_);
+        auto k = testing::RandomValues(tokens * hk * d, 1.0f, t, rng_);
+        auto dq = Dev(q), dk = Dev(k);
+        HKV_CUDA_OK(Rope(t, dq.get(), hq * d, hq, dk.get(), hk * d, hk, dpos.get(), tokens, d,
+                         500000.0f, table ? dinv.get() : nullptr,
+                         interleaved ? RopeStyle::kInterleaved : RopeStyle::kRotateHalf, nullptr));
+        ref::Rope(q.data(), tokens, hq, d, pos.data(), 500000.0f, table ? inv.data() : nullptr,
+                  interleaved);
+        ref::Rope(k.data(), tokens, hk, d, pos.data(), 500000.0f, table ? inv.data() : nullptr,
+                  interleaved);
+        // fp32 angles at position 131071 carry ~1e-2 rad of error, as in every fp32 RoPE.
+        EXPECT_LT(testing::RelError(Host(dq), q), 2 * testing::Tolerance(t))
+            << interleaved << " d=" << d << " hq=" << hq;
+        EXPECT_LT(testing::RelError(Host(dk), k), 2 * testing::Tolerance(t))
+            << interleaved << " d=" << d << " hq=" << hq;
+      }
     }
   }
+}
+
+// The 16-byte kernel (aligned rows) and the scalar one (the same rows one element off their
+// alignment) give the same bits, so a step's rounding never depends on where its rows sit.
+TEST_P(LayerOpsTest, RopeAndSwiGluVectorKernelsMatchTheScalarOnesBitForBit) {
+  HKV_REQUIRE_GPU();
+  const DType t = GetParam();
+  const int32_t tokens = 5, hq = 12, hk = 4, d = 128;
+  std::vector<int32_t> pos{0, 3, 511, 4096, 100000};
+  DeviceArray<int32_t> dpos(pos.size());
+  HKV_CUDA_OK(dpos.Upload(pos));
+  const int64_t stride = (hq + hk) * d;
+  const auto x = testing::ToStorage(testing::RandomValues(tokens * stride, 1.0f, t, rng_), t);
+  for (RopeStyle style : {RopeStyle::kRotateHalf, RopeStyle::kInterleaved}) {
+    DeviceArray<uint16_t> aligned(x.size()), shifted(x.size() + 1);
+    HKV_CUDA_OK(aligned.Upload(x));
+    std::vector<uint16_t> padded(1, 0);
+    padded.insert(padded.end(), x.begin(), x.end());
+    HKV_CUDA_OK(shifted.Upload(padded));
+    uint16_t* a = aligned.get();
+    uint16_t* b = shifted.get() + 1;  // 2 bytes past a 16-byte boundary: the scalar kernel
+    HKV_CUDA_OK(Rope(t, a, stride, hq, a + hq * d, stride, hk, dpos.get(), tokens, d, 500000.0f,
+                     nullptr, style, nullptr));
+    HKV_CUDA_OK(Rope(t, b, stride, hq, b + hq * d, stride, hk, dpos.get(), tokens, d, 500000.0f,
+                     nullptr, style, nullptr));
+    std::vector<uint16_t> got_b = shifted.Download();
+    got_b.erase(got_b.begin());
+    EXPECT_EQ(aligned.Download(), got_b);
+  }
+  const int32_t dim = 1024;
+  const auto gu = testing::ToStorage(testing::RandomValues(tokens * 2 * dim, 4.0f, t, rng_), t);
+  DeviceArray<uint16_t> dgu(gu.size()), out_vec(tokens * dim), out_scalar(tokens * dim + 1);
+  HKV_CUDA_OK(dgu.Upload(gu));
+  HKV_CUDA_OK(SwiGlu(t, dgu.get(), dgu.get() + dim, 2 * dim, out_vec.get(), tokens, dim, nullptr));
+  HKV_CUDA_OK(
+      SwiGlu(t, dgu.get(), dgu.get() + dim, 2 * dim, out_scalar.get() + 1, tokens, dim, nullptr));
+  std::vector<uint16_t> scalar = out_scalar.Download();
+  scalar.erase(scalar.begin());
+  EXPECT_EQ(out_vec.Download(), scalar);
 }
 
 TEST_P(LayerOpsTest, SwiGluAndEmbedding) {

@@ -1,5 +1,7 @@
 // Fused RoPE + paged K/V write; see rope_kv_append.h.
 
+#include <algorithm>
+
 #include "kernels/cuda_common.cuh"
 #include "kernels/rope.cuh"
 #include "kernels/rope_kv_append.h"
@@ -7,7 +9,9 @@
 namespace hkv::kernels {
 namespace {
 
+using rope_internal::RopeEightPairs;
 using rope_internal::RopeHead;
+using rope_internal::RopeVectorizable;
 
 struct Params {
   void* qkv;
@@ -23,6 +27,7 @@ struct Params {
   uint4* v_pool;
   int64_t block_stride_chunks;
   int block_size;
+  int heads_per_block;  // vector kernel: whole heads (q heads, then k heads) per block
 };
 
 template <typename T>
@@ -47,6 +52,44 @@ __global__ void RopeKvAppendKernel(Params p) {
   const uint4* kc = reinterpret_cast<const uint4*>(k);
   const uint4* vc = reinterpret_cast<const uint4*>(q + p.v_offset);
   for (int idx = threadIdx.x; idx < p.hk * chunks; idx += blockDim.x) {
+    const int h = idx / chunks, c = idx % chunks;
+    const int64_t slot = p.slots[t * p.hk + h];
+    if (slot < 0) continue;
+    const int64_t dst =
+        (slot / p.block_size) * p.block_stride_chunks + (slot % p.block_size) * chunks + c;
+    p.k_pool[dst] = kc[idx];
+    p.v_pool[dst] = vc[idx];
+  }
+}
+
+// RopeKvAppendKernel with 16-byte rotations (RopeEightPairs, as the vector Rope kernel) and
+// a token's heads spread over gridDim.y blocks of whole heads: the block that rotates k head h
+// also writes head h's K and V, after a barrier.
+template <typename T>
+__global__ void RopeKvAppendVectorKernel(Params p) {
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
+  const int64_t t = blockIdx.x;
+  T* q = static_cast<T*>(p.qkv) + t * p.stride;
+  T* k = q + p.k_offset;
+  const float posf = static_cast<float>(p.pos[t]);
+  const int units_per_head = p.head_dim / 16;
+  const int first_head = blockIdx.y * p.heads_per_block;
+  const int last_head = min(first_head + p.heads_per_block, p.hq + p.hk);
+  for (int idx = first_head * units_per_head + threadIdx.x; idx < last_head * units_per_head;
+       idx += blockDim.x) {
+    const int h = idx / units_per_head, i0 = (idx % units_per_head) * 8;
+    T* x = h < p.hq ? q + static_cast<int64_t>(h) * p.head_dim
+                    : k + static_cast<int64_t>(h - p.hq) * p.head_dim;
+    RopeEightPairs<T>(x, p.head_dim, posf, p.theta, p.inv_freq, p.interleaved, i0);
+  }
+  const int first_kv = max(first_head - p.hq, 0), last_kv = last_head - p.hq;
+  if (t >= p.append_tokens || last_kv <= first_kv) return;  // the whole block
+  __syncthreads();  // the rotated k is in global memory, visible to the block
+  const int chunks = p.head_dim / 8;
+  const uint4* kc = reinterpret_cast<const uint4*>(k);
+  const uint4* vc = reinterpret_cast<const uint4*>(q + p.v_offset);
+  for (int idx = first_kv * chunks + threadIdx.x; idx < last_kv * chunks; idx += blockDim.x) {
     const int h = idx / chunks, c = idx % chunks;
     const int64_t slot = p.slots[t * p.hk + h];
     if (slot < 0) continue;
@@ -85,8 +128,16 @@ cudaError_t RopeKvAppend(const RopeKvAppendArgs& a, const PagedKvView& kv, cudaS
   p.v_pool = static_cast<uint4*>(const_cast<void*>(kv.v_pool));
   p.block_stride_chunks = kv.block_stride / 8;
   p.block_size = kv.block_size;
+  const bool vector = RopeVectorizable(a.qkv, a.stride, kv.head_dim);
   return DispatchDType(a.dtype, [&](auto t) {
     using T = decltype(t);
+    if (vector) {
+      // About 128 rotations (eight pairs each) a block, in whole heads.
+      p.heads_per_block = std::max(1, 128 / (kv.head_dim / 16));
+      const int heads = p.hq + p.hk;
+      const dim3 grid(a.tokens, (heads + p.heads_per_block - 1) / p.heads_per_block);
+      return LaunchOverlapped(RopeKvAppendVectorKernel<T>, grid, dim3(128), 0, stream, p);
+    }
     return LaunchOverlapped(RopeKvAppendKernel<T>, dim3(a.tokens), dim3(128), 0, stream, p);
   });
 }

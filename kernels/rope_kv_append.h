@@ -36,7 +36,8 @@ struct RopeKvAppendArgs {
 
 // REQUIRES head_dim % 8 == 0, strides and offsets multiples of 8, 0 <= append_tokens <= tokens.
 // The pools, block size, head count and head_dim come from `kv`.
-// Grid: (tokens) Block: (128).
+// Grid: (tokens, heads in blocks of about 128 rotations) Block: (128); head_dim % 16 != 0 or
+// unaligned rows: (tokens) Block: (128), scalar accesses.
 cudaError_t RopeKvAppend(const RopeKvAppendArgs& args, const PagedKvView& kv, cudaStream_t stream);
 
 }  // namespace hkv::kernels
