@@ -136,6 +136,11 @@ class KvCacheManager {
   struct SequenceKv {
     std::vector<BlockTable> rows;  // [num_layers * num_kv_heads]
     std::optional<LayerReservation> reservation;
+    // Whether a block of this sequence may also be held by another one: set on both ends of a
+    // Fork (the only way blocks become shared), never cleared. While false no row needs a
+    // copy-on-write, so the per-row reference-count lookups (a cache miss each into a pool of
+    // millions of blocks, 256 rows a sequence) are skipped.
+    bool may_share = false;
     // ExportDelta's tracking: whether the receiver holds this sequence; tokens every row grew
     // by since its last export; rows changed otherwise, each with the leading blocks the
     // receiver still holds right (dirty_keep[r] = -1: row r unchanged). Unused (and empty)
@@ -146,8 +151,9 @@ class KvCacheManager {
     std::vector<int32_t> dirty_rows;
   };
 
-  // Whether growing `t` by `new_tokens` writes into a last block another table also holds.
-  bool NeedsCopy(const BlockTable& t, int32_t new_tokens) const;
+  // Whether growing `t` (a row of `kv`) by `new_tokens` writes into a last block another table
+  // also holds.
+  bool NeedsCopy(const SequenceKv& kv, const BlockTable& t, int32_t new_tokens) const;
   // Records that row r of `kv` changed past its first `keep` blocks (or in length only).
   static void MarkRowChanged(SequenceKv& kv, int32_t r, int32_t keep);
   // Records that `seq` is gone, for the receiver, if it was ever exported.

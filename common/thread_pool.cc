@@ -1,4 +1,4 @@
-#include "workers/cpu/thread_pool.h"
+#include "common/thread_pool.h"
 
 #include <algorithm>
 

@@ -1,5 +1,6 @@
 #pragma once
-// ThreadPool: a fixed set of threads for data-parallel loops in the CPU worker.
+// ThreadPool: a fixed set of threads for data-parallel loops (the CPU worker's math, the CUDA
+// worker's per-layer decode plans).
 //
 // Thread-safe for one caller at a time (the worker's step); ParallelFor blocks until every
 // chunk is done, so callers may capture locals by reference.

@@ -135,6 +135,9 @@ void Engine::Loop() {
     std::vector<RequestOutput> outputs = scheduler_->TakeAborted();
     const absl::Time now = absl::Now();
     std::optional<Batch> batch = scheduler_->Schedule(now);
+    if (batch.has_value()) {
+      metrics_.engine_schedule_ns_total += absl::ToInt64Nanoseconds(absl::Now() - now);
+    }
     std::vector<RequestOutput> more = scheduler_->TakeAborted();
     outputs.insert(outputs.end(), more.begin(), more.end());
     if (batch.has_value()) RunStep(*batch, &outputs);
@@ -164,8 +167,19 @@ void Engine::Loop() {
 }
 
 void Engine::RunStep(const Batch& batch, std::vector<RequestOutput>* outputs) {
+  const absl::Time start = absl::Now();
   absl::StatusOr<BatchResult> result = worker_->Execute(batch);
+  const absl::Time executed = absl::Now();
+  metrics_.engine_execute_ns_total += absl::ToInt64Nanoseconds(executed - start);
   metrics_.engine_steps_total++;
+  int64_t tokens = 0;
+  bool prefill = false;
+  for (const SequenceStep& s : batch.seqs) {
+    tokens += static_cast<int64_t>(s.tokens.size());
+    prefill = prefill || s.start_pos < s.num_prompt_tokens;
+  }
+  metrics_.engine_step_tokens_total += tokens;
+  if (prefill) metrics_.engine_prefill_steps_total++;
   if (!result.ok()) {
     OnWorkerFailure(result.status());
     outputs->clear();
@@ -184,6 +198,7 @@ void Engine::RunStep(const Batch& batch, std::vector<RequestOutput>* outputs) {
   }
   std::vector<RequestOutput> stepped = scheduler_->Update(batch, *result, absl::Now());
   outputs->insert(outputs->end(), stepped.begin(), stepped.end());
+  metrics_.engine_update_ns_total += absl::ToInt64Nanoseconds(absl::Now() - executed);
 }
 
 void Engine::FailRemaining() {

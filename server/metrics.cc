@@ -38,8 +38,8 @@ void Histogram::Render(const std::string& name, std::string* out, const std::str
 
 namespace {
 void Gauge(std::string* out, const char* name, const char* help, double value) {
-  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " gauge\n", name, " ",
-                  value, "\n");
+  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " gauge\n", name, " ", value,
+                  "\n");
 }
 void Counter(std::string* out, const char* name, const char* help, int64_t value) {
   absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " counter\n", name, " ",
@@ -154,10 +154,8 @@ std::string EngineMetrics::Render() const {
   Counter(&out, "hkv_preemptions_total", "Sequences preempted for recompute",
           preemptions_total.load());
   Counter(&out, "hkv_prompt_tokens_total", "Prompt tokens prefilled", prompt_tokens_total.load());
-  Counter(&out, "hkv_generation_tokens_total", "Tokens generated",
-          generation_tokens_total.load());
-  Counter(&out, "hkv_requests_finished_total", "Requests finished",
-          requests_finished_total.load());
+  Counter(&out, "hkv_generation_tokens_total", "Tokens generated", generation_tokens_total.load());
+  Counter(&out, "hkv_requests_finished_total", "Requests finished", requests_finished_total.load());
   Counter(&out, "hkv_requests_failed_total", "Requests that ended in an error",
           requests_failed_total.load());
   Counter(&out, "hkv_requests_rejected_total", "Requests refused at admission",
@@ -167,6 +165,20 @@ std::string EngineMetrics::Render() const {
   Counter(&out, "hkv_kv_bytes_full_total", "KV bytes a full cache would have kept",
           kv_bytes_full_total.load());
   Counter(&out, "hkv_engine_steps_total", "Engine steps run", engine_steps_total.load());
+  absl::StrAppend(&out,
+                  "# HELP hkv_engine_step_seconds_total Engine loop time by part of the step: "
+                  "schedule (build the step), execute (the worker runs it), update (apply its "
+                  "results)\n# TYPE hkv_engine_step_seconds_total counter\n");
+  for (const auto& [phase, ns] :
+       {std::pair<const char*, int64_t>{"schedule", engine_schedule_ns_total.load()},
+        {"execute", engine_execute_ns_total.load()},
+        {"update", engine_update_ns_total.load()}}) {
+    absl::StrAppend(&out, "hkv_engine_step_seconds_total{phase=\"", phase, "\"} ", ns * 1e-9, "\n");
+  }
+  Counter(&out, "hkv_engine_step_tokens_total", "Tokens run by engine steps, prefill and decode",
+          engine_step_tokens_total.load());
+  Counter(&out, "hkv_engine_prefill_steps_total", "Engine steps that ran a prompt chunk",
+          engine_prefill_steps_total.load());
   Counter(&out, "hkv_requests_unauthenticated_total",
           "Calls refused for a missing or wrong API key", requests_unauthenticated_total.load());
   {
@@ -174,8 +186,8 @@ std::string EngineMetrics::Render() const {
     absl::StrAppend(&out, "# HELP hkv_kv_blocks_used_by_layer Head-blocks in use per layer\n",
                     "# TYPE hkv_kv_blocks_used_by_layer gauge\n");
     for (size_t l = 0; l < blocks_per_layer_.size(); ++l) {
-      absl::StrAppend(&out, "hkv_kv_blocks_used_by_layer{layer=\"", l, "\"} ",
-                      blocks_per_layer_[l], "\n");
+      absl::StrAppend(&out, "hkv_kv_blocks_used_by_layer{layer=\"", l, "\"} ", blocks_per_layer_[l],
+                      "\n");
     }
   }
   time_to_first_token_s.Render("hkv_time_to_first_token_seconds", &out);

@@ -53,6 +53,14 @@ struct EngineMetrics {
   std::atomic<int64_t> kv_bytes_kept_total{0};
   std::atomic<int64_t> kv_bytes_full_total{0};
   std::atomic<int64_t> engine_steps_total{0};
+  // Where the engine loop's time goes, summed over its steps (written by the engine thread
+  // only): building the step (scheduling, page-table export), running it on the worker (the
+  // device step, and the host layout the worker does), and applying its results.
+  std::atomic<int64_t> engine_schedule_ns_total{0};
+  std::atomic<int64_t> engine_execute_ns_total{0};
+  std::atomic<int64_t> engine_update_ns_total{0};
+  std::atomic<int64_t> engine_step_tokens_total{0};    // tokens run, prefill and decode
+  std::atomic<int64_t> engine_prefill_steps_total{0};  // steps with a prompt chunk in them
   // Calls refused for a missing or wrong API key (before any engine work).
   std::atomic<int64_t> requests_unauthenticated_total{0};
   // Finished requests by vLLM's finished_reason: stop (a stop string, stop token or EOS),

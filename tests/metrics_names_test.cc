@@ -228,6 +228,26 @@ TEST(MetricsNamesTest, ScrapeParsesStrictlyAndHasVllmNames) {
   CheckHistogram(e, "vllm:request_queue_time_seconds", model);
   CheckHistogram(e, "hkv_time_to_first_token_seconds", {});
   EXPECT_GE(e.Find("vllm:e2e_request_latency_seconds_count", model)[0].value, 1);
+
+  // Where the engine loop's time went: every part of a step that ran is counted (a shared
+  // engine may have run more requests before this one).
+  EXPECT_EQ(e.types.count("hkv_engine_step_seconds_total")
+                ? e.types.at("hkv_engine_step_seconds_total")
+                : "",
+            "counter");
+  for (const char* phase : {"schedule", "execute", "update"}) {
+    auto v = e.Find("hkv_engine_step_seconds_total", {{"phase", phase}});
+    ASSERT_EQ(v.size(), 1u) << phase;
+    EXPECT_GT(v[0].value, 0) << phase;
+  }
+  const double steps = e.Find("hkv_engine_steps_total")[0].value;
+  const double prefill_steps = e.Find("hkv_engine_prefill_steps_total")[0].value;
+  EXPECT_GE(steps, 6);
+  EXPECT_GE(prefill_steps, 1);
+  // Prompt tokens run in prefill steps, and every other step runs at least one token.
+  EXPECT_GE(e.Find("hkv_engine_step_tokens_total")[0].value,
+            e.Find("hkv_prompt_tokens_total")[0].value + (steps - prefill_steps));
+  EXPECT_LT(prefill_steps, steps);
 }
 
 TEST(MetricsNamesTest, StrictParserRejectsMalformedText) {

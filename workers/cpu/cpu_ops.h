@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "model/model_config.h"
-#include "workers/cpu/thread_pool.h"
+#include "common/thread_pool.h"
 
 namespace hkv {
 

@@ -17,7 +17,7 @@
 #include "absl/status/statusor.h"
 #include "common/batch.h"
 #include "model/model_config.h"
-#include "workers/cpu/thread_pool.h"
+#include "common/thread_pool.h"
 #include "workers/token_history.h"
 #include "workers/worker.h"
 

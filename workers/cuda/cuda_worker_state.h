@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/batch.h"
+#include "common/thread_pool.h"
 #include "kernels/decode_attention.h"
 #include "kernels/dtype.h"
 #include "kernels/logits_processing.h"
@@ -121,6 +122,9 @@ struct CudaWorker::State {
   int64_t block_first = 0;
   int64_t num_blocks = 0;
   int32_t num_sms = 0;
+  // Builds the decode plans of a step's layers in parallel (Stage), on the worker's thread
+  // and a few helpers; null (plans on the worker's thread alone) on hosts of few cores.
+  std::unique_ptr<ThreadPool> plan_pool;
   std::string sizing;
   bool return_logits = false;
   cudaStream_t stream = nullptr;

@@ -80,36 +80,51 @@ absl::StatusOr<DeviceStep> CudaWorker::State::Stage(const HostStep& h,
   if (h.num_decode > 0) {
     const size_t meta_ints = k::DecodeMetaInts(decode);
     const int64_t rows_per_seq = static_cast<int64_t>(L) * H;
-    std::vector<int32_t> row_ids(static_cast<size_t>(h.real_decode) * H);
     d.plans.resize(L);
-    int32_t base = -1;
-    const int32_t* base_meta = nullptr;
+    // The staging slices first, in layer order (a graph step finds them at fixed addresses).
+    std::vector<int32_t*> host_meta(L);
     for (int32_t l = 0; l < L; ++l) {
-      for (int32_t s = 0; s < h.real_decode; ++s) {
-        for (int32_t hh = 0; hh < H; ++hh) {
-          row_ids[s * H + hh] = static_cast<int32_t>(s * rows_per_seq + l * H + hh);
+      d.plans[l].device_meta = in->Take<int32_t>(meta_ints, &host_meta[l]);
+    }
+    // Then the plans of layers [l0, l1). Layers whose heads hold the same lengths as the last
+    // planned layer of the range (every layer under full KV) reuse its work list with their
+    // own blocks; a fresh plan of the same lengths would be the same list, so how the layers
+    // are split over threads never changes the result.
+    std::vector<uint8_t> malformed(L, 0);
+    auto plan_layers = [&](int64_t l0, int64_t l1) {
+      std::vector<int32_t> row_ids(static_cast<size_t>(h.real_decode) * H);
+      int64_t base = -1;
+      for (int64_t l = l0; l < l1; ++l) {
+        for (int32_t s = 0; s < h.real_decode; ++s) {
+          for (int32_t hh = 0; hh < H; ++hh) {
+            row_ids[s * H + hh] = static_cast<int32_t>(s * rows_per_seq + l * H + hh);
+          }
         }
+        if (base >= 0 &&
+            k::RebaseDecodePlan(d.plans[base], host_meta[base], h.indptr_a.data(), h.last_a.data(),
+                                options.block_size, row_ids.data(), host_meta[l])) {
+          const int32_t* device_meta = d.plans[l].device_meta;
+          d.plans[l] = d.plans[base];
+          d.plans[l].row_lengths.clear();
+          d.plans[l].device_meta = device_meta;
+        } else {
+          const cudaError_t e =
+              k::BuildDecodePlan(decode, h.indptr_a.data(), h.last_a.data(), h.real_decode * H,
+                                 options.block_size, row_ids.data(), host_meta[l], &d.plans[l]);
+          if (e != cudaSuccess) malformed[l] = 1;
+          base = l;
+        }
+        d.plans[l].workspace = decode_ws.get();
       }
-      int32_t* host_meta = nullptr;
-      d.plans[l].device_meta = in->Take<int32_t>(meta_ints, &host_meta);
-      // Layers whose heads hold the same lengths as the last planned layer (every layer under
-      // full KV) reuse its work list with their own blocks.
-      if (base >= 0 &&
-          k::RebaseDecodePlan(d.plans[base], base_meta, h.indptr_a.data(), h.last_a.data(),
-                              options.block_size, row_ids.data(), host_meta)) {
-        const int32_t* device_meta = d.plans[l].device_meta;
-        d.plans[l] = d.plans[base];
-        d.plans[l].row_lengths.clear();
-        d.plans[l].device_meta = device_meta;
-      } else {
-        const cudaError_t e =
-            k::BuildDecodePlan(decode, h.indptr_a.data(), h.last_a.data(), h.real_decode * H,
-                               options.block_size, row_ids.data(), host_meta, &d.plans[l]);
-        if (e != cudaSuccess) return absl::InvalidArgumentError("malformed decode page table");
-        base = l;
-        base_meta = host_meta;
-      }
-      d.plans[l].workspace = decode_ws.get();
+    };
+    // Threads pay off only with rows enough to plan (a few microseconds a layer at batch 1).
+    if (plan_pool != nullptr && h.real_decode * H >= 256) {
+      plan_pool->ParallelFor(L, plan_layers);
+    } else {
+      plan_layers(0, L);
+    }
+    for (int32_t l = 0; l < L; ++l) {
+      if (malformed[l]) return absl::InvalidArgumentError("malformed decode page table");
     }
   }
   d.indices_b = in->Put(h.indices_b);
