@@ -10,14 +10,22 @@
 //
 //   engine_host_bench [--config DIR] [--scores FILE] [--batch N]
 // Single-threaded engine as in `hkv serve`; numbers are the median over the steady decode.
+//
+//   engine_host_bench --serve-mix [--requests N]
+// The short-context serving mix of the GPU's c256 runs instead (256 clients in a closed loop,
+// prompts and outputs of 128-384 tokens, full KV then HeadKV B=128): the engine's own time per
+// step (schedule: building the step; update: applying its results), from its metrics.
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "block_manager/kv_cache_manager.h"
@@ -308,6 +316,62 @@ void Run(const ModelConfig& config, std::shared_ptr<const HeadScores> scores, in
   }
 }
 
+// The serving mix: `clients` threads each send requests one after another (closed loop) until
+// `requests` were sent, prompt and output lengths uniform in [128, 384] (seeded), to an engine
+// whose worker does no math. Prints the engine's time per step from its metrics.
+void RunServeMix(const ModelConfig& config, std::shared_ptr<const HeadScores> scores,
+                 const std::string& policy, int32_t budget, int32_t clients, int32_t requests) {
+  auto worker = std::make_unique<NullWorker>(config, -1);
+  EngineOptions o;
+  o.scheduler.max_batch_tokens = 8192;
+  o.scheduler.max_seqs = clients;
+  o.kv.num_blocks = 8 << 20;
+  o.kv.block_size = 16;
+  o.kv_bytes_per_token_row = 2 * config.head_dim * 2;
+  o.head_scores = std::move(scores);
+  Engine engine(o, std::move(worker), nullptr);
+  engine.Start();
+  std::atomic<int32_t> next{0}, failed{0};
+  const auto t0 = Clock::now();
+  std::vector<std::thread> threads;
+  for (int32_t c = 0; c < clients; ++c) {
+    threads.emplace_back([&] {
+      for (int32_t i = next++; i < requests; i = next++) {
+        std::mt19937 rng(static_cast<uint32_t>(i));
+        std::uniform_int_distribution<int32_t> len(128, 384);
+        EngineRequest r;
+        r.prompt.resize(len(rng));
+        for (TokenId& t : r.prompt) t = 1000 + static_cast<TokenId>(rng() % 100000);
+        r.sampling.max_tokens = len(rng);
+        r.sampling.ignore_eos = true;
+        r.kv_policy = policy;
+        r.kv_budget = budget;
+        auto s = engine.Submit(std::move(r));
+        if (!s.ok()) {
+          failed++;
+          continue;
+        }
+        while (true) {
+          auto chunk = (*s)->Next(absl::Seconds(600));
+          if (!chunk.has_value() || chunk->finished) break;
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  const double wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  const EngineMetrics& m = engine.metrics();
+  const double steps = std::max<int64_t>(m.engine_steps_total.load(), 1);
+  std::printf(
+      "| %s | %d | %d | %.0f | %lld | %.1f | %.3f | %.3f | %.3f | %.1f |\n",
+      policy == "full" ? "full" : (policy + " B=" + std::to_string(budget)).c_str(), requests,
+      failed.load(), steps, static_cast<long long>(m.engine_prefill_steps_total.load()),
+      m.engine_step_tokens_total.load() / steps, m.engine_schedule_ns_total.load() / steps * 1e-6,
+      m.engine_update_ns_total.load() / steps * 1e-6,
+      m.engine_execute_ns_total.load() / steps * 1e-6, wall_s);
+  engine.Stop();
+}
+
 }  // namespace
 }  // namespace hkv
 
@@ -315,9 +379,19 @@ int main(int argc, char** argv) {
   if (std::getenv("HKV_DEFAULT_MALLOC") == nullptr) hkv::TuneMallocForLargeStepBuffers();
   std::string config_dir = "bench/configs/Meta-Llama-3-8B-Instruct";
   int only_batch = 0;
+  bool serve_mix = false;
+  int32_t mix_requests = 1024;
   std::string scores_path =
       "../shared/headkv_scores/Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json";
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--serve-mix") == 0) serve_mix = true;
+  }
   for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--serve-mix") == 0) {
+      i -= 1;  // a flag without a value
+      continue;
+    }
+    if (std::strcmp(argv[i], "--requests") == 0) mix_requests = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--config") == 0) config_dir = argv[i + 1];
     if (std::strcmp(argv[i], "--scores") == 0) scores_path = argv[i + 1];
     if (std::strcmp(argv[i], "--batch") == 0) only_batch = std::atoi(argv[i + 1]);
@@ -330,6 +404,14 @@ int main(int argc, char** argv) {
   std::shared_ptr<const hkv::HeadScores> scores;
   if (auto s = hkv::LoadHeadScores(scores_path); s.ok()) {
     scores = std::make_shared<const hkv::HeadScores>(std::move(*s));
+  }
+  if (serve_mix) {
+    std::printf(
+        "| policy | requests | failed | steps | prefill steps | tokens/step | schedule ms/step | "
+        "update ms/step | worker ms/step | wall s |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    hkv::RunServeMix(*config, nullptr, "full", 0, 256, mix_requests);
+    if (scores != nullptr) hkv::RunServeMix(*config, scores, "headkv", 128, 256, mix_requests);
+    return 0;
   }
   std::printf(
       "| batch | context | policy | page rows | page indices | engine us/step | worker layout "

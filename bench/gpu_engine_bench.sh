@@ -7,7 +7,7 @@
 #     bandwidth bound, and short-context serving at concurrency 256 (ShareGPT-like lengths).
 #   bench/gpu_engine_bench.sh BIN_DIR SCORES_JSON OUT_DIR long [NUM_COMPRESSED]
 #     32k-token prompts, 256 output tokens through `hkv bench-serve`: full KV, SnapKV and
-#     HeadKV at B = 128 and 1024. Capacity (max concurrent sequences) comes from the engine's
+#     HeadKV at B = 128 and 1024 (LONG_SPECS="headkv 128" picks the compressed runs). Capacity (max concurrent sequences) comes from the engine's
 #     exact footprint, printed at start; the live runs report the streams decoded together.
 #   bench/gpu_engine_bench.sh BIN_DIR SCORES_JSON OUT_DIR peer BATCHES
 #     Hugging Face transformers on the same shapes (bench/hf_peer_bench.py).
@@ -98,7 +98,9 @@ print(f"| {name} | {len(j['prompt_ids'])} | {len(j['output_ids'])} | {j['prefill
 PY
     done
     echo
-    start_server --max-seqs 256 --max-batch-tokens 8192
+    # Stats lines every 5 s in the server log: steps, tokens per step and where each step's
+    # time goes (schedule / execute / update), for comparing the c256 runs.
+    start_server --max-seqs 256 --max-batch-tokens 8192 --stats-interval-s 5
     echo
     echo "| run | ok | max streams | output tok/s | TTFT p50 / p99 s | TPOT p50 / p99 ms | s |"
     echo "|---|---|---|---|---|---|---|"
@@ -123,7 +125,8 @@ long)
     echo "|---|---|---|---|---|---|---|"
     bench "full KV" --num-requests 16 --concurrency 16 --input-len 32768 --output-len 256 \
       --kv-policy full
-    for spec in "snapkv 128" "headkv 128" "snapkv 1024" "headkv 1024"; do
+    IFS=, read -r -a specs <<< "${LONG_SPECS:-snapkv 128,headkv 128,snapkv 1024,headkv 1024}"
+    for spec in "${specs[@]}"; do
       set -- $spec
       bench "$1 B=$2" --num-requests "$ncomp" --concurrency "$ncomp" --input-len 32768 \
         --output-len 256 --kv-policy "$1" --kv-budget "$2"
