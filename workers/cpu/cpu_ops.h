@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "model/model_config.h"
 #include "common/thread_pool.h"
+#include "model/model_config.h"
 
 namespace hkv {
 

@@ -16,8 +16,8 @@
 
 #include "absl/status/statusor.h"
 #include "common/batch.h"
-#include "model/model_config.h"
 #include "common/thread_pool.h"
+#include "model/model_config.h"
 #include "workers/token_history.h"
 #include "workers/worker.h"
 
