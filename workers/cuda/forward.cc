@@ -238,7 +238,7 @@ absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h
     ra.theta = c.rope_theta;
     ra.inv_freq = inv_freq.get<float>();
     ra.style = rope;
-    ra.slots = d.slots + static_cast<size_t>(l) * total * H;
+    ra.slots = d.slots + static_cast<size_t>(l) * h.plain_tokens * H;
     ra.append_tokens = h.plain_tokens;
     HKV_CUDA_RETURN_IF_ERROR(k::RopeKvAppend(ra, after, stream));
   } else {
@@ -247,9 +247,9 @@ absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h
                                      total, hd, c.rope_theta, inv_freq.get<float>(), rope, stream));
     if (h.plain_tokens > 0) {
       phases.Mark("kv_append", stream);
-      HKV_CUDA_RETURN_IF_ERROR(
-          k::AppendKvSlots(kDType, after, q + c.q_size(), q + c.q_size() + c.kv_size(), qkv_w,
-                           d.slots + static_cast<size_t>(l) * total * H, h.plain_tokens, stream));
+      HKV_CUDA_RETURN_IF_ERROR(k::AppendKvSlots(
+          kDType, after, q + c.q_size(), q + c.q_size() + c.kv_size(), qkv_w,
+          d.slots + static_cast<size_t>(l) * h.plain_tokens * H, h.plain_tokens, stream));
     }
   }
   if (h.num_decode > 0) {

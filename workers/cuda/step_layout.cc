@@ -167,11 +167,13 @@ void AppendPadding(const StepLayoutShape& shape, int32_t pad, HostStep& h) {
   }
 }
 
-// Slot of each plain token in each (layer, head): [L, total, H]; -1 for compressed prefills
-// and padding.
+// Slot of each plain token in each (layer, head): [L, plain_tokens, H]; -1 for padding.
+// Compressed prefills' tokens, which come last, write no slot and get no entry (a 32k one-step
+// prefill would otherwise fill and upload 67 MB of -1 at Llama-3-8B's shape).
 void FillSlots(const Batch& b, const StepLayoutShape& shape, HostStep& h) {
   const int32_t L = shape.num_layers, H = shape.num_kv_heads, bs = shape.block_size;
-  h.slots.assign(static_cast<size_t>(L) * h.total * H, -1);
+  const size_t plain = static_cast<size_t>(h.plain_tokens);
+  h.slots.assign(static_cast<size_t>(L) * plain * H, -1);
   for (int32_t k2 = 0; k2 < h.real_decode + h.num_prefill; ++k2) {
     const int32_t bi = h.order[k2];
     const SequenceStep& st = b.seqs[bi];
@@ -182,7 +184,7 @@ void FillSlots(const Batch& b, const StepLayoutShape& shape, HostStep& h) {
         const BlockId* blocks = &b.kv_indices[b.kv_indptr[r]];
         for (size_t t = 0; t < st.tokens.size(); ++t) {
           const int32_t slot = b.kv_len_before[r] + static_cast<int32_t>(t);
-          h.slots[(static_cast<size_t>(l) * h.total + ts + t) * H + hh] =
+          h.slots[(static_cast<size_t>(l) * plain + ts + t) * H + hh] =
               static_cast<int64_t>(blocks[slot / bs]) * bs + slot % bs;
         }
       }

@@ -18,7 +18,8 @@
 //   ada_total    [selects, L]       adaptive: tokens the layer's heads share (-1: static caps)
 //   ada_floor    [selects, L]       adaptive: each head's floor
 //   ada_block_start [selects, L+1]  adaptive: the layer's reserved blocks in ada_blocks
-//   slots        [L, total, H]      KV slot of each plain token (-1: none)
+//   slots        [L, plain_tokens, H]  KV slot of each plain token (-1: none); the plain
+//                                   tokens (decodes, padding, plain prefills) come first
 //   sample_*     [sampled rows]     which rows are sampled, and with what parameters
 //
 // Thread-compatible: a HostStep is built and read by the worker's thread.
@@ -55,7 +56,7 @@ struct HostStep {
       cu_prefill, cu_select, caps;
   std::vector<int64_t> ada_total;  // adaptive selection; see the header comment
   std::vector<int32_t> ada_floor, ada_block_start, ada_blocks;
-  std::vector<int64_t> slots;   // [L, total, H]
+  std::vector<int64_t> slots;   // [L, plain_tokens, H]
   bool shared_indices = false;  // indices_a is the batch's kv_indices
   const std::vector<BlockId>* batch_indices = nullptr;
   // Per sampled row: internal sequence (-1: padding), which of its samples (SequenceStep::

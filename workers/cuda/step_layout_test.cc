@@ -83,7 +83,8 @@ TEST(StepLayoutTest, DecodeThenPrefillLaysOutEveryField) {
   EXPECT_THAT(h->indptr_b, ElementsAre(0, 0, 0, 0, 0));
   EXPECT_THAT(h->last_b, ElementsAre(0, 0, 0, 0));
   EXPECT_TRUE(h->indices_b.empty());
-  // Slots [L, total, H]: the decode token is slot 5 of its row (block 2 of the row, offset 1).
+  // Slots [L, plain_tokens, H]: the decode token is slot 5 of its row (block 2 of the row, offset
+  // 1).
   ASSERT_EQ(h->slots.size(), static_cast<size_t>(kLayers * 4 * kHeads));
   for (int32_t l = 0; l < kLayers; ++l) {
     for (int32_t hh = 0; hh < kHeads; ++hh) {
@@ -200,6 +201,10 @@ TEST(StepLayoutTest, AdaptiveSelectionLaysOutLayerBudgetsAndBlocks) {
   // The adaptive sequence's rows hold no blocks.
   const size_t rows = static_cast<size_t>(kLayers) * kHeads;
   for (size_t r = 0; r < rows; ++r) EXPECT_EQ(h->indptr_a[rows + r + 1], h->indptr_a[rows]);
+  // Compressed prefills write no KV slot: the slot list covers the plain tokens only (none).
+  EXPECT_EQ(h->total, 40);
+  EXPECT_EQ(h->plain_tokens, 0);
+  EXPECT_TRUE(h->slots.empty());
 }
 
 TEST(StepLayoutTest, GraphSizes) {
