@@ -267,19 +267,26 @@ struct ExportRow {
   ExportTimes times;
 };
 
+// The engine both modes drive: Llama-3-8B's rows in a pool of 8M head-blocks of 16 tokens,
+// 8,192-token steps, at most `max_seqs` sequences.
+EngineOptions BenchEngineOptions(const ModelConfig& config, int32_t max_seqs,
+                                 std::shared_ptr<const HeadScores> scores) {
+  EngineOptions o;
+  o.scheduler.max_batch_tokens = 8192;
+  o.scheduler.max_seqs = max_seqs;
+  o.kv.num_blocks = 8 << 20;
+  o.kv.block_size = 16;
+  o.kv_bytes_per_token_row = 2 * config.head_dim * 2;
+  o.head_scores = std::move(scores);
+  return o;
+}
+
 void Run(const ModelConfig& config, std::shared_ptr<const HeadScores> scores, int32_t batch,
          int32_t context, const std::string& policy, int32_t budget,
          std::vector<ExportRow>* exports) {
   auto worker = std::make_unique<NullWorker>(config, batch);
   NullWorker* w = worker.get();
-  EngineOptions o;
-  o.scheduler.max_batch_tokens = 8192;
-  o.scheduler.max_seqs = batch;
-  o.kv.num_blocks = 8 << 20;
-  o.kv.block_size = 16;
-  o.kv_bytes_per_token_row = 2 * config.head_dim * 2;
-  o.head_scores = std::move(scores);
-  Engine engine(o, std::move(worker), nullptr);
+  Engine engine(BenchEngineOptions(config, batch, std::move(scores)), std::move(worker), nullptr);
   engine.Start();
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (int32_t i = 0; i < batch; ++i) {
@@ -322,14 +329,7 @@ void Run(const ModelConfig& config, std::shared_ptr<const HeadScores> scores, in
 void RunServeMix(const ModelConfig& config, std::shared_ptr<const HeadScores> scores,
                  const std::string& policy, int32_t budget, int32_t clients, int32_t requests) {
   auto worker = std::make_unique<NullWorker>(config, -1);
-  EngineOptions o;
-  o.scheduler.max_batch_tokens = 8192;
-  o.scheduler.max_seqs = clients;
-  o.kv.num_blocks = 8 << 20;
-  o.kv.block_size = 16;
-  o.kv_bytes_per_token_row = 2 * config.head_dim * 2;
-  o.head_scores = std::move(scores);
-  Engine engine(o, std::move(worker), nullptr);
+  Engine engine(BenchEngineOptions(config, clients, std::move(scores)), std::move(worker), nullptr);
   engine.Start();
   std::atomic<int32_t> next{0}, failed{0};
   const auto t0 = Clock::now();

@@ -30,6 +30,25 @@ struct Params {
   int heads_per_block;  // vector kernel: whole heads (q heads, then k heads) per block
 };
 
+// Writes token t's K (rotated, at k) and V heads [first_kv, last_kv) to their pool slots
+// (negative slots skipped), 16 bytes a thread step; both kernels end with it.
+template <typename T>
+__device__ void WriteKv(const Params& p, int64_t t, const T* q, const T* k, int first_kv,
+                        int last_kv) {
+  const int chunks = p.head_dim / 8;
+  const uint4* kc = reinterpret_cast<const uint4*>(k);
+  const uint4* vc = reinterpret_cast<const uint4*>(q + p.v_offset);
+  for (int idx = first_kv * chunks + threadIdx.x; idx < last_kv * chunks; idx += blockDim.x) {
+    const int h = idx / chunks, c = idx % chunks;
+    const int64_t slot = p.slots[t * p.hk + h];
+    if (slot < 0) continue;
+    const int64_t dst =
+        (slot / p.block_size) * p.block_stride_chunks + (slot % p.block_size) * chunks + c;
+    p.k_pool[dst] = kc[idx];
+    p.v_pool[dst] = vc[idx];
+  }
+}
+
 template <typename T>
 __global__ void RopeKvAppendKernel(Params p) {
   WaitForPriorGrid();
@@ -48,18 +67,7 @@ __global__ void RopeKvAppendKernel(Params p) {
   }
   if (t >= p.append_tokens) return;  // the whole block
   __syncthreads();                   // the rotated k is in global memory, visible to the block
-  const int chunks = p.head_dim / 8;
-  const uint4* kc = reinterpret_cast<const uint4*>(k);
-  const uint4* vc = reinterpret_cast<const uint4*>(q + p.v_offset);
-  for (int idx = threadIdx.x; idx < p.hk * chunks; idx += blockDim.x) {
-    const int h = idx / chunks, c = idx % chunks;
-    const int64_t slot = p.slots[t * p.hk + h];
-    if (slot < 0) continue;
-    const int64_t dst =
-        (slot / p.block_size) * p.block_stride_chunks + (slot % p.block_size) * chunks + c;
-    p.k_pool[dst] = kc[idx];
-    p.v_pool[dst] = vc[idx];
-  }
+  WriteKv<T>(p, t, q, k, 0, p.hk);
 }
 
 // RopeKvAppendKernel with 16-byte rotations (RopeEightPairs, as the vector Rope kernel) and
@@ -86,18 +94,7 @@ __global__ void RopeKvAppendVectorKernel(Params p) {
   const int first_kv = max(first_head - p.hq, 0), last_kv = last_head - p.hq;
   if (t >= p.append_tokens || last_kv <= first_kv) return;  // the whole block
   __syncthreads();  // the rotated k is in global memory, visible to the block
-  const int chunks = p.head_dim / 8;
-  const uint4* kc = reinterpret_cast<const uint4*>(k);
-  const uint4* vc = reinterpret_cast<const uint4*>(q + p.v_offset);
-  for (int idx = first_kv * chunks + threadIdx.x; idx < last_kv * chunks; idx += blockDim.x) {
-    const int h = idx / chunks, c = idx % chunks;
-    const int64_t slot = p.slots[t * p.hk + h];
-    if (slot < 0) continue;
-    const int64_t dst =
-        (slot / p.block_size) * p.block_stride_chunks + (slot % p.block_size) * chunks + c;
-    p.k_pool[dst] = kc[idx];
-    p.v_pool[dst] = vc[idx];
-  }
+  WriteKv<T>(p, t, q, k, first_kv, last_kv);
 }
 
 }  // namespace
