@@ -1,13 +1,15 @@
 // Fused SnapKV selection: window scores, max-pool, per-head top-cap, scatter; see kv_select.h.
 //
 // Kernels (per prompt, one layer):
-//   1. WindowStatsKernel  Grid: (ceil(n/512), Hkv) Block: (128): one thread per key computes
+//   1. WindowStatsKernel  Grid: (ceil(n/256), Hkv) Block: (128): one thread per key computes
 //      the nq = w*group window logits and reduces (max, sum exp) per chunk.
 //   2. WindowLseKernel    Grid: (Hkv) Block: (32*8): merges the chunks -> log-sum-exp.
 //   3. WindowScoreKernel  Grid: (ceil((n-w)/128), Hkv) Block: (128): recomputes the logits of
 //      the first n-w keys, sums the probabilities over the window and the group.
 //   4. SelectKernel       Grid: (Hkv) Block: (1024): max-pool, radix select of the cap-th
-//      largest score (exact, ties -> lower position), ordered compaction, window append.
+//      largest score (exact, ties -> lower position), ordered compaction, window append. The
+//      radix passes count with one atomic per distinct bin of a warp (WarpHistAdd) and pick
+//      the bin with one warp's scan (WarpPickBin).
 //   5. ScatterKernel      Grid: (ceil(n*d/8/256), Hkv) Block: (256): copies kept K/V.
 // Adaptive selection runs, between 3 and 4:
 //   3a. PoolKernel        Grid: (ceil((n-w)/256), Hkv) Block: (256): max-pool (4 then reuses it).
@@ -25,7 +27,7 @@
 namespace hkv::kernels {
 namespace {
 
-constexpr int kKeysPerCta = 512;
+constexpr int kKeysPerCta = 256;  // 2 keys a thread: short prompts still spread over CTAs
 constexpr int kStatThreads = 128;
 constexpr int kSelectThreads = 1024;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -255,6 +257,59 @@ __device__ int BlockExclusiveScan(int v, int* scratch, int* total) {
   return x - v + (warp > 0 ? scratch[warp - 1] : 0);
 }
 
+// Adds 1 to hist[bin] for each active lane, one shared-memory atomic per distinct bin of the
+// warp (scores of a prompt share their top bits: per-lane atomics would serialise on one
+// bin). Every lane of the warp must call it (inactive lanes with active = false).
+__device__ __forceinline__ void WarpHistAdd(int* hist, int bin, bool active) {
+  const unsigned mask = __ballot_sync(0xffffffffu, active);
+  if (!active) return;
+  const unsigned peers = __match_any_sync(mask, bin);
+  if ((threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+}
+
+// One radix-select step over a 256-bin histogram, by the 32 lanes of one warp: the highest bin
+// b whose count, with every higher bin's, reaches `rem` (b = 0 when none does), and rem less
+// the higher bins' counts. The same answer as walking the bins down from 255 one by one.
+template <typename Rem>
+__device__ __forceinline__ void WarpPickBin(const int* hist, Rem rem, int* bin, Rem* rem_out) {
+  const int lane = threadIdx.x & 31;
+  int c[8];  // lane's bins 255 - 8 * lane - k, k = 0..7 (high to low)
+  Rem total = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    c[k] = hist[255 - 8 * lane - k];
+    total += c[k];
+  }
+  Rem incl = total;  // bins above and in this lane's (lanes 0 .. lane)
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const Rem y = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  const unsigned hit = __ballot_sync(0xffffffffu, incl >= rem);
+  if (hit == 0) {  // Fewer keys than rem: the walk ends at bin 0.
+    const Rem all = __shfl_sync(0xffffffffu, incl, 31);
+    if (lane == 0) {
+      *bin = 0;
+      *rem_out = rem - (all - hist[0]);
+    }
+    return;
+  }
+  const int first = __ffs(hit) - 1;
+  if (lane == first) {
+    Rem above = incl - total;
+    int b = 255 - 8 * lane;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (above + c[k] >= rem) break;
+      above += c[k];
+      --b;
+    }
+    *bin = b;
+    *rem_out = rem - above;
+  }
+}
+
 struct SelectParams {
   const float* raw;  // [Hkv, past]
   float* pooled;     // [Hkv, past]
@@ -289,7 +344,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
   __shared__ int hist[256];
   __shared__ int scratch[32];
   __shared__ uint32_t s_prefix, s_mask;
-  __shared__ int s_rem;
+  __shared__ int s_rem, s_bin;
   const int kvh = blockIdx.x;
   const float* pooled = p.pooled + static_cast<int64_t>(kvh) * p.past;
   if (!p.pooled_ready) PoolScores(p, kvh, threadIdx.x, blockDim.x);
@@ -306,16 +361,16 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
       for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
       __syncthreads();
       const uint32_t prefix = s_prefix, mask = s_mask;
-      for (int j = threadIdx.x; j < p.past; j += blockDim.x) {
-        const uint32_t u = RankKey(pooled[j]);
-        if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255], 1);
+      for (int base = 0; base < p.past; base += blockDim.x) {  // whole warps for WarpHistAdd
+        const int j = base + threadIdx.x;
+        const uint32_t u = j < p.past ? RankKey(pooled[j]) : 0u;
+        WarpHistAdd(hist, (u >> shift) & 255, j < p.past && (u & mask) == prefix);
       }
       __syncthreads();
+      if (threadIdx.x < 32) WarpPickBin(hist, s_rem, &s_bin, &s_rem);
+      __syncthreads();
       if (threadIdx.x == 0) {
-        int rem = s_rem, b = 255;
-        for (; b > 0 && hist[b] < rem; --b) rem -= hist[b];
-        s_rem = rem;
-        s_prefix = prefix | (static_cast<uint32_t>(b) << shift);
+        s_prefix = prefix | (static_cast<uint32_t>(s_bin) << shift);
         s_mask = mask | (255u << shift);
       }
       __syncthreads();
@@ -366,6 +421,7 @@ struct RadixShared {
   int hist[256];
   uint64_t prefix, mask;
   int64_t rem;
+  int bin;
 };
 
 // The k-th largest (k >= 1, at most the candidates) of the unique keys AdaKey(h, j) over
@@ -384,18 +440,22 @@ __device__ uint64_t KthLargestKey(const AdaParams& p, int h_lo, int h_hi, const 
     for (int b = threadIdx.x; b < 256; b += blockDim.x) sh.hist[b] = 0;
     __syncthreads();
     const uint64_t prefix = sh.prefix, mask = sh.mask;
-    for (int i = threadIdx.x; i < count; i += blockDim.x) {
-      const int h = h_lo + i / p.past, j = i % p.past;
-      const uint64_t key = AdaKey(p, h, j);
-      if (key < below[h] && (key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255], 1);
+    for (int base = 0; base < count; base += blockDim.x) {  // whole warps for WarpHistAdd
+      const int i = base + threadIdx.x;
+      bool in = false;
+      uint64_t key = 0;
+      if (i < count) {
+        const int h = h_lo + i / p.past, j = i % p.past;
+        key = AdaKey(p, h, j);
+        in = key < below[h] && (key & mask) == prefix;
+      }
+      WarpHistAdd(sh.hist, static_cast<int>((key >> shift) & 255), in);
     }
     __syncthreads();
+    if (threadIdx.x < 32) WarpPickBin<int64_t>(sh.hist, sh.rem, &sh.bin, &sh.rem);
+    __syncthreads();
     if (threadIdx.x == 0) {
-      int64_t rem = sh.rem;
-      int b = 255;
-      for (; b > 0 && sh.hist[b] < rem; --b) rem -= sh.hist[b];
-      sh.rem = rem;
-      sh.prefix = prefix | (static_cast<uint64_t>(b) << shift);
+      sh.prefix = prefix | (static_cast<uint64_t>(sh.bin) << shift);
       sh.mask = mask | (static_cast<uint64_t>(255) << shift);
     }
     __syncthreads();
