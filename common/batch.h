@@ -43,8 +43,8 @@ inline constexpr int32_t kMaxProbeTopN = 256;
 
 // How a compressed prefill chooses tokens; mirrors headkv's policies without depending on them.
 struct KvSelectionSpec {
-  int32_t window = 8;        // Last `window` prompt tokens are always kept.
-  int32_t pool_kernel = 7;   // Max-pool kernel over the window scores.
+  int32_t window = 8;       // Last `window` prompt tokens are always kept.
+  int32_t pool_kernel = 7;  // Max-pool kernel over the window scores.
   // Per (layer, kv_head), row-major [num_layers * num_kv_heads]: tokens kept besides the
   // window. Empty for an adaptive policy (adakv), which uses `layer_budget` instead.
   std::vector<int32_t> capacity;
@@ -107,9 +107,7 @@ struct Batch {
   std::vector<std::pair<RequestId, RequestId>> forks;
   std::vector<RequestId> released;
 
-  int64_t num_rows() const {
-    return static_cast<int64_t>(seqs.size()) * num_layers * num_kv_heads;
-  }
+  int64_t num_rows() const { return static_cast<int64_t>(seqs.size()) * num_layers * num_kv_heads; }
   int64_t row(int64_t seq, int32_t layer, int32_t head) const {
     return (seq * num_layers + layer) * num_kv_heads + head;
   }
@@ -127,7 +125,7 @@ struct TokenLogprobs {
 
 struct SequenceResult {
   RequestId id = 0;
-  TokenId token = -1;  // Sampled token when the step asked for one, else -1.
+  TokenId token = -1;                 // Sampled token when the step asked for one, else -1.
   std::vector<TokenId> extra_tokens;  // Samples 1 .. num_samples - 1 (see SequenceStep).
   // When sampling.logprobs >= 0: one per sample (token, then extra_tokens).
   std::vector<TokenLogprobs> logprobs;
@@ -135,6 +133,10 @@ struct SequenceResult {
   // window included. Equals kv_len_after for static plans' one-step prefills (the plan's caps
   // for a chunked prefill's last chunk).
   std::vector<int32_t> kept_per_head;
+  // Compressed prefill, filled only by a worker asked to (tests): the prompt positions each
+  // (layer, kv_head) row kept, ascending, rows in kept_per_head's order and back to back
+  // (row r's start at the sum of kept_per_head[0 .. r-1]).
+  std::vector<int32_t> kept_positions;
   // Logits of the sampled position [vocab]; filled only by a worker asked to keep them (tests
   // and numerical checks).
   std::vector<float> logits;

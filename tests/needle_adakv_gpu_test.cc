@@ -2,15 +2,19 @@
 // (tests/data/needle: 6 layers, 2 KV heads, head_dim 64): an adaptive compressed prefill of a
 // held-out 1k-token prompt, then greedy decoding along the CPU's path. Each layer's kept tokens
 // sum to the same total on both (the split always spends the layer budget); per head the
-// counts agree up to bf16 near-ties of the window scores (a max-pool plateau or two); the
-// greedy token is the CPU's wherever the CPU's top-2 margin clears the bf16 error. Skips
-// without a GPU.
+// counts and kept positions agree up to bf16 near-ties of the window scores (a max-pool
+// plateau or two). Decoding then compares the GPU with the CPU reading the GPU's kept set
+// (the CPU's cache rebuilt from a dense prefill with the GPU's positions): logits agree to
+// bf16 error, and the greedy token is the CPU's wherever the CPU's top-2 margin clears it.
+// Skips without a GPU.
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <map>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -104,6 +108,44 @@ void Commit(const ModelConfig& c, const std::vector<int32_t>& kept, AdaSeq& s) {
   }
 }
 
+// The CPU's cache of `prompt` with the positions the GPU kept: a plain prefill of the whole
+// prompt into scratch rows (blocks from `scratch_block`), then, row by row, the GPU's kept
+// positions copied into the rows Commit laid out for `kept` (x's blocks from x.next_block).
+// Decoding x on the CPU then reads the cache the GPU decodes from, up to bf16.
+void RebuildWithKeptPositions(CpuWorker& cpu, const ModelConfig& c,
+                              const std::vector<TokenId>& prompt, const std::vector<int32_t>& kept,
+                              const std::vector<int32_t>& positions, int32_t scratch_block,
+                              AdaSeq& x) {
+  const int32_t n = static_cast<int32_t>(prompt.size()), rows = c.num_layers * c.num_kv_heads;
+  const int32_t per_row = (n + kBlock - 1) / kBlock;
+  Batch dense = NewBatch(c);
+  for (int32_t r = 0; r < rows; ++r) {
+    for (int32_t i = 0; i < per_row; ++i)
+      dense.kv_indices.push_back(scratch_block + r * per_row + i);
+    dense.kv_indptr.push_back(static_cast<int32_t>(dense.kv_indices.size()));
+    dense.kv_len_before.push_back(0);
+    dense.kv_len_after.push_back(n);
+  }
+  SequenceStep st;
+  st.id = x.id;
+  st.tokens = prompt;
+  dense.seqs.push_back(std::move(st));
+  auto r = cpu.Execute(dense);
+  ASSERT_TRUE(r.ok()) << r.status();
+  x.rows.assign(rows, {});
+  x.len = kept;
+  x.position = n;
+  for (int32_t row = 0, at = 0; row < rows; at += kept[row], ++row) {
+    for (int32_t i = 0; i < (kept[row] + kBlock - 1) / kBlock; ++i) {
+      x.rows[row].push_back(x.next_block++);
+    }
+    for (int32_t s = 0; s < kept[row]; ++s) {
+      const int32_t from = scratch_block + row * per_row + positions[at + s] / kBlock;
+      cpu.CopySlot(from, positions[at + s] % kBlock, x.rows[row][s / kBlock], s % kBlock);
+    }
+  }
+}
+
 // One decode step of `token`, every row growing by one (a fresh block when the last is full).
 Batch Decode(const ModelConfig& c, TokenId token, int32_t step, AdaSeq& s) {
   Batch b = NewBatch(c);
@@ -164,8 +206,11 @@ TEST_P(NeedleAdaKvGpuTest, CudaAdaKvMatchesTheCpuWorker) {
   ASSERT_TRUE(model.ok()) << model.status();
   auto shared = std::make_shared<const Model>(std::move(*model));
   const ModelConfig& c = shared->config;
-  CpuWorker cpu(shared, kPoolBlocks, kBlock, 8);
+  // CPU pool: the compressed prefills' blocks, the rebuilt caches' (from kPoolBlocks), the
+  // dense scratch rows (from 2 * kPoolBlocks).
+  CpuWorker cpu(shared, 3 * kPoolBlocks, kBlock, 8);
   cpu.set_return_logits(true);
+  cpu.set_return_kept_positions(true);
   CudaWorkerOptions o;
   o.block_size = kBlock;
   o.num_blocks = kPoolBlocks;
@@ -176,9 +221,11 @@ TEST_P(NeedleAdaKvGpuTest, CudaAdaKvMatchesTheCpuWorker) {
   auto gpu = CudaWorker::Create(shared, o);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   (*gpu)->set_return_logits(true);
+  (*gpu)->set_return_kept_positions(true);
   ASSERT_TRUE((*gpu)->SupportsAdaptiveSelection());
   const auto records = EvalRecords(dir);
-  int64_t heads = 0, heads_equal = 0, compared = 0, steps = 0;
+  int64_t heads = 0, heads_equal = 0, sets_equal = 0, compared = 0, steps = 0;
+  int64_t cases = 0, same_sets_cases = 0;
   for (const char* id : {"single-1024-00", "multi-1024-00", "fav-1024-00"}) {
     ASSERT_TRUE(records.count(id)) << id;
     const std::vector<TokenId> prompt = records.at(id)["prompt_ids"].get<std::vector<TokenId>>();
@@ -199,7 +246,23 @@ TEST_P(NeedleAdaKvGpuTest, CudaAdaKvMatchesTheCpuWorker) {
       const std::vector<int32_t>& kg = rg->seqs[0].kept_per_head;
       ASSERT_EQ(kc.size(), kg.size());
       const int32_t H = c.num_kv_heads;
-      const bool same_counts = kc == kg;
+      const std::vector<int32_t>& pc = rc->seqs[0].kept_positions;
+      const std::vector<int32_t>& pg = rg->seqs[0].kept_positions;
+      ASSERT_EQ(pc.size(), static_cast<size_t>(std::accumulate(kc.begin(), kc.end(), 0)));
+      ASSERT_EQ(pg.size(), static_cast<size_t>(std::accumulate(kg.begin(), kg.end(), 0)));
+      bool same_sets = true;
+      for (size_t r = 0, at_c = 0, at_g = 0; r < kc.size(); at_c += kc[r], at_g += kg[r], ++r) {
+        const std::vector<int32_t> a(pc.begin() + at_c, pc.begin() + at_c + kc[r]);
+        const std::vector<int32_t> g(pg.begin() + at_g, pg.begin() + at_g + kg[r]);
+        ASSERT_TRUE(std::is_sorted(g.begin(), g.end())) << "row " << r;
+        std::vector<int32_t> only_cpu;
+        std::set_difference(a.begin(), a.end(), g.begin(), g.end(), std::back_inserter(only_cpu));
+        // The same near-tie bound as the counts: a plateau or two changes sides.
+        EXPECT_LE(static_cast<int32_t>(only_cpu.size()), kTieSlack) << "row " << r;
+        const bool equal = a == g;
+        sets_equal += equal ? 1 : 0;
+        same_sets = same_sets && equal;
+      }
       for (int32_t l = 0; l < c.num_layers; ++l) {
         int64_t sum_c = 0, sum_g = 0;
         for (int32_t h = 0; h < H; ++h) {
@@ -214,24 +277,30 @@ TEST_P(NeedleAdaKvGpuTest, CudaAdaKvMatchesTheCpuWorker) {
         EXPECT_EQ(sum_c, sum_g) << "layer " << l;
         EXPECT_EQ(sum_c, plan->LayerKeptBound(l, static_cast<int32_t>(prompt.size())));
       }
-      Commit(c, kc, sc);
       Commit(c, kg, sg);
-      // Greedy along the CPU's path.
+      // Decode compares the GPU with the CPU reading the same kept set: where a near-tie
+      // made the sets differ, the CPU's cache is rebuilt with the GPU's positions (a kept
+      // needle token or not changes the answer, whichever worker is right at a tie).
+      AdaSeq sx;
+      sx.id = 2;
+      sx.next_block = kPoolBlocks;
+      RebuildWithKeptPositions(cpu, c, prompt, kg, pg, 2 * kPoolBlocks, sx);
+      same_sets_cases += same_sets ? 1 : 0;
+      ++cases;
+      // Greedy along the CPU's path (step 0: the prefill's own logits, before any selection).
       for (int32_t step = 0; step < 8; ++step) {
         const std::vector<float>& want = rc->seqs[0].logits;
         const std::string tops =
             "cpu top-2 " + TopTwo(want) + "; gpu top-2 " + TopTwo(rg->seqs[0].logits);
-        if (same_counts) {  // Else the kept sets differ by design: only the tokens compare.
-          EXPECT_LT(RelativeError(rg->seqs[0].logits, want), 2 * kTolerance)
-              << "step " << step << ": " << tops;
-        }
+        EXPECT_LT(RelativeError(rg->seqs[0].logits, want), 2 * kTolerance)
+            << "step " << step << ": " << tops;
         if (ClearGreedyMargin(want, kTolerance)) {
           EXPECT_EQ(rg->seqs[0].token, rc->seqs[0].token) << "step " << step << ": " << tops;
           ++compared;
         }
         ++steps;
         const TokenId next = rc->seqs[0].token;
-        rc = cpu.Execute(Decode(c, next, step + 1, sc));
+        rc = cpu.Execute(Decode(c, next, step + 1, sx));
         rg = (*gpu)->Execute(Decode(c, next, step + 1, sg));
         ASSERT_TRUE(rc.ok()) << rc.status();
         ASSERT_TRUE(rg.ok()) << rg.status();
@@ -239,10 +308,13 @@ TEST_P(NeedleAdaKvGpuTest, CudaAdaKvMatchesTheCpuWorker) {
     }
   }
   std::printf(
-      "adakv heads with equal kept counts: %lld of %lld; greedy tokens compared: %lld of "
-      "%lld\n",
+      "adakv heads with equal kept counts: %lld of %lld, equal kept positions: %lld; cases "
+      "whose every head kept the CPU's positions: %lld of %lld; greedy tokens compared: %lld "
+      "of %lld\n",
       static_cast<long long>(heads_equal), static_cast<long long>(heads),
-      static_cast<long long>(compared), static_cast<long long>(steps));
+      static_cast<long long>(sets_equal), static_cast<long long>(same_sets_cases),
+      static_cast<long long>(cases), static_cast<long long>(compared),
+      static_cast<long long>(steps));
   EXPECT_GT(compared, 0);
 }
 

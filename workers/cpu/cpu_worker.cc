@@ -171,7 +171,8 @@ absl::Status CpuWorker::RunSequence(const Batch& b, int64_t index, ThreadPool* p
     result->probe_weights.assign(n, 0.0f);
   }
 
-  std::vector<float> x(static_cast<size_t>(T) * dim), xb(x.size()), attn(static_cast<size_t>(T) * q_size);
+  std::vector<float> x(static_cast<size_t>(T) * dim), xb(x.size()),
+      attn(static_cast<size_t>(T) * q_size);
   std::vector<float> q(attn.size()), k(static_cast<size_t>(T) * kv_size), v(k.size());
   std::vector<float> h1(static_cast<size_t>(T) * c.hidden_dim), h3(h1.size()), o(x.size());
   for (int32_t t = 0; t < T; ++t) {
@@ -218,8 +219,8 @@ absl::Status CpuWorker::RunSequence(const Batch& b, int64_t index, ThreadPool* p
         }
       }
       const int32_t w_len = step.selection.window;
-      HKV_RETURN_IF_ERROR(SelectAndStore(b, index, l, &q[(T - w_len) * q_size], k.data(),
-                                         v.data(), T, result));
+      HKV_RETURN_IF_ERROR(
+          SelectAndStore(b, index, l, &q[(T - w_len) * q_size], k.data(), v.data(), T, result));
     } else {
       HKV_RETURN_IF_ERROR(StoreAndAttend(b, index, l, q.data(), k.data(), v.data(), scores.data(),
                                          attn.data(), result));
@@ -287,27 +288,29 @@ absl::Status CpuWorker::SelectAndStore(const Batch& b, int64_t index, int32_t la
     if (adaptive) {
       const int32_t need = (count + block_size_ - 1) / block_size_;
       if (next_layer_block + need > step.layer_block_indptr[layer + 1]) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "malformed batch: layer ", layer, " reservation too small for the selection"));
+        return absl::InvalidArgumentError(absl::StrCat("malformed batch: layer ", layer,
+                                                       " reservation too small for the selection"));
       }
       blocks = &step.layer_blocks[next_layer_block];
       next_layer_block += need;
     } else {
       const int64_t r = b.row(index, layer, h);
       if (b.kv_len_before[r] != 0 || b.kv_len_after[r] != count) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "malformed batch: row ", r, " expects ", b.kv_len_after[r], " kept tokens, the plan ",
-            "selects ", count));
+        return absl::InvalidArgumentError(absl::StrCat("malformed batch: row ", r, " expects ",
+                                                       b.kv_len_after[r], " kept tokens, the plan ",
+                                                       "selects ", count));
       }
       blocks = &b.kv_indices[b.kv_indptr[r]];
     }
     for (int32_t s = 0; s < count; ++s) {
       const size_t src = (static_cast<size_t>(kept[s]) * H + h) * d;
       std::memcpy(KeySlot(blocks[s / block_size_], s % block_size_), k + src, d * sizeof(float));
-      std::memcpy(ValueSlot(blocks[s / block_size_], s % block_size_), v + src,
-                  d * sizeof(float));
+      std::memcpy(ValueSlot(blocks[s / block_size_], s % block_size_), v + src, d * sizeof(float));
     }
     result->kept_per_head[layer * H + h] = count;
+    if (return_kept_positions_) {  // Layers run in order, heads too: rows append in order.
+      result->kept_positions.insert(result->kept_positions.end(), kept.begin(), kept.end());
+    }
   }
   return absl::OkStatus();
 }
@@ -352,6 +355,9 @@ absl::Status CpuWorker::SelectInPlace(const Batch& b, int64_t index, int32_t lay
                   ValueSlot(blocks[from / block_size_], from % block_size_), d * sizeof(float));
     }
     result->kept_per_head[layer * H + h] = static_cast<int32_t>(kept.size());
+    if (return_kept_positions_) {
+      result->kept_positions.insert(result->kept_positions.end(), kept.begin(), kept.end());
+    }
   }
   return absl::OkStatus();
 }

@@ -10,6 +10,7 @@
 // Thread-compatible: one Execute at a time (the engine thread). Sequences of a batch run in
 // parallel on the worker's own pool; each writes only its own blocks.
 
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,6 +39,8 @@ class CpuWorker : public Worker {
 
   // Keep the sampled position's logits in each SequenceResult (tests, numerical checks).
   void set_return_logits(bool on) { return_logits_ = on; }
+  // Report each compressed prefill's kept positions (SequenceResult::kept_positions; tests).
+  void set_return_kept_positions(bool on) { return_kept_positions_ = on; }
   int32_t num_blocks() const { return num_blocks_; }
   // Returns the K (V) vector [head_dim] cached in slot `offset` of `block` (tests, numerical
   // checks). REQUIRES: 0 <= block < num_blocks(), 0 <= offset < block_size().
@@ -46,6 +49,13 @@ class CpuWorker : public Worker {
   }
   const float* ValueAt(BlockId block, int32_t offset) const {
     return v_pool_.data() + (static_cast<int64_t>(block) * block_size_ + offset) * head_dim_;
+  }
+  // Copies the K and V cached in slot `from_offset` of `from` to slot `to_offset` of `to`
+  // (tests: a cache rebuilt to hold the positions another worker kept).
+  // REQUIRES: both blocks < num_blocks(), both offsets < block_size().
+  void CopySlot(BlockId from, int32_t from_offset, BlockId to, int32_t to_offset) {
+    std::memcpy(KeySlot(to, to_offset), KeySlot(from, from_offset), head_dim_ * sizeof(float));
+    std::memcpy(ValueSlot(to, to_offset), ValueSlot(from, from_offset), head_dim_ * sizeof(float));
   }
   int32_t block_size() const { return block_size_; }
 
@@ -89,6 +99,7 @@ class CpuWorker : public Worker {
   std::vector<float> inv_freq_;
   ThreadPool pool_;
   bool return_logits_ = false;
+  bool return_kept_positions_ = false;
   TokenHistories histories_;  // Penalised sequences' tokens; written by Execute before sampling.
 };
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <numeric>
 #include <string>
 
 #include "common/paths.h"
@@ -392,16 +393,41 @@ TEST(CpuWorkerTest, ChunkedCompressedPrefillEqualsOneStep) {
     specs["headkv"].capacity.push_back(2 + (r * 37) % 90);
   }
   specs["adakv"].layer_budget.assign(c.num_layers, H * 24);
+  worker->set_return_kept_positions(true);
+  // The whole prompt's K/V, one slot per position, to check what the kept positions name.
+  TestSeq plain{2, {}, 0};
+  BatchBuilder all(c);
+  all.AddPlain(&plain, prompt, false, 0);
+  ASSERT_TRUE(worker->Execute(all.Take()).ok());
+  const int32_t n = static_cast<int32_t>(prompt.size()), d = c.head_dim;
   for (const auto& [name, spec] : specs) {
     SCOPED_TRACE(name);
     TestSeq ref{0, {}, 0};
     const PrefillOutcome one = OneStepPrefill(*worker, &ref, prompt, spec);
+    // Each row caches, slot by slot, the K/V of the positions it reports (the window's last).
+    ASSERT_EQ(one.result.kept_positions.size(),
+              static_cast<size_t>(std::accumulate(one.result.kept_per_head.begin(),
+                                                  one.result.kept_per_head.end(), 0)));
+    const std::vector<int32_t>& kept = one.result.kept_positions;
+    for (int32_t r = 0, at = 0; r < rows; at += one.result.kept_per_head[r], ++r) {
+      const std::vector<float> dense = RowContents(*worker, SlotRowBlocks(c, 2, r), n);
+      const int32_t count = one.result.kept_per_head[r];
+      ASSERT_EQ(kept[at + count - 1], n - 1) << "row " << r;
+      std::vector<float> want;
+      for (int32_t s = 0; s < count; ++s) {
+        if (s > 0) ASSERT_LT(kept[at + s - 1], kept[at + s]) << "row " << r;
+        want.insert(want.end(), dense.begin() + 2 * d * kept[at + s],
+                    dense.begin() + 2 * d * (kept[at + s] + 1));
+      }
+      EXPECT_EQ(one.rows[r], want) << "row " << r;
+    }
     // One chunk is the one-step prefill itself; 100 gives 2 chunks (the last of 17), 13 gives 9.
     for (int32_t chunk : {100, 13}) {
       SCOPED_TRACE(chunk);
       TestSeq seq{1, {}, 0};
       const PrefillOutcome chunked = ChunkedPrefill(*worker, &seq, prompt, spec, chunk);
       EXPECT_EQ(chunked.result.kept_per_head, one.result.kept_per_head);
+      EXPECT_EQ(chunked.result.kept_positions, one.result.kept_positions);
       EXPECT_EQ(chunked.result.token, one.result.token);
       EXPECT_EQ(chunked.result.logits, one.result.logits);
       ASSERT_EQ(chunked.rows.size(), one.rows.size());

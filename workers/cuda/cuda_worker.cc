@@ -87,6 +87,7 @@ std::string CudaWorker::name() const { return absl::StrCat("cuda:", state_->opti
 int64_t CudaWorker::num_blocks() const { return state_->num_blocks; }
 const std::string& CudaWorker::sizing() const { return state_->sizing; }
 void CudaWorker::set_return_logits(bool on) { state_->return_logits = on; }
+void CudaWorker::set_return_kept_positions(bool on) { state_->return_kept_positions = on; }
 void CudaWorker::set_graphs_enabled(bool on) { state_->graphs_enabled = on; }
 void CudaWorker::set_phase_profile(bool on) { state_->phases.Enable(on); }
 std::vector<CudaWorker::PhaseTime> CudaWorker::phase_profile() const {
@@ -344,13 +345,30 @@ absl::Status CudaWorker::State::Launch(const Batch& b, const HostStep& h,
   HKV_RETURN_IF_ERROR(ReserveActivations(h.total, static_cast<int64_t>(h.sample_rows.size())));
   if (h.num_kept_seqs() > 0) {
     // A paged select scores its whole prompt (more than the step's tokens).
-    const int32_t n = std::max(h.max_select, h.max_paged_select_len);
     HKV_RETURN_IF_ERROR(kept.Reserve(static_cast<size_t>(h.num_kept_seqs()) * rows_per_seq * 4));
     HKV_RETURN_IF_ERROR(
         select_caps.Reserve(static_cast<size_t>(h.num_kept_seqs()) * rows_per_seq * 4));
-    HKV_RETURN_IF_ERROR(kept_index.Reserve(static_cast<size_t>(H) * n * 4));
-    HKV_RETURN_IF_ERROR(
-        select_ws.Reserve(k::KvSelectWorkspaceBytes(n, 64, cfg.num_heads, H) + 256));
+    // Paged selects run one after another in slice 0; one-step ones each in their own.
+    size_t ws_bytes = k::KvSelectWorkspaceBytes(h.max_paged_select_len, 64, cfg.num_heads, H);
+    size_t index_ints = static_cast<size_t>(H) * h.max_paged_select_len;
+    select_ws_offset.assign(h.num_select, 0);
+    select_index_offset.assign(h.num_select, 0);
+    size_t ws_at = 0, index_at = 0;
+    for (int32_t j = 0; j < h.num_select; ++j) {
+      const int32_t nj =
+          static_cast<int32_t>(b.seqs[h.order[h.num_decode + h.num_prefill + j]].tokens.size());
+      select_ws_offset[j] = ws_at;
+      select_index_offset[j] = index_at;
+      ws_at += (k::KvSelectWorkspaceBytes(nj, 64, cfg.num_heads, H) + 255) / 256 * 256;
+      index_at += static_cast<size_t>(H) * nj;
+    }
+    ws_bytes = std::max(ws_bytes, ws_at);
+    index_ints = std::max(index_ints, index_at);
+    HKV_RETURN_IF_ERROR(kept_index.Reserve(index_ints * 4));
+    HKV_RETURN_IF_ERROR(select_ws.Reserve(ws_bytes + 256));
+    if (return_kept_positions) {
+      kept_index_host.assign(static_cast<size_t>(h.num_kept_seqs()) * cfg.num_layers, {});
+    }
   }
   if (h.num_decode > 0) {
     HKV_RETURN_IF_ERROR(decode_ws.Reserve(k::DecodeWorkspaceBytes(decode)));
@@ -454,8 +472,19 @@ BatchResult CudaWorker::State::Unpack(const Batch& b, const HostStep& h) const {
   for (int32_t j = 0; j < h.num_kept_seqs(); ++j) {
     const int32_t k2 =
         j < h.num_select ? h.num_decode + h.num_prefill + j : h.paged_select[j - h.num_select];
-    result.seqs[h.order[k2]].kept_per_head.assign(out_kept + j * rows_per_seq,
-                                                  out_kept + (j + 1) * rows_per_seq);
+    SequenceResult& r = result.seqs[h.order[k2]];
+    r.kept_per_head.assign(out_kept + j * rows_per_seq, out_kept + (j + 1) * rows_per_seq);
+    if (!return_kept_positions) continue;
+    const int32_t L = cfg.num_layers, H = cfg.num_kv_heads;
+    for (int32_t l = 0; l < L; ++l) {
+      const std::vector<int32_t>& index = kept_index_host[static_cast<size_t>(j) * L + l];
+      const size_t n = index.size() / H;
+      for (int32_t hh = 0; hh < H; ++hh) {
+        const int32_t count = r.kept_per_head[l * H + hh];
+        r.kept_positions.insert(r.kept_positions.end(), index.begin() + hh * n,
+                                index.begin() + hh * n + std::min<size_t>(count, n));
+      }
+    }
   }
   return result;
 }

@@ -68,6 +68,9 @@ class CudaWorker : public Worker {
   // The memory arithmetic of Create (weights, pool, free memory), for the start-up log.
   const std::string& sizing() const;
   void set_return_logits(bool on);
+  // Report each compressed prefill's kept positions (SequenceResult::kept_positions; tests):
+  // every selection waits for its copy to the host.
+  void set_return_kept_positions(bool on);
   // Off: every step runs eagerly, none replays a CUDA graph (benchmarks). On by default.
   void set_graphs_enabled(bool on);
   // Opt-in GPU time per phase of the forward pass (workers/cuda/phase_timer.h); steps run

@@ -127,6 +127,20 @@ struct CudaWorker::State {
   std::unique_ptr<ThreadPool> plan_pool;
   std::string sizing;
   bool return_logits = false;
+  // Tests: each selection's kept_index [H, n] copied to the host, per (kept sequence j of the
+  // step, layer) [num_kept_seqs * L]; Unpack trims rows to their kept counts.
+  bool return_kept_positions = false;
+  std::vector<std::vector<int32_t>> kept_index_host;
+  // A step's one-step compressed prefills select concurrently (RunSelect): forked from
+  // `stream` onto these after their attention, joined back before the layer goes on, each
+  // prompt in its own slices of select_ws and kept_index (offsets per select j, set by
+  // Launch), so a burst of short prompts does not run its small kernels one prompt after
+  // another. Created on first use; worker thread only.
+  static constexpr int32_t kMaxSelectStreams = 4;
+  std::vector<cudaStream_t> select_streams;
+  std::vector<cudaEvent_t> select_joins;
+  cudaEvent_t select_fork = nullptr;
+  std::vector<size_t> select_ws_offset, select_index_offset;
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   // Weights (bf16).
@@ -162,6 +176,9 @@ struct CudaWorker::State {
       profile.Print();
       profile.steps = 0;
     }
+    for (cudaStream_t s : select_streams) cudaStreamDestroy(s);
+    for (cudaEvent_t e : select_joins) cudaEventDestroy(e);
+    if (select_fork != nullptr) cudaEventDestroy(select_fork);
     if (cublas != nullptr) cublasDestroy(cublas);
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
@@ -223,6 +240,7 @@ struct CudaWorker::State {
                               int32_t l);
   absl::Status RunSelect(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
                          int32_t layer);
+  absl::Status CopyKeptIndex(int32_t j, int32_t l, int32_t n, const int32_t* index);
   absl::Status LayerMlp(const HostStep& h, int32_t layer, bool fused);
   absl::Status SampleStep(const HostStep& h, const cuda_internal::DeviceStep& d, bool fused);
   // sampling_step.cc: uploads the step's extras (sets `extras`), runs the penalties on a copy of

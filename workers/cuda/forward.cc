@@ -92,6 +92,19 @@ absl::Status CudaWorker::State::RunPrefill(const HostStep& h, int32_t k0, int32_
   return absl::OkStatus();
 }
 
+// Tests (return_kept_positions): the selection just run's kept positions [H, n] to the host,
+// for kept sequence j of the step at layer l. A copy to pageable memory returns once done.
+absl::Status CudaWorker::State::CopyKeptIndex(int32_t j, int32_t l, int32_t n,
+                                              const int32_t* index) {
+  if (!return_kept_positions) return absl::OkStatus();
+  std::vector<int32_t>& out = kept_index_host[static_cast<size_t>(j) * cfg.num_layers + l];
+  out.resize(static_cast<size_t>(cfg.num_kv_heads) * n);
+  HKV_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(out.data(), index, out.size() * 4, cudaMemcpyDeviceToHost, stream));
+  HKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return absl::OkStatus();
+}
+
 // Compressed prefills of layer l: dense attention over each prompt, then the selection kernel
 // scatters each head's kept tokens into its blocks.
 absl::Status CudaWorker::State::RunSelect(const Batch& b, const HostStep& h, const DeviceStep& d,
@@ -103,6 +116,27 @@ absl::Status CudaWorker::State::RunSelect(const Batch& b, const HostStep& h, con
   auto* q = qkv.get<uint16_t>();
   const int32_t k0 = h.num_decode + h.num_prefill;
   HKV_RETURN_IF_ERROR(RunPrefill(h, k0, h.num_select, d.cu_select, h.max_select, nullptr));
+  // Several prompts: fork onto the select streams (each prompt's kernels are small and
+  // serial), join before returning. Tests that copy kept positions run them in order.
+  const int32_t forks =
+      return_kept_positions ? 0 : std::min<int32_t>(h.num_select, kMaxSelectStreams);
+  if (forks > 1) {
+    while (static_cast<int32_t>(select_streams.size()) < forks) {
+      cudaStream_t s = nullptr;
+      cudaEvent_t e = nullptr;
+      HKV_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+      select_streams.push_back(s);
+      HKV_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      select_joins.push_back(e);
+    }
+    if (select_fork == nullptr) {
+      HKV_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&select_fork, cudaEventDisableTiming));
+    }
+    HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(select_fork, stream));
+    for (int32_t f = 0; f < forks; ++f) {
+      HKV_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(select_streams[f], select_fork, 0));
+    }
+  }
   for (int32_t j = 0; j < h.num_select; ++j) {
     const SequenceStep& st = b.seqs[h.order[k0 + j]];
     const int32_t n = static_cast<int32_t>(st.tokens.size()), win = st.selection.window;
@@ -128,9 +162,9 @@ absl::Status CudaWorker::State::RunSelect(const Batch& b, const HostStep& h, con
     ks.v_pool = v_pool.get();
     ks.block_stride = static_cast<int64_t>(bs) * c.head_dim;
     ks.block_size = bs;
-    ks.workspace = select_ws.get();
+    ks.workspace = static_cast<char*>(select_ws.get()) + select_ws_offset[j];
     ks.kept_count = kept.get<int32_t>() + (static_cast<size_t>(j) * L + l) * H;
-    ks.kept_index = kept_index.get<int32_t>();
+    ks.kept_index = kept_index.get<int32_t>() + select_index_offset[j];
     const size_t jl = static_cast<size_t>(j) * L + l;
     if (h.ada_total[jl] >= 0) {  // adakv: the kernel splits the layer's budget and blocks.
       const int32_t first = h.ada_block_start[j * (L + 1) + l];
@@ -140,7 +174,12 @@ absl::Status CudaWorker::State::RunSelect(const Batch& b, const HostStep& h, con
       ks.dest_capacity = h.ada_block_start[j * (L + 1) + l + 1] - first;
       ks.caps_out = select_caps.get<int32_t>() + jl * H;
     }
-    HKV_CUDA_RETURN_IF_ERROR(k::RunKvSelect(ks, stream));
+    HKV_CUDA_RETURN_IF_ERROR(k::RunKvSelect(ks, forks > 1 ? select_streams[j % forks] : stream));
+    HKV_RETURN_IF_ERROR(CopyKeptIndex(j, l, n, ks.kept_index));
+  }
+  for (int32_t f = 0; forks > 1 && f < forks; ++f) {
+    HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(select_joins[f], select_streams[f]));
+    HKV_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(stream, select_joins[f], 0));
   }
   return absl::OkStatus();
 }
@@ -190,6 +229,8 @@ absl::Status CudaWorker::State::RunPagedSelect(const Batch& b, const HostStep& h
       ks.caps_out = select_caps.get<int32_t>() + kept_at;
     }
     HKV_CUDA_RETURN_IF_ERROR(k::RunKvSelect(ks, stream));
+    HKV_RETURN_IF_ERROR(
+        CopyKeptIndex(h.num_select + static_cast<int32_t>(j), l, ks.n, ks.kept_index));
   }
   return absl::OkStatus();
 }
