@@ -8,7 +8,7 @@
 //
 //   decode_step_profile [--config DIR] [--batch 1,64] [--context 1024] [--steps 50]
 //                       [--mode both|fused|unfused] [--gemv_cols QKV,O,GATE_UP,DOWN]
-//                       [--headkv SCORES_JSON] [--budget 128]
+//                       [--headkv SCORES_JSON] [--budget 128] [--prefill N,P]
 //
 // --mode picks the workers: one with CudaWorkerOptions::fused_decode off (the default kernels)
 // and/or one with it on. --gemv_cols sets the fused worker's options.fused_gemv_cols (the fused
@@ -17,6 +17,10 @@
 // --headkv gives every row the length a HeadKV-B plan of those scores keeps of a `context`-token
 // prompt (KeptTokens: cap + window per (layer, KV head)) instead of `context`: the ragged rows
 // whose layers differ, so the worker plans decode attention per layer as a HeadKV decode does.
+// --prefill N,P adds to every step N prompts of P tokens prefilled in one step, as the steps of
+// a short-context serving mix carry them: with --headkv each is a compressed prefill (dense
+// attention, then the selection kernels keep the plan's tokens per row), else a plain one.
+// Such steps run eagerly (no graph), so their graph and eager times are the same step.
 
 #include <cuda_runtime.h>
 
@@ -25,6 +29,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,6 +59,8 @@ struct Flags {
   FusedGemvCols cols;
   std::string headkv_scores;  // empty: full KV, every row `context` tokens
   int32_t budget = 128;
+  int32_t prefill_seqs = 0;  // --prefill N,P
+  int32_t prefill_len = 0;
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -77,6 +84,12 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       if (v != "both" && v != "fused" && v != "unfused") return false;
     } else if (k == "--headkv") {
       f->headkv_scores = v;
+    } else if (k == "--prefill") {
+      const std::vector<std::string> np = absl::StrSplit(v, ',');
+      if (np.size() != 2 || !absl::SimpleAtoi(np[0], &f->prefill_seqs) ||
+          !absl::SimpleAtoi(np[1], &f->prefill_len) || f->prefill_seqs < 1 || f->prefill_len < 16) {
+        return false;
+      }
     } else if (k == "--budget") {
       if (!absl::SimpleAtoi(v, &f->budget) || f->budget < 9) return false;
     } else if (k == "--gemv_cols") {
@@ -96,10 +109,18 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
   return argc % 2 == 1;
 }
 
+// The prompts --prefill adds to a step: each prefilled in one step, compressed by `plan`
+// when it is set. Its rows take fresh blocks after `*next`.
+struct PrefillMix {
+  int32_t seqs = 0;
+  int32_t len = 0;
+  const HeadBudgetPlan* plan = nullptr;
+};
+
 // A decode step of `batch` sequences; row r of each holds row_len[r] cached tokens
-// (r = layer * num_kv_heads + head).
+// (r = layer * num_kv_heads + head); then the mix's prompts.
 Batch DecodeBatch(const ModelConfig& c, int32_t batch, const std::vector<int32_t>& row_len,
-                  int32_t block_size) {
+                  int32_t block_size, const PrefillMix& mix = {}) {
   Batch b;
   b.num_layers = c.num_layers;
   b.num_kv_heads = c.num_kv_heads;
@@ -121,6 +142,30 @@ Batch DecodeBatch(const ModelConfig& c, int32_t batch, const std::vector<int32_t
       b.kv_indptr.push_back(static_cast<int32_t>(b.kv_indices.size()));
       b.kv_len_before.push_back(row_len[r]);
       b.kv_len_after.push_back(row_len[r] + 1);
+    }
+  }
+  const std::vector<int32_t> kept =
+      mix.plan != nullptr ? mix.plan->KeptTokens(mix.len) : std::vector<int32_t>();
+  for (int32_t s = 0; s < mix.seqs; ++s) {
+    SequenceStep st;
+    st.id = batch + s;
+    for (int32_t i = 0; i < mix.len; ++i) st.tokens.push_back(100 + (s * 7919 + i * 31) % 20000);
+    st.sample = true;
+    st.num_prompt_tokens = mix.len;
+    if (mix.plan != nullptr) {
+      st.select = true;
+      st.selection.window = mix.plan->window;
+      st.selection.capacity = mix.plan->capacity;
+    }
+    b.seqs.push_back(st);
+    for (int64_t r = 0; r < static_cast<int64_t>(c.num_layers) * c.num_kv_heads; ++r) {
+      const int32_t len = mix.plan != nullptr ? kept[r] : mix.len;
+      for (int32_t i = 0; i < (len + block_size - 1) / block_size; ++i) {
+        b.kv_indices.push_back(next++);
+      }
+      b.kv_indptr.push_back(static_cast<int32_t>(b.kv_indices.size()));
+      b.kv_len_before.push_back(0);
+      b.kv_len_after.push_back(len);
     }
   }
   return b;
@@ -172,9 +217,9 @@ double PhaseBytes(const std::string& name, const ModelConfig& c, double kv_bytes
 }
 
 absl::Status Profile(CudaWorker& w, const ModelConfig& c, const Flags& f,
-                     const std::vector<int32_t>& row_len, int32_t batch, bool fused,
-                     double copy_bw) {
-  const Batch b = DecodeBatch(c, batch, row_len, 16);
+                     const std::vector<int32_t>& row_len, const PrefillMix& mix, int32_t batch,
+                     bool fused, double copy_bw) {
+  const Batch b = DecodeBatch(c, batch, row_len, 16, mix);
   w.set_phase_profile(false);
   w.set_graphs_enabled(true);
   HKV_ASSIGN_OR_RETURN(const double graph_us, TimeSteps(w, b, f.steps));
@@ -199,9 +244,13 @@ absl::Status Profile(CudaWorker& w, const ModelConfig& c, const Flags& f,
   double total = 0;
   for (const auto& p : phases) total += p.us_per_step;
   std::printf(
-      "\n### batch %d, context %d, %s, %s kernels\n\n", batch, f.context,
+      "\n### batch %d, context %d, %s, %s kernels%s\n\n", batch, f.context,
       f.headkv_scores.empty() ? "full KV" : ("HeadKV B=" + std::to_string(f.budget)).c_str(),
-      fused ? "fused" : "unfused");
+      fused ? "fused" : "unfused",
+      mix.seqs == 0 ? ""
+                    : (", + " + std::to_string(mix.seqs) + " prompts of " +
+                       std::to_string(mix.len) + " tokens (bound: decode only)")
+                          .c_str());
   std::printf(
       "Step: graph %.1f us (%.1f tok/s per sequence, %.0f%% of the bound), eager %.1f us; "
       "bound %.1f us = %.2f GB / %.2f TB/s copy bandwidth. Profiled eager phases sum to %.1f "
@@ -233,6 +282,7 @@ absl::Status Run(const Flags& f) {
   const int32_t max_batch = *std::max_element(f.batches.begin(), f.batches.end());
   std::vector<int32_t> row_len(static_cast<size_t>(config.num_layers) * config.num_kv_heads,
                                f.context);
+  std::optional<HeadBudgetPlan> headkv_plan;
   if (!f.headkv_scores.empty()) {
     HKV_ASSIGN_OR_RETURN(HeadScores scores, LoadHeadScores(f.headkv_scores));
     KvPolicy policy;
@@ -242,13 +292,18 @@ absl::Status Run(const Flags& f) {
     HKV_ASSIGN_OR_RETURN(const HeadBudgetPlan plan,
                          HeadBudgetPlanner::Plan(policy, config.num_layers, config.num_kv_heads));
     row_len = plan.KeptTokens(f.context);
+    headkv_plan = plan;
   }
+  PrefillMix mix{f.prefill_seqs, f.prefill_len, headkv_plan ? &*headkv_plan : nullptr};
   int64_t blocks_per_seq = 0;
   for (int32_t n : row_len) blocks_per_seq += (n + 1 + 15) / 16;
+  const int64_t blocks_per_prompt =
+      static_cast<int64_t>(config.num_layers) * config.num_kv_heads * ((f.prefill_len + 15) / 16);
   CudaWorkerOptions o;
   o.block_size = 16;
-  o.num_blocks = blocks_per_seq * max_batch;
-  o.max_seqs = std::max(max_batch, 256);
+  o.num_blocks = blocks_per_seq * max_batch + blocks_per_prompt * f.prefill_seqs;
+  o.max_step_tokens = std::max(max_batch + f.prefill_seqs * f.prefill_len, 8192);
+  o.max_seqs = std::max(max_batch + f.prefill_seqs, 256);
   o.cuda_graph_max_batch = std::max(max_batch, 256);
   o.fused_gemv_cols = f.cols;
   const double copy_bw = CopyBandwidth();
@@ -266,7 +321,7 @@ absl::Status Run(const Flags& f) {
     o.fused_decode = fused;  // one worker per kernel set, as a server would start it
     HKV_ASSIGN_OR_RETURN(std::unique_ptr<CudaWorker> w, CudaWorker::Create(model, o));
     for (int32_t batch : f.batches) {
-      HKV_RETURN_IF_ERROR(Profile(*w, config, f, row_len, batch, fused, copy_bw));
+      HKV_RETURN_IF_ERROR(Profile(*w, config, f, row_len, mix, batch, fused, copy_bw));
     }
   }
   return absl::OkStatus();
@@ -281,7 +336,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: decode_step_profile [--config DIR] [--batch 1,64] [--context 1024] "
                  "[--steps 50] [--mode both|fused|unfused] [--gemv_cols QKV,O,GATE_UP,DOWN] "
-                 "[--headkv SCORES_JSON] [--budget 128]\n");
+                 "[--headkv SCORES_JSON] [--budget 128] [--prefill N,P]\n");
     return 2;
   }
   const absl::Status s = hkv::Run(f);

@@ -363,11 +363,12 @@ void RunServeMix(const ModelConfig& config, std::shared_ptr<const HeadScores> sc
   const EngineMetrics& m = engine.metrics();
   const double steps = std::max<int64_t>(m.engine_steps_total.load(), 1);
   std::printf(
-      "| %s | %d | %d | %.0f | %lld | %.1f | %.3f | %.3f | %.3f | %.1f |\n",
+      "| %s | %d | %d | %.0f | %lld | %.1f | %.3f | %.3f | %.3f | %.3f | %.1f |\n",
       policy == "full" ? "full" : (policy + " B=" + std::to_string(budget)).c_str(), requests,
       failed.load(), steps, static_cast<long long>(m.engine_prefill_steps_total.load()),
       m.engine_step_tokens_total.load() / steps, m.engine_schedule_ns_total.load() / steps * 1e-6,
       m.engine_update_ns_total.load() / steps * 1e-6,
+      m.engine_deliver_ns_total.load() / steps * 1e-6,
       m.engine_execute_ns_total.load() / steps * 1e-6, wall_s);
   engine.Stop();
 }
@@ -408,7 +409,8 @@ int main(int argc, char** argv) {
   if (serve_mix) {
     std::printf(
         "| policy | requests | failed | steps | prefill steps | tokens/step | schedule ms/step | "
-        "update ms/step | worker ms/step | wall s |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        "update ms/step | deliver ms/step | worker ms/step | wall s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n");
     hkv::RunServeMix(*config, nullptr, "full", 0, 256, mix_requests);
     if (scores != nullptr) hkv::RunServeMix(*config, scores, "headkv", 128, 256, mix_requests);
     return 0;

@@ -7,8 +7,10 @@
 #     bandwidth bound, and short-context serving at concurrency 256 (ShareGPT-like lengths).
 #   bench/gpu_engine_bench.sh BIN_DIR SCORES_JSON OUT_DIR long [NUM_COMPRESSED]
 #     32k-token prompts, 256 output tokens through `hkv bench-serve`: full KV, SnapKV and
-#     HeadKV at B = 128 and 1024 (LONG_SPECS="headkv 128" picks the compressed runs). Capacity (max concurrent sequences) comes from the engine's
-#     exact footprint, printed at start; the live runs report the streams decoded together.
+#     HeadKV at B = 128 and 1024 (LONG_SPECS="headkv 128" picks the compressed runs;
+#     LONG_FULL=0 skips the full-KV run; LONG_BATCH_TOKENS sets --max-batch-tokens, default
+#     8192). Capacity (max concurrent sequences) comes from the engine's exact footprint,
+#     printed at start; the live runs report the streams decoded together.
 #   bench/gpu_engine_bench.sh BIN_DIR SCORES_JSON OUT_DIR peer BATCHES
 #     Hugging Face transformers on the same shapes (bench/hf_peer_bench.py).
 #
@@ -118,13 +120,16 @@ long)
   ncomp="${5:-32}"
   {
     echo "## Long context: 32k-token prompts, 256 output tokens"
-    start_server --max-seqs 512 --max-model-len 33024 --max-batch-tokens 8192 \
+    echo "--max-batch-tokens ${LONG_BATCH_TOKENS:-8192}"
+    start_server --max-seqs 512 --max-model-len 33024 --max-batch-tokens "${LONG_BATCH_TOKENS:-8192}" \
       --default-kv-policy headkv --default-kv-budget 128
     echo
     echo "| run | ok | max streams | output tok/s | TTFT p50 / p99 s | TPOT p50 / p99 ms | s |"
     echo "|---|---|---|---|---|---|---|"
-    bench "full KV" --num-requests 16 --concurrency 16 --input-len 32768 --output-len 256 \
-      --kv-policy full
+    if [ "${LONG_FULL:-1}" != 0 ]; then
+      bench "full KV" --num-requests 16 --concurrency 16 --input-len 32768 --output-len 256 \
+        --kv-policy full
+    fi
     IFS=, read -r -a specs <<< "${LONG_SPECS:-snapkv 128,headkv 128,snapkv 1024,headkv 1024}"
     for spec in "${specs[@]}"; do
       set -- $spec
