@@ -146,7 +146,13 @@ void Engine::Loop() {
       last_liveness_check = absl::Now();
       if (absl::Status live = worker_->Liveness(); !live.ok()) OnWorkerFailure(live);
     }
-    Deliver(outputs);
+    if (batch.has_value()) {  // Streamed tokens and finished requests to their clients.
+      const absl::Time deliver_start = absl::Now();
+      Deliver(outputs);
+      metrics_.engine_deliver_ns_total += absl::ToInt64Nanoseconds(absl::Now() - deliver_start);
+    } else {
+      Deliver(outputs);
+    }
     PublishGauges();
     if (fault_stall_pending && metrics_.engine_steps_total.load() > 0) {
       fault_stall_pending = false;

@@ -168,11 +168,12 @@ std::string EngineMetrics::Render() const {
   absl::StrAppend(&out,
                   "# HELP hkv_engine_step_seconds_total Engine loop time by part of the step: "
                   "schedule (build the step), execute (the worker runs it), update (apply its "
-                  "results)\n# TYPE hkv_engine_step_seconds_total counter\n");
+                  "results), deliver (push the step's outputs to the clients' streams)\n# TYPE hkv_engine_step_seconds_total counter\n");
   for (const auto& [phase, ns] :
        {std::pair<const char*, int64_t>{"schedule", engine_schedule_ns_total.load()},
         {"execute", engine_execute_ns_total.load()},
-        {"update", engine_update_ns_total.load()}}) {
+        {"update", engine_update_ns_total.load()},
+        {"deliver", engine_deliver_ns_total.load()}}) {
     absl::StrAppend(&out, "hkv_engine_step_seconds_total{phase=\"", phase, "\"} ", ns * 1e-9, "\n");
   }
   Counter(&out, "hkv_engine_step_tokens_total", "Tokens run by engine steps, prefill and decode",

@@ -59,6 +59,7 @@ struct EngineMetrics {
   std::atomic<int64_t> engine_schedule_ns_total{0};
   std::atomic<int64_t> engine_execute_ns_total{0};
   std::atomic<int64_t> engine_update_ns_total{0};
+  std::atomic<int64_t> engine_deliver_ns_total{0};     // stepped outputs pushed to the streams
   std::atomic<int64_t> engine_step_tokens_total{0};    // tokens run, prefill and decode
   std::atomic<int64_t> engine_prefill_steps_total{0};  // steps with a prompt chunk in them
   // Calls refused for a missing or wrong API key (before any engine work).

@@ -10,11 +10,13 @@ namespace {
 
 // The engine-step counters of EngineMetrics at one moment.
 struct StepTotals {
-  int64_t steps = 0, prefill_steps = 0, tokens = 0, schedule_ns = 0, execute_ns = 0, update_ns = 0;
+  int64_t steps = 0, prefill_steps = 0, tokens = 0, schedule_ns = 0, execute_ns = 0, update_ns = 0,
+          deliver_ns = 0;
   static StepTotals Read(const EngineMetrics& m) {
     return {m.engine_steps_total.load(),       m.engine_prefill_steps_total.load(),
             m.engine_step_tokens_total.load(), m.engine_schedule_ns_total.load(),
-            m.engine_execute_ns_total.load(),  m.engine_update_ns_total.load()};
+            m.engine_execute_ns_total.load(),  m.engine_update_ns_total.load(),
+            m.engine_deliver_ns_total.load()};
   }
 };
 
@@ -75,7 +77,9 @@ void StatsReporter::Run() {
              absl::StrFormat("%.3f", per_step(now_steps.execute_ns - steps.execute_ns) * 1e-6),
              true},
             {"update_ms_per_step",
-             absl::StrFormat("%.3f", per_step(now_steps.update_ns - steps.update_ns) * 1e-6),
+             absl::StrFormat("%.3f", per_step(now_steps.update_ns - steps.update_ns) * 1e-6), true},
+            {"deliver_ms_per_step",
+             absl::StrFormat("%.3f", per_step(now_steps.deliver_ns - steps.deliver_ns) * 1e-6),
              true}}));
     steps = now_steps;
     prompt = p;

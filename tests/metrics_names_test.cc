@@ -235,7 +235,7 @@ TEST(MetricsNamesTest, ScrapeParsesStrictlyAndHasVllmNames) {
                 ? e.types.at("hkv_engine_step_seconds_total")
                 : "",
             "counter");
-  for (const char* phase : {"schedule", "execute", "update"}) {
+  for (const char* phase : {"schedule", "execute", "update", "deliver"}) {
     auto v = e.Find("hkv_engine_step_seconds_total", {{"phase", phase}});
     ASSERT_EQ(v.size(), 1u) << phase;
     EXPECT_GT(v[0].value, 0) << phase;
