@@ -74,18 +74,32 @@ __device__ __forceinline__ int64_t PagedOffset(const int32_t* indptr, const int3
 }
 
 // Loads the nq window queries of kv head `kvh` into shared memory [kNq, kHeadDim] as
-// pre-scaled floats; rows nq..kNq-1 are zero.
+// pre-scaled floats; rows nq..kNq-1 are zero. 16-byte loads, all of a thread's issued before
+// the first is used (one memory latency, not one per element: a short prompt's kernels are
+// mostly this). Called by kStatThreads threads; rows are 16-byte aligned (as K's).
 template <typename T, int kHeadDim, int kNq>
 __device__ void LoadWindowQueries(const Params& p, int kvh, float* sq) {
-  for (int idx = threadIdx.x; idx < kNq * kHeadDim; idx += blockDim.x) {
-    const int v = idx / kHeadDim, d = idx % kHeadDim;
-    const int t = v / p.group, g = v % p.group;
-    float x = 0.0f;
-    if (v < p.nq) {
-      x = ToFloat<T>(static_cast<const T*>(
-          p.q)[t * p.q_stride + static_cast<int64_t>(kvh * p.group + g) * kHeadDim + d]);
+  constexpr int kVecsPerRow = kHeadDim / 8, kVecs = kNq * kVecsPerRow;
+  constexpr int kPerThread = (kVecs + kStatThreads - 1) / kStatThreads;
+  uint4 raw[kPerThread];
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int idx = threadIdx.x + i * kStatThreads, v = idx / kVecsPerRow;
+    raw[i] = make_uint4(0, 0, 0, 0);
+    if (idx < kVecs && v < p.nq) {
+      const int t = v / p.group, g = v % p.group, d = (idx % kVecsPerRow) * 8;
+      raw[i] = LoadNc16(static_cast<const T*>(p.q) + t * p.q_stride +
+                        static_cast<int64_t>(kvh * p.group + g) * kHeadDim + d);
     }
-    sq[idx] = x * p.scale_log2;
+  }
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    const int idx = threadIdx.x + i * kStatThreads;
+    if (idx >= kVecs) continue;
+    float f[8];
+    Unpack8<T>(raw[i], f);  // zero bits -> 0.0f for the padding rows
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sq[idx * 8 + e] = f[e] * p.scale_log2;
   }
 }
 
@@ -130,10 +144,11 @@ __global__ void __launch_bounds__(kStatThreads) WindowStatsKernel(Params p) {
   for (int j = blockIdx.x * kKeysPerCta + threadIdx.x; j < end; j += kStatThreads) {
     float s[kNq];
     KeyLogits<T, kHeadDim, kNq>(p, kvh, j, sq, s);
+    const bool before_window = j < p.past;  // seen by every window query
 #pragma unroll
     for (int v = 0; v < kNq; ++v) {
       // Window query t = v / group sees keys 0 .. past + t.
-      if (v < p.nq && j <= p.past + v / p.group) {
+      if (v < p.nq && (before_window || j <= p.past + v / p.group)) {
         const float mn = fmaxf(m[v], s[v]);
         l[v] = l[v] * exp2f(m[v] - mn) + exp2f(s[v] - mn);
         m[v] = mn;
@@ -600,7 +615,10 @@ cudaError_t RunKvSelect(const KvSelectArgs& a, cudaStream_t stream) {
       (a.block_size & (a.block_size - 1)) != 0 || a.workspace == nullptr ||
       a.kept_count == nullptr || a.kept_index == nullptr ||
       (a.adaptive_total < 0 && a.caps == nullptr) ||
-      (a.in_place && (a.dest_indptr == nullptr || a.dest_indices == nullptr))) {
+      (a.in_place && (a.dest_indptr == nullptr || a.dest_indices == nullptr)) ||
+      // 16-byte loads of the window queries and the keys.
+      a.q_stride % 8 != 0 || reinterpret_cast<uintptr_t>(a.q_window) % 16 != 0 ||
+      (!a.in_place && (a.kv_stride % 8 != 0 || reinterpret_cast<uintptr_t>(a.keys) % 16 != 0))) {
     return cudaErrorInvalidValue;
   }
   const int32_t w = std::min(a.window, a.n);

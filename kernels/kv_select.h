@@ -82,6 +82,7 @@ size_t KvSelectWorkspaceBytes(int32_t n, int32_t window, int32_t num_q_heads, in
 
 // Runs scoring, (adaptive split,) selection and scatter. Returns cudaErrorInvalidValue for
 // unsupported shapes (window * group > 64, head_dim not 64/128, block_size not a power of two,
+// q_window / keys not 16-byte aligned or their token strides not a multiple of 8 elements,
 // adaptive with more than kMaxAdaptiveHeads heads or an inconsistent total / floor).
 cudaError_t RunKvSelect(const KvSelectArgs& args, cudaStream_t stream);
 

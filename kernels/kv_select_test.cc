@@ -504,6 +504,14 @@ TEST(KvSelectArgsTest, RejectsBadShapes) {
   a.adaptive_total = 1;
   a.adaptive_floor = 2;
   EXPECT_EQ(RunKvSelect(a, nullptr), cudaErrorInvalidValue);
+  // Static again: the window queries and keys are read 16 bytes at a time.
+  a.adaptive_total = -1;
+  a.adaptive_floor = 0;
+  a.q_stride = 12;
+  EXPECT_EQ(RunKvSelect(a, nullptr), cudaErrorInvalidValue);
+  a.q_stride = 16;
+  a.kv_stride = 20;
+  EXPECT_EQ(RunKvSelect(a, nullptr), cudaErrorInvalidValue);
 }
 
 }  // namespace
