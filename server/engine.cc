@@ -58,6 +58,7 @@ void Engine::Stop() {
     stopping_ = true;
   }
   if (thread_.joinable()) thread_.join();
+  pusher_.Drain();  // Every chunk the loop made reaches its stream before Stop returns.
   loop_alive_ = false;
   metrics_.ready = 0;
 }

@@ -2,7 +2,8 @@
 // Engine: the step loop. One engine thread owns the Scheduler and the KvCacheManager and drives
 // the Worker: Schedule() -> Worker::Execute(batch) -> Scheduler::Update(), then fans the new
 // tokens out to each request's RequestStream, their text made by the request's OutputProcessor
-// (detokenized, valid UTF-8, stop strings applied).
+// (detokenized, valid UTF-8, stop strings applied), through a StreamPusher: the chunks of a
+// loop iteration reach the streams from the pusher's thread while the engine runs the next.
 //
 // Threading: Submit/Abort/Cancel/Healthy/Live/Drain may be called from any thread (gRPC handlers,
 // the CLI). They only touch the mutex-guarded inbox; everything else is engine-thread only.
@@ -30,6 +31,7 @@
 #include "server/output_processor.h"
 #include "server/plan_cache.h"
 #include "server/request_stream.h"
+#include "server/stream_pusher.h"
 #include "tokenizer/tokenizer.h"
 #include "workers/worker.h"
 
@@ -174,6 +176,9 @@ class Engine {
   std::unique_ptr<KvCacheManager> kv_;
   std::unique_ptr<Scheduler> scheduler_;
   absl::flat_hash_map<RequestId, std::unique_ptr<Active>> active_;  // One per sample.
+  // Every chunk the engine sends a stream goes through it (so a stream's chunks keep their
+  // order); flushed once per loop iteration, drained by Stop.
+  StreamPusher pusher_;
   // Per live request (by the id of its sample 0): its samples, and how many still have an
   // Active. Aborts reach every sample through it; the request leaves the inbox accounting when
   // its last sample does.

@@ -1,6 +1,6 @@
 // Engine's delivery of scheduler outputs on the engine thread: new tokens through each
-// request's OutputProcessor into its RequestStream, the final chunk's usage and metrics, and
-// forgetting a request once its last sample ends.
+// request's OutputProcessor into its RequestStream (queued on the StreamPusher), the final chunk's
+// usage and metrics, and forgetting a request once its last sample ends.
 #include <string>
 #include <utility>
 
@@ -75,7 +75,7 @@ void Engine::Deliver(const std::vector<RequestOutput>& outputs) {
       scheduler_->Abort(out.id, FinishReason::kStop);
     }
     if (out.finished && !a.finished) FinishChunk(a, out, stop_hit, now, &chunk);
-    if (!chunk.token_ids.empty() || chunk.finished) a.stream->Push(std::move(chunk));
+    if (!chunk.token_ids.empty() || chunk.finished) pusher_.Add(a.stream, std::move(chunk));
     if (out.unforked_samples > 0) EndUnforked(out, now);
     if (out.finished) Erase(out.id);
   }
@@ -90,7 +90,7 @@ void Engine::EndUnforked(const RequestOutput& out, absl::Time now) {
     RequestOutput none = out;
     none.kv_tokens_kept = none.kv_tokens_full = 0;
     if (!it->second->finished) FinishChunk(*it->second, none, false, now, &chunk);
-    it->second->stream->Push(std::move(chunk));
+    pusher_.Add(it->second->stream, std::move(chunk));
     Erase(out.id + k);
   }
 }

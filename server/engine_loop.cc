@@ -47,7 +47,7 @@ void Engine::Admit(Submitted submitted) {
     chunk.finished = true;
     chunk.finish = FinishReason::kError;
     chunk.status = status;
-    stream->Push(std::move(chunk));
+    pusher_.Add(stream, std::move(chunk));
     absl::MutexLock lock(&mu_);
     by_client_id_.erase(ClientKey(stream->tenant(), stream->request_id()));
     --live_requests_;
@@ -78,7 +78,7 @@ void Engine::FailAll(const absl::Status& status) {
     chunk.finished = true;
     chunk.finish = FinishReason::kError;
     chunk.status = status;
-    a->stream->Push(std::move(chunk));
+    pusher_.Add(a->stream, std::move(chunk));
   }
 }
 
@@ -146,12 +146,13 @@ void Engine::Loop() {
       last_liveness_check = absl::Now();
       if (absl::Status live = worker_->Liveness(); !live.ok()) OnWorkerFailure(live);
     }
-    if (batch.has_value()) {  // Streamed tokens and finished requests to their clients.
-      const absl::Time deliver_start = absl::Now();
-      Deliver(outputs);
+    // Streamed tokens and finished requests to their clients: the chunks are made here and
+    // pushed by the pusher's thread.
+    const absl::Time deliver_start = absl::Now();
+    Deliver(outputs);
+    pusher_.Flush();
+    if (batch.has_value()) {
       metrics_.engine_deliver_ns_total += absl::ToInt64Nanoseconds(absl::Now() - deliver_start);
-    } else {
-      Deliver(outputs);
     }
     PublishGauges();
     if (fault_stall_pending && metrics_.engine_steps_total.load() > 0) {
@@ -170,6 +171,7 @@ void Engine::Loop() {
   }
   iteration_started_ns_ = 0;
   FailRemaining();
+  pusher_.Flush();
 }
 
 void Engine::RunStep(const Batch& batch, std::vector<RequestOutput>* outputs) {
@@ -215,7 +217,7 @@ void Engine::FailRemaining() {
     chunk.finished = true;
     chunk.finish = FinishReason::kError;
     chunk.status = absl::UnavailableError("the engine stopped");
-    submitted.stream->Push(std::move(chunk));
+    pusher_.Add(submitted.stream, std::move(chunk));
   }
   inbox_.clear();
   live_requests_ = 0;

@@ -1,8 +1,8 @@
 #pragma once
-// RequestStream: the output channel of one request, from the engine thread (writer) to the
-// gRPC handler or CLI (reader). Thread-safe: one writer, one reader. A reader that cannot block
-// in Next (the HTTP API's poll loop) sets a notify function instead and reads with a zero
-// timeout when it is called.
+// RequestStream: the output channel of one request, from the engine (writer: its StreamPusher's
+// thread) to the gRPC handler or CLI (reader). Thread-safe: one writer, one reader. A reader that
+// cannot block in Next (the HTTP API's poll loop) sets a notify function instead and reads with a
+// zero timeout when it is called.
 
 #include <cstdint>
 #include <deque>
