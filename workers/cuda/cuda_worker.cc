@@ -338,38 +338,10 @@ absl::Status CudaWorker::State::CopyBlocks(const Batch& b) {
 absl::Status CudaWorker::State::Launch(const Batch& b, const HostStep& h,
                                        const k::DecodePlanOptions& decode, DeviceStep& d,
                                        StepInputs* inputs) {
-  const int32_t H = cfg.num_kv_heads;
-  const int64_t rows_per_seq = static_cast<int64_t>(cfg.num_layers) * H;
   if (profile.on) HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(profile.start, stream));
   HKV_RETURN_IF_ERROR(inputs->Upload(stream));
   HKV_RETURN_IF_ERROR(ReserveActivations(h.total, static_cast<int64_t>(h.sample_rows.size())));
-  if (h.num_kept_seqs() > 0) {
-    // A paged select scores its whole prompt (more than the step's tokens).
-    HKV_RETURN_IF_ERROR(kept.Reserve(static_cast<size_t>(h.num_kept_seqs()) * rows_per_seq * 4));
-    HKV_RETURN_IF_ERROR(
-        select_caps.Reserve(static_cast<size_t>(h.num_kept_seqs()) * rows_per_seq * 4));
-    // Paged selects run one after another in slice 0; one-step ones each in their own.
-    size_t ws_bytes = k::KvSelectWorkspaceBytes(h.max_paged_select_len, 64, cfg.num_heads, H);
-    size_t index_ints = static_cast<size_t>(H) * h.max_paged_select_len;
-    select_ws_offset.assign(h.num_select, 0);
-    select_index_offset.assign(h.num_select, 0);
-    size_t ws_at = 0, index_at = 0;
-    for (int32_t j = 0; j < h.num_select; ++j) {
-      const int32_t nj =
-          static_cast<int32_t>(b.seqs[h.order[h.num_decode + h.num_prefill + j]].tokens.size());
-      select_ws_offset[j] = ws_at;
-      select_index_offset[j] = index_at;
-      ws_at += (k::KvSelectWorkspaceBytes(nj, 64, cfg.num_heads, H) + 255) / 256 * 256;
-      index_at += static_cast<size_t>(H) * nj;
-    }
-    ws_bytes = std::max(ws_bytes, ws_at);
-    index_ints = std::max(index_ints, index_at);
-    HKV_RETURN_IF_ERROR(kept_index.Reserve(index_ints * 4));
-    HKV_RETURN_IF_ERROR(select_ws.Reserve(ws_bytes + 256));
-    if (return_kept_positions) {
-      kept_index_host.assign(static_cast<size_t>(h.num_kept_seqs()) * cfg.num_layers, {});
-    }
-  }
+  HKV_RETURN_IF_ERROR(ReserveSelect(b, h));
   if (h.num_decode > 0) {
     HKV_RETURN_IF_ERROR(decode_ws.Reserve(k::DecodeWorkspaceBytes(decode)));
     for (k::DecodePlan& p : d.plans) p.workspace = decode_ws.get();

@@ -134,7 +134,7 @@ struct CudaWorker::State {
   // A step's one-step compressed prefills select concurrently (RunSelect): forked from
   // `stream` onto these after their attention, joined back before the layer goes on, each
   // prompt in its own slices of select_ws and kept_index (offsets per select j, set by
-  // Launch), so a burst of short prompts does not run its small kernels one prompt after
+  // ReserveSelect), so a burst of short prompts does not run its small kernels one prompt after
   // another. Created on first use; worker thread only.
   static constexpr int32_t kMaxSelectStreams = 4;
   std::vector<cudaStream_t> select_streams;
@@ -240,6 +240,7 @@ struct CudaWorker::State {
                               int32_t l);
   absl::Status RunSelect(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
                          int32_t layer);
+  absl::Status ReserveSelect(const Batch& b, const HostStep& h);
   absl::Status CopyKeptIndex(int32_t j, int32_t l, int32_t n, const int32_t* index);
   absl::Status LayerMlp(const HostStep& h, int32_t layer, bool fused);
   absl::Status SampleStep(const HostStep& h, const cuda_internal::DeviceStep& d, bool fused);

@@ -92,6 +92,41 @@ absl::Status CudaWorker::State::RunPrefill(const HostStep& h, int32_t k0, int32_
   return absl::OkStatus();
 }
 
+// The step's selection buffers: kept counts and caps per kept sequence, and the workspace
+// and kept_index slices of RunSelect's prompts (each its own, so that they can run on the
+// select streams together) and of RunPagedSelect's (one after another in slice 0).
+absl::Status CudaWorker::State::ReserveSelect(const Batch& b, const HostStep& h) {
+  if (h.num_kept_seqs() == 0) return absl::OkStatus();
+  const int32_t H = cfg.num_kv_heads;
+  const int64_t rows_per_seq = static_cast<int64_t>(cfg.num_layers) * H;
+  HKV_RETURN_IF_ERROR(kept.Reserve(static_cast<size_t>(h.num_kept_seqs()) * rows_per_seq * 4));
+  HKV_RETURN_IF_ERROR(
+      select_caps.Reserve(static_cast<size_t>(h.num_kept_seqs()) * rows_per_seq * 4));
+  // Paged selects run one after another in slice 0 (each scores its whole prompt: more than
+  // the step's tokens); one-step ones each in their own.
+  size_t ws_bytes = k::KvSelectWorkspaceBytes(h.max_paged_select_len, 64, cfg.num_heads, H);
+  size_t index_ints = static_cast<size_t>(H) * h.max_paged_select_len;
+  select_ws_offset.assign(h.num_select, 0);
+  select_index_offset.assign(h.num_select, 0);
+  size_t ws_at = 0, index_at = 0;
+  for (int32_t j = 0; j < h.num_select; ++j) {
+    const int32_t nj =
+        static_cast<int32_t>(b.seqs[h.order[h.num_decode + h.num_prefill + j]].tokens.size());
+    select_ws_offset[j] = ws_at;
+    select_index_offset[j] = index_at;
+    ws_at += (k::KvSelectWorkspaceBytes(nj, 64, cfg.num_heads, H) + 255) / 256 * 256;
+    index_at += static_cast<size_t>(H) * nj;
+  }
+  ws_bytes = std::max(ws_bytes, ws_at);
+  index_ints = std::max(index_ints, index_at);
+  HKV_RETURN_IF_ERROR(kept_index.Reserve(index_ints * 4));
+  HKV_RETURN_IF_ERROR(select_ws.Reserve(ws_bytes + 256));
+  if (return_kept_positions) {
+    kept_index_host.assign(static_cast<size_t>(h.num_kept_seqs()) * cfg.num_layers, {});
+  }
+  return absl::OkStatus();
+}
+
 // Tests (return_kept_positions): the selection just run's kept positions [H, n] to the host,
 // for kept sequence j of the step at layer l. A copy to pageable memory returns once done.
 absl::Status CudaWorker::State::CopyKeptIndex(int32_t j, int32_t l, int32_t n,
