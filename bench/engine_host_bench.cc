@@ -29,11 +29,12 @@
 #include <vector>
 
 #include "block_manager/kv_cache_manager.h"
-#include "block_manager/page_table_mirror.h"
 #include "common/malloc_tuning.h"
+#include "common/page_table_mirror.h"
 #include "headkv/head_scores.h"
 #include "model/hf_config.h"
 #include "server/engine.h"
+#include "workers/cuda/device_page_table.h"
 #include "workers/cuda/step_layout.h"
 #include "workers/worker.h"
 #ifdef HKV_WITH_CUDA
@@ -67,6 +68,8 @@ constexpr bool kPlanned = false;  // the planner is CUDA code: its column reads 
 // the layout, the per-layer decode plans and the copy of every array into one staging buffer.
 struct WorkerHostTimes {
   double layout_us = 0, plan_us = 0, staging_us = 0;
+  int64_t indices = 0;   // entries of the step's page table
+  int64_t uploaded = 0;  // of which a delta step sends (the rest the device copies)
 };
 
 template <typename T>
@@ -81,8 +84,18 @@ size_t Bytes(const std::vector<T>& v) {
   return (v.size() * sizeof(T) + 255) / 256 * 256;
 }
 
+// The CUDA worker's page tables of a delta step: the host's rows and the device's last table
+// (CudaWorker::State::ApplyDelta, device_page_table.h).
+struct WorkerTables {
+  PageTableMirror mirror;
+  std::vector<const std::vector<BlockTable>*> rows;
+  DeviceTableState device;
+};
+
+// With `tables`, a delta step as the CUDA worker runs it: the delta applied to the host's
+// rows, the layout from them and the gather plan, counted in the layout's time.
 absl::StatusOr<WorkerHostTimes> TimeWorkerHost(const Batch& b, const ModelConfig& config,
-                                               std::vector<char>& staging) {
+                                               std::vector<char>& staging, WorkerTables* tables) {
   WorkerHostTimes t;
   StepLayoutShape shape;
   shape.num_layers = config.num_layers;
@@ -90,8 +103,24 @@ absl::StatusOr<WorkerHostTimes> TimeWorkerHost(const Batch& b, const ModelConfig
   shape.vocab_size = config.vocab_size;
   shape.block_size = b.block_size;
   const auto t0 = Clock::now();
-  auto h = BuildHostStep(b, shape, GraphBatchFor(static_cast<int32_t>(b.seqs.size()), 256));
+  StepRows step_rows;
+  if (tables != nullptr) {
+    if (b.kv_delta->reset) tables->device.valid = false;
+    if (absl::Status s = tables->mirror.Apply(*b.kv_delta); !s.ok()) return s;
+    if (absl::Status s = tables->mirror.RowsOf(b, &tables->rows); !s.ok()) return s;
+    step_rows = StepRows{&tables->rows, true};
+  }
+  bool decode_only = true;  // only decode-only steps run as graphs (CudaWorker::State::LayOut)
+  for (const SequenceStep& st : b.seqs) decode_only = decode_only && st.tokens.size() == 1;
+  const int32_t graph = decode_only ? GraphBatchFor(static_cast<int32_t>(b.seqs.size()), 256) : 0;
+  auto h = BuildHostStep(b, shape, graph, step_rows);
   if (!h.ok()) return h.status();
+  if (tables != nullptr) {
+    PlanTableGather(b, tables->rows, tables->device, &*h);
+    RecordDeviceTable(b, *h, &tables->device);
+  }
+  t.indices = h->indptr_a.back();
+  t.uploaded = static_cast<int64_t>(h->gather_upload.size());
   const auto t1 = Clock::now();
   t.layout_us = Us(t0, t1);
 #ifdef HKV_WITH_CUDA
@@ -129,12 +158,17 @@ absl::StatusOr<WorkerHostTimes> TimeWorkerHost(const Batch& b, const ModelConfig
 #endif
   const auto t2 = Clock::now();
   t.plan_us = Us(t1, t2);
-  const std::vector<BlockId>& indices_a = h->shared_indices ? *h->batch_indices : h->indices_a;
+  // A delta step's indices_a is built on the device: nothing of it is staged.
+  const std::vector<BlockId> none;
+  const std::vector<BlockId>& indices_a = h->device_indices   ? none
+                                          : h->shared_indices ? *h->batch_indices
+                                                              : h->indices_a;
   const size_t bytes = Bytes(h->ids) + Bytes(h->pos) + Bytes(h->sample_rows) +
                        Bytes(h->sample_token) + Bytes(h->slots) + Bytes(h->last_a) +
                        Bytes(h->indptr_a) + Bytes(h->last_b) + Bytes(h->indptr_b) +
                        Bytes(h->cu_prefill) + Bytes(h->cu_select) + Bytes(h->caps) +
-                       Bytes(h->indices_b) + Bytes(indices_a) + Bytes(h->ada_blocks);
+                       Bytes(h->indices_b) + Bytes(indices_a) + Bytes(h->ada_blocks) +
+                       Bytes(h->gather_segments) + Bytes(h->gather_upload);
   if (staging.size() < bytes) staging.resize(bytes);
   size_t used = 0;
   Stage(h->ids, staging, used);
@@ -152,6 +186,8 @@ absl::StatusOr<WorkerHostTimes> TimeWorkerHost(const Batch& b, const ModelConfig
   Stage(h->indices_b, staging, used);
   Stage(indices_a, staging, used);
   Stage(h->ada_blocks, staging, used);
+  Stage(h->gather_segments, staging, used);
+  Stage(h->gather_upload, staging, used);
   t.staging_us = Us(t2, Clock::now());
   return t;
 }
@@ -161,26 +197,34 @@ absl::StatusOr<WorkerHostTimes> TimeWorkerHost(const Batch& b, const ModelConfig
 // and the CUDA worker's host work on the steady steps (not counted in that gap).
 class NullWorker : public Worker {
  public:
-  NullWorker(ModelConfig config, int32_t batch) : config_(std::move(config)), batch_(batch) {}
+  NullWorker(ModelConfig config, int32_t batch, bool deltas)
+      : config_(std::move(config)), batch_(batch), deltas_(deltas) {}
   const ModelConfig& config() const override { return config_; }
   std::string name() const override { return "null"; }
+  bool AcceptsPageTableDeltas() const override { return deltas_; }
   absl::StatusOr<BatchResult> Execute(const Batch& b) override {
     const auto now = Clock::now();
     bool decode_only = true;
     for (const SequenceStep& s : b.seqs) decode_only = decode_only && s.tokens.size() == 1;
-    // Steady state only: every sequence of the batch decoding.
-    if (decode_only && last_end_.has_value() && static_cast<int32_t>(b.seqs.size()) == batch_) {
-      gaps_us_.push_back(Us(*last_end_, now));
-      rows_ = b.num_rows();
-      indices_ = static_cast<int64_t>(b.kv_indices.size());
-      auto t = TimeWorkerHost(b, config_, staging_);
+    // Steady state only: every sequence of the batch decoding. A delta step's tables follow
+    // every step.
+    const bool steady =
+        decode_only && last_end_.has_value() && static_cast<int32_t>(b.seqs.size()) == batch_;
+    if (steady) gaps_us_.push_back(Us(*last_end_, now));
+    if (steady || (b.kv_delta.has_value() && batch_ > 0)) {
+      auto t = TimeWorkerHost(b, config_, staging_, b.kv_delta.has_value() ? &tables_ : nullptr);
       if (!t.ok()) {
         std::fprintf(stderr, "worker host work: %s\n", std::string(t.status().message()).c_str());
         return t.status();
       }
-      layout_us_.push_back(t->layout_us);
-      plan_us_.push_back(t->plan_us);
-      staging_us_.push_back(t->staging_us);
+      if (steady) {
+        rows_ = b.num_rows();
+        indices_ = t->indices;
+        uploaded_.push_back(static_cast<double>(t->uploaded));
+        layout_us_.push_back(t->layout_us);
+        plan_us_.push_back(t->plan_us);
+        staging_us_.push_back(t->staging_us);
+      }
     }
     BatchResult r;
     r.seqs.resize(b.seqs.size());
@@ -201,11 +245,13 @@ class NullWorker : public Worker {
     return r;
   }
   int64_t rows_ = 0, indices_ = 0;
-  std::vector<double> gaps_us_, layout_us_, plan_us_, staging_us_;
+  std::vector<double> gaps_us_, layout_us_, plan_us_, staging_us_, uploaded_;
 
  private:
   ModelConfig config_;
   int32_t batch_;
+  bool deltas_;
+  WorkerTables tables_;
   std::optional<Clock::time_point> last_end_;
   std::vector<char> staging_;
 };
@@ -282,9 +328,9 @@ EngineOptions BenchEngineOptions(const ModelConfig& config, int32_t max_seqs,
 }
 
 void Run(const ModelConfig& config, std::shared_ptr<const HeadScores> scores, int32_t batch,
-         int32_t context, const std::string& policy, int32_t budget,
+         int32_t context, const std::string& policy, int32_t budget, bool deltas,
          std::vector<ExportRow>* exports) {
-  auto worker = std::make_unique<NullWorker>(config, batch);
+  auto worker = std::make_unique<NullWorker>(config, batch, deltas);
   NullWorker* w = worker.get();
   Engine engine(BenchEngineOptions(config, batch, std::move(scores)), std::move(worker), nullptr);
   engine.Start();
@@ -312,12 +358,14 @@ void Run(const ModelConfig& config, std::shared_ptr<const HeadScores> scores, in
   engine.Stop();
   const double engine_us = Median(w->gaps_us_), layout = Median(w->layout_us_),
                plan = Median(w->plan_us_), staging = Median(w->staging_us_);
-  std::printf("| %d | %d | %s | %lld | %lld | %.0f | %.0f | %s | %.0f | %.0f |\n", batch, context,
+  std::printf("| %d | %d | %s | %s | %lld | %lld | %.0f | %.0f | %.0f | %s | %.0f | %.0f |\n",
+              batch, context,
               policy == "full" ? "full" : (policy + " B=" + std::to_string(budget)).c_str(),
-              static_cast<long long>(w->rows_), static_cast<long long>(w->indices_), engine_us,
-              layout, kPlanned ? std::to_string(static_cast<int>(plan)).c_str() : "n/a", staging,
-              engine_us + layout + plan + staging);
-  if (policy == "full") {
+              deltas ? "deltas" : "full CSR", static_cast<long long>(w->rows_),
+              static_cast<long long>(w->indices_), deltas ? Median(w->uploaded_) : w->indices_,
+              engine_us, layout, kPlanned ? std::to_string(static_cast<int>(plan)).c_str() : "n/a",
+              staging, engine_us + layout + plan + staging);
+  if (policy == "full" && deltas) {
     const ExportTimes e = TimeExport(config, batch, context + 32);
     exports->push_back({batch, context, e});
   }
@@ -328,7 +376,7 @@ void Run(const ModelConfig& config, std::shared_ptr<const HeadScores> scores, in
 // whose worker does no math. Prints the engine's time per step from its metrics.
 void RunServeMix(const ModelConfig& config, std::shared_ptr<const HeadScores> scores,
                  const std::string& policy, int32_t budget, int32_t clients, int32_t requests) {
-  auto worker = std::make_unique<NullWorker>(config, -1);
+  auto worker = std::make_unique<NullWorker>(config, -1, true);
   Engine engine(BenchEngineOptions(config, clients, std::move(scores)), std::move(worker), nullptr);
   engine.Start();
   std::atomic<int32_t> next{0}, failed{0};
@@ -416,15 +464,20 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::printf(
-      "| batch | context | policy | page rows | page indices | engine us/step | worker layout "
-      "us | worker plan us | worker staging us | host total us |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+      "| batch | context | policy | page tables | page rows | page indices | indices sent | "
+      "engine us/step | worker layout us | worker plan us | worker staging us | host total us "
+      "|\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::vector<hkv::ExportRow> exports;  // printed after the main table
   for (int32_t batch : {1, 64, 256}) {
     for (int32_t context : {512, 4096}) {
       if (batch * context > 256 * 4096 || (only_batch > 0 && batch != only_batch)) continue;
-      hkv::Run(*config, scores, batch, context, "full", 0, &exports);
-      if (scores != nullptr) hkv::Run(*config, scores, batch, context, "headkv", 128, &exports);
+      for (bool deltas : {false, true}) {
+        hkv::Run(*config, scores, batch, context, "full", 0, deltas, &exports);
+        if (scores != nullptr) {
+          hkv::Run(*config, scores, batch, context, "headkv", 128, deltas, &exports);
+        }
+      }
     }
   }
   std::printf(

@@ -5,6 +5,9 @@
 #   bench/gpu_engine_bench.sh BIN_DIR SCORES_JSON OUT_DIR single
 #     copy bandwidth, single-stream decode at 1k context (CUDA graphs on and off) against the
 #     bandwidth bound, and short-context serving at concurrency 256 (ShareGPT-like lengths).
+#   bench/gpu_engine_bench.sh BIN_DIR SCORES_JSON OUT_DIR c256
+#     the c256 runs alone (full KV and HeadKV B=128), page-table deltas on then off.
+#   SERVE_EXTRA_ARGS adds hkv serve flags to every phase.
 #   bench/gpu_engine_bench.sh BIN_DIR SCORES_JSON OUT_DIR long [NUM_COMPRESSED]
 #     32k-token prompts, 256 output tokens through `hkv bench-serve`: full KV, SnapKV and
 #     HeadKV at B = 128 and 1024 (LONG_SPECS="headkv 128" picks the compressed runs;
@@ -25,7 +28,7 @@ port=50093
 
 start_server() {  # extra flags...
   "$bin/hkv" serve --model "$cfg" --dummy-weights --device cuda --host 127.0.0.1 --port $port \
-    --metrics-port 0 --head-scores "$scores" "$@" > "$out/serve_$phase.log" 2>&1 &
+    --metrics-port 0 --head-scores "$scores" ${SERVE_EXTRA_ARGS:-} "$@" > "$out/serve_$phase.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1200); do
     grep -q listening "$out/serve_$phase.log" && break
@@ -56,6 +59,22 @@ PY
 }
 
 case "$phase" in
+c256)  # the short-context c256 runs of `single` alone, page tables as deltas and as full CSR
+  {
+    echo "## c256, page tables as deltas vs full CSR ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
+    echo
+    echo "| run | ok | max streams | output tok/s | TTFT p50 / p99 s | TPOT p50 / p99 ms | s |"
+    echo "|---|---|---|---|---|---|---|"
+    for deltas in true false; do
+      start_server --max-seqs 256 --max-batch-tokens 8192 --page-table-deltas=$deltas
+      for policy in full headkv; do
+        bench "c256 $policy deltas=$deltas" --num-requests 1024 --concurrency 256 \
+          --input-len 256 --output-len 256 --range-ratio 0.5 --kv-policy $policy --kv-budget 128
+      done
+      stop_server
+    done
+  } | tee "$out/$phase.md"
+  ;;
 single)
   {
     echo "## Single stream and short context ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"

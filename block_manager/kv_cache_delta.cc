@@ -27,6 +27,7 @@ PageTableDelta KvCacheManager::ExportDelta(absl::Span<const RequestId> seqs) {
   PageTableDelta d;
   d.num_rows_per_seq = num_rows_per_seq();
   d.block_size = config_.block_size;
+  d.reset = std::exchange(delta_reset_, false);
   d.dropped = std::exchange(dropped_, {});
   d.seqs.reserve(seqs.size());
   for (RequestId seq : seqs) {
@@ -60,6 +61,28 @@ PageTableDelta KvCacheManager::ExportDelta(absl::Span<const RequestId> seqs) {
     kv.dirty_rows.clear();
   }
   return d;
+}
+
+void KvCacheManager::ResetDeltaTracking() {
+  delta_reset_ = true;
+  dropped_.clear();
+  for (auto& [id, kv] : seqs_) {
+    kv.exported = false;
+    kv.grow_all = 0;
+    kv.dirty_rows.clear();
+    kv.dirty_keep.clear();
+  }
+}
+
+std::vector<int32_t> KvCacheManager::ExportRowTokens(absl::Span<const RequestId> seqs) const {
+  std::vector<int32_t> tokens;
+  tokens.reserve(seqs.size() * num_rows_per_seq());
+  for (RequestId seq : seqs) {
+    auto it = seqs_.find(seq);
+    HKV_CHECK(it != seqs_.end()) << "ExportRowTokens of unknown sequence " << seq;
+    for (const BlockTable& t : it->second.rows) tokens.push_back(t.num_tokens);
+  }
+  return tokens;
 }
 
 }  // namespace hkv

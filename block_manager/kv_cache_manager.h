@@ -30,8 +30,8 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "block_manager/block_pool.h"
-#include "block_manager/block_table.h"
 #include "common/batch.h"
+#include "common/block_table.h"
 #include "common/ids.h"
 #include "common/page_table_delta.h"
 
@@ -125,6 +125,12 @@ class KvCacheManager {
   // sequence of the last delta, exactly ExportCsr's rows. Costs O(changed rows + sequences),
   // not O(blocks). The tracking is one stream: a single receiver (the engine's workers).
   PageTableDelta ExportDelta(absl::Span<const RequestId> seqs);
+  // Starts the delta stream again: the next ExportDelta is a `reset` one and every sequence in
+  // it is fresh. For a sender that cannot tell whether its last delta reached the receiver.
+  void ResetDeltaTracking();
+  // Tokens of every row of `seqs` in order (ExportCsr's num_tokens, without the blocks): what a
+  // delta step carries as Batch::kv_len_after. O(rows).
+  std::vector<int32_t> ExportRowTokens(absl::Span<const RequestId> seqs) const;
 
   int32_t num_free_blocks() const { return pool_.num_free(); }
   int32_t num_total_blocks() const { return pool_.num_total(); }
@@ -163,6 +169,7 @@ class KvCacheManager {
   BlockPool pool_;
   std::vector<std::pair<BlockId, BlockId>> pending_copies_;  // src -> dst, for the next step
   std::vector<RequestId> dropped_;  // exported sequences freed since the last ExportDelta
+  bool delta_reset_ = false;        // the next ExportDelta starts the stream again
   absl::flat_hash_map<RequestId, SequenceKv> seqs_;
 };
 

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "block_manager/kv_cache_manager.h"
-#include "block_manager/page_table_mirror.h"
+#include "common/page_table_mirror.h"
 #include "gtest/gtest.h"
 
 namespace hkv {
@@ -32,7 +32,7 @@ void ExpectMirrorMatches(KvCacheManager& m, PageTableMirror& mirror,
   const PageTableDelta d = m.ExportDelta(ids);
   ASSERT_TRUE(mirror.Apply(d).ok());
   const KvCsr want = m.ExportCsr(ids);
-  const KvCsr got = mirror.Csr(ids);
+  const PageTableCsr got = mirror.Csr(ids);
   ASSERT_EQ(got.indptr, want.indptr);
   ASSERT_EQ(got.indices, want.indices);
   ASSERT_EQ(got.num_tokens, want.num_tokens);

@@ -27,12 +27,21 @@
 // queries, and compacts the kept tokens, in position order, into the row's first slots (kept
 // token i moves to slot i). It reports kept_per_head; the scheduler then shrinks each row to
 // its kept count, freeing the blocks past it. Kept sets equal the one-step prefill's.
+//
+// Page-table deltas. A worker that keeps the tables itself (Worker::AcceptsPageTableDeltas)
+// gets `kv_delta` instead of the CSR: the changes since each sequence's last step
+// (common/page_table_delta.h), O(changed rows) where the CSR is O(blocks), millions of entries
+// at batch 256. kv_indptr and kv_indices are then empty; kv_len_before and kv_len_after stay
+// (O(rows)). Applying every delta in order to a PageTableMirror (common/page_table_mirror.h)
+// yields exactly the CSR the step would otherwise carry.
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "common/ids.h"
+#include "common/page_table_delta.h"
 #include "common/sampling_params.h"
 
 namespace hkv {
@@ -99,6 +108,9 @@ struct Batch {
   std::vector<BlockId> kv_indices;     // [kv_indptr.back()]
   std::vector<int32_t> kv_len_before;  // [rows]
   std::vector<int32_t> kv_len_after;   // [rows]
+  // Set instead of kv_indptr/kv_indices for a worker that takes deltas (see the header
+  // comment): its seqs are this batch's sequences, in order.
+  std::optional<PageTableDelta> kv_delta;
   // Block copies to do before the step (copy-on-write of a shared partial block): src -> dst.
   std::vector<std::pair<BlockId, BlockId>> block_copies;
   // Sequence-state changes since the last step, for workers that keep per-sequence sampling

@@ -12,11 +12,31 @@ absl::Status Malformed(const Parts&... parts) {
   return absl::InvalidArgumentError(absl::StrCat("malformed batch: ", parts...));
 }
 
+// A delta's shape and sequences match the batch (its contents are the receiver's to check).
+absl::Status ValidateDelta(const Batch& b) {
+  const PageTableDelta& d = *b.kv_delta;
+  if (d.num_rows_per_seq != static_cast<int64_t>(b.num_layers) * b.num_kv_heads ||
+      d.block_size != b.block_size || d.seqs.size() != b.seqs.size()) {
+    return Malformed("page-table delta does not match the batch's shape");
+  }
+  for (size_t i = 0; i < b.seqs.size(); ++i) {
+    if (d.seqs[i].id != b.seqs[i].id) {
+      return Malformed("page-table delta lists sequence ", d.seqs[i].id, " where the batch has ",
+                       b.seqs[i].id);
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ValidatePageTable(const Batch& b) {
   if (b.num_layers < 0 || b.num_kv_heads < 0) {
     return Malformed("shape ", b.num_layers, "x", b.num_kv_heads);
+  }
+  if (b.kv_delta.has_value()) {
+    if (absl::Status s = ValidateDelta(b); !s.ok()) return s;
+    if (b.kv_indptr.empty() && b.kv_indices.empty()) return absl::OkStatus();  // delta only
   }
   const int64_t rows = b.num_rows();
   if (static_cast<int64_t>(b.kv_indptr.size()) != rows + 1 || b.kv_indptr[0] != 0 ||
@@ -41,6 +61,9 @@ absl::Status ValidateBatchShape(const Batch& b) {
 
 absl::Status ValidateRowLengths(const Batch& b) {
   if (b.block_size <= 0) return Malformed("block_size ", b.block_size);
+  if (static_cast<int64_t>(b.kv_indptr.size()) != b.num_rows() + 1) {
+    return Malformed("row lengths checked without the rows' blocks");
+  }
   for (int64_t r = 0; r < b.num_rows(); ++r) {
     const int64_t blocks = b.kv_indptr[r + 1] - b.kv_indptr[r];
     if (b.kv_len_before[r] < 0 || b.kv_len_after[r] < b.kv_len_before[r] ||
@@ -85,6 +108,13 @@ absl::Status ValidateBlockIds(const Batch& b, int64_t num_blocks) {
   if (lo < 0) return Malformed("block id ", lo, " outside the pool");
   if (!b.kv_indices.empty() && hi >= num_blocks) {
     return Malformed("block id ", hi, " outside the pool of ", num_blocks);
+  }
+  if (b.kv_delta.has_value()) {  // the blocks a delta adds (the receiver holds the others)
+    for (const SequenceTableDelta& s : b.kv_delta->seqs) {
+      for (BlockId id : s.tail_blocks) {
+        if (id < 0 || id >= num_blocks) return Malformed("block id ", id, " outside the pool");
+      }
+    }
   }
   for (const SequenceStep& st : b.seqs) {  // adaptive reservations (SequenceStep::layer_blocks)
     for (BlockId id : st.layer_blocks) {

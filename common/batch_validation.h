@@ -14,7 +14,8 @@
 namespace hkv {
 
 // The CSR page table matches the batch: non-negative shape, kv_indptr [rows + 1] starting at 0,
-// non-decreasing and ending at kv_indices.size().
+// non-decreasing and ending at kv_indices.size(). A batch with a kv_delta may leave both empty;
+// its delta then matches the batch's shape and lists the batch's sequences in order.
 absl::Status ValidatePageTable(const Batch& batch);
 
 // ValidatePageTable, and kv_len_before and kv_len_after hold [rows] entries.
@@ -30,8 +31,8 @@ absl::Status ValidateRowLengths(const Batch& batch);
 // REQUIRES: ValidateBatchShape(batch) is OK.
 absl::Status ValidateProbes(const Batch& batch);
 
-// Every block id of the page table, of the block copies and of the adaptive reservations
-// (SequenceStep::layer_blocks) lies in [0, num_blocks).
+// Every block id of the page table, of a delta's new blocks, of the block copies and of the
+// adaptive reservations (SequenceStep::layer_blocks) lies in [0, num_blocks).
 absl::Status ValidateBlockIds(const Batch& batch, int64_t num_blocks);
 
 }  // namespace hkv

@@ -12,6 +12,8 @@
 // keeps, the blocks that follow them, and the row's token count.
 //
 // Applying a delta, in this order:
+//   0. when `reset` is set, forget everything (the sender lost track of what the receiver holds,
+//      after a step that may not have reached it; every sequence of the delta is fresh);
 //   1. forget every sequence in `dropped` (freed since the last export: finished, aborted,
 //      preempted; an id may come back in `seqs` as a new sequence of the same id);
 //   2. per entry of `seqs`: a `fresh` sequence starts with num_rows empty rows; every row's
@@ -42,6 +44,7 @@ struct SequenceTableDelta {
 struct PageTableDelta {
   int32_t num_rows_per_seq = 0;
   int32_t block_size = 0;
+  bool reset = false;
   std::vector<RequestId> dropped;
   std::vector<SequenceTableDelta> seqs;
 

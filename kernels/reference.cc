@@ -257,4 +257,13 @@ void AttentionProbe(const float* q, const HostPagedKv& kv, int64_t row, int32_t 
   }
 }
 
+void GatherPageTable(const int32_t* segments, int32_t num_segments, const int32_t* prev,
+                     const int32_t* upload, int32_t* out) {
+  for (int32_t s = 0; s < num_segments; ++s) {
+    const int32_t* seg = segments + 4 * static_cast<int64_t>(s);
+    const int32_t* from = (seg[3] != 0 ? upload : prev) + seg[1];
+    for (int32_t i = 0; i < seg[2]; ++i) out[seg[0] + i] = from[i];
+  }
+}
+
 }  // namespace hkv::kernels::ref

@@ -71,4 +71,9 @@ std::vector<double> SamplingDistribution(const float* logits, int32_t vocab, flo
 void AttentionProbe(const float* q, const HostPagedKv& kv, int64_t row, int32_t prompt_len,
                     int32_t top_n, float scale, int32_t* positions, float* weights);
 
+// GatherPageTable (page_table_gather.h): out[dst + i] = (from_upload ? upload : prev)[src + i]
+// for each segment of 4 ints (dst, src, count, from_upload).
+void GatherPageTable(const int32_t* segments, int32_t num_segments, const int32_t* prev,
+                     const int32_t* upload, int32_t* out);
+
 }  // namespace hkv::kernels::ref

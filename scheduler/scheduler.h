@@ -58,6 +58,9 @@ struct SchedulerOptions {
   // While streams decode: cut prefill chunks to a step time and cap prefill's share of the GPU
   // (scheduler/prefill_pacer.h). Off by default.
   PrefillPacingOptions pacing;
+  // Steps carry page-table deltas (Batch::kv_delta) instead of the full CSR: for a worker that
+  // keeps the tables (Worker::AcceptsPageTableDeltas).
+  bool page_table_deltas = false;
 };
 
 // INVALID_ARGUMENT naming the field unless max_batch_tokens, max_seqs and max_queue are >= 1,

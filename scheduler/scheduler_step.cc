@@ -114,7 +114,9 @@ void Scheduler::ScheduleWaiting(StepPlan* step) {
 
 std::optional<Batch> Scheduler::Schedule(absl::Time now) {
   // A step whose Update() never came (the worker failed) left no trace in the requests but
-  // holds their new blocks: recompute those sequences.
+  // holds their new blocks: recompute those sequences. Its page-table delta may not have
+  // reached the worker's tables either: start the delta stream again.
+  if (!in_flight_.empty() && options_.page_table_deltas) kv_->ResetDeltaTracking();
   for (RequestId id : std::exchange(in_flight_, {})) {
     auto it = requests_.find(id);
     if (it != requests_.end() && it->second->status == RequestStatus::kRunning) {
@@ -158,10 +160,15 @@ Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
   std::vector<RequestId> ids;
   ids.reserve(planned.size());
   for (const Planned& p : planned) ids.push_back(p.request->id);
-  KvCsr csr = kv_->ExportCsr(ids);
-  b.kv_indptr = std::move(csr.indptr);
-  b.kv_indices = std::move(csr.indices);
-  b.kv_len_after = std::move(csr.num_tokens);
+  if (options_.page_table_deltas) {  // O(changed rows), not O(blocks): common/batch.h
+    b.kv_delta = kv_->ExportDelta(ids);
+    b.kv_len_after = kv_->ExportRowTokens(ids);
+  } else {
+    KvCsr csr = kv_->ExportCsr(ids);
+    b.kv_indptr = std::move(csr.indptr);
+    b.kv_indices = std::move(csr.indices);
+    b.kv_len_after = std::move(csr.num_tokens);
+  }
   b.block_copies = kv_->TakeBlockCopies();
   b.kv_len_before.reserve(b.kv_len_after.size());
   b.seqs.reserve(planned.size());

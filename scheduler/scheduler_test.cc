@@ -16,6 +16,7 @@
 #include <random>
 #include <set>
 
+#include "common/page_table_mirror.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "headkv/selection.h"
@@ -34,7 +35,19 @@ class FakeWorker {
  public:
   explicit FakeWorker(const SchedulerOptions& options = {}) : options_(options) {}
 
-  BatchResult Execute(const Batch& b) {
+  // A delta step (options.page_table_deltas) is checked as the full CSR its delta rebuilds.
+  BatchResult Execute(const Batch& step) {
+    Batch with_csr;
+    if (step.kv_delta.has_value()) {
+      EXPECT_TRUE(step.kv_indptr.empty() && step.kv_indices.empty());
+      const absl::Status applied = tables_.Apply(*step.kv_delta);
+      EXPECT_TRUE(applied.ok()) << applied;
+      with_csr = step;
+      const absl::Status filled = tables_.FillBatchCsr(&with_csr);
+      EXPECT_TRUE(filled.ok()) << filled;
+      ++delta_steps_;
+    }
+    const Batch& b = step.kv_delta.has_value() ? with_csr : step;
     CheckShape(b);
     for (const auto& [src, dst] : b.block_copies) blocks_[dst] = blocks_[src];
     for (const auto& [parent, child] : b.forks) seqs_[child] = seqs_[parent];
@@ -74,7 +87,11 @@ class FakeWorker {
     return result;
   }
 
+  int64_t delta_steps() const { return delta_steps_; }
+
  private:
+  PageTableMirror tables_;  // delta steps' page tables
+  int64_t delta_steps_ = 0;
   struct SeqState {
     int32_t next_pos = 0;
     std::vector<std::vector<TokenId>> rows;  // [kRows] what each row must hold.
@@ -883,6 +900,50 @@ TEST(SchedulerTest, AStepWithoutUpdateIsRecomputed) {
   EXPECT_EQ(run.tokens[1].size(), 4u);  // + 1 from the step above.
 }
 
+TEST(SchedulerTest, AStepWithoutUpdateRestartsThePageTableDeltas) {
+  KvCacheManager kv(Config(1000));
+  SchedulerOptions o;
+  o.page_table_deltas = true;
+  Scheduler s(o, &kv);
+  FakeWorker w;
+  ASSERT_TRUE(s.Add(MakeRequest(1, 20, 8, Plan(KvPolicyName::kHeadKv, 12))).ok());
+  ASSERT_TRUE(s.Add(MakeRequest(2, 20, 8, Plan(KvPolicyName::kFull, 0))).ok());
+  std::map<RequestId, std::vector<TokenId>> tokens;
+  auto keep = [&](const std::vector<RequestOutput>& outs) {
+    for (const RequestOutput& out : outs) {
+      tokens[out.id].insert(tokens[out.id].end(), out.new_tokens.begin(), out.new_tokens.end());
+    }
+  };
+  std::optional<Batch> first = s.Schedule(absl::Now());
+  ASSERT_TRUE(first.has_value());
+  ASSERT_TRUE(first->kv_delta.has_value());
+  EXPECT_FALSE(first->kv_delta->reset);
+  keep(s.Update(*first, w.Execute(*first), absl::Now()));
+  std::optional<Batch> lost = s.Schedule(absl::Now());  // its delta never reaches the worker
+  ASSERT_TRUE(lost.has_value());
+  std::optional<Batch> again = s.Schedule(absl::Now());
+  ASSERT_TRUE(again.has_value());
+  ASSERT_TRUE(again->kv_delta.has_value());
+  EXPECT_TRUE(again->kv_delta->reset);
+  for (const SequenceTableDelta& d : again->kv_delta->seqs) EXPECT_TRUE(d.fresh) << d.id;
+  keep(s.Update(*again, w.Execute(*again), absl::Now()));
+  RunResult run = RunAll(s, w, kv);
+  for (auto& [id, t] : run.tokens) tokens[id].insert(tokens[id].end(), t.begin(), t.end());
+  EXPECT_GT(w.delta_steps(), 3);
+  // The same outputs as a run that never lost a step, with full CSR steps.
+  KvCacheManager kv2(Config(1000));
+  Scheduler s2(SchedulerOptions{}, &kv2);
+  FakeWorker w2;
+  ASSERT_TRUE(s2.Add(MakeRequest(1, 20, 8, Plan(KvPolicyName::kHeadKv, 12))).ok());
+  ASSERT_TRUE(s2.Add(MakeRequest(2, 20, 8, Plan(KvPolicyName::kFull, 0))).ok());
+  RunResult clean = RunAll(s2, w2, kv2);
+  EXPECT_EQ(w2.delta_steps(), 0);
+  for (RequestId id : {1, 2}) {
+    EXPECT_EQ(tokens[id].size(), 8u) << id;
+    EXPECT_EQ(tokens[id], clean.tokens[id]) << id;
+  }
+}
+
 TEST(SchedulerTest, MalformedResultsFailOnlyTheirRequests) {
   KvCacheManager kv(Config(1000));
   Scheduler s(SchedulerOptions{}, &kv);
@@ -910,7 +971,7 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
                                    KvPolicyName::kPyramidKv, KvPolicyName::kAdaKv,
                                    KvPolicyName::kHeadKv};
   int64_t preemptions = 0, compared = 0, deadlines = 0, aborts = 0, compressed = 0, forked = 0,
-          copies_run = 0;
+          copies_run = 0, delta_steps = 0;
   std::map<int32_t, int64_t> selects_by_chunks;  // Compressed prefills by chunks (3: 3 or more).
   for (int trial = 0; trial < 12; ++trial) {
     SCOPED_TRACE(trial);
@@ -920,6 +981,7 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
     o.max_batch_tokens = 8 + rng() % 64;
     o.max_seqs = 1 + rng() % 16;
     o.max_queue = 4 + rng() % 20;
+    o.page_table_deltas = trial % 2 == 1;  // the worker rebuilds every table from the deltas
     Scheduler s(o, &kv);
     FakeWorker w(o);
     std::map<RequestId, std::unique_ptr<Request>> copies;  // To rerun alone.
@@ -967,6 +1029,7 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
     }
     EXPECT_EQ(kv.num_free_blocks(), blocks);
     preemptions += s.num_preemptions();
+    delta_steps += w.delta_steps();
     // Whatever ran to the end produced what it produces alone in a roomy pool.
     for (auto& [id, copy] : copies) {
       const int32_t n = copy->sampling.n;
@@ -985,8 +1048,9 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
       }
     }
   }
-  std::cout << preemptions << " preemptions, " << aborts << " aborts, " << deadlines
-            << " deadlines; " << compared << " outputs compared (" << compressed
+  std::cout << delta_steps << " steps as page-table deltas; " << preemptions << " preemptions, "
+            << aborts << " aborts, " << deadlines << " deadlines; " << compared
+            << " outputs compared (" << compressed
             << " compressed); compressed prefills in 1 / 2 / 3+ chunks: " << selects_by_chunks[1]
             << " / " << selects_by_chunks[2] << " / " << selects_by_chunks[3] << "; " << forked
             << " with n > 1, " << copies_run << " block copies\n";
@@ -999,6 +1063,7 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
   EXPECT_GT(compressed, 100);
   EXPECT_GT(forked, 50);
   EXPECT_GT(copies_run, 50);
+  EXPECT_GT(delta_steps, 1000);
 }
 
 TEST(SchedulerTest, SamplesShareThePromptAndCopyOnlyThePartialBlock) {

@@ -40,7 +40,9 @@ Engine::Engine(const EngineOptions& options, std::unique_ptr<Worker> worker,
   kv.num_layers = worker_->config().num_layers;
   kv.num_kv_heads = worker_->config().num_kv_heads;
   kv_ = std::make_unique<KvCacheManager>(kv);
-  scheduler_ = std::make_unique<Scheduler>(options_.scheduler, kv_.get());
+  SchedulerOptions scheduling = options_.scheduler;
+  scheduling.page_table_deltas = options_.page_table_deltas && worker_->AcceptsPageTableDeltas();
+  scheduler_ = std::make_unique<Scheduler>(scheduling, kv_.get());
   metrics_.kv_blocks_total = kv.num_blocks;
 }
 

@@ -58,6 +58,9 @@ struct EngineOptions {
   // Fault injection (HKV_FAULT_ENGINE_STALL_MS, see fault_injection.h): the loop sleeps this
   // long once, outside Worker::Execute, after its first step. Zero in production.
   absl::Duration fault_loop_stall = absl::ZeroDuration();
+  // Steps carry page-table deltas when the worker accepts them (Worker::AcceptsPageTableDeltas);
+  // false sends the full CSR every step (tests compare the two).
+  bool page_table_deltas = true;
 };
 
 // A request as the engine takes it (already tokenized).

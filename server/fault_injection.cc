@@ -16,6 +16,7 @@ class FailAfterStepsWorker : public Worker {
   const ModelConfig& config() const override { return inner_->config(); }
   std::string name() const override { return inner_->name(); }
   bool SupportsAdaptiveSelection() const override { return inner_->SupportsAdaptiveSelection(); }
+  bool AcceptsPageTableDeltas() const override { return inner_->AcceptsPageTableDeltas(); }
   absl::Status Liveness() override { return inner_->Liveness(); }
   absl::StatusOr<BatchResult> Execute(const Batch& batch) override {
     if (steps_left_-- <= 0) {

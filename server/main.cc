@@ -334,7 +334,8 @@ std::vector<CommandSpec> Commands() {
   const std::vector<std::string> engine = Names(
       "config model tokenizer dummy_weights device max_model_len cuda_graph_max_batch "
       "num_threads kv_pool_blocks kv_pool_gb gpu_memory_utilization block_size max_batch_tokens "
-      "max_step_ms max_prefill_share max_seqs tensor_parallel_size tp_head_placement head_scores chat_template");
+      "max_step_ms max_prefill_share max_seqs tensor_parallel_size tp_head_placement head_scores "
+      "chat_template page_table_deltas");
   std::vector<std::string> generate = engine;
   for (std::string& name : Names("prompt prompt_ids chat max_tokens temperature top_k top_p "
                                  "seed ignore_eos kv_policy kv_budget beta json")) {

@@ -64,6 +64,8 @@ inline constexpr int32_t kDefaultMaxConcurrentStreams = 2048;
     "Longest text prompt in bytes, refused before tokenizing (0: context x the longest "         \
     "token's bytes)")                                                                            \
   X(int32_t, cuda_graph_max_batch, 256, "Largest decode batch run as a CUDA graph (0: eager)")   \
+  X(bool, page_table_deltas, true,                                                              \
+    "Steps send the page tables' changes only; the worker keeps them (false: all, every step)")  \
   X(std::string, cuda_prefill_kernel, "auto",                                                    \
     "Prefill attention kernel: auto (wgmma on sm_90, else mma) | mma | wgmma (sm_90 only)")      \
   X(bool, cuda_fused_decode, false,                                                              \

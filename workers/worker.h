@@ -42,6 +42,9 @@ class Worker {
   virtual std::string name() const = 0;
   // Whether steps may carry adaptive (adakv) selections (SequenceStep::layer_blocks).
   virtual bool SupportsAdaptiveSelection() const { return true; }
+  // Whether steps may carry page-table deltas (Batch::kv_delta) instead of the full CSR: the
+  // worker then keeps every sequence's tables itself, applying each step's delta in order.
+  virtual bool AcceptsPageTableDeltas() const { return false; }
   // Whether the worker can still run steps, checked by the engine thread between steps while it
   // is idle (a multi-node group notices a follower that went away before the next request).
   // A non-OK status is treated like a failed step.

@@ -80,7 +80,18 @@ absl::Status CpuWorker::CheckBatch(const Batch& b) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<BatchResult> CpuWorker::Execute(const Batch& batch) {
+absl::StatusOr<BatchResult> CpuWorker::Execute(const Batch& delta_or_csr) {
+  // A delta step: the tables it changes are ours to keep; the math reads the full CSR.
+  Batch with_csr;
+  const bool delta = delta_or_csr.kv_delta.has_value() && delta_or_csr.kv_indptr.empty();
+  if (delta) {
+    HKV_RETURN_IF_ERROR(ValidatePageTable(delta_or_csr));
+    HKV_RETURN_IF_ERROR(tables_.Apply(*delta_or_csr.kv_delta));
+    with_csr = delta_or_csr;
+    with_csr.kv_delta.reset();
+    HKV_RETURN_IF_ERROR(tables_.FillBatchCsr(&with_csr));
+  }
+  const Batch& batch = delta ? with_csr : delta_or_csr;
   HKV_RETURN_IF_ERROR(CheckBatch(batch));
   // A failed step leaves its inputs in the histories; the scheduler recomputes its sequences
   // from position 0, which starts their histories again.

@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/batch.h"
+#include "common/page_table_mirror.h"
 #include "common/thread_pool.h"
 #include "model/model_config.h"
 #include "workers/token_history.h"
@@ -32,6 +33,7 @@ class CpuWorker : public Worker {
   const ModelConfig& config() const override { return model_->config; }
   absl::StatusOr<BatchResult> Execute(const Batch& batch) override;
   std::string name() const override { return "cpu"; }
+  bool AcceptsPageTableDeltas() const override { return true; }
   // The host sets no limit of its own: up to 2^31 - 1 blocks of fp32 K and V.
   absl::StatusOr<KvCapacity> ReportKvCapacity() const override;
   // Replaces the pool with one of `num_blocks` zeroed blocks.
@@ -100,6 +102,7 @@ class CpuWorker : public Worker {
   ThreadPool pool_;
   bool return_logits_ = false;
   bool return_kept_positions_ = false;
+  PageTableMirror tables_;    // Every sequence's rows, from the steps' deltas (Batch::kv_delta).
   TokenHistories histories_;  // Penalised sequences' tokens; written by Execute before sampling.
 };
 

@@ -131,6 +131,7 @@ class StepInputs {
     HKV_RETURN_IF_ERROR(device_.Reserve(bytes));
     capacity_ = bytes;
     used_ = 0;
+    hole_begin_ = hole_end_ = 0;
     return absl::OkStatus();
   }
   // Reserves n elements; returns the device address and sets *host to the host staging.
@@ -142,6 +143,15 @@ class StepInputs {
     *host = reinterpret_cast<T*>(host_.get() + offset);
     return reinterpret_cast<T*>(device_.get<char>() + offset);
   }
+  // Reserves n elements that the device fills itself: Upload skips them. One per step.
+  template <typename T>
+  T* TakeDeviceOnly(size_t n) {
+    T* host = nullptr;
+    hole_begin_ = used_;
+    T* dev = Take<T>(n, &host);
+    hole_end_ = used_;
+    return dev;
+  }
   template <typename T>
   const T* Put(const std::vector<T>& v) {
     T* host = nullptr;
@@ -150,9 +160,17 @@ class StepInputs {
     return dev;
   }
   absl::Status Upload(cudaStream_t stream) {
-    if (used_ == 0) return absl::OkStatus();
-    HKV_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(device_.get(), host_.get(), used_, cudaMemcpyHostToDevice, stream));
+    // [0, hole_begin_) and [hole_end_, used_): the device-only slice is not sent.
+    const size_t head = hole_end_ > hole_begin_ ? hole_begin_ : used_;
+    if (head > 0) {
+      HKV_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(device_.get(), host_.get(), head, cudaMemcpyHostToDevice, stream));
+    }
+    if (hole_end_ > hole_begin_ && used_ > hole_end_) {
+      HKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(device_.get<char>() + hole_end_,
+                                               host_.get() + hole_end_, used_ - hole_end_,
+                                               cudaMemcpyHostToDevice, stream));
+    }
     return absl::OkStatus();
   }
   size_t capacity() const { return capacity_; }
@@ -162,6 +180,7 @@ class StepInputs {
   PinnedBuffer host_;
   DeviceBuffer device_;
   size_t capacity_ = 0, used_ = 0;
+  size_t hole_begin_ = 0, hole_end_ = 0;  // the device-only slice (TakeDeviceOnly), if any
 };
 
 template <typename T>

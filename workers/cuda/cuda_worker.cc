@@ -113,6 +113,9 @@ absl::Status CudaWorker::SetBlockRange(int64_t first, int64_t count) {
 }
 
 bool CudaWorker::SupportsAdaptiveSelection() const { return state_->options.tp.size <= 1; }
+bool CudaWorker::AcceptsPageTableDeltas() const {
+  return state_->options.tp.size <= 1 && state_->block_first == 0;
+}
 
 absl::StatusOr<KvCapacity> CudaWorker::ReportKvCapacity() const {
   return KvCapacity{KvBlockBytes(state_->options.block_size, state_->cfg.head_dim),
@@ -236,6 +239,11 @@ absl::Status CudaWorker::State::ReserveGraphInputs(const k::DecodePlanOptions& p
   decode.max_rows = h.num_decode * cfg.num_kv_heads;
   decode.max_work_items = decode.max_rows + 1024;
   h.indices_a.resize(num_blocks + 1);
+  // A delta step's gather inputs: a few segments and new blocks per row of the biggest graph
+  // (a step that sends more, such as the first after a reset, runs eagerly).
+  const int64_t rows = static_cast<int64_t>(h.num_decode) * cfg.num_layers * cfg.num_kv_heads;
+  h.gather_segments.resize(4 * (3 * rows + 1024));
+  h.gather_upload.resize(2 * rows + 65536);
   return graph_inputs.Begin(StageBytes(h, decode));
 }
 
@@ -310,13 +318,21 @@ absl::StatusOr<HostStep> CudaWorker::State::LayOut(const Batch& b, StepInputs** 
   const int32_t graph_batch =
       all_decode ? GraphBatchFor(static_cast<int32_t>(b.seqs.size()), options.cuda_graph_max_batch)
                  : 0;
-  HKV_ASSIGN_OR_RETURN(HostStep h, BuildHostStep(b, shape(), graph_batch));
+  // A delta step's rows come from the worker's tables, its indices_a from the device's.
+  const bool delta = b.kv_delta.has_value() && b.kv_indptr.empty();
+  const StepRows rows{delta ? &step_rows : nullptr, delta};
+  auto lay_out = [&](int32_t graph_size) -> absl::StatusOr<HostStep> {
+    HKV_ASSIGN_OR_RETURN(HostStep h, BuildHostStep(b, shape(), graph_size, rows));
+    if (h.device_indices) PlanTableGather(b, step_rows, device_table, &h);
+    return h;
+  };
+  HKV_ASSIGN_OR_RETURN(HostStep h, lay_out(graph_batch));
   *inputs = &eager_inputs;
   if (h.graph) {
     if (StageBytes(h, DecodeOptionsFor(h)) <= graph_inputs.capacity()) {
       *inputs = &graph_inputs;
     } else {  // More page indices than the graph inputs hold (shared blocks): run eagerly.
-      HKV_ASSIGN_OR_RETURN(h, BuildHostStep(b, shape(), 0));
+      HKV_ASSIGN_OR_RETURN(h, lay_out(0));
     }
   }
   return h;
@@ -340,6 +356,7 @@ absl::Status CudaWorker::State::Launch(const Batch& b, const HostStep& h,
                                        StepInputs* inputs) {
   if (profile.on) HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(profile.start, stream));
   HKV_RETURN_IF_ERROR(inputs->Upload(stream));
+  if (h.device_indices) HKV_RETURN_IF_ERROR(BuildDeviceTable(b, h, d));
   HKV_RETURN_IF_ERROR(ReserveActivations(h.total, static_cast<int64_t>(h.sample_rows.size())));
   HKV_RETURN_IF_ERROR(ReserveSelect(b, h));
   if (h.num_decode > 0) {
@@ -465,12 +482,21 @@ absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& global_batch) {
   const auto host_start = std::chrono::steady_clock::now();
   State& s = *state_;
   const bool sliced = s.options.tp.size > 1 || s.block_first != 0;
+  const bool delta = global_batch.kv_delta.has_value() && global_batch.kv_indptr.empty();
+  if (sliced && delta) {  // AcceptsPageTableDeltas is false: the ranks slice the full CSR
+    return absl::InvalidArgumentError("page-table deltas on a tensor-parallel rank");
+  }
   Batch local;
   if (sliced) {
     HKV_ASSIGN_OR_RETURN(local, RankView(global_batch, s.slice()));
   }
   const Batch& b = sliced ? local : global_batch;
   HKV_RETURN_IF_ERROR(s.CheckBatch(b));
+  if (delta) {
+    HKV_RETURN_IF_ERROR(s.ApplyDelta(b));
+  } else {
+    s.device_table.valid = false;  // a full-CSR step: the next delta step uploads its rows
+  }
   if (s.options.tp.rank == 0) {  // Only rank 0 samples (step_layout.h).
     s.histories.Observe(b);
     for (const SequenceStep& st : b.seqs) HKV_RETURN_IF_ERROR(s.histories.CheckFor(st));

@@ -63,6 +63,8 @@ class CudaWorker : public Worker {
   // One rank holds every KV head of a layer only without tensor parallelism: AdaKV's split
   // across a layer's heads needs them all.
   bool SupportsAdaptiveSelection() const override;
+  // One GPU holding the whole pool: the device keeps the page tables (device_page_table.h).
+  bool AcceptsPageTableDeltas() const override;
 
   int64_t num_blocks() const;
   // The memory arithmetic of Create (weights, pool, free memory), for the start-up log.

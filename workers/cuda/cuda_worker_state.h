@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/batch.h"
+#include "common/page_table_mirror.h"
 #include "common/thread_pool.h"
 #include "kernels/decode_attention.h"
 #include "kernels/dtype.h"
@@ -26,6 +27,7 @@
 #include "model/model_config.h"
 #include "workers/cuda/cuda_buffers.h"
 #include "workers/cuda/cuda_worker.h"
+#include "workers/cuda/device_page_table.h"
 #include "workers/cuda/phase_timer.h"
 #include "workers/cuda/rank_view.h"
 #include "workers/cuda/sampling_extras.h"
@@ -47,6 +49,10 @@ struct DeviceStep {
                 *last_a = nullptr, *indptr_b = nullptr, *indices_b = nullptr, *last_b = nullptr,
                 *cu_prefill = nullptr, *cu_select = nullptr, *caps = nullptr,
                 *sample_token = nullptr, *ada_blocks = nullptr;
+  // A delta step (HostStep::device_indices): indices_a is built here by the gather of
+  // gather_segments over the last table and gather_upload.
+  int32_t* indices_a_built = nullptr;
+  const int32_t *gather_segments = nullptr, *gather_upload = nullptr;
   const int64_t* slots = nullptr;
   const kernels::SamplingRow* sample_rows = nullptr;
   std::vector<kernels::DecodePlan> plans;  // per layer, when the step decodes
@@ -169,6 +175,14 @@ struct CudaWorker::State {
   // the top positions and weights [L, n, Hq, max_top_n].
   cuda_internal::ProbePlan probe;
   DeviceBuffer probe_meta, probe_ws, probe_pos, probe_w;
+  // Page-table deltas (Batch::kv_delta; device_page_table.h): every sequence's rows on the
+  // host, this step's row lists (into `tables`), and the device's two tables: the last step's
+  // (device_tables[last_table], described by device_table) and the one the next gather writes.
+  PageTableMirror tables;
+  std::vector<const std::vector<BlockTable>*> step_rows;
+  DeviceTableState device_table;
+  DeviceBuffer device_tables[2];
+  int32_t last_table = 0;
 
   ~State() {
     graphs.clear();
@@ -208,6 +222,10 @@ struct CudaWorker::State {
   absl::Status ReserveGraphInputs(const kernels::DecodePlanOptions& planned);
   // cuda_worker.cc: the step.
   absl::Status CheckBatch(const Batch& b) const;
+  // device_table_step.cc: a delta step's tables (sets step_rows), and its gather on the device.
+  absl::Status ApplyDelta(const Batch& b);
+  absl::Status BuildDeviceTable(const Batch& b, const HostStep& h,
+                                const cuda_internal::DeviceStep& d);
   absl::StatusOr<HostStep> LayOut(const Batch& b, cuda_internal::StepInputs** inputs);
   absl::Status CopyBlocks(const Batch& b);
   absl::Status Launch(const Batch& b, const HostStep& h, const kernels::DecodePlanOptions& decode,

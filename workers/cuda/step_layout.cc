@@ -9,6 +9,28 @@
 namespace hkv {
 namespace {
 
+// Row r's blocks: from the batch's CSR, or from the worker's tables (a delta step).
+class RowBlocks {
+ public:
+  RowBlocks(const Batch& b, const StepRows& rows)
+      : b_(b), rows_(rows), rows_per_seq_(static_cast<int64_t>(b.num_layers) * b.num_kv_heads) {}
+  const BlockId* data(int64_t r) const {
+    return rows_.seqs == nullptr ? b_.kv_indices.data() + b_.kv_indptr[r] : table(r).blocks.data();
+  }
+  int32_t size(int64_t r) const {
+    return rows_.seqs == nullptr ? b_.kv_indptr[r + 1] - b_.kv_indptr[r]
+                                 : static_cast<int32_t>(table(r).blocks.size());
+  }
+
+ private:
+  const BlockTable& table(int64_t r) const {
+    return (*(*rows_.seqs)[r / rows_per_seq_])[r % rows_per_seq_];
+  }
+  const Batch& b_;
+  const StepRows& rows_;
+  int64_t rows_per_seq_;
+};
+
 // Internal order: decodes, plain prefills, compressed prefills (batch order within each).
 absl::Status OrderSequences(const Batch& b, HostStep& h) {
   for (int pass = 0; pass < 3; ++pass) {
@@ -42,12 +64,14 @@ bool SharesIndices(const Batch& b, const HostStep& h, int32_t bs) {
 
 // Page tables of internal sequence k2's rows: after the step, and the paged prefix of plain
 // prefill chunks.
-absl::Status LayOutRows(const Batch& b, int32_t bs, int32_t k2, HostStep& h) {
+absl::Status LayOutRows(const Batch& b, const RowBlocks& rows, int32_t bs, int32_t k2,
+                        HostStep& h) {
   const SequenceStep& st = b.seqs[h.order[k2]];
   const int32_t T = static_cast<int32_t>(st.tokens.size());
   const bool is_prefill = k2 >= h.num_decode && k2 < h.num_decode + h.num_prefill;
   for (int64_t r = b.row(h.order[k2], 0, 0); r < b.row(h.order[k2] + 1, 0, 0); ++r) {
-    const int32_t first = b.kv_indptr[r], nblocks = b.kv_indptr[r + 1] - first;
+    const BlockId* blocks = rows.data(r);
+    const int32_t nblocks = rows.size(r);
     const int32_t after = b.kv_len_after[r], before = b.kv_len_before[r];
     if (nblocks < 0 || after > nblocks * bs || before > after || before < 0) {
       return absl::InvalidArgumentError("a row holds too few blocks for its tokens");
@@ -55,15 +79,15 @@ absl::Status LayOutRows(const Batch& b, int32_t bs, int32_t k2, HostStep& h) {
     const int32_t used_a = (after + bs - 1) / bs, used_b = (before + bs - 1) / bs;
     if (h.shared_indices) {
       h.indptr_a.push_back(b.kv_indptr[r + 1]);
+    } else if (h.device_indices) {
+      h.indptr_a.push_back(h.indptr_a.back() + used_a);
     } else {
-      h.indices_a.insert(h.indices_a.end(), b.kv_indices.begin() + first,
-                         b.kv_indices.begin() + first + used_a);
+      h.indices_a.insert(h.indices_a.end(), blocks, blocks + used_a);
       h.indptr_a.push_back(static_cast<int32_t>(h.indices_a.size()));
     }
     h.last_a.push_back(after == 0 ? 0 : after - (used_a - 1) * bs);
     if (is_prefill) {  // The paged prefix of plain prefill chunks (their rows only).
-      h.indices_b.insert(h.indices_b.end(), b.kv_indices.begin() + first,
-                         b.kv_indices.begin() + first + used_b);
+      h.indices_b.insert(h.indices_b.end(), blocks, blocks + used_b);
       h.indptr_b.push_back(static_cast<int32_t>(h.indices_b.size()));
       h.last_b.push_back(before == 0 ? 0 : before - (used_b - 1) * bs);
     }
@@ -108,7 +132,8 @@ absl::Status LayOutAdaptive(const SequenceStep& st, const StepLayoutShape& shape
 }
 
 // Tokens, chunk offsets, selection caps and rows of internal sequence k2.
-absl::Status LayOutSequence(const Batch& b, const StepLayoutShape& shape, int32_t k2, HostStep& h) {
+absl::Status LayOutSequence(const Batch& b, const RowBlocks& rows, const StepLayoutShape& shape,
+                            int32_t k2, HostStep& h) {
   const SequenceStep& st = b.seqs[h.order[k2]];
   const int64_t rows_per_seq = static_cast<int64_t>(shape.num_layers) * shape.num_kv_heads;
   h.token_start.push_back(static_cast<int32_t>(h.ids.size()));
@@ -151,7 +176,7 @@ absl::Status LayOutSequence(const Batch& b, const StepLayoutShape& shape, int32_
                                static_cast<int32_t>(h.ada_blocks.size()));
     }
   }
-  return LayOutRows(b, shape.block_size, k2, h);
+  return LayOutRows(b, rows, shape.block_size, k2, h);
 }
 
 // Padding decodes (graph steps): token 0 at position 0, empty rows, no KV writes.
@@ -170,7 +195,7 @@ void AppendPadding(const StepLayoutShape& shape, int32_t pad, HostStep& h) {
 // Slot of each plain token in each (layer, head): [L, plain_tokens, H]; -1 for padding.
 // Compressed prefills' tokens, which come last, write no slot and get no entry (a 32k one-step
 // prefill would otherwise fill and upload 67 MB of -1 at Llama-3-8B's shape).
-void FillSlots(const Batch& b, const StepLayoutShape& shape, HostStep& h) {
+void FillSlots(const Batch& b, const RowBlocks& rows, const StepLayoutShape& shape, HostStep& h) {
   const int32_t L = shape.num_layers, H = shape.num_kv_heads, bs = shape.block_size;
   const size_t plain = static_cast<size_t>(h.plain_tokens);
   h.slots.assign(static_cast<size_t>(L) * plain * H, -1);
@@ -181,7 +206,7 @@ void FillSlots(const Batch& b, const StepLayoutShape& shape, HostStep& h) {
     for (int32_t l = 0; l < L; ++l) {
       for (int32_t hh = 0; hh < H; ++hh) {
         const int64_t r = b.row(bi, l, hh);
-        const BlockId* blocks = &b.kv_indices[b.kv_indptr[r]];
+        const BlockId* blocks = rows.data(r);
         for (size_t t = 0; t < st.tokens.size(); ++t) {
           const int32_t slot = b.kv_len_before[r] + static_cast<int32_t>(t);
           h.slots[(static_cast<size_t>(l) * plain + ts + t) * H + hh] =
@@ -236,7 +261,11 @@ int32_t GraphBatchFor(int32_t num_seqs, int32_t max_batch) {
 }
 
 absl::StatusOr<HostStep> BuildHostStep(const Batch& b, const StepLayoutShape& shape,
-                                       int32_t graph_batch) {
+                                       int32_t graph_batch, const StepRows& step_rows) {
+  if (step_rows.seqs != nullptr && step_rows.seqs->size() != b.seqs.size()) {
+    return absl::InvalidArgumentError("the step's tables do not match its sequences");
+  }
+  const RowBlocks rows(b, step_rows);
   HostStep h;
   HKV_RETURN_IF_ERROR(OrderSequences(b, h));
   h.real_decode = h.num_decode;
@@ -244,13 +273,14 @@ absl::StatusOr<HostStep> BuildHostStep(const Batch& b, const StepLayoutShape& sh
   h.graph = graph_batch > 0;
   const int32_t real_seqs = static_cast<int32_t>(h.order.size());
   const int32_t pad = h.graph ? graph_batch - h.num_decode : 0;
-  h.shared_indices = SharesIndices(b, h, shape.block_size);
+  h.shared_indices = step_rows.seqs == nullptr && SharesIndices(b, h, shape.block_size);
+  h.device_indices = step_rows.seqs != nullptr && step_rows.device_builds_indices;
   h.indptr_a.push_back(0);
   h.indptr_b.push_back(0);
   h.cu_prefill.push_back(0);
   h.cu_select.push_back(0);
   for (int32_t k2 = 0; k2 < real_seqs; ++k2) {
-    HKV_RETURN_IF_ERROR(LayOutSequence(b, shape, k2, h));
+    HKV_RETURN_IF_ERROR(LayOutSequence(b, rows, shape, k2, h));
     if (k2 + 1 == h.num_decode && pad > 0) AppendPadding(shape, pad, h);
   }
   if (h.graph) {
@@ -287,7 +317,7 @@ absl::StatusOr<HostStep> BuildHostStep(const Batch& b, const StepLayoutShape& sh
   }
   h.total = static_cast<int32_t>(h.ids.size());
   h.plain_tokens = h.total - h.cu_select.back();
-  FillSlots(b, shape, h);
+  FillSlots(b, rows, shape, h);
   FillSampleRows(b, shape, h);
   return h;
 }

@@ -29,6 +29,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/batch.h"
+#include "common/block_table.h"
 #include "model/model_config.h"
 
 namespace hkv {
@@ -59,6 +60,11 @@ struct HostStep {
   std::vector<int64_t> slots;   // [L, plain_tokens, H]
   bool shared_indices = false;  // indices_a is the batch's kv_indices
   const std::vector<BlockId>* batch_indices = nullptr;
+  // A delta step whose indices_a the device builds (device_page_table.h): indices_a stays
+  // empty, indptr_a.back() entries are built from the last step's table and gather_upload,
+  // by the copies in gather_segments (4 ints each: dst, src, count, from_upload).
+  bool device_indices = false;
+  std::vector<int32_t> gather_segments, gather_upload;
   // Per sampled row: internal sequence (-1: padding), which of its samples (SequenceStep::
   // num_samples), and the token row whose hidden state it reads.
   std::vector<int32_t> sample_seq, sample_index, sample_token;
@@ -73,6 +79,18 @@ struct HostStep {
 
   // Sequences whose kept counts the step reports: selects, then paged selects.
   int32_t num_kept_seqs() const { return num_select + static_cast<int32_t>(paged_select.size()); }
+  // Row of internal sequence k2's (layer 0, head 0) in indptr_a (padding follows the decodes).
+  int64_t first_row(int32_t k2, int64_t rows_per_seq) const {
+    return (k2 < real_decode ? k2 : k2 + num_decode - real_decode) * rows_per_seq;
+  }
+};
+
+// Where a delta step's rows' blocks come from (Batch::kv_delta, no CSR): the worker's tables,
+// one row list per batch sequence, in batch order (PageTableMirror::RowsOf, which has checked
+// each row's kv_len_after). With device_builds_indices, indices_a is left to the device.
+struct StepRows {
+  const std::vector<const std::vector<BlockTable>*>* seqs = nullptr;  // null: the batch's CSR
+  bool device_builds_indices = false;
 };
 
 // Shapes a step layout needs: the worker's (one rank's) model shapes and pool.
@@ -97,8 +115,8 @@ int32_t GraphBatchFor(int32_t num_seqs, int32_t max_batch);
 // decode-only step to that many sequences. INVALID_ARGUMENT for tokens outside the vocabulary,
 // rows with too few blocks, or bad selections (adaptive ones without budgets or blocks per
 // layer).
-// REQUIRES: the batch's CSR sizes match its shape (ValidateBatchShape).
+// REQUIRES: the batch's CSR sizes match its shape (ValidateBatchShape), or `rows` gives them.
 absl::StatusOr<HostStep> BuildHostStep(const Batch& batch, const StepLayoutShape& shape,
-                                       int32_t graph_batch);
+                                       int32_t graph_batch, const StepRows& rows = {});
 
 }  // namespace hkv

@@ -51,8 +51,11 @@ size_t CudaWorker::State::StageBytes(const HostStep& h, const k::DecodePlanOptio
       SliceBytes<int32_t>(h.last_b.size()) + SliceBytes<int32_t>(h.indptr_b.size()) +
       SliceBytes<int32_t>(h.cu_prefill.size()) + SliceBytes<int32_t>(h.cu_select.size()) +
       SliceBytes<int32_t>(h.caps.size()) + SliceBytes<int32_t>(h.indices_b.size()) +
-      SliceBytes<int32_t>(h.shared_indices ? h.batch_indices->size() : h.indices_a.size()) +
-      SliceBytes<int32_t>(h.ada_blocks.size());
+      SliceBytes<int32_t>(h.device_indices   ? h.indptr_a.back()
+                          : h.shared_indices ? h.batch_indices->size()
+                                             : h.indices_a.size()) +
+      SliceBytes<int32_t>(h.ada_blocks.size()) + SliceBytes<int32_t>(h.gather_segments.size()) +
+      SliceBytes<int32_t>(h.gather_upload.size());
   if (h.num_decode > 0) bytes += L * SliceBytes<int32_t>(k::DecodeMetaInts(decode));
   return bytes;
 }
@@ -128,8 +131,15 @@ absl::StatusOr<DeviceStep> CudaWorker::State::Stage(const HostStep& h,
     }
   }
   d.indices_b = in->Put(h.indices_b);
-  d.indices_a = in->Put(h.shared_indices ? *h.batch_indices : h.indices_a);
+  if (h.device_indices) {  // built on the device from the last step's (device_page_table.h)
+    d.indices_a_built = in->TakeDeviceOnly<int32_t>(h.indptr_a.back());
+    d.indices_a = d.indices_a_built;
+  } else {
+    d.indices_a = in->Put(h.shared_indices ? *h.batch_indices : h.indices_a);
+  }
   d.ada_blocks = in->Put(h.ada_blocks);
+  d.gather_segments = in->Put(h.gather_segments);
+  d.gather_upload = in->Put(h.gather_upload);
   return d;
 }
 

@@ -1,4 +1,4 @@
-#include "block_manager/page_table_mirror.h"
+#include "common/page_table_mirror.h"
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
@@ -10,6 +10,7 @@ absl::Status PageTableMirror::Apply(const PageTableDelta& d) {
       (block_size_ != 0 && d.block_size != block_size_)) {
     return absl::DataLossError("page-table delta of another shape");
   }
+  if (d.reset) seqs_.clear();
   block_size_ = d.block_size;
   for (RequestId id : d.dropped) seqs_.erase(id);
   for (const SequenceTableDelta& s : d.seqs) {
@@ -62,8 +63,8 @@ const std::vector<BlockTable>& PageTableMirror::Rows(RequestId seq) const {
   return it->second;
 }
 
-KvCsr PageTableMirror::Csr(absl::Span<const RequestId> seqs) const {
-  KvCsr csr;
+PageTableCsr PageTableMirror::Csr(absl::Span<const RequestId> seqs) const {
+  PageTableCsr csr;
   csr.indptr.push_back(0);
   for (RequestId seq : seqs) {
     for (const BlockTable& t : Rows(seq)) {
@@ -74,6 +75,54 @@ KvCsr PageTableMirror::Csr(absl::Span<const RequestId> seqs) const {
     }
   }
   return csr;
+}
+
+absl::Status PageTableMirror::RowsOf(const Batch& b,
+                                     std::vector<const std::vector<BlockTable>*>* rows) const {
+  const int64_t rows_per_seq = static_cast<int64_t>(b.num_layers) * b.num_kv_heads;
+  if (static_cast<int64_t>(b.kv_len_after.size()) != b.num_rows()) {
+    return absl::DataLossError("row lengths do not match the batch");
+  }
+  rows->clear();
+  rows->reserve(b.seqs.size());
+  for (size_t i = 0; i < b.seqs.size(); ++i) {
+    auto it = seqs_.find(b.seqs[i].id);
+    if (it == seqs_.end() || static_cast<int64_t>(it->second.size()) != rows_per_seq) {
+      return absl::DataLossError(
+          absl::StrCat("the page tables hold no rows of sequence ", b.seqs[i].id));
+    }
+    const int32_t* after = b.kv_len_after.data() + i * rows_per_seq;
+    for (int64_t r = 0; r < rows_per_seq; ++r) {
+      if (it->second[r].num_tokens != after[r]) {
+        return absl::DataLossError(absl::StrCat("sequence ", b.seqs[i].id, " row ", r, " holds ",
+                                                it->second[r].num_tokens, " tokens, the step says ",
+                                                after[r]));
+      }
+    }
+    rows->push_back(&it->second);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PageTableMirror::FillBatchCsr(Batch* b) const {
+  std::vector<const std::vector<BlockTable>*> rows;
+  if (absl::Status s = RowsOf(*b, &rows); !s.ok()) return s;
+  int64_t total = 0;
+  for (const std::vector<BlockTable>* seq : rows) {
+    for (const BlockTable& t : *seq) total += static_cast<int64_t>(t.blocks.size());
+  }
+  b->kv_indptr.clear();
+  b->kv_indptr.reserve(b->num_rows() + 1);
+  b->kv_indptr.push_back(0);
+  b->kv_indices.clear();
+  b->kv_indices.reserve(total);
+  for (const std::vector<BlockTable>* seq : rows) {
+    for (const BlockTable& t : *seq) {
+      b->kv_indices.insert(b->kv_indices.end(), t.blocks.begin(), t.blocks.end());
+      b->kv_indptr.push_back(static_cast<int32_t>(b->kv_indices.size()));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace hkv

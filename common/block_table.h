@@ -27,7 +27,8 @@ struct BlockTable {
   }
   // Returns the tokens held by the last block (0 when empty).
   int32_t last_len(int32_t block_size) const {
-    return num_tokens == 0 ? 0 : num_tokens - (static_cast<int32_t>(blocks.size()) - 1) * block_size;
+    return num_tokens == 0 ? 0
+                           : num_tokens - (static_cast<int32_t>(blocks.size()) - 1) * block_size;
   }
 };
 
