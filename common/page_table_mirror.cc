@@ -30,9 +30,6 @@ absl::Status PageTableMirror::Apply(const PageTableDelta& d) {
     if (static_cast<int32_t>(rows.size()) != d.num_rows_per_seq) {
       return absl::DataLossError("page-table delta of another shape");
     }
-    if (s.grow_all != 0) {
-      for (BlockTable& t : rows) t.num_tokens += s.grow_all;
-    }
     for (size_t j = 0; j < changed; ++j) {
       const int32_t r = s.rows[j];
       if (r < 0 || r >= d.num_rows_per_seq || s.keep[j] < 0 ||
@@ -46,11 +43,22 @@ absl::Status PageTableMirror::Apply(const PageTableDelta& d) {
                       s.tail_blocks.begin() + s.tail_indptr[j + 1]);
       t.num_tokens = s.num_tokens[j];
     }
-    // Rows that only grew must still fit their blocks (a lost delta shows here).
-    for (const BlockTable& t : rows) {
-      if (t.num_tokens < 0 || BlockTable::BlocksFor(t.num_tokens, block_size_) !=
-                                  static_cast<int32_t>(t.blocks.size())) {
-        return absl::DataLossError(absl::StrCat("sequence ", s.id, " lost a page-table change"));
+    // Rows that only grew must still fit their blocks (a lost delta shows here). One pass: the
+    // growth, and the check of every row against its blocks (changed rows were set exactly).
+    size_t c = 0;
+    for (int32_t r = 0; r < d.num_rows_per_seq; ++r) {
+      BlockTable& t = rows[r];
+      if (c < changed && s.rows[c] == r) {
+        ++c;
+      } else {
+        t.num_tokens += s.grow_all;
+      }
+      // blocks == ceil(tokens / block_size), without a division per row.
+      const int64_t held = static_cast<int64_t>(t.blocks.size()) * block_size_;
+      if (t.num_tokens < 0 || held < t.num_tokens || held - block_size_ >= t.num_tokens) {
+        if (!(t.num_tokens == 0 && held == 0)) {
+          return absl::DataLossError(absl::StrCat("sequence ", s.id, " lost a page-table change"));
+        }
       }
     }
   }
