@@ -34,6 +34,7 @@
 #include "common/block_table.h"
 #include "common/ids.h"
 #include "common/page_table_delta.h"
+#include "common/page_table_mirror.h"
 
 namespace hkv {
 
@@ -50,13 +51,9 @@ struct KvCacheConfig {
   std::vector<int32_t> row_partition;
 };
 
-// The CSR view of some rows, in the layout of common/batch.h.
-struct KvCsr {
-  std::vector<int32_t> indptr;      // [rows + 1]
-  std::vector<BlockId> indices;     // [indptr.back()]
-  std::vector<int32_t> last_len;    // [rows] tokens in each row's last block (0 for empty rows)
-  std::vector<int32_t> num_tokens;  // [rows]
-};
+// The CSR view of some rows, in the layout of common/batch.h (the type the receiving end,
+// PageTableMirror, gives too).
+using KvCsr = PageTableCsr;
 
 class KvCacheManager {
  public:

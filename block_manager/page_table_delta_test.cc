@@ -32,7 +32,7 @@ void ExpectMirrorMatches(KvCacheManager& m, PageTableMirror& mirror,
   const PageTableDelta d = m.ExportDelta(ids);
   ASSERT_TRUE(mirror.Apply(d).ok());
   const KvCsr want = m.ExportCsr(ids);
-  const PageTableCsr got = mirror.Csr(ids);
+  const KvCsr got = mirror.Csr(ids);
   ASSERT_EQ(got.indptr, want.indptr);
   ASSERT_EQ(got.indices, want.indices);
   ASSERT_EQ(got.num_tokens, want.num_tokens);

@@ -19,7 +19,8 @@
 
 namespace hkv {
 
-// Whole page tables of some sequences, rows in common/batch.h's order.
+// Whole page tables of some sequences, rows in common/batch.h's order (KvCacheManager::
+// ExportCsr gives the same, as KvCsr).
 struct PageTableCsr {
   std::vector<int32_t> indptr;      // [rows + 1]
   std::vector<BlockId> indices;     // [indptr.back()]

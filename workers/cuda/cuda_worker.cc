@@ -303,41 +303,6 @@ absl::Status CudaWorker::State::CheckBatch(const Batch& b) const {
   return absl::OkStatus();
 }
 
-// The step's host layout: a graph step when the batch is decode-only, of a size with a graph,
-// and its page indices fit the graph inputs; else eager. Sets *inputs to the buffer to use.
-absl::StatusOr<HostStep> CudaWorker::State::LayOut(const Batch& b, StepInputs** inputs) {
-  bool all_decode = !b.seqs.empty();
-  for (const SequenceStep& st : b.seqs) {
-    // Sampling extras (penalties, logprobs) run eagerly: their inputs change size every step.
-    // Probed decodes too: the graphs stay those of plain decode.
-    all_decode = all_decode && !st.select && st.tokens.size() == 1 && !NeedsSamplingExtras(st) &&
-                 st.probe_top_n == 0;
-  }
-  // Phase profiles time eager steps only (events cannot be timed inside a graph).
-  all_decode = all_decode && graphs_enabled && !phases.on();
-  const int32_t graph_batch =
-      all_decode ? GraphBatchFor(static_cast<int32_t>(b.seqs.size()), options.cuda_graph_max_batch)
-                 : 0;
-  // A delta step's rows come from the worker's tables, its indices_a from the device's.
-  const bool delta = b.kv_delta.has_value() && b.kv_indptr.empty();
-  const StepRows rows{delta ? &step_rows : nullptr, delta};
-  auto lay_out = [&](int32_t graph_size) -> absl::StatusOr<HostStep> {
-    HKV_ASSIGN_OR_RETURN(HostStep h, BuildHostStep(b, shape(), graph_size, rows));
-    if (h.device_indices) PlanTableGather(b, step_rows, device_table, &h);
-    return h;
-  };
-  HKV_ASSIGN_OR_RETURN(HostStep h, lay_out(graph_batch));
-  *inputs = &eager_inputs;
-  if (h.graph) {
-    if (StageBytes(h, DecodeOptionsFor(h)) <= graph_inputs.capacity()) {
-      *inputs = &graph_inputs;
-    } else {  // More page indices than the graph inputs hold (shared blocks): run eagerly.
-      HKV_ASSIGN_OR_RETURN(h, lay_out(0));
-    }
-  }
-  return h;
-}
-
 absl::Status CudaWorker::State::CopyBlocks(const Batch& b) {
   const size_t block_bytes = static_cast<size_t>(options.block_size) * cfg.head_dim * 2;
   for (const auto& [src, dst] : b.block_copies) {
