@@ -26,16 +26,17 @@ mkdir -p "$out"
 py=python3
 port=50093
 
-start_server() {  # extra flags...
+start_server() {  # extra flags... (SERVE_TAG names the log: serve_<phase><tag>.log)
+  slog="$out/serve_$phase${SERVE_TAG:-}.log"
   "$bin/hkv" serve --model "$cfg" --dummy-weights --device cuda --host 127.0.0.1 --port $port \
-    --metrics-port 0 --head-scores "$scores" ${SERVE_EXTRA_ARGS:-} "$@" > "$out/serve_$phase.log" 2>&1 &
+    --metrics-port 0 --head-scores "$scores" ${SERVE_EXTRA_ARGS:-} "$@" > "$slog" 2>&1 &
   server_pid=$!
   for _ in $(seq 1200); do
-    grep -q listening "$out/serve_$phase.log" && break
-    kill -0 $server_pid 2>/dev/null || { cat "$out/serve_$phase.log"; exit 1; }
+    grep -q listening "$slog" && break
+    kill -0 $server_pid 2>/dev/null || { cat "$slog"; exit 1; }
     sleep 0.25
   done
-  grep -E "GPU 0|KV pool|max sequences" "$out/serve_$phase.log" | sed 's/^/# /'
+  grep -E "GPU 0|KV pool|max sequences" "$slog" | sed 's/^/# /'
 }
 stop_server() { kill $server_pid 2>/dev/null; wait $server_pid 2>/dev/null || true; }
 trap 'stop_server 2>/dev/null || true' EXIT
@@ -66,7 +67,10 @@ c256)  # the short-context c256 runs of `single` alone, page tables as deltas an
     echo "| run | ok | max streams | output tok/s | TTFT p50 / p99 s | TPOT p50 / p99 ms | s |"
     echo "|---|---|---|---|---|---|---|"
     for deltas in true false; do
-      start_server --max-seqs 256 --max-batch-tokens 8192 --page-table-deltas=$deltas
+      # Stats every 5 s (schedule / execute / update per step) in serve_c256_deltas_*.log;
+      # HKV_STEP_PROFILE=1 in the environment adds the worker's host vs GPU time per step kind.
+      SERVE_TAG="_deltas_$deltas" start_server --max-seqs 256 --max-batch-tokens 8192 \
+        --page-table-deltas=$deltas --stats-interval-s 5
       for policy in full headkv; do
         bench "c256 $policy deltas=$deltas" --num-requests 1024 --concurrency 256 \
           --input-len 256 --output-len 256 --range-ratio 0.5 --kv-policy $policy --kv-budget 128

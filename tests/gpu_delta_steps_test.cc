@@ -44,7 +44,7 @@ Served Serve(const std::string& model_dir, bool deltas, int32_t graph_max_batch)
   config.head_scores.clear();
   config.dummy_weights = true;
   config.device = "cuda";
-  config.kv_pool_blocks = 3000;
+  config.kv_pool_blocks = 1200;  // small enough that decode growth preempts (checked below)
   config.max_seqs = 24;
   config.max_batch_tokens = 512;
   config.cuda_graph_max_batch = graph_max_batch;
