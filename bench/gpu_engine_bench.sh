@@ -6,7 +6,8 @@
 #     copy bandwidth, single-stream decode at 1k context (CUDA graphs on and off) against the
 #     bandwidth bound, and short-context serving at concurrency 256 (ShareGPT-like lengths).
 #   bench/gpu_engine_bench.sh BIN_DIR SCORES_JSON OUT_DIR c256
-#     the c256 runs alone (full KV and HeadKV B=128), page-table deltas on then off.
+#     the c256 runs alone (full KV and HeadKV B=128), async scheduling on then off (page-table
+#     deltas on; C256_DELTAS=false sends the full CSR instead).
 #   SERVE_EXTRA_ARGS adds hkv serve flags to every phase.
 #   bench/gpu_engine_bench.sh BIN_DIR SCORES_JSON OUT_DIR long [NUM_COMPRESSED]
 #     32k-token prompts, 256 output tokens through `hkv bench-serve`: full KV, SnapKV and
@@ -60,19 +61,20 @@ PY
 }
 
 case "$phase" in
-c256)  # the short-context c256 runs of `single` alone, page tables as deltas and as full CSR
+c256)  # the short-context c256 runs of `single` alone, async scheduling on and off
+  deltas="${C256_DELTAS:-true}"
   {
-    echo "## c256, page tables as deltas vs full CSR ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
+    echo "## c256, async scheduling on vs off, page-table deltas $deltas ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
     echo
     echo "| run | ok | max streams | output tok/s | TTFT p50 / p99 s | TPOT p50 / p99 ms | s |"
     echo "|---|---|---|---|---|---|---|"
-    for deltas in true false; do
-      # Stats every 5 s (schedule / execute / update per step) in serve_c256_deltas_*.log;
+    for async in true false; do
+      # Stats every 5 s (schedule / execute / update per step) in serve_c256_async_*.log;
       # HKV_STEP_PROFILE=1 in the environment adds the worker's host vs GPU time per step kind.
-      SERVE_TAG="_deltas_$deltas" start_server --max-seqs 256 --max-batch-tokens 8192 \
-        --page-table-deltas=$deltas --stats-interval-s 5
+      SERVE_TAG="_async_$async" start_server --max-seqs 256 --max-batch-tokens 8192 \
+        --page-table-deltas=$deltas --async-scheduling=$async --stats-interval-s 5
       for policy in full headkv; do
-        bench "c256 $policy deltas=$deltas" --num-requests 1024 --concurrency 256 \
+        bench "c256 $policy async=$async" --num-requests 1024 --concurrency 256 \
           --input-len 256 --output-len 256 --range-ratio 0.5 --kv-policy $policy --kv-budget 128
       done
       stop_server

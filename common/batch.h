@@ -34,6 +34,11 @@
 // at batch 256. kv_indptr and kv_indices are then empty; kv_len_before and kv_len_after stay
 // (O(rows)). Applying every delta in order to a PageTableMirror (common/page_table_mirror.h)
 // yields exactly the CSR the step would otherwise carry.
+//
+// Pending tokens (async scheduling, Worker::SupportsAsyncSteps). The engine may launch step
+// N+1 before step N's results are back. A sequence whose token step N samples then runs it in
+// step N+1 as kPendingToken, the sole token of a one-token step: the worker substitutes the
+// token step N (the step launched just before) sampled for the same sequence.
 
 #include <cstdint>
 #include <optional>
@@ -49,6 +54,9 @@ namespace hkv {
 // The most prompt positions a step may ask per (layer, query head) in an attention probe: the
 // reply is num_layers x num_q_heads x top_n pairs per sequence, never the whole attention row.
 inline constexpr int32_t kMaxProbeTopN = 256;
+
+// A step's input token that the step launched just before samples (see the header comment).
+inline constexpr TokenId kPendingToken = -2;
 
 // How a compressed prefill chooses tokens; mirrors headkv's policies without depending on them.
 struct KvSelectionSpec {
@@ -120,6 +128,8 @@ struct Batch {
   std::vector<RequestId> released;
 
   int64_t num_rows() const { return static_cast<int64_t>(seqs.size()) * num_layers * num_kv_heads; }
+  // Whether the page table comes only as a delta (a batch may carry both a delta and the CSR).
+  bool delta_only() const { return kv_delta.has_value() && kv_indptr.empty(); }
   int64_t row(int64_t seq, int32_t layer, int32_t head) const {
     return (seq * num_layers + layer) * num_kv_heads + head;
   }

@@ -66,6 +66,15 @@ struct Request {
   FinishReason finish_reason = FinishReason::kNone;
   absl::Time first_scheduled_time = absl::InfinitePast();
   absl::Time first_token_time = absl::InfinitePast();
+  // Async scheduling (Scheduler::ScheduleAhead): tokens run by launched steps whose Update() has
+  // not come, whether the latest of those steps samples (its token is pending until then), and
+  // whether that step leaves something a next step needs (kept counts, forked samples, a token
+  // the worker's penalty history must see), so the request sits out the step planned ahead.
+  int32_t in_flight_tokens = 0;
+  bool in_flight_sample = false;
+  bool in_flight_blocks_ahead = false;
+  // Whether the steps in flight append to every row (all but a one-step compressed prefill).
+  bool in_flight_rows_plain = true;
 
   int32_t num_prompt_tokens() const { return static_cast<int32_t>(prompt.size()); }
   int32_t num_tokens() const { return static_cast<int32_t>(prompt.size() + output.size()); }
@@ -73,7 +82,14 @@ struct Request {
   TokenId token_at(int32_t pos) const {
     return pos < num_prompt_tokens() ? prompt[pos] : output[pos - prompt.size()];
   }
+  // Positions run by steps planned so far: computed, plus those of launched steps (equal to
+  // num_computed_tokens whenever no step is in flight).
+  int32_t num_scheduled_tokens() const { return num_computed_tokens + in_flight_tokens; }
+  // Tokens known or pending: num_tokens(), plus the one a launched step samples.
+  int32_t num_tokens_ahead() const { return num_tokens() + (in_flight_sample ? 1 : 0); }
   // Returns the samples this request's next sampling step draws (n before the fork, else 1).
+  // A step drawing n blocks the step planned ahead (in_flight_blocks_ahead): no pending token
+  // of an unforked request is ever planned, so output.size() decides.
   int32_t samples_to_draw() const { return forked || output.size() > 0 ? 1 : sampling.n; }
   // Returns whether the prompt's prefill runs compressed (its last step selects).
   bool compresses() const { return plan.compresses(num_prompt_tokens()); }

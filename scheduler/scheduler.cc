@@ -148,6 +148,12 @@ RequestOutput Scheduler::Finish(Request* r, FinishReason reason, absl::Time now)
   out.generated_tokens = static_cast<int32_t>(r->output.size());
   if (kv_->Contains(r->id)) {
     for (int32_t len : kv_->RowLengths(r->id)) out.kv_tokens_kept += len;
+    // Not the rows' slots for steps still in flight (async: a request that EOS ends ran one step
+    // too many): what the request cached, whatever ran ahead.
+    if (r->in_flight_rows_plain) {
+      out.kv_tokens_kept = std::max<int64_t>(
+          0, out.kv_tokens_kept - int64_t{kv_->num_rows_per_seq()} * r->in_flight_tokens);
+    }
     kv_->Free(r->id);
   }
   out.kv_tokens_full = int64_t{kv_->num_rows_per_seq()} * r->num_computed_tokens;
@@ -172,6 +178,10 @@ void Scheduler::Preempt(Request* r) {
   kv_->Free(r->id);
   released_.push_back(r->id);
   r->num_computed_tokens = 0;
+  r->in_flight_tokens = 0;
+  r->in_flight_sample = false;
+  r->in_flight_rows_plain = true;
+  r->in_flight_blocks_ahead = false;
   r->status = RequestStatus::kPreempted;
   ++r->num_preemptions;
   ++num_preemptions_;

@@ -33,10 +33,18 @@
 //   requests free their blocks in Update().
 // - A Schedule() not followed by Update() (a failed worker step) is undone by the next
 //   Schedule(): the sequences of that batch are recomputed.
+// - Async scheduling: ScheduleAhead() plans step N+1 while step N (the last Schedule()'s or
+//   ScheduleAhead()'s) is still running, before its Update(). A request whose step N samples
+//   runs that token as kPendingToken (common/batch.h); one whose step N selects, forks, or
+//   samples a token its penalties must see sits that step out, as does one that step N surely
+//   finishes (max_tokens). A request step N ends (EOS, stop) ran one step too many: Update()
+//   drops its result, as for an abort. ScheduleAhead never preempts: when a request does not
+//   fit, the step stops there and the next step is planned by Schedule(), after Update().
 //
 // Not thread-safe: owned by the engine thread, like the KvCacheManager it drives.
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -86,7 +94,11 @@ class Scheduler {
   // Plans the next step, or returns nullopt when nothing can run. Requests past their deadline
   // end first (reported by TakeAborted()).
   std::optional<Batch> Schedule(absl::Time now);
-  // Applies the worker's results for `batch`, the last Schedule()'s: advances each request,
+  // Plans the step after the one in flight (see async scheduling above), or returns nullopt:
+  // nothing may run ahead, or not exactly one step is in flight, or pacing is on, or the last
+  // ScheduleAhead() stopped short of blocks (until the next Schedule()).
+  std::optional<Batch> ScheduleAhead(absl::Time now);
+  // Applies the worker's results for `batch`, the oldest step in flight: advances each request,
   // appends sampled tokens and finishes requests on max_tokens, EOS or a stop token. A result
   // that does not match its step finishes that request with kError.
   std::vector<RequestOutput> Update(const Batch& batch, const BatchResult& result, absl::Time now);
@@ -127,9 +139,11 @@ class Scheduler {
     std::optional<KvCacheManager::LayerReservation> reservation;  // Adaptive select only.
   };
   struct StepPlan {
-    int32_t budget = 0;        // Tokens left; negative after an oversized compressed prefill.
-    bool has_prefill = false;  // A multi-token step is planned.
-    bool preempted = false;    // Step 2 preempted someone: admit nobody this step.
+    int32_t budget = 0;            // Tokens left; negative after an oversized compressed prefill.
+    bool has_prefill = false;      // A multi-token step is planned.
+    bool preempted = false;        // Step 2 preempted someone: admit nobody this step.
+    bool ahead = false;            // ScheduleAhead: no preemption, in-flight requests may sit out.
+    bool short_of_blocks = false;  // ahead: a request did not fit; admit nobody.
     // Pacing: streams decode in this step, and whether it may carry prefill work.
     bool decoding = false;
     bool prefill_allowed = true;
@@ -140,6 +154,10 @@ class Scheduler {
   absl::Status CheckRequest(const Request& r) const;
   // Tokens to run for `r` in `step` (0: none fit) and whether it is its compressed prefill.
   int32_t StepTokens(const Request& r, const StepPlan& step, bool* select) const;
+  // Whether `r` may run in a step planned ahead (see async scheduling above).
+  bool CanRunAhead(const Request& r) const;
+  // Ends planning: records the step as in flight and builds its Batch.
+  Batch LaunchPlan(StepPlan& step, absl::Time now);
   // Blocks of `r`'s prompt uncompressed, over every row.
   int64_t TransientBlocks(const Request& r) const;
   // Shrinks `r`'s transient rows to the kept counts of its last chunk's result.
@@ -173,7 +191,9 @@ class Scheduler {
   absl::flat_hash_map<RequestId, std::unique_ptr<Request>> requests_;  // Live requests.
   std::vector<Request*> waiting_;  // Waiting and preempted: priority desc, then arrival order.
   std::vector<Request*> running_;
-  std::vector<RequestId> in_flight_;  // Sequences of the last Schedule() not yet Update()d.
+  // Sequences of each planned step not yet Update()d, oldest first (at most two: async).
+  std::deque<std::vector<RequestId>> in_flight_;
+  bool ahead_short_ = false;  // The last ScheduleAhead() stopped short of blocks.
   std::vector<RequestOutput> aborted_;
   // Sequences finished, aborted or preempted since the last Batch: the next one lists them in
   // Batch::released so that workers drop their per-sequence sampling state.

@@ -9,10 +9,10 @@
 namespace hkv {
 
 int32_t Scheduler::StepTokens(const Request& r, const StepPlan& step, bool* select) const {
-  const int32_t n = r.num_prompt_tokens(), done = r.num_computed_tokens;
+  const int32_t n = r.num_prompt_tokens(), done = r.num_scheduled_tokens();
   *select = false;
   int32_t budget = std::max(step.budget, 0);
-  if (step.decoding && r.num_tokens() - done > 1) {  // Prefill work beside decoding streams.
+  if (step.decoding && r.num_tokens_ahead() - done > 1) {  // Prefill work beside decoding streams.
     if (!step.prefill_allowed) return 0;
     budget = pacer_.ChunkLimit(done, step.work, budget);
   }
@@ -30,13 +30,20 @@ int32_t Scheduler::StepTokens(const Request& r, const StepPlan& step, bool* sele
     *select = true;
     return step.has_prefill ? 0 : left;
   }
-  return std::clamp(r.num_tokens() - done, 0, budget);
+  return std::clamp(r.num_tokens_ahead() - done, 0, budget);
+}
+
+bool Scheduler::CanRunAhead(const Request& r) const {
+  if (r.in_flight_tokens == 0) return true;  // Not in the step in flight.
+  if (r.in_flight_blocks_ahead) return false;
+  // Its pending token would be its last: the step in flight ends it (max_tokens).
+  return !r.in_flight_sample || static_cast<int32_t>(r.output.size()) + 1 < r.sampling.max_tokens;
 }
 
 bool Scheduler::Allocate(Request& r, int32_t num_tokens, bool select, Planned* p) {
   *p = Planned{&r, num_tokens, select, {}, std::nullopt};
   const int32_t rows = kv_->num_rows_per_seq();
-  if (!select || r.num_computed_tokens > 0) {
+  if (!select || r.num_scheduled_tokens() > 0) {
     // Plain rows: decode, a prefill chunk, or the transient rows of a chunked compressed
     // prefill (its last chunk too; Update() shrinks them to the kept tokens).
     p->len_before = kv_->Contains(r.id) ? kv_->RowLengths(r.id) : std::vector<int32_t>(rows, 0);
@@ -73,11 +80,16 @@ void Scheduler::ScheduleRunning(StepPlan* step) {
   std::sort(running_.begin(), running_.end(), MoreImportant);
   for (size_t i = 0; i < running_.size() && step->budget > 0; ++i) {
     Request* r = running_[i];
+    if (step->ahead && !CanRunAhead(*r)) continue;
     bool select = false;
     const int32_t n = StepTokens(*r, *step, &select);
     if (n == 0) continue;
     Planned p;
     bool fits = Allocate(*r, n, select, &p);
+    if (!fits && step->ahead) {  // Preemption waits for Schedule(), after the step in flight.
+      step->short_of_blocks = true;
+      return;
+    }
     // The tail (lowest priority, newest) is never one planned already: those precede r.
     while (!fits && running_.back() != r) {
       Preempt(running_.back());
@@ -103,7 +115,10 @@ void Scheduler::ScheduleWaiting(StepPlan* step) {
     bool select = false;
     const int32_t n = StepTokens(*r, *step, &select);
     Planned p;
-    if (n == 0 || !Allocate(*r, n, select, &p)) return;  // The head waits; nobody skips it.
+    if (n == 0 || !Allocate(*r, n, select, &p)) {  // The head waits; nobody skips it.
+      step->short_of_blocks = n > 0;
+      return;
+    }
     waiting_.erase(waiting_.begin());
     seats += r->samples_to_draw();
     r->status = RequestStatus::kRunning;
@@ -117,12 +132,15 @@ std::optional<Batch> Scheduler::Schedule(absl::Time now) {
   // holds their new blocks: recompute those sequences. Its page-table delta may not have
   // reached the worker's tables either: start the delta stream again.
   if (!in_flight_.empty() && options_.page_table_deltas) kv_->ResetDeltaTracking();
-  for (RequestId id : std::exchange(in_flight_, {})) {
-    auto it = requests_.find(id);
-    if (it != requests_.end() && it->second->status == RequestStatus::kRunning) {
-      Preempt(it->second.get());
+  for (const std::vector<RequestId>& ids : std::exchange(in_flight_, {})) {
+    for (RequestId id : ids) {
+      auto it = requests_.find(id);
+      if (it != requests_.end() && it->second->status == RequestStatus::kRunning) {
+        Preempt(it->second.get());
+      }
     }
   }
+  ahead_short_ = false;
   ExpireDeadlines(now);
   StepPlan step;
   step.budget = options_.max_batch_tokens;
@@ -137,16 +155,46 @@ std::optional<Batch> Scheduler::Schedule(absl::Time now) {
   // Admitting now would take the blocks just freed for the running ones (vLLM v1 does the same).
   if (!step.preempted) ScheduleWaiting(&step);
   if (step.planned.empty()) return std::nullopt;
+  last_work_ = step.work;
+  last_schedule_time_ = now;
+  step_pending_ = pacer_.enabled();
+  return LaunchPlan(step, now);
+}
+
+std::optional<Batch> Scheduler::ScheduleAhead(absl::Time now) {
+  if (pacer_.enabled() || in_flight_.size() != 1 || ahead_short_) return std::nullopt;
+  ExpireDeadlines(now);
+  StepPlan step;
+  step.budget = options_.max_batch_tokens;
+  step.ahead = true;
+  ScheduleRunning(&step);
+  if (!step.short_of_blocks) ScheduleWaiting(&step);
+  ahead_short_ = step.short_of_blocks;
+  if (step.planned.empty()) return std::nullopt;
+  return LaunchPlan(step, now);
+}
+
+Batch Scheduler::LaunchPlan(StepPlan& step, absl::Time now) {
+  std::vector<RequestId> ids;
+  ids.reserve(step.planned.size());
   for (Planned& p : step.planned) {
     if (p.request->first_scheduled_time == absl::InfinitePast()) {
       p.request->first_scheduled_time = now;
     }
-    in_flight_.push_back(p.request->id);
+    ids.push_back(p.request->id);
   }
-  last_work_ = step.work;
-  last_schedule_time_ = now;
-  step_pending_ = pacer_.enabled();
-  return BuildBatch(step.planned);
+  in_flight_.push_back(std::move(ids));
+  Batch b = BuildBatch(step.planned);
+  for (size_t i = 0; i < step.planned.size(); ++i) {
+    Request& r = *step.planned[i].request;
+    const SequenceStep& s = b.seqs[i];
+    r.in_flight_tokens += static_cast<int32_t>(s.tokens.size());
+    r.in_flight_sample = s.sample;
+    r.in_flight_blocks_ahead =
+        s.select || s.num_samples > 1 || (s.sample && s.sampling.uses_history());
+    r.in_flight_rows_plain = !(s.select && s.start_pos == 0);
+  }
+  return b;
 }
 
 Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
@@ -177,11 +225,14 @@ Batch Scheduler::BuildBatch(const std::vector<Planned>& planned) {
     const Request& r = *p.request;
     SequenceStep s;
     s.id = r.id;
-    s.start_pos = r.num_computed_tokens;
+    s.start_pos = r.num_scheduled_tokens();
     s.tokens.reserve(p.num_tokens);
-    for (int32_t t = 0; t < p.num_tokens; ++t) s.tokens.push_back(r.token_at(s.start_pos + t));
-    s.sample = s.start_pos + p.num_tokens == r.num_tokens();
-    s.sample_step = static_cast<int32_t>(r.output.size());
+    for (int32_t t = 0; t < p.num_tokens; ++t) {
+      const int32_t pos = s.start_pos + t;  // Past num_tokens(): the step in flight samples it.
+      s.tokens.push_back(pos < r.num_tokens() ? r.token_at(pos) : kPendingToken);
+    }
+    s.sample = s.start_pos + p.num_tokens == r.num_tokens_ahead();
+    s.sample_step = static_cast<int32_t>(r.output.size()) + (r.in_flight_sample ? 1 : 0);
     s.sampling = ToStepSampling(r.sampling);
     s.num_prompt_tokens = r.num_prompt_tokens();
     if (s.sample) s.num_samples = r.samples_to_draw();

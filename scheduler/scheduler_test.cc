@@ -9,6 +9,7 @@
 #include "scheduler/scheduler.h"
 
 #include <array>
+#include <deque>
 #include <iostream>
 #include <limits>
 #include <map>
@@ -36,7 +37,35 @@ class FakeWorker {
   explicit FakeWorker(const SchedulerOptions& options = {}) : options_(options) {}
 
   // A delta step (options.page_table_deltas) is checked as the full CSR its delta rebuilds.
-  BatchResult Execute(const Batch& step) {
+  // A pending token (async scheduling) is the token this sequence's step before sampled.
+  BatchResult Execute(const Batch& pending_step) {
+    Batch resolved;
+    bool has_pending = false;
+    for (const SequenceStep& s : pending_step.seqs) {
+      has_pending = has_pending || (!s.tokens.empty() && s.tokens[0] == kPendingToken);
+    }
+    if (has_pending) {
+      resolved = pending_step;
+      for (SequenceStep& s : resolved.seqs) {
+        if (s.tokens.empty() || s.tokens[0] != kPendingToken) continue;
+        EXPECT_EQ(s.tokens.size(), 1u);
+        EXPECT_TRUE(last_sampled_.contains(s.id)) << "seq " << s.id;
+        s.tokens[0] = last_sampled_[s.id];
+        ++pending_tokens_;
+      }
+    }
+    const Batch& step = has_pending ? resolved : pending_step;
+    BatchResult result = Run(step);
+    last_sampled_.clear();
+    for (size_t i = 0; i < step.seqs.size(); ++i) {
+      if (step.seqs[i].sample) last_sampled_[step.seqs[i].id] = result.seqs[i].token;
+    }
+    return result;
+  }
+
+  int64_t pending_tokens() const { return pending_tokens_; }
+
+  BatchResult Run(const Batch& step) {
     Batch with_csr;
     if (step.kv_delta.has_value()) {
       EXPECT_TRUE(step.kv_indptr.empty() && step.kv_indices.empty());
@@ -224,6 +253,8 @@ class FakeWorker {
   }
 
   SchedulerOptions options_;
+  std::map<RequestId, TokenId> last_sampled_;  // By the last step run.
+  int64_t pending_tokens_ = 0;
   std::map<BlockId, std::array<TokenId, kBlockSize>> blocks_;
   std::map<RequestId, SeqState> seqs_;
   std::map<BlockId, int32_t> holders_;  // This step's rows holding each block.
@@ -881,6 +912,112 @@ TEST(SchedulerTest, EosAndStopTokensFinishEarly) {
   EXPECT_EQ(run_one(std::move(ignored)).first, probe);
 }
 
+// Async scheduling: the step planned ahead runs an in-flight decode's token as kPendingToken
+// one position on; a request the step in flight ends (EOS) ran one step too many, and that
+// step's result is dropped with its slots not counted as kept; max_tokens and a compressed
+// prefill in flight sit the step out; a pool too short for the step ahead stops it there
+// (no preemption) until the next Schedule().
+TEST(SchedulerTest, ScheduleAheadRunsPendingTokensAndNeverPreempts) {
+  KvCacheManager kv(Config(1000));
+  Scheduler s(SchedulerOptions{}, &kv);
+  FakeWorker w;
+  EXPECT_FALSE(s.ScheduleAhead(absl::Now()).has_value()) << "nothing in flight";
+  ASSERT_TRUE(s.Add(MakeRequest(1, 6, 30, Plan(KvPolicyName::kFull, 0))).ok());
+  ASSERT_TRUE(s.Add(MakeRequest(2, 6, 2, Plan(KvPolicyName::kFull, 0))).ok());
+  ASSERT_TRUE(s.Add(MakeRequest(3, 20, 5, Plan(KvPolicyName::kSnapKv, 12))).ok());
+  std::optional<Batch> first = s.Schedule(absl::Now());
+  ASSERT_TRUE(first.has_value() && first->seqs.size() == 3);
+  BatchResult first_result = w.Execute(*first);
+  // Ahead: 1 and 2 decode their pending first token; 3's compressed prefill is in flight.
+  std::optional<Batch> ahead = s.ScheduleAhead(absl::Now());
+  ASSERT_TRUE(ahead.has_value());
+  ASSERT_EQ(ahead->seqs.size(), 2u);
+  for (const SequenceStep& st : ahead->seqs) {
+    EXPECT_THAT(st.tokens, ElementsAre(kPendingToken));
+    EXPECT_EQ(st.start_pos, 6);
+    EXPECT_EQ(st.sample_step, 1);
+  }
+  EXPECT_FALSE(s.ScheduleAhead(absl::Now()).has_value()) << "two steps in flight";
+  BatchResult ahead_result = w.Execute(*ahead);
+  std::vector<RequestOutput> out = s.Update(*first, first_result, absl::Now());
+  ASSERT_EQ(out.size(), 3u);
+  // Next ahead: request 2 has 1 token and its pending second is its last (max_tokens 2).
+  std::optional<Batch> third = s.ScheduleAhead(absl::Now());
+  ASSERT_TRUE(third.has_value());
+  std::vector<RequestId> ids;
+  for (const SequenceStep& st : third->seqs) ids.push_back(st.id);
+  EXPECT_THAT(ids, ElementsAre(1, 3));
+  EXPECT_THAT(third->seqs[0].tokens, ElementsAre(kPendingToken));
+  EXPECT_EQ(third->seqs[1].tokens.size(), 1u) << "3's first decode, its token known";
+  BatchResult third_result = w.Execute(*third);
+  out = s.Update(*ahead, ahead_result, absl::Now());
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_TRUE(out[1].finished);
+  EXPECT_EQ(out[1].reason, FinishReason::kLength);
+  out = s.Update(*third, third_result, absl::Now());
+  EXPECT_EQ(out.size(), 2u);
+  // EOS: request 1 ends on the token of the step in flight; the step ahead of it is dropped.
+  const Request* r1 = s.Find(1);
+  ASSERT_NE(r1, nullptr);
+  const size_t generated = r1->output.size();
+  std::optional<Batch> a = s.Schedule(absl::Now());
+  ASSERT_TRUE(a.has_value());
+  BatchResult a_result = w.Execute(*a);
+  std::optional<Batch> b = s.ScheduleAhead(absl::Now());
+  ASSERT_TRUE(b.has_value());
+  BatchResult b_result = w.Execute(*b);
+  // Make request 1's token of step `a` an EOS.
+  for (size_t i = 0; i < a->seqs.size(); ++i) {
+    if (a->seqs[i].id == 1) a_result.seqs[i].token = 2;
+  }
+  out = s.Update(*a, a_result, absl::Now());
+  bool ended = false;
+  for (const RequestOutput& o : out) {
+    if (o.id != 1) continue;
+    ended = o.finished;
+    EXPECT_EQ(o.reason, FinishReason::kEos);
+    EXPECT_EQ(o.generated_tokens, static_cast<int32_t>(generated + 1));
+    // 4 rows of 6 + generated + 1 tokens, not the slot of the step ahead.
+    EXPECT_EQ(o.kv_tokens_kept, 4 * (6 + static_cast<int64_t>(generated)));
+  }
+  EXPECT_TRUE(ended);
+  out = s.Update(*b, b_result, absl::Now());
+  for (const RequestOutput& o : out) EXPECT_NE(o.id, 1) << "its extra step is dropped";
+  RunResult rest = RunAll(s, w, kv);
+  EXPECT_EQ(kv.num_free_blocks(), kv.num_total_blocks());
+}
+
+TEST(SchedulerTest, ScheduleAheadStopsShortOfBlocksWithoutPreempting) {
+  // 2 sequences x 4 rows: 8 blocks hold 4 tokens each; the fifth token needs 8 more.
+  KvCacheManager kv(Config(12));
+  Scheduler s(SchedulerOptions{}, &kv);
+  FakeWorker w;
+  ASSERT_TRUE(s.Add(MakeRequest(1, 3, 5, Plan(KvPolicyName::kFull, 0))).ok());
+  ASSERT_TRUE(s.Add(MakeRequest(2, 3, 5, Plan(KvPolicyName::kFull, 0))).ok());
+  std::optional<Batch> first = s.Schedule(absl::Now());
+  ASSERT_TRUE(first.has_value());
+  BatchResult first_result = w.Execute(*first);
+  std::optional<Batch> ahead = s.ScheduleAhead(absl::Now());  // position 3: same blocks
+  ASSERT_TRUE(ahead.has_value());
+  ASSERT_EQ(ahead->seqs.size(), 2u);
+  BatchResult ahead_result = w.Execute(*ahead);
+  s.Update(*first, first_result, absl::Now());
+  // Position 4 needs a new block per row: 8 for both, 4 free: request 1 fits, 2 does not.
+  std::optional<Batch> short_step = s.ScheduleAhead(absl::Now());
+  ASSERT_TRUE(short_step.has_value());
+  EXPECT_EQ(short_step->seqs.size(), 1u);
+  EXPECT_EQ(s.num_preemptions(), 0);
+  BatchResult short_result = w.Execute(*short_step);
+  s.Update(*ahead, ahead_result, absl::Now());
+  EXPECT_FALSE(s.ScheduleAhead(absl::Now()).has_value()) << "short: Schedule() decides next";
+  s.Update(*short_step, short_result, absl::Now());
+  std::optional<Batch> sync = s.Schedule(absl::Now());  // may preempt now
+  ASSERT_TRUE(sync.has_value());
+  s.Update(*sync, w.Execute(*sync), absl::Now());
+  EXPECT_EQ(s.num_preemptions(), 1);
+  RunAll(s, w, kv);
+}
+
 TEST(SchedulerTest, AStepWithoutUpdateIsRecomputed) {
   KvCacheManager kv(Config(1000));
   Scheduler s(SchedulerOptions{}, &kv);
@@ -971,9 +1108,9 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
                                    KvPolicyName::kPyramidKv, KvPolicyName::kAdaKv,
                                    KvPolicyName::kHeadKv};
   int64_t preemptions = 0, compared = 0, deadlines = 0, aborts = 0, compressed = 0, forked = 0,
-          copies_run = 0, delta_steps = 0;
+          copies_run = 0, delta_steps = 0, ahead_steps = 0, pending_tokens = 0;
   std::map<int32_t, int64_t> selects_by_chunks;  // Compressed prefills by chunks (3: 3 or more).
-  for (int trial = 0; trial < 12; ++trial) {
+  for (int trial = 0; trial < 16; ++trial) {
     SCOPED_TRACE(trial);
     const int32_t blocks = 60 + rng() % 150;
     KvCacheManager kv(Config(blocks));
@@ -982,6 +1119,10 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
     o.max_seqs = 1 + rng() % 16;
     o.max_queue = 4 + rng() % 20;
     o.page_table_deltas = trial % 2 == 1;  // the worker rebuilds every table from the deltas
+    // Async scheduling: step N+1 planned and run before step N's Update (the fake worker runs
+    // each step as it is planned, as the CPU worker does at Launch).
+    const bool async = trial % 4 >= 2;
+    std::deque<std::pair<Batch, BatchResult>> in_flight;
     Scheduler s(o, &kv);
     FakeWorker w(o);
     std::map<RequestId, std::unique_ptr<Request>> copies;  // To rerun alone.
@@ -1005,17 +1146,47 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
         forked += n > 1;
       }
       if (rng() % 12 == 0) s.Abort(1 + rng() % next, FinishReason::kAborted);
-      std::optional<Batch> batch = s.Schedule(now);
-      if (batch.has_value()) {
-        for (const SequenceStep& seq : batch->seqs) {
+      auto count_chunks = [&](const Batch& b) {
+        for (const SequenceStep& seq : b.seqs) {
           const Request* r = s.Find(seq.id);
           if (r == nullptr || !r->compresses() || seq.start_pos >= r->num_prompt_tokens()) continue;
           prompt_steps[seq.id] = seq.start_pos == 0 ? 1 : prompt_steps[seq.id] + 1;
           if (seq.select) ++selects_by_chunks[std::min(prompt_steps[seq.id], 3)];
         }
-        for (RequestOutput& out : s.Update(*batch, w.Execute(*batch), now)) {
+      };
+      auto update = [&](const Batch& b, const BatchResult& result) {
+        for (RequestOutput& out : s.Update(b, result, now)) {
           tokens[out.id].insert(tokens[out.id].end(), out.new_tokens.begin(), out.new_tokens.end());
           EXPECT_NE(out.reason, FinishReason::kError) << out.error;
+        }
+      };
+      std::optional<Batch> batch;
+      if (!async) {
+        batch = s.Schedule(now);
+        if (batch.has_value()) {
+          count_chunks(*batch);
+          update(*batch, w.Execute(*batch));
+        }
+      } else {
+        if (in_flight.empty()) {
+          batch = s.Schedule(now);
+          if (batch.has_value()) {
+            count_chunks(*batch);
+            BatchResult result = w.Execute(*batch);
+            in_flight.emplace_back(*batch, std::move(result));
+          }
+        }
+        if (!in_flight.empty()) {
+          std::optional<Batch> ahead = s.ScheduleAhead(now);
+          if (ahead.has_value()) {
+            ++ahead_steps;
+            count_chunks(*ahead);
+            BatchResult result = w.Execute(*ahead);
+            in_flight.emplace_back(*ahead, std::move(result));
+            if (!batch.has_value()) batch = *ahead;
+          }
+          update(in_flight.front().first, in_flight.front().second);
+          in_flight.pop_front();
         }
       }
       for (RequestOutput& out : s.TakeAborted()) {
@@ -1024,10 +1195,12 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
         (out.reason == FinishReason::kDeadline ? deadlines : aborts)++;
       }
       if (batch.has_value()) copies_run += batch->block_copies.size();
-      ExpectPoolConsistent(s, kv, next);
+      if (in_flight.empty()) ExpectPoolConsistent(s, kv, next);
       EXPECT_LE(s.num_running(), o.max_seqs);
     }
+    EXPECT_TRUE(in_flight.empty());
     EXPECT_EQ(kv.num_free_blocks(), blocks);
+    pending_tokens += w.pending_tokens();
     preemptions += s.num_preemptions();
     delta_steps += w.delta_steps();
     // Whatever ran to the end produced what it produces alone in a roomy pool.
@@ -1053,7 +1226,8 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
             << " outputs compared (" << compressed
             << " compressed); compressed prefills in 1 / 2 / 3+ chunks: " << selects_by_chunks[1]
             << " / " << selects_by_chunks[2] << " / " << selects_by_chunks[3] << "; " << forked
-            << " with n > 1, " << copies_run << " block copies\n";
+            << " with n > 1, " << copies_run << " block copies; " << ahead_steps
+            << " steps planned ahead, " << pending_tokens << " pending tokens\n";
   EXPECT_GT(selects_by_chunks[1], 20);
   EXPECT_GT(selects_by_chunks[2], 20);
   EXPECT_GT(selects_by_chunks[3], 20);
@@ -1064,6 +1238,8 @@ TEST(SchedulerTest, RandomizedStressKeepsThePoolConsistentAndOutputsExact) {
   EXPECT_GT(forked, 50);
   EXPECT_GT(copies_run, 50);
   EXPECT_GT(delta_steps, 1000);
+  EXPECT_GT(ahead_steps, 1000);
+  EXPECT_GT(pending_tokens, 5000);
 }
 
 TEST(SchedulerTest, SamplesShareThePromptAndCopyOnlyThePartialBlock) {

@@ -35,6 +35,13 @@ absl::Status Scheduler::ApplyStep(Request& r, const SequenceStep& s, const Seque
                                             s.num_samples));
   }
   r.num_computed_tokens += static_cast<int32_t>(s.tokens.size());
+  r.in_flight_tokens -= static_cast<int32_t>(s.tokens.size());
+  if (r.in_flight_tokens <= 0) {  // No later step of it in flight.
+    r.in_flight_tokens = 0;
+    r.in_flight_sample = false;
+    r.in_flight_rows_plain = true;
+    r.in_flight_blocks_ahead = false;
+  }
   if (s.sample && r.sampling.logprobs >= 0 && res->logprobs.empty()) {
     return absl::InternalError(absl::StrCat("the worker returned no logprobs for request ", r.id));
   }
@@ -117,7 +124,7 @@ FinishReason Scheduler::StopReason(const Request& r) const {
 
 std::vector<RequestOutput> Scheduler::Update(const Batch& batch, const BatchResult& result,
                                              absl::Time now) {
-  in_flight_.clear();
+  if (!in_flight_.empty()) in_flight_.pop_front();
   if (std::exchange(step_pending_, false)) pacer_.Observe(last_work_, now - last_schedule_time_);
   std::vector<RequestOutput> outputs;
   for (size_t i = 0; i < batch.seqs.size(); ++i) {

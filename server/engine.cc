@@ -36,6 +36,8 @@ absl::Status ValidateStops(const SamplingParams& p, const StopLimits& limits, in
 Engine::Engine(const EngineOptions& options, std::unique_ptr<Worker> worker,
                std::shared_ptr<const Tokenizer> tokenizer)
     : options_(options), worker_(std::move(worker)), tokenizer_(std::move(tokenizer)) {
+  async_ = options_.async_scheduling && worker_->SupportsAsyncSteps() &&
+           !PrefillPacer(options_.scheduler.pacing).enabled();
   KvCacheConfig kv = options_.kv;
   kv.num_layers = worker_->config().num_layers;
   kv.num_kv_heads = worker_->config().num_kv_heads;

@@ -61,6 +61,11 @@ struct EngineOptions {
   // Steps carry page-table deltas when the worker accepts them (Worker::AcceptsPageTableDeltas);
   // false sends the full CSR every step (tests compare the two).
   bool page_table_deltas = true;
+  // Async scheduling (Worker::SupportsAsyncSteps, Scheduler::ScheduleAhead): the engine plans and
+  // launches step N+1 before it awaits step N, so that the host's scheduling, layout and
+  // delivery overlap the device's step. Off with prefill pacing (its step times need one step
+  // at a time) and for workers without async steps. false runs one step at a time.
+  bool async_scheduling = true;
 };
 
 // A request as the engine takes it (already tokenized).
@@ -150,6 +155,15 @@ class Engine {
   // Runs `batch` on the worker and appends the scheduler's outputs for it; a failed step
   // fails everything instead (OnWorkerFailure) and clears `outputs`.
   void RunStep(const Batch& batch, std::vector<RequestOutput>* outputs);
+  // Async scheduling: one loop iteration's steps. Launches a step when none is in flight, then
+  // plans and launches the next one ahead, then awaits the oldest and applies its results.
+  void RunAsyncSteps(absl::Time now, std::vector<RequestOutput>* outputs);
+  // Launches `batch` (kept in launched_ until awaited); false after a worker failure.
+  bool LaunchStep(Batch batch);
+  // Awaits the oldest launched step and appends the scheduler's outputs for it.
+  void CompleteStep(std::vector<RequestOutput>* outputs);
+  // What a step adds to the metrics, and (when it ran, `ok`) its prompt tokens prefilled.
+  void CountStep(const Batch& batch, bool ok);
   // After the loop: fails whatever is still live or queued with UNAVAILABLE.
   void FailRemaining();
   void DrainInbox();
@@ -178,6 +192,9 @@ class Engine {
   // Engine-thread state.
   std::unique_ptr<KvCacheManager> kv_;
   std::unique_ptr<Scheduler> scheduler_;
+  bool async_ = false;  // Set once: options_.async_scheduling and the worker runs async steps
+  // Async: the steps launched and not awaited, oldest first (at most two).
+  std::deque<Batch> launched_;
   absl::flat_hash_map<RequestId, std::unique_ptr<Active>> active_;  // One per sample.
   // Every chunk the engine sends a stream goes through it (so a stream's chunks keep their
   // order); flushed once per loop iteration, drained by Stop.

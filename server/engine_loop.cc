@@ -118,7 +118,8 @@ void Engine::Loop() {
     {
       absl::MutexLock lock(&mu_);
       stopping = stopping_;
-      if (!stopping && inbox_.empty() && controls_.empty() && !scheduler_->HasUnfinished()) {
+      if (!stopping && inbox_.empty() && controls_.empty() && !scheduler_->HasUnfinished() &&
+          launched_.empty()) {
         auto has_input = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return stopping_ || !inbox_.empty() || !controls_.empty();
         };
@@ -134,14 +135,20 @@ void Engine::Loop() {
     DrainInbox();
     std::vector<RequestOutput> outputs = scheduler_->TakeAborted();
     const absl::Time now = absl::Now();
-    std::optional<Batch> batch = scheduler_->Schedule(now);
-    if (batch.has_value()) {
-      metrics_.engine_schedule_ns_total += absl::ToInt64Nanoseconds(absl::Now() - now);
+    const int64_t steps_before = metrics_.engine_steps_total.load();
+    if (async_ && loop_alive_.load()) {
+      RunAsyncSteps(now, &outputs);
+    } else {
+      std::optional<Batch> batch = scheduler_->Schedule(now);
+      if (batch.has_value()) {
+        metrics_.engine_schedule_ns_total += absl::ToInt64Nanoseconds(absl::Now() - now);
+      }
+      std::vector<RequestOutput> more = scheduler_->TakeAborted();
+      outputs.insert(outputs.end(), more.begin(), more.end());
+      if (batch.has_value()) RunStep(*batch, &outputs);
     }
-    std::vector<RequestOutput> more = scheduler_->TakeAborted();
-    outputs.insert(outputs.end(), more.begin(), more.end());
-    if (batch.has_value()) RunStep(*batch, &outputs);
-    if (!batch.has_value() && loop_alive_.load() &&
+    const bool stepped = metrics_.engine_steps_total.load() != steps_before;
+    if (!stepped && loop_alive_.load() &&
         absl::Now() - last_liveness_check >= kLivenessCheckInterval) {
       last_liveness_check = absl::Now();
       if (absl::Status live = worker_->Liveness(); !live.ok()) OnWorkerFailure(live);
@@ -151,7 +158,7 @@ void Engine::Loop() {
     const absl::Time deliver_start = absl::Now();
     Deliver(outputs);
     pusher_.Flush();
-    if (batch.has_value()) {
+    if (stepped) {
       metrics_.engine_deliver_ns_total += absl::ToInt64Nanoseconds(absl::Now() - deliver_start);
     }
     PublishGauges();
@@ -161,7 +168,7 @@ void Engine::Loop() {
                        << options_.fault_loop_stall;
       absl::SleepFor(options_.fault_loop_stall);
     }
-    if (stopping && !scheduler_->HasUnfinished()) break;
+    if (stopping && !scheduler_->HasUnfinished() && launched_.empty()) break;
     if (!loop_alive_.load()) {
       // A device failure: keep answering submitted requests with errors, but run nothing.
       absl::MutexLock lock(&mu_);
@@ -179,6 +186,79 @@ void Engine::RunStep(const Batch& batch, std::vector<RequestOutput>* outputs) {
   absl::StatusOr<BatchResult> result = worker_->Execute(batch);
   const absl::Time executed = absl::Now();
   metrics_.engine_execute_ns_total += absl::ToInt64Nanoseconds(executed - start);
+  CountStep(batch, result.ok());
+  if (!result.ok()) {
+    OnWorkerFailure(result.status());
+    outputs->clear();
+    return;
+  }
+  std::vector<RequestOutput> stepped = scheduler_->Update(batch, *result, absl::Now());
+  outputs->insert(outputs->end(), stepped.begin(), stepped.end());
+  metrics_.engine_update_ns_total += absl::ToInt64Nanoseconds(absl::Now() - executed);
+}
+
+void Engine::RunAsyncSteps(absl::Time now, std::vector<RequestOutput>* outputs) {
+  auto take_aborted = [&] {
+    std::vector<RequestOutput> more = scheduler_->TakeAborted();
+    outputs->insert(outputs->end(), more.begin(), more.end());
+  };
+  if (launched_.empty()) {
+    std::optional<Batch> batch = scheduler_->Schedule(now);
+    take_aborted();
+    if (!batch.has_value()) return;
+    metrics_.engine_schedule_ns_total += absl::ToInt64Nanoseconds(absl::Now() - now);
+    if (!LaunchStep(*std::move(batch))) {
+      outputs->clear();
+      return;
+    }
+  }
+  // The next step, planned and queued while the device runs the one in flight.
+  const absl::Time ahead_start = absl::Now();
+  std::optional<Batch> ahead = scheduler_->ScheduleAhead(ahead_start);
+  take_aborted();
+  if (ahead.has_value()) {
+    metrics_.engine_schedule_ns_total += absl::ToInt64Nanoseconds(absl::Now() - ahead_start);
+    metrics_.engine_ahead_steps_total++;
+    if (!LaunchStep(*std::move(ahead))) {
+      outputs->clear();
+      return;
+    }
+  }
+  CompleteStep(outputs);
+}
+
+bool Engine::LaunchStep(Batch batch) {
+  const absl::Time start = absl::Now();
+  launched_.push_back(std::move(batch));
+  const absl::Status launched = worker_->Launch(launched_.back());
+  metrics_.engine_execute_ns_total += absl::ToInt64Nanoseconds(absl::Now() - start);
+  if (launched.ok()) return true;
+  CountStep(launched_.back(), false);
+  launched_.clear();  // The worker abandons what it had launched.
+  OnWorkerFailure(launched);
+  return false;
+}
+
+void Engine::CompleteStep(std::vector<RequestOutput>* outputs) {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<BatchResult> result = worker_->Await();
+  const absl::Time executed = absl::Now();
+  metrics_.engine_execute_ns_total += absl::ToInt64Nanoseconds(executed - start);
+  const Batch batch = std::move(launched_.front());
+  launched_.pop_front();
+  CountStep(batch, result.ok());
+  if (!result.ok()) {
+    launched_.clear();
+    OnWorkerFailure(result.status());
+    outputs->clear();
+    return;
+  }
+  std::vector<RequestOutput> stepped = scheduler_->Update(batch, *result, absl::Now());
+  outputs->insert(outputs->end(), stepped.begin(), stepped.end());
+  metrics_.engine_update_ns_total += absl::ToInt64Nanoseconds(absl::Now() - executed);
+}
+
+void Engine::CountStep(const Batch& batch, bool ok) {
   metrics_.engine_steps_total++;
   int64_t tokens = 0;
   bool prefill = false;
@@ -188,11 +268,7 @@ void Engine::RunStep(const Batch& batch, std::vector<RequestOutput>* outputs) {
   }
   metrics_.engine_step_tokens_total += tokens;
   if (prefill) metrics_.engine_prefill_steps_total++;
-  if (!result.ok()) {
-    OnWorkerFailure(result.status());
-    outputs->clear();
-    return;
-  }
+  if (!ok) return;
   // Prompt tokens prefilled for the first time (recomputes after preemption excluded).
   for (const SequenceStep& s : batch.seqs) {
     auto it = active_.find(s.id);
@@ -204,9 +280,6 @@ void Engine::RunStep(const Batch& batch, std::vector<RequestOutput>* outputs) {
       a.prefilled = done;
     }
   }
-  std::vector<RequestOutput> stepped = scheduler_->Update(batch, *result, absl::Now());
-  outputs->insert(outputs->end(), stepped.begin(), stepped.end());
-  metrics_.engine_update_ns_total += absl::ToInt64Nanoseconds(absl::Now() - executed);
 }
 
 void Engine::FailRemaining() {

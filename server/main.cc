@@ -335,7 +335,7 @@ std::vector<CommandSpec> Commands() {
       "config model tokenizer dummy_weights device max_model_len cuda_graph_max_batch "
       "num_threads kv_pool_blocks kv_pool_gb gpu_memory_utilization block_size max_batch_tokens "
       "max_step_ms max_prefill_share max_seqs tensor_parallel_size tp_head_placement head_scores "
-      "chat_template page_table_deltas");
+      "chat_template page_table_deltas async_scheduling");
   std::vector<std::string> generate = engine;
   for (std::string& name : Names("prompt prompt_ids chat max_tokens temperature top_k top_p "
                                  "seed ignore_eos kv_policy kv_budget beta json")) {

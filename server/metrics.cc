@@ -168,7 +168,8 @@ std::string EngineMetrics::Render() const {
   absl::StrAppend(&out,
                   "# HELP hkv_engine_step_seconds_total Engine loop time by part of the step: "
                   "schedule (build the step), execute (the worker runs it), update (apply its "
-                  "results), deliver (push the step's outputs to the clients' streams)\n# TYPE hkv_engine_step_seconds_total counter\n");
+                  "results), deliver (push the step's outputs to the clients' streams)\n# TYPE "
+                  "hkv_engine_step_seconds_total counter\n");
   for (const auto& [phase, ns] :
        {std::pair<const char*, int64_t>{"schedule", engine_schedule_ns_total.load()},
         {"execute", engine_execute_ns_total.load()},
@@ -180,6 +181,9 @@ std::string EngineMetrics::Render() const {
           engine_step_tokens_total.load());
   Counter(&out, "hkv_engine_prefill_steps_total", "Engine steps that ran a prompt chunk",
           engine_prefill_steps_total.load());
+  Counter(&out, "hkv_engine_ahead_steps_total",
+          "Engine steps launched while the step before them ran (async scheduling)",
+          engine_ahead_steps_total.load());
   Counter(&out, "hkv_requests_unauthenticated_total",
           "Calls refused for a missing or wrong API key", requests_unauthenticated_total.load());
   {

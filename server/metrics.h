@@ -62,6 +62,8 @@ struct EngineMetrics {
   std::atomic<int64_t> engine_deliver_ns_total{0};     // stepped outputs pushed to the streams
   std::atomic<int64_t> engine_step_tokens_total{0};    // tokens run, prefill and decode
   std::atomic<int64_t> engine_prefill_steps_total{0};  // steps with a prompt chunk in them
+  // Async scheduling: steps launched while the one before them ran (ScheduleAhead).
+  std::atomic<int64_t> engine_ahead_steps_total{0};
   // Calls refused for a missing or wrong API key (before any engine work).
   std::atomic<int64_t> requests_unauthenticated_total{0};
   // Finished requests by vLLM's finished_reason: stop (a stop string, stop token or EOS),

@@ -218,6 +218,7 @@ absl::StatusOr<EngineBundle> BuildEngine(const ServerConfig& requested, const Di
   options.scheduler.max_seqs = config.max_seqs;
   options.scheduler.max_queue = config.max_queue;
   options.page_table_deltas = config.page_table_deltas;
+  options.async_scheduling = config.async_scheduling;
   options.kv.num_blocks = static_cast<int32_t>(bundle.sizing.num_blocks);
   options.kv.block_size = config.block_size;
   if (tp > 1) {

@@ -66,6 +66,8 @@ inline constexpr int32_t kDefaultMaxConcurrentStreams = 2048;
   X(int32_t, cuda_graph_max_batch, 256, "Largest decode batch run as a CUDA graph (0: eager)")   \
   X(bool, page_table_deltas, true,                                                              \
     "Steps send the page tables' changes only; the worker keeps them (false: all, every step)")  \
+  X(bool, async_scheduling, true,                                                               \
+    "Plan step N+1 while the worker runs step N (one-GPU CUDA and CPU workers, no pacing)")      \
   X(std::string, cuda_prefill_kernel, "auto",                                                    \
     "Prefill attention kernel: auto (wgmma on sm_90, else mma) | mma | wgmma (sm_90 only)")      \
   X(bool, cuda_fused_decode, false,                                                              \

@@ -49,6 +49,20 @@ class Worker {
   // is idle (a multi-node group notices a follower that went away before the next request).
   // A non-OK status is treated like a failed step.
   virtual absl::Status Liveness() { return absl::OkStatus(); }
+  // Async steps: whether Launch / Await work. The engine then launches step N+1 before it
+  // awaits step N (scheduling overlaps execution), and step N+1 may carry kPendingToken inputs
+  // (common/batch.h) that the worker resolves from step N's samples.
+  virtual bool SupportsAsyncSteps() const { return false; }
+  // Starts a step and returns once it is queued; its results come from Await(), oldest first.
+  // At most two steps are launched and not awaited; the caller keeps each Batch alive and
+  // unchanged until its Await() returns. A non-OK status (from either) means the device failed,
+  // as for Execute; the steps still launched are then abandoned.
+  virtual absl::Status Launch(const Batch& batch) {
+    return absl::UnimplementedError(name() + " runs no async steps");
+  }
+  virtual absl::StatusOr<BatchResult> Await() {
+    return absl::UnimplementedError(name() + " runs no async steps");
+  }
   // Thread-safe, unlike the rest: asks a step in progress on another thread to give up soon
   // (a peer it waits for is gone). Workers whose steps cannot hang ignore it.
   virtual void CancelStep() {}

@@ -80,10 +80,38 @@ absl::Status CpuWorker::CheckBatch(const Batch& b) const {
   return absl::OkStatus();
 }
 
+absl::Status CpuWorker::Launch(const Batch& batch) {
+  if (launched_.size() >= 2) {
+    return absl::FailedPreconditionError("two steps are launched already: Await one first");
+  }
+  absl::StatusOr<BatchResult> result;
+  if (HasPendingTokens(batch)) {
+    Batch resolved = batch;
+    const absl::Status status = pending_.Resolve(&resolved);
+    result = status.ok() ? Execute(resolved) : absl::StatusOr<BatchResult>(status);
+  } else {
+    result = Execute(batch);
+  }
+  if (result.ok()) {
+    pending_.Record(batch, *result);
+  } else {
+    pending_.Clear();
+  }
+  launched_.push_back(std::move(result));
+  return absl::OkStatus();  // A failed step reports at its Await, in order.
+}
+
+absl::StatusOr<BatchResult> CpuWorker::Await() {
+  if (launched_.empty()) return absl::FailedPreconditionError("no step was launched");
+  absl::StatusOr<BatchResult> result = std::move(launched_.front());
+  launched_.pop_front();
+  return result;
+}
+
 absl::StatusOr<BatchResult> CpuWorker::Execute(const Batch& delta_or_csr) {
   // A delta step: the tables it changes are ours to keep; the math reads the full CSR.
   Batch with_csr;
-  const bool delta = delta_or_csr.kv_delta.has_value() && delta_or_csr.kv_indptr.empty();
+  const bool delta = delta_or_csr.delta_only();
   if (delta) {
     HKV_RETURN_IF_ERROR(ValidatePageTable(delta_or_csr));
     HKV_RETURN_IF_ERROR(tables_.Apply(*delta_or_csr.kv_delta));

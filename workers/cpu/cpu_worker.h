@@ -11,6 +11,7 @@
 // parallel on the worker's own pool; each writes only its own blocks.
 
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +21,7 @@
 #include "common/page_table_mirror.h"
 #include "common/thread_pool.h"
 #include "model/model_config.h"
+#include "workers/pending_tokens.h"
 #include "workers/token_history.h"
 #include "workers/worker.h"
 
@@ -34,6 +36,11 @@ class CpuWorker : public Worker {
   absl::StatusOr<BatchResult> Execute(const Batch& batch) override;
   std::string name() const override { return "cpu"; }
   bool AcceptsPageTableDeltas() const override { return true; }
+  // Async steps run at Launch, on the caller's thread (the results wait for Await): the
+  // engine's overlap, and its pending tokens, exercised on the CPU.
+  bool SupportsAsyncSteps() const override { return true; }
+  absl::Status Launch(const Batch& batch) override;
+  absl::StatusOr<BatchResult> Await() override;
   // The host sets no limit of its own: up to 2^31 - 1 blocks of fp32 K and V.
   absl::StatusOr<KvCapacity> ReportKvCapacity() const override;
   // Replaces the pool with one of `num_blocks` zeroed blocks.
@@ -104,6 +111,8 @@ class CpuWorker : public Worker {
   bool return_kept_positions_ = false;
   PageTableMirror tables_;    // Every sequence's rows, from the steps' deltas (Batch::kv_delta).
   TokenHistories histories_;  // Penalised sequences' tokens; written by Execute before sampling.
+  PendingTokens pending_;     // The last launched step's samples (async steps).
+  std::deque<absl::StatusOr<BatchResult>> launched_;  // Results of launched steps, oldest first.
 };
 
 }  // namespace hkv

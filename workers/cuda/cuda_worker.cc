@@ -14,11 +14,13 @@
 #include "common/status_macros.h"
 #include "kernels/decode_attention.h"
 #include "kernels/kv_select.h"
+#include "kernels/page_table_gather.h"
 #include "model/rope.h"
 #include "model/tensor_parallel.h"
 #include "workers/cuda/cuda_worker_state.h"
 #include "workers/cuda/memory_plan.h"
 #include "workers/nccl_communicator.h"
+#include "workers/pending_tokens.h"
 
 namespace hkv {
 namespace {
@@ -173,9 +175,15 @@ absl::Status CudaWorker::State::InitDevice() {
   HKV_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(cublas, cublas_ws.get(), cublas_ws.bytes()));
   if (const char* p = std::getenv("HKV_STEP_PROFILE"); p != nullptr && p[0] == '1') {
     profile.on = true;
-    HKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&profile.start));
-    HKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&profile.stop));
+    for (int i = 0; i < 2; ++i) {
+      HKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&profile.start[i]));
+      HKV_CUDA_RETURN_IF_ERROR(cudaEventCreate(&profile.stop[i]));
+    }
   }
+  for (cudaEvent_t& e : step_done) {
+    HKV_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  }
+  HKV_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&inputs_sent, cudaEventDisableTiming));
   return absl::OkStatus();
 }
 
@@ -318,9 +326,14 @@ absl::Status CudaWorker::State::CopyBlocks(const Batch& b) {
 // Sends the step's inputs, grows what the step needs, and runs it (graph or eager).
 absl::Status CudaWorker::State::Launch(const Batch& b, const HostStep& h,
                                        const k::DecodePlanOptions& decode, DeviceStep& d,
-                                       StepInputs* inputs) {
-  if (profile.on) HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(profile.start, stream));
+                                       StepInputs* inputs, int32_t slot) {
+  if (profile.on) HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(profile.start[slot], stream));
   HKV_RETURN_IF_ERROR(inputs->Upload(stream));
+  HKV_RETURN_IF_ERROR(RunPending(h, d));
+  // Every host-to-device copy of the step is queued: the next step may rewrite the pinned
+  // inputs once this has run.
+  HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(inputs_sent, stream));
+  inputs_sent_recorded = true;
   if (h.device_indices) HKV_RETURN_IF_ERROR(BuildDeviceTable(b, h, d));
   HKV_RETURN_IF_ERROR(ReserveActivations(h.total, static_cast<int64_t>(h.sample_rows.size())));
   HKV_RETURN_IF_ERROR(ReserveSelect(b, h));
@@ -336,13 +349,14 @@ absl::Status CudaWorker::State::Launch(const Batch& b, const HostStep& h,
     HKV_RETURN_IF_ERROR(Forward(b, h, d));
     ++eager_steps;
   }
-  if (profile.on) HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(profile.stop, stream));
+  if (profile.on) HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(profile.stop[slot], stream));
   return absl::OkStatus();
 }
 
-// Copies sampled tokens, kept counts and logits (when asked) into one pinned buffer and waits
-// for the step (bounded under tensor parallelism: a dead or hung peer aborts the group).
-absl::Status CudaWorker::State::CopyOut(const HostStep& h) {
+// Queues the copies of sampled tokens, kept counts and logits (when asked) into the slot's
+// pinned buffer, then the slot's event.
+absl::Status CudaWorker::State::CopyOut(const HostStep& h, int32_t slot) {
+  cuda_internal::PinnedBuffer& host_out = this->host_out[slot];
   const size_t ns = h.sample_rows.size();
   const size_t kept_n = static_cast<size_t>(h.num_kept_seqs()) * cfg.num_layers * cfg.num_kv_heads;
   const size_t logit_n = return_logits ? ns * cfg.vocab_size : 0;
@@ -367,20 +381,26 @@ absl::Status CudaWorker::State::CopyOut(const HostStep& h) {
     HKV_CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(out_logits, logits.get(), logit_n * 4, cudaMemcpyDeviceToHost, stream));
   }
-  if (options.tp.size > 1) {
+  HKV_CUDA_RETURN_IF_ERROR(cudaEventRecord(step_done[slot], stream));
+  return absl::OkStatus();
+}
+
+absl::Status CudaWorker::State::WaitFor(const cuda_internal::LaunchedStep& step) {
+  if (options.tp.size > 1) {  // One step at a time (AsyncCapable): the stream is that step.
     HKV_RETURN_IF_ERROR(
         options.tp.comm->WaitFor(stream, options.tp.step_timeout, options.tp.cancel));
   } else {
-    HKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    HKV_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(step_done[step.slot]));
   }
   HKV_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
 
-absl::Status CudaWorker::State::RecordProfile(const Batch& b, const HostStep& h, double host_us) {
+absl::Status CudaWorker::State::RecordProfile(const Batch& b, const HostStep& h, double host_us,
+                                              int32_t slot) {
   if (!profile.on) return absl::OkStatus();
   float gpu_ms = 0;
-  HKV_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&gpu_ms, profile.start, profile.stop));
+  HKV_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&gpu_ms, profile.start[slot], profile.stop[slot]));
   const std::string kind = h.graph                             ? "decode graph"
                            : h.num_prefill + h.num_select == 0 ? "decode eager"
                            : h.real_decode > 0                 ? "mixed"
@@ -396,7 +416,11 @@ absl::Status CudaWorker::State::RecordProfile(const Batch& b, const HostStep& h,
 }
 
 // The step's answer from the pinned results CopyOut left.
-BatchResult CudaWorker::State::Unpack(const Batch& b, const HostStep& h) const {
+BatchResult CudaWorker::State::Unpack(const cuda_internal::LaunchedStep& step) const {
+  const Batch& b = *step.batch;
+  const HostStep& h = step.h;
+  const int32_t slot = step.slot;
+  const cuda_internal::PinnedBuffer& host_out = this->host_out[slot];
   const int32_t ns = static_cast<int32_t>(h.sample_rows.size());
   const size_t rows_per_seq = static_cast<size_t>(cfg.num_layers) * cfg.num_kv_heads;
   const size_t kept_n = static_cast<size_t>(h.num_kept_seqs()) * rows_per_seq;
@@ -422,7 +446,8 @@ BatchResult CudaWorker::State::Unpack(const Batch& b, const HostStep& h) const {
     }
   }
   const float* out_logprobs = out_logits + (return_logits ? ns * vocab : 0);
-  UnpackLogprobs(b, h, reinterpret_cast<const char*>(out_logprobs), &result);
+  UnpackLogprobs(b, h, reinterpret_cast<const char*>(out_logprobs), slot, step.logprobs_top,
+                 &result);
   for (int32_t j = 0; j < h.num_kept_seqs(); ++j) {
     const int32_t k2 =
         j < h.num_select ? h.num_decode + h.num_prefill + j : h.paged_select[j - h.num_select];
@@ -443,47 +468,150 @@ BatchResult CudaWorker::State::Unpack(const Batch& b, const HostStep& h) const {
   return result;
 }
 
-absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& global_batch) {
+bool CudaWorker::State::AsyncCapable() const {
+  return options.tp.size == 1 && block_first == 0 && !phases.on() && !return_kept_positions;
+}
+
+absl::Status CudaWorker::State::LaunchStep(const Batch& global_batch) {
+  if (!launched.empty() && (launched.size() >= 2 || !AsyncCapable())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(launched.size(), " steps are launched: Await one first"));
+  }
+  cuda_internal::LaunchedStep& step = launched.emplace_back();
+  const absl::Status status = LaunchInto(global_batch, step);
+  if (!status.ok()) {
+    launched.pop_back();
+    last_sample_row.clear();  // Nothing may refer to a step that did not run.
+  }
+  return status;
+}
+
+// The whole host side of a step (layout, staging, page tables), then the device's queue: the
+// inputs' copies, the forward pass, the copies of its results and the slot's event.
+absl::Status CudaWorker::State::LaunchInto(const Batch& global_batch,
+                                           cuda_internal::LaunchedStep& step) {
   const auto host_start = std::chrono::steady_clock::now();
-  State& s = *state_;
-  const bool sliced = s.options.tp.size > 1 || s.block_first != 0;
-  const bool delta = global_batch.kv_delta.has_value() && global_batch.kv_indptr.empty();
+  const bool sliced = options.tp.size > 1 || block_first != 0;
+  const bool delta = global_batch.delta_only();
   if (sliced && delta) {  // AcceptsPageTableDeltas is false: the ranks slice the full CSR
     return absl::InvalidArgumentError("page-table deltas on a tensor-parallel rank");
   }
-  Batch local;
+  step.batch = &global_batch;
   if (sliced) {
-    HKV_ASSIGN_OR_RETURN(local, RankView(global_batch, s.slice()));
+    HKV_ASSIGN_OR_RETURN(step.local, RankView(global_batch, slice()));
+    step.batch = &step.local;
   }
-  const Batch& b = sliced ? local : global_batch;
-  HKV_RETURN_IF_ERROR(s.CheckBatch(b));
+  const Batch& b = *step.batch;
+  HKV_RETURN_IF_ERROR(CheckBatch(b));
+  if (HasPendingTokens(b)) {
+    if (sliced) return absl::InvalidArgumentError("pending tokens on a tensor-parallel rank");
+    HKV_RETURN_IF_ERROR(ValidatePendingTokens(b, last_sample_row));
+  }
   if (delta) {
-    HKV_RETURN_IF_ERROR(s.ApplyDelta(b));
+    HKV_RETURN_IF_ERROR(ApplyDelta(b));
   } else {
-    s.device_table.valid = false;  // a full-CSR step: the next delta step uploads its rows
+    device_table.valid = false;  // a full-CSR step: the next delta step uploads its rows
   }
-  if (s.options.tp.rank == 0) {  // Only rank 0 samples (step_layout.h).
-    s.histories.Observe(b);
-    for (const SequenceStep& st : b.seqs) HKV_RETURN_IF_ERROR(s.histories.CheckFor(st));
+  if (options.tp.rank == 0) {  // Only rank 0 samples (step_layout.h).
+    histories.Observe(b);
+    for (const SequenceStep& st : b.seqs) HKV_RETURN_IF_ERROR(histories.CheckFor(st));
   }
   StepInputs* inputs = nullptr;
-  HKV_ASSIGN_OR_RETURN(const HostStep h, s.LayOut(b, &inputs));
-  const k::DecodePlanOptions decode = s.DecodeOptionsFor(h);
-  HKV_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.options.device));
-  HKV_RETURN_IF_ERROR(s.StageExtras(BuildSamplingExtras(b, h, s.histories, s.cfg.vocab_size)));
-  HKV_RETURN_IF_ERROR(inputs->Begin(h.graph ? inputs->capacity() : s.StageBytes(h, decode)));
-  HKV_ASSIGN_OR_RETURN(DeviceStep d, s.Stage(h, decode, inputs));
-  HKV_RETURN_IF_ERROR(s.CopyBlocks(b));
-  const double host_us =
+  HKV_ASSIGN_OR_RETURN(step.h, LayOut(b, &inputs));
+  const HostStep& h = step.h;
+  const k::DecodePlanOptions decode = DecodeOptionsFor(h);
+  HKV_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
+  // The pinned inputs are rewritten from here: the last step's copies from them must have run
+  // (they lead that step on the stream, so this rarely waits).
+  if (inputs_sent_recorded) HKV_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(inputs_sent));
+  HKV_RETURN_IF_ERROR(StageExtras(BuildSamplingExtras(b, h, histories, cfg.vocab_size)));
+  step.logprobs_top = extras.top;
+  HKV_RETURN_IF_ERROR(inputs->Begin(h.graph ? inputs->capacity() : StageBytes(h, decode)));
+  HKV_ASSIGN_OR_RETURN(DeviceStep d, Stage(h, decode, inputs));
+  HKV_RETURN_IF_ERROR(StagePending(b, h));
+  HKV_RETURN_IF_ERROR(CopyBlocks(b));
+  step.host_us =
       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - host_start)
           .count();
-  HKV_RETURN_IF_ERROR(s.Launch(b, h, decode, d, inputs));
-  HKV_RETURN_IF_ERROR(s.CopyOut(h));
-  HKV_RETURN_IF_ERROR(s.RecordProfile(b, h, host_us));
-  HKV_CUDA_RETURN_IF_ERROR(s.phases.Collect());
-  BatchResult result = s.Unpack(b, h);
-  HKV_RETURN_IF_ERROR(s.UnpackProbes(&result));
+  step.slot = next_slot;
+  next_slot ^= 1;
+  HKV_RETURN_IF_ERROR(Launch(b, h, decode, d, inputs, step.slot));
+  RecordSampleRows(b, h);
+  return CopyOut(h, step.slot);
+}
+
+absl::StatusOr<BatchResult> CudaWorker::State::AwaitStep() {
+  if (launched.empty()) return absl::FailedPreconditionError("no step was launched");
+  const cuda_internal::LaunchedStep& step = launched.front();
+  absl::StatusOr<BatchResult> result = [&]() -> absl::StatusOr<BatchResult> {
+    HKV_RETURN_IF_ERROR(WaitFor(step));
+    HKV_RETURN_IF_ERROR(RecordProfile(*step.batch, step.h, step.host_us, step.slot));
+    HKV_CUDA_RETURN_IF_ERROR(phases.Collect());
+    BatchResult r = Unpack(step);
+    HKV_RETURN_IF_ERROR(UnpackProbes(&r));
+    return r;
+  }();
+  if (result.ok()) {
+    launched.pop_front();
+  } else {
+    launched.clear();  // The device failed: the later steps are abandoned.
+    last_sample_row.clear();
+  }
   return result;
 }
+
+absl::Status CudaWorker::State::StagePending(const Batch& b, const HostStep& h) {
+  if (h.pending_at.empty()) return absl::OkStatus();
+  const size_t n = h.pending_at.size() * k::kGatherSegmentInts;
+  HKV_RETURN_IF_ERROR(pending_host.Reserve(n * 4));
+  HKV_RETURN_IF_ERROR(pending_dev.Reserve(n * 4));
+  auto* seg = reinterpret_cast<int32_t*>(pending_host.get());
+  for (size_t i = 0; i < h.pending_at.size(); ++i) {
+    // ValidatePendingTokens found every pending sequence among the last step's samples.
+    seg[4 * i] = h.pending_at[i];
+    seg[4 * i + 1] = last_sample_row.at(b.seqs[h.pending_of[i]].id);
+    seg[4 * i + 2] = 1;
+    seg[4 * i + 3] = 0;
+  }
+  return absl::OkStatus();
+}
+
+// After the step's inputs are on the device and before anything may grow `tokens`: the
+// previous step's samples are still there, in their sampled rows.
+absl::Status CudaWorker::State::RunPending(const HostStep& h, const DeviceStep& d) {
+  if (h.pending_at.empty()) return absl::OkStatus();
+  const int32_t n = static_cast<int32_t>(h.pending_at.size());
+  HKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(pending_dev.get(), pending_host.get(),
+                                           static_cast<size_t>(n) * k::kGatherSegmentInts * 4,
+                                           cudaMemcpyHostToDevice, stream));
+  // d.ids is the step's staging on the device, written by this stream only.
+  HKV_CUDA_RETURN_IF_ERROR(k::GatherPageTable(pending_dev.get<int32_t>(), n, tokens.get<int32_t>(),
+                                              tokens.get<int32_t>(), const_cast<int32_t*>(d.ids),
+                                              nullptr, stream));
+  return absl::OkStatus();
+}
+
+void CudaWorker::State::RecordSampleRows(const Batch& b, const HostStep& h) {
+  last_sample_row.clear();
+  for (size_t i = 0; i < h.sample_seq.size(); ++i) {
+    if (h.sample_seq[i] < 0 || h.sample_index[i] != 0) continue;
+    const SequenceStep& st = b.seqs[h.order[h.sample_seq[i]]];
+    if (st.sample) last_sample_row[st.id] = static_cast<int32_t>(i);
+  }
+}
+
+absl::StatusOr<BatchResult> CudaWorker::Execute(const Batch& batch) {
+  if (!state_->launched.empty()) {
+    return absl::FailedPreconditionError("Execute with steps launched: Await them first");
+  }
+  HKV_RETURN_IF_ERROR(state_->LaunchStep(batch));
+  return state_->AwaitStep();
+}
+
+bool CudaWorker::SupportsAsyncSteps() const { return state_->AsyncCapable(); }
+
+absl::Status CudaWorker::Launch(const Batch& batch) { return state_->LaunchStep(batch); }
+
+absl::StatusOr<BatchResult> CudaWorker::Await() { return state_->AwaitStep(); }
 
 }  // namespace hkv

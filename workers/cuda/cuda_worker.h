@@ -54,6 +54,13 @@ class CudaWorker : public Worker {
 
   const ModelConfig& config() const override;
   absl::StatusOr<BatchResult> Execute(const Batch& batch) override;
+  // Async steps on one GPU (not a tensor-parallel rank, nor with phase profiles or kept
+  // positions on): Launch queues the step on the stream and returns; Await waits for the
+  // oldest. A step's pending tokens are gathered on the device from the previous step's
+  // sampled rows. Execute is Launch then Await (REQUIRES: no step launched).
+  bool SupportsAsyncSteps() const override;
+  absl::Status Launch(const Batch& batch) override;
+  absl::StatusOr<BatchResult> Await() override;
   std::string name() const override;
   // The pool Create sized from free memory (or options.num_blocks).
   absl::StatusOr<KvCapacity> ReportKvCapacity() const override;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "common/batch.h"
 #include "common/page_table_mirror.h"
@@ -68,14 +69,14 @@ struct DeviceExtras {
 
 // Optional per-step timing (HKV_STEP_PROFILE=1): host time to build and stage a step, GPU time
 // from the input copy to the last kernel, per kind of step; printed every 1000 steps and at
-// exit. Costs two events and a host timer per step.
+// exit. Costs two events per launch slot and a host timer per step.
 struct StepProfile {
   struct Kind {
     int64_t steps = 0;
     double host_us = 0, gpu_us = 0, seqs = 0, tokens = 0;
   };
   bool on = false;
-  cudaEvent_t start = nullptr, stop = nullptr;
+  cudaEvent_t start[2] = {}, stop[2] = {};  // per launch slot (async steps)
   std::map<std::string, Kind> kinds;
   int64_t steps = 0;
 
@@ -90,8 +91,10 @@ struct StepProfile {
   }
   ~StepProfile() {
     if (on && steps > 0) Print();
-    if (start != nullptr) cudaEventDestroy(start);
-    if (stop != nullptr) cudaEventDestroy(stop);
+    for (int i = 0; i < 2; ++i) {
+      if (start[i] != nullptr) cudaEventDestroy(start[i]);
+      if (stop[i] != nullptr) cudaEventDestroy(stop[i]);
+    }
   }
 };
 
@@ -112,6 +115,17 @@ struct ProbePlan {
   std::vector<int32_t> batch_index;
   std::vector<int32_t> meta;
   int32_t max_len = 0, max_top_n = 0;
+};
+
+// A step launched and not yet awaited (CudaWorker::Launch / Await). `batch` is the caller's, or
+// `local` (this rank's view of it).
+struct LaunchedStep {
+  const Batch* batch = nullptr;
+  Batch local;
+  HostStep h;
+  double host_us = 0;
+  int32_t slot = 0;           // Its pinned results and events: two slots, used in turn.
+  int32_t logprobs_top = -1;  // Its sampling extras' top-k (DeviceExtras::top).
 };
 
 }  // namespace cuda_internal
@@ -158,7 +172,23 @@ struct CudaWorker::State {
   DeviceBuffer cublas_ws, res, xb, qkv, attn, tmp, gate_up, hidden, sample_x, logits, tokens,
       decode_ws, select_ws, kept, kept_index, select_caps;
   cuda_internal::StepInputs eager_inputs, graph_inputs;
-  cuda_internal::PinnedBuffer host_out;  // sampled tokens, kept counts, logits
+  // Sampled tokens, kept counts and logits, per launch slot (a step's results are read while
+  // the next one runs).
+  cuda_internal::PinnedBuffer host_out[2];
+  // Async steps: launched and not awaited, oldest first (at most two); the event each slot's
+  // step records after its last copy; the event recorded once a step's host-to-device copies
+  // have run (the pinned inputs, staging and extras, may be rewritten after it).
+  std::deque<cuda_internal::LaunchedStep> launched;
+  cudaEvent_t step_done[2] = {};
+  cudaEvent_t inputs_sent = nullptr;
+  bool inputs_sent_recorded = false;
+  int32_t next_slot = 0;
+  // Pending tokens (common/batch.h): the sampled row (in `tokens`) of each sequence the last
+  // launched step sampled, and a step's gather of them into its ids (page_table_gather.h
+  // segments), staged in pending_host, copied to pending_dev.
+  absl::flat_hash_map<RequestId, int32_t> last_sample_row;
+  cuda_internal::PinnedBuffer pending_host;
+  DeviceBuffer pending_dev;
   // Sampling extras (eager steps only): the penalty lists, penalised logits, logprob outputs.
   TokenHistories histories;  // rank 0 only: the ranks that sample
   cuda_internal::PinnedBuffer extras_host;
@@ -185,6 +215,11 @@ struct CudaWorker::State {
   int32_t last_table = 0;
 
   ~State() {
+    if (!launched.empty()) cudaStreamSynchronize(stream);  // abandoned steps still read buffers
+    for (cudaEvent_t e : step_done) {
+      if (e != nullptr) cudaEventDestroy(e);
+    }
+    if (inputs_sent != nullptr) cudaEventDestroy(inputs_sent);
     graphs.clear();
     if (profile.on && profile.steps > 0) {
       profile.Print();
@@ -229,10 +264,27 @@ struct CudaWorker::State {
   absl::StatusOr<HostStep> LayOut(const Batch& b, cuda_internal::StepInputs** inputs);
   absl::Status CopyBlocks(const Batch& b);
   absl::Status Launch(const Batch& b, const HostStep& h, const kernels::DecodePlanOptions& decode,
-                      cuda_internal::DeviceStep& d, cuda_internal::StepInputs* inputs);
-  absl::Status CopyOut(const HostStep& h);
-  absl::Status RecordProfile(const Batch& b, const HostStep& h, double host_us);
-  BatchResult Unpack(const Batch& b, const HostStep& h) const;
+                      cuda_internal::DeviceStep& d, cuda_internal::StepInputs* inputs,
+                      int32_t slot);
+  // Launches a step (the whole host side, then the device's queue) and awaits the oldest.
+  absl::Status LaunchStep(const Batch& global_batch);
+  absl::Status LaunchInto(const Batch& global_batch, cuda_internal::LaunchedStep& step);
+  absl::StatusOr<BatchResult> AwaitStep();
+  // Whether steps may be launched ahead (one GPU, no per-step host state that a second step in
+  // flight would overwrite: phase profiles, kept positions).
+  bool AsyncCapable() const;
+  // Stages the gather of a step's pending tokens (h.pending_at) from last_sample_row; then,
+  // on the stream after the inputs' upload, copies and runs it. Records the step's sampled
+  // rows for the next step.
+  absl::Status StagePending(const Batch& b, const HostStep& h);
+  absl::Status RunPending(const HostStep& h, const cuda_internal::DeviceStep& d);
+  void RecordSampleRows(const Batch& b, const HostStep& h);
+  // Queues the copies of sampled tokens, kept counts and logits into slot's pinned buffer.
+  absl::Status CopyOut(const HostStep& h, int32_t slot);
+  // Waits for `step` (bounded under tensor parallelism: a dead or hung peer aborts the group).
+  absl::Status WaitFor(const cuda_internal::LaunchedStep& step);
+  absl::Status RecordProfile(const Batch& b, const HostStep& h, double host_us, int32_t slot);
+  BatchResult Unpack(const cuda_internal::LaunchedStep& step) const;
   // device_weights.cc
   absl::Status LoadWeights();
   absl::Status FillDummyWeights(uint64_t seed);
@@ -269,7 +321,9 @@ struct CudaWorker::State {
   absl::StatusOr<const float*> PenalisedLogits(int32_t rows);
   absl::Status RunLogprobs(int32_t rows);
   size_t LogprobBytes(int32_t rows) const;
-  void UnpackLogprobs(const Batch& b, const HostStep& h, const char* out, BatchResult* r) const;
+  // `top`: the step's extras.top (a later launch resets `extras`).
+  void UnpackLogprobs(const Batch& b, const HostStep& h, const char* out, int32_t slot, int32_t top,
+                      BatchResult* r) const;
   // attention_probes.cc: plans and uploads the step's probes (eager steps only), runs layer
   // l's, and downloads them after the step.
   absl::Status PlanProbes(const Batch& b, const HostStep& h);

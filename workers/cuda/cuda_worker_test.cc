@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 
 #include "gtest/gtest.h"
 #include "model/dummy_weights.h"
@@ -335,6 +336,80 @@ TEST_F(CudaWorkerTest, DecodeGraphsMatchEagerSteps) {
   EXPECT_EQ(gpu_->graphs_captured(), 2);
   EXPECT_EQ((*eager)->graph_steps(), 0);
   EXPECT_EQ((*eager)->eager_steps(), 10);
+}
+
+// Async steps: a second worker launches each step before awaiting the one before it, its
+// decodes' inputs kPendingToken (gathered on the device from the previous step's samples). The
+// same batches as the synchronous worker's, so its tokens must be equal; graph steps (padded to
+// 8) and eager mixed steps (a prompt joining beside the pending decodes) both.
+TEST_F(CudaWorkerTest, AsyncStepsWithPendingTokensMatchSynchronousSteps) {
+  CudaWorkerOptions o;
+  o.block_size = kBlockSize;
+  o.num_blocks = 16 * model_->config.num_layers * model_->config.num_kv_heads * kBlocksPerRow;
+  o.activation_reserve_bytes = 256 << 20;
+  auto made = CudaWorker::Create(model_, o);
+  ASSERT_TRUE(made.ok()) << made.status();
+  CudaWorker& async = **made;
+  ASSERT_TRUE(async.SupportsAsyncSteps());
+  const ModelConfig& cfg = model_->config;
+  std::vector<TestSeq> sync_seqs, async_seqs;
+  for (int i = 0; i < 6; ++i) {
+    sync_seqs.push_back(TestSeq{i, {}, 0});
+    async_seqs.push_back(TestSeq{i, {}, 0});
+  }
+  // Step 0 prefills sequences 0-4; step 4 adds sequence 5's prompt beside the decodes.
+  std::vector<TokenId> next(6, -1);
+  std::vector<std::vector<TokenId>> sync_tokens(6), async_tokens(6);
+  std::deque<Batch> in_flight;  // the async worker's launched batches, kept alive
+  auto batch_for = [&](int step, std::vector<TestSeq>& seqs, bool pending) {
+    BatchBuilder b(cfg);
+    for (int i = 0; i < 5; ++i) {
+      if (step == 0) {
+        b.AddPlain(&seqs[i], Prompt(10 + 9 * i, 30 + i), true, 0);
+      } else {
+        b.AddPlain(&seqs[i], {pending ? kPendingToken : next[i]}, true, step);
+      }
+    }
+    if (step == 4) b.AddPlain(&seqs[5], Prompt(23, 40), true, 0);
+    if (step > 4) b.AddPlain(&seqs[5], {pending ? kPendingToken : next[5]}, true, step - 4);
+    return b.Take();
+  };
+  constexpr int kSteps = 9;
+  for (int step = 0; step < kSteps; ++step) {
+    auto r = gpu_->Execute(batch_for(step, sync_seqs, false));
+    ASSERT_TRUE(r.ok()) << r.status();
+    for (size_t j = 0; j < r->seqs.size(); ++j) {
+      const int i = static_cast<int>(r->seqs[j].id);
+      next[i] = r->seqs[j].token;
+      sync_tokens[i].push_back(r->seqs[j].token);
+    }
+  }
+  auto collect = [&]() {
+    auto r = async.Await();
+    ASSERT_TRUE(r.ok()) << r.status();
+    for (const SequenceResult& s : r->seqs) async_tokens[s.id].push_back(s.token);
+    in_flight.pop_front();
+  };
+  for (int step = 0; step < kSteps; ++step) {
+    // Step 4's new prompt has known tokens; everyone else's input is the step before's sample.
+    in_flight.push_back(batch_for(step, async_seqs, true));
+    ASSERT_TRUE(async.Launch(in_flight.back()).ok());
+    if (in_flight.size() == 2) collect();
+  }
+  collect();
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(async_tokens[i], sync_tokens[i]) << "sequence " << i;
+  EXPECT_GT(async.graph_steps(), 0);
+  EXPECT_GT(async.eager_steps(), 1);
+  // A pending token of a sequence the step before did not sample is refused.
+  TestSeq fresh{7, {}, 0};
+  BatchBuilder chunk(cfg);
+  chunk.AddPlain(&fresh, Prompt(9, 50), false, 0);
+  ASSERT_TRUE(async.Execute(chunk.Take()).ok());
+  BatchBuilder bad(cfg);
+  bad.AddPlain(&fresh, {kPendingToken}, true, 0);
+  const absl::Status refused = async.Execute(bad.Take()).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+  EXPECT_NE(refused.message().find("pending"), std::string::npos) << refused;
 }
 
 TEST_F(CudaWorkerTest, FusedDecodeMatchesTheUnfusedKernels) {

@@ -78,13 +78,13 @@ absl::Status CudaWorker::State::RunLogprobs(int32_t rows) {
 
 // `out`: LogprobBytes(rows) copied from logprob_out.
 void CudaWorker::State::UnpackLogprobs(const Batch& b, const HostStep& h, const char* out,
-                                       BatchResult* result) const {
-  if (extras.top < 0) return;
+                                       int32_t slot, int32_t top, BatchResult* result) const {
+  if (top < 0) return;
   const size_t rows = h.sample_rows.size();
   const auto* lp = reinterpret_cast<const float*>(out);
   const auto* top_ids = reinterpret_cast<const int32_t*>(lp + rows);
-  const auto* top_lp = reinterpret_cast<const float*>(top_ids + rows * extras.top);
-  const auto* tokens_out = reinterpret_cast<const int32_t*>(host_out.get());
+  const auto* top_lp = reinterpret_cast<const float*>(top_ids + rows * top);
+  const auto* tokens_out = reinterpret_cast<const int32_t*>(host_out[slot].get());
   for (size_t r = 0; r < rows; ++r) {
     if (h.sample_seq[r] < 0) continue;
     const int32_t bi = h.order[h.sample_seq[r]];
@@ -93,9 +93,9 @@ void CudaWorker::State::UnpackLogprobs(const Batch& b, const HostStep& h, const 
     TokenLogprobs l;
     l.token = tokens_out[r];
     l.logprob = lp[r];
-    for (int32_t j = 0; j < st.sampling.logprobs && j < extras.top; ++j) {
-      l.top_ids.push_back(top_ids[r * extras.top + j]);
-      l.top_logprobs.push_back(top_lp[r * extras.top + j]);
+    for (int32_t j = 0; j < st.sampling.logprobs && j < top; ++j) {
+      l.top_ids.push_back(top_ids[r * top + j]);
+      l.top_logprobs.push_back(top_lp[r * top + j]);
     }
     result->seqs[bi].logprobs.push_back(std::move(l));
   }

@@ -141,6 +141,13 @@ absl::Status LayOutSequence(const Batch& b, const RowBlocks& rows, const StepLay
   const int64_t rows_per_seq = static_cast<int64_t>(shape.num_layers) * shape.num_kv_heads;
   h.token_start.push_back(static_cast<int32_t>(h.ids.size()));
   for (size_t t = 0; t < st.tokens.size(); ++t) {
+    if (st.tokens[t] == kPendingToken && st.tokens.size() == 1) {
+      h.pending_at.push_back(static_cast<int32_t>(h.ids.size()));
+      h.pending_of.push_back(h.order[k2]);
+      h.ids.push_back(0);
+      h.pos.push_back(st.start_pos);
+      continue;
+    }
     if (st.tokens[t] < 0 || st.tokens[t] >= shape.vocab_size) {
       return absl::InvalidArgumentError("token outside the vocabulary");
     }

@@ -68,6 +68,9 @@ struct HostStep {
   // Per sampled row: internal sequence (-1: padding), which of its samples (SequenceStep::
   // num_samples), and the token row whose hidden state it reads.
   std::vector<int32_t> sample_seq, sample_index, sample_token;
+  // Pending tokens (kPendingToken, common/batch.h): where each sits in `ids` (laid out as 0),
+  // and its sequence's batch index. The worker fills them on the device before the step.
+  std::vector<int32_t> pending_at, pending_of;
   std::vector<HostSamplingRow> sample_rows;
   // Chunked compressed prefills' last chunks: internal index (a plain prefill), and the prompt
   // length its rows hold after the step.
@@ -112,7 +115,8 @@ inline constexpr int32_t kGraphBatchSizes[] = {1,  2,  4,  8,   16,  24,  32,  4
 int32_t GraphBatchFor(int32_t num_seqs, int32_t max_batch);
 
 // Lays out `batch` (already this worker's rows and block ids). `graph_batch` > 0 pads a
-// decode-only step to that many sequences. INVALID_ARGUMENT for tokens outside the vocabulary,
+// decode-only step to that many sequences. INVALID_ARGUMENT for tokens outside the vocabulary
+// (kPendingToken is laid out as token 0 and listed in pending_at, in a one-token step only),
 // rows with too few blocks, or bad selections (adaptive ones without budgets or blocks per
 // layer).
 // REQUIRES: the batch's CSR sizes match its shape (ValidateBatchShape), or `rows` gives them.

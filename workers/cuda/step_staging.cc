@@ -44,7 +44,7 @@ absl::StatusOr<HostStep> CudaWorker::State::LayOut(const Batch& b, StepInputs** 
       all_decode ? GraphBatchFor(static_cast<int32_t>(b.seqs.size()), options.cuda_graph_max_batch)
                  : 0;
   // A delta step's rows come from the worker's tables, its indices_a from the device's.
-  const bool delta = b.kv_delta.has_value() && b.kv_indptr.empty();
+  const bool delta = b.delta_only();
   const StepRows rows{delta ? &step_rows : nullptr, delta};
   auto lay_out = [&](int32_t graph_size) -> absl::StatusOr<HostStep> {
     HKV_ASSIGN_OR_RETURN(HostStep h, BuildHostStep(b, shape(), graph_size, rows));
