@@ -126,7 +126,35 @@ bool KvCacheManager::Append(RequestId seq, absl::Span<const int32_t> new_tokens_
 }
 
 bool KvCacheManager::AppendUniform(RequestId seq, int32_t new_tokens) {
-  return Append(seq, std::vector<int32_t>(num_rows_per_seq(), new_tokens));
+  auto it = seqs_.find(seq);
+  // The general path: a new sequence, one whose blocks may be shared (copy-on-write), rows
+  // over partitions, or an uncommitted reservation (which Append refuses).
+  if (it == seqs_.end() || it->second.may_share || config_.num_partitions > 1 ||
+      it->second.reservation.has_value() || new_tokens <= 0) {
+    return Append(seq, std::vector<int32_t>(num_rows_per_seq(), new_tokens));
+  }
+  // The decode step's path (every running sequence, every step): two passes over the rows, no
+  // per-call vectors; same result as Append (no copies: nothing is shared).
+  SequenceKv& kv = it->second;
+  int32_t need = 0;
+  for (const BlockTable& t : kv.rows) need += t.NewBlocksFor(new_tokens, config_.block_size);
+  if (need > pool_.num_free(0)) return false;
+  std::vector<BlockId> fresh;
+  if (need > 0) fresh = *pool_.Allocate(need, 0);
+  if (kv.exported) kv.grow_all += new_tokens;
+  size_t next = 0;
+  for (int32_t r = 0; r < static_cast<int32_t>(kv.rows.size()); ++r) {
+    BlockTable& t = kv.rows[r];
+    const int32_t grow = t.NewBlocksFor(new_tokens, config_.block_size);
+    if (grow > 0) {
+      if (kv.exported) MarkRowChanged(kv, r, static_cast<int32_t>(t.blocks.size()));
+      t.blocks.insert(t.blocks.end(), fresh.begin() + next, fresh.begin() + next + grow);
+      next += grow;
+    }
+    t.num_tokens += new_tokens;
+  }
+  HKV_CHECK(next == fresh.size());
+  return true;
 }
 
 std::optional<KvCacheManager::LayerReservation> KvCacheManager::ReserveLayers(
