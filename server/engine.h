@@ -162,6 +162,10 @@ class Engine {
   bool LaunchStep(Batch batch);
   // Awaits the oldest launched step and appends the scheduler's outputs for it.
   void CompleteStep(std::vector<RequestOutput>* outputs);
+  // A step's result (from Execute or Await, waited for since `waited_from`): its metrics, then
+  // Update()'s outputs appended; a failed step fails everything instead and clears `outputs`.
+  void ApplyResult(const Batch& batch, const absl::StatusOr<BatchResult>& result,
+                   absl::Time waited_from, std::vector<RequestOutput>* outputs);
   // What a step adds to the metrics, and (when it ran, `ok`) its prompt tokens prefilled.
   void CountStep(const Batch& batch, bool ok);
   // After the loop: fails whatever is still live or queued with UNAVAILABLE.

@@ -183,11 +183,16 @@ void Engine::Loop() {
 
 void Engine::RunStep(const Batch& batch, std::vector<RequestOutput>* outputs) {
   const absl::Time start = absl::Now();
-  absl::StatusOr<BatchResult> result = worker_->Execute(batch);
+  ApplyResult(batch, worker_->Execute(batch), start, outputs);
+}
+
+void Engine::ApplyResult(const Batch& batch, const absl::StatusOr<BatchResult>& result,
+                         absl::Time waited_from, std::vector<RequestOutput>* outputs) {
   const absl::Time executed = absl::Now();
-  metrics_.engine_execute_ns_total += absl::ToInt64Nanoseconds(executed - start);
+  metrics_.engine_execute_ns_total += absl::ToInt64Nanoseconds(executed - waited_from);
   CountStep(batch, result.ok());
   if (!result.ok()) {
+    launched_.clear();  // Async: the worker abandons the later steps too.
     OnWorkerFailure(result.status());
     outputs->clear();
     return;
@@ -242,20 +247,9 @@ bool Engine::LaunchStep(Batch batch) {
 void Engine::CompleteStep(std::vector<RequestOutput>* outputs) {
   const absl::Time start = absl::Now();
   absl::StatusOr<BatchResult> result = worker_->Await();
-  const absl::Time executed = absl::Now();
-  metrics_.engine_execute_ns_total += absl::ToInt64Nanoseconds(executed - start);
   const Batch batch = std::move(launched_.front());
   launched_.pop_front();
-  CountStep(batch, result.ok());
-  if (!result.ok()) {
-    launched_.clear();
-    OnWorkerFailure(result.status());
-    outputs->clear();
-    return;
-  }
-  std::vector<RequestOutput> stepped = scheduler_->Update(batch, *result, absl::Now());
-  outputs->insert(outputs->end(), stepped.begin(), stepped.end());
-  metrics_.engine_update_ns_total += absl::ToInt64Nanoseconds(absl::Now() - executed);
+  ApplyResult(batch, result, start, outputs);
 }
 
 void Engine::CountStep(const Batch& batch, bool ok) {

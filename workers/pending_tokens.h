@@ -33,7 +33,6 @@ class PendingTokens {
   // Replaces each kPendingToken of `batch` with the recorded token of its sequence;
   // INVALID_ARGUMENT (nothing changed) when one has none or is not a one-token step's.
   absl::Status Resolve(Batch* batch) const;
-  const absl::flat_hash_map<RequestId, TokenId>& last() const { return last_; }
 
  private:
   absl::flat_hash_map<RequestId, TokenId> last_;

@@ -1,8 +1,8 @@
 #pragma once
 // CudaWorker::State: everything one CUDA worker owns (weights, KV pool, step buffers, graphs,
 // stream, cuBLAS handle), shared by the files of workers/cuda/ that each implement one part of
-// it: cuda_worker.cc (creation and the step), device_weights.cc, step_staging.cc, forward.cc,
-// decode_graphs.cc. Internal to workers/cuda/.
+// it: cuda_worker.cc (creation and the step), step_launch.cc (its launch and await),
+// device_weights.cc, step_staging.cc, forward.cc, decode_graphs.cc. Internal to workers/cuda/.
 //
 // Thread-compatible: used only by the worker's thread (its CUDA device and stream).
 
@@ -266,7 +266,8 @@ struct CudaWorker::State {
   absl::Status Launch(const Batch& b, const HostStep& h, const kernels::DecodePlanOptions& decode,
                       cuda_internal::DeviceStep& d, cuda_internal::StepInputs* inputs,
                       int32_t slot);
-  // Launches a step (the whole host side, then the device's queue) and awaits the oldest.
+  // step_launch.cc: launches a step (the whole host side, then the device's queue) and awaits
+  // the oldest.
   absl::Status LaunchStep(const Batch& global_batch);
   absl::Status LaunchInto(const Batch& global_batch, cuda_internal::LaunchedStep& step);
   absl::StatusOr<BatchResult> AwaitStep();
