@@ -9,11 +9,14 @@
 //   decode_step_profile [--config DIR] [--batch 1,64] [--context 1024] [--steps 50]
 //                       [--mode both|fused|unfused] [--gemv_cols QKV,O,GATE_UP,DOWN]
 //                       [--headkv SCORES_JSON] [--budget 128] [--prefill N,P]
+//                       [--rope_kv_append 1|0]
 //
 // --mode picks the workers: one with CudaWorkerOptions::fused_decode off (the default kernels)
 // and/or one with it on. --gemv_cols sets the fused worker's options.fused_gemv_cols (the fused
-// products' columns per warp: 1, 2 or 4 each). Phase times come from events between kernels
-// (workers/cuda/phase_timer.h) and add up to more than an unprofiled eager step. CUDA builds only.
+// products' columns per warp: 1, 2 or 4 each). --rope_kv_append 0 turns the unfused worker's
+// CudaWorkerOptions::fused_rope_kv_append off (Rope, then AppendKvSlots). Phase times come from
+// events between kernels (workers/cuda/phase_timer.h) and add up to more than an unprofiled eager
+// step. CUDA builds only.
 // --headkv gives every row the length a HeadKV-B plan of those scores keeps of a `context`-token
 // prompt (KeptTokens: cap + window per (layer, KV head)) instead of `context`: the ragged rows
 // whose layers differ, so the worker plans decode attention per layer as a HeadKV decode does.
@@ -61,6 +64,7 @@ struct Flags {
   int32_t budget = 128;
   int32_t prefill_seqs = 0;  // --prefill N,P
   int32_t prefill_len = 0;
+  bool rope_kv_append = true;  // CudaWorkerOptions::fused_rope_kv_append
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -82,6 +86,9 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     } else if (k == "--mode") {
       f->mode = v;
       if (v != "both" && v != "fused" && v != "unfused") return false;
+    } else if (k == "--rope_kv_append") {
+      if (v != "0" && v != "1") return false;
+      f->rope_kv_append = v == "1";
     } else if (k == "--headkv") {
       f->headkv_scores = v;
     } else if (k == "--prefill") {
@@ -306,6 +313,7 @@ absl::Status Run(const Flags& f) {
   o.max_seqs = std::max(max_batch + f.prefill_seqs, 256);
   o.cuda_graph_max_batch = std::max(max_batch, 256);
   o.fused_gemv_cols = f.cols;
+  o.fused_rope_kv_append = f.rope_kv_append;
   const double copy_bw = CopyBandwidth();
   int dev = 0;
   cudaDeviceProp prop;
@@ -313,9 +321,10 @@ absl::Status Run(const Flags& f) {
   cudaGetDeviceProperties(&prop, dev);
   int driver = 0;
   cudaDriverGetVersion(&driver);
-  std::printf("## decode_step_profile: %s, %s (%d SMs), driver API %d, gemv_cols=%s\n",
-              config.name.c_str(), prop.name, prop.multiProcessorCount, driver,
-              f.gemv_cols.empty() ? "default" : f.gemv_cols.c_str());
+  std::printf(
+      "## decode_step_profile: %s, %s (%d SMs), driver API %d, gemv_cols=%s, rope_kv_append=%d\n",
+      config.name.c_str(), prop.name, prop.multiProcessorCount, driver,
+      f.gemv_cols.empty() ? "default" : f.gemv_cols.c_str(), f.rope_kv_append ? 1 : 0);
   for (const bool fused : {false, true}) {
     if (f.mode == (fused ? "unfused" : "fused")) continue;
     o.fused_decode = fused;  // one worker per kernel set, as a server would start it
@@ -336,7 +345,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: decode_step_profile [--config DIR] [--batch 1,64] [--context 1024] "
                  "[--steps 50] [--mode both|fused|unfused] [--gemv_cols QKV,O,GATE_UP,DOWN] "
-                 "[--headkv SCORES_JSON] [--budget 128] [--prefill N,P]\n");
+                 "[--headkv SCORES_JSON] [--budget 128] [--prefill N,P] [--rope_kv_append 1|0]\n");
     return 2;
   }
   const absl::Status s = hkv::Run(f);

@@ -20,11 +20,16 @@ namespace hkv::kernels {
 // Programmatic dependent launch (Hopper): a kernel launched with LaunchOverlapped may be
 // scheduled while the previous kernel on the stream finishes, so its launch latency hides
 // behind that kernel's tail; in a decode step of ~350 small kernels this is most of the gap
-// between them. Every kernel launched this way calls WaitForPriorGrid() before it touches
-// memory (it returns once the previous grid has completed and its writes are visible), and
-// AllowDependents() once its remaining work no longer needs free SM slots (single-wave
-// kernels: right after the wait; multi-wave ones: after their main loop). Launched without the
-// attribute (HKV_PDL=0, or older GPUs through the sm_80 PTX) both are no-ops.
+// between them. Every kernel launched this way calls WaitForPriorGrid() (it returns once the
+// previous grid has completed and its writes are visible) before it writes memory or reads
+// what the previous kernel may write, and AllowDependents() only after that wait. So when a
+// kernel starts, the one before it has passed its wait and every grid before that one has
+// completed: reads before the wait are allowed of memory that only copies or kernels at least
+// two launches back write (model weights; a step's uploaded work lists and gathered page
+// indices, decode_attention.cu). AllowDependents() comes once its remaining work no longer
+// needs free SM slots (single-wave kernels: right after the wait; multi-wave ones: after their
+// main loop). Launched without the attribute (HKV_PDL=0, or older GPUs through the sm_80 PTX) both
+// are no-ops.
 __device__ __forceinline__ void WaitForPriorGrid() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -124,6 +129,18 @@ __device__ __forceinline__ uint4 Pack8(const float* f) {
 // Read-only, L1-bypassing-friendly 16-byte global load.
 __device__ __forceinline__ uint4 LoadNc16(const void* p) {
   return __ldg(reinterpret_cast<const uint4*>(p));
+}
+
+// A coherent 16-byte global load, for data the previous kernel wrote, read after a
+// WaitForPriorGrid() that is not the kernel's first statement: a non-coherent load (LoadNc16)
+// asserts the data is constant for the kernel's life, so the compiler may schedule it above
+// that wait (measured: a GEMV that waited after its first weight loads read its input early).
+__device__ __forceinline__ uint4 LoadCoherent16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
 }
 
 __device__ __forceinline__ float WarpSum(float v) {

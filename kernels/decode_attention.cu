@@ -64,8 +64,11 @@ struct DecodeArgs {
 
 template <typename T, int kHeadDim, int kGroup>
 __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) {
-  WaitForPriorGrid();
-  AllowDependentsIfSmallGrid();
+  // The work list and the first block ids are read before WaitForPriorGrid(): the step's
+  // upload (a copy) and its page-table gather wrote them before any kernel of the layers, and
+  // the kernel before this one has passed its own wait, so every grid before that one has
+  // completed (no kernel here allows its dependents before its wait). q and K/V (the previous
+  // kernels write the new tokens') are read after it, with coherent loads (LoadCoherent16).
   constexpr int kLanes = kHeadDim / 8;  // lanes per token
   constexpr int kSubs = 32 / kLanes;    // tokens per warp load
   constexpr int kTokPerWarp = kSubs * kUnroll;
@@ -85,6 +88,16 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
   const int seq = row / a.num_kv_heads, kvh = row % a.num_kv_heads;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sub = lane / kLanes, li = lane % kLanes;
+  const int32_t* blocks = a.indices + first_block;
+  // Block ids are fetched one iteration ahead so their latency overlaps the K/V loads.
+  int blk[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int t = tb + warp * kTokPerWarp + u * kSubs + sub;
+    blk[u] = t < te ? blocks[t >> a.block_shift] : 0;
+  }
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
 
   float q[kGroup][8];
 #pragma unroll
@@ -92,7 +105,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
     if (g < a.group) {
       const T* qp = static_cast<const T*>(a.q) + seq * a.q_seq_stride +
                     static_cast<int64_t>(kvh * a.group + g) * kHeadDim + li * 8;
-      Unpack8<T>(LoadNc16(qp), q[g]);
+      Unpack8<T>(LoadCoherent16(qp), q[g]);
 #pragma unroll
       for (int i = 0; i < 8; ++i) q[g][i] *= a.scale_log2;
     } else {
@@ -108,18 +121,9 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
   }
-  const int32_t* blocks = a.indices + first_block;
   const T* kp = static_cast<const T*>(a.k_pool);
   const T* vp = static_cast<const T*>(a.v_pool);
   const int mask = (1 << a.block_shift) - 1;
-
-  // Block ids are fetched one iteration ahead so their latency overlaps the K/V loads.
-  int blk[kUnroll];
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    const int t = tb + warp * kTokPerWarp + u * kSubs + sub;
-    blk[u] = t < te ? blocks[t >> a.block_shift] : 0;
-  }
   for (int base = tb + warp * kTokPerWarp; base < te; base += kTokPerIter) {
     uint4 kr[kUnroll], vr[kUnroll];
     int cur[kUnroll];
@@ -135,8 +139,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
       if (t < te) {
         const int64_t off =
             static_cast<int64_t>(cur[u]) * a.block_stride + (t & mask) * kHeadDim + li * 8;
-        kr[u] = LoadNc16(kp + off);
-        vr[u] = LoadNc16(vp + off);
+        kr[u] = LoadCoherent16(kp + off);
+        vr[u] = LoadCoherent16(vp + off);
       } else {
         kr[u] = make_uint4(0, 0, 0, 0);
         vr[u] = make_uint4(0, 0, 0, 0);
@@ -255,14 +259,15 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
 // Grid: (rows that were split, group) Block: (head_dim).
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kHeadDim) DecodeMergeKernel(DecodeArgs a) {
-  WaitForPriorGrid();
-  AllowDependentsIfSmallGrid();
+  // The work list before the wait, as DecodeAttentionKernel; the partials after it.
   const int g = blockIdx.y, d = threadIdx.x;
   if (static_cast<int>(blockIdx.x) >= a.meta[1]) return;
   const MetaLayout& L = a.layout;
   const int row = a.meta[L.merge_row + blockIdx.x];
   const int ns = a.meta[L.row_num_splits + row];
   const int begin = a.meta[L.row_split_begin + row];
+  WaitForPriorGrid();
+  AllowDependentsIfSmallGrid();
   const int seq = row / a.num_kv_heads, kvh = row % a.num_kv_heads;
   float m = -INFINITY, sum = 0.0f, o = 0.0f;
 #pragma unroll 8

@@ -14,13 +14,13 @@ template <typename T, int M, bool kFp32Out>
 __global__ void __launch_bounds__(kThreads)
     GemvKernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w, int64_t ldw,
                void* __restrict__ c, int64_t ldc, int n, int k) {
-  WaitForPriorGrid();
+  // DotRows waits for the previous kernel after its first weight loads (kWaitInside).
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int col = blockIdx.x * kWarps + warp;
   if (col >= n) return;
   const T* rows[1] = {w + static_cast<int64_t>(col) * ldw};
   float acc[1][M] = {};
-  DotRows<T, M, 1>(a, lda, rows, k, lane, acc);
+  DotRows<T, M, 1, false, true>(a, lda, rows, k, lane, acc);
   AllowDependents();  // the weight stream is done; only the store remains
   if (lane == 0) {
 #pragma unroll
@@ -40,13 +40,12 @@ template <typename T, int M>
 __global__ void __launch_bounds__(kThreads)
     GemvSwiGluKernel(const T* __restrict__ a, int64_t lda, const T* __restrict__ w, int64_t ldw,
                      T* __restrict__ out, int64_t ldo, int n, int k) {
-  WaitForPriorGrid();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int col = blockIdx.x * kWarps + warp;
   if (col >= n) return;
   const T* rows[2] = {w + static_cast<int64_t>(col) * ldw, w + static_cast<int64_t>(n + col) * ldw};
   float acc[2][M] = {};
-  DotRows<T, M, 2>(a, lda, rows, k, lane, acc);
+  DotRows<T, M, 2, false, true>(a, lda, rows, k, lane, acc);
   AllowDependents();
   if (lane == 0) {
 #pragma unroll

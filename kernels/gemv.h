@@ -22,6 +22,9 @@ inline constexpr int32_t kGemvMaxRows = 8;
 // REQUIRES 1 <= m <= kGemvMaxRows, k % 8 == 0, lda and ldw multiples of 8, 16-byte aligned a
 // and w. c in `dtype`, or fp32 when `c_fp32`. cudaErrorInvalidValue otherwise.
 // Grid: (ceil(n / 8)) Block: (256): one warp per output column n.
+// With programmatic dependent launch (kernels/cuda_common.cuh) each warp issues its first
+// weight loads before it waits for the previous kernel, so `w` (and GemvSwiGlu's w_gate_up)
+// must not be written by kernels still running on the stream: model weights. `a` may be.
 cudaError_t Gemv(DType dtype, const void* a, int64_t lda, const void* w, int64_t ldw, void* c,
                  int64_t ldc, bool c_fp32, int32_t m, int32_t n, int32_t k, cudaStream_t stream);
 

@@ -58,11 +58,14 @@ struct CudaWorkerOptions {
   CudaTensorParallel tp;
   // The fused decode layers (workers/cuda/README.md): decode steps of 1-4 tokens on one GPU
   // run RmsNormGemv, GemvAddResidual and RmsNormGemvSwiGlu with the residual stream kept in
-  // `res`, and every step runs RoPE and the K/V append as one kernel (RopeKvAppend). Off by
-  // default until the kernels' GPU tests have passed; off, the worker launches the unfused
-  // kernels (RmsNorm, Gemv/cuBLAS, Rope, AppendKvSlots).
+  // `res`. Off by default: on the H200 the fused products were slower than the kernels they
+  // replace (bench/README.md); off, the worker launches RmsNorm and Gemv/cuBLAS.
   bool fused_decode = false;
   FusedGemvCols fused_gemv_cols;  // read only when fused_decode is on
+  // RoPE and the K/V writes of every step as one kernel (RopeKvAppend) with the other kernels
+  // unfused: one launch a layer fewer, the same bits (kernels/rope.cuh). fused_decode implies
+  // it; false launches Rope and AppendKvSlots (the A/B of bench/decode_step_profile).
+  bool fused_rope_kv_append = true;
   CudaPrefillKernel prefill_kernel = CudaPrefillKernel::kAuto;
 };
 

@@ -413,19 +413,25 @@ TEST_F(CudaWorkerTest, AsyncStepsWithPendingTokensMatchSynchronousSteps) {
 }
 
 TEST_F(CudaWorkerTest, FusedDecodeMatchesTheUnfusedKernels) {
-  // A second GPU worker with options.fused_decode on: its prefill (RopeKvAppend) and decode
-  // steps of 1 and 3 sequences (graphs, then eager) give the same tokens and logits as gpu_
-  // (the default, unfused kernels) within bf16 rounding, and stay within the tolerance of the
-  // CPU reference. Then the phase profile of an eager step names each kernel set's phases
-  // once per layer.
+  // A second GPU worker with options.fused_decode on, and a third with every kernel separate
+  // (fused_rope_kv_append off: Rope, then AppendKvSlots): their prefill and decode steps of 1
+  // and 3 sequences (graphs, then eager) give the same tokens and logits as gpu_ (the default
+  // kernels: RoPE + KV append in one kernel, the rest unfused) within bf16 rounding, and stay
+  // within the tolerance of the CPU reference. Then the phase profile of an eager step names
+  // each kernel set's phases once per layer.
   CudaWorkerOptions o;
   o.block_size = kBlockSize;
   o.num_blocks = 16 * model_->config.num_layers * model_->config.num_kv_heads * kBlocksPerRow;
   o.activation_reserve_bytes = 256 << 20;
+  CudaWorkerOptions so = o;
+  so.fused_rope_kv_append = false;
   o.fused_decode = true;
   auto fused = CudaWorker::Create(model_, o);
   ASSERT_TRUE(fused.ok()) << fused.status();
   (*fused)->set_return_logits(true);
+  auto separate = CudaWorker::Create(model_, so);
+  ASSERT_TRUE(separate.ok()) << separate.status();
+  (*separate)->set_return_logits(true);
   const ModelConfig& cfg = model_->config;
   std::vector<TestSeq> seqs;
   // Slots 5..7: the pool holds 16 slots' blocks (a slot of 16 or more is outside it).
@@ -436,31 +442,36 @@ TEST_F(CudaWorkerTest, FusedDecodeMatchesTheUnfusedKernels) {
   const Batch pb = prefill.Take();
   BatchResult c, g;
   RunBoth(pb, &c, &g);
-  auto fp = (*fused)->Execute(pb);
-  ASSERT_TRUE(fp.ok()) << fp.status();
-  for (int i = 0; i < 3; ++i) {
-    EXPECT_LT(RelativeError(fp->seqs[i].logits, g.seqs[i].logits), 1e-2) << "prefill seq " << i;
-    next[i] = c.seqs[i].token;
+  for (CudaWorker* w : {fused->get(), separate->get()}) {
+    auto fp = w->Execute(pb);
+    ASSERT_TRUE(fp.ok()) << fp.status();
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_LT(RelativeError(fp->seqs[i].logits, g.seqs[i].logits), 1e-2) << "prefill seq " << i;
+    }
   }
+  for (int i = 0; i < 3; ++i) next[i] = c.seqs[i].token;
   for (int step = 1; step < 9; ++step) {
     const int n = step % 2 == 1 ? 1 : 3;
-    (*fused)->set_graphs_enabled(step < 5);  // graph replays, then eager steps
     BatchBuilder d(cfg);
     for (int i = 0; i < n; ++i) d.AddPlain(&seqs[i], {next[i]}, true, step);
     const Batch db = d.Take();
     RunBoth(db, &c, &g);
-    auto f = (*fused)->Execute(db);
-    ASSERT_TRUE(f.ok()) << f.status();
-    for (int i = 0; i < n; ++i) {
-      if (testing::ClearGreedyMargin(g.seqs[i].logits, 1e-2)) {
-        EXPECT_EQ(f->seqs[i].token, g.seqs[i].token) << "step " << step << " seq " << i;
+    for (CudaWorker* w : {fused->get(), separate->get()}) {
+      w->set_graphs_enabled(step < 5);  // graph replays, then eager steps
+      auto f = w->Execute(db);
+      ASSERT_TRUE(f.ok()) << f.status();
+      for (int i = 0; i < n; ++i) {
+        if (testing::ClearGreedyMargin(g.seqs[i].logits, 1e-2)) {
+          EXPECT_EQ(f->seqs[i].token, g.seqs[i].token) << "step " << step << " seq " << i;
+        }
+        EXPECT_LT(RelativeError(f->seqs[i].logits, g.seqs[i].logits), 1e-2);
+        EXPECT_LT(RelativeError(f->seqs[i].logits, c.seqs[i].logits), kTolerance);
       }
-      EXPECT_LT(RelativeError(f->seqs[i].logits, g.seqs[i].logits), 1e-2);
-      EXPECT_LT(RelativeError(f->seqs[i].logits, c.seqs[i].logits), kTolerance);
-      next[i] = c.seqs[i].token;
     }
+    for (int i = 0; i < n; ++i) next[i] = c.seqs[i].token;
   }
   EXPECT_GT((*fused)->graph_steps(), 0);
+  EXPECT_GT((*separate)->graph_steps(), 0);
   BatchBuilder d(cfg);
   d.AddPlain(&seqs[0], {next[0]}, true, 9);
   const Batch profiled = d.Take();
@@ -485,6 +496,8 @@ TEST_F(CudaWorkerTest, FusedDecodeMatchesTheUnfusedKernels) {
   (*fused)->set_graphs_enabled(true);
   const auto fused_phases = profile(**fused);
   const auto unfused_phases = profile(*gpu_);
+  (*separate)->set_graphs_enabled(true);
+  const auto separate_phases = profile(**separate);
   const double L = cfg.num_layers;
   EXPECT_EQ(calls(fused_phases, "attn_norm+qkv"), L);
   EXPECT_EQ(calls(fused_phases, "rope+kv_append"), L);
@@ -494,9 +507,12 @@ TEST_F(CudaWorkerTest, FusedDecodeMatchesTheUnfusedKernels) {
   EXPECT_EQ(calls(fused_phases, "rope"), 0);
   EXPECT_EQ(calls(unfused_phases, "attn_norm"), L);
   EXPECT_EQ(calls(unfused_phases, "ffn_norm"), L);
-  EXPECT_EQ(calls(unfused_phases, "rope"), L);
-  EXPECT_EQ(calls(unfused_phases, "kv_append"), L);
-  EXPECT_EQ(calls(unfused_phases, "rope+kv_append"), 0);
+  EXPECT_EQ(calls(unfused_phases, "rope+kv_append"), L);
+  EXPECT_EQ(calls(unfused_phases, "rope"), 0);
+  EXPECT_EQ(calls(separate_phases, "rope"), L);
+  EXPECT_EQ(calls(separate_phases, "kv_append"), L);
+  EXPECT_EQ(calls(separate_phases, "rope+kv_append"), 0);
+  EXPECT_EQ(calls(separate_phases, "attn_norm"), L);
   EXPECT_EQ(calls(unfused_phases, "lm_head"), 1);
 }
 

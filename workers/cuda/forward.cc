@@ -271,8 +271,8 @@ absl::Status CudaWorker::State::RunPagedSelect(const Batch& b, const HostStep& h
 }
 
 // Layer l up to the attention output: norm (adding the previous layer's output, unless the
-// fused products already did), q/k/v, RoPE and KV appends (one kernel when
-// options.fused_decode is on, prefill steps included), then decode, prefill and selection
+// fused products already did), q/k/v, RoPE and KV appends (one kernel unless
+// options.fused_rope_kv_append and fused_decode are both off), then decode, prefill and selection
 // attention into `attn`.
 absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h,
                                                const DeviceStep& d, int32_t l,
@@ -299,7 +299,7 @@ absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h
                                                  w.wqkv.get(), dim, q, qkv_w, false, total, qkv_w,
                                                  dim));
   }
-  if (options.fused_decode) {
+  if (options.fused_decode || options.fused_rope_kv_append) {
     // RoPE of every token, and the K/V writes of the plain ones, in one kernel.
     phases.Mark("rope+kv_append", stream);
     k::RopeKvAppendArgs ra;
