@@ -1,12 +1,15 @@
 // Gemv and LinearRowMajor against ref::MatmulRowMajor: every row count 1..8, widths that are and
 // are not multiples of the unrolled step, fp32 and dtype outputs, strided inputs, and the cuBLAS
-// fallback (more rows, unaligned k). Skips without a GPU.
+// fallback (more rows, unaligned k); and, as a decode step chains them, products whose input the
+// kernel just before them writes (they start their weight loads before that kernel ends).
+// Skips without a GPU.
 
 #include "kernels/gemv.h"
 
 #include <random>
 #include <vector>
 
+#include "kernels/layer_ops.h"
 #include "kernels/test_util.h"
 
 namespace hkv::kernels {
@@ -108,6 +111,62 @@ TEST(GemvTest, SwiGluFusedMatchesTheTwoStepReference) {
   EXPECT_EQ(GemvSwiGlu(DType::kBf16, x.get(), 8, w.get(), 8, o.get(), 4, kGemvPreferredRows + 1, 4,
                        8, nullptr),
             cudaErrorInvalidValue);
+}
+
+TEST(GemvTest, ReadsItsInputOnlyAfterThePreviousKernelWroteIt) {
+  // A decode layer's order on one stream: RmsNorm writes the row, then Gemv (or GemvSwiGlu)
+  // reads it, 24 times with a new row each time into the same buffer. A product that read its
+  // input before the norm finished would use the previous row (its weights it may load early).
+  HKV_REQUIRE_GPU();
+  const DType dtype = DType::kBf16;
+  const int32_t k = 4096, n = 2048, iters = 24;
+  std::mt19937 rng(7);
+  const std::vector<float> x =
+      testing::RandomValues(static_cast<size_t>(iters) * k, 1.0f, dtype, rng);
+  const std::vector<float> w =
+      testing::RandomValues(static_cast<size_t>(2) * n * k, 0.05f, dtype, rng);
+  const std::vector<float> norm_w = testing::RandomValues(k, 1.0f, dtype, rng);
+  DeviceArray<uint16_t> dx(x.size()), dw(w.size()), dnorm(k), dxb(k);
+  DeviceArray<uint16_t> dc(static_cast<size_t>(iters) * n), dsw(static_cast<size_t>(iters) * n);
+  HKV_CUDA_OK(dx.Upload(testing::ToStorage(x, dtype)));
+  HKV_CUDA_OK(dw.Upload(testing::ToStorage(w, dtype)));
+  HKV_CUDA_OK(dnorm.Upload(testing::ToStorage(norm_w, dtype)));
+  cudaStream_t stream;
+  HKV_CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (int32_t i = 0; i < iters; ++i) {
+    HKV_CUDA_OK(RmsNorm(dtype, dx.get() + static_cast<size_t>(i) * k, nullptr, dnorm.get(),
+                        dxb.get(), 1, k, 1e-5f, stream));
+    if (i % 2 == 0) {
+      HKV_CUDA_OK(Gemv(dtype, dxb.get(), k, dw.get(), k, dc.get() + static_cast<size_t>(i) * n, n,
+                       false, 1, n, k, stream));
+    } else {
+      HKV_CUDA_OK(GemvSwiGlu(dtype, dxb.get(), k, dw.get(), k,
+                             dsw.get() + static_cast<size_t>(i) * n, n, 1, n, k, stream));
+    }
+  }
+  HKV_CUDA_OK(cudaStreamSynchronize(stream));
+  HKV_CUDA_OK(cudaStreamDestroy(stream));
+  const std::vector<float> got = testing::FromStorage(dc.Download(), dtype);
+  const std::vector<float> got_sw = testing::FromStorage(dsw.Download(), dtype);
+  for (int32_t i = 0; i < iters; ++i) {
+    std::vector<float> xb(k), out(2 * n), want(n);
+    ref::RmsNorm(x.data() + static_cast<size_t>(i) * k, nullptr, norm_w.data(), 1, k, 1e-5f,
+                 xb.data());
+    xb = testing::FromStorage(testing::ToStorage(xb, dtype), dtype);  // stored in bf16
+    if (i % 2 == 0) {
+      ref::MatmulRowMajor(xb.data(), w.data(), want.data(), 1, n, k);
+      const std::vector<float> row(got.begin() + static_cast<size_t>(i) * n,
+                                   got.begin() + static_cast<size_t>(i + 1) * n);
+      EXPECT_LT(testing::RelError(row, want), testing::Tolerance(dtype)) << "gemv, row " << i;
+    } else {
+      ref::MatmulRowMajor(xb.data(), w.data(), out.data(), 1, 2 * n, k);
+      out = testing::FromStorage(testing::ToStorage(out, dtype), dtype);
+      ref::SwiGlu(out.data(), out.data() + n, n, want.data());
+      const std::vector<float> row(got_sw.begin() + static_cast<size_t>(i) * n,
+                                   got_sw.begin() + static_cast<size_t>(i + 1) * n);
+      EXPECT_LT(testing::RelError(row, want), 2e-2) << "swiglu, row " << i;
+    }
+  }
 }
 
 TEST(GemvTest, RejectsWhatItCannotRun) {
