@@ -127,6 +127,14 @@ std::string ModelDir() {
   return dir;
 }
 
+// Every sample of `want` has the same tokens in `got`.
+void ExpectSameTokens(const Served& want, const Served& got) {
+  ASSERT_EQ(got.tokens.size(), want.tokens.size());
+  for (const auto& [key, tokens] : want.tokens) {
+    EXPECT_EQ(got.tokens.at(key), tokens) << "request " << key.first << " sample " << key.second;
+  }
+}
+
 TEST(GpuDeltaStepsTest, DeviceKeptPageTablesGiveTheFullCsrTokens) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   const std::string dir = ModelDir();
@@ -137,11 +145,7 @@ TEST(GpuDeltaStepsTest, DeviceKeptPageTablesGiveTheFullCsrTokens) {
     ASSERT_TRUE(full.ok && delta.ok);
     EXPECT_GT(full.preemptions, 0) << "the pool should be small enough to preempt";
     EXPECT_EQ(delta.preemptions, full.preemptions);
-    ASSERT_EQ(delta.tokens.size(), full.tokens.size());
-    for (const auto& [key, tokens] : full.tokens) {
-      EXPECT_EQ(delta.tokens.at(key), tokens)
-          << "request " << key.first << " sample " << key.second;
-    }
+    ExpectSameTokens(full, delta);
   }
 }
 
@@ -156,10 +160,7 @@ TEST(GpuDeltaStepsTest, AsyncStepsGiveTheSyncTokens) {
     EXPECT_EQ(sync.preemptions, 0);
     EXPECT_EQ(async.steps, sync.steps) << "the same steps, planned ahead";
     EXPECT_GT(async.ahead_steps, async.steps * 3 / 4);
-    ASSERT_EQ(async.tokens.size(), sync.tokens.size());
-    for (const auto& [key, tokens] : sync.tokens) {
-      EXPECT_EQ(async.tokens.at(key), tokens) << "request " << key.first;
-    }
+    ExpectSameTokens(sync, async);
   }
   // Mixed policies, forks and preemption: other batches, so only the lengths are compared.
   const Served sync = Serve(dir, {});
