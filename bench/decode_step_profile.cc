@@ -9,14 +9,15 @@
 //   decode_step_profile [--config DIR] [--batch 1,64] [--context 1024] [--steps 50]
 //                       [--mode both|fused|unfused] [--gemv_cols QKV,O,GATE_UP,DOWN]
 //                       [--headkv SCORES_JSON] [--budget 128] [--prefill N,P]
-//                       [--rope_kv_append 1|0]
+//                       [--rope_kv_append 1|0] [--kv_stages 0|2|3|4]
 //
 // --mode picks the workers: one with CudaWorkerOptions::fused_decode off (the default kernels)
 // and/or one with it on. --gemv_cols sets the fused worker's options.fused_gemv_cols (the fused
 // products' columns per warp: 1, 2 or 4 each). --rope_kv_append 0 turns the unfused worker's
-// CudaWorkerOptions::fused_rope_kv_append off (Rope, then AppendKvSlots). Phase times come from
-// events between kernels (workers/cuda/phase_timer.h) and add up to more than an unprofiled eager
-// step. CUDA builds only.
+// CudaWorkerOptions::fused_rope_kv_append off (Rope, then AppendKvSlots); --kv_stages sets
+// CudaWorkerOptions::decode_kv_stages (0: decode attention loads K/V into registers). Phase times
+// come from events between kernels (workers/cuda/phase_timer.h) and add up to more than an
+// unprofiled eager step. CUDA builds only.
 // --headkv gives every row the length a HeadKV-B plan of those scores keeps of a `context`-token
 // prompt (KeptTokens: cap + window per (layer, KV head)) instead of `context`: the ragged rows
 // whose layers differ, so the worker plans decode attention per layer as a HeadKV decode does.
@@ -64,7 +65,8 @@ struct Flags {
   int32_t budget = 128;
   int32_t prefill_seqs = 0;  // --prefill N,P
   int32_t prefill_len = 0;
-  bool rope_kv_append = true;  // CudaWorkerOptions::fused_rope_kv_append
+  bool rope_kv_append = true;                      // CudaWorkerOptions::fused_rope_kv_append
+  int32_t kv_stages = kCudaDefaultDecodeKvStages;  // CudaWorkerOptions::decode_kv_stages
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -89,6 +91,8 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     } else if (k == "--rope_kv_append") {
       if (v != "0" && v != "1") return false;
       f->rope_kv_append = v == "1";
+    } else if (k == "--kv_stages") {
+      if (!absl::SimpleAtoi(v, &f->kv_stages)) return false;
     } else if (k == "--headkv") {
       f->headkv_scores = v;
     } else if (k == "--prefill") {
@@ -314,6 +318,7 @@ absl::Status Run(const Flags& f) {
   o.cuda_graph_max_batch = std::max(max_batch, 256);
   o.fused_gemv_cols = f.cols;
   o.fused_rope_kv_append = f.rope_kv_append;
+  o.decode_kv_stages = f.kv_stages;  // CudaWorker::Create refuses values it does not serve
   const double copy_bw = CopyBandwidth();
   int dev = 0;
   cudaDeviceProp prop;
@@ -322,9 +327,10 @@ absl::Status Run(const Flags& f) {
   int driver = 0;
   cudaDriverGetVersion(&driver);
   std::printf(
-      "## decode_step_profile: %s, %s (%d SMs), driver API %d, gemv_cols=%s, rope_kv_append=%d\n",
+      "## decode_step_profile: %s, %s (%d SMs), driver API %d, gemv_cols=%s, rope_kv_append=%d, "
+      "kv_stages=%d\n",
       config.name.c_str(), prop.name, prop.multiProcessorCount, driver,
-      f.gemv_cols.empty() ? "default" : f.gemv_cols.c_str(), f.rope_kv_append ? 1 : 0);
+      f.gemv_cols.empty() ? "default" : f.gemv_cols.c_str(), f.rope_kv_append ? 1 : 0, f.kv_stages);
   for (const bool fused : {false, true}) {
     if (f.mode == (fused ? "unfused" : "fused")) continue;
     o.fused_decode = fused;  // one worker per kernel set, as a server would start it
@@ -345,7 +351,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: decode_step_profile [--config DIR] [--batch 1,64] [--context 1024] "
                  "[--steps 50] [--mode both|fused|unfused] [--gemv_cols QKV,O,GATE_UP,DOWN] "
-                 "[--headkv SCORES_JSON] [--budget 128] [--prefill N,P] [--rope_kv_append 1|0]\n");
+                 "[--headkv SCORES_JSON] [--budget 128] [--prefill N,P] [--rope_kv_append 1|0] "
+                 "[--kv_stages 0|2|3|4]\n");
     return 2;
   }
   const absl::Status s = hkv::Run(f);

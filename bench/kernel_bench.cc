@@ -14,6 +14,8 @@
 //       --ctas-per-sm N                             ctas_per_sm (0..64)
 //       --device-plan                               the GPU planner,
 //                                                 PlanSingleLaunchDecodeAttentionOnDevice
+//       --kv-stages 0|2|3|4                         decode_attention only: DecodePlanOptions::
+//                                                 kv_stages (0: loads into registers)
 //     N = 0 keeps the kernel's default, as in the options struct.
 //   kernel_bench prefill <tokens> [KERNEL]      causal prefill, one sequence; KERNEL: auto (the
 //                                               default: wgmma on sm_90, else mma.sync), wgmma,
@@ -112,6 +114,7 @@ struct DecodeFlags {
   bool single_launch = false;      // --kernel single_launch
   SingleLaunchDecodeOptions tune;  // the tuning fields only; capacities are set by Decode
   bool device_plan = false;
+  int32_t kv_stages = kDefaultKvStages;  // --kv-stages: DecodePlanOptions::kv_stages
 };
 
 // The single-launch variants (single_launch_decode_*.cu): warps per CTA, loads, prefetch.
@@ -149,6 +152,7 @@ bool ParseInt(const char* s, int64_t lo, int64_t hi, int64_t* out) {
 // Parses the decode flags in argv[first..] into *f. Returns "" or what is wrong.
 std::string ParseDecodeFlags(int argc, char** argv, int first, DecodeFlags* f) {
   bool variant = false, threads = false, loads = false, prefetch = false, tuned = false;
+  bool kv_stages = false;
   for (int i = first; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--device-plan" || a == "--prefetch") {
@@ -158,7 +162,8 @@ std::string ParseDecodeFlags(int argc, char** argv, int first, DecodeFlags* f) {
       continue;
     }
     if (a != "--kernel" && a != "--variant" && a != "--threads" && a != "--loads" &&
-        a != "--items-per-cta" && a != "--min-split" && a != "--split" && a != "--ctas-per-sm") {
+        a != "--items-per-cta" && a != "--min-split" && a != "--split" && a != "--ctas-per-sm" &&
+        a != "--kv-stages") {
       return "unknown decode flag '" + a + "'";
     }
     if (i + 1 >= argc) return a + " needs a value";
@@ -169,6 +174,16 @@ std::string ParseDecodeFlags(int argc, char** argv, int first, DecodeFlags* f) {
                "'";
       }
       f->single_launch = std::strcmp(value, "single_launch") == 0;
+      continue;
+    }
+    if (a == "--kv-stages") {
+      int64_t v = -1;
+      if (!ParseInt(value, 0, kMaxKvStages, &v) || !ValidKvStages(static_cast<int32_t>(v))) {
+        return "--kv-stages: expected 0 (registers) or 2.." + std::to_string(kMaxKvStages) +
+               ", got '" + std::string(value) + "'";
+      }
+      f->kv_stages = static_cast<int32_t>(v);
+      kv_stages = true;
       continue;
     }
     tuned = true;
@@ -219,6 +234,7 @@ std::string ParseDecodeFlags(int argc, char** argv, int first, DecodeFlags* f) {
   if (tuned && !f->single_launch) {
     return "the tuning flags apply to --kernel single_launch only";
   }
+  if (kv_stages && f->single_launch) return "--kv-stages applies to --kernel decode_attention";
   if (variant && (threads || loads || prefetch)) {
     return "--variant sets --threads, --loads and --prefetch; give either";
   }
@@ -271,12 +287,14 @@ int Decode(const std::vector<int64_t>& lens, const char* label, const DecodeFlag
     opt.max_work_items = std::max(rows * 2, 8192);
     opt.group_size = kHq / kHkv;
     opt.head_dim = kD;
+    opt.kv_stages = flags.kv_stages;
     void* ws = nullptr;
     CHECK_CUDA(cudaMalloc(&ws, DecodeWorkspaceBytes(opt)));
     CHECK_CUDA(
         PlanDecodeAttention(opt, indptr.data(), last.data(), rows, kBlock, ws, nullptr, &plan));
     items = plan.num_work_items;
     chunk = plan.chunk_tokens;
+    plan_json = ", \"kv_stages\": " + std::to_string(opt.kv_stages);
     call = [&](const PagedKvView& view) {
       CHECK_CUDA(
           RunDecodeAttention(plan, view, DType::kBf16, q, kHq * kD, out, kHq * kD, scale, nullptr));
@@ -576,7 +594,8 @@ constexpr char kUsage[] =
     "  decode flags: --kernel decode_attention|single_launch (default decode_attention); with\n"
     "    single_launch: --variant w4u4|w4u4p|w4u8|w8u4|w8u4p|w8u8 | --threads 128|256\n"
     "    --loads 4|8 --prefetch; --items-per-cta N --min-split N --split N (N >= 0, 0: default)\n"
-    "    --ctas-per-sm N (0..64, 0: default 4) --device-plan\n";
+    "    --ctas-per-sm N (0..64, 0: default 4) --device-plan; with decode_attention:\n"
+    "    --kv-stages 0|2|3|4 (0: K/V loads into registers; default 2)\n";
 
 int Usage(const std::string& error) {
   if (!error.empty()) std::fprintf(stderr, "kernel_bench: %s\n", error.c_str());

@@ -126,6 +126,32 @@ __device__ __forceinline__ uint4 Pack8(const float* f) {
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
+// 2^x on the SFU, one instruction (exp2f adds a denormal range fix-up around it). For softmax
+// weights: inputs <= 0 or -inf (-> +0); denormal results flush to zero, which is harmless there.
+__device__ __forceinline__ float FastExp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// 16-byte asynchronous global -> shared copy through L2 (cp.async.cg, sm_80+): zero-fills the
+// 16 bytes and reads nothing when !valid. Complete after CpAsyncCommit() and a CpAsyncWait<N>()
+// that leaves at most N newer groups pending; then visible to the issuing thread (other
+// threads need a barrier as well).
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 // Read-only, L1-bypassing-friendly 16-byte global load.
 __device__ __forceinline__ uint4 LoadNc16(const void* p) {
   return __ldg(reinterpret_cast<const uint4*>(p));

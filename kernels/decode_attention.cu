@@ -2,7 +2,9 @@
 //
 // NOTE(kernels): one CTA = 4 warps over one work item. A warp reads 16-byte K/V vectors; the
 // kHeadDim/8 lanes of a "subgroup" hold one token, so a warp load covers 2 (d=128) or 4 (d=64)
-// consecutive tokens, and kUnroll loads of K and V are in flight before any math. Each lane
+// consecutive tokens, and kUnroll loads of K and V are in flight before any math: in registers,
+// or (DecodePlanOptions::kv_stages > 0) kv_stages - 1 iterations ahead in a per-lane cp.async
+// ring in shared memory, which keeps more bytes in flight per SM at the same occupancy. Each lane
 // keeps the online-softmax state (m, l, acc[8]) of every query head of the group for its 8
 // dims, so K/V bytes are read exactly once per group.
 
@@ -10,6 +12,7 @@
 #include <cmath>
 #include <iterator>
 #include <numeric>
+#include <type_traits>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/decode_attention.h"
@@ -25,6 +28,9 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = HKV_DECODE_UNROLL;
 constexpr int kMetaHeader = 2;  // num_work, num_merge_rows
 constexpr int kCtasPerSm = 4;
+constexpr size_t kDefaultDynamicSmem = 48 * 1024;
+// How far (log2 units) a score may pass the running max before the kernel rescales.
+constexpr float kRescaleSlack = 8.0f;
 
 // Offsets (in int32) of the arrays inside the workspace meta block.
 struct MetaLayout {
@@ -60,10 +66,43 @@ struct DecodeArgs {
   void* out;
   int64_t out_seq_stride;
   float scale_log2;
+  int32_t stages;  // kStaged kernels: iterations in the cp.async ring (2..4)
 };
 
-template <typename T, int kHeadDim, int kGroup>
-__global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) {
+// Dynamic shared memory of the staged kernel: its ring of K/V vectors.
+size_t RingBytes(int stages) {
+  return static_cast<size_t>(stages) * kUnroll * 2 * kThreads * sizeof(uint4);
+}
+
+// Sums each of the kN values of v over the lanes of an aligned group of 2 * kOffset lanes
+// (xor offsets kOffset, kOffset / 2, ..., 1), halving the values a lane holds at every level:
+// at offset o the lanes with bit o set keep the upper half and their partners the lower one,
+// so each shuffle carries a value the partner still needs. Afterwards, with L = 2 * kOffset
+// lanes: if kN >= L, lane li (li % L) holds the sums of values j + (kN / L) * (li % L) in
+// v[j], j < kN / L; else v[0] holds the sum of value (li % L) / (L / kN).
+template <int kOffset, int kN>
+__device__ __forceinline__ void TransposeReduce(float* v, int li) {
+  if constexpr (kOffset > 0) {
+    if constexpr (kN >= 2) {
+      constexpr int kHalf = kN / 2;
+      const bool upper = (li & kOffset) != 0;
+#pragma unroll
+      for (int i = 0; i < kHalf; ++i) {
+        const float send = upper ? v[i] : v[i + kHalf];
+        const float keep = upper ? v[i + kHalf] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, kOffset);
+      }
+      TransposeReduce<kOffset / 2, kHalf>(v, li);
+    } else {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], kOffset);
+      TransposeReduce<kOffset / 2, 1>(v, li);
+    }
+  }
+}
+
+template <typename T, int kHeadDim, int kGroup, bool kStaged>
+__global__ void __launch_bounds__(kThreads, kGroup <= 4 ? kCtasPerSm : 1)
+    DecodeAttentionKernel(DecodeArgs a) {
   // The work list and the first block ids are read before WaitForPriorGrid(): the step's
   // upload (a copy) and its page-table gather wrote them before any kernel of the layers, and
   // the kernel before this one has passed its own wait, so every grid before that one has
@@ -73,8 +112,23 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
   constexpr int kSubs = 32 / kLanes;    // tokens per warp load
   constexpr int kTokPerWarp = kSubs * kUnroll;
   constexpr int kTokPerIter = kTokPerWarp * kWarps;
-  __shared__ float s_m[kWarps][kGroup], s_l[kWarps][kGroup];
-  __shared__ float s_acc[kWarps][kGroup][kHeadDim];
+  // The warps' states for the CTA's final merge; the staged kernel puts them over its ring,
+  // which is idle by then, so that four of its CTAs fit an SM.
+  struct WarpStates {
+    float m[kWarps][kGroup], l[kWarps][kGroup], acc[kWarps][kGroup][kHeadDim];
+  };
+  extern __shared__ uint4 ring[];  // staged: [stages][kUnroll][K, V][kThreads]
+  static_assert(sizeof(WarpStates) <= 2 * kUnroll * 2 * kThreads * sizeof(uint4));
+  WarpStates* states;
+  if constexpr (kStaged) {
+    states = reinterpret_cast<WarpStates*>(ring);
+  } else {
+    __shared__ WarpStates own;
+    states = &own;
+  }
+  float(&s_m)[kWarps][kGroup] = states->m;
+  float(&s_l)[kWarps][kGroup] = states->l;
+  float(&s_acc)[kWarps][kGroup][kHeadDim] = states->acc;
 
   // The work fields are read before the bounds check (blockIdx.x < max_work_items always) so
   // the loads do not wait for each other.
@@ -89,12 +143,19 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sub = lane / kLanes, li = lane % kLanes;
   const int32_t* blocks = a.indices + first_block;
-  // Block ids are fetched one iteration ahead so their latency overlaps the K/V loads.
-  int blk[kUnroll];
+  // Block ids: the register path fetches them one iteration ahead so their latency overlaps
+  // the K/V loads; the staged path reads those of its first a.stages iterations here, so its
+  // prologue issues them with no dependent load in between. pre[s] = iteration s's.
+  constexpr int kPre = kStaged ? kMaxKvStages : 1;
+  const int pre_iters = kStaged ? a.stages : 1;
+  int pre[kPre][kUnroll];
 #pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    const int t = tb + warp * kTokPerWarp + u * kSubs + sub;
-    blk[u] = t < te ? blocks[t >> a.block_shift] : 0;
+  for (int s = 0; s < kPre; ++s) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = tb + warp * kTokPerWarp + s * kTokPerIter + u * kSubs + sub;
+      pre[s][u] = s < pre_iters && t < te ? blocks[t >> a.block_shift] : 0;
+    }
   }
   WaitForPriorGrid();
   AllowDependentsIfSmallGrid();
@@ -124,28 +185,12 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
   const T* kp = static_cast<const T*>(a.k_pool);
   const T* vp = static_cast<const T*>(a.v_pool);
   const int mask = (1 << a.block_shift) - 1;
-  for (int base = tb + warp * kTokPerWarp; base < te; base += kTokPerIter) {
-    uint4 kr[kUnroll], vr[kUnroll];
-    int cur[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      cur[u] = blk[u];
-      const int t = base + kTokPerIter + u * kSubs + sub;
-      blk[u] = t < te ? blocks[t >> a.block_shift] : 0;
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int t = base + u * kSubs + sub;
-      if (t < te) {
-        const int64_t off =
-            static_cast<int64_t>(cur[u]) * a.block_stride + (t & mask) * kHeadDim + li * 8;
-        kr[u] = LoadCoherent16(kp + off);
-        vr[u] = LoadCoherent16(vp + off);
-      } else {
-        kr[u] = make_uint4(0, 0, 0, 0);
-        vr[u] = make_uint4(0, 0, 0, 0);
-      }
-    }
+  // Offset of token t's 16 bytes for this lane in the pools.
+  auto offset = [&](int block, int t) {
+    return static_cast<int64_t>(block) * a.block_stride + (t & mask) * kHeadDim + li * 8;
+  };
+  // Online softmax over the tokens base + u * kSubs + sub (u < kUnroll) of one iteration.
+  auto consume = [&](int base, const uint4(&kr)[kUnroll], const uint4(&vr)[kUnroll]) {
     float s[kUnroll][kGroup];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -159,12 +204,27 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
         s[u][g] = d;
       }
     }
+    // Sum the partial dots over the token's kLanes lanes: a transposing reduction (about half
+    // the shuffles of one butterfly per score), then every lane gathers the sums.
+    constexpr int kScores = kUnroll * kGroup;
+    float v[kScores];
 #pragma unroll
-    for (int o = kLanes / 2; o > 0; o >>= 1) {
+    for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int g = 0; g < kGroup; ++g) v[u * kGroup + g] = s[u][g];
+    }
+    TransposeReduce<kLanes / 2, kScores>(v, li);
 #pragma unroll
-        for (int g = 0; g < kGroup; ++g) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], o);
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        const int idx = u * kGroup + g;
+        if constexpr (kScores >= kLanes) {
+          constexpr int kPerLane = kScores / kLanes;
+          s[u][g] = __shfl_sync(0xffffffffu, v[idx % kPerLane], idx / kPerLane, kLanes);
+        } else {
+          s[u][g] = __shfl_sync(0xffffffffu, v[0], idx * (kLanes / kScores), kLanes);
+        }
       }
     }
 #pragma unroll
@@ -174,16 +234,28 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
         for (int g = 0; g < kGroup; ++g) s[u][g] = -INFINITY;
       }
     }
+    // Lazy rescaling: the running max m moves (and l, acc are rescaled) only when a score
+    // exceeds it by more than kRescaleSlack somewhere in the warp (a warp-uniform branch), so
+    // the weights exp2(s - m) stay <= 2^kRescaleSlack; l and acc use the same m, so the result
+    // is the softmax all the same. Most iterations after the first few skip the rescale.
+    float mx[kGroup];
+    bool grow = false;
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
-      float mx = m[g];
+      mx[g] = m[g];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) mx = fmaxf(mx, s[u][g]);
-      const float corr = exp2f(m[g] - mx);
-      m[g] = mx;
-      l[g] *= corr;
+      for (int u = 0; u < kUnroll; ++u) mx[g] = fmaxf(mx[g], s[u][g]);
+      grow = grow || mx[g] > m[g] + kRescaleSlack;
+    }
+    if (__any_sync(0xffffffffu, grow)) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) acc[g][i] *= corr;
+      for (int g = 0; g < kGroup; ++g) {
+        const float corr = FastExp2(m[g] - mx[g]);
+        m[g] = mx[g];
+        l[g] *= corr;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[g][i] *= corr;
+      }
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -191,11 +263,103 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(DecodeArgs a) 
       Unpack8<T>(vr[u], vf);
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
-        const float p = exp2f(s[u][g] - m[g]);
+        const float p = FastExp2(s[u][g] - m[g]);
         l[g] += p;
 #pragma unroll
         for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(p, vf[i], acc[g][i]);
       }
+    }
+  };
+  if constexpr (kStaged) {
+    // Each lane copies its own K/V vectors into its own slots of a ring of a.stages
+    // iterations (cp.async, no registers held while they fly) and reads back only those, so
+    // its own CpAsyncWait orders the reads: no barrier. While one iteration is consumed, the
+    // next a.stages - 1 are in flight.
+    auto slot = [&](int stage, int u, int kv) {
+      return ring + ((stage * kUnroll + u) * 2 + kv) * kThreads + threadIdx.x;
+    };
+    int issue_base = tb + warp * kTokPerWarp, issue_stage = 0;
+    auto issue = [&](const int(&ids)[kUnroll]) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = issue_base + u * kSubs + sub;
+        const bool valid = t < te;
+        const int64_t off = valid ? offset(ids[u], t) : 0;
+        CpAsync16(slot(issue_stage, u, 0), kp + off, valid);
+        CpAsync16(slot(issue_stage, u, 1), vp + off, valid);
+      }
+      CpAsyncCommit();
+      issue_base += kTokPerIter;
+      issue_stage = issue_stage + 1 == a.stages ? 0 : issue_stage + 1;
+    };
+#pragma unroll
+    for (int s = 0; s + 1 < kPre; ++s) {
+      if (s + 1 < a.stages) issue(pre[s]);
+    }
+    int blk[kUnroll];  // the block ids of the next iteration to issue
+#pragma unroll
+    for (int s = 0; s < kPre; ++s) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (s + 1 == a.stages) blk[u] = pre[s][u];
+      }
+    }
+    int stage = 0;
+    for (int base = tb + warp * kTokPerWarp; base < te; base += kTokPerIter) {
+      issue(blk);  // a.stages - 1 iterations ahead of this one
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = issue_base + u * kSubs + sub;
+        blk[u] = t < te ? blocks[t >> a.block_shift] : 0;
+      }
+      switch (a.stages) {  // uniform; wait_group takes an immediate
+        case 2:
+          CpAsyncWait<1>();
+          break;
+        case 3:
+          CpAsyncWait<2>();
+          break;
+        default:
+          CpAsyncWait<3>();
+          break;
+      }
+      uint4 kr[kUnroll], vr[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        kr[u] = *slot(stage, u, 0);
+        vr[u] = *slot(stage, u, 1);
+      }
+      consume(base, kr, vr);
+      stage = stage + 1 == a.stages ? 0 : stage + 1;
+    }
+    CpAsyncWait<0>();  // the ring's last (empty) groups
+    __syncthreads();   // every lane's copies landed: the ring may hold the warps' states
+  } else {
+    int blk[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) blk[u] = pre[0][u];
+    for (int base = tb + warp * kTokPerWarp; base < te; base += kTokPerIter) {
+      uint4 kr[kUnroll], vr[kUnroll];
+      int cur[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        cur[u] = blk[u];
+        const int t = base + kTokPerIter + u * kSubs + sub;
+        blk[u] = t < te ? blocks[t >> a.block_shift] : 0;
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = base + u * kSubs + sub;
+        if (t < te) {
+          const int64_t off = offset(cur[u], t);
+          kr[u] = LoadCoherent16(kp + off);
+          vr[u] = LoadCoherent16(vp + off);
+        } else {
+          kr[u] = make_uint4(0, 0, 0, 0);
+          vr[u] = make_uint4(0, 0, 0, 0);
+        }
+      }
+      consume(base, kr, vr);
     }
   }
 
@@ -420,7 +584,7 @@ cudaError_t BuildDecodePlan(const DecodePlanOptions& o, const int32_t* host_indp
                             const int32_t* host_row_ids, int32_t* meta, DecodePlan* plan) {
   if (plan == nullptr || meta == nullptr || o.group_size < 1 || o.group_size > 8 ||
       (o.head_dim != 64 && o.head_dim != 128) || o.max_rows < 1 || o.max_work_items < o.max_rows ||
-      num_rows < 0 || num_rows > o.max_rows || block_size < 1 ||
+      !ValidKvStages(o.kv_stages) || num_rows < 0 || num_rows > o.max_rows || block_size < 1 ||
       (block_size & (block_size - 1)) != 0) {
     return cudaErrorInvalidValue;
   }
@@ -529,7 +693,8 @@ cudaError_t RunDecodeAttention(const DecodePlan& plan, const PagedKvView& kv, DT
                                int64_t out_seq_stride, float scale, cudaStream_t stream) {
   const DecodePlanOptions& o = plan.options;
   if (kv.head_dim != o.head_dim || kv.num_kv_heads < 1 || kv.block_size < 1 ||
-      (kv.block_size & (kv.block_size - 1)) != 0 || plan.workspace == nullptr) {
+      !ValidKvStages(o.kv_stages) || (kv.block_size & (kv.block_size - 1)) != 0 ||
+      plan.workspace == nullptr) {
     return cudaErrorInvalidValue;
   }
   const int work_grid = o.fixed_grid ? o.max_work_items : plan.num_work_items;
@@ -553,28 +718,43 @@ cudaError_t RunDecodeAttention(const DecodePlan& plan, const PagedKvView& kv, DT
   a.out = out;
   a.out_seq_stride = out_seq_stride;
   a.scale_log2 = scale * 1.4426950408889634f;
+  a.stages = o.kv_stages;
   return DispatchDType(dtype, [&](auto t) {
     using T = decltype(t);
     return DispatchHeadDim(o.head_dim, [&](auto hd) {
       constexpr int D = decltype(hd)::value;
-      auto launch = [&](auto kernel) {
-        cudaError_t e = LaunchOverlapped(kernel, dim3(work_grid), dim3(kThreads), 0, stream, a);
+      auto launch = [&](auto staged) {
+        constexpr bool kStaged = decltype(staged)::value;
+        auto kernel = [&] {
+          switch (GroupBucket(o.group_size)) {
+            case 1:
+              return DecodeAttentionKernel<T, D, 1, kStaged>;
+            case 2:
+              return DecodeAttentionKernel<T, D, 2, kStaged>;
+            case 4:
+              return DecodeAttentionKernel<T, D, 4, kStaged>;
+            default:
+              return DecodeAttentionKernel<T, D, 8, kStaged>;
+          }
+        }();
+        const size_t smem = kStaged ? RingBytes(a.stages) : 0;
+        cudaError_t e = cudaSuccess;
+        // Above the 48 KB every kernel may use (kv_stages 4) only: the default needs no
+        // attribute call, which keeps graph capture free of it.
+        if (smem > kDefaultDynamicSmem) {
+          e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(smem));
+        }
+        if (e == cudaSuccess) {
+          e = LaunchOverlapped(kernel, dim3(work_grid), dim3(kThreads), smem, stream, a);
+        }
         if (e == cudaSuccess && merge_grid > 0) {
           e = LaunchOverlapped(DecodeMergeKernel<T, D>, dim3(merge_grid, o.group_size), dim3(D), 0,
                                stream, a);
         }
         return e;
       };
-      switch (GroupBucket(o.group_size)) {
-        case 1:
-          return launch(DecodeAttentionKernel<T, D, 1>);
-        case 2:
-          return launch(DecodeAttentionKernel<T, D, 2>);
-        case 4:
-          return launch(DecodeAttentionKernel<T, D, 4>);
-        default:
-          return launch(DecodeAttentionKernel<T, D, 8>);
-      }
+      return o.kv_stages > 0 ? launch(std::true_type{}) : launch(std::false_type{});
     });
   });
 }

@@ -26,6 +26,14 @@
 
 namespace hkv::kernels {
 
+inline constexpr int32_t kDefaultKvStages = 2;
+inline constexpr int32_t kMaxKvStages = 4;
+
+// The DecodePlanOptions::kv_stages values the kernels serve: 0, or 2..kMaxKvStages.
+constexpr bool ValidKvStages(int32_t stages) {
+  return stages == 0 || (stages >= 2 && stages <= kMaxKvStages);
+}
+
 struct DecodePlanOptions {
   int32_t max_rows = 0;        // capacity: rows (seq, kv_head) per step
   int32_t max_work_items = 0;  // capacity: work items (>= max_rows)
@@ -33,6 +41,10 @@ struct DecodePlanOptions {
   int32_t head_dim = 128;      // 64 or 128
   int32_t num_sms = 0;         // 0: read from the current device
   bool fixed_grid = false;     // launch max_work_items CTAs (CUDA-graph replay of any plan)
+  // How K/V reach the math: 0 = 16-byte loads into registers, kUnroll per lane in flight; 2..4
+  // = cp.async into a per-lane ring in shared memory of that many iterations (16 KB each), so
+  // more bytes fly per SM without holding registers. Same results either way.
+  int32_t kv_stages = kDefaultKvStages;
 };
 
 struct DecodePlan {
@@ -62,8 +74,8 @@ size_t DecodeMetaInts(const DecodePlanOptions& options);
 // common/batch.h) serves every layer, one plan per layer. The plan bakes in each row's offset
 // into `indices` and its length: re-plan whenever they change (once per step); the device
 // indices array (PagedKvView::indices) must follow the host indptr given here.
-// Returns cudaErrorInvalidValue for bad options (group, head_dim, capacities, block_size not a
-// power of two), num_rows > max_rows, or a malformed page table (decreasing indptr, last_len
+// Returns cudaErrorInvalidValue for bad options (group, head_dim, capacities, kv_stages, block_size
+// not a power of two), num_rows > max_rows, or a malformed page table (decreasing indptr, last_len
 // outside 1..block_size on a non-empty row).
 cudaError_t PlanDecodeAttention(const DecodePlanOptions& options, const int32_t* host_indptr,
                                 const int32_t* host_last_len, int32_t num_rows, int32_t block_size,

@@ -76,6 +76,7 @@ struct Cache {
 struct Case {
   DType dtype;
   int32_t head_dim, group, block_size;
+  int32_t kv_stages = kDefaultKvStages;  // DecodePlanOptions::kv_stages
 };
 
 class DecodeAttentionTest : public ::testing::TestWithParam<Case> {};
@@ -106,6 +107,7 @@ void RunAndCheck(const Case& c, const std::vector<int64_t>& lens, int32_t num_kv
   opt.max_work_items = 4096;
   opt.group_size = c.group;
   opt.head_dim = d;
+  opt.kv_stages = c.kv_stages;
   DeviceArray<char> ws(DecodeWorkspaceBytes(opt));
   DecodePlan plan;
   HKV_CUDA_OK(PlanDecodeAttention(opt, cache.indptr.data(), cache.last_len.data(), num_rows,
@@ -162,6 +164,11 @@ std::vector<Case> Cases() {
     out.push_back({t, 64, 2, 32});
     out.push_back({t, 128, 3, 16});
   }
+  // The other ways K/V reach the math: registers (0) and the longer rings.
+  for (int32_t stages : {0, 3, kMaxKvStages}) {
+    for (int32_t g : {1, 4, 8}) out.push_back({DType::kBf16, 128, g, 16, stages});
+    out.push_back({DType::kFp16, 64, 4, 32, stages});
+  }
   return out;
 }
 
@@ -170,8 +177,42 @@ INSTANTIATE_TEST_SUITE_P(All, DecodeAttentionTest, ::testing::ValuesIn(Cases()),
                            return std::string(testing::Name(i.param.dtype)) + "_d" +
                                   std::to_string(i.param.head_dim) + "_g" +
                                   std::to_string(i.param.group) + "_bs" +
-                                  std::to_string(i.param.block_size);
+                                  std::to_string(i.param.block_size) + "_s" +
+                                  std::to_string(i.param.kv_stages);
                          });
+
+TEST(DecodeAttentionKvStagesTest, EveryRingGivesTheRegisterPathsBits) {
+  // The K/V vectors reach the same math whichever way they travel: outputs equal bit for bit.
+  HKV_REQUIRE_GPU();
+  std::mt19937 rng(5);
+  const int32_t hkv = 4, group = 4, d = 128, hq = hkv * group;
+  std::vector<int64_t> lens = RaggedLengths(16);
+  Cache cache(16, d, hkv);
+  cache.Build(lens, DType::kBf16, rng);
+  const int32_t rows = static_cast<int32_t>(lens.size()), seqs = rows / hkv;
+  const auto q = testing::RandomValues(static_cast<size_t>(seqs) * hq * d, 1.0f, DType::kBf16, rng);
+  DeviceArray<uint16_t> d_q(q.size());
+  HKV_CUDA_OK(d_q.Upload(testing::ToStorage(q, DType::kBf16)));
+  std::vector<std::vector<uint16_t>> outs;
+  for (int32_t stages : {0, 2, 3, kMaxKvStages}) {
+    DecodePlanOptions opt;
+    opt.max_rows = rows;
+    opt.max_work_items = 4096;
+    opt.group_size = group;
+    opt.head_dim = d;
+    opt.kv_stages = stages;
+    DeviceArray<char> ws(DecodeWorkspaceBytes(opt));
+    DeviceArray<uint16_t> out(q.size());
+    DecodePlan plan;
+    HKV_CUDA_OK(PlanDecodeAttention(opt, cache.indptr.data(), cache.last_len.data(), rows, 16,
+                                    ws.get(), nullptr, &plan));
+    HKV_CUDA_OK(RunDecodeAttention(plan, cache.View(), DType::kBf16, d_q.get(), hq * d, out.get(),
+                                   hq * d, 0.088f, nullptr));
+    HKV_CUDA_OK(cudaDeviceSynchronize());
+    outs.push_back(out.Download());
+    EXPECT_EQ(outs.back(), outs.front()) << "kv_stages " << stages;
+  }
+}
 
 TEST(DecodeAttentionPlanTest, RejectsBadOptions) {
   DecodePlanOptions opt;
@@ -195,6 +236,12 @@ TEST(DecodeAttentionPlanTest, RejectsBadOptions) {
   std::vector<int32_t> bad_indptr{3, 1};
   EXPECT_EQ(PlanDecodeAttention(opt, bad_indptr.data(), last.data(), 1, 16, ws, nullptr, &plan),
             cudaErrorInvalidValue);  // decreasing indptr
+  for (int32_t stages : {-1, 1, kMaxKvStages + 1}) {
+    opt.kv_stages = stages;
+    EXPECT_EQ(PlanDecodeAttention(opt, indptr.data(), last.data(), 1, 16, ws, nullptr, &plan),
+              cudaErrorInvalidValue)
+        << "kv_stages " << stages;
+  }
 }
 
 // Host only (runs without a GPU): a plan rebased onto rows of the same lengths equals a fresh

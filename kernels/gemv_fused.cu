@@ -29,22 +29,10 @@ struct FusedParams {
   int n, k;
 };
 
-// Starts pulling this warp's first weight chunks into L2 before waiting on the previous
-// kernel: weights never depend on it, so under programmatic dependent launch their first
-// bytes arrive while that kernel drains.
-template <typename T, int R>
-__device__ __forceinline__ void PrefetchRows(const T* const* rows, int k, int lane) {
-  constexpr int kStep = 32 * 8;
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    for (int base = lane * 8; base < k && base < 4 * kStep; base += kStep) {
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(rows[r] + base));
-    }
-  }
-}
-
 // Normalises the M rows of x into `sa` [M, k] (T, row stride k) as RmsNormKernel does without a
-// residual: inv = rsqrt(mean(x^2) + eps), out = round(x * inv * w). All threads take part.
+// residual: inv = rsqrt(mean(x^2) + eps), out = round(x * inv * w). All threads take part. x is
+// read with coherent loads: the caller waited on the previous kernel, which wrote it, after
+// its first weight loads (DotRows's after_first_loads).
 template <typename T, int M>
 __device__ __forceinline__ void NormRowsToShared(const T* __restrict__ x, int64_t ldx,
                                                  const T* __restrict__ norm_w, float eps, int k,
@@ -55,7 +43,7 @@ __device__ __forceinline__ void NormRowsToShared(const T* __restrict__ x, int64_
   for (int m = 0; m < M; ++m) {
     float ss = 0.0f;
     for (int c = threadIdx.x * 8; c < k; c += kThreads * 8) {
-      const uint4 v = LoadNc16(x + m * ldx + c);
+      const uint4 v = LoadCoherent16(x + m * ldx + c);  // the previous kernel's output
       *reinterpret_cast<uint4*>(sa + m * k + c) = v;
       float f[8];
       Unpack8<T>(v, f);
@@ -98,19 +86,23 @@ __global__ void __launch_bounds__(kThreads) FusedGemvKernel(FusedParams p) {
       rows[kCols + c] = w + static_cast<int64_t>(p.n + col) * p.ldw;
     }
   }
-  if (col0 < p.n) PrefetchRows<T, R>(rows, p.k, lane);
-  WaitForPriorGrid();
-  const T* a = static_cast<const T*>(p.x);
-  int64_t lda = p.ldx;
-  if constexpr (kNorm) {
-    T* sa = reinterpret_cast<T*>(smem);
-    NormRowsToShared<T, M>(a, lda, static_cast<const T*>(p.norm_w), p.eps, p.k, sa);
-    a = sa;
-    lda = p.k;
-  }
-  if (col0 >= p.n) return;  // after the prologue's barriers
+  // The first weight loads go out before the wait (DotRows, kWaitInside): weights never
+  // depend on the previous kernel, so under programmatic dependent launch they fly while it
+  // drains; then the wait and, with kNorm, the norm prologue of the whole CTA.
+  T* sa = reinterpret_cast<T*>(smem);
+  auto wait_then_normalise = [&] {
+    WaitForPriorGrid();
+    if constexpr (kNorm) {
+      NormRowsToShared<T, M>(static_cast<const T*>(p.x), p.ldx, static_cast<const T*>(p.norm_w),
+                             p.eps, p.k, sa);
+    }
+  };
+  // Warps past n (their rows clamped to a valid one) run the product too and store nothing,
+  // so every thread meets the prologue's barriers at the same place.
+  const T* a = kNorm ? sa : static_cast<const T*>(p.x);
+  const int64_t lda = kNorm ? p.k : p.ldx;
   float acc[R][M] = {};
-  DotRows<T, M, R, kNorm>(a, lda, rows, p.k, lane, acc);
+  DotRows<T, M, R, kNorm, /*kWaitInside=*/true>(a, lda, rows, p.k, lane, acc, wait_then_normalise);
   AllowDependents();  // the weight stream is done; only the stores remain
   if (lane != 0) return;
   T* out = static_cast<T*>(p.out);

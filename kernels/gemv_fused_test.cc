@@ -1,8 +1,9 @@
 // The fused decode products against the CPU references composed as the unfused kernels run
 // them (ref::RmsNorm, rounded to bf16, then ref::MatmulRowMajor; ref::SwiGlu of the rounded
 // gate and up; the rounded product added to the residual), for every row count, every
-// columns-per-warp variant, widths that do not fill the last CTA, strided inputs, and the
-// refusals. Skips without a GPU.
+// columns-per-warp variant, widths that do not fill the last CTA, strided inputs, products
+// chained after the kernel that writes their input (their first weight loads go out before
+// they wait on it), and the refusals. Skips without a GPU.
 
 #include "kernels/gemv_fused.h"
 
@@ -10,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/layer_ops.h"
 #include "kernels/test_util.h"
 
 namespace hkv::kernels {
@@ -133,6 +135,63 @@ TEST(GemvFusedTest, LlamaShapes) {
   CheckNormSwiGlu({1, 14336, 4096, 4096}, 2, rng);    // gate_up
   CheckAddResidual({2, 4096, 4096, 4096}, 1, rng);    // o_proj
   CheckAddResidual({1, 4096, 14336, 14336}, 4, rng);  // down_proj
+}
+
+TEST(GemvFusedTest, ReadsItsInputOnlyAfterThePreviousKernelWroteIt) {
+  // On one stream, 24 times: RmsNorm writes a new row into the same buffer, then a fused
+  // product (the three in turn) reads it. One that read its input, or normalised it, before
+  // the norm finished would use the previous row.
+  HKV_REQUIRE_GPU();
+  const int32_t k = 4096, n = 2048, iters = 24;
+  std::mt19937 rng(13);
+  const auto x = testing::RandomValues(static_cast<size_t>(iters) * k, 2.0f, kBf16, rng);
+  const auto nw = testing::RandomValues(k, 1.0f, kBf16, rng);
+  const auto w = testing::RandomValues(2 * static_cast<size_t>(n) * k, 0.05f, kBf16, rng);
+  auto dx = Dev(x), dnw = Dev(nw), dw = Dev(w);
+  DeviceArray<uint16_t> row(k), out(static_cast<size_t>(iters) * n);
+  HKV_CUDA_OK(out.Fill(0));  // the residual of the GemvAddResidual rows starts at zero
+  HKV_CUDA_OK(cudaDeviceSynchronize());
+  cudaStream_t stream;
+  HKV_CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (int32_t i = 0; i < iters; ++i) {
+    uint16_t* o = out.get() + static_cast<size_t>(i) * n;
+    HKV_CUDA_OK(RmsNorm(kBf16, dx.get() + static_cast<size_t>(i) * k, nullptr, dnw.get(), row.get(),
+                        1, k, kEps, stream));
+    if (i % 3 == 0) {
+      HKV_CUDA_OK(
+          RmsNormGemv(kBf16, row.get(), k, dnw.get(), kEps, dw.get(), k, o, n, 1, n, k, 1, stream));
+    } else if (i % 3 == 1) {
+      HKV_CUDA_OK(RmsNormGemvSwiGlu(kBf16, row.get(), k, dnw.get(), kEps, dw.get(), k, o, n, 1, n,
+                                    k, 2, stream));
+    } else {
+      HKV_CUDA_OK(GemvAddResidual(kBf16, row.get(), k, dw.get(), k, o, n, 1, n, k, 1, stream));
+    }
+  }
+  HKV_CUDA_OK(cudaStreamSynchronize(stream));
+  HKV_CUDA_OK(cudaStreamDestroy(stream));
+  const std::vector<float> got = Host(out);
+  for (int32_t i = 0; i < iters; ++i) {
+    const std::vector<float> xi(x.begin() + static_cast<size_t>(i) * k,
+                                x.begin() + static_cast<size_t>(i + 1) * k);
+    const std::vector<float> r = NormRows(xi, k, nw, 1, k);  // what RmsNorm stored
+    std::vector<float> want(n);
+    if (i % 3 == 1) {
+      std::vector<float> gu(2 * static_cast<size_t>(n));
+      ref::MatmulRowMajor(NormRows(r, k, nw, 1, k).data(), w.data(), gu.data(), 1, 2 * n, k);
+      gu = Round(gu);
+      ref::SwiGlu(gu.data(), gu.data() + n, n, want.data());
+    } else {
+      ref::MatmulRowMajor(i % 3 == 0 ? NormRows(r, k, nw, 1, k).data() : r.data(), w.data(),
+                          want.data(), 1, n, k);
+    }
+    const std::vector<float> g(got.begin() + static_cast<size_t>(i) * n,
+                               got.begin() + static_cast<size_t>(i + 1) * n);
+    EXPECT_LT(testing::RelError(g, want), 2 * testing::Tolerance(kBf16))
+        << "row " << i
+        << (i % 3 == 0   ? " RmsNormGemv"
+            : i % 3 == 1 ? " RmsNormGemvSwiGlu"
+                         : " GemvAddResidual");
+  }
 }
 
 TEST(GemvFusedTest, RefusesWhatItDoesNotServe) {

@@ -79,12 +79,6 @@ __device__ __forceinline__ uint32_t PackPair(float lo, float hi) {
          (static_cast<uint32_t>(*reinterpret_cast<uint16_t*>(&b)) << 16);
 }
 
-__device__ __forceinline__ float FastExp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
 template <typename T>
 __device__ __forceinline__ void MmaQK(float* s, uint64_t da, uint64_t db, int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {

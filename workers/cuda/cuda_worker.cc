@@ -31,6 +31,7 @@ using cuda_internal::StepInputs;
 using cuda_internal::StepProfile;
 constexpr int64_t kCublasWorkspaceBytes = 32LL << 20;
 constexpr double kGiB = 1073741824.0;
+static_assert(kCudaDefaultDecodeKvStages == k::kDefaultKvStages);
 
 absl::Status CheckOptions(const ModelConfig& global, const CudaWorkerOptions& options) {
   const CudaTensorParallel& tp = options.tp;
@@ -51,6 +52,10 @@ absl::Status CheckOptions(const ModelConfig& global, const CudaWorkerOptions& op
   }
   if (options.max_step_tokens < 1 || options.max_seqs < 1 || options.cuda_graph_max_batch < 0) {
     return absl::InvalidArgumentError("max_step_tokens and max_seqs must be positive");
+  }
+  if (!k::ValidKvStages(options.decode_kv_stages)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "decode_kv_stages must be 0 or 2..", k::kMaxKvStages, ", got ", options.decode_kv_stages));
   }
   return absl::OkStatus();
 }
@@ -217,6 +222,7 @@ absl::StatusOr<k::DecodePlanOptions> CudaWorker::State::ReserveStepBuffers() {
   dopt.max_work_items = dopt.max_rows + 1024;
   dopt.group_size = c.group_size();
   dopt.head_dim = c.head_dim;
+  dopt.kv_stages = options.decode_kv_stages;
   HKV_RETURN_IF_ERROR(decode_ws.Reserve(k::DecodeWorkspaceBytes(dopt)));
   HKV_RETURN_IF_ERROR(select_ws.Reserve(
       k::KvSelectWorkspaceBytes(options.max_step_tokens, 64, c.num_heads, c.num_kv_heads) + 256));

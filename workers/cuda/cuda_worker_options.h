@@ -46,6 +46,10 @@ struct FusedGemvCols {
 //     GPU that is not sm_90.
 enum class CudaPrefillKernel : int8_t { kAuto, kMmaSync, kWgmma };
 
+// kernels::kDefaultKvStages, without including the kernels here (static_assert in
+// cuda_worker.cc).
+inline constexpr int32_t kCudaDefaultDecodeKvStages = 2;
+
 struct CudaWorkerOptions {
   int32_t device = 0;
   int32_t block_size = 16;
@@ -58,14 +62,19 @@ struct CudaWorkerOptions {
   CudaTensorParallel tp;
   // The fused decode layers (workers/cuda/README.md): decode steps of 1-4 tokens on one GPU
   // run RmsNormGemv, GemvAddResidual and RmsNormGemvSwiGlu with the residual stream kept in
-  // `res`. Off by default: on the H200 the fused products were slower than the kernels they
-  // replace (bench/README.md); off, the worker launches RmsNorm and Gemv/cuBLAS.
+  // `res`. Off by default: on the H200 they gain 1.4% at one row, lose 3% at four, and give
+  // other greedy tokens than the unfused path (bench/README.md); off, the worker launches
+  // RmsNorm and Gemv/cuBLAS.
   bool fused_decode = false;
   FusedGemvCols fused_gemv_cols;  // read only when fused_decode is on
   // RoPE and the K/V writes of every step as one kernel (RopeKvAppend) with the other kernels
   // unfused: one launch a layer fewer, the same bits (kernels/rope.cuh). fused_decode implies
   // it; false launches Rope and AppendKvSlots (the A/B of bench/decode_step_profile).
   bool fused_rope_kv_append = true;
+  // How decode attention brings K/V to the math (kernels::DecodePlanOptions::kv_stages): 0 =
+  // loads into registers, 2..4 = a cp.async ring of that many iterations. Same results; the
+  // A/B of bench/decode_step_profile.
+  int32_t decode_kv_stages = kCudaDefaultDecodeKvStages;
   CudaPrefillKernel prefill_kernel = CudaPrefillKernel::kAuto;
 };
 

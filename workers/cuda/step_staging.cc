@@ -73,6 +73,7 @@ k::DecodePlanOptions CudaWorker::State::DecodeOptionsFor(const HostStep& h) cons
   o.head_dim = cfg.head_dim;
   o.num_sms = num_sms;
   o.fixed_grid = h.graph;
+  o.kv_stages = options.decode_kv_stages;
   return o;
 }
 
