@@ -9,6 +9,7 @@
 #include <queue>
 #include <vector>
 
+#include "kernels/decode_plan_rows.h"
 #include "kernels/single_launch_decode_attention.h"
 
 namespace hkv::kernels {
@@ -127,27 +128,15 @@ cudaError_t BuildSingleLaunchDecodePlan(const SingleLaunchDecodeOptions& o,
       num_rows > o.max_rows || block_size < 1 || (block_size & (block_size - 1)) != 0) {
     return cudaErrorInvalidValue;
   }
-  int num_sms = o.num_sms;
-  if (num_sms <= 0) {
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e != cudaSuccess) return e;
+  int num_sms = 0;
+  if (const cudaError_t e = ResolveNumSms(o.num_sms, &num_sms); e != cudaSuccess) return e;
+  PlannedRows planned;
+  if (!ReadPlannedRows(host_indptr, host_last_len, num_rows, block_size, host_row_ids, &planned)) {
+    return cudaErrorInvalidValue;  // malformed page table
   }
-  std::vector<int64_t> lens(num_rows);
-  std::vector<int32_t> first_block(num_rows);
-  int64_t total = 0, longest = 0;
-  for (int r = 0; r < num_rows; ++r) {
-    const int32_t csr = host_row_ids != nullptr ? host_row_ids[r] : r;
-    const int32_t blocks = csr < 0 ? -1 : host_indptr[csr + 1] - host_indptr[csr];
-    if (blocks < 0 || (blocks > 0 && (host_last_len[csr] < 1 || host_last_len[csr] > block_size))) {
-      return cudaErrorInvalidValue;  // malformed page table
-    }
-    lens[r] = PagedRowLength(host_indptr, host_last_len, csr, block_size);
-    first_block[r] = host_indptr[csr];
-    total += lens[r];
-    longest = std::max(longest, lens[r]);
-  }
+  std::vector<int64_t>& lens = planned.lens;
+  const std::vector<int32_t>& first_block = planned.first_block;
+  const int64_t total = planned.total, longest = planned.longest;
   const int slots = single_launch_decode::CtaSlots(o, num_sms);
   const int64_t best_chunk = ChooseChunk(lens, total, longest, slots, o);
   // Work items: (row, begin, end, slot); slots of a row are contiguous for the merge.

@@ -8,6 +8,7 @@
 // in row order; the CTA assignment then needs no second pass (single_launch_decode::FirstCtaAt).
 
 #include "kernels/cuda_common.cuh"
+#include "kernels/decode_plan_rows.h"
 #include "kernels/single_launch_decode_attention.h"
 #include "kernels/single_launch_decode_plan.h"
 
@@ -219,13 +220,8 @@ cudaError_t PlanSingleLaunchDecodeAttentionOnDevice(
       num_rows > o.max_rows || block_size < 1 || (block_size & (block_size - 1)) != 0) {
     return cudaErrorInvalidValue;
   }
-  int num_sms = o.num_sms;
-  if (num_sms <= 0) {
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e != cudaSuccess) return e;
-  }
+  int num_sms = 0;
+  if (const cudaError_t e = ResolveNumSms(o.num_sms, &num_sms); e != cudaSuccess) return e;
   PlanArgs p;
   p.o = o;
   p.indptr = device_indptr;
