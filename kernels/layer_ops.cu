@@ -77,16 +77,17 @@ __global__ void RopeVectorKernel(T* q, int64_t q_stride, int hq, T* k, int64_t k
                                  const float* inv_freq, bool interleaved) {
   WaitForPriorGrid();
   AllowDependentsIfSmallGrid();
+  __shared__ float2 cs[rope_internal::kRopeTablePairs];
   const int64_t t = blockIdx.x;
   const int units_per_head = head_dim / 16;
   const int total = (hq + (k != nullptr ? hk : 0)) * units_per_head;
   const int idx = blockIdx.y * blockDim.x + threadIdx.x;
+  rope_internal::RopeTableToShared(cs, static_cast<float>(pos[t]), head_dim, theta, inv_freq);
   if (idx >= total) return;
-  const float posf = static_cast<float>(pos[t]);
   const int h = idx / units_per_head, i0 = (idx % units_per_head) * 8;
   T* x = h < hq ? q + t * q_stride + static_cast<int64_t>(h) * head_dim
                 : k + t * k_stride + static_cast<int64_t>(h - hq) * head_dim;
-  RopeEightPairs<T>(x, head_dim, posf, theta, inv_freq, interleaved, i0);
+  RopeEightPairs<T>(x, head_dim, cs, interleaved, i0);
 }
 
 template <typename T>

@@ -77,10 +77,12 @@ template <typename T>
 __global__ void RopeKvAppendVectorKernel(Params p) {
   WaitForPriorGrid();
   AllowDependentsIfSmallGrid();
+  __shared__ float2 cs[rope_internal::kRopeTablePairs];
   const int64_t t = blockIdx.x;
   T* q = static_cast<T*>(p.qkv) + t * p.stride;
   T* k = q + p.k_offset;
-  const float posf = static_cast<float>(p.pos[t]);
+  rope_internal::RopeTableToShared(cs, static_cast<float>(p.pos[t]), p.head_dim, p.theta,
+                                   p.inv_freq);
   const int units_per_head = p.head_dim / 16;
   const int first_head = blockIdx.y * p.heads_per_block;
   const int last_head = min(first_head + p.heads_per_block, p.hq + p.hk);
@@ -89,7 +91,7 @@ __global__ void RopeKvAppendVectorKernel(Params p) {
     const int h = idx / units_per_head, i0 = (idx % units_per_head) * 8;
     T* x = h < p.hq ? q + static_cast<int64_t>(h) * p.head_dim
                     : k + static_cast<int64_t>(h - p.hq) * p.head_dim;
-    RopeEightPairs<T>(x, p.head_dim, posf, p.theta, p.inv_freq, p.interleaved, i0);
+    RopeEightPairs<T>(x, p.head_dim, cs, p.interleaved, i0);
   }
   const int first_kv = max(first_head - p.hq, 0), last_kv = last_head - p.hq;
   if (t >= p.append_tokens || last_kv <= first_kv) return;  // the whole block
