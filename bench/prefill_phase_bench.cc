@@ -6,14 +6,17 @@
 // against this GPU's measured dense bf16 GEMM peak (an 8192^3 cuBLAS GEMM), and for each GEMM
 // shape the best of cuBLASLt's heuristic algorithms (what tuning the algorithm would give).
 //
-//   prefill_phase_bench [TOKENS] [CHUNK] [POLICY] [KERNEL]
+//   prefill_phase_bench [TOKENS] [CHUNK] [POLICY] [KERNEL] [LAST_LAYER]
 //     TOKENS 32768, CHUNK = TOKENS, POLICY full | headkv, KERNEL auto | mma | wgmma |
-//     wgmma_serial (the prefill attention kernel)
+//     wgmma_serial (the prefill attention kernel), LAST_LAYER sampled | all (all: the last
+//     layer's attention and MLP for every row, as the worker ran before it pruned them)
 //
 // chunk < tokens prefills in chunks as the scheduler does for the full policy: chunk i attends
 // to the previous chunks' K/V in the paged pool (16-token pages). headkv (one chunk only, as
 // the engine prefills a compressed prompt): dense attention, then the fused selection kernel
-// keeps 120 + 8 tokens per head (HeadKV-128) instead of the KV writes.
+// keeps 120 + 8 tokens per head (HeadKV-128) instead of the KV writes. As in forward.cc, the
+// last layer goes past its K/V only for the prompt's last row (PrunesLastLayer): attention
+// of the last 128-row tile, then o_proj and the MLP of one row (none in earlier chunks).
 // The calls and their arguments mirror forward.cc; keep them in step when it changes.
 
 #include <cublasLt.h>
@@ -150,8 +153,10 @@ double GemmPeakTflops(cublasHandle_t h, cudaStream_t stream) {
 // The best cuBLASLt algorithm (of the heuristic's first 8) for c[m, n] = a[m, k] w[n, k]^T,
 // row-major bf16, fp32 accumulation (the worker's GEMM, which goes through cublasGemmEx):
 // TFLOP/s of the fastest, median of 5 calls each. Shows what a tuned algorithm choice would
-// gain over the default one.
-double LtBestTflops(cublasLtHandle_t lt, cudaStream_t stream, int32_t m, int32_t n, int32_t k) {
+// gain over the default one. `*alone` gets the worker's call (LinearRowMajor, cuBLAS's default
+// algorithm) timed the same way on the same buffers: both away from the prefill's other kernels.
+double LtBestTflops(cublasLtHandle_t lt, cublasHandle_t cublas, cudaStream_t stream, int32_t m,
+                    int32_t n, int32_t k, double* alone) {
   void* a = Random(static_cast<size_t>(m) * k, 21);
   void* w = Random(static_cast<size_t>(n) * k, 22);
   void *c, *ws;
@@ -179,6 +184,18 @@ double LtBestTflops(cublasLtHandle_t lt, cudaStream_t stream, int32_t m, int32_t
   cudaEvent_t e0, e1;
   CHECK_CUDA(cudaEventCreate(&e0));
   CHECK_CUDA(cudaEventCreate(&e1));
+  std::vector<float> dt;
+  for (int r = 0; r < 6; ++r) {
+    CHECK_CUDA(cudaEventRecord(e0, stream));
+    CHECK_CUBLAS(LinearRowMajor(cublas, stream, kDt, a, k, w, k, c, n, false, m, n, k));
+    CHECK_CUDA(cudaEventRecord(e1, stream));
+    CHECK_CUDA(cudaEventSynchronize(e1));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    if (r > 0) dt.push_back(ms);
+  }
+  std::sort(dt.begin(), dt.end());
+  *alone = 2.0 * m * static_cast<double>(n) * k / dt[dt.size() / 2] / 1e9;
   double best_ms = 1e30;
   for (int i = 0; i < found; ++i) {
     std::vector<float> t;
@@ -209,7 +226,7 @@ double LtBestTflops(cublasLtHandle_t lt, cudaStream_t stream, int32_t m, int32_t
   return 2.0 * m * static_cast<double>(n) * k / best_ms / 1e9;
 }
 
-int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel) {
+int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel, bool prune) {
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreate(&stream));
   cublasHandle_t cublas;
@@ -226,7 +243,7 @@ int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel) {
   void* embedding = Random(static_cast<size_t>(kVocab) * kDim, 8);
   const int32_t c = chunk;
   void* res = Random(static_cast<size_t>(c) * kDim, 9);
-  void *xb, *qkv, *attn, *tmp, *gate_up, *hidden, *logits, *last_x;
+  void *xb, *qkv, *attn, *tmp, *gate_up, *hidden, *logits, *last_x, *last_attn;
   CHECK_CUDA(cudaMalloc(&xb, static_cast<size_t>(c) * kDim * 2));
   CHECK_CUDA(cudaMalloc(&qkv, static_cast<size_t>(c) * kQkvW * 2));
   CHECK_CUDA(cudaMalloc(&attn, static_cast<size_t>(c) * kQSize * 2));
@@ -235,6 +252,7 @@ int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel) {
   CHECK_CUDA(cudaMalloc(&hidden, static_cast<size_t>(c) * kHidden * 2));
   CHECK_CUDA(cudaMalloc(&logits, static_cast<size_t>(kVocab) * 4));
   CHECK_CUDA(cudaMalloc(&last_x, static_cast<size_t>(kDim) * 2));
+  CHECK_CUDA(cudaMalloc(&last_attn, static_cast<size_t>(kQSize) * 2));
   std::vector<int32_t> ids(c);
   std::mt19937 rng(11);
   for (auto& x : ids) x = static_cast<int32_t>(rng() % kVocab);
@@ -324,7 +342,11 @@ int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel) {
     auto* q = static_cast<uint16_t*>(qkv);
     mark("embedding");
     CHECK_CUDA(EmbeddingLookup(kDt, embedding, kVocab, kDim, d_ids, n, res, stream));
+    void* mlp_attn = attn;  // the rows o_proj and the MLP run on: all, then the last layer's
+    void* mlp_res = res;
+    int32_t rows = n;
     for (int32_t l = 0; l < kLayers; ++l) {
+      const bool last_layer = prune && l == kLayers - 1;
       mark("attn_norm");
       CHECK_CUDA(RmsNorm(kDt, l == 0 ? res : tmp, l == 0 ? nullptr : res, norm_w, xb, n, kDim,
                          1e-5f, stream));
@@ -358,34 +380,48 @@ int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel) {
       a.prefix = start > 0 ? &pool : nullptr;
       a.total_q = n;
       a.kernel = kernel;
+      a.last_tile_only = last_layer;
       CHECK_CUDA(RunPrefillAttention(a, stream));
       if (headkv) {
         mark("selection");
         CHECK_CUDA(RunKvSelect(ks, stream));
       }
+      if (last_layer) {  // the prompt's last row samples (the last chunk's); others none
+        mark("gather_sampled");
+        rows = start + n == tokens ? 1 : 0;
+        CHECK_CUDA(cudaMemcpyAsync(
+            last_attn, static_cast<uint16_t*>(attn) + static_cast<size_t>(n - 1) * kQSize,
+            kQSize * 2, cudaMemcpyDeviceToDevice, stream));
+        CHECK_CUDA(cudaMemcpyAsync(last_x,
+                                   static_cast<uint16_t*>(res) + static_cast<size_t>(n - 1) * kDim,
+                                   kDim * 2, cudaMemcpyDeviceToDevice, stream));
+        mlp_attn = last_attn;
+        mlp_res = last_x;
+        if (rows == 0) break;
+      }
       mark("o_proj");
-      CHECK_CUBLAS(LinearRowMajor(cublas, stream, kDt, attn, kQSize, wo, kQSize, tmp, kDim, false,
-                                  n, kDim, kQSize));
+      CHECK_CUBLAS(LinearRowMajor(cublas, stream, kDt, mlp_attn, kQSize, wo, kQSize, tmp, kDim,
+                                  false, rows, kDim, kQSize));
       mark("ffn_norm");
-      CHECK_CUDA(RmsNorm(kDt, tmp, res, norm_w, xb, n, kDim, 1e-5f, stream));
+      CHECK_CUDA(RmsNorm(kDt, tmp, mlp_res, norm_w, xb, rows, kDim, 1e-5f, stream));
       mark("gate_up_proj");
       CHECK_CUBLAS(LinearRowMajor(cublas, stream, kDt, xb, kDim, w_gate_up, kDim, gate_up,
-                                  2 * kHidden, false, n, 2 * kHidden, kDim));
+                                  2 * kHidden, false, rows, 2 * kHidden, kDim));
       mark("swiglu");
       CHECK_CUDA(SwiGlu(kDt, gate_up, static_cast<uint16_t*>(gate_up) + kHidden, 2 * kHidden,
-                        hidden, n, kHidden, stream));
+                        hidden, rows, kHidden, stream));
       mark("down_proj");
       CHECK_CUBLAS(LinearRowMajor(cublas, stream, kDt, hidden, kHidden, w_down, kHidden, tmp, kDim,
-                                  false, n, kDim, kHidden));
+                                  false, rows, kDim, kHidden));
     }
-    mark("final_norm");
-    CHECK_CUDA(RmsNorm(kDt, tmp, res, norm_w, xb, n, kDim, 1e-5f, stream));
-    mark("lm_head");  // the last row only (the sampled one)
-    CHECK_CUDA(cudaMemcpyAsync(last_x,
-                               static_cast<uint16_t*>(xb) + static_cast<size_t>(n - 1) * kDim,
-                               kDim * 2, cudaMemcpyDeviceToDevice, stream));
-    CHECK_CUBLAS(LinearRowMajor(cublas, stream, kDt, last_x, kDim, embedding, kDim, logits, kVocab,
-                                true, 1, kVocab, kDim));
+    if (rows > 0) {
+      mark("final_norm");
+      CHECK_CUDA(RmsNorm(kDt, tmp, mlp_res, norm_w, xb, rows, kDim, 1e-5f, stream));
+      mark("lm_head");  // the last row (pruned: the only one, gathered before the last MLP)
+      const uint16_t* x = static_cast<uint16_t*>(xb) + static_cast<size_t>(rows - 1) * kDim;
+      CHECK_CUBLAS(LinearRowMajor(cublas, stream, kDt, x, kDim, embedding, kDim, logits, kVocab,
+                                  true, 1, kVocab, kDim));
+    }
     mark("end");
     CHECK_CUDA(cudaStreamSynchronize(stream));
     for (const void* p : {static_cast<const void*>(d_indptr), static_cast<const void*>(d_idx),
@@ -405,21 +441,25 @@ int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel) {
   double total = 0;
   for (const auto& [name, t] : ms) total += t;
 
-  // FLOPs per phase over the prompt (each chunk's GEMMs at m = chunk rows).
+  // FLOPs per phase over the prompt, as run (each chunk's GEMMs at m = chunk rows; the last
+  // layer's o_proj and MLP of one row; its attention, one tile of rows, is left out).
   const double T = tokens;
+  const double full = prune ? kLayers - 1 : kLayers;  // layers past their K/V for every row
   std::map<std::string, double> flops = {
       {"qkv_proj", 2.0 * T * kQkvW * kDim * kLayers},
-      {"o_proj", 2.0 * T * kDim * kQSize * kLayers},
-      {"gate_up_proj", 2.0 * T * 2 * kHidden * kDim * kLayers},
-      {"down_proj", 2.0 * T * kDim * kHidden * kLayers},
-      {"attention", 4.0 * kHd * kHq * (T * (T + 1) / 2) * kLayers},
+      {"o_proj", 2.0 * (T * full + (prune ? 1 : 0)) * kDim * kQSize},
+      {"gate_up_proj", 2.0 * (T * full + (prune ? 1 : 0)) * 2 * kHidden * kDim},
+      {"down_proj", 2.0 * (T * full + (prune ? 1 : 0)) * kDim * kHidden},
+      {"attention", 4.0 * kHd * kHq * (T * (T + 1) / 2) * full},
   };
-  std::printf("# prefill of %d tokens in chunks of %d, policy %s, attention kernel %s\n", tokens,
-              chunk, headkv ? "headkv-128" : "full",
-              kernel == PrefillKernel::kMmaSync       ? "mma"
-              : kernel == PrefillKernel::kWgmma       ? "wgmma"
-              : kernel == PrefillKernel::kWgmmaSerial ? "wgmma_serial"
-                                                      : "auto");
+  std::printf(
+      "# prefill of %d tokens in chunks of %d, policy %s, last layer: %s, attention "
+      "kernel %s\n",
+      tokens, chunk, headkv ? "headkv-128" : "full", prune ? "sampled row" : "every row",
+      kernel == PrefillKernel::kMmaSync       ? "mma"
+      : kernel == PrefillKernel::kWgmma       ? "wgmma"
+      : kernel == PrefillKernel::kWgmmaSerial ? "wgmma_serial"
+                                              : "auto");
   std::printf("# measured dense bf16 GEMM peak (cuBLAS 8192^3): %.0f TFLOP/s\n\n", peak);
   // GEMM shapes per chunk (m rows): the best cuBLASLt algorithm for comparison.
   cublasLtHandle_t lt;
@@ -429,13 +469,14 @@ int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel) {
       {"o_proj", {kDim, kQSize}},
       {"gate_up_proj", {2 * kHidden, kDim}},
       {"down_proj", {kDim, kHidden}}};
-  std::map<std::string, double> lt_best;
+  std::map<std::string, double> lt_best, alone;
   for (const auto& [name, nk] : shapes) {
-    lt_best[name] = LtBestTflops(lt, stream, chunk, nk.first, nk.second);
+    lt_best[name] = LtBestTflops(lt, cublas, stream, chunk, nk.first, nk.second, &alone[name]);
   }
   cublasLtDestroy(lt);
   std::printf(
-      "| phase | ms | share | TFLOP/s | of GEMM peak | best cuBLASLt algo TFLOP/s |\n"
+      "| phase | ms | share | TFLOP/s | of GEMM peak | alone: default / best cuBLASLt algo "
+      "TFLOP/s |\n"
       "|---|---|---|---|---|---|\n");
   for (const auto& name : ph.order()) {
     const double t = ms.at(name);
@@ -443,9 +484,12 @@ int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel) {
     if (f != flops.end()) {
       const double tf = f->second / t / 1e9;
       const auto b = lt_best.find(name);
+      const std::string lt_col = b == lt_best.end()
+                                     ? "-"
+                                     : std::to_string(static_cast<int>(alone.at(name))) + " / " +
+                                           std::to_string(static_cast<int>(b->second));
       std::printf("| %s | %.2f | %.1f%% | %.0f | %.0f%% | %s |\n", name.c_str(), t, 100 * t / total,
-                  tf, 100 * tf / peak,
-                  b == lt_best.end() ? "-" : std::to_string(static_cast<int>(b->second)).c_str());
+                  tf, 100 * tf / peak, lt_col.c_str());
     } else {
       std::printf("| %s | %.2f | %.1f%% | - | - | - |\n", name.c_str(), t, 100 * t / total);
     }
@@ -473,12 +517,14 @@ int main(int argc, char** argv) {
   const int32_t chunk = argc > 2 ? std::atoi(argv[2]) : tokens;
   const std::string policy = argc > 3 ? argv[3] : "full";
   const std::string kernel = argc > 4 ? argv[4] : "auto";
+  const std::string last = argc > 5 ? argv[5] : "sampled";
   if (tokens < 16 || chunk < 1 || chunk > tokens || (policy != "full" && policy != "headkv") ||
       (policy == "headkv" && chunk != tokens) ||
-      (kernel != "auto" && kernel != "mma" && kernel != "wgmma" && kernel != "wgmma_serial")) {
+      (kernel != "auto" && kernel != "mma" && kernel != "wgmma" && kernel != "wgmma_serial") ||
+      (last != "sampled" && last != "all")) {
     std::fprintf(stderr,
                  "usage: prefill_phase_bench [tokens] [chunk] [full|headkv] "
-                 "[auto|mma|wgmma|wgmma_serial]\n"
+                 "[auto|mma|wgmma|wgmma_serial] [sampled|all]\n"
                  "       (headkv prefills in one chunk)\n");
     return 2;
   }
@@ -486,5 +532,6 @@ int main(int argc, char** argv) {
              kernel == "mma"            ? PrefillKernel::kMmaSync
              : kernel == "wgmma"        ? PrefillKernel::kWgmma
              : kernel == "wgmma_serial" ? PrefillKernel::kWgmmaSerial
-                                        : PrefillKernel::kAuto);
+                                        : PrefillKernel::kAuto,
+             last == "sampled");
 }

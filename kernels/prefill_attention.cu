@@ -41,6 +41,7 @@ struct KernelArgs {
   const void* v_pool;
   int64_t block_stride;
   int32_t block_shift;
+  int32_t last_tile_only;  // PrefillAttentionArgs::last_tile_only
 };
 
 template <typename T>
@@ -100,8 +101,9 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillAttentionKernel(KernelArgs
   const int seq = blockIdx.z, h = blockIdx.y;
   const int q_begin = a.cu_seqlens[seq];
   const int nq = a.cu_seqlens[seq + 1] - q_begin;
-  // Heaviest (longest causal span) tiles first.
-  const int tile_q = (gridDim.x - 1 - blockIdx.x) * kBM;
+  // Heaviest (longest causal span) tiles first; last_tile_only: the tile of the last row.
+  const int tile_q =
+      a.last_tile_only ? max(nq - 1, 0) / kBM * kBM : (gridDim.x - 1 - blockIdx.x) * kBM;
   if (tile_q >= nq) return;
   const int kvh = h / a.group;
   int prefix = 0;
@@ -331,6 +333,7 @@ cudaError_t RunPrefillAttention(const PrefillAttentionArgs& p, cudaStream_t stre
   a.num_kv_heads = p.num_kv_heads;
   a.group = p.num_q_heads / p.num_kv_heads;
   a.scale_log2 = p.scale * 1.4426950408889634f;
+  a.last_tile_only = p.last_tile_only ? 1 : 0;
   if (p.prefix != nullptr) {
     const PagedKvView& v = *p.prefix;
     a.indptr = v.indptr;
@@ -343,7 +346,7 @@ cudaError_t RunPrefillAttention(const PrefillAttentionArgs& p, cudaStream_t stre
     a.block_stride = v.block_stride;
     a.block_shift = __builtin_ctz(static_cast<unsigned>(v.block_size));
   }
-  const dim3 grid((p.max_q_len + kBM - 1) / kBM, p.num_q_heads, p.num_seqs);
+  const dim3 grid(p.last_tile_only ? 1 : (p.max_q_len + kBM - 1) / kBM, p.num_q_heads, p.num_seqs);
   return DispatchDType(p.dtype, [&](auto t) {
     using T = decltype(t);
     return DispatchHeadDim(p.head_dim, [&](auto hd) {

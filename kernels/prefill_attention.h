@@ -52,11 +52,16 @@ struct PrefillAttentionArgs {
   // 0 (unknown) keeps kAuto on the mma.sync kernel.
   int32_t total_q = 0;
   PrefillKernel kernel = PrefillKernel::kAuto;
+  // Only the 128-query tile holding each sequence's last row is computed; the other rows of
+  // `out` are left as they were. For a model's last layer, where only the rows that sample a
+  // token go on (the chunk's K/V are already written): 1/256 of a 32k chunk's work.
+  bool last_tile_only = false;
 };
 
 // Runs causal prefill attention. Returns cudaErrorInvalidValue for unsupported shapes.
 // REQUIRES: the prefix page table is well formed (last_len in 1..block_size on non-empty rows).
-// Grid: (ceil(max_q_len / 128), num_q_heads, num_seqs); block 128 (mma.sync) or 384 (wgmma).
+// Grid: (ceil(max_q_len / 128) or, last_tile_only, 1, num_q_heads, num_seqs); block 128
+// (mma.sync) or 384 (wgmma).
 cudaError_t RunPrefillAttention(const PrefillAttentionArgs& args, cudaStream_t stream);
 
 }  // namespace hkv::kernels

@@ -145,7 +145,8 @@ void MakeInputs(const Case& c, Inputs* in) {
 }
 
 // Runs one kernel; the output starts as NaN so unwritten rows show.
-cudaError_t RunKernel(const Case& c, Inputs& in, PrefillKernel kernel, std::vector<float>* out) {
+cudaError_t RunKernel(const Case& c, Inputs& in, PrefillKernel kernel, std::vector<float>* out,
+                      bool last_tile_only = false) {
   const int32_t hkv = c.num_kv_heads, hq = hkv * c.group, d = c.head_dim;
   const int32_t total = in.cu.back();
   DeviceArray<uint16_t> dout(static_cast<size_t>(total) * hq * d);
@@ -169,6 +170,7 @@ cudaError_t RunKernel(const Case& c, Inputs& in, PrefillKernel kernel, std::vect
   a.prefix = c.prefix.empty() ? nullptr : &in.view;
   a.total_q = total;
   a.kernel = kernel;
+  a.last_tile_only = last_tile_only;
   if ((e = RunPrefillAttention(a, nullptr)) != cudaSuccess) {
     // Tells "the shape/device checks refused it" from "the tensor maps could not be built".
     std::fprintf(stderr, "%s: kernel %d returned %s; PrefillAttentionSm90Supported = %d\n", c.name,
@@ -386,6 +388,45 @@ TEST(PrefillAttentionSm90DispatchTest, RepeatedChunksAfterLongPrefixesFinish) {
     worst = std::max(worst, static_cast<double>(std::fabs(mma[x] - first[x])));
   }
   EXPECT_LT(worst, 2e-2) << "wgmma vs mma.sync, max abs difference";
+}
+
+// last_tile_only (a model's last layer): each kernel writes the 128-row tile that holds each
+// sequence's last row, with the bits of the full launch, and leaves every other row alone.
+TEST(PrefillAttentionLastTileTest, WritesOnlyEachSequencesLastTileWithTheFullLaunchsBits) {
+  HKV_REQUIRE_GPU();
+  const Case c{"last_tile",
+               DType::kBf16,
+               128,
+               4,
+               2,
+               {1, 127, 128, 129, 300, 1000},
+               {0, 5, 16, 130, 0, 700},
+               0};
+  Inputs in;
+  ASSERT_NO_FATAL_FAILURE(MakeInputs(c, &in));
+  const int32_t hq = c.num_kv_heads * c.group, d = c.head_dim;
+  for (const PrefillKernel kernel :
+       {PrefillKernel::kMmaSync, PrefillKernel::kWgmmaSerial, PrefillKernel::kWgmma}) {
+    if (kernel != PrefillKernel::kMmaSync && !IsSm90()) continue;
+    SCOPED_TRACE(static_cast<int>(kernel));
+    std::vector<float> full, tail;
+    ASSERT_EQ(RunKernel(c, in, kernel, &full), cudaSuccess);
+    ASSERT_EQ(RunKernel(c, in, kernel, &tail, /*last_tile_only=*/true), cudaSuccess);
+    for (size_t s = 0; s < c.chunk.size(); ++s) {
+      const int32_t n = c.chunk[s], first = (n - 1) / 128 * 128;
+      for (int32_t r = 0; r < n; ++r) {
+        const size_t at = static_cast<size_t>(in.cu[s] + r) * hq * d, len = size_t{1} * hq * d;
+        if (r >= first) {
+          ASSERT_EQ(0, std::memcmp(full.data() + at, tail.data() + at, len * sizeof(float)))
+              << "seq " << s << " row " << r;
+        } else {
+          ASSERT_TRUE(std::all_of(tail.begin() + at, tail.begin() + at + len,
+                                  [](float x) { return std::isnan(x); }))
+              << "seq " << s << " row " << r << " was written";
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

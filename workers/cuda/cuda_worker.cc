@@ -202,6 +202,7 @@ absl::Status CudaWorker::State::ReserveActivations(int64_t step_tokens, int64_t 
   HKV_RETURN_IF_ERROR(gate_up.Reserve(t * 2 * c.hidden_dim * 2));
   HKV_RETURN_IF_ERROR(hidden.Reserve(t * c.hidden_dim * 2));
   const size_t rows = static_cast<size_t>(std::max<int64_t>(sample_rows, 1));
+  HKV_RETURN_IF_ERROR(sample_attn.Reserve(rows * c.q_size() * 2));
   HKV_RETURN_IF_ERROR(sample_x.Reserve(rows * c.dim * 2));
   HKV_RETURN_IF_ERROR(logits.Reserve(rows * c.vocab_size * 4));
   HKV_RETURN_IF_ERROR(tokens.Reserve(rows * 4));

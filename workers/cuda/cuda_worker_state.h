@@ -169,8 +169,10 @@ struct CudaWorker::State {
   // KV pool.
   DeviceBuffer k_pool, v_pool;
   // Activations and workspaces.
-  DeviceBuffer cublas_ws, res, xb, qkv, attn, tmp, gate_up, hidden, sample_x, logits, tokens,
-      decode_ws, select_ws, kept, kept_index, select_caps;
+  // sample_attn / sample_x: the sampled rows' attention output and residual ([sampled rows,
+  // q_size] / [.., dim]) when the last layer runs on them alone (PrunesLastLayer).
+  DeviceBuffer cublas_ws, res, xb, qkv, attn, tmp, gate_up, hidden, sample_attn, sample_x, logits,
+      tokens, decode_ws, select_ws, kept, kept_index, select_caps;
   cuda_internal::StepInputs eager_inputs, graph_inputs;
   // Sampled tokens, kept counts and logits, per launch slot (a step's results are read while
   // the next one runs).
@@ -303,18 +305,28 @@ struct CudaWorker::State {
   // then each layer adds its attention and MLP outputs to `res` in the products' epilogues
   // (tmp unused), else the layer's output is left in `tmp` for the next norm to add.
   bool FusedDecode(const HostStep& h) const;
+  bool PrunesLastLayer(const HostStep& h) const;
+  // The rows a layer's MLP runs on: attention output [count, q_size] and residual [count,
+  // dim], contiguous (the step's buffers, or sample_attn / sample_x).
+  struct MlpRows {
+    const void* attn;
+    void* res;
+    int32_t count;
+  };
   absl::Status LayerAttention(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
-                              int32_t layer, const kernels::PagedKvView& after, bool fused);
+                              int32_t layer, const kernels::PagedKvView& after, bool fused,
+                              bool last_tile_only);
   absl::Status RunPrefill(const HostStep& h, int32_t k0, int32_t count, const int32_t* cu,
-                          int32_t max_len, const kernels::PagedKvView* prefix);
+                          int32_t max_len, const kernels::PagedKvView* prefix, bool last_tile_only);
   absl::Status RunPagedSelect(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
                               int32_t l);
   absl::Status RunSelect(const Batch& b, const HostStep& h, const cuda_internal::DeviceStep& d,
-                         int32_t layer);
+                         int32_t layer, bool last_tile_only);
   absl::Status ReserveSelect(const Batch& b, const HostStep& h);
   absl::Status CopyKeptIndex(int32_t j, int32_t l, int32_t n, const int32_t* index);
-  absl::Status LayerMlp(const HostStep& h, int32_t layer, bool fused);
-  absl::Status SampleStep(const HostStep& h, const cuda_internal::DeviceStep& d, bool fused);
+  absl::Status LayerMlp(const MlpRows& rows, int32_t layer, bool fused);
+  absl::Status SampleStep(const HostStep& h, const cuda_internal::DeviceStep& d,
+                          const MlpRows& rows, bool fused);
   // sampling_step.cc: uploads the step's extras (sets `extras`), runs the penalties on a copy of
   // the logits (returns the logits to sample from), the logprobs after sampling, and reads
   // them back.

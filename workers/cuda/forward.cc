@@ -28,6 +28,15 @@ bool CudaWorker::State::FusedDecode(const HostStep& h) const {
          k::FusedGemvApplies(kDType, h.total, cfg.dim, /*norm_prologue=*/true);
 }
 
+// Whether step h's last layer goes past its attention only for the rows that sample (all that
+// leaves the model; its K/V are written before): on one GPU, in eager steps that do not sample
+// every row. Graph and fused decode steps sample every row; tensor-parallel ranks other than 0
+// sample nothing yet must run the same collectives as rank 0, so they keep every row.
+bool CudaWorker::State::PrunesLastLayer(const HostStep& h) const {
+  return !h.graph && !FusedDecode(h) && options.tp.size == 1 &&
+         static_cast<int32_t>(h.sample_rows.size()) < h.total;
+}
+
 // The page table after the step (decode attention, KV appends, selection destinations).
 k::PagedKvView CudaWorker::State::KvViewAfter(const DeviceStep& d) const {
   k::PagedKvView after;
@@ -48,7 +57,7 @@ k::PagedKvView CudaWorker::State::KvViewAfter(const DeviceStep& d) const {
 // chunk plus the paged `prefix` (null: the chunk alone).
 absl::Status CudaWorker::State::RunPrefill(const HostStep& h, int32_t k0, int32_t count,
                                            const int32_t* cu, int32_t max_len,
-                                           const k::PagedKvView* prefix) {
+                                           const k::PagedKvView* prefix, bool last_tile_only) {
   const ModelConfig& c = cfg;
   const int32_t qkv_w = c.q_size() + 2 * c.kv_size();
   auto* q = qkv.get<uint16_t>();
@@ -70,6 +79,7 @@ absl::Status CudaWorker::State::RunPrefill(const HostStep& h, int32_t k0, int32_
   a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   a.prefix = prefix;
   a.total_q = h.total - static_cast<int32_t>(first);  // rows of qkv from `first` (TMA bounds)
+  a.last_tile_only = last_tile_only;
   switch (options.prefill_kernel) {
     case CudaPrefillKernel::kAuto:
       a.kernel = k::PrefillKernel::kAuto;
@@ -143,14 +153,15 @@ absl::Status CudaWorker::State::CopyKeptIndex(int32_t j, int32_t l, int32_t n,
 // Compressed prefills of layer l: dense attention over each prompt, then the selection kernel
 // scatters each head's kept tokens into its blocks.
 absl::Status CudaWorker::State::RunSelect(const Batch& b, const HostStep& h, const DeviceStep& d,
-                                          int32_t l) {
+                                          int32_t l, bool last_tile_only) {
   const ModelConfig& c = cfg;
   const int32_t L = c.num_layers, H = c.num_kv_heads, bs = options.block_size;
   const int32_t qkv_w = c.q_size() + 2 * c.kv_size();
   const int64_t rows_per_seq = static_cast<int64_t>(L) * H;
   auto* q = qkv.get<uint16_t>();
   const int32_t k0 = h.num_decode + h.num_prefill;
-  HKV_RETURN_IF_ERROR(RunPrefill(h, k0, h.num_select, d.cu_select, h.max_select, nullptr));
+  HKV_RETURN_IF_ERROR(
+      RunPrefill(h, k0, h.num_select, d.cu_select, h.max_select, nullptr, last_tile_only));
   // Several prompts: fork onto the select streams (each prompt's kernels are small and
   // serial), join before returning. Tests that copy kept positions run them in order.
   const int32_t forks =
@@ -273,10 +284,12 @@ absl::Status CudaWorker::State::RunPagedSelect(const Batch& b, const HostStep& h
 // Layer l up to the attention output: norm (adding the previous layer's output, unless the
 // fused products already did), q/k/v, RoPE and KV appends (one kernel unless
 // options.fused_rope_kv_append and fused_decode are both off), then decode, prefill and selection
-// attention into `attn`.
+// attention into `attn` (with last_tile_only, prefill attention only for each chunk's last
+// 128-row tile, which holds every row a prefill samples).
 absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h,
                                                const DeviceStep& d, int32_t l,
-                                               const k::PagedKvView& after, bool fused) {
+                                               const k::PagedKvView& after, bool fused,
+                                               bool last_tile_only) {
   const ModelConfig& c = cfg;
   const int32_t H = c.num_kv_heads, hd = c.head_dim, dim = c.dim, total = h.total;
   const int32_t qkv_w = c.q_size() + 2 * c.kv_size();
@@ -342,40 +355,43 @@ absl::Status CudaWorker::State::LayerAttention(const Batch& b, const HostStep& h
     prefix.indices = d.indices_b;
     prefix.last_len = d.last_b;
     prefix.row_offset = static_cast<int32_t>(l * H);  // indptr_b lists prefill rows only
-    HKV_RETURN_IF_ERROR(
-        RunPrefill(h, h.num_decode, h.num_prefill, d.cu_prefill, h.max_prefill, &prefix));
+    HKV_RETURN_IF_ERROR(RunPrefill(h, h.num_decode, h.num_prefill, d.cu_prefill, h.max_prefill,
+                                   &prefix, last_tile_only));
     if (!h.paged_select.empty()) HKV_RETURN_IF_ERROR(RunPagedSelect(b, h, d, l));
   }
   if (h.num_select > 0) {
     phases.Mark("select", stream);
-    HKV_RETURN_IF_ERROR(RunSelect(b, h, d, l));
+    HKV_RETURN_IF_ERROR(RunSelect(b, h, d, l, last_tile_only));
   }
   return absl::OkStatus();
 }
 
 // Layer l from the attention output: o_proj, norm, SwiGLU MLP, down_proj (row-parallel ones
-// summed over the ranks), leaving the layer's output in `tmp` (fused: added to `res`).
-absl::Status CudaWorker::State::LayerMlp(const HostStep& h, int32_t l, bool fused) {
+// summed over the ranks), leaving the layer's output in `tmp` (fused: added to `res`). `rows`
+// names the attention output and residual rows it runs on (every row of the step, or the
+// last layer's sampled rows).
+absl::Status CudaWorker::State::LayerMlp(const MlpRows& rows, int32_t l, bool fused) {
   const ModelConfig& c = cfg;
-  const int32_t dim = c.dim, hid = c.hidden_dim, total = h.total;
+  const int32_t dim = c.dim, hid = c.hidden_dim, total = rows.count;
+  if (total == 0) return absl::OkStatus();
   const cuda_internal::LayerBuffers& w = layers[l];
   if (fused) {  // both residual adds in the products' epilogues; the layer's output is in res
     phases.Mark("o_proj+residual", stream);
-    HKV_CUDA_RETURN_IF_ERROR(k::GemvAddResidual(kDType, attn.get(), c.q_size(), w.wo.get(),
-                                                c.q_size(), res.get(), dim, total, dim, c.q_size(),
+    HKV_CUDA_RETURN_IF_ERROR(k::GemvAddResidual(kDType, rows.attn, c.q_size(), w.wo.get(),
+                                                c.q_size(), rows.res, dim, total, dim, c.q_size(),
                                                 options.fused_gemv_cols.o, stream));
     phases.Mark("ffn_norm+gate_up+swiglu", stream);
     HKV_CUDA_RETURN_IF_ERROR(k::RmsNormGemvSwiGlu(
-        kDType, res.get(), dim, w.ffn_norm.get(), c.norm_eps, w.w_gate_up.get(), dim, hidden.get(),
+        kDType, rows.res, dim, w.ffn_norm.get(), c.norm_eps, w.w_gate_up.get(), dim, hidden.get(),
         hid, total, hid, dim, options.fused_gemv_cols.gate_up, stream));
     phases.Mark("down_proj+residual", stream);
     HKV_CUDA_RETURN_IF_ERROR(k::GemvAddResidual(kDType, hidden.get(), hid, w.w_down.get(), hid,
-                                                res.get(), dim, total, dim, hid,
+                                                rows.res, dim, total, dim, hid,
                                                 options.fused_gemv_cols.down, stream));
     return absl::OkStatus();
   }
   phases.Mark("o_proj", stream);
-  HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, attn.get(), c.q_size(),
+  HKV_CUBLAS_RETURN_IF_ERROR(k::LinearRowMajor(cublas, stream, kDType, rows.attn, c.q_size(),
                                                w.wo.get(), c.q_size(), tmp.get(), dim, false, total,
                                                dim, c.q_size()));
   if (options.tp.size > 1) {  // row-parallel o_proj: sum the ranks' partial outputs
@@ -384,7 +400,7 @@ absl::Status CudaWorker::State::LayerMlp(const HostStep& h, int32_t l, bool fuse
         options.tp.comm->AllReduceSum(tmp.get(), int64_t{total} * dim, kDType, stream));
   }
   phases.Mark("ffn_norm", stream);
-  HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, tmp.get(), res.get(), w.ffn_norm.get(), xb.get(),
+  HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, tmp.get(), rows.res, w.ffn_norm.get(), xb.get(),
                                       total, dim, c.norm_eps, stream));
   phases.Mark("gate_up+swiglu", stream);
   if (total <= k::kGemvPreferredRows) {
@@ -410,21 +426,23 @@ absl::Status CudaWorker::State::LayerMlp(const HostStep& h, int32_t l, bool fuse
   return absl::OkStatus();
 }
 
-// Final norm, then the LM head and sampling of the sampled rows.
-absl::Status CudaWorker::State::SampleStep(const HostStep& h, const DeviceStep& d, bool fused) {
+// Final norm, then the LM head and sampling of the sampled rows. `rows`: the last layer's
+// (every row, or the sampled rows in sample order when it was pruned).
+absl::Status CudaWorker::State::SampleStep(const HostStep& h, const DeviceStep& d,
+                                           const MlpRows& rows, bool fused) {
   const ModelConfig& c = cfg;
-  const int32_t dim = c.dim, total = h.total;
+  const int32_t dim = c.dim, ns = static_cast<int32_t>(h.sample_rows.size());
+  const bool pruned = rows.count < h.total;  // PrunesLastLayer's rows: the sampled ones
+  if (ns == 0) return absl::OkStatus();      // nothing reads the final norm
   phases.Mark("final_norm", stream);
-  HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, fused ? res.get() : tmp.get(),
-                                      fused ? nullptr : res.get(), final_norm.get(), xb.get(),
-                                      total, dim, c.norm_eps, stream));
-  const int32_t ns = static_cast<int32_t>(h.sample_rows.size());
-  if (ns == 0) return absl::OkStatus();
-  // Gather the sampled rows (graph steps sample every row, in place).
+  HKV_CUDA_RETURN_IF_ERROR(k::RmsNorm(kDType, fused ? rows.res : tmp.get(),
+                                      fused ? nullptr : rows.res, final_norm.get(), xb.get(),
+                                      rows.count, dim, c.norm_eps, stream));
+  // Gather the sampled rows (graph steps sample every row, in place; pruned steps hold them).
   const void* x = xb.get();
-  if (!h.graph) {
-    HKV_CUDA_RETURN_IF_ERROR(k::EmbeddingLookup(kDType, xb.get(), total, dim, d.sample_token, ns,
-                                                sample_x.get(), stream));
+  if (!h.graph && !pruned) {
+    HKV_CUDA_RETURN_IF_ERROR(k::EmbeddingLookup(kDType, xb.get(), rows.count, dim, d.sample_token,
+                                                ns, sample_x.get(), stream));
     x = sample_x.get();
   }
   const DeviceBuffer& head = lm_head.bytes() > 0 ? lm_head : embedding;
@@ -447,11 +465,25 @@ absl::Status CudaWorker::State::Forward(const Batch& b, const HostStep& h, const
   phases.Mark("embedding", stream);
   HKV_CUDA_RETURN_IF_ERROR(k::EmbeddingLookup(kDType, embedding.get(), cfg.vocab_size, cfg.dim,
                                               d.ids, h.total, res.get(), stream));
-  for (int32_t l = 0; l < cfg.num_layers; ++l) {
-    HKV_RETURN_IF_ERROR(LayerAttention(b, h, d, l, after, fused));
-    HKV_RETURN_IF_ERROR(LayerMlp(h, l, fused));
+  const int32_t last = cfg.num_layers - 1;
+  const bool prune = PrunesLastLayer(h);
+  MlpRows rows{attn.get(), res.get(), h.total};
+  for (int32_t l = 0; l <= last; ++l) {
+    HKV_RETURN_IF_ERROR(LayerAttention(b, h, d, l, after, fused, prune && l == last));
+    if (prune && l == last) {  // on from here with the sampled rows only, in sample order
+      const int32_t ns = static_cast<int32_t>(h.sample_rows.size());
+      if (ns > 0) {
+        phases.Mark("gather_sampled", stream);
+        HKV_CUDA_RETURN_IF_ERROR(k::EmbeddingLookup(kDType, attn.get(), h.total, cfg.q_size(),
+                                                    d.sample_token, ns, sample_attn.get(), stream));
+        HKV_CUDA_RETURN_IF_ERROR(k::EmbeddingLookup(kDType, res.get(), h.total, cfg.dim,
+                                                    d.sample_token, ns, sample_x.get(), stream));
+      }
+      rows = MlpRows{sample_attn.get(), sample_x.get(), ns};
+    }
+    HKV_RETURN_IF_ERROR(LayerMlp(rows, l, fused));
   }
-  HKV_RETURN_IF_ERROR(SampleStep(h, d, fused));
+  HKV_RETURN_IF_ERROR(SampleStep(h, d, rows, fused));
   phases.Mark("end", stream);
   return absl::OkStatus();
 }
