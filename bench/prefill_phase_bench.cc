@@ -32,6 +32,8 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda_bench_util.h"
+#include "bench/gemm_rates.h"
 #include "kernels/gemm.h"
 #include "kernels/gemv.h"
 #include "kernels/kv_append.h"
@@ -46,185 +48,11 @@ constexpr int32_t kLayers = 32, kDim = 4096, kHq = 32, kHkv = 8, kHd = 128, kHid
 constexpr int32_t kVocab = 128256, kBlock = 16, kWindow = 8, kCap = 120;
 constexpr int32_t kQSize = kHq * kHd, kKvSize = kHkv * kHd, kQkvW = kQSize + 2 * kKvSize;
 constexpr DType kDt = DType::kBf16;
-
-#define CHECK_CUDA(expr)                                                                        \
-  do {                                                                                          \
-    const cudaError_t e = (expr);                                                               \
-    if (e != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e)); \
-      std::exit(1);                                                                             \
-    }                                                                                           \
-  } while (0)
-#define CHECK_CUBLAS(expr)                                                     \
-  do {                                                                         \
-    const cublasStatus_t s = (expr);                                           \
-    if (s != CUBLAS_STATUS_SUCCESS) {                                          \
-      std::fprintf(stderr, "%s:%d %s: cuBLAS %d\n", __FILE__, __LINE__, #expr, \
-                   static_cast<int>(s));                                       \
-      std::exit(1);                                                            \
-    }                                                                          \
-  } while (0)
-
-// Device buffer of n bf16 values, small random values (|x| < 1/32: activations stay finite).
-void* Random(size_t n, uint32_t seed) {
-  std::vector<uint16_t> h(std::min<size_t>(n, 1 << 22));
-  std::mt19937 rng(seed);
-  for (auto& x : h) x = static_cast<uint16_t>(0x3c00 + (rng() & 0xff)) ^ (rng() & 0x8000);
-  void* d = nullptr;
-  CHECK_CUDA(cudaMalloc(&d, n * 2));
-  for (size_t off = 0; off < n; off += h.size()) {
-    CHECK_CUDA(cudaMemcpy(static_cast<uint16_t*>(d) + off, h.data(),
-                          std::min(h.size(), n - off) * 2, cudaMemcpyHostToDevice));
-  }
-  return d;
-}
-
-template <typename T>
-T* Upload(const std::vector<T>& v) {
-  T* d = nullptr;
-  CHECK_CUDA(cudaMalloc(&d, std::max<size_t>(1, v.size()) * sizeof(T)));
-  CHECK_CUDA(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return d;
-}
-
-// Phase timer: Mark(name) closes the running phase and opens `name`; times add up per name.
-// A phase named "end" is not counted (it spans the host's work between two chunks).
-class Phases {
- public:
-  explicit Phases(cudaStream_t s) : stream_(s) {}
-  void Mark(const std::string& name) {
-    cudaEvent_t ev;
-    CHECK_CUDA(cudaEventCreate(&ev));
-    CHECK_CUDA(cudaEventRecord(ev, stream_));
-    marks_.push_back({name, ev});
-  }
-  // Sums the phases (after a sync); the last mark closes the last phase.
-  std::map<std::string, double> Sum() {
-    CHECK_CUDA(cudaStreamSynchronize(stream_));
-    std::map<std::string, double> ms;
-    for (size_t i = 0; i + 1 < marks_.size(); ++i) {
-      if (marks_[i].first == "end") continue;  // host work between chunks
-      float t = 0;
-      CHECK_CUDA(cudaEventElapsedTime(&t, marks_[i].second, marks_[i + 1].second));
-      ms[marks_[i].first] += t;
-      if (order_.size() < 64 &&
-          std::find(order_.begin(), order_.end(), marks_[i].first) == order_.end()) {
-        order_.push_back(marks_[i].first);
-      }
-    }
-    for (auto& m : marks_) CHECK_CUDA(cudaEventDestroy(m.second));
-    marks_.clear();
-    return ms;
-  }
-  const std::vector<std::string>& order() const { return order_; }
-
- private:
-  cudaStream_t stream_;
-  std::vector<std::pair<std::string, cudaEvent_t>> marks_;
-  std::vector<std::string> order_;
-};
-
-double GemmPeakTflops(cublasHandle_t h, cudaStream_t stream) {
-  constexpr int32_t n = 8192;
-  void* a = Random(static_cast<size_t>(n) * n, 1);
-  void* w = Random(static_cast<size_t>(n) * n, 2);
-  void* c = nullptr;
-  CHECK_CUDA(cudaMalloc(&c, static_cast<size_t>(n) * n * 2));
-  cudaEvent_t e0, e1;
-  CHECK_CUDA(cudaEventCreate(&e0));
-  CHECK_CUDA(cudaEventCreate(&e1));
-  std::vector<float> t;
-  for (int i = 0; i < 13; ++i) {
-    CHECK_CUDA(cudaEventRecord(e0, stream));
-    CHECK_CUBLAS(LinearRowMajor(h, stream, kDt, a, n, w, n, c, n, false, n, n, n));
-    CHECK_CUDA(cudaEventRecord(e1, stream));
-    CHECK_CUDA(cudaEventSynchronize(e1));
-    float ms = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
-    if (i >= 3) t.push_back(ms);
-  }
-  std::sort(t.begin(), t.end());
-  CHECK_CUDA(cudaFree(a));
-  CHECK_CUDA(cudaFree(w));
-  CHECK_CUDA(cudaFree(c));
-  return 2.0 * n * n * static_cast<double>(n) / t[t.size() / 2] / 1e9;
-}
-
-// The best cuBLASLt algorithm (of the heuristic's first 8) for c[m, n] = a[m, k] w[n, k]^T,
-// row-major bf16, fp32 accumulation (the worker's GEMM, which goes through cublasGemmEx):
-// TFLOP/s of the fastest, median of 5 calls each. Shows what a tuned algorithm choice would
-// gain over the default one. `*alone` gets the worker's call (LinearRowMajor, cuBLAS's default
-// algorithm) timed the same way on the same buffers: both away from the prefill's other kernels.
-double LtBestTflops(cublasLtHandle_t lt, cublasHandle_t cublas, cudaStream_t stream, int32_t m,
-                    int32_t n, int32_t k, double* alone) {
-  void* a = Random(static_cast<size_t>(m) * k, 21);
-  void* w = Random(static_cast<size_t>(n) * k, 22);
-  void *c, *ws;
-  size_t ws_bytes = 64 << 20;
-  CHECK_CUDA(cudaMalloc(&c, static_cast<size_t>(m) * n * 2));
-  CHECK_CUDA(cudaMalloc(&ws, ws_bytes));
-  cublasLtMatmulDesc_t op;
-  CHECK_CUBLAS(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-  CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-  // Column-major view: C^T [n, m] = (W^T)^T [n, k] x A^T [k, m].
-  cublasLtMatrixLayout_t la, lb, lc;
-  CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, k, n, k));
-  CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, m, k));
-  CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, n, m, n));
-  cublasLtMatmulPreference_t pref;
-  CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
-  CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                    &ws_bytes, sizeof(ws_bytes)));
-  cublasLtMatmulHeuristicResult_t res[8];
-  int found = 0;
-  CHECK_CUBLAS(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 8, res, &found));
-  const float alpha = 1.0f, beta = 0.0f;
-  cudaEvent_t e0, e1;
-  CHECK_CUDA(cudaEventCreate(&e0));
-  CHECK_CUDA(cudaEventCreate(&e1));
-  std::vector<float> dt;
-  for (int r = 0; r < 6; ++r) {
-    CHECK_CUDA(cudaEventRecord(e0, stream));
-    CHECK_CUBLAS(LinearRowMajor(cublas, stream, kDt, a, k, w, k, c, n, false, m, n, k));
-    CHECK_CUDA(cudaEventRecord(e1, stream));
-    CHECK_CUDA(cudaEventSynchronize(e1));
-    float ms = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
-    if (r > 0) dt.push_back(ms);
-  }
-  std::sort(dt.begin(), dt.end());
-  *alone = 2.0 * m * static_cast<double>(n) * k / dt[dt.size() / 2] / 1e9;
-  double best_ms = 1e30;
-  for (int i = 0; i < found; ++i) {
-    std::vector<float> t;
-    for (int r = 0; r < 6; ++r) {
-      CHECK_CUDA(cudaEventRecord(e0, stream));
-      if (cublasLtMatmul(lt, op, &alpha, w, la, a, lb, &beta, c, lc, c, lc, &res[i].algo, ws,
-                         ws_bytes, stream) != CUBLAS_STATUS_SUCCESS) {
-        break;
-      }
-      CHECK_CUDA(cudaEventRecord(e1, stream));
-      CHECK_CUDA(cudaEventSynchronize(e1));
-      float ms = 0;
-      CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
-      if (r > 0) t.push_back(ms);  // the first call warms up
-    }
-    if (t.empty()) continue;
-    std::sort(t.begin(), t.end());
-    best_ms = std::min<double>(best_ms, t[t.size() / 2]);
-  }
-  CHECK_CUDA(cudaEventDestroy(e0));
-  CHECK_CUDA(cudaEventDestroy(e1));
-  cublasLtMatmulPreferenceDestroy(pref);
-  cublasLtMatrixLayoutDestroy(la);
-  cublasLtMatrixLayoutDestroy(lb);
-  cublasLtMatrixLayoutDestroy(lc);
-  cublasLtMatmulDescDestroy(op);
-  for (void* p : {a, w, c, ws}) CHECK_CUDA(cudaFree(p));
-  return 2.0 * m * static_cast<double>(n) * k / best_ms / 1e9;
-}
+using bench::GemmPeakTflops;
+using bench::LtBestTflops;
+using bench::Phases;
+using bench::Random;
+using bench::Upload;
 
 int Run(int32_t tokens, int32_t chunk, bool headkv, PrefillKernel kernel, bool prune) {
   cudaStream_t stream;
