@@ -25,8 +25,9 @@ OpenAiReply::OpenAiReply(Engine* engine, OpenAiReplyInfo info, bool stream, bool
   for (size_t s = 0; s < streams_.size(); ++s) {
     const std::vector<TokenId>& prompt = streams_[s]->prompt_ids();
     for (int k = 0; k < n_; ++k) {
-      choices_.push_back(
-          Choice{.stream = static_cast<int>(s), .prev = prompt.empty() ? -1 : prompt.back()});
+      Choice& c = choices_.emplace_back();
+      c.stream = static_cast<int>(s);
+      c.prev = prompt.empty() ? -1 : prompt.back();
     }
   }
 }
