@@ -56,6 +56,10 @@ struct Sm90Args {
   // Prefix tiles wholly inside the prefix come by TMA, one box per page (tm_kp / tm_vp);
   // else (and always for the partial last one) by the cp.async gather.
   int32_t page_tma;
+  // With page_tma: whole prefix tiles whose pages have consecutive block ids come as one box
+  // of the tile's rows per half (tm_kr / tm_vr).
+  int32_t run_tma;
+  int32_t last_tile_only;  // PrefillAttentionArgs::last_tile_only
 };
 
 // Shared memory plan (bytes from a 1024-aligned base).
@@ -215,7 +219,9 @@ __global__ void __launch_bounds__(kThreads, 1)
                                const __grid_constant__ CUtensorMap tm_k,
                                const __grid_constant__ CUtensorMap tm_v,
                                const __grid_constant__ CUtensorMap tm_kp,
-                               const __grid_constant__ CUtensorMap tm_vp, const Sm90Args a) {
+                               const __grid_constant__ CUtensorMap tm_vp,
+                               const __grid_constant__ CUtensorMap tm_kr,
+                               const __grid_constant__ CUtensorMap tm_vr, const Sm90Args a) {
 #if defined(HKV_SM90_DEVICE)
   using L = Smem<D>;
   constexpr int kProducerRegs = 40;  // 128 x 40 + 256 x 232 <= 64K registers
@@ -234,8 +240,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int seq = blockIdx.z, h = blockIdx.y;
   const int q_begin = a.cu_seqlens[seq];
   const int nq = a.cu_seqlens[seq + 1] - q_begin;
-  // Heaviest (longest causal span) tiles first.
-  const int tile_q = (gridDim.x - 1 - blockIdx.x) * kBM;
+  // Heaviest (longest causal span) tiles first; last_tile_only: the tile of the last row.
+  const int tile_q =
+      a.last_tile_only ? max(nq - 1, 0) / kBM * kBM : (gridDim.x - 1 - blockIdx.x) * kBM;
   if (tile_q >= nq) return;  // uniform over the CTA, before any barrier
   const int kvh = h / a.group;
   int prefix = 0;
@@ -297,23 +304,38 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (by_pages) {  // a whole prefix tile: one TMA box per page and half (thread 0)
         const int pages = kBN >> a.block_shift, page_bytes = 128 << a.block_shift;
         const int32_t* tile_blocks = blocks + ((t * kBN) >> a.block_shift);
+        // Pages with consecutive block ids are consecutive rows of the pool: one box of the
+        // tile's kBN rows per half (tm_kr / tm_vr), not one per page and half.
+        const int32_t first = tile_blocks[0];
+        bool run = a.run_tma != 0;
+        for (int j = 1; j < pages && run; ++j) run = tile_blocks[j] == first + j;
         sm90::BarArriveExpectTx(k_full + 8 * stage, L::kTileBytes);
-        for (int j = 0; j < pages; ++j) {
+        for (int j = 0; j < (run ? 1 : pages); ++j) {
           const int32_t b = tile_blocks[j];
 #pragma unroll
           for (int hf = 0; hf < kHalves; ++hf) {
-            sm90::TmaLoad3d(sk + hf * kBN * 128 + j * page_bytes, &tm_kp, hf * 64, 0, b,
-                            k_full + 8 * stage);
+            if (run) {
+              sm90::TmaLoad2d(sk + hf * kBN * 128, &tm_kr, hf * 64, first << a.block_shift,
+                              k_full + 8 * stage);
+            } else {
+              sm90::TmaLoad3d(sk + hf * kBN * 128 + j * page_bytes, &tm_kp, hf * 64, 0, b,
+                              k_full + 8 * stage);
+            }
           }
         }
         sm90::BarWait(v_empty + 8 * stage, phase ^ 1);
         sm90::BarArriveExpectTx(v_full + 8 * stage, L::kTileBytes);
-        for (int j = 0; j < pages; ++j) {
+        for (int j = 0; j < (run ? 1 : pages); ++j) {
           const int32_t b = tile_blocks[j];
 #pragma unroll
           for (int hf = 0; hf < kHalves; ++hf) {
-            sm90::TmaLoad3d(sv + hf * kBN * 128 + j * page_bytes, &tm_vp, hf * 64, 0, b,
-                            v_full + 8 * stage);
+            if (run) {
+              sm90::TmaLoad2d(sv + hf * kBN * 128, &tm_vr, hf * 64, first << a.block_shift,
+                              v_full + 8 * stage);
+            } else {
+              sm90::TmaLoad3d(sv + hf * kBN * 128 + j * page_bytes, &tm_vp, hf * 64, 0, b,
+                              v_full + 8 * stage);
+            }
           }
         }
       } else if (gathered) {
@@ -524,6 +546,15 @@ bool MakePoolMap(CUtensorMap* map, DType dtype, const void* pool, int32_t head_d
   return r == CUDA_SUCCESS;
 }
 
+// 2-D map over a paged pool's rows (token vectors), for runs of consecutive blocks: boxes of
+// 128 rows x 64 columns as MakeMap's. Only where the blocks are back to back (block_stride =
+// block_size x head_dim); false elsewhere. The row count is a ceiling (MakePoolMap's).
+bool MakeRunMap(CUtensorMap* map, DType dtype, const void* pool, int32_t head_dim,
+                int32_t block_size, int64_t block_stride) {
+  if (block_stride != static_cast<int64_t>(block_size) * head_dim) return false;
+  return MakeMap(map, dtype, pool, head_dim, (int64_t{1} << 24) * block_size, head_dim);
+}
+
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Whether the current device runs this kernel's sm_90a code (not the sm_80 PTX).
@@ -577,6 +608,7 @@ cudaError_t RunPrefillAttentionSm90(const PrefillAttentionArgs& p, cudaStream_t 
   a.cu_seqlens = p.cu_seqlens;
   a.group = p.num_q_heads / p.num_kv_heads;
   a.scale_log2 = p.scale * 1.4426950408889634f;
+  a.last_tile_only = p.last_tile_only ? 1 : 0;
   if (p.prefix != nullptr) {
     const PagedKvView& v = *p.prefix;
     a.indptr = v.indptr;
@@ -593,7 +625,7 @@ cudaError_t RunPrefillAttentionSm90(const PrefillAttentionArgs& p, cudaStream_t 
   // two differ there too): pages of 8..128 rows keep each page's box on 1024-byte atoms.
   // The kernel takes the pool maps either way; without page TMA they stay copies of the dense
   // maps and the kernel never reads them (page_tma = 0).
-  CUtensorMap tkp = tk, tvp = tv;
+  CUtensorMap tkp = tk, tvp = tv, tkr = tk, tvr = tv;
   if (p.prefix != nullptr && p.kernel != PrefillKernel::kWgmmaSerial && p.prefix->block_size >= 8 &&
       p.prefix->block_size <= kBN &&
       MakePoolMap(&tkp, p.dtype, p.prefix->k_pool, p.head_dim, p.prefix->block_size,
@@ -601,8 +633,12 @@ cudaError_t RunPrefillAttentionSm90(const PrefillAttentionArgs& p, cudaStream_t 
       MakePoolMap(&tvp, p.dtype, p.prefix->v_pool, p.head_dim, p.prefix->block_size,
                   p.prefix->block_stride)) {
     a.page_tma = 1;
+    a.run_tma = MakeRunMap(&tkr, p.dtype, p.prefix->k_pool, p.head_dim, p.prefix->block_size,
+                           p.prefix->block_stride) &&
+                MakeRunMap(&tvr, p.dtype, p.prefix->v_pool, p.head_dim, p.prefix->block_size,
+                           p.prefix->block_stride);
   }
-  const dim3 grid((p.max_q_len + kBM - 1) / kBM, p.num_q_heads, p.num_seqs);
+  const dim3 grid(p.last_tile_only ? 1 : (p.max_q_len + kBM - 1) / kBM, p.num_q_heads, p.num_seqs);
   const bool pipelined = p.kernel != PrefillKernel::kWgmmaSerial;
   return DispatchDType(p.dtype, [&](auto t) {
     using T = decltype(t);
@@ -614,7 +650,7 @@ cudaError_t RunPrefillAttentionSm90(const PrefillAttentionArgs& p, cudaStream_t 
       cudaError_t e =
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       if (e != cudaSuccess) return e;
-      kernel<<<grid, kThreads, kSmem, stream>>>(tq, tk, tv, tkp, tvp, a);
+      kernel<<<grid, kThreads, kSmem, stream>>>(tq, tk, tv, tkp, tvp, tkr, tvr, a);
       return cudaGetLastError();
     });
   });

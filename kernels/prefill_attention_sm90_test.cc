@@ -38,6 +38,9 @@ struct Case {
   std::vector<int32_t> chunk;
   std::vector<int32_t> prefix;  // empty: no paged prefix
   int32_t cpu_rows;             // rows per sequence checked on the CPU (the rest vs mma.sync)
+  // Each row's prefix blocks in ascending consecutive ids (the wgmma kernel then loads whole
+  // tiles as one box per half); otherwise descending (one box per page).
+  bool consecutive_blocks = false;
 };
 
 // gtest prints the case by name (the default dumps its bytes).
@@ -72,12 +75,14 @@ void MakeInputs(const Case& c, Inputs* in) {
     blocks += hkv * ((c.prefix[s] + kBlock - 1) / kBlock);
   }
   in->indptr = {0};
-  int32_t next = blocks;
+  int32_t next = blocks, ascending = 0;
   for (int32_t s = 0; s < seqs; ++s) {
     const int32_t p = c.prefix.empty() ? 0 : c.prefix[s];
     for (int32_t h = 0; h < hkv; ++h) {
       const int32_t nb = (p + kBlock - 1) / kBlock;
-      for (int32_t b = 0; b < nb; ++b) in->indices.push_back(--next);
+      for (int32_t b = 0; b < nb; ++b) {
+        in->indices.push_back(c.consecutive_blocks ? ascending++ : --next);
+      }
       in->indptr.push_back(static_cast<int32_t>(in->indices.size()));
       in->last.push_back(nb == 0 ? 0 : p - (nb - 1) * kBlock);
     }
@@ -344,7 +349,26 @@ INSTANTIATE_TEST_SUITE_P(
         // Long chunks: many tiles, the pipeline's phases wrap; CPU on the first rows.
         Case{"d1_bf16_d128_g4_long", DType::kBf16, 128, 4, 1, {1000, 4096}, {}, 640},
         Case{"d2_bf16_d64_g8_long_prefix", DType::kBf16, 64, 8, 1, {1000, 4096}, {700, 1500}, 384},
-        Case{"d3_fp16_d128_g1_long_prefix", DType::kFp16, 128, 1, 2, {4096, 1000}, {250, 0}, 256}),
+        Case{"d3_fp16_d128_g1_long_prefix", DType::kFp16, 128, 1, 2, {4096, 1000}, {250, 0}, 256},
+        // Prefix blocks in consecutive runs: whole tiles by one box per half.
+        Case{"e1_bf16_d128_g4_prefix_runs",
+             DType::kBf16,
+             128,
+             4,
+             2,
+             kEdges,
+             {0, 5, 16, 127, 128, 129, 300, 1000},
+             1 << 30,
+             true},
+        Case{"e2_bf16_d64_g8_long_prefix_runs",
+             DType::kBf16,
+             64,
+             8,
+             1,
+             {1000, 4096},
+             {700, 1500},
+             384,
+             true}),
     CaseName);
 
 // kAuto runs the wgmma kernel where it can (an sm_90 GPU): same bits as kWgmma; elsewhere the
@@ -368,10 +392,21 @@ TEST(PrefillAttentionSm90DispatchTest, AutoRunsTheWgmmaKernelWhereItCan) {
 // waited on an mbarrier phase it could fall behind hung the kernel now and then here, never in
 // one launch of the cases above. Every launch must finish (RunKernel stops the process after
 // 30 s) and give the same bits as the first.
+void RepeatChunks(const Case& c);
+
 TEST(PrefillAttentionSm90DispatchTest, RepeatedChunksAfterLongPrefixesFinish) {
   HKV_REQUIRE_GPU();
   if (!IsSm90()) GTEST_SKIP() << "the wgmma kernel needs sm_90";
-  const Case c{"chunks", DType::kBf16, 128, 4, 8, {1024, 1024}, {8192, 8200}, 0};
+  for (const bool runs : {false, true}) {  // prefix tiles by page boxes, then by whole-tile boxes
+    SCOPED_TRACE(runs ? "consecutive blocks" : "descending blocks");
+    Case c{"chunks", DType::kBf16, 128, 4, 8, {1024, 1024}, {8192, 8200}, 0};
+    c.consecutive_blocks = runs;
+    ASSERT_NO_FATAL_FAILURE(RepeatChunks(c));
+  }
+}
+
+// The body of RepeatedChunksAfterLongPrefixesFinish for one block order.
+void RepeatChunks(const Case& c) {
   Inputs in;
   ASSERT_NO_FATAL_FAILURE(MakeInputs(c, &in));
   std::vector<float> first, out;
