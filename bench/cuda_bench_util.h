@@ -1,7 +1,8 @@
 #pragma once
-// Helpers of the GPU benches that time kernel sequences with CUDA events (prefill_phase_bench,
-// gemm_rates): error checks that stop the bench, random bf16 device buffers, uploads, a
-// per-phase event timer and the median of timed calls. Bench code only (exits on errors).
+// Helpers of the GPU benches that time kernels with CUDA events (kernel_bench,
+// prefill_phase_bench, gemm_rates): error checks that stop the bench, random bf16 device buffers,
+// uploads, a per-phase event timer and the median of timed calls. Bench code only (exits on
+// errors).
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -36,11 +37,12 @@ namespace hkv::bench {
     }                                                                          \
   } while (0)
 
-// Device buffer of n bf16 values, small random values (|x| < 1/32: activations stay finite).
-inline void* Random(size_t n, uint32_t seed) {
+// Device buffer of n random bf16 values: bits `high` plus a random `low_mask` part, random sign
+// (a 4M-value pattern repeated).
+inline void* RandomBf16(size_t n, uint32_t seed, uint16_t high, uint16_t low_mask) {
   std::vector<uint16_t> h(std::min<size_t>(n, 1 << 22));
   std::mt19937 rng(seed);
-  for (auto& x : h) x = static_cast<uint16_t>(0x3c00 + (rng() & 0xff)) ^ (rng() & 0x8000);
+  for (auto& x : h) x = static_cast<uint16_t>(high + (rng() & low_mask)) ^ (rng() & 0x8000);
   void* d = nullptr;
   CHECK_CUDA(cudaMalloc(&d, n * 2));
   for (size_t off = 0; off < n; off += h.size()) {
@@ -49,6 +51,9 @@ inline void* Random(size_t n, uint32_t seed) {
   }
   return d;
 }
+
+// Small random values (|x| < 1/32: activations stay finite through 32 layers).
+inline void* Random(size_t n, uint32_t seed) { return RandomBf16(n, seed, 0x3c00, 0xff); }
 
 template <typename T>
 T* Upload(const std::vector<T>& v) {

@@ -50,6 +50,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda_bench_util.h"
 #include "kernels/decode_attention.h"
 #include "kernels/gemm.h"
 #include "kernels/gemv.h"
@@ -64,28 +65,8 @@ namespace {
 
 constexpr int32_t kHq = 32, kHkv = 8, kD = 128, kBlock = 16;
 
-#define CHECK_CUDA(expr)                                                                        \
-  do {                                                                                          \
-    const cudaError_t e = (expr);                                                               \
-    if (e != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e)); \
-      std::exit(1);                                                                             \
-    }                                                                                           \
-  } while (0)
-
-// Fills `n` bf16 values with random data in [-1, 1) on the device.
-void* RandomDevice(size_t n, uint32_t seed) {
-  std::vector<uint16_t> h(std::min<size_t>(n, 1 << 22));
-  std::mt19937 rng(seed);
-  for (auto& x : h) x = static_cast<uint16_t>(0x3f00 + (rng() & 0x7f)) ^ (rng() & 0x8000);
-  void* d = nullptr;
-  CHECK_CUDA(cudaMalloc(&d, n * 2));
-  for (size_t off = 0; off < n; off += h.size()) {
-    CHECK_CUDA(cudaMemcpy(static_cast<uint16_t*>(d) + off, h.data(),
-                          std::min(h.size(), n - off) * 2, cudaMemcpyHostToDevice));
-  }
-  return d;
-}
+// Random data in [-1, 1) on the device.
+void* RandomDevice(size_t n, uint32_t seed) { return bench::RandomBf16(n, seed, 0x3f00, 0x7f); }
 
 // Median milliseconds of fn(i) over `reps` calls after `warmup` calls.
 double MedianMs(int warmup, int reps, const std::function<void(int)>& fn) {
